@@ -1,0 +1,3 @@
+from klockproxy.cli import main
+
+raise SystemExit(main())

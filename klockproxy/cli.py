@@ -1,0 +1,60 @@
+"""The ``klockproxy`` command: the front door to every mode.
+
+Each subcommand lives in its own module, which provides ``configure_parser(parser)`` and
+``run(args) -> int`` (the exit code). Modules are imported only when their subcommand runs,
+so ``klockproxy check`` does not pay for importing mitmproxy or aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from klockproxy import __version__
+
+# name -> (module, one-line help). The module is imported to configure its parser; keep
+# module-level imports of heavy libraries inside the functions of those modules.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("klockproxy.check", "decide offline whether Locks allow an operation on objects"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every subcommand configured)."""
+    parser = argparse.ArgumentParser(
+        prog="klockproxy",
+        description="Enforce Klock Locks on the way to the Kubernetes API server.",
+    )
+    parser.add_argument("--version", action="version", version=f"klockproxy {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO); credentials and bodies are never logged",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure_parser(sub_parser)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    code: int = args._run(args)
+    return code

@@ -1,0 +1,78 @@
+"""The one exception hierarchy of klockproxy.
+
+Adapters convert foreign exceptions into these at their boundary (``raise ... from e``) and
+convert these into a Kubernetes ``Status`` (or an exit code) at theirs.
+"""
+
+from __future__ import annotations
+
+
+class KlockProxyError(Exception):
+    """Base of every error klockproxy raises on purpose."""
+
+
+class ExpressionError(KlockProxyError):
+    """A matcher expression does not parse. ``position`` is the 0-based offset of the fault."""
+
+    def __init__(self, expression: str, position: int, reason: str) -> None:
+        self.expression = expression
+        self.position = position
+        self.reason = reason
+        super().__init__(f"invalid expression {expression!r} at position {position}: {reason}")
+
+
+class LockValidationError(KlockProxyError):
+    """A Lock object (or a lock file) is invalid.
+
+    Every part of the location that is known is named: the file, the YAML document index
+    (0-based), the lock (``namespace/name``) and the field (``spec.matcher.aura``).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        source: str | None = None,
+        document: int | None = None,
+        lock: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.source = source
+        self.document = document
+        self.lock = lock
+        self.field = field
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.source is not None:
+            where.append(self.source)
+        if self.document is not None:
+            where.append(f"document {self.document}")
+        if self.lock is not None:
+            where.append(f"lock {self.lock}")
+        if self.field is not None:
+            where.append(f"field {self.field}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.reason}" if prefix else self.reason
+
+
+class ClassificationError(KlockProxyError):
+    """An API request path/method cannot be classified the way the API server would."""
+
+
+class DecodeError(KlockProxyError):
+    """A request body (JSON, YAML, protobuf) cannot be decoded."""
+
+
+class PatchError(KlockProxyError):
+    """A patch cannot be applied (malformed patch, failed test op, missing path...)."""
+
+
+class UpstreamError(KlockProxyError):
+    """The API server could not be asked (unreachable, unexpected answer)."""
+
+
+class ConfigError(KlockProxyError):
+    """Invalid configuration: options, kubeconfig, command-line arguments."""
