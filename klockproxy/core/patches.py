@@ -1,0 +1,662 @@
+"""The patch formats of the Kubernetes API, applied to plain JSON-shaped Python values.
+
+* ``json_patch``: RFC 6902 (add, remove, replace, move, copy, test; RFC 6901 pointers).
+* ``merge_patch``: RFC 7386.
+* ``strategic_merge_patch``: Kubernetes strategic merge patch for the built-in kinds listed
+  in ``DEFAULT_MERGE_KEYS`` (maps merged, ``null`` deletes, lists replaced unless the field
+  declares a patch merge key or a merge strategy, directives ``$patch``, ``$retainKeys``,
+  ``$deleteFromPrimitiveList/<field>`` and ``$setElementOrder/<field>``). A kind that is not
+  listed (a custom resource) raises ``UnsupportedPatchError``, as the API server answers 415.
+* ``apply_patch``: decode the patch bytes and dispatch on the request's content type.
+
+Simplifications (documented, deliberate):
+
+* Server-side apply (``application/apply-patch+yaml``) is treated as a strategic merge of the
+  applied configuration for built-in kinds and as a JSON merge patch for the others. Field
+  ownership is not tracked, so a field the applier owned and dropped from its configuration
+  is NOT removed. For labels this means apply can only add or change labels here.
+* ``$setElementOrder`` only reorders: elements it names come first in its order, the others
+  follow in their merged order (the API server interleaves server-only elements instead).
+
+No function here mutates its inputs: every result is a fresh copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import yaml
+
+from klockproxy.core.errors import PatchError
+
+# A JSON value as ``json.loads`` returns it: dict, list, str, int, float, bool or None.
+JSON: TypeAlias = Any
+KindKey: TypeAlias = tuple[str, str]
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+# The CBOR variant of apply is accepted by recent API servers but never sent by kubectl.
+PATCH_CONTENT_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, APPLY_PATCH)
+
+_PATCH = "$patch"
+_RETAIN_KEYS = "$retainKeys"
+_DELETE_FROM_PRIMITIVE = "$deleteFromPrimitiveList/"
+_SET_ORDER = "$setElementOrder/"
+
+
+class UnsupportedPatchError(PatchError):
+    """The patch type is not supported for this object (the API server answers 415).
+
+    Raised for a strategic merge patch of a kind without a known schema (custom resources)
+    and for a content type that is not a patch type.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas: which lists are merged, and by which key
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSchema:
+    """How strategic merge treats one field.
+
+    ``merge_key`` set: a list of maps merged item by item on that key.
+    ``merge_primitives``: a list of scalars merged as an ordered set (``patchStrategy:merge``
+    without a key, e.g. ``metadata.finalizers``).
+    Otherwise a list is replaced. ``fields`` describes the nested map (or each list item).
+    """
+
+    merge_key: str = ""
+    merge_primitives: bool = False
+    fields: Mapping[str, FieldSchema] = field(default_factory=dict)
+
+
+Schema: TypeAlias = Mapping[str, FieldSchema]
+
+
+def _map(**fields: FieldSchema) -> FieldSchema:
+    return FieldSchema(fields=fields)
+
+
+def _keyed(key: str, **fields: FieldSchema) -> FieldSchema:
+    return FieldSchema(merge_key=key, fields=fields)
+
+
+_SET = FieldSchema(merge_primitives=True)
+_CONDITIONS = _keyed("type")
+_OBJECT_META = _map(finalizers=_SET, ownerReferences=_keyed("uid"))
+_CONTAINER: dict[str, FieldSchema] = {
+    "ports": _keyed("containerPort"),
+    "env": _keyed("name"),
+    "volumeMounts": _keyed("mountPath"),
+    "volumeDevices": _keyed("devicePath"),
+}
+_POD_SPEC = _map(
+    containers=_keyed("name", **_CONTAINER),
+    initContainers=_keyed("name", **_CONTAINER),
+    ephemeralContainers=_keyed("name", **_CONTAINER),
+    volumes=_keyed("name"),
+    imagePullSecrets=_keyed("name"),
+    hostAliases=_keyed("ip"),
+    topologySpreadConstraints=_keyed("topologyKey"),
+    resourceClaims=_keyed("name"),
+    schedulingGates=_keyed("name"),
+)
+_POD_TEMPLATE = _map(metadata=_OBJECT_META, spec=_POD_SPEC)
+_STATUS_WITH_CONDITIONS = _map(conditions=_CONDITIONS)
+
+
+def _kind(**fields: FieldSchema) -> Schema:
+    return {"metadata": _OBJECT_META, **fields}
+
+
+_WORKLOAD = _kind(spec=_map(template=_POD_TEMPLATE), status=_STATUS_WITH_CONDITIONS)
+
+DEFAULT_MERGE_KEYS: Mapping[KindKey, Schema] = {
+    ("", "Pod"): _kind(
+        spec=_POD_SPEC,
+        status=_map(conditions=_CONDITIONS, podIPs=_keyed("ip"), hostIPs=_keyed("ip")),
+    ),
+    ("", "PodTemplate"): _kind(template=_POD_TEMPLATE),
+    ("", "ReplicationController"): _WORKLOAD,
+    ("", "Service"): _kind(spec=_map(ports=_keyed("port")), status=_STATUS_WITH_CONDITIONS),
+    ("", "ConfigMap"): _kind(),
+    ("", "Secret"): _kind(),
+    ("", "Namespace"): _kind(status=_STATUS_WITH_CONDITIONS),
+    ("", "ServiceAccount"): _kind(secrets=_keyed("name")),
+    ("", "Endpoints"): _kind(),
+    ("", "Event"): _kind(),
+    ("", "PersistentVolumeClaim"): _kind(status=_STATUS_WITH_CONDITIONS),
+    ("", "Node"): _kind(status=_map(conditions=_CONDITIONS, addresses=_keyed("type"))),
+    ("apps", "Deployment"): _WORKLOAD,
+    ("apps", "ReplicaSet"): _WORKLOAD,
+    ("apps", "StatefulSet"): _WORKLOAD,
+    ("apps", "DaemonSet"): _WORKLOAD,
+    ("apps", "ControllerRevision"): _kind(),
+    ("batch", "Job"): _WORKLOAD,
+    ("batch", "CronJob"): _kind(
+        spec=_map(jobTemplate=_map(metadata=_OBJECT_META, spec=_map(template=_POD_TEMPLATE)))
+    ),
+    ("autoscaling", "Scale"): _kind(),
+    ("policy", "PodDisruptionBudget"): _kind(status=_STATUS_WITH_CONDITIONS),
+    ("rbac.authorization.k8s.io", "Role"): _kind(),
+    ("rbac.authorization.k8s.io", "RoleBinding"): _kind(),
+    ("rbac.authorization.k8s.io", "ClusterRole"): _kind(),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): _kind(),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): _kind(status=_STATUS_WITH_CONDITIONS),
+    ("coordination.k8s.io", "Lease"): _kind(),
+}
+
+
+def kind_key_of(obj: Mapping[str, JSON]) -> KindKey:
+    """``(group, kind)`` of an object from its ``apiVersion`` and ``kind`` (``("", "")``)."""
+    api_version = obj.get("apiVersion")
+    kind = obj.get("kind")
+    group = ""
+    if isinstance(api_version, str) and "/" in api_version:
+        group = api_version.split("/", 1)[0]
+    return group, (kind if isinstance(kind, str) else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _clone(value: JSON) -> JSON:
+    """A deep copy of a JSON value (much cheaper than ``copy.deepcopy``)."""
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
+
+
+def json_equal(a: JSON, b: JSON) -> bool:
+    """JSON equality: ``1 == 1.0`` but ``true != 1``, objects unordered, arrays ordered."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is not type(b):
+        return False
+    return bool(a == b)
+
+
+# --------------------------------------------------------------------------------------------
+# RFC 6902 JSON patch
+# --------------------------------------------------------------------------------------------
+
+
+def parse_pointer(pointer: str) -> list[str]:
+    """Split an RFC 6901 JSON pointer into unescaped reference tokens (``""`` -> ``[]``)."""
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise PatchError(f"invalid JSON pointer {pointer!r}: must be empty or start with '/'")
+    tokens = pointer[1:].split("/")
+    out = []
+    for token in tokens:
+        if "~" in token:
+            # Only ~0 and ~1 are valid escapes; ~1 first would turn "~01" into "/" wrongly.
+            rest = token.replace("~0", "").replace("~1", "")
+            if "~" in rest:
+                raise PatchError(f"invalid JSON pointer {pointer!r}: bad '~' escape")
+            token = token.replace("~1", "/").replace("~0", "~")
+        out.append(token)
+    return out
+
+
+def _array_index(token: str, length: int, pointer: str, *, allow_end: bool) -> int:
+    if token == "-" and allow_end:
+        return length
+    if not token.isdigit() or not token.isascii() or (len(token) > 1 and token[0] == "0"):
+        raise PatchError(f"path {pointer!r}: {token!r} is not a valid array index")
+    index = int(token)
+    limit = length if allow_end else length - 1
+    if index > limit:
+        raise PatchError(f"path {pointer!r}: index {index} out of range (length {length})")
+    return index
+
+
+def _parent(doc: JSON, tokens: list[str], pointer: str) -> JSON:
+    """The container holding the target of ``tokens`` (every step must exist)."""
+    node = doc
+    for token in tokens[:-1]:
+        if isinstance(node, dict):
+            if token not in node:
+                raise PatchError(f"path {pointer!r}: {token!r} does not exist")
+            node = node[token]
+        elif isinstance(node, list):
+            node = node[_array_index(token, len(node), pointer, allow_end=False)]
+        else:
+            raise PatchError(f"path {pointer!r}: cannot traverse into a scalar at {token!r}")
+    return node
+
+
+def _get(doc: JSON, pointer: str) -> JSON:
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return doc
+    parent = _parent(doc, tokens, pointer)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise PatchError(f"path {pointer!r} does not exist")
+        return parent[last]
+    if isinstance(parent, list):
+        return parent[_array_index(last, len(parent), pointer, allow_end=False)]
+    raise PatchError(f"path {pointer!r}: parent is not an object or array")
+
+
+def _add(doc: JSON, pointer: str, value: JSON) -> JSON:
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return value
+    parent = _parent(doc, tokens, pointer)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent.insert(_array_index(last, len(parent), pointer, allow_end=True), value)
+    else:
+        raise PatchError(f"path {pointer!r}: parent is not an object or array")
+    return doc
+
+
+def _remove(doc: JSON, pointer: str) -> tuple[JSON, JSON]:
+    """Remove the target; returns ``(doc, removed value)``."""
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        raise PatchError("cannot remove the whole document")
+    parent = _parent(doc, tokens, pointer)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise PatchError(f"path {pointer!r} does not exist")
+        return doc, parent.pop(last)
+    if isinstance(parent, list):
+        return doc, parent.pop(_array_index(last, len(parent), pointer, allow_end=False))
+    raise PatchError(f"path {pointer!r}: parent is not an object or array")
+
+
+def _replace(doc: JSON, pointer: str, value: JSON) -> JSON:
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return value
+    parent = _parent(doc, tokens, pointer)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise PatchError(f"path {pointer!r} does not exist")
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent[_array_index(last, len(parent), pointer, allow_end=False)] = value
+    else:
+        raise PatchError(f"path {pointer!r}: parent is not an object or array")
+    return doc
+
+
+def _string_member(op: Mapping[str, JSON], name: str, index: int) -> str:
+    value = op.get(name)
+    if not isinstance(value, str):
+        raise PatchError(f"operation {index}: {name!r} must be a string")
+    return value
+
+
+def json_patch(doc: JSON, ops: JSON) -> JSON:
+    """Apply an RFC 6902 JSON patch (a list of operations) to a copy of ``doc``.
+
+    Raises ``PatchError`` for a malformed patch, a missing path, or a failed ``test``.
+    """
+    if not isinstance(ops, list):
+        raise PatchError("a JSON patch must be an array of operations")
+    result = _clone(doc)
+    for index, op in enumerate(ops):
+        if not isinstance(op, dict):
+            raise PatchError(f"operation {index} is not an object")
+        name = _string_member(op, "op", index)
+        path = _string_member(op, "path", index)
+        if name in ("add", "replace", "test") and "value" not in op:
+            raise PatchError(f"operation {index} ({name}): missing 'value'")
+        if name == "add":
+            result = _add(result, path, _clone(op["value"]))
+        elif name == "remove":
+            result, _ = _remove(result, path)
+        elif name == "replace":
+            result = _replace(result, path, _clone(op["value"]))
+        elif name == "move":
+            source = _string_member(op, "from", index)
+            if source == path:
+                continue
+            if path.startswith(source + "/"):
+                raise PatchError(f"operation {index} (move): cannot move {source!r} into itself")
+            result, value = _remove(result, source)
+            result = _add(result, path, value)
+        elif name == "copy":
+            source = _string_member(op, "from", index)
+            result = _add(result, path, _clone(_get(result, source)))
+        elif name == "test":
+            if not json_equal(_get(result, path), op["value"]):
+                raise PatchError(f"operation {index} (test): value at {path!r} differs")
+        else:
+            raise PatchError(f"operation {index}: unknown op {name!r}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# RFC 7386 JSON merge patch
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(target: JSON, patch: JSON) -> JSON:
+    if not isinstance(patch, dict):
+        return _clone(patch)
+    result = _clone(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
+
+
+def merge_patch(doc: JSON, patch: JSON) -> JSON:
+    """Apply an RFC 7386 JSON merge patch; returns a new value."""
+    return _merge(doc, patch)
+
+
+# --------------------------------------------------------------------------------------------
+# Kubernetes strategic merge patch
+# --------------------------------------------------------------------------------------------
+
+
+def _strip(value: JSON) -> JSON:
+    """A copy of a patch value without directives or nulls: how a new field is stored."""
+    if isinstance(value, dict):
+        return {
+            k: _strip(v)
+            for k, v in value.items()
+            if v is not None
+            and k not in (_PATCH, _RETAIN_KEYS)
+            and not k.startswith((_DELETE_FROM_PRIMITIVE, _SET_ORDER))
+        }
+    if isinstance(value, list):
+        return [
+            _strip(v)
+            for v in value
+            if not (isinstance(v, dict) and v.get(_PATCH) in ("delete", "replace"))
+        ]
+    return value
+
+
+def _directive(patch: Mapping[str, JSON], where: str) -> str:
+    value = patch.get(_PATCH, "merge")
+    if value not in ("merge", "replace", "delete"):
+        raise PatchError(f"{where}: unknown $patch directive {value!r}")
+    return str(value)
+
+
+def _merge_map(
+    original: dict[str, JSON], patch: Mapping[str, JSON], schema: Schema, where: str
+) -> dict[str, JSON]:
+    """Strategic merge of ``patch`` into ``original`` (which this function owns)."""
+    directive = _directive(patch, where)
+    if directive == "replace":
+        return _strip(patch)
+    if directive == "delete":
+        return {}
+
+    retain = patch.get(_RETAIN_KEYS)
+    if retain is not None:
+        if not isinstance(retain, list) or not all(isinstance(k, str) for k in retain):
+            raise PatchError(f"{where}: $retainKeys must be a list of strings")
+        for key in list(original):
+            if key not in retain:
+                del original[key]
+
+    orders: dict[str, list[JSON]] = {}
+    for key, value in patch.items():
+        if key in (_PATCH, _RETAIN_KEYS):
+            continue
+        if key.startswith(_DELETE_FROM_PRIMITIVE):
+            name = key[len(_DELETE_FROM_PRIMITIVE) :]
+            if not isinstance(value, list):
+                raise PatchError(f"{where}.{name}: $deleteFromPrimitiveList must be a list")
+            current = original.get(name)
+            if isinstance(current, list):
+                original[name] = [v for v in current if not any(json_equal(v, d) for d in value)]
+            continue
+        if key.startswith(_SET_ORDER):
+            if not isinstance(value, list):
+                raise PatchError(f"{where}: {key} must be a list")
+            orders[key[len(_SET_ORDER) :]] = value
+            continue
+        path = f"{where}.{key}"
+        if value is None:
+            original.pop(key, None)
+            continue
+        sub = schema.get(key, _NO_SCHEMA)
+        current = original.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            original[key] = _merge_map(current, value, sub.fields, path)
+        elif isinstance(value, dict) and value.get(_PATCH) == "delete":
+            original.pop(key, None)
+        elif isinstance(value, list) and isinstance(current, list):
+            original[key] = _merge_list(current, value, sub, path)
+        else:
+            original[key] = _strip(value)
+
+    for name, order in orders.items():
+        current = original.get(name)
+        if isinstance(current, list):
+            original[name] = _reorder(current, order, schema.get(name, _NO_SCHEMA).merge_key)
+    return original
+
+
+_NO_SCHEMA = FieldSchema()
+
+
+def _merge_list(original: list[JSON], patch: list[JSON], schema: FieldSchema, where: str) -> JSON:
+    for item in patch:
+        if isinstance(item, dict) and item.get(_PATCH) == "replace":
+            # {"$patch": "replace"} inside a list: the list becomes exactly the other items.
+            return _strip([i for i in patch if i is not item])
+    if schema.merge_primitives:
+        result = list(original)
+        for item in patch:
+            if isinstance(item, dict) and _PATCH in item:
+                raise PatchError(f"{where}: $patch in a list of scalars")
+            if not any(json_equal(item, r) for r in result):
+                result.append(_clone(item))
+        return result
+    if not schema.merge_key:
+        return _strip(patch)
+
+    key = schema.merge_key
+    result = list(original)
+    for position, item in enumerate(patch):
+        if not isinstance(item, dict):
+            raise PatchError(f"{where}[{position}]: expected a map merged on {key!r}")
+        if key not in item:
+            raise PatchError(f"{where}[{position}]: does not contain declared merge key {key!r}")
+        match = next(
+            (
+                i
+                for i, r in enumerate(result)
+                if isinstance(r, dict) and json_equal(r.get(key), item[key])
+            ),
+            None,
+        )
+        directive = _directive(item, f"{where}[{position}]")
+        if directive == "delete":
+            result = [
+                r for r in result if not (isinstance(r, dict) and json_equal(r.get(key), item[key]))
+            ]
+        elif match is None:
+            result.append(_strip(item))
+        else:
+            result[match] = _merge_map(
+                result[match], item, schema.fields, f"{where}[{key}={item[key]}]"
+            )
+    return result
+
+
+def _reorder(items: list[JSON], order: list[JSON], merge_key: str) -> list[JSON]:
+    def identity(item: JSON) -> JSON:
+        if merge_key and isinstance(item, dict):
+            return item.get(merge_key)
+        return item
+
+    wanted = [identity(o) for o in order]
+    first: list[JSON] = []
+    for want in wanted:
+        first.extend(i for i in items if json_equal(identity(i), want))
+    rest = [i for i in items if not any(json_equal(identity(i), w) for w in wanted)]
+    return first + rest
+
+
+def strategic_merge_patch(
+    doc: Mapping[str, JSON],
+    patch: JSON,
+    kind_key: KindKey,
+    *,
+    merge_keys: Mapping[KindKey, Schema] = DEFAULT_MERGE_KEYS,
+) -> dict[str, JSON]:
+    """Apply a Kubernetes strategic merge patch to a copy of ``doc``.
+
+    ``kind_key`` is ``(group, kind)``; only kinds in ``merge_keys`` are supported, the others
+    (custom resources) raise ``UnsupportedPatchError`` as the API server answers 415.
+    """
+    schema = merge_keys.get(kind_key)
+    if schema is None:
+        group, kind = kind_key
+        name = f"{kind}.{group}" if group else kind
+        raise UnsupportedPatchError(
+            f"strategic merge patch is not supported for {name or 'objects without a kind'}; "
+            "use a JSON merge patch or a JSON patch"
+        )
+    if not isinstance(patch, dict):
+        raise PatchError("a strategic merge patch must be a JSON object")
+    return _merge_map(_clone(dict(doc)), patch, schema, "")
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch on content type
+# --------------------------------------------------------------------------------------------
+
+
+def media_type(content_type: str) -> str:
+    """``"application/json; charset=utf-8"`` -> ``"application/json"`` (lower case)."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _reject_constant(name: str) -> float:
+    # Python's json accepts NaN/Infinity; the API server does not.
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def _load_json(patch: bytes, what: str) -> JSON:
+    try:
+        return json.loads(patch, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise PatchError(f"invalid {what}: {e}") from e
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML without the implicit timestamp type, as the API server's YAML-to-JSON does:
+    an unquoted ``2024-01-01`` stays a string."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml_documents(data: bytes | str) -> list[JSON]:
+    """Every document of a YAML stream, loaded safely (raises ``yaml.YAMLError``)."""
+    return list(yaml.load_all(data, Loader=_YamlLoader))  # safe: a SafeLoader subclass
+
+
+def _load_apply(patch: bytes) -> JSON:
+    """An apply configuration: YAML (JSON is accepted too), exactly one document."""
+    try:
+        docs = load_yaml_documents(patch)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise PatchError(f"invalid apply patch: {e}") from e
+    if len(docs) != 1:
+        raise PatchError(f"an apply patch must hold exactly one YAML document, got {len(docs)}")
+    doc = docs[0]
+    _check_json_values(doc)
+    return doc
+
+
+def _check_json_values(value: JSON) -> None:
+    """YAML can produce dates, non-string keys, NaN...: refuse what JSON cannot carry."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise PatchError(f"invalid apply patch: non-string key {k!r}")
+            _check_json_values(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json_values(v)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise PatchError("invalid apply patch: non-finite number")
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise PatchError(f"invalid apply patch: unsupported value of type {type(value).__name__}")
+
+
+def apply_patch(
+    obj: Mapping[str, JSON],
+    patch: bytes,
+    content_type: str,
+    *,
+    kind_key: KindKey | None = None,
+    merge_keys: Mapping[KindKey, Schema] = DEFAULT_MERGE_KEYS,
+) -> dict[str, JSON]:
+    """Apply the PATCH request body ``patch`` of type ``content_type`` to a copy of ``obj``.
+
+    ``kind_key`` defaults to the ``(group, kind)`` of ``obj``. Raises ``PatchError`` for an
+    undecodable or inapplicable patch, ``UnsupportedPatchError`` (415) for a content type
+    that is not a patch type or a strategic merge patch of a kind without a schema.
+    """
+    mtype = media_type(content_type)
+    key = kind_key if kind_key is not None else kind_key_of(obj)
+    if mtype == JSON_PATCH:
+        result = json_patch(dict(obj), _load_json(patch, "JSON patch"))
+    elif mtype == MERGE_PATCH:
+        result = merge_patch(dict(obj), _load_json(patch, "merge patch"))
+    elif mtype == STRATEGIC_MERGE_PATCH:
+        result = strategic_merge_patch(
+            obj, _load_json(patch, "strategic merge patch"), key, merge_keys=merge_keys
+        )
+    elif mtype == APPLY_PATCH:
+        applied = _load_apply(patch)
+        if not isinstance(applied, dict):
+            raise PatchError("an apply patch must be an object")
+        if key in merge_keys:
+            result = strategic_merge_patch(obj, applied, key, merge_keys=merge_keys)
+        else:
+            result = merge_patch(dict(obj), applied)
+    else:
+        raise UnsupportedPatchError(
+            f"the body of the request was in an unknown format - accepted media types include: "
+            f"{', '.join(PATCH_CONTENT_TYPES)} (got {content_type!r})"
+        )
+    if not isinstance(result, dict):
+        raise PatchError("the patched object is not a JSON object")
+    return result

@@ -1,0 +1,521 @@
+"""JSON patch, merge patch, strategic merge patch and the content-type dispatch."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from klockproxy.core.errors import PatchError
+from klockproxy.core.patches import (
+    UnsupportedPatchError,
+    apply_patch,
+    json_equal,
+    json_patch,
+    kind_key_of,
+    merge_patch,
+    parse_pointer,
+    strategic_merge_patch,
+)
+
+POD = ("", "Pod")
+DEPLOYMENT = ("apps", "Deployment")
+
+
+def pod(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default", "labels": {"app": "web", "tier": "1"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "nginx:1",
+                    "ports": [{"containerPort": 80}, {"containerPort": 443}],
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                },
+                {"name": "sidecar", "image": "busybox"},
+            ],
+            "tolerations": [{"key": "a", "operator": "Exists"}],
+            **spec,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# RFC 6902
+# --------------------------------------------------------------------------------------------
+
+
+def test_pointer_unescapes_tilde_and_slash_in_the_right_order() -> None:
+    assert parse_pointer("") == []
+    assert parse_pointer("/a~1b/c~0d/~01") == ["a/b", "c~d", "~1"]
+    assert parse_pointer("/") == [""]
+
+
+@pytest.mark.parametrize("pointer", ["a", "/a~2", "/a~", "/~x"])
+def test_pointer_rejects_bad_syntax(pointer: str) -> None:
+    with pytest.raises(PatchError):
+        parse_pointer(pointer)
+
+
+def test_rfc6902_examples() -> None:
+    doc = {"foo": "bar"}
+    assert json_patch(doc, [{"op": "add", "path": "/baz", "value": "qux"}]) == {
+        "foo": "bar",
+        "baz": "qux",
+    }
+    assert json_patch({"foo": ["bar", "baz"]}, [{"op": "add", "path": "/foo/1", "value": "q"}]) == {
+        "foo": ["bar", "q", "baz"]
+    }
+    assert json_patch({"foo": [1, 2]}, [{"op": "add", "path": "/foo/-", "value": 3}]) == {
+        "foo": [1, 2, 3]
+    }
+    assert json_patch({"a": 1, "b": 2}, [{"op": "remove", "path": "/b"}]) == {"a": 1}
+    assert json_patch({"a": [1, 2, 3]}, [{"op": "remove", "path": "/a/1"}]) == {"a": [1, 3]}
+    assert json_patch({"a": 1}, [{"op": "replace", "path": "/a", "value": 5}]) == {"a": 5}
+    moved = json_patch(
+        {"foo": {"bar": "baz", "waldo": "fred"}, "qux": {"corge": "grault"}},
+        [{"op": "move", "from": "/foo/waldo", "path": "/qux/thud"}],
+    )
+    assert moved == {"foo": {"bar": "baz"}, "qux": {"corge": "grault", "thud": "fred"}}
+    assert json_patch(
+        {"foo": ["all", "grass", "cows", "eat"]},
+        [{"op": "move", "from": "/foo/1", "path": "/foo/3"}],
+    ) == {"foo": ["all", "cows", "eat", "grass"]}
+    assert json_patch({"a": {"b": 1}}, [{"op": "copy", "from": "/a", "path": "/c"}]) == {
+        "a": {"b": 1},
+        "c": {"b": 1},
+    }
+    assert json_patch({"/": 9, "~": 8}, [{"op": "test", "path": "/~1", "value": 9}]) == {
+        "/": 9,
+        "~": 8,
+    }
+    assert json_patch({"a": 1}, [{"op": "add", "path": "", "value": [1]}]) == [1]
+
+
+def test_labels_via_json_patch_with_escaped_key() -> None:
+    obj = pod()
+    out = json_patch(
+        obj,
+        [
+            {"op": "add", "path": "/metadata/labels/app.kubernetes.io~1name", "value": "x"},
+            {"op": "remove", "path": "/metadata/labels/tier"},
+        ],
+    )
+    assert out["metadata"]["labels"] == {"app": "web", "app.kubernetes.io/name": "x"}
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "test", "path": "/a", "value": 2}],
+        [{"op": "test", "path": "/a", "value": True}],  # true is not 1
+        [{"op": "remove", "path": "/missing"}],
+        [{"op": "replace", "path": "/missing", "value": 1}],
+        [{"op": "add", "path": "/missing/deeper", "value": 1}],
+        [{"op": "add", "path": "/l/5", "value": 1}],
+        [{"op": "add", "path": "/l/01", "value": 1}],
+        [{"op": "add", "path": "/l/-1", "value": 1}],
+        [{"op": "remove", "path": "/l/-"}],
+        [{"op": "add", "path": "/a/x", "value": 1}],
+        [{"op": "move", "from": "/o", "path": "/o/inner"}],
+        [{"op": "copy", "from": "/nope", "path": "/x"}],
+        [{"op": "frobnicate", "path": "/a"}],
+        [{"op": "add", "path": "/a"}],
+        [{"path": "/a"}],
+        [{"op": "remove", "path": ""}],
+        ["not an object"],
+        {"op": "add"},
+    ],
+)
+def test_invalid_json_patches_raise(ops: Any) -> None:
+    with pytest.raises(PatchError):
+        json_patch({"a": 1, "l": [0], "o": {}}, ops)
+
+
+def test_json_equal_semantics() -> None:
+    assert json_equal(1, 1.0)
+    assert not json_equal(1, True)
+    assert not json_equal(0, False)
+    assert json_equal({"a": [1, {"b": None}]}, {"a": [1.0, {"b": None}]})
+    assert not json_equal([1, 2], [2, 1])
+    assert not json_equal("1", 1)
+
+
+def test_a_failed_test_leaves_the_input_untouched() -> None:
+    doc = {"a": {"b": [1]}}
+    before = copy.deepcopy(doc)
+    with pytest.raises(PatchError):
+        json_patch(doc, [{"op": "add", "path": "/a/b/-", "value": 2}, {"op": "test", "path": "/x"}])
+    assert doc == before
+
+
+# --------------------------------------------------------------------------------------------
+# RFC 7386
+# --------------------------------------------------------------------------------------------
+
+
+def test_rfc7386_examples() -> None:
+    cases = [
+        ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+        ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+        ({"a": "b"}, {"a": None}, {}),
+        ({"a": "b", "b": "c"}, {"a": None}, {"b": "c"}),
+        ({"a": ["b"]}, {"a": "c"}, {"a": "c"}),
+        ({"a": "c"}, {"a": ["b"]}, {"a": ["b"]}),
+        ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+        ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+        (["a", "b"], ["c", "d"], ["c", "d"]),
+        ({"a": "b"}, ["c"], ["c"]),
+        ({"a": "foo"}, None, None),
+        ({"a": "foo"}, "bar", "bar"),
+        ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+        ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+        ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+    ]
+    for doc, patch, expected in cases:
+        assert merge_patch(doc, patch) == expected, (doc, patch)
+
+
+def test_merge_patch_of_labels_as_kubectl_label_sends_it() -> None:
+    out = apply_patch(
+        pod(), b'{"metadata":{"labels":{"aura":"red","tier":null}}}', "application/merge-patch+json"
+    )
+    assert out["metadata"]["labels"] == {"app": "web", "aura": "red"}
+
+
+# --------------------------------------------------------------------------------------------
+# Strategic merge patch
+# --------------------------------------------------------------------------------------------
+
+
+def test_smp_merges_containers_by_name_and_ports_by_container_port() -> None:
+    patch = {
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "nginx:2", "ports": [{"containerPort": 8080}]},
+                {"name": "new", "image": "redis"},
+            ]
+        }
+    }
+    out = strategic_merge_patch(pod(), patch, POD)
+    containers = out["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["app", "sidecar", "new"]
+    assert containers[0]["image"] == "nginx:2"
+    assert [p["containerPort"] for p in containers[0]["ports"]] == [80, 443, 8080]
+    assert containers[0]["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+
+
+def test_smp_env_by_name_and_delete_directive_in_a_list() -> None:
+    patch = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "env": [{"name": "A", "value": "9"}, {"name": "B", "$patch": "delete"}],
+                }
+            ]
+        }
+    }
+    out = strategic_merge_patch(pod(), patch, POD)
+    assert out["spec"]["containers"][0]["env"] == [{"name": "A", "value": "9"}]
+
+
+def test_smp_tolerations_are_replaced_and_null_deletes() -> None:
+    patch = {
+        "metadata": {"labels": {"tier": None, "aura": "red"}},
+        "spec": {"tolerations": [{"key": "b", "operator": "Exists"}]},
+    }
+    out = strategic_merge_patch(pod(), patch, POD)
+    assert out["spec"]["tolerations"] == [{"key": "b", "operator": "Exists"}]
+    assert out["metadata"]["labels"] == {"app": "web", "aura": "red"}
+
+
+def test_smp_replace_directives() -> None:
+    out = strategic_merge_patch(
+        pod(), {"metadata": {"labels": {"$patch": "replace", "only": "this"}}}, POD
+    )
+    assert out["metadata"]["labels"] == {"only": "this"}
+    out = strategic_merge_patch(
+        pod(),
+        {"spec": {"containers": [{"name": "solo", "image": "x"}, {"$patch": "replace"}]}},
+        POD,
+    )
+    assert out["spec"]["containers"] == [{"name": "solo", "image": "x"}]
+    out = strategic_merge_patch(pod(), {"metadata": {"labels": {"$patch": "delete"}}}, POD)
+    assert out["metadata"]["labels"] == {}
+    out = strategic_merge_patch(pod(), {"metadata": {"labels": {"$patch": "merge", "x": "1"}}}, POD)
+    assert out["metadata"]["labels"] == {"app": "web", "tier": "1", "x": "1"}
+
+
+def test_smp_retain_keys() -> None:
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}},
+    }
+    patch = {"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}}
+    out = strategic_merge_patch(doc, patch, DEPLOYMENT)
+    assert out["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_smp_primitive_lists_finalizers_merge_and_delete() -> None:
+    doc = {"kind": "ConfigMap", "metadata": {"name": "c", "finalizers": ["a", "b"]}}
+    out = strategic_merge_patch(doc, {"metadata": {"finalizers": ["b", "c"]}}, ("", "ConfigMap"))
+    assert out["metadata"]["finalizers"] == ["a", "b", "c"]
+    out = strategic_merge_patch(
+        doc, {"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}, ("", "ConfigMap")
+    )
+    assert out["metadata"]["finalizers"] == ["b"]
+
+
+def test_smp_set_element_order() -> None:
+    patch = {
+        "spec": {
+            "$setElementOrder/containers": [{"name": "sidecar"}, {"name": "app"}],
+            "containers": [{"name": "app", "image": "nginx:3"}],
+        }
+    }
+    out = strategic_merge_patch(pod(), patch, POD)
+    assert [c["name"] for c in out["spec"]["containers"]] == ["sidecar", "app"]
+    assert out["spec"]["containers"][1]["image"] == "nginx:3"
+
+
+def test_smp_deployment_template_is_a_pod_spec_and_conditions_merge_by_type() -> None:
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "labels": {"app": "d"}},
+        "spec": {
+            "replicas": 1,
+            "template": {
+                "metadata": {"labels": {"app": "d"}},
+                "spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "1"}]},
+            },
+        },
+        "status": {"conditions": [{"type": "Available", "status": "True"}]},
+    }
+    # What `kubectl set image deployment/d a=2` sends.
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "2"}]}}}}
+    out = strategic_merge_patch(doc, patch, DEPLOYMENT)
+    assert out["spec"]["template"]["spec"]["containers"] == [
+        {"name": "a", "image": "2"},
+        {"name": "b", "image": "1"},
+    ]
+    status_patch = {"status": {"conditions": [{"type": "Progressing", "status": "True"}]}}
+    out = strategic_merge_patch(doc, status_patch, DEPLOYMENT)
+    assert [c["type"] for c in out["status"]["conditions"]] == ["Available", "Progressing"]
+
+
+def test_smp_service_ports_and_owner_references() -> None:
+    svc = {
+        "kind": "Service",
+        "metadata": {"ownerReferences": [{"uid": "1", "name": "a"}]},
+        "spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]},
+    }
+    patch = {
+        "metadata": {"ownerReferences": [{"uid": "2", "name": "b"}]},
+        "spec": {"ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    out = strategic_merge_patch(svc, patch, ("", "Service"))
+    assert out["spec"]["ports"][0] == {"port": 80, "name": "http", "targetPort": 8080}
+    assert len(out["spec"]["ports"]) == 2
+    assert [r["uid"] for r in out["metadata"]["ownerReferences"]] == ["1", "2"]
+
+
+def test_smp_new_values_are_stored_without_directives_or_nulls() -> None:
+    out = strategic_merge_patch(
+        {"kind": "Pod"}, {"metadata": {"labels": {"a": "1", "b": None, "$patch": "merge"}}}, POD
+    )
+    assert out["metadata"] == {"labels": {"a": "1"}}
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"spec": {"containers": [{"image": "no-name"}]}},
+        {"spec": {"containers": ["scalar"]}},
+        {"metadata": {"$patch": "explode"}},
+        {"spec": {"$retainKeys": "containers"}},
+        {"metadata": {"$deleteFromPrimitiveList/finalizers": "a"}},
+        ["not", "an", "object"],
+    ],
+)
+def test_smp_errors(patch: Any) -> None:
+    with pytest.raises(PatchError):
+        strategic_merge_patch(pod(), patch, POD)
+
+
+def test_smp_unknown_kind_is_unsupported() -> None:
+    lock = {"apiVersion": "klock.rnemet.dev/v1", "kind": "Lock", "metadata": {"name": "l"}}
+    with pytest.raises(UnsupportedPatchError, match=r"Lock\.klock\.rnemet\.dev"):
+        strategic_merge_patch(lock, {"metadata": {"labels": {"a": "b"}}}, kind_key_of(lock))
+    with pytest.raises(UnsupportedPatchError):
+        apply_patch(lock, b'{"spec":{}}', "application/strategic-merge-patch+json")
+
+
+# --------------------------------------------------------------------------------------------
+# apply_patch dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def test_kind_key_of() -> None:
+    assert kind_key_of({"apiVersion": "v1", "kind": "Pod"}) == ("", "Pod")
+    assert kind_key_of({"apiVersion": "apps/v1", "kind": "Deployment"}) == DEPLOYMENT
+    assert kind_key_of({}) == ("", "")
+
+
+def test_apply_patch_dispatches_each_type() -> None:
+    obj = pod()
+    out = apply_patch(
+        obj,
+        b'[{"op":"replace","path":"/metadata/labels/app","value":"db"}]',
+        "application/json-patch+json; charset=utf-8",
+    )
+    assert out["metadata"]["labels"]["app"] == "db"
+    out = apply_patch(
+        obj,
+        b'{"spec":{"containers":[{"name":"app","image":"x"}]}}',
+        "application/strategic-merge-patch+json",
+    )
+    assert len(out["spec"]["containers"]) == 2
+    out = apply_patch(
+        obj, b'{"spec":{"containers":[{"name":"app","image":"x"}]}}', "application/merge-patch+json"
+    )
+    assert out["spec"]["containers"] == [{"name": "app", "image": "x"}]
+
+
+def test_server_side_apply_yaml_and_json_bodies() -> None:
+    body = b"""apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  labels:
+    aura: red
+    since: 2024-01-01
+spec:
+  containers:
+  - name: app
+    image: nginx:9
+"""
+    out = apply_patch(pod(), body, "application/apply-patch+yaml")
+    assert out["metadata"]["labels"] == {
+        "app": "web",
+        "tier": "1",
+        "aura": "red",
+        "since": "2024-01-01",
+    }
+    assert [c["image"] for c in out["spec"]["containers"]] == ["nginx:9", "busybox"]
+    as_json = json.dumps({"metadata": {"labels": {"x": "y"}}}).encode()
+    out = apply_patch(pod(), as_json, "application/apply-patch+yaml")
+    assert out["metadata"]["labels"]["x"] == "y"
+
+
+def test_server_side_apply_of_a_custom_resource_is_a_merge() -> None:
+    lock = {
+        "apiVersion": "klock.rnemet.dev/v1",
+        "kind": "Lock",
+        "metadata": {"name": "l", "labels": {"a": "1"}},
+        "spec": {"operations": ["UPDATE", "DELETE"]},
+    }
+    out = apply_patch(lock, b"spec:\n  operations: [CREATE]\n", "application/apply-patch+yaml")
+    assert out["spec"]["operations"] == ["CREATE"]
+    assert out["metadata"]["labels"] == {"a": "1"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/merge-patch+json"),
+        (b"\xff\xfe", "application/json-patch+json"),
+        (b'{"op":"add"}', "application/json-patch+json"),
+        (b"[1]", "application/strategic-merge-patch+json"),
+        (b'{"a": NaN}', "application/merge-patch+json"),
+        (b"a: 1\n---\nb: 2\n", "application/apply-patch+yaml"),
+        (b"- 1\n- 2\n", "application/apply-patch+yaml"),
+        (b"", "application/apply-patch+yaml"),
+        (b"a: [unclosed", "application/apply-patch+yaml"),
+        (b"? [1, 2]\n: x\n", "application/apply-patch+yaml"),
+        (b"a: !!binary aGVsbG8=\n", "application/apply-patch+yaml"),
+        (b"a: .nan\n", "application/apply-patch+yaml"),
+        (b'"just a string"', "application/merge-patch+json"),
+    ],
+)
+def test_apply_patch_garbage_is_a_patch_error(body: bytes, content_type: str) -> None:
+    with pytest.raises(PatchError):
+        apply_patch(pod(), body, content_type)
+
+
+def test_apply_patch_unknown_content_type_is_unsupported() -> None:
+    with pytest.raises(UnsupportedPatchError):
+        apply_patch(pod(), b"{}", "application/json")
+
+
+def test_inputs_are_never_mutated() -> None:
+    obj = pod()
+    before = copy.deepcopy(obj)
+    smp = {
+        "metadata": {"labels": {"app": None, "$patch": "merge"}},
+        "spec": {
+            "containers": [
+                {"name": "app", "env": [{"name": "A", "$patch": "delete"}], "image": "z"}
+            ],
+            "$setElementOrder/containers": [{"name": "sidecar"}, {"name": "app"}],
+        },
+    }
+    smp_before = copy.deepcopy(smp)
+    out = strategic_merge_patch(obj, smp, POD)
+    out["spec"]["containers"][1]["ports"].append({"containerPort": 1})
+    merge_patch(obj, {"spec": {"containers": None}})["metadata"]["labels"]["z"] = "1"
+    json_patch(obj, [{"op": "remove", "path": "/spec/containers/0/ports/0"}])
+    for ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+        apply_patch(obj, json.dumps(smp).encode(), ctype)
+    assert obj == before
+    assert smp == smp_before
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values, json_values)
+def test_merge_patch_never_mutates_and_is_idempotent(doc: Any, patch: Any) -> None:
+    doc_before = copy.deepcopy(doc)
+    patch_before = copy.deepcopy(patch)
+    once = merge_patch(doc, patch)
+    assert merge_patch(once, patch) == once
+    assert doc == doc_before
+    assert patch == patch_before
+
+
+@given(
+    st.binary(max_size=64),
+    st.sampled_from(
+        [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ]
+    ),
+)
+def test_garbage_patches_only_raise_patch_error(body: bytes, content_type: str) -> None:
+    with contextlib.suppress(PatchError):
+        apply_patch(pod(), body, content_type)
+
+
+@given(st.binary(max_size=64))
+def test_garbage_apply_bodies_only_raise_patch_error(body: bytes) -> None:
+    with contextlib.suppress(PatchError):
+        apply_patch(pod(), body, "application/apply-patch+yaml")
