@@ -1,0 +1,189 @@
+"""Lock sources: files reloaded on change, the cluster watched, combined into a LockSet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from klockproxy.core.errors import ConfigError, LockValidationError
+from klockproxy.core.types import Operation
+from klockproxy.lock_sources import (
+    ClusterLockSource,
+    FileLockSource,
+    LockSet,
+    create_lock_sources,
+)
+
+
+def lock_yaml(name: str, *, namespace: str = "default", ops: str = "[UPDATE, DELETE]") -> str:
+    return (
+        "apiVersion: klock.rnemet.dev/v1\n"
+        "kind: Lock\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec:\n  operations: {ops}\n  matcher: {{aura: red}}\n"
+    )
+
+
+def write(path: Path, text: str) -> None:
+    """Write and make sure the mtime moves even on coarse-timestamp filesystems."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    st = path.stat()
+    if st.st_mtime_ns == before:
+        os.utime(path, ns=(st.st_atime_ns, before + 1_000_000))
+
+
+def names(source: FileLockSource | ClusterLockSource | LockSet) -> list[str]:
+    if isinstance(source, LockSet):
+        assert source.engine is not None
+        return sorted(lock.key for lock in source.engine.locks)
+    return sorted(lock.key for lock in source.locks)
+
+
+async def test_file_source_loads_and_reloads_on_change(tmp_path: Path) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("lockred"))
+    src = FileLockSource([f], poll_interval=0.05)
+    changes: list[int] = []
+    src.on_change = lambda: changes.append(len(src.locks))
+    await src.start()
+    try:
+        assert src.ready
+        assert names(src) == ["default/lockred"]
+        write(f, lock_yaml("lockred") + "---\n" + lock_yaml("lockblue"))
+        # reload_if_changed is what the poller runs; calling it makes the test deterministic.
+        assert await src.reload_if_changed()
+        assert names(src) == ["default/lockblue", "default/lockred"]
+        assert changes[-1] == 2
+        assert not await src.reload_if_changed()
+    finally:
+        await src.stop()
+
+
+async def test_file_source_poller_picks_up_an_edit(tmp_path: Path) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("one"))
+    src = FileLockSource([f], poll_interval=0.02)
+    changed = asyncio.Event()
+    src.on_change = changed.set
+    await src.start()
+    try:
+        changed.clear()
+        write(f, lock_yaml("two"))
+        await asyncio.wait_for(changed.wait(), 10)
+        assert names(src) == ["default/two"]
+    finally:
+        await src.stop()
+
+
+async def test_invalid_edit_keeps_last_good_set_and_logs_without_contents(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("lockred"))
+    src = FileLockSource([f], poll_interval=60)
+    await src.start()
+    try:
+        secret_looking = "s3cr3t-value-that-must-not-be-logged"
+        write(f, lock_yaml("lockred", ops=f"[UPDATE, {secret_looking}]"))
+        with caplog.at_level(logging.ERROR, logger="klockproxy.lock_sources"):
+            assert not await src.reload_if_changed()
+        assert names(src) == ["default/lockred"]
+        assert src.last_error is not None and str(f) in src.last_error
+        assert "keeping the previous 1 lock" in caplog.text
+        assert "spec.operations" in caplog.text
+        # Malformed YAML too.
+        write(f, "spec: [unclosed\n")
+        assert not await src.reload_if_changed()
+        assert names(src) == ["default/lockred"]
+        # Fixing the file takes effect again.
+        write(f, lock_yaml("fixed"))
+        assert await src.reload_if_changed()
+        assert names(src) == ["default/fixed"]
+        assert src.last_error is None
+    finally:
+        await src.stop()
+
+
+async def test_invalid_file_at_start_raises(tmp_path: Path) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("x", ops="[UPDATE, SMASH]"))
+    src = FileLockSource([f])
+    with pytest.raises(LockValidationError, match=r"spec\.operations"):
+        await src.start()
+
+
+async def test_directory_source_follows_added_and_removed_files(tmp_path: Path) -> None:
+    d = tmp_path / "locks"
+    d.mkdir()
+    write(d / "a.yaml", lock_yaml("a"))
+    write(d / "notes.txt", "not a lock file, ignored")
+    src = FileLockSource([d], poll_interval=60)
+    await src.start()
+    try:
+        assert names(src) == ["default/a"]
+        write(d / "b.yml", lock_yaml("b", namespace="prod"))
+        assert await src.reload_if_changed()
+        assert names(src) == ["default/a", "prod/b"]
+        (d / "a.yaml").unlink()
+        assert await src.reload_if_changed()
+        assert names(src) == ["prod/b"]
+        # A second file defining the same lock is an error: keep the last good set.
+        write(d / "c.yaml", lock_yaml("b", namespace="prod"))
+        assert not await src.reload_if_changed()
+        assert names(src) == ["prod/b"]
+    finally:
+        await src.stop()
+
+
+async def test_lock_set_combines_and_fails_closed_until_ready(tmp_path: Path) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("lockred"))
+
+    class NeverReady:
+        """A source that never becomes ready (e.g. an unreachable cluster)."""
+
+        ready = False
+        locks = ()
+        on_change = None
+
+        async def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
+    lockset = LockSet([FileLockSource([f]), NeverReady()])
+    await lockset.start()
+    try:
+        assert lockset.engine is None
+        assert not await lockset.wait_ready(0.05)
+    finally:
+        await lockset.stop()
+
+    lockset = LockSet([FileLockSource([f])])
+    await lockset.start()
+    try:
+        assert lockset.engine is not None
+        assert lockset.engine.covers("default", Operation.UPDATE)
+        assert not lockset.engine.covers("default", Operation.CREATE)
+        assert lockset.describe() == f"1 lock from {f}"
+    finally:
+        await lockset.stop()
+
+
+def test_create_lock_sources_validates_specs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        create_lock_sources([str(tmp_path / "missing.yaml")], None)
+    with pytest.raises(ConfigError, match="cluster"):
+        create_lock_sources(["cluster"], None)
+    f = tmp_path / "l.yaml"
+    write(f, lock_yaml("a"))
+    lockset = create_lock_sources([str(f)], None)
+    assert len(lockset.sources) == 1
+    assert isinstance(lockset.sources[0], FileLockSource)
+    assert create_lock_sources([], None).engine is not None
