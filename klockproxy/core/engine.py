@@ -1,0 +1,259 @@
+"""The decision engine: may this caller do this operation to an object with these labels?
+
+Semantics (``/work/shared/klock-reference.md``, "where klockproxy deliberately differs"):
+
+- a Lock applies only in its own namespace, and only to the operations it lists;
+- Lock objects themselves (``locks.klock.rnemet.dev``) are never locked;
+- CREATE is judged on the new labels, UPDATE on the old OR the new ones, DELETE on the old
+  ones, CONNECT on the parent object's (old) labels;
+- every applicable Lock is evaluated: a Lock whose ``exclusive`` matches the caller does not
+  apply to that caller, but it never switches the other Locks off (Klock's first-exemption
+  short cut is not reproduced);
+- ``exclusive.name`` without ``:`` matches the username itself or the service account of
+  that name in the Lock's own namespace; with ``:`` it must equal the whole username;
+  ``exclusive.uid`` must equal the caller's uid; when both are set both must match;
+- dry-run requests get the same decision (the user wants to know).
+
+Locks are indexed by (namespace, operation) and, inside that, by one label key/value pair
+when a matcher expression can only match finitely many values, so a decision costs what the
+locks that can possibly match cost, not what the whole set costs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from klockproxy.core.locks import GROUP, Lock
+from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+
+logger = logging.getLogger(__name__)
+
+LOCK_RESOURCE = "locks"
+DENIAL_PREFIX = "denied, there is a lock: "
+_SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+_NO_LABELS: Mapping[str, str] = {}
+
+
+def is_lock_resource(resource: ResourceRef) -> bool:
+    """Lock objects are never locked (else a Lock matching its own labels is a deadlock)."""
+    return resource.group == GROUP and resource.resource == LOCK_RESOURCE
+
+
+def is_exempt(lock: Lock, user: UserInfo) -> bool:
+    """Whether ``user`` is the one ``lock.exclusive`` lets through (False if nobody is)."""
+    name, uid = lock.exclusive_name, lock.exclusive_uid
+    if name is None and uid is None:
+        return False
+    if uid is not None and user.uid != uid:
+        return False
+    if name is None:
+        return True
+    if ":" in name:
+        return user.username == name
+    return (
+        user.username == name
+        or user.username == f"{_SERVICE_ACCOUNT_PREFIX}{lock.namespace}:{name}"
+    )
+
+
+def who_may(lock: Lock) -> str:
+    """Human text for the exemption: ``only jonny-op may`` / ``nobody is exempt``."""
+    name, uid = lock.exclusive_name, lock.exclusive_uid
+    if name is not None and uid is not None:
+        return f"only {name} with uid {uid} may"
+    if name is not None:
+        return f"only {name} may"
+    if uid is not None:
+        return f"only the user with uid {uid} may"
+    return "nobody is exempt"
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """One Lock responsible for a denial.
+
+    ``matched_old``/``matched_new`` say which labels the lock matched (UPDATE is judged on
+    both). ``text`` is this lock's part of the message:
+    ``map[aura:red] (Lock default/lockred forbids UPDATE of pods "my-pod"; only jonny-op may)``.
+    """
+
+    lock: Lock
+    operation: Operation
+    matched_old: bool
+    matched_new: bool
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer.
+
+    ``message`` is empty when allowed; when denied it starts with Klock's exact text
+    (``denied, there is a lock: map[aura:red]``) and names every responsible lock.
+    ``exempted`` lists the locks that matched the object but let this caller through (the
+    proxy guards such writes against a concurrent relabel).
+    """
+
+    allowed: bool
+    denials: tuple[Denial, ...] = ()
+    message: str = ""
+    exempted: tuple[Lock, ...] = field(default=())
+
+
+ALLOWED = Decision(allowed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bucket:
+    """The locks of one (namespace, operation), as positions into Engine._locks."""
+
+    # Locks with no bounded matcher key (empty matcher, or only negations): always evaluated.
+    always: tuple[int, ...]
+    # label key -> label value -> locks that can only match when labels[key] == value.
+    by_label: Mapping[str, Mapping[str, tuple[int, ...]]]
+
+
+def _index_key(lock: Lock) -> tuple[str, frozenset[str]] | None:
+    """The matcher key with the smallest finite accepted set, or None if none is finite."""
+    best: tuple[str, frozenset[str]] | None = None
+    for key, expr in lock.matcher:
+        accepted = expr.accepted
+        if accepted is not None and (best is None or len(accepted) < len(best[1])):
+            best = (key, accepted)
+    return best
+
+
+def _describe(inp: AdmissionInput) -> str:
+    resource = inp.resource.group_resource if inp.resource.resource else (inp.kind or "objects")
+    target = f'{resource} "{inp.name}"' if inp.name else resource
+    if inp.resource.subresource:
+        target += f" through {inp.resource.subresource}"
+    return target
+
+
+class Engine:
+    """An immutable, indexed set of Locks answering admission questions.
+
+    Build a new Engine when the locks change (lock sources do); ``decide`` is safe to call
+    from any thread.
+    """
+
+    __slots__ = ("_buckets", "_locks")
+
+    def __init__(self, locks: Iterable[Lock]) -> None:
+        # Sorted so that decisions (and denial messages) never depend on load order.
+        self._locks: tuple[Lock, ...] = tuple(sorted(locks, key=lambda lk: (lk.namespace, lk.name)))
+        always: dict[tuple[str, Operation], list[int]] = {}
+        by_label: dict[tuple[str, Operation], dict[str, dict[str, list[int]]]] = {}
+        for pos, lock in enumerate(self._locks):
+            index_key = _index_key(lock)
+            for op in lock.operations:
+                bucket_key = (lock.namespace, op)
+                always.setdefault(bucket_key, [])
+                labels = by_label.setdefault(bucket_key, {})
+                if index_key is None:
+                    always[bucket_key].append(pos)
+                else:
+                    key, values = index_key
+                    per_value = labels.setdefault(key, {})
+                    for value in values:
+                        per_value.setdefault(value, []).append(pos)
+        self._buckets: dict[tuple[str, Operation], _Bucket] = {
+            bucket_key: _Bucket(
+                always=tuple(always[bucket_key]),
+                by_label={
+                    key: {value: tuple(positions) for value, positions in per_value.items()}
+                    for key, per_value in by_label[bucket_key].items()
+                },
+            )
+            for bucket_key in always
+        }
+
+    @property
+    def lock_count(self) -> int:
+        """How many locks this engine holds."""
+        return len(self._locks)
+
+    @property
+    def locks(self) -> tuple[Lock, ...]:
+        """The locks, sorted by namespace then name."""
+        return self._locks
+
+    def covers(self, namespace: str, operation: Operation) -> bool:
+        """Is there any lock in ``namespace`` for ``operation``? (If not, skip all work.)"""
+        return (namespace, operation) in self._buckets
+
+    def decide(self, inp: AdmissionInput) -> Decision:
+        """Judge one operation on one object; see the module docstring for the rules."""
+        if is_lock_resource(inp.resource):
+            return ALLOWED
+        bucket = self._buckets.get((inp.namespace, inp.operation))
+        if bucket is None:
+            return ALLOWED
+
+        op = inp.operation
+        old: Mapping[str, str] | None
+        new: Mapping[str, str] | None
+        if op is Operation.CREATE:
+            old, new = None, inp.new_labels if inp.new_labels is not None else _NO_LABELS
+        elif op is Operation.UPDATE:
+            old, new = inp.old_labels, inp.new_labels
+            if old is None and new is None:
+                old = _NO_LABELS
+        else:  # DELETE, CONNECT: the existing (parent) object decides
+            old, new = (inp.old_labels if inp.old_labels is not None else _NO_LABELS), None
+
+        candidates = self._candidates(bucket, old, new)
+        if not candidates:
+            return ALLOWED
+
+        denials: list[Denial] = []
+        exempted: list[Lock] = []
+        for pos in candidates:
+            lock = self._locks[pos]
+            matched_old = old is not None and lock.matches(old)
+            matched_new = new is not None and lock.matches(new)
+            if not (matched_old or matched_new):
+                continue
+            if is_exempt(lock, inp.user):
+                exempted.append(lock)
+                continue
+            text = (
+                f"{lock.matcher_text()} (Lock {lock.key} forbids {op.value} of "
+                f"{_describe(inp)}; {who_may(lock)})"
+            )
+            denials.append(Denial(lock, op, matched_old, matched_new, text))
+        if not denials:
+            return Decision(allowed=True, exempted=tuple(exempted)) if exempted else ALLOWED
+        message = DENIAL_PREFIX + ", and a lock: ".join(d.text for d in denials)
+        logger.debug(
+            "denied %s %s/%s by %s",
+            op.value,
+            inp.namespace,
+            inp.name,
+            ", ".join(d.lock.key for d in denials),
+        )
+        return Decision(
+            allowed=False, denials=tuple(denials), message=message, exempted=tuple(exempted)
+        )
+
+    @staticmethod
+    def _candidates(
+        bucket: _Bucket, old: Mapping[str, str] | None, new: Mapping[str, str] | None
+    ) -> list[int]:
+        """Positions of the locks that may match ``old`` or ``new``, in lock order."""
+        found: set[int] = set(bucket.always)
+        by_label = bucket.by_label
+        if by_label:
+            for labels in (old, new):
+                if not labels:
+                    continue
+                for key, value in labels.items():
+                    per_value = by_label.get(key)
+                    if per_value is not None:
+                        hit = per_value.get(value)
+                        if hit is not None:
+                            found.update(hit)
+        return sorted(found)
