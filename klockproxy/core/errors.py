@@ -76,3 +76,7 @@ class UpstreamError(KlockProxyError):
 
 class ConfigError(KlockProxyError):
     """Invalid configuration: options, kubeconfig, command-line arguments."""
+
+
+class ManifestError(KlockProxyError):
+    """A manifest given to ``klockproxy check`` is not a Kubernetes object it can judge."""
