@@ -520,6 +520,7 @@ class LockSet:
         self.engine: Engine | None = None
         self.on_change: Callable[[], None] | None = None
         self._ready_event: asyncio.Event | None = None
+        self._started = False
         for source in self.sources:
             source.on_change = self._rebuild
         if not self.sources:
@@ -547,21 +548,30 @@ class LockSet:
         return ", ".join(parts)
 
     async def start(self) -> None:
-        """Start every source (a FileLockSource raises here if its files are invalid)."""
-        self._ready_event = asyncio.Event()
+        """Start every source (a FileLockSource raises here if its files are invalid).
+
+        Idempotent: whoever starts the set first (serve.py or the addon) wins.
+        """
+        if self._started:
+            return
+        self._started = True
+        if self._ready_event is None:
+            self._ready_event = asyncio.Event()
         started: list[LockSource] = []
         try:
             for source in self.sources:
                 await source.start()
                 started.append(source)
         except BaseException:
+            self._started = False
             for source in started:
                 await source.stop()
             raise
         self._rebuild()
 
     async def stop(self) -> None:
-        """Stop every source."""
+        """Stop every source (idempotent)."""
+        self._started = False
         for source in self.sources:
             await source.stop()
 
