@@ -1,0 +1,334 @@
+"""Request classification, compared with what the API server's RequestInfoFactory does."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from klockproxy.core.errors import ClassificationError
+from klockproxy.core.requests import RequestInfo, classify, parse_query
+from klockproxy.core.types import Operation, ResourceRef
+
+
+def shape(info: RequestInfo) -> tuple[str, str, str, str, str, str, str]:
+    return (
+        info.verb,
+        info.group,
+        info.version,
+        info.resource,
+        info.subresource,
+        info.namespace,
+        info.name,
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        # Mirrors the API server's own TestGetAPIRequestInfo table.
+        ("GET", "/api/v1/namespaces", ("list", "", "v1", "namespaces", "", "", "")),
+        ("GET", "/api/v1/namespaces/other", ("get", "", "v1", "namespaces", "", "other", "other")),
+        ("GET", "/api/v1/namespaces/other/pods", ("list", "", "v1", "pods", "", "other", "")),
+        (
+            "GET",
+            "/api/v1/namespaces/other/pods/foo",
+            (
+                "get",
+                "",
+                "v1",
+                "pods",
+                "",
+                "other",
+                "foo",
+            ),
+        ),
+        (
+            "HEAD",
+            "/api/v1/namespaces/other/pods/foo",
+            ("get", "", "v1", "pods", "", "other", "foo"),
+        ),
+        ("GET", "/api/v1/pods", ("list", "", "v1", "pods", "", "", "")),
+        ("HEAD", "/api/v1/pods", ("list", "", "v1", "pods", "", "", "")),
+        (
+            "GET",
+            "/api/v1/namespaces/other/pods/foo",
+            (
+                "get",
+                "",
+                "v1",
+                "pods",
+                "",
+                "other",
+                "foo",
+            ),
+        ),
+        ("GET", "/api/v1/namespaces/other/pods", ("list", "", "v1", "pods", "", "other", "")),
+        # Legacy watch prefix.
+        ("GET", "/api/v1/watch/pods", ("watch", "", "v1", "pods", "", "", "")),
+        ("GET", "/api/v1/watch/namespaces/o/pods", ("watch", "", "v1", "pods", "", "o", "")),
+        ("GET", "/api/v1/watch/namespaces/o/pods/x", ("watch", "", "v1", "pods", "", "o", "x")),
+        ("GET", "/api/v1/namespaces/o/pods?watch=true", ("watch", "", "v1", "pods", "", "o", "")),
+        ("GET", "/api/v1/namespaces/o/pods?watch=1", ("watch", "", "v1", "pods", "", "o", "")),
+        ("GET", "/api/v1/namespaces/o/pods?watch=", ("watch", "", "v1", "pods", "", "o", "")),
+        ("GET", "/api/v1/namespaces/o/pods?watch=false", ("list", "", "v1", "pods", "", "o", "")),
+        ("GET", "/api/v1/namespaces/o/pods?watch=0", ("list", "", "v1", "pods", "", "o", "")),
+        # Groups.
+        (
+            "GET",
+            "/apis/apps/v1/namespaces/o/deployments/d",
+            ("get", "apps", "v1", "deployments", "", "o", "d"),
+        ),
+        (
+            "PATCH",
+            "/apis/apps/v1/namespaces/o/deployments/d/scale",
+            ("patch", "apps", "v1", "deployments", "scale", "o", "d"),
+        ),
+        (
+            "GET",
+            "/apis/klock.rnemet.dev/v1/locks",
+            ("list", "klock.rnemet.dev", "v1", "locks", "", "", ""),
+        ),
+        (
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            ("create", "authentication.k8s.io", "v1", "selfsubjectreviews", "", "", ""),
+        ),
+        (
+            "PUT",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/system%3Aadmin",
+            ("update", "rbac.authorization.k8s.io", "v1", "clusterroles", "", "", "system:admin"),
+        ),
+        # Mutations.
+        ("POST", "/api/v1/namespaces/o/pods", ("create", "", "v1", "pods", "", "o", "")),
+        ("PUT", "/api/v1/namespaces/o/pods/x", ("update", "", "v1", "pods", "", "o", "x")),
+        ("PATCH", "/api/v1/namespaces/o/pods/x", ("patch", "", "v1", "pods", "", "o", "x")),
+        ("DELETE", "/api/v1/namespaces/o/pods/x", ("delete", "", "v1", "pods", "", "o", "x")),
+        (
+            "DELETE",
+            "/api/v1/namespaces/o/pods",
+            ("deletecollection", "", "v1", "pods", "", "o", ""),
+        ),
+        ("DELETE", "/api/v1/namespaces/x", ("delete", "", "v1", "namespaces", "", "x", "x")),
+        (
+            "PUT",
+            "/api/v1/namespaces/x/finalize",
+            ("update", "", "v1", "namespaces", "finalize", "x", "x"),
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/x/status",
+            ("patch", "", "v1", "namespaces", "status", "x", "x"),
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/o/pods/x/status",
+            ("update", "", "v1", "pods", "status", "o", "x"),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/o/pods/x/eviction",
+            ("create", "", "v1", "pods", "eviction", "o", "x"),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/o/serviceaccounts/sa/token",
+            ("create", "", "v1", "serviceaccounts", "token", "o", "sa"),
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/o/pods/x/ephemeralcontainers",
+            ("patch", "", "v1", "pods", "ephemeralcontainers", "o", "x"),
+        ),
+        ("GET", "/api/v1/namespaces/o/pods/x/log", ("get", "", "v1", "pods", "log", "o", "x")),
+        # Connect subresources.
+        (
+            "GET",
+            "/api/v1/namespaces/o/pods/x/exec?command=sh&stdin=true",
+            ("connect", "", "v1", "pods", "exec", "o", "x"),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/o/pods/x/attach",
+            ("connect", "", "v1", "pods", "attach", "o", "x"),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/o/pods/x/portforward",
+            ("connect", "", "v1", "pods", "portforward", "o", "x"),
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/o/pods/https:x:8443/proxy/some/path",
+            ("connect", "", "v1", "pods", "proxy", "o", "x"),
+        ),
+        (
+            "OPTIONS",
+            "/api/v1/namespaces/o/services/svc:80/proxy",
+            ("connect", "", "v1", "services", "proxy", "o", "svc"),
+        ),
+        (
+            "GET",
+            "/api/v1/nodes/n1/proxy/metrics",
+            ("connect", "", "v1", "nodes", "proxy", "", "n1"),
+        ),
+    ],
+)
+def test_resource_requests(method: str, path: str, expected: tuple[str, ...]) -> None:
+    info = classify(method, path)
+    assert info.is_resource_request
+    assert shape(info) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "verb"),
+    [
+        ("GET", "/", "get"),
+        ("GET", "/version?timeout=5s", "get"),
+        ("GET", "/api", "get"),
+        ("GET", "/api/v1", "get"),
+        ("GET", "/apis", "get"),
+        ("GET", "/apis/apps", "get"),
+        ("GET", "/apis/apps/v1", "get"),
+        ("GET", "/openapi/v3/api/v1?hash=ABC", "get"),
+        ("GET", "/healthz", "get"),
+        ("POST", "/logs", "post"),
+        ("OPTIONS", "/version", "options"),
+    ],
+)
+def test_non_resource_requests(method: str, path: str, verb: str) -> None:
+    info = classify(method, path)
+    assert not info.is_resource_request
+    assert info.verb == verb
+    assert not info.is_mutation
+    assert info.operation is None
+
+
+def test_query_dry_run_and_decoded_path() -> None:
+    info = classify(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/my-pod?dryRun=All&fieldManager=kubectl-label&x=a+b%21",
+    )
+    assert info.dry_run
+    assert info.query["fieldManager"] == ("kubectl-label",)
+    assert info.query["x"] == ("a b!",)
+    assert info.path == "/api/v1/namespaces/default/pods/my-pod"
+    assert not classify("DELETE", "/api/v1/namespaces/d/pods/x?dryRun=None").dry_run
+    assert classify("POST", "/api/v1/namespaces/d/pods?dryRun=x&dryRun=All").dry_run
+    assert classify("GET", "/api/v1/namespaces/d/pods/a%3Ab").name == "a:b"
+
+
+def test_field_selector_names_the_listed_object_like_rbac() -> None:
+    assert classify("GET", "/api/v1/namespaces/d/pods?fieldSelector=metadata.name%3Dweb").name == (
+        "web"
+    )
+    assert classify("GET", "/api/v1/pods?fieldSelector=a%3Db,metadata.name%3D%3Dweb").name == "web"
+    assert classify("GET", "/api/v1/pods?fieldSelector=metadata.name%21%3Dweb").name == ""
+    assert classify("GET", "/api/v1/pods?watch=1&fieldSelector=metadata.name=w").verb == "watch"
+
+
+def test_ref_and_operations() -> None:
+    info = classify("PATCH", "/apis/apps/v1/namespaces/o/deployments/d/scale")
+    assert info.ref == ResourceRef("apps", "v1", "deployments", "scale")
+    cases = {
+        ("POST", "/api/v1/namespaces/o/pods"): Operation.CREATE,
+        ("POST", "/api/v1/namespaces/o/pods/x/eviction"): Operation.DELETE,
+        ("POST", "/api/v1/namespaces/o/serviceaccounts/s/token"): Operation.CREATE,
+        ("PUT", "/api/v1/namespaces/o/pods/x"): Operation.UPDATE,
+        ("PATCH", "/apis/apps/v1/namespaces/o/deployments/d/scale"): Operation.UPDATE,
+        ("PUT", "/api/v1/namespaces/o/pods/x/status"): Operation.UPDATE,
+        ("PATCH", "/api/v1/namespaces/o/pods/x/ephemeralcontainers"): Operation.UPDATE,
+        ("DELETE", "/api/v1/namespaces/o/pods/x"): Operation.DELETE,
+        ("DELETE", "/api/v1/namespaces/o/configmaps"): Operation.DELETE,
+        ("GET", "/api/v1/namespaces/o/pods/x/exec"): Operation.CONNECT,
+        ("POST", "/api/v1/namespaces/o/pods/x/portforward"): Operation.CONNECT,
+        ("GET", "/api/v1/namespaces/o/pods/x"): None,
+        ("GET", "/api/v1/namespaces/o/pods"): None,
+        ("GET", "/api/v1/namespaces/o/pods?watch=true"): None,
+        ("GET", "/api/v1/namespaces/o/pods/x/log"): None,
+    }
+    for (method, path), operation in cases.items():
+        info = classify(method, path)
+        assert info.operation == operation, (method, path)
+        assert info.is_mutation == (operation is not None), (method, path)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("DELETE", "/api/v1/namespaces/default/pods/a%2Fb", "%2F"),
+        ("DELETE", "/api/v1/namespaces/default/pods/a%2fb", "%2F"),
+        ("DELETE", "/api/v1/namespaces/default%2Fpods/x", "%2F"),
+        ("DELETE", "/api/v1/namespaces/default/pods/../secrets/x", "'..'"),
+        ("DELETE", "/api/v1/namespaces/default/pods/%2E%2E", "'..'"),
+        ("DELETE", "/api/v1/namespaces/default/pods/.", "'.'"),
+        ("DELETE", "/api/v1/namespaces/default//pods/x", "empty segment"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x/", "empty segment"),
+        ("PATCH", "/api/v1/namespaces/default/pods/x/status/extra", "unexpected segments"),
+        ("POST", "/api/v1/namespaces/default/pods/x/exec/more", "unexpected segments"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x%zz", "invalid percent escape"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x%4", "invalid percent escape"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x%", "invalid percent escape"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x%ff", "not UTF-8"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x\x00", "NUL"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x%00", "NUL"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x?dryRun=%zz", "invalid percent escape"),
+        ("DELETE", "/api/v1/namespaces/default/pods/x?dryRun=All;a=b", "';'"),
+        ("TRACE", "/api/v1/namespaces/default/pods/x", "unsupported HTTP method"),
+        ("delete", "/api/v1/namespaces/default/pods/x", "unsupported HTTP method"),
+        ("OPTIONS", "/api/v1/namespaces/default/pods/x", "unsupported HTTP method"),
+        ("TRACE", "/version", "unsupported HTTP method"),
+        ("PUT", "/api/v1/namespaces/default/pods/x/exec", "GET or POST"),
+        ("DELETE", "/api/v1/watch/namespaces/default/pods/x", "/watch/"),
+        ("GET", "/api/v1/watch", "unable to determine"),
+        ("GET", "/api/v1/watch/namespaces/d/pods/x/exec", "cannot watch"),
+        ("GET", "/api/v1/proxy/namespaces/d/pods/x", "legacy /proxy/"),
+        ("GET", "api/v1/pods", "does not start with '/'"),
+        ("GET", "https://host/api/v1/pods", "does not start with '/'"),
+        ("GET", "//version", "empty segment"),
+    ],
+)
+def test_unroutable_requests_are_refused(method: str, path: str, message: str) -> None:
+    with pytest.raises(ClassificationError, match=message.replace("?", r"\?")):
+        classify(method, path)
+
+
+def test_parse_query_keeps_order_and_repeats() -> None:
+    assert parse_query("a=1&b&a=2&&c=%20") == {"a": ("1", "2"), "b": ("",), "c": (" ",)}
+    assert parse_query("") == {}
+
+
+segment = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="/?"), min_size=0, max_size=8
+)
+
+
+@given(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "FOO", "get"]),
+    st.lists(segment, max_size=9),
+    st.text(max_size=12),
+)
+def test_arbitrary_paths_classify_or_raise_classification_error(
+    method: str, segments: list[str], query: str
+) -> None:
+    raw = "/" + "/".join(["api", "v1", *segments]) + ("?" + query if query else "")
+    try:
+        info = classify(method, raw)
+    except ClassificationError:
+        return
+    # Whatever was classified has no segment that could re-route on the server.
+    assert "//" not in info.path and "/../" not in info.path + "/"
+    if info.is_resource_request:
+        assert info.resource
+        assert "/" not in info.name and "/" not in info.namespace
+        assert info.verb in {
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+            "connect",
+        }
