@@ -19,6 +19,10 @@ from klockproxy import __version__
 # module-level imports of heavy libraries inside the functions of those modules.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("klockproxy.check", "decide offline whether Locks allow an operation on objects"),
+    "serve": (
+        "klockproxy.serve",
+        "local mode: a Lock-enforcing proxy in front of a kubeconfig context",
+    ),
     "crd": ("klockproxy.crd", "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
 }
 
