@@ -621,3 +621,31 @@ def test_forbidden_error_status() -> None:
     status = err.to_status()
     assert status["code"] == 403 and status["reason"] == "Forbidden"
     assert status["details"] == {"name": "d", "group": "apps", "kind": "deployments"}
+
+
+class ResourceVersionStore(FakeStore):
+    """Like the sandbox Store: a resource_version property bumped on every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rv = 1
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def add(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        self._rv += 1
+        return super().add(resource, obj)
+
+
+def test_resource_version_caches_and_invalidates() -> None:
+    store = ResourceVersionStore()
+    authz = Authorizer(store)
+    alice = user("alice")
+    assert not authz.authorize(alice, pods("get")).allowed
+    calls = store.list_calls
+    assert not authz.authorize(alice, pods("get")).allowed
+    assert store.list_calls == calls
+    grant_alice(store, rule(["get"], ["pods"]))
+    assert authz.authorize(alice, pods("get")).allowed

@@ -16,9 +16,10 @@
   has no object of the same kind and name (the real API server re-creates them at start).
 
 Performance: the store's RBAC objects are compiled into an index by subject. When the store
-exposes an integer ``generation`` attribute (or method) that changes on every write, the
-index is rebuilt only when it changes; otherwise it is rebuilt for each decision (the sandbox
-holds few objects, so this stays cheap).
+exposes an integer ``generation`` or ``resource_version`` (attribute or method) that changes
+on every write, the index is rebuilt only when it changes; otherwise it is rebuilt for each
+decision (the sandbox holds few objects, so this stays cheap). Objects must not be mutated in
+place behind the store's back (the sandbox store replaces them on every write).
 """
 
 from __future__ import annotations
@@ -347,10 +348,14 @@ class Authorizer:
         self._generation: int | None = None
 
     def _current_generation(self) -> int | None:
-        gen = getattr(self._store, "generation", None)
-        if callable(gen):
-            gen = gen()
-        return gen if isinstance(gen, int) else None
+        # The sandbox Store bumps ``resource_version`` on every write: a cheap change signal.
+        for attr in ("generation", "resource_version"):
+            gen = getattr(self._store, attr, None)
+            if callable(gen):
+                gen = gen()
+            if isinstance(gen, int):
+                return gen
+        return None
 
     def _load(self) -> _Policy:
         gen = self._current_generation()
