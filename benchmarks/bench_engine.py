@@ -6,7 +6,9 @@ The lock set is shaped like a busy namespace where most Locks cannot match the o
 each Lock targets its own application (``app: app-<i>`` with ``UPDATE``/``DELETE``), some
 combine keys with a negation (``app: app-<i>, env: ^dev``), 1% have no bounded key at all
 (``release: ^stable``: evaluated on every decision, not matching the object), one matches
-the object but exempts the caller, and one matches and denies (for the DELETE case).
+the object but exempts the caller, and one matches and denies (for the DELETE case). The
+"1% of locks" case deletes an object without a ``release`` label: every ``^stable`` lock
+matches it, so the denial names 1% of the locks (the cost of a big denial, not of a lookup).
 Goals (issue 2): median under 20 us with 100 locks, under 200 us with 10,000.
 """
 
@@ -101,6 +103,9 @@ def main() -> int:
         "DELETE denied (1 lock)": AdmissionInput(
             Operation.DELETE, NAMESPACE, PODS, "checkout-1", CALLER, OBJECT_LABELS
         ),
+        "DELETE denied (1% of locks)": AdmissionInput(
+            Operation.DELETE, NAMESPACE, PODS, "batch-1", CALLER, {"app": "batch"}
+        ),
         "UPDATE, unrelated object": AdmissionInput(
             Operation.UPDATE,
             NAMESPACE,
@@ -112,6 +117,8 @@ def main() -> int:
         ),
     }
 
+    # The goals are about locks that cannot match; the 1% case measures a big denial.
+    no_goal = {"DELETE denied (1% of locks)"}
     print(f"{'locks':>7} | {'decision':<30} | {'median us':>9} | goal us | build ms")
     print(f"{'-' * 7}-+-{'-' * 30}-+-{'-' * 9}-+---------+---------")
     failed = False
@@ -125,8 +132,9 @@ def main() -> int:
             expect_denied = label.startswith("DELETE")
             assert decision.allowed is not expect_denied, (label, decision.message)
             us = median_us(functools.partial(engine.decide, inp), args.rounds)
-            failed |= us >= goal
-            print(f"{count:>7} | {label:<30} | {us:>9.2f} | {goal:>7.0f} | {build_ms:>7.0f}")
+            goal_text = "-" if label in no_goal else f"{goal:.0f}"
+            failed |= label not in no_goal and us >= goal
+            print(f"{count:>7} | {label:<30} | {us:>9.2f} | {goal_text:>7} | {build_ms:>7.0f}")
     return 1 if failed else 0
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from klockproxy.core.engine import (
     DENIAL_PREFIX,
@@ -491,3 +493,25 @@ def test_index_matches_brute_force_on_many_locks() -> None:
             d = relabel(engine, old, new)
             expected = sorted(lk.name for lk in locks if lk.matches(old) or lk.matches(new))
             assert sorted(x.lock.name for x in d.denials) == expected
+
+
+EXPRESSIONS = ["red", "red|blue", "^red", "^(red|blue)", "(red|blue)&^blue", "red|^red", "^^blue"]
+KEYS = ["aura", "tier"]
+LABEL_MAPS = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(["red", "blue", "green"]))
+MATCHERS = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(EXPRESSIONS), max_size=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MATCHERS, min_size=1, max_size=8), LABEL_MAPS, LABEL_MAPS)
+def test_indexed_decisions_equal_a_full_scan(
+    matchers: list[dict[str, str]], old: dict[str, str], new: dict[str, str]
+) -> None:
+    locks = [make_lock(f"l{i}", ["UPDATE", "DELETE"], m) for i, m in enumerate(matchers)]
+    engine = Engine(locks)
+    for op, o, n in ((Operation.UPDATE, old, new), (Operation.DELETE, old, None)):
+        d = ask(engine, op, "p", old=o, new=n)
+        expected = sorted(
+            lk.name for lk in locks if lk.matches(o) or (n is not None and lk.matches(n))
+        )
+        assert sorted(x.lock.name for x in d.denials) == expected
+        assert d.allowed is (not expected)

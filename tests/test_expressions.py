@@ -123,14 +123,19 @@ def test_long_flat_chains_do_not_recurse() -> None:
     assert mixed.evaluate("a") is True
 
 
-def test_accepted_values_for_indexing() -> None:
+def test_expressions_compile_to_exact_value_sets() -> None:
     assert compile_expression("red").accepted == {"red"}
     assert compile_expression("red|blue").accepted == {"red", "blue"}
-    assert compile_expression("(red|blue)&^blue").accepted == {"red", "blue"}
+    assert compile_expression("(red|blue)&^blue").accepted == {"red"}
     assert compile_expression("(red|blue)&blue").accepted == {"blue"}
-    assert compile_expression("^red").accepted is None
-    assert compile_expression("red|^blue").accepted is None
+    assert compile_expression("red&blue").accepted == frozenset()
     assert compile_expression("^^red").accepted == {"red"}
+    negated = compile_expression("^red")
+    assert (negated.accepted, negated.rejected) == (None, {"red"})
+    assert compile_expression("red|^blue").rejected == {"blue"}
+    assert compile_expression("red|^red").rejected == frozenset()  # always true
+    assert compile_expression("^(red|blue)&^green").rejected == {"red", "blue", "green"}
+    assert compile_expression("^red|^blue").rejected == frozenset()
 
 
 def test_compiled_expressions_compare_by_source() -> None:
@@ -223,11 +228,13 @@ def test_render_round_trips_meaning(node: Ref, label: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(refs, LABELS)
-def test_accepted_set_is_sound(node: Ref, label: str) -> None:
+def test_value_sets_are_exact(node: Ref, label: str) -> None:
     compiled = compile_expression(minimal(node))
-    if compiled.accepted is not None and label not in compiled.accepted:
-        assert compiled.evaluate(label) is False
-    assert "" not in (compiled.accepted or set())
+    if compiled.accepted is not None:
+        assert (label in compiled.accepted) is ref_eval(node, label)
+    if compiled.rejected is not None:
+        assert (label not in compiled.rejected) is ref_eval(node, label)
+    assert "" not in compiled.values
 
 
 @settings(max_examples=500, deadline=None)

@@ -14,9 +14,11 @@ Semantics (``/work/shared/klock-reference.md``, "where klockproxy deliberately d
   ``exclusive.uid`` must equal the caller's uid; when both are set both must match;
 - dry-run requests get the same decision (the user wants to know).
 
-Locks are indexed by (namespace, operation) and, inside that, by one label key/value pair
-when a matcher expression can only match finitely many values, so a decision costs what the
-locks that can possibly match cost, not what the whole set costs.
+Locks are indexed by (namespace, operation) and, inside that, by label key and value: a
+lock with a key whose expression accepts finitely many values (``red``, ``red|blue``) is
+found only through those values; a lock made only of negations (``^stable``) is ruled out by
+the values its expressions reject. A decision costs what the locks that can possibly match
+cost, not what the whole set costs.
 """
 
 from __future__ import annotations
@@ -109,20 +111,62 @@ ALLOWED = Decision(allowed=True)
 class _Bucket:
     """The locks of one (namespace, operation), as positions into Engine._locks."""
 
-    # Locks with no bounded matcher key (empty matcher, or only negations): always evaluated.
-    always: tuple[int, ...]
-    # label key -> label value -> locks that can only match when labels[key] == value.
+    # Locks nothing can rule out (empty matcher, or expressions true for every value).
+    always: frozenset[int]
+    # label key -> label value -> locks that can only match when labels[key] == value
+    # (locks with at least one key whose expression accepts finitely many values).
     by_label: Mapping[str, Mapping[str, tuple[int, ...]]]
+    # Locks whose keys are all negations ("^stable"): they match unless ruled out...
+    negative: frozenset[int]
+    # ...by label key -> label value -> the negative locks that value makes impossible.
+    excluded_by: Mapping[str, Mapping[str, frozenset[int]]]
 
 
-def _index_key(lock: Lock) -> tuple[str, frozenset[str]] | None:
-    """The matcher key with the smallest finite accepted set, or None if none is finite."""
-    best: tuple[str, frozenset[str]] | None = None
-    for key, expr in lock.matcher:
-        accepted = expr.accepted
-        if accepted is not None and (best is None or len(accepted) < len(best[1])):
-            best = (key, accepted)
-    return best
+class _BucketBuilder:
+    def __init__(self) -> None:
+        self.always: set[int] = set()
+        self.by_label: dict[str, dict[str, list[int]]] = {}
+        self.negative: set[int] = set()
+        self.excluded_by: dict[str, dict[str, set[int]]] = {}
+
+    def add(self, pos: int, lock: Lock) -> None:
+        # Index by the key with the smallest finite accepted set: the lock can only match
+        # objects carrying one of those values there.
+        best: tuple[str, frozenset[str]] | None = None
+        for key, expr in lock.matcher:
+            accepted = expr.accepted
+            if accepted is not None and (best is None or len(accepted) < len(best[1])):
+                best = (key, accepted)
+        if best is not None:
+            key, values = best
+            per_value = self.by_label.setdefault(key, {})
+            for value in values:
+                per_value.setdefault(value, []).append(pos)
+            return
+        # Only negations: any key whose label value is in its rejected set rules it out.
+        rejecting = [(key, expr.values) for key, expr in lock.matcher if expr.values]
+        if not rejecting:
+            self.always.add(pos)
+            return
+        self.negative.add(pos)
+        for key, values in rejecting:
+            per_value_excluded = self.excluded_by.setdefault(key, {})
+            for value in values:
+                per_value_excluded.setdefault(value, set()).add(pos)
+
+    def build(self) -> _Bucket:
+        return _Bucket(
+            always=frozenset(self.always),
+            by_label={
+                key: {value: tuple(positions) for value, positions in per_value.items()}
+                for key, per_value in self.by_label.items()
+            },
+            negative=frozenset(self.negative),
+            excluded_by={
+                key: {value: frozenset(positions) for value, positions in per_value.items()}
+                for key, per_value in self.excluded_by.items()
+            },
+        )
 
 
 def _describe(inp: AdmissionInput) -> str:
@@ -140,35 +184,22 @@ class Engine:
     from any thread.
     """
 
-    __slots__ = ("_buckets", "_locks")
+    __slots__ = ("_buckets", "_locks", "_texts")
 
     def __init__(self, locks: Iterable[Lock]) -> None:
         # Sorted so that decisions (and denial messages) never depend on load order.
         self._locks: tuple[Lock, ...] = tuple(sorted(locks, key=lambda lk: (lk.namespace, lk.name)))
-        always: dict[tuple[str, Operation], list[int]] = {}
-        by_label: dict[tuple[str, Operation], dict[str, dict[str, list[int]]]] = {}
+        # Each lock's fixed parts of its denial text, built once rather than per denial.
+        self._texts: tuple[tuple[str, str], ...] = tuple(
+            (f"{lk.matcher_text()} (Lock {lk.key} forbids ", f"; {who_may(lk)})")
+            for lk in self._locks
+        )
+        builders: dict[tuple[str, Operation], _BucketBuilder] = {}
         for pos, lock in enumerate(self._locks):
-            index_key = _index_key(lock)
             for op in lock.operations:
-                bucket_key = (lock.namespace, op)
-                always.setdefault(bucket_key, [])
-                labels = by_label.setdefault(bucket_key, {})
-                if index_key is None:
-                    always[bucket_key].append(pos)
-                else:
-                    key, values = index_key
-                    per_value = labels.setdefault(key, {})
-                    for value in values:
-                        per_value.setdefault(value, []).append(pos)
+                builders.setdefault((lock.namespace, op), _BucketBuilder()).add(pos, lock)
         self._buckets: dict[tuple[str, Operation], _Bucket] = {
-            bucket_key: _Bucket(
-                always=tuple(always[bucket_key]),
-                by_label={
-                    key: {value: tuple(positions) for value, positions in per_value.items()}
-                    for key, per_value in by_label[bucket_key].items()
-                },
-            )
-            for bucket_key in always
+            bucket_key: builder.build() for bucket_key, builder in builders.items()
         }
 
     @property
@@ -211,6 +242,7 @@ class Engine:
 
         denials: list[Denial] = []
         exempted: list[Lock] = []
+        target = ""
         for pos in candidates:
             lock = self._locks[pos]
             matched_old = old is not None and lock.matches(old)
@@ -220,21 +252,17 @@ class Engine:
             if is_exempt(lock, inp.user):
                 exempted.append(lock)
                 continue
-            text = (
-                f"{lock.matcher_text()} (Lock {lock.key} forbids {op.value} of "
-                f"{_describe(inp)}; {who_may(lock)})"
-            )
+            if not target:
+                target = f"{op.value} of {_describe(inp)}"
+            head, tail = self._texts[pos]
+            text = head + target + tail
             denials.append(Denial(lock, op, matched_old, matched_new, text))
         if not denials:
             return Decision(allowed=True, exempted=tuple(exempted)) if exempted else ALLOWED
         message = DENIAL_PREFIX + ", and a lock: ".join(d.text for d in denials)
-        logger.debug(
-            "denied %s %s/%s by %s",
-            op.value,
-            inp.namespace,
-            inp.name,
-            ", ".join(d.lock.key for d in denials),
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            keys = ", ".join(d.lock.key for d in denials)
+            logger.debug("denied %s %s/%s by %s", op.value, inp.namespace, inp.name, keys)
         return Decision(
             allowed=False, denials=tuple(denials), message=message, exempted=tuple(exempted)
         )
@@ -246,14 +274,24 @@ class Engine:
         """Positions of the locks that may match ``old`` or ``new``, in lock order."""
         found: set[int] = set(bucket.always)
         by_label = bucket.by_label
-        if by_label:
-            for labels in (old, new):
-                if not labels:
-                    continue
-                for key, value in labels.items():
-                    per_value = by_label.get(key)
-                    if per_value is not None:
-                        hit = per_value.get(value)
-                        if hit is not None:
-                            found.update(hit)
+        negative = bucket.negative
+        excluded_by = bucket.excluded_by
+        for labels in (old, new):
+            if labels is None:
+                continue
+            excluded: set[int] = set()
+            for key, value in labels.items():
+                per_value = by_label.get(key)
+                if per_value is not None:
+                    hit = per_value.get(value)
+                    if hit is not None:
+                        found.update(hit)
+                if negative:
+                    per_value_excluded = excluded_by.get(key)
+                    if per_value_excluded is not None:
+                        ruled_out = per_value_excluded.get(value)
+                        if ruled_out is not None:
+                            excluded |= ruled_out
+            if negative:
+                found |= negative - excluded if excluded else negative
         return sorted(found)

@@ -52,8 +52,8 @@ class Not:
 class Chain:
     """``first op1 t1 op2 t2 ...`` folded left to right (``|`` and ``&`` share a precedence).
 
-    Kept flat rather than as a left-deep binary tree so a long ``a|b|c|...`` neither
-    recurses deeply when evaluated nor when compiled.
+    Kept flat rather than as a left-deep binary tree so a long ``a|b|c|...`` does not
+    recurse deeply when compiled.
     """
 
     first: Node
@@ -67,16 +67,28 @@ Node = Operand | Not | Chain
 class CompiledExpression:
     """A parsed matcher expression.
 
-    ``evaluate(value)`` answers whether a label value (``""`` when absent) matches.
-    ``accepted`` is the finite set of values that can match, or ``None`` when it is unbounded
-    (any expression with a reachable ``^``): the engine indexes locks by it. It never
-    contains ``""`` because an operand is never empty.
+    ``evaluate(value)`` answers whether a label value (``""`` when absent) matches. The
+    expression is compiled to its exact meaning: true for the finite set ``values``, or, when
+    ``negated``, for every value except ``values``. ``values`` never contains ``""`` (an
+    operand is never empty), so a negated expression matches an absent label and a plain one
+    does not. The engine indexes locks by these sets.
     """
 
     source: str
     node: Node = field(compare=False, repr=False)
-    accepted: frozenset[str] | None = field(compare=False, repr=False)
+    values: frozenset[str] = field(compare=False, repr=False)
+    negated: bool = field(compare=False, repr=False)
     evaluate: Evaluator = field(compare=False, repr=False)
+
+    @property
+    def accepted(self) -> frozenset[str] | None:
+        """The finite set of values that match, or None when all but finitely many do."""
+        return None if self.negated else self.values
+
+    @property
+    def rejected(self) -> frozenset[str] | None:
+        """The finite set of values that do not match, or None when only finitely many do."""
+        return self.values if self.negated else None
 
     def __call__(self, value: str) -> bool:
         """Same as :meth:`evaluate`."""
@@ -198,71 +210,60 @@ def parse_node(source: str) -> Node:
     return _Parser(source).parse()
 
 
-def _accepted(node: Node) -> frozenset[str] | None:
-    """The finite set of values that can satisfy ``node``, or None when unbounded."""
+def _value_set(node: Node) -> tuple[set[str], bool]:
+    """The exact meaning of ``node`` as ``(values, negated)``.
+
+    Every expression of this grammar is a boolean combination of "value == operand" tests,
+    so it is true either exactly for a finite set of values (``negated`` False) or for every
+    value except a finite set (``negated`` True). Evaluating it is then one set lookup.
+    """
     if isinstance(node, Operand):
-        return frozenset((node.value,))
+        return {node.value}, False
     if isinstance(node, Not):
-        inner = node.operand
-        # ^^x is x; any other negation accepts all but finitely many values.
-        return _accepted(inner.operand) if isinstance(inner, Not) else None
-    acc = _accepted(node.first)
+        values, negated = _value_set(node.operand)
+        return values, not negated
+    acc, acc_neg = _value_set(node.first)
     for op, term in node.rest:
-        other = _accepted(term)
+        other, other_neg = _value_set(term)
         if op == "|":
-            acc = None if acc is None or other is None else acc | other
-        elif acc is None:
-            acc = other
-        elif other is not None:
-            acc = acc & other
-    return acc
-
-
-def _compile(node: Node) -> Evaluator:
-    if isinstance(node, Operand):
-        expected = node.value
-        return lambda value: value == expected
-    if isinstance(node, Not):
-        inner = _compile(node.operand)
-        return lambda value: not inner(value)
-    first = _compile(node.first)
-    rest = tuple((op == "|", _compile(term)) for op, term in node.rest)
-
-    def chain(value: str) -> bool:
-        acc = first(value)
-        for is_or, term in rest:
-            # Short-circuit each step, but keep folding: a later operator can still flip it.
-            if is_or:
-                if not acc:
-                    acc = term(value)
-            elif acc:
-                acc = term(value)
-        return acc
-
-    return chain
-
-
-def _is_plain_or(node: Node) -> bool:
-    return isinstance(node, Chain) and (
-        isinstance(node.first, Operand)
-        and all(op == "|" and isinstance(t, Operand) for op, t in node.rest)
-    )
+            if not acc_neg and not other_neg:
+                acc |= other
+            elif not acc_neg:  # finite | cofinite: all but (other - acc)
+                acc, acc_neg = other - acc, True
+            elif not other_neg:  # cofinite | finite
+                acc -= other
+            else:
+                acc &= other
+        elif not acc_neg and not other_neg:
+            acc &= other
+        elif not acc_neg:  # finite & cofinite
+            acc -= other
+        elif not other_neg:  # cofinite & finite
+            acc, acc_neg = other - acc, False
+        else:
+            acc |= other
+    return acc, acc_neg
 
 
 def compile_expression(source: str) -> CompiledExpression:
     """Parse and compile ``source``; raises ExpressionError naming the fault's position."""
     node = parse_node(source)
-    accepted = _accepted(node)
+    values, negated = _value_set(node)
+    frozen = frozenset(values)
     evaluate: Evaluator
-    # Fast paths for the common shapes: "red" and "red|blue" (one comparison or one lookup).
-    if isinstance(node, Operand):
-        expected = node.value
-        evaluate = expected.__eq__
-    elif _is_plain_or(node) and accepted is not None:
-        evaluate = accepted.__contains__
+    if not negated and len(frozen) == 1:
+        (expected,) = frozen
+        evaluate = expected.__eq__  # "red": one string comparison
+    elif not negated:
+        evaluate = frozen.__contains__
     else:
-        evaluate = _compile(node)
-    return CompiledExpression(source=source, node=node, accepted=accepted, evaluate=evaluate)
+
+        def evaluate(value: str) -> bool:
+            return value not in frozen
+
+    return CompiledExpression(
+        source=source, node=node, values=frozen, negated=negated, evaluate=evaluate
+    )
 
 
 def matches(source: str, value: str) -> bool:

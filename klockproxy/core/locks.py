@@ -76,7 +76,11 @@ class Lock:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether every matcher key's expression matches (absent label = ``""``)."""
-        return all(expr.evaluate(labels.get(key, "")) for key, expr in self.matcher)
+        # A plain loop: this is the engine's inner loop and a generator costs twice as much.
+        for key, expr in self.matcher:  # noqa: SIM110
+            if not expr.evaluate(labels.get(key, "")):
+                return False
+        return True
 
 
 def is_valid_label_key(key: str) -> bool:
