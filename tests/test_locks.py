@@ -120,6 +120,16 @@ def test_lock_from_object_takes_namespace_and_uid_from_metadata() -> None:
     assert lock.uid == "1234-abcd"
 
 
+def test_lock_from_object_tolerates_missing_type_and_a_status() -> None:
+    obj = lock_doc()
+    del obj["apiVersion"], obj["kind"]
+    obj["status"] = {}
+    assert lock_from_object(obj, source="cluster").key == "default/lockred"
+    obj["kind"] = "ConfigMap"
+    with pytest.raises(LockValidationError, match="kind must be 'Lock'"):
+        lock_from_object(obj, source="cluster")
+
+
 def test_lock_from_object_requires_a_namespace() -> None:
     obj = lock_doc()
     del obj["metadata"]["namespace"]

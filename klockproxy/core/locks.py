@@ -31,7 +31,9 @@ KIND = "Lock"
 LIST_KINDS = frozenset({"LockList", "List"})
 LOCK_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
-_TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec"})
+# "status" cannot weaken a lock; it is accepted (and ignored) so that a Lock read from a
+# cluster whose CRD has a status stays enforced.
+_TOP_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _SPEC_FIELDS = frozenset({"operations", "matcher", "exclusive"})
 _EXCLUSIVE_FIELDS = frozenset({"name", "uid"})
 
@@ -360,10 +362,15 @@ def lock_from_object(
     """Validate one Lock object as the API server returns it (for the cluster lock source).
 
     The namespace comes from ``metadata.namespace``; it is required unless
-    ``default_namespace`` is given.
+    ``default_namespace`` is given. A missing apiVersion/kind (list items, watch events of
+    some clients) is taken as Lock's, since the caller asked the locks resource; a wrong
+    one is still an error.
     """
     ctx = _Ctx(source, None, "")
-    return _validate(dict(obj), ctx, default_namespace)
+    candidate = dict(obj)
+    candidate.setdefault("apiVersion", API_VERSION)
+    candidate.setdefault("kind", KIND)
+    return _validate(candidate, ctx, default_namespace)
 
 
 def _lock_files(path: Path) -> list[Path]:
