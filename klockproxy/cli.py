@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "local mode: a Lock-enforcing proxy in front of a kubeconfig context",
     ),
     "crd": ("klockproxy.crd", "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
+    "sandbox": ("klockproxy.sandbox.cli", "run the in-memory sandbox Kubernetes API server"),
 }
 
 

@@ -1,0 +1,1521 @@
+"""The sandbox API server: aiohttp over HTTPS, Kubernetes REST semantics over the store.
+
+Every request is authenticated (sandbox.auth), impersonation is resolved, the request is
+authorized (sandbox.rbac), then dispatched: discovery, OpenAPI, or a resource verb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import secrets
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+from aiohttp import web
+
+from klockproxy import __version__
+from klockproxy.certs import CertificateAuthority
+from klockproxy.core import protobuf
+from klockproxy.core.errors import DecodeError, PatchError
+from klockproxy.core.patches import APPLY_PATCH, PATCH_CONTENT_TYPES, UnsupportedPatchError
+from klockproxy.core.patches import apply_patch as core_apply_patch
+from klockproxy.core.status import StatusDetails, failure, success, to_bytes
+from klockproxy.core.types import UserInfo
+from klockproxy.kubeconfig import write_kubeconfig
+from klockproxy.sandbox import auth as sandbox_auth
+from klockproxy.sandbox import discovery, objects, openapi, reviews, tables
+from klockproxy.sandbox.errors import (
+    ApiError,
+    BadRequestError,
+    ForbiddenError,
+    NotFoundError,
+    UnauthorizedError,
+)
+from klockproxy.sandbox.rbac import Attributes, Authorizer, bootstrap_policy, forbidden_error
+from klockproxy.sandbox.resources import APIEXT, RBAC, Registry, ResourceType
+from klockproxy.sandbox.selectors import field_matcher, label_matcher
+from klockproxy.sandbox.store import DELETED, Event, Obj, Store, TooOldError
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 3 * 1024 * 1024
+JSON_TYPE = "application/json"
+PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
+YAML_TYPE = "application/yaml"
+ADMIN_USER = UserInfo("admin", uid="admin", groups=("system:masters", "system:authenticated"))
+LOG_INTERVAL = 0.5
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+CONNECT_SUBRESOURCES = ("exec", "attach", "portforward", "proxy")
+EXPIRED_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can "
+    "start a new list without the continue parameter, or use the continue token in this "
+    "response to retrieve the remainder of the results. Continuing with the provided token "
+    "results in an inconsistent list - objects that were created, modified, or deleted between "
+    "the time the first chunk was returned and now may show up in the list."
+)
+
+
+class ConflictError(ApiError):
+    code = 409
+
+
+class GoneError(ApiError):
+    code = 410
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="Expired")
+
+
+class MethodNotAllowedError(ApiError):
+    code = 405
+
+    def __init__(self) -> None:
+        super().__init__("the server does not allow this method on the requested resource")
+
+
+class UnsupportedMediaTypeError(ApiError):
+    code = 415
+
+
+class TooLargeError(ApiError):
+    code = 413
+
+    def __init__(self) -> None:
+        super().__init__(f"Request entity too large: limit is {MAX_BODY}")
+
+
+def _details(rt: ResourceType, name: str) -> StatusDetails:
+    d: StatusDetails = {"name": name, "kind": rt.resource}
+    if rt.group:
+        d["group"] = rt.group
+    return d
+
+
+def not_found(rt: ResourceType, name: str) -> NotFoundError:
+    return NotFoundError(f'{rt.group_resource} "{name}" not found', details=_details(rt, name))
+
+
+def already_exists(rt: ResourceType, name: str) -> ConflictError:
+    return ConflictError(
+        f'{rt.group_resource} "{name}" already exists',
+        reason="AlreadyExists",
+        details=_details(rt, name),
+    )
+
+
+def conflict(rt: ResourceType, name: str, why: str) -> ConflictError:
+    return ConflictError(
+        f'Operation cannot be fulfilled on {rt.group_resource} "{name}": {why}',
+        details=_details(rt, name),
+    )
+
+
+STALE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A parsed request path."""
+
+    kind: str  # "resource", "discovery", "openapi", "version", "health", "unknown"
+    group: str = ""
+    version: str = ""
+    resource: str = ""
+    namespace: str = ""
+    name: str = ""
+    subresource: str = ""
+    rest: str = ""
+
+
+def parse_path(path: str) -> Route:
+    parts = [p for p in path.split("/") if p != ""]
+    if not parts:
+        return Route("discovery", rest="root")
+    head = parts[0]
+    if head == "version" and len(parts) == 1:
+        return Route("version")
+    if head in ("healthz", "readyz", "livez"):
+        return Route("health")
+    if head == "openapi":
+        return Route("openapi", rest="/".join(parts[1:]))
+    if head == "api":
+        if len(parts) == 1:
+            return Route("discovery", rest="api")
+        group, version, rest = "", parts[1], parts[2:]
+    elif head == "apis":
+        if len(parts) == 1:
+            return Route("discovery", rest="apis")
+        if len(parts) == 2:
+            return Route("discovery", group=parts[1], rest="group")
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return Route("unknown")
+    if not rest:
+        return Route("discovery", group=group, version=version, rest="gv")
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) > 1:
+        namespace = rest[1]
+        if len(rest) > 2 and rest[2] not in ("status", "finalize"):
+            rest = rest[2:]
+    if len(rest) > 3:
+        return Route("unknown")
+    return Route(
+        "resource",
+        group=group,
+        version=version,
+        resource=rest[0],
+        namespace=namespace,
+        name=rest[1] if len(rest) > 1 else "",
+        subresource=rest[2] if len(rest) > 2 else "",
+    )
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(obj, separators=(",", ":")).encode(),
+        status=status,
+        content_type=JSON_TYPE,
+    )
+
+
+def _status_response(err: ApiError) -> web.Response:
+    return web.Response(body=to_bytes(err.to_status()), status=err.code, content_type=JSON_TYPE)
+
+
+def _copy(obj: Obj) -> Obj:
+    copied: Obj = json.loads(json.dumps(obj))
+    return copied
+
+
+def _query_bool(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("true", "1")
+
+
+def _dry_run(request: web.Request) -> bool:
+    values = request.query.getall("dryRun", [])
+    for v in values:
+        if v != "All":
+            raise BadRequestError(f'Invalid dry run value: "{v}", only "All" is supported')
+    return bool(values)
+
+
+def _wants_table(request: web.Request) -> bool:
+    for part in request.headers.get("Accept", "").split(","):
+        params = {p.strip() for p in part.split(";")[1:]}
+        if "as=Table" in params and "g=meta.k8s.io" in params:
+            return True
+    return False
+
+
+def _is_watch(request: web.Request) -> bool:
+    return _query_bool(request, "watch")
+
+
+class SandboxServer:
+    """The request handling (independent of how it is served)."""
+
+    def __init__(
+        self,
+        authenticator: sandbox_auth.Authenticator,
+        *,
+        history_size: int = 1000,
+    ) -> None:
+        self.store = Store(history_size)
+        self.registry = Registry()
+        self.authorizer = Authorizer(self.store)
+        self.authenticator = authenticator
+        self.server_address = "127.0.0.1:6443"
+        self.stopping = asyncio.Event()
+        self._seed()
+
+    # ------------------------------------------------------------------ seeding
+
+    def _seed(self) -> None:
+        for ns in INITIAL_NAMESPACES:
+            self._create_object(
+                self._rt("", "namespaces"),
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                "",
+                manager="sandbox",
+            )
+        for obj in bootstrap_policy():
+            rt = self._rt(
+                RBAC, "clusterroles" if obj["kind"] == "ClusterRole" else "clusterrolebindings"
+            )
+            self._create_object(rt, obj, "", manager="sandbox")
+
+    def _rt(self, group: str, resource: str) -> ResourceType:
+        rt = self.registry.by_group_resource(group, resource)
+        if rt is None:
+            raise NotFoundError("the server could not find the requested resource")
+        return rt
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except ApiError as e:
+            return _status_response(e)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            logger.exception("internal error serving %s %s", request.method, request.path)
+            return _status_response(ApiError("an internal error occurred", code=500))
+
+    def _authenticate(self, request: web.Request) -> UserInfo:
+        header = request.headers.get("Authorization", "")
+        token: str | None = None
+        if header[:7].lower() == "bearer ":
+            token = header[7:].strip()
+        cert: bytes | None = None
+        transport = request.transport
+        ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_obj is not None:
+            cert = ssl_obj.getpeercert(binary_form=True)
+        user = self.authenticator.authenticate(token, cert)
+        if user is None:
+            raise UnauthorizedError()
+        return user
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = unquote(request.rel_url.raw_path)
+        route = parse_path(request.path)
+        user = self._authenticate(request)
+        user = await sandbox_auth.resolve_impersonation(user, request.headers, self.authorizer)
+        if route.kind != "resource":
+            verb = request.method.lower()
+            if verb == "head":
+                verb = "get"
+            attrs = Attributes(verb, path=request.path, is_resource_request=False)
+            decision = self.authorizer.authorize(user, attrs)
+            if not decision.allowed:
+                raise forbidden_error(user.username, attrs)
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowedError()
+            return self._non_resource(route, request)
+        rt = self.registry.lookup(route.group, route.version, route.resource)
+        if rt is None:
+            raise NotFoundError("the server could not find the requested resource")
+        verb = self._verb(request, route)
+        namespace = route.namespace
+        if rt.resource == "namespaces" and route.name:
+            namespace = route.name
+        attrs = Attributes(
+            verb,
+            namespace=namespace,
+            api_group=rt.group,
+            resource=rt.resource,
+            subresource=route.subresource,
+            name=route.name,
+            path=path,
+            is_resource_request=True,
+        )
+        decision = self.authorizer.authorize(user, attrs)
+        if not decision.allowed:
+            logger.info("forbidden: %s %s %s", user.username, verb, rt.group_resource)
+            raise forbidden_error(user.username, attrs)
+        return await self._dispatch(request, route, rt, verb, user)
+
+    def _verb(self, request: web.Request, route: Route) -> str:
+        m = request.method
+        if route.subresource in CONNECT_SUBRESOURCES:
+            return "create" if m == "POST" else "get"
+        if m in ("GET", "HEAD"):
+            if route.name:
+                return "get"
+            return "watch" if _is_watch(request) else "list"
+        if m == "POST":
+            return "create"
+        if m == "PUT":
+            return "update"
+        if m == "PATCH":
+            return "patch"
+        if m == "DELETE":
+            return "delete" if route.name else "deletecollection"
+        raise MethodNotAllowedError()
+
+    # ------------------------------------------------------------------ non-resource
+
+    def _non_resource(self, route: Route, request: web.Request) -> web.StreamResponse:
+        if route.kind == "version":
+            return _json_response(
+                {
+                    "major": "1",
+                    "minor": "37",
+                    "emulationMajor": "1",
+                    "emulationMinor": "37",
+                    "minCompatibilityMajor": "1",
+                    "minCompatibilityMinor": "36",
+                    "gitVersion": f"v1.37.0-klockproxy-sandbox+{__version__}",
+                    "gitCommit": "0000000000000000000000000000000000000000",
+                    "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.25.0",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                }
+            )
+        if route.kind == "health":
+            return web.Response(text="ok", content_type="text/plain")
+        if route.kind == "discovery":
+            doc: Obj | None
+            if route.rest == "root":
+                paths = ["/api", "/api/v1", "/apis", "/healthz", "/openapi/v3", "/version"]
+                paths += [f"/apis/{g}/{v}" for g, vs in self.registry.group_versions() for v in vs]
+                doc = {"paths": sorted(paths)}
+            elif route.rest == "api":
+                doc = discovery.api_versions(self.server_address)
+            elif route.rest == "apis":
+                doc = discovery.api_group_list(self.registry)
+            elif route.rest == "group":
+                doc = discovery.api_group(self.registry, route.group)
+            else:
+                doc = discovery.api_resource_list(self.registry, route.group, route.version)
+            if doc is None:
+                raise NotFoundError("the server could not find the requested resource")
+            # Aggregated discovery is not offered: plain JSON makes kubectl fall back.
+            return _json_response(doc)
+        if route.kind == "openapi":
+            if route.rest == "v3":
+                return _json_response(openapi.index(self.registry))
+            if route.rest.startswith("v3/"):
+                parts = route.rest[3:].split("/")
+                data: bytes | None = None
+                if len(parts) == 2 and parts[0] == "api":
+                    data = openapi.document_bytes(self.registry, "", parts[1])
+                elif len(parts) == 3 and parts[0] == "apis":
+                    data = openapi.document_bytes(self.registry, parts[1], parts[2])
+                if data is not None:
+                    return web.Response(
+                        body=data,
+                        content_type=JSON_TYPE,
+                        headers={"Cache-Control": "public, immutable"}
+                        if "hash" in request.query
+                        else {},
+                    )
+        raise NotFoundError("the server could not find the requested resource")
+
+    # ------------------------------------------------------------------ bodies
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise TooLargeError()
+        data = bytearray()
+        while True:
+            chunk = await request.content.read(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_BODY:
+                raise TooLargeError()
+        return bytes(data)
+
+    def _decode(self, raw: bytes, content_type: str, rt: ResourceType | None) -> Obj:
+        mtype = _media_type(content_type) or JSON_TYPE
+        if mtype == JSON_TYPE:
+            try:
+                value = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadRequestError(f"couldn't get version/kind; json parse error: {e}") from e
+        elif mtype in (YAML_TYPE, "application/x-yaml", "text/yaml"):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise BadRequestError(f"error converting YAML to JSON: {e}") from e
+        elif mtype == PROTOBUF_TYPE:
+            if rt is not None and not rt.builtin:
+                raise UnsupportedMediaTypeError(
+                    f"the body of the request was in an unknown format - accepted media types "
+                    f'include: application/json, application/yaml (got "{mtype}")'
+                )
+            value = self._decode_protobuf(raw)
+        else:
+            raise UnsupportedMediaTypeError(
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: application/json, application/yaml, {PROTOBUF_TYPE}"
+            )
+        if not isinstance(value, dict):
+            raise BadRequestError("the body of the request must be a JSON object")
+        return value
+
+    def _decode_protobuf(self, raw: bytes) -> Obj:
+        try:
+            value: Obj = protobuf.decode_k8s_protobuf(raw, strict=True)
+        except protobuf.UnsupportedProtobufError as e:
+            raise UnsupportedMediaTypeError(
+                f"the sandbox cannot decode this protobuf body ({e}); send JSON instead"
+            ) from e
+        except DecodeError as e:
+            raise BadRequestError(f"invalid protobuf body: {e}") from e
+        return value
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(
+        self, request: web.Request, route: Route, rt: ResourceType, verb: str, user: UserInfo
+    ) -> web.StreamResponse:
+        if rt.namespaced and not route.namespace and verb not in ("list", "watch"):
+            raise NotFoundError("the server could not find the requested resource")
+        if not rt.namespaced and route.namespace and rt.resource != "namespaces":
+            raise NotFoundError("the server could not find the requested resource")
+        if route.subresource:
+            return await self._subresource(request, route, rt, verb, user)
+        namespace = "" if rt.resource == "namespaces" and route.name else route.namespace
+        if verb not in rt.verbs:
+            raise MethodNotAllowedError()
+        if not rt.storable:
+            body = self._decode(await self._read_body(request), request.content_type, rt)
+            return _json_response(self._review(rt, route, body, user), 201)
+        if verb == "get":
+            obj = self.store.get(rt.group, rt.resource, namespace, route.name)
+            if obj is None:
+                raise not_found(rt, route.name)
+            return self._respond_object(request, rt, obj)
+        if verb == "list":
+            return self._list(request, rt, namespace or None)
+        if verb == "watch":
+            return await self._watch(request, rt, namespace or None)
+        if verb == "create":
+            body = self._decode(await self._read_body(request), request.content_type, rt)
+            created = self._create(request, rt, namespace, body)
+            return self._respond_object(request, rt, created, 201)
+        if verb == "update":
+            body = self._decode(await self._read_body(request), request.content_type, rt)
+            updated, was_created = self._update(request, rt, namespace, route.name, body)
+            return self._respond_object(request, rt, updated, 201 if was_created else 200)
+        if verb == "patch":
+            raw = await self._read_body(request)
+            patched, was_created = self._patch(request, rt, namespace, route.name, raw)
+            return self._respond_object(request, rt, patched, 201 if was_created else 200)
+        if verb == "delete":
+            raw = await self._read_body(request)
+            options = self._decode(raw, request.content_type, rt) if raw.strip() else {}
+            return _json_response(self._delete(request, rt, namespace, route.name, options))
+        if verb == "deletecollection":
+            return _json_response(self._delete_collection(request, rt, namespace or None))
+        raise MethodNotAllowedError()
+
+    def _respond_object(
+        self, request: web.Request, rt: ResourceType, obj: Obj, status: int = 200
+    ) -> web.Response:
+        if _wants_table(request) and request.method == "GET":
+            include = request.query.get("includeObject", "Metadata")
+            return _json_response(
+                tables.table(
+                    rt,
+                    [obj],
+                    include_object=include,
+                    list_metadata={"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                ),
+                status,
+            )
+        return _json_response(obj, status)
+
+    # ------------------------------------------------------------------ list / watch
+
+    def _matcher(self, request: web.Request, rt: ResourceType) -> Callable[[Obj], bool]:
+        label = label_matcher(request.query.get("labelSelector", ""))
+        fields = field_matcher(request.query.get("fieldSelector", ""), rt.group, rt.resource)
+        return lambda o: label(o) and fields(o)
+
+    def _list(self, request: web.Request, rt: ResourceType, namespace: str | None) -> web.Response:
+        match = self._matcher(request, rt)
+        items = [o for o in self.store.list(rt.group, rt.resource, namespace) if match(o)]
+        rv = self.store.resource_version
+        meta: Obj = {"resourceVersion": str(rv)}
+        token = request.query.get("continue", "")
+        if token:
+            list_rv, after = self._decode_continue(token)
+            items = [o for o in items if self._key_of(o) > after]
+            rv = list_rv
+            meta["resourceVersion"] = str(rv)
+        limit_text = request.query.get("limit", "")
+        limit = int(limit_text) if limit_text.isdigit() else 0
+        if limit and len(items) > limit:
+            remaining = len(items) - limit
+            items = items[:limit]
+            meta["continue"] = self._encode_continue(rv, self._key_of(items[-1]))
+            meta["remainingItemCount"] = remaining
+        if _wants_table(request):
+            include = request.query.get("includeObject", "Metadata")
+            return _json_response(
+                tables.table(rt, items, include_object=include, list_metadata=meta)
+            )
+        return _json_response(
+            {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta, "items": items}
+        )
+
+    @staticmethod
+    def _key_of(obj: Obj) -> tuple[str, str]:
+        meta = obj["metadata"]
+        return meta.get("namespace", "") or "", meta["name"]
+
+    @staticmethod
+    def _encode_continue(rv: int, key: tuple[str, str]) -> str:
+        raw = json.dumps({"v": "sandbox/1", "rv": rv, "start": list(key)}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _decode_continue(self, token: str) -> tuple[int, tuple[str, str]]:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            data = json.loads(raw)
+            rv = int(data["rv"])
+            ns, name = data["start"]
+            key = (str(ns), str(name))
+        except (binascii.Error, ValueError, KeyError, TypeError) as e:
+            raise BadRequestError("continue key is not valid: " + type(e).__name__) from e
+        if rv < self.store.oldest_watchable:
+            raise GoneError(EXPIRED_CONTINUE)
+        return rv, key
+
+    async def _watch(
+        self, request: web.Request, rt: ResourceType, namespace: str | None
+    ) -> web.StreamResponse:
+        match = self._matcher(request, rt)
+        rv_text = request.query.get("resourceVersion", "")
+        initial = _query_bool(request, "sendInitialEvents")
+        since: int | None
+        if rv_text in ("", "0") or initial:
+            since = None
+        else:
+            try:
+                since = int(rv_text)
+            except ValueError as e:
+                raise BadRequestError(f'invalid resource version "{rv_text}"') from e
+        timeout_text = request.query.get("timeoutSeconds", "")
+        deadline = time.monotonic() + int(timeout_text) if timeout_text.isdigit() else None
+        as_table = _wants_table(request)
+        include = request.query.get("includeObject", "Metadata")
+        response = web.StreamResponse(status=200, headers={"Content-Type": JSON_TYPE})
+        response.enable_chunked_encoding()
+        try:
+            watcher, backlog = self.store.watch(rt.group, rt.resource, namespace, since, match)
+        except TooOldError as e:
+            await response.prepare(request)
+            status = failure(
+                410, f"too old resource version: {e.requested} ({e.oldest})", "Expired"
+            )
+            await response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+            return response
+        first = [True]
+
+        def encode(ev_type: str, obj: Obj) -> bytes:
+            payload: Obj = obj
+            if as_table and ev_type != "BOOKMARK":
+                payload = tables.table(
+                    rt,
+                    [obj],
+                    include_object=include,
+                    list_metadata={"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                    with_columns=first[0],
+                )
+                first[0] = False
+            return (
+                json.dumps({"type": ev_type, "object": payload}, separators=(",", ":")).encode()
+                + b"\n"
+            )
+
+        try:
+            await response.prepare(request)
+            for ev in backlog:
+                await response.write(encode(ev.type, ev.obj))
+            if initial:
+                bookmark = {
+                    "kind": rt.kind,
+                    "apiVersion": rt.api_version,
+                    "metadata": {
+                        "resourceVersion": str(self.store.resource_version),
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                }
+                await response.write(encode("BOOKMARK", bookmark))
+            while not self.stopping.is_set():
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(watcher.queue.get(), timeout=timeout)
+                except TimeoutError:
+                    break
+                if item is None:
+                    if watcher.overflowed:
+                        status = failure(410, "the watch fell too far behind", "Expired")
+                        await response.write(
+                            json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
+                        )
+                    break
+                if not match(item.obj):
+                    continue
+                await response.write(encode(item.type, item.obj))
+        except (ConnectionResetError, ConnectionError):
+            logger.debug("watch client of %s went away", rt.resource)
+        finally:
+            self.store.unwatch(watcher)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ writes
+
+    def _check_namespace(self, rt: ResourceType, namespace: str) -> None:
+        if rt.namespaced and self.store.get("", "namespaces", None, namespace) is None:
+            ns_rt = self._rt("", "namespaces")
+            raise not_found(ns_rt, namespace)
+
+    def _check_type(self, rt: ResourceType, body: Obj) -> None:
+        api_version = body.get("apiVersion")
+        kind = body.get("kind")
+        if kind and kind != rt.kind:
+            raise BadRequestError(
+                f"the kind of the object ({kind}) does not match the kind of the resource "
+                f"({rt.kind})"
+            )
+        if api_version and api_version != rt.api_version:
+            raise BadRequestError(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({rt.api_version})"
+            )
+        if not isinstance(body.get("metadata", {}), dict):
+            raise BadRequestError("metadata must be an object")
+
+    def _managed(self, request: web.Request, rt: ResourceType, operation: str) -> list[Obj]:
+        manager = request.query.get("fieldManager") or "unknown"
+        return [
+            {
+                "manager": manager,
+                "operation": operation,
+                "apiVersion": rt.api_version,
+                "time": objects.now_rfc3339(),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {},
+            }
+        ]
+
+    def _create(self, request: web.Request, rt: ResourceType, namespace: str, body: Obj) -> Obj:
+        self._check_type(rt, body)
+        meta = body.setdefault("metadata", {})
+        if rt.namespaced:
+            body_ns = meta.get("namespace")
+            if body_ns and body_ns != namespace:
+                raise BadRequestError(
+                    "the namespace of the provided object does not match the namespace sent on "
+                    "the request"
+                )
+        obj = self._create_object(
+            rt,
+            body,
+            namespace,
+            manager=request.query.get("fieldManager") or "unknown",
+            dry_run=_dry_run(request),
+        )
+        return obj
+
+    def _create_object(
+        self,
+        rt: ResourceType,
+        body: Obj,
+        namespace: str,
+        *,
+        manager: str,
+        dry_run: bool = False,
+        operation: str = "Update",
+    ) -> Obj:
+        obj = _copy(body)
+        obj["apiVersion"] = rt.api_version
+        obj["kind"] = rt.kind
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = str(meta["generateName"]) + secrets.token_hex(3)[:5]
+        if rt.namespaced:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        for k in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            meta.pop(k, None)
+        if rt.kind == "Secret" and rt.builtin:
+            objects.stringdata_to_data(obj)
+        objects.validate(rt, obj)
+        self._check_namespace(rt, namespace)
+        if self.store.get(rt.group, rt.resource, namespace, meta["name"]) is not None:
+            raise already_exists(rt, meta["name"])
+        meta["uid"] = objects.new_uid()
+        meta["creationTimestamp"] = objects.now_rfc3339()
+        if rt.has_spec:
+            meta["generation"] = 1
+        meta["managedFields"] = [
+            {
+                "manager": manager,
+                "operation": operation,
+                "apiVersion": rt.api_version,
+                "time": meta["creationTimestamp"],
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {},
+            }
+        ]
+        if not rt.builtin and "status" in rt.subresources:
+            obj.pop("status", None)
+        objects.prepare(rt, obj, None)
+        objects.finish(rt, obj)
+        if dry_run:
+            return obj
+        stored = self.store.put(rt.group, rt.resource, obj)
+        self._after_write(rt, stored, None)
+        return stored
+
+    def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
+        if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
+            self.registry.register_crd(obj)
+        elif rt.group == "" and rt.resource == "namespaces" and old is None:
+            sa_rt = self._rt("", "serviceaccounts")
+            name = obj["metadata"]["name"]
+            if self.store.get("", "serviceaccounts", name, "default") is None:
+                self._create_object(
+                    sa_rt,
+                    {"metadata": {"name": "default"}},
+                    name,
+                    manager="sandbox",
+                )
+
+    def _merge_update(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        old: Obj,
+        new: Obj,
+        *,
+        subresource: str = "",
+    ) -> Obj:
+        """Store ``new`` as the successor of ``old``: identity and server fields kept,
+        optimistic concurrency checked, generation bumped on spec changes."""
+        name = old["metadata"]["name"]
+        new_meta = new.get("metadata")
+        if not isinstance(new_meta, dict):
+            raise BadRequestError("metadata must be an object")
+        rv = new_meta.get("resourceVersion")
+        if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
+            raise conflict(rt, name, STALE)
+        if new_meta.get("uid") not in (None, "", old["metadata"]["uid"]):
+            raise conflict(
+                rt,
+                name,
+                f"Precondition failed: UID in precondition: {new_meta['uid']}, UID in object "
+                f"meta: {old['metadata']['uid']}",
+            )
+        if new_meta.get("name") not in (None, name):
+            raise BadRequestError(
+                f"the name of the object ({new_meta.get('name')}) does not match the name on "
+                f"the URL ({name})"
+            )
+        if rt.namespaced and new_meta.get("namespace") not in (
+            None,
+            "",
+            old["metadata"].get("namespace"),
+        ):
+            raise BadRequestError(
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request"
+            )
+        obj = _copy(new)
+        obj["apiVersion"] = rt.api_version
+        obj["kind"] = rt.kind
+        meta = obj["metadata"]
+        for k in ("name", "namespace", "uid", "creationTimestamp"):
+            if k in old["metadata"]:
+                meta[k] = old["metadata"][k]
+            else:
+                meta.pop(k, None)
+        if rt.kind == "Secret" and rt.builtin:
+            objects.stringdata_to_data(obj)
+        has_status = "status" in rt.subresources
+        if subresource == "status":
+            obj = {**_copy(old), "status": obj.get("status")}
+            meta = obj["metadata"]
+        elif has_status and not (rt.builtin and rt.kind == "Pod"):
+            if "status" in old:
+                obj["status"] = _copy(old["status"])
+            else:
+                obj.pop("status", None)
+        objects.validate(rt, obj)
+        if rt.has_spec:
+            generation = int(old["metadata"].get("generation", 1))
+            if self._spec_of(obj) != self._spec_of(old):
+                generation += 1
+            meta["generation"] = generation
+        else:
+            meta.pop("generation", None)
+        if rt.builtin and rt.kind == "Pod" and subresource not in ("status", "ephemeralcontainers"):
+            old_spec = _copy(old.get("spec") or {})
+            new_spec = obj.get("spec") or {}
+            changed = {
+                k for k in set(old_spec) | set(new_spec) if old_spec.get(k) != new_spec.get(k)
+            }
+            immutable = changed - {
+                "containers",
+                "initContainers",
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+            }
+            images_only = all(
+                (a or {}).get("name") == (b or {}).get("name")
+                for a, b in zip(
+                    old_spec.get("containers") or [], new_spec.get("containers") or [], strict=False
+                )
+            ) and len(old_spec.get("containers") or []) == len(new_spec.get("containers") or [])
+            if immutable or not images_only:
+                from klockproxy.sandbox.errors import InvalidError
+
+                raise InvalidError(
+                    "Pod",
+                    name,
+                    [
+                        {
+                            "reason": "FieldValueForbidden",
+                            "message": "Forbidden: pod updates may not change fields other than "
+                            "`spec.containers[*].image`, `spec.initContainers[*].image`, "
+                            "`spec.activeDeadlineSeconds`, `spec.tolerations` (only additions "
+                            "to existing tolerations), `spec.terminationGracePeriodSeconds` "
+                            "(allow it to be set to 1 if it was previously negative)",
+                            "field": "spec",
+                        }
+                    ],
+                )
+        managed = [
+            m
+            for m in old["metadata"].get("managedFields") or []
+            if m.get("manager") != (request.query.get("fieldManager") or "unknown")
+        ]
+        op = "Apply" if _media_type(request.content_type) == APPLY_PATCH else "Update"
+        managed.extend(self._managed(request, rt, op))
+        if meta.get("managedFields") is None or op == "Apply" or request.method != "PATCH":
+            meta["managedFields"] = managed
+        objects.prepare(rt, obj, old)
+        objects.finish(rt, obj)
+        if _dry_run(request):
+            meta["resourceVersion"] = old["metadata"]["resourceVersion"]
+            return obj
+        stored = self.store.put(rt.group, rt.resource, obj)
+        self._after_write(rt, stored, old)
+        return stored
+
+    @staticmethod
+    def _spec_of(obj: Obj) -> Any:
+        if "spec" in obj:
+            return obj.get("spec")
+        return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+    def _update(
+        self, request: web.Request, rt: ResourceType, namespace: str, name: str, body: Obj
+    ) -> tuple[Obj, bool]:
+        self._check_type(rt, body)
+        old = self.store.get(rt.group, rt.resource, namespace, name)
+        if old is None:
+            raise not_found(rt, name)
+        return self._merge_update(request, rt, old, body), False
+
+    def _patch(
+        self, request: web.Request, rt: ResourceType, namespace: str, name: str, raw: bytes
+    ) -> tuple[Obj, bool]:
+        content_type = request.headers.get("Content-Type", "")
+        mtype = _media_type(content_type)
+        if mtype not in PATCH_CONTENT_TYPES:
+            raise UnsupportedMediaTypeError(
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: {', '.join(PATCH_CONTENT_TYPES)}"
+            )
+        old = self.store.get(rt.group, rt.resource, namespace, name)
+        if old is None:
+            if mtype != APPLY_PATCH:
+                raise not_found(rt, name)
+            body = self._decode(raw, YAML_TYPE, rt)
+            self._check_type(rt, body)
+            body_name = (body.get("metadata") or {}).get("name")
+            if body_name not in (None, name):
+                raise BadRequestError(
+                    f"the name of the object ({body_name}) does not match the name on the URL "
+                    f"({name})"
+                )
+            body.setdefault("metadata", {})["name"] = name
+            created = self._create_object(
+                rt,
+                body,
+                namespace,
+                manager=request.query.get("fieldManager") or "unknown",
+                dry_run=_dry_run(request),
+                operation="Apply",
+            )
+            return created, True
+        patched = self._apply_patch(rt, old, raw, content_type)
+        return self._merge_update(request, rt, old, patched), False
+
+    def _apply_patch(self, rt: ResourceType, old: Obj, raw: bytes, content_type: str) -> Obj:
+        try:
+            result = core_apply_patch(
+                old, raw, content_type, kind_key=(rt.group, rt.kind) if rt.builtin else ("", "")
+            )
+        except UnsupportedPatchError as e:
+            raise UnsupportedMediaTypeError(str(e)) from e
+        except PatchError as e:
+            if "test" in str(e) and _media_type(content_type) == "application/json-patch+json":
+                raise ApiError(str(e), code=422, reason="Invalid") from e
+            raise BadRequestError(str(e)) from e
+        if not rt.builtin and _media_type(content_type) == "application/strategic-merge-patch+json":
+            raise UnsupportedMediaTypeError(
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, "
+                "application/apply-patch+yaml"
+            )
+        return result
+
+    def _delete(
+        self, request: web.Request, rt: ResourceType, namespace: str, name: str, options: Obj
+    ) -> Obj:
+        old = self.store.get(rt.group, rt.resource, namespace, name)
+        if old is None:
+            raise not_found(rt, name)
+        pre = options.get("preconditions") or {}
+        if not isinstance(pre, dict):
+            raise BadRequestError("preconditions must be an object")
+        uid = pre.get("uid")
+        if uid and uid != old["metadata"]["uid"]:
+            raise conflict(
+                rt,
+                name,
+                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                f"{old['metadata']['uid']}",
+            )
+        rv = pre.get("resourceVersion")
+        if rv and str(rv) != old["metadata"]["resourceVersion"]:
+            raise conflict(
+                rt,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion "
+                f"in object meta: {old['metadata']['resourceVersion']}",
+            )
+        dry_run = _dry_run(request) or options.get("dryRun") == ["All"]
+        if rt.group == "" and rt.resource == "namespaces" and name in PROTECTED_NAMESPACES:
+            raise ForbiddenError(
+                f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                details={"name": name, "kind": "namespaces"},
+            )
+        if dry_run:
+            return old
+        return self._remove(rt, old)
+
+    def _remove(self, rt: ResourceType, old: Obj) -> Obj:
+        meta = old["metadata"]
+        if rt.group == "" and rt.resource == "namespaces":
+            for group, resource in self.store.namespaced_resources():
+                if (group, resource) == ("", "namespaces"):
+                    continue
+                for obj in self.store.list(group, resource, meta["name"]):
+                    self.store.remove(group, resource, meta["name"], obj["metadata"]["name"])
+        gone = self.store.remove(rt.group, rt.resource, meta.get("namespace"), meta["name"])
+        if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
+            for removed in self.registry.unregister_crd(meta["name"]):
+                if self.registry.by_group_resource(removed.group, removed.resource) is None:
+                    self.store.drop_resource(removed.group, removed.resource)
+        return gone or old
+
+    def _delete_collection(
+        self, request: web.Request, rt: ResourceType, namespace: str | None
+    ) -> Obj:
+        match = self._matcher(request, rt)
+        dry_run = _dry_run(request)
+        deleted = []
+        for obj in self.store.list(rt.group, rt.resource, namespace):
+            if not match(obj):
+                continue
+            deleted.append(obj if dry_run else self._remove(rt, obj))
+        return {
+            "kind": rt.list_kind,
+            "apiVersion": rt.api_version,
+            "metadata": {"resourceVersion": str(self.store.resource_version)},
+            "items": deleted,
+        }
+
+    # ------------------------------------------------------------------ subresources
+
+    async def _subresource(
+        self, request: web.Request, route: Route, rt: ResourceType, verb: str, user: UserInfo
+    ) -> web.StreamResponse:
+        sub = route.subresource
+        if sub not in rt.subresources:
+            raise NotFoundError("the server could not find the requested resource")
+        namespace = "" if rt.resource == "namespaces" else route.namespace
+        sub_verbs = rt.subresources[sub][1]
+        if sub in CONNECT_SUBRESOURCES:
+            self._must_get(rt, namespace, route.name)
+            raise BadRequestError(
+                f"the sandbox runs no containers: pods/{sub} is not available on the "
+                "klockproxy sandbox API server"
+            )
+        if verb not in sub_verbs:
+            raise MethodNotAllowedError()
+        obj = self._must_get(rt, namespace, route.name)
+        if sub == "log":
+            return await self._log(request, obj)
+        if sub == "eviction":
+            raw = await self._read_body(request)
+            body = self._decode(raw, request.content_type, rt) if raw.strip() else {}
+            options = body.get("deleteOptions") or {}
+            self._delete(request, rt, namespace, route.name, options)
+            return _json_response(success(), 201)
+        if sub == "token":
+            body = self._decode(await self._read_body(request), request.content_type, rt)
+            result = reviews.create_token_request(
+                namespace, route.name, obj, body, self.authenticator
+            )
+            return _json_response(result, 201)
+        if sub == "scale":
+            return await self._scale(request, rt, obj, verb)
+        if sub == "binding":
+            raise MethodNotAllowedError()
+        # status, ephemeralcontainers, finalize: views of the object itself
+        if verb == "get":
+            return _json_response(obj)
+        if verb == "update":
+            body = self._decode(await self._read_body(request), request.content_type, rt)
+            self._check_type(rt, body)
+            new = body
+        else:
+            raw = await self._read_body(request)
+            new = self._apply_patch(rt, obj, raw, request.headers.get("Content-Type", ""))
+        if sub == "ephemeralcontainers":
+            merged = _copy(obj)
+            merged.setdefault("spec", {})["ephemeralContainers"] = (new.get("spec") or {}).get(
+                "ephemeralContainers"
+            )
+            merged["metadata"]["resourceVersion"] = new.get("metadata", {}).get(
+                "resourceVersion", ""
+            )
+            new = merged
+        stored = self._merge_update(
+            request, rt, obj, new, subresource="status" if sub == "status" else sub
+        )
+        return _json_response(stored)
+
+    def _must_get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
+        obj = self.store.get(rt.group, rt.resource, namespace, name)
+        if obj is None:
+            raise not_found(rt, name)
+        return obj
+
+    def _scale_of(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        spec = obj.get("spec") or {}
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta.get("namespace", ""),
+                "uid": meta["uid"],
+                "resourceVersion": meta["resourceVersion"],
+                "creationTimestamp": meta["creationTimestamp"],
+            },
+            "spec": {"replicas": spec.get("replicas", 1)},
+            "status": {
+                "replicas": (obj.get("status") or {}).get("replicas", 0),
+                "selector": ",".join(f"{k}={v}" for k, v in selector.items()),
+            },
+        }
+
+    async def _scale(
+        self, request: web.Request, rt: ResourceType, obj: Obj, verb: str
+    ) -> web.Response:
+        scale = self._scale_of(obj)
+        if verb == "get":
+            return _json_response(scale)
+        raw = await self._read_body(request)
+        if verb == "update":
+            new_scale = self._decode(raw, request.content_type, rt)
+        else:
+            try:
+                new_scale = core_apply_patch(
+                    scale,
+                    raw,
+                    request.headers.get("Content-Type", ""),
+                    kind_key=("autoscaling", "Scale"),
+                )
+            except UnsupportedPatchError as e:
+                raise UnsupportedMediaTypeError(str(e)) from e
+            except PatchError as e:
+                raise BadRequestError(str(e)) from e
+        replicas = (new_scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            from klockproxy.sandbox.errors import InvalidError
+
+            raise InvalidError(
+                "Scale",
+                obj["metadata"]["name"],
+                [
+                    {
+                        "reason": "FieldValueInvalid",
+                        "message": f'Invalid value: "{replicas}": must be greater than or '
+                        "equal to 0",
+                        "field": "spec.replicas",
+                    }
+                ],
+                group="autoscaling",
+            )
+        new = _copy(obj)
+        new["spec"]["replicas"] = replicas
+        new["metadata"]["resourceVersion"] = (new_scale.get("metadata") or {}).get(
+            "resourceVersion", ""
+        ) or obj["metadata"]["resourceVersion"]
+        stored = self._merge_update(request, rt, obj, new)
+        return _json_response(self._scale_of(stored))
+
+    async def _log(self, request: web.Request, pod: Obj) -> web.StreamResponse:
+        containers = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
+        name = pod["metadata"]["name"]
+        container = request.query.get("container", "")
+        if not container:
+            if len(containers) != 1:
+                raise BadRequestError(
+                    f"a container name must be specified for pod {name}, choose one of: "
+                    f"[{' '.join(containers)}]"
+                )
+            container = containers[0]
+        elif container not in containers:
+            raise BadRequestError(f"container {container} is not valid for pod {name}")
+        image = next(
+            (c.get("image", "") for c in pod["spec"]["containers"] if c.get("name") == container),
+            "",
+        )
+        timestamps = _query_bool(request, "timestamps")
+
+        def line(n: int) -> bytes:
+            text = (
+                f"sandbox: pod {pod['metadata'].get('namespace', '')}/{name} container "
+                f"{container} ({image}) log line {n}"
+            )
+            if timestamps:
+                text = f"{objects.now_rfc3339()} {text}"
+            return (text + "\n").encode()
+
+        first_lines = [line(n) for n in range(1, 4)]
+        tail = request.query.get("tailLines", "")
+        if tail.isdigit():
+            first_lines = first_lines[-int(tail) :] if int(tail) else []
+        if not _query_bool(request, "follow"):
+            return web.Response(body=b"".join(first_lines), content_type="text/plain")
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        n = 3
+        try:
+            for chunk in first_lines:
+                await response.write(chunk)
+            while not self.stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=LOG_INTERVAL)
+                if self.stopping.is_set():
+                    break
+                if self.store.get("", "pods", pod["metadata"].get("namespace"), name) is None:
+                    break
+                n += 1
+                await response.write(line(n))
+        except (ConnectionResetError, ConnectionError):
+            logger.debug("log follower of %s went away", name)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ reviews
+
+    def _review(self, rt: ResourceType, route: Route, body: Obj, user: UserInfo) -> Obj:
+        self._check_type(rt, body)
+        if rt.resource == "selfsubjectreviews":
+            return reviews.create_self_subject_review(user)
+        if rt.resource == "tokenreviews":
+            return reviews.create_token_review(body, self.authenticator)
+        if rt.resource == "selfsubjectaccessreviews":
+            return reviews.create_self_subject_access_review(body, user, self.authorizer)
+        if rt.resource == "selfsubjectrulesreviews":
+            return reviews.create_self_subject_rules_review(body, user, self.authorizer)
+        if rt.resource == "localsubjectaccessreviews":
+            return reviews.create_local_subject_access_review(
+                body, route.namespace, self.authorizer
+            )
+        if rt.resource == "subjectaccessreviews":
+            return reviews.create_subject_access_review(body, self.authorizer)
+        raise NotFoundError("the server could not find the requested resource")
+
+
+# ---------------------------------------------------------------------- serving
+
+
+def _load_token(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, token.encode())
+    finally:
+        os.close(fd)
+    return token
+
+
+class Sandbox:
+    """The sandbox API server on ``host:port`` (0 = a free port), over HTTPS.
+
+    ``state_dir`` keeps the CA, the admin token and the service-account signing key, so a
+    restarted sandbox accepts the kubeconfigs it wrote before (objects are not kept).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens_file: Path | str | None = None,
+        state_dir: Path | str | None = None,
+        *,
+        history_size: int = 1000,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tokens_file = Path(tokens_file) if tokens_file else None
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.history_size = history_size
+        self.url = ""
+        self.kubeconfig_path: Path | None = None
+        self._runner: web.AppRunner | None = None
+        self._server: SandboxServer | None = None
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.ca = CertificateAuthority.load_or_create(self.state_dir, "klockproxy-sandbox-ca")
+            self.admin_token = _load_token(self.state_dir / "admin-token")
+        else:
+            self.ca = CertificateAuthority.create("klockproxy-sandbox-ca")
+            self.admin_token = secrets.token_urlsafe(32)
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem
+
+    @property
+    def server(self) -> SandboxServer:
+        if self._server is None:
+            raise RuntimeError("the sandbox is not started")
+        return self._server
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    def _signing_key(self) -> bytes | None:
+        if self.state_dir is None:
+            return None
+        path = self.state_dir / "sa-signing.key"
+        return path.read_bytes() if path.exists() else None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        cert_pem, key_pem = self.ca.issue_server(["127.0.0.1", "localhost", "::1"])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory(prefix="klockproxy-sandbox-") as tmp:
+            cert_path = Path(tmp) / "tls.crt"
+            key_path = Path(tmp) / "tls.key"
+            cert_path.write_bytes(cert_pem)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, key_pem)
+            finally:
+                os.close(fd)
+            ctx.load_cert_chain(cert_path, key_path)
+        ctx.load_verify_locations(cadata=self.ca.cert_pem.decode())
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    async def start(self) -> None:
+        authenticator = sandbox_auth.Authenticator(
+            self.ca, self.tokens_file, signing_key_pem=self._signing_key()
+        )
+        if self.state_dir is not None:
+            key_path = self.state_dir / "sa-signing.key"
+            if not key_path.exists():
+                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, authenticator.signing_key_pem)
+                finally:
+                    os.close(fd)
+        authenticator.add_static_token(self.admin_token, ADMIN_USER)
+        server = SandboxServer(authenticator, history_size=self.history_size)
+        authenticator.sa_lookup = lambda ns, name: server.store.get("", "serviceaccounts", ns, name)
+        self._server = server
+        app = web.Application(client_max_size=MAX_BODY + 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", server.handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context())
+        await site.start()
+        self._runner = runner
+        address = runner.addresses[0]
+        self.port = int(address[1])
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"https://{host}:{self.port}"
+        server.server_address = f"{host}:{self.port}"
+        logger.info("sandbox API server listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stopping.set()
+            self._server.store.close_watchers()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def known_users(self) -> dict[str, dict[str, Any]]:
+        """admin (token) plus every user of the tokens file, by user name."""
+        users: dict[str, dict[str, Any]] = {"admin": {"token": self.admin_token}}
+        if self.tokens_file is not None:
+            for token, info in sandbox_auth.parse_tokens_file(self.tokens_file).items():
+                users.setdefault(info.username, {"token": token})
+        return users
+
+    def write_kubeconfig(
+        self, path: Path | str, users: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> Path:
+        """A kubeconfig for this sandbox: one context per user (default: the known users),
+        current context ``admin`` when present."""
+        chosen = dict(users) if users is not None else self.known_users()
+        current = "admin" if "admin" in chosen else next(iter(chosen))
+        written = write_kubeconfig(
+            path, server=self.url, ca_pem=self.ca_pem, users=chosen, current_user=current
+        )
+        self.kubeconfig_path = written
+        return written
+
+    def client_certificate_user(self, name: str, groups: list[str]) -> dict[str, Any]:
+        """A kubeconfig user entry authenticating with a client certificate from the CA."""
+        cert, key = self.ca.issue_client(name, groups)
+        return {"client-certificate-data": cert, "client-key-data": key}
+
+
+class SandboxThread:
+    """A Sandbox on its own event loop in a daemon thread (for synchronous tests that call
+    kubectl with subprocess)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.sandbox = Sandbox(**kwargs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    def start(self, timeout: float = 30.0) -> SandboxThread:
+        self._thread = threading.Thread(target=self._run, name="klockproxy-sandbox", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the sandbox did not start in time")
+        if self._error is not None:
+            raise RuntimeError("the sandbox failed to start") from self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self.sandbox.start()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self.sandbox.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` on the sandbox's loop (to read the store safely from a test)."""
+        if self._loop is None:
+            raise RuntimeError("the sandbox is not running")
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return self.sandbox.url
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.sandbox.ca_pem
+
+    @property
+    def admin_token(self) -> str:
+        return self.sandbox.admin_token
+
+    def write_kubeconfig(
+        self, path: Path | str, users: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> Path:
+        return self.sandbox.write_kubeconfig(path, users)
+
+    def __enter__(self) -> SandboxThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+__all__ = ["DELETED", "Event", "Sandbox", "SandboxServer", "SandboxThread", "parse_path"]
