@@ -348,3 +348,76 @@ def test_installed_console_script() -> None:
         + LOCKRED_DENIAL.format(op="DELETE", res="configmaps", name="my-cm"),
         "allowed pod/other-pod",
     ]
+
+
+# --- some of Klock's end-to-end cases as `klockproxy check` runs ------------------------
+
+
+def pod(name: str, labels: dict[str, str]) -> str:
+    rendered = ", ".join(f"{k}: {v}" for k, v in labels.items())
+    return f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{{rendered}}}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("case", "matcher", "pods", "expected"),
+    [
+        (
+            "06-negated",
+            '{aura: "^(red|blue)"}',
+            [("red", {"aura": "red"}), ("green", {"aura": "green"})],
+            ["allowed pod/red", "denied pod/green"],
+        ),
+        (
+            "07-two-keys",
+            '{aura: red, element: "^wind"}',
+            [
+                ("wind", {"aura": "red", "element": "wind"}),
+                ("fire", {"aura": "red", "element": "fire"}),
+            ],
+            ["allowed pod/wind", "denied pod/fire"],
+        ),
+        (
+            "09-one-of-three",
+            "{slayer: dragon}",
+            [("a", {"slayer": "dragon"}), ("b", {"slayer": "knight"}), ("c", {})],
+            ["denied pod/a", "allowed pod/b", "allowed pod/c"],
+        ),
+    ],
+)
+def test_klock_e2e_cases_as_check_runs(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    case: str,
+    matcher: str,
+    pods: list[tuple[str, dict[str, str]]],
+    expected: list[str],
+) -> None:
+    locks = write(tmp_path, "lock.yaml", lock_text(case, "[DELETE]", matcher))
+    objs = write(tmp_path, "pods.yaml", "---\n".join(pod(n, lb) for n, lb in pods))
+    code, lines, _ = check(
+        capsys, "--locks", locks, "--as", "admin", "--operation", "DELETE", "-f", objs, "-n", case
+    )
+    assert [line.split(":")[0] for line in lines] == expected
+    assert code == (1 if any(e.startswith("denied") for e in expected) else 0)
+    for line in lines:
+        if line.startswith("denied"):
+            assert ": denied, there is a lock: map[" in line
+            assert f"(Lock {case}/{case} forbids DELETE of pods " in line
+
+
+def test_klock_e2e_10_as_check_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    locks_dir = tmp_path / "locks"
+    locks_dir.mkdir()
+    write(locks_dir, "locksmith.yaml", lock_text("locksmith", "[DELETE]", "{dragon: black}"))
+    write(locks_dir, "knight.yaml", lock_text("knight", "[UPDATE]", "{slayer: dragon}"))
+    before = write(tmp_path, "before.yaml", pod("p", {"slayer": "knight"}))
+    after = write(tmp_path, "after.yaml", pod("p", {"slayer": "knight", "dragon": "black"}))
+    common = ["--locks", str(locks_dir), "--as", "admin"]
+    code, lines, _ = check(capsys, *common, "--operation", "UPDATE", "-f", after, "--old", before)
+    assert (code, lines) == (0, ["allowed pod/p"])
+    code, lines, _ = check(capsys, *common, "--operation", "DELETE", "-f", after)
+    assert code == 1
+    assert lines == [
+        "denied pod/p: denied, there is a lock: map[dragon:black] (Lock default/locksmith "
+        'forbids DELETE of pods "p"; nobody is exempt)'
+    ]
