@@ -12,8 +12,13 @@ value by exact string equality: nothing is trimmed, so ``red | blue`` has the op
 matches objects without the label.
 
 Where Klock gives undefined results or crashes at request time (unbalanced parentheses, an
-empty value, dangling or doubled operators), :func:`parse` raises
+empty value or empty parentheses, dangling or doubled operators such as ``a||b`` or ``a&^|b``,
+a missing operator as in ``(a)b``), :func:`compile_expression` raises
 :class:`~klockproxy.core.errors.ExpressionError` with the 0-based position of the fault.
+``^^a`` is a double negation, not an error.
+
+An expression compiles to its exact meaning, a finite set of values or the complement of
+one, so evaluating it is a single comparison or set lookup whatever its shape.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from klockproxy.core.errors import ExpressionError
 
 OPERATORS = frozenset("|&^()")
 
-# Parentheses and "^" nest; the evaluator recurses once per level, so the depth is capped to
-# keep a hostile lock file from exhausting the interpreter's stack. Real matchers use 2 or 3.
+# Parentheses and "^" nest; parsing and compiling recurse once per level, so the depth is
+# capped to keep a hostile lock file from exhausting the interpreter's stack. Real matchers
+# nest 2 or 3 levels.
 MAX_DEPTH = 64
 
 Evaluator = Callable[[str], bool]
