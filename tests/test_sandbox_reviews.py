@@ -356,3 +356,63 @@ def test_self_subject_rules_review(authz: Authorizer, store: Store) -> None:
     broken = create_self_subject_rules_review({"spec": {"namespace": "default"}}, JONNY, authz)
     assert broken["status"]["incomplete"] is True
     assert broken["status"]["evaluationError"]
+
+
+# --- protobuf bodies (kubectl auth can-i sends them) ---------------------------------------
+
+
+def test_protobuf_self_subject_access_review_round_trip(authz: Authorizer) -> None:
+    from klockproxy.core.protobuf import decode_k8s_protobuf, encode_k8s_protobuf
+
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "metadata": {"creationTimestamp": None},
+        "spec": {
+            "resourceAttributes": {"namespace": "default", "verb": "list", "resource": "pods"}
+        },
+        "status": {},
+    }
+    decoded = decode_k8s_protobuf(encode_k8s_protobuf(body), strict=True)
+    assert decoded == body
+    out = create_self_subject_access_review(decoded, JONNY, authz)
+    assert out["status"]["allowed"] is True
+
+
+def test_protobuf_review_kinds_decode_strictly() -> None:
+    from klockproxy.core.protobuf import decode_k8s_protobuf, encode_k8s_protobuf
+
+    for body in [
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "metadata": {"creationTimestamp": None},
+            "spec": {
+                "nonResourceAttributes": {"path": "/api", "verb": "get"},
+                "user": "u",
+                "groups": ["g"],
+                "extra": {"k": ["v"]},
+                "uid": "1",
+            },
+            "status": {"allowed": True, "reason": "r"},
+        },
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectRulesReview",
+            "metadata": {"creationTimestamp": None},
+            "spec": {"namespace": "default"},
+            "status": {
+                "resourceRules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}],
+                "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": ["/api"]}],
+                "incomplete": True,
+            },
+        },
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {"creationTimestamp": None},
+            "spec": {"token": "t", "audiences": ["a"]},
+            "status": {"authenticated": True, "user": {"username": "u"}, "audiences": ["a"]},
+        },
+    ]:
+        assert decode_k8s_protobuf(encode_k8s_protobuf(body), strict=True) == body

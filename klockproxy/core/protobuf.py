@@ -612,6 +612,53 @@ _USER_INFO: MessageSchema = {
     4: F("extra", "stringsmap"),
 }
 
+# authorization.k8s.io/v1 and TokenReview: `kubectl auth can-i` sends these as protobuf.
+_SELECTOR_REQUIREMENT: MessageSchema = {1: _s("key"), 2: _s("operator"), 3: F("values", "strings")}
+_SELECTOR_ATTRIBUTES: MessageSchema = {
+    1: _s("rawSelector"),
+    2: _msgs("requirements", _SELECTOR_REQUIREMENT),
+}
+_RESOURCE_ATTRIBUTES: MessageSchema = {
+    1: _s("namespace"),
+    2: _s("verb"),
+    3: _s("group"),
+    4: _s("version"),
+    5: _s("resource"),
+    6: _s("subresource"),
+    7: _s("name"),
+    8: _msg("fieldSelector", _SELECTOR_ATTRIBUTES),
+    9: _msg("labelSelector", _SELECTOR_ATTRIBUTES),
+}
+_NON_RESOURCE_ATTRIBUTES: MessageSchema = {1: _s("path"), 2: _s("verb")}
+_ACCESS_REVIEW_STATUS: MessageSchema = {
+    1: F("allowed", "bool"),
+    4: F("denied", "bool"),
+    2: _s("reason"),
+    3: _s("evaluationError"),
+}
+_SUBJECT_ACCESS_REVIEW_SPEC: MessageSchema = {
+    1: _msg("resourceAttributes", _RESOURCE_ATTRIBUTES),
+    2: _msg("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES),
+    3: _s("user"),
+    4: F("groups", "strings"),
+    5: F("extra", "stringsmap"),
+    6: _s("uid"),
+}
+_RULES_REVIEW_STATUS: MessageSchema = {
+    1: _msgs(
+        "resourceRules",
+        {
+            1: F("verbs", "strings"),
+            2: F("apiGroups", "strings"),
+            3: F("resources", "strings"),
+            4: F("resourceNames", "strings"),
+        },
+    ),
+    2: _msgs("nonResourceRules", {1: F("verbs", "strings"), 2: F("nonResourceURLs", "strings")}),
+    3: F("incomplete", "bool"),
+    4: _s("evaluationError"),
+}
+
 
 def _kind(**fields: F) -> MessageSchema:
     return {1: _msg("metadata", OBJECT_META), **{int(k[1:]): v for k, v in fields.items()}}
@@ -664,6 +711,37 @@ KIND_SCHEMAS: Mapping[tuple[str, str], MessageSchema] = {
     ),
     ("authentication.k8s.io/v1", "SelfSubjectReview"): _kind(
         f2=_msg("status", {1: _msg("userInfo", _USER_INFO)})
+    ),
+    ("authentication.k8s.io/v1", "TokenReview"): _kind(
+        f2=_msg("spec", {1: _s("token"), 2: F("audiences", "strings")}),
+        f3=_msg(
+            "status",
+            {
+                1: F("authenticated", "bool"),
+                2: _msg("user", _USER_INFO),
+                3: _s("error"),
+                4: F("audiences", "strings"),
+            },
+        ),
+    ),
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): _kind(
+        f2=_msg(
+            "spec",
+            {
+                1: _msg("resourceAttributes", _RESOURCE_ATTRIBUTES),
+                2: _msg("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES),
+            },
+        ),
+        f3=_msg("status", _ACCESS_REVIEW_STATUS),
+    ),
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): _kind(
+        f2=_msg("spec", _SUBJECT_ACCESS_REVIEW_SPEC), f3=_msg("status", _ACCESS_REVIEW_STATUS)
+    ),
+    ("authorization.k8s.io/v1", "LocalSubjectAccessReview"): _kind(
+        f2=_msg("spec", _SUBJECT_ACCESS_REVIEW_SPEC), f3=_msg("status", _ACCESS_REVIEW_STATUS)
+    ),
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): _kind(
+        f2=_msg("spec", {1: _s("namespace")}), f3=_msg("status", _RULES_REVIEW_STATUS)
     ),
     ("apps/v1", "Deployment"): _kind(
         f2=_msg("spec", _DEPLOYMENT_SPEC), f3=_msg("status", _DEPLOYMENT_STATUS)
