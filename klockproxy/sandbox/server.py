@@ -38,7 +38,7 @@ from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.kubeconfig import write_kubeconfig
 from klockproxy.sandbox import auth as sandbox_auth
-from klockproxy.sandbox import discovery, objects, openapi, reviews, tables
+from klockproxy.sandbox import discovery, objects, openapi, pbreviews, reviews, tables
 from klockproxy.sandbox.errors import (
     ApiError,
     BadRequestError,
@@ -463,7 +463,10 @@ class SandboxServer:
 
     def _decode_protobuf(self, raw: bytes) -> Obj:
         try:
-            value: Obj = protobuf.decode_k8s_protobuf(raw, strict=True)
+            review = pbreviews.decode_review(raw)
+            value: Obj = (
+                review if review is not None else protobuf.decode_k8s_protobuf(raw, strict=True)
+            )
         except protobuf.UnsupportedProtobufError as e:
             raise UnsupportedMediaTypeError(
                 f"the sandbox cannot decode this protobuf body ({e}); send JSON instead"
@@ -972,22 +975,20 @@ class SandboxServer:
         return self._merge_update(request, rt, old, patched), False
 
     def _apply_patch(self, rt: ResourceType, old: Obj, raw: bytes, content_type: str) -> Obj:
-        try:
-            result = core_apply_patch(
-                old, raw, content_type, kind_key=(rt.group, rt.kind) if rt.builtin else ("", "")
-            )
-        except UnsupportedPatchError as e:
-            raise UnsupportedMediaTypeError(str(e)) from e
-        except PatchError as e:
-            if "test" in str(e) and _media_type(content_type) == "application/json-patch+json":
-                raise ApiError(str(e), code=422, reason="Invalid") from e
-            raise BadRequestError(str(e)) from e
         if not rt.builtin and _media_type(content_type) == "application/strategic-merge-patch+json":
             raise UnsupportedMediaTypeError(
                 "the body of the request was in an unknown format - accepted media types include: "
                 "application/json-patch+json, application/merge-patch+json, "
                 "application/apply-patch+yaml"
             )
+        try:
+            result = core_apply_patch(old, raw, content_type, kind_key=(rt.group, rt.kind))
+        except UnsupportedPatchError as e:
+            raise UnsupportedMediaTypeError(str(e)) from e
+        except PatchError as e:
+            if "test" in str(e) and _media_type(content_type) == "application/json-patch+json":
+                raise ApiError(str(e), code=422, reason="Invalid") from e
+            raise BadRequestError(str(e)) from e
         return result
 
     def _delete(
