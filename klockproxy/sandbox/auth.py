@@ -480,11 +480,6 @@ def _header_values(headers: Headers) -> dict[str, list[str]]:
     return out
 
 
-def has_impersonation_headers(headers: Headers) -> bool:
-    """Whether the request asks for impersonation at all (any ``Impersonate-*`` header)."""
-    return any(k.lower().startswith("impersonate-") for k in headers)
-
-
 async def resolve_impersonation(
     user: UserInfo, headers: Headers, authorizer: SupportsAuthorize
 ) -> UserInfo:
