@@ -65,7 +65,7 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(f"{what}: HTTP {code}: {message}")
 
 
-class _TokenFile:
+class TokenFile:
     """A bearer token file, re-read when it changes (projected tokens rotate)."""
 
     def __init__(self, path: str) -> None:
@@ -123,7 +123,7 @@ class Upstream:
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ConfigError(f"upstream server must be an http(s) URL, got {config.server!r}")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._token = _TokenFile(config.token_file) if config.token_file else None
+        self._token = TokenFile(config.token_file) if config.token_file else None
         self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

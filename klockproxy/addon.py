@@ -1,0 +1,1021 @@
+"""The mitmproxy addon: Klock ``Lock`` objects enforced between kubectl and the API server.
+
+For every request (see docs/ARCHITECTURE.md and issue 4):
+
+* local mode (``klock_client_token_file``): the client must present the proxy's token
+  (constant-time compare, 401 Status otherwise); it is replaced by the upstream credentials;
+* reads, discovery and OpenAPI pass untouched and every response is streamed, so watches and
+  ``logs -f`` flow event by event;
+* mutations the proxy cannot classify are refused; Lock objects themselves pass; when no lock
+  in the namespace covers the operation the request is forwarded without any further work
+  (no body decode, no lookup); otherwise the old labels are read from the API server AS THE
+  CALLER, the new ones from the body (or by applying the patch), the engine decides and a
+  denial is a 403 Status the way the API server words admission denials;
+* an allowed write whose decision depended on the current object is made conditional on the
+  checked ``resourceVersion`` (DeleteOptions preconditions, ``metadata.resourceVersion``, a
+  JSON-patch ``test``), so a concurrent relabel makes it fail with 409 instead of slipping
+  past a lock. This is done for every covered write judged against an existing object, not
+  only when a lock matched it: a relabel racing an allowed write could just as well make a
+  lock match. deletecollection cannot carry a precondition (documented limitation);
+* everything fails closed: no locks loaded yet, lookups failing (other than 404), bodies that
+  cannot be decoded -> a Status saying why; reads keep flowing.
+
+Streams and long connections: WebSocket and raw TCP messages are not kept in memory; the idle
+timeout mitmproxy hard-codes (``mitmproxy.proxy.server.TCP_TIMEOUT``, 600 s) is raised when
+the addon is configured (``klock_idle_timeout``), because an idle ``exec -it``, ``logs -f`` or
+watch must not be cut. mitmproxy answers an unreachable upstream with an HTML 502 that no hook
+can replace (it is written by the protocol layer after the ``error`` hook), so before a flow
+opens a new upstream connection the addon checks that the API server accepts TCP connections
+and otherwise answers a 503 Status naming it. That needs ``connection_strategy=lazy`` (with
+``eager`` mitmproxy resets the client's TLS handshake before any hook runs), which the addon
+sets when the proxy starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os.path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import mitmproxy.proxy.server
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
+
+from klockproxy.core.engine import Decision, Engine, is_lock_resource
+from klockproxy.core.errors import (
+    ClassificationError,
+    ConfigError,
+    DecodeError,
+    KlockProxyError,
+    LockValidationError,
+    PatchError,
+    UpstreamError,
+)
+from klockproxy.core.locks import load_locks_from_path
+from klockproxy.core.metadata import decode_body, labels_of, load_yaml_documents, media_type
+from klockproxy.core.patches import (
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    UnsupportedPatchError,
+    apply_patch,
+    kind_key_of,
+)
+from klockproxy.core.requests import RequestInfo, classify
+from klockproxy.core.status import Status, StatusDetails, failure, to_bytes
+from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+from klockproxy.identity import IdentityResolver, is_auth_header
+from klockproxy.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
+from klockproxy.upstream import TokenFile, Upstream, UpstreamConfig, UpstreamStatusError
+
+logger = logging.getLogger(__name__)
+
+# Long enough that no interactive session or quiet watch is cut in practice; dead peers are
+# still noticed by TCP itself. mitmproxy's own value is 600 s.
+DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
+PROBE_TIMEOUT = 5.0
+# How many locked objects a deletecollection refusal names before summarising.
+MAX_NAMED_OBJECTS = 10
+
+_MARK = "klockproxy"
+_PASS = "pass"
+_JUDGE = "judge"
+_ANSWERED = "answered"
+
+# mitmproxy options the lookups default to (upstream address, CA, client certificate).
+_FOREIGN_OPTIONS = frozenset(
+    {"mode", "ssl_verify_upstream_trusted_ca", "client_certs", "ssl_insecure"}
+)
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_JSON_TYPES = frozenset({"", "application/json"})
+_YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
+_PROTOBUF = "application/vnd.kubernetes.protobuf"
+# Placeholder caller for a first decision: when no lock exempts anybody the caller does not
+# matter and the identity lookup is skipped.
+_NOBODY = UserInfo(username="")
+
+
+class Lookups(Protocol):
+    """What the addon needs from :class:`klockproxy.upstream.Upstream` (tests pass a fake)."""
+
+    @property
+    def server(self) -> str:
+        """The API server URL, for messages."""
+        ...
+
+    async def get_object(
+        self, path: str, headers: Mapping[str, str | Sequence[str]]
+    ) -> dict[str, Any] | None:
+        """GET as the caller; None on 404."""
+        ...
+
+    async def list_objects(
+        self,
+        path: str,
+        headers: Mapping[str, str | Sequence[str]],
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """LIST as the caller."""
+        ...
+
+    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
+        """Who these headers act as."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class Refusal(KlockProxyError):
+    """The request is answered by the proxy with ``status`` instead of being forwarded."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        super().__init__(status["message"])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The addon's options, parsed once per change."""
+
+    locks: tuple[str, ...]
+    default_namespace: str
+    upstream: UpstreamConfig | None
+    client_token: bytes | None = field(default=None, repr=False)
+    upstream_token_file: str | None = None
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT
+
+
+def _opt(value: str) -> str | None:
+    return value or None
+
+
+def _reverse_target(modes: Sequence[str]) -> str | None:
+    """``https://host:port`` of the first ``reverse:`` mode, if any."""
+    for spec in modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue
+        if isinstance(mode, mode_specs.ReverseMode) and mode.scheme in ("http", "https"):
+            host, port = mode.address
+            return f"{mode.scheme}://{host}:{port}"
+    return None
+
+
+def _read_secret(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    if not data:
+        raise ConfigError(f"{what} {path} is empty")
+    return data
+
+
+def auth_headers(headers: http.Headers) -> dict[str, list[str]]:
+    """The headers deciding who a request runs as (Authorization, Impersonate-*)."""
+    out: dict[str, list[str]] = {}
+    for name in headers:
+        if is_auth_header(name):
+            out[name] = headers.get_all(name)
+    return out
+
+
+def api_prefix(info: RequestInfo) -> str:
+    """``/api/v1`` or ``/apis/<group>/<version>``."""
+    if info.group:
+        return f"/apis/{quote(info.group, safe='')}/{quote(info.version, safe='')}"
+    return f"/api/{quote(info.version, safe='')}"
+
+
+def collection_path(info: RequestInfo) -> str:
+    """The URL path of the collection the request addresses (the parent's, for subresources)."""
+    prefix = api_prefix(info)
+    resource = quote(info.resource, safe="")
+    if info.namespace and not (info.group == "" and info.resource == "namespaces"):
+        return f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{resource}"
+    return f"{prefix}/{resource}"
+
+
+def object_path(info: RequestInfo) -> str:
+    """The URL path of the (parent) object the request acts on."""
+    return f"{collection_path(info)}/{quote(info.name, safe='')}"
+
+
+def _group_resource(info: RequestInfo) -> str:
+    return ResourceRef(info.group, info.version, info.resource).group_resource
+
+
+def forbidden(info: RequestInfo, name: str, message: str) -> Status:
+    """403 Status shaped like the API server's admission denials.
+
+    kubectl prints it as ``Error from server (Forbidden): pods "x" is forbidden: <message>``.
+    """
+    target = f'{_group_resource(info)} "{name}"' if name else _group_resource(info)
+    details: StatusDetails = {"group": info.group, "kind": info.resource}
+    if name:
+        details["name"] = name
+    return failure(403, f"{target} is forbidden: {message}", details=details)
+
+
+def _labels(obj: Mapping[str, Any] | None) -> dict[str, str] | None:
+    return None if obj is None else labels_of(dict(obj))
+
+
+def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+@dataclass
+class _Plan:
+    """What a covered mutation is judged on, and the object version it was judged against."""
+
+    inputs: list[AdmissionInput]
+    name: str
+    guard: tuple[str, str] | None = None  # (resourceVersion, uid) of the checked object
+
+
+class KlockProxy:
+    """The mitmproxy addon (options ``klock_*``; see the module docstring)."""
+
+    def __init__(
+        self,
+        lock_set: LockSet | None = None,
+        upstream: Lookups | None = None,
+        identity: IdentityResolver | None = None,
+        *,
+        probe_timeout: float = PROBE_TIMEOUT,
+    ) -> None:
+        self._injected_lock_set = lock_set is not None
+        self._injected_upstream = upstream is not None
+        self.lock_set: LockSet | None = lock_set
+        self.upstream: Lookups | None = upstream
+        self.identity: IdentityResolver | None = identity
+        if identity is None and upstream is not None:
+            self.identity = IdentityResolver(upstream)
+        self.settings: Settings | None = None
+        self._probe_timeout = probe_timeout
+        self._upstream_token: TokenFile | None = None
+        self._running = False
+        self._started_lock_set: LockSet | None = None
+        # Strong references to background tasks (lock set swaps) so they are not collected.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------------------------
+    # mitmproxy lifecycle
+
+    def load(self, loader: Any) -> None:
+        """Declare the ``klock_*`` options."""
+        loader.add_option(
+            "klock_locks",
+            Sequence[str],
+            [CLUSTER_SPEC],
+            "Lock sources: 'cluster' (watch Lock objects in the API server) and/or lock files "
+            "or directories (reloaded on change).",
+        )
+        loader.add_option(
+            "klock_default_namespace",
+            str,
+            "default",
+            "Namespace of Locks in lock files that do not name one.",
+        )
+        loader.add_option(
+            "klock_upstream",
+            str,
+            "",
+            "API server URL for the proxy's own lookups; default: the reverse-mode target.",
+        )
+        loader.add_option(
+            "klock_upstream_ca",
+            str,
+            "",
+            "CA file for the lookups; default: ssl_verify_upstream_trusted_ca.",
+        )
+        loader.add_option(
+            "klock_upstream_token_file",
+            str,
+            "",
+            "Bearer token the proxy attaches upstream (local mode) and uses for its lookups "
+            "when the caller sends none.",
+        )
+        loader.add_option(
+            "klock_upstream_client_cert",
+            str,
+            "",
+            "Client certificate (PEM) for the lookups; default: client_certs when it is a file.",
+        )
+        loader.add_option(
+            "klock_upstream_client_key",
+            str,
+            "",
+            "Key of klock_upstream_client_cert (default: the same file).",
+        )
+        loader.add_option(
+            "klock_upstream_insecure",
+            bool,
+            False,
+            "Do not verify the API server certificate on lookups (also implied by ssl_insecure).",
+        )
+        loader.add_option(
+            "klock_client_token_file",
+            str,
+            "",
+            "Local mode: every client must send 'Authorization: Bearer <this token>' (else "
+            "401); the proxy replaces it with the upstream credentials.",
+        )
+        loader.add_option(
+            "klock_idle_timeout",
+            int,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds before an idle client connection is closed (mitmproxy's fixed 600 s would "
+            "cut idle watches, logs -f and exec sessions).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        """Parse the options into ``self.settings``; (re)create lock set and upstream."""
+        relevant = any(n.startswith("klock_") or n in _FOREIGN_OPTIONS for n in updated)
+        if not relevant and self.settings is not None:
+            return
+        try:
+            settings = self._parse_options()
+        except ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        old = self.settings
+        self.settings = settings
+        # The only way to change mitmproxy's idle timeout: it is read by every new connection.
+        mitmproxy.proxy.server.TCP_TIMEOUT = settings.idle_timeout
+        self._upstream_token = (
+            TokenFile(settings.upstream_token_file) if settings.upstream_token_file else None
+        )
+        if not self._injected_upstream and (old is None or old.upstream != settings.upstream):
+            if self.upstream is not None:
+                self._spawn(self.upstream.close())
+            self.upstream = Upstream(settings.upstream) if settings.upstream else None
+            self.identity = IdentityResolver(self.upstream) if self.upstream else None
+        if not self._injected_lock_set and (
+            old is None
+            or (old.locks, old.default_namespace, old.upstream)
+            != (settings.locks, settings.default_namespace, settings.upstream)
+        ):
+            try:
+                lock_set = create_lock_sources(
+                    settings.locks, settings.upstream, settings.default_namespace
+                )
+            except ConfigError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            self.lock_set = lock_set
+            if self._running:
+                self._spawn(self._start_lock_set(lock_set))
+
+    def _parse_options(self) -> Settings:
+        opts = ctx.options
+        locks = tuple(s.strip() for s in opts.klock_locks if s.strip())
+        for spec in locks:
+            if spec != CLUSTER_SPEC:
+                # Validate lock files now: a broken file must stop the start, not leave every
+                # mutation refused with 503.
+                try:
+                    load_locks_from_path(spec, opts.klock_default_namespace)
+                except LockValidationError as e:
+                    raise ConfigError(f"invalid lock source {spec}: {e}") from e
+                except OSError as e:
+                    raise ConfigError(f"cannot read lock source {spec}: {e}") from e
+        server = opts.klock_upstream or _reverse_target(opts.mode if "mode" in opts else [])
+        upstream: UpstreamConfig | None = None
+        if server:
+            ca = opts.klock_upstream_ca or (
+                opts.ssl_verify_upstream_trusted_ca
+                if "ssl_verify_upstream_trusted_ca" in opts
+                else None
+            )
+            cert = opts.klock_upstream_client_cert or None
+            client_certs = opts.client_certs if "client_certs" in opts else None
+            if cert is None and client_certs and os.path.isfile(client_certs):
+                cert = client_certs
+            insecure = opts.klock_upstream_insecure or (
+                bool(opts.ssl_insecure) if "ssl_insecure" in opts else False
+            )
+            upstream = UpstreamConfig(
+                server=server,
+                ca_file=ca or None,
+                token_file=_opt(opts.klock_upstream_token_file),
+                client_cert_file=cert,
+                client_key_file=_opt(opts.klock_upstream_client_key) or cert,
+                insecure=insecure,
+            )
+        elif not self._injected_upstream:
+            raise ConfigError(
+                "klockproxy needs the API server: run in --mode reverse:https://API or set "
+                "klock_upstream"
+            )
+        client_token = None
+        if opts.klock_client_token_file:
+            client_token = _read_secret(opts.klock_client_token_file, "the client token file")
+        if opts.klock_idle_timeout <= 0:
+            raise ConfigError("klock_idle_timeout must be a positive number of seconds")
+        return Settings(
+            locks=locks,
+            default_namespace=opts.klock_default_namespace,
+            upstream=upstream,
+            client_token=client_token,
+            upstream_token_file=_opt(opts.klock_upstream_token_file),
+            idle_timeout=opts.klock_idle_timeout,
+        )
+
+    async def running(self) -> None:
+        """Start the lock sources; switch mitmproxy to lazy upstream connections."""
+        self._running = True
+        opts = ctx.options
+        if "connection_strategy" in opts and opts.connection_strategy != "lazy":
+            # With "eager", mitmproxy resets the client's TLS handshake when the API server is
+            # down, before any hook can answer; "lazy" lets the addon answer a readable Status.
+            logger.info("klockproxy: setting connection_strategy=lazy")
+            opts.connection_strategy = "lazy"
+        if self.lock_set is not None:
+            await self._start_lock_set(self.lock_set)
+
+    async def done(self) -> None:
+        """Stop the lock sources and close upstream connections."""
+        self._running = False
+        if self._started_lock_set is not None and not self._injected_lock_set:
+            await self._started_lock_set.stop()
+        self._started_lock_set = None
+        if self.upstream is not None and not self._injected_upstream:
+            await self.upstream.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_lock_set(self, lock_set: LockSet) -> None:
+        previous = self._started_lock_set
+        if previous is lock_set:
+            return
+        if self._injected_lock_set:
+            # Whoever injected it owns its lifecycle (serve.py starts it before the proxy).
+            self._started_lock_set = lock_set
+            return
+        try:
+            await lock_set.start()
+        except KlockProxyError as e:
+            logger.error("klockproxy: lock sources failed to start: %s", e)
+            return
+        self._started_lock_set = lock_set
+        logger.info("klockproxy: lock sources: %s", lock_set.describe())
+        if previous is not None:
+            await previous.stop()
+
+    # ------------------------------------------------------------------------------------
+    # Per-request hooks
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Authenticate (local mode), classify, pick the fast path or mark for judging."""
+        req = flow.request
+        settings = self.settings
+        if settings is not None and settings.client_token is not None:
+            if not self._client_token_ok(req.headers, settings.client_token):
+                self._answer(flow, failure(401, "Unauthorized"))
+                return
+            del req.headers["authorization"]
+            if self._upstream_token is not None:
+                try:
+                    token = self._upstream_token.token()
+                except ConfigError as e:
+                    logger.error("klockproxy: %s", e)
+                    self._answer(flow, failure(503, f"klockproxy: {e}"))
+                    return
+                req.headers["Authorization"] = f"Bearer {token}"
+
+        mark = self._triage(flow)
+        if mark == _ANSWERED:
+            return
+        flow.metadata[_MARK] = mark
+        if (err := await self._probe(flow)) is not None:
+            self._answer(flow, err)
+            return
+        if mark == _PASS and self._streamable(req):
+            req.stream = True
+
+    def _triage(self, flow: http.HTTPFlow) -> str:
+        """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
+        req = flow.request
+        method = req.method.upper()
+        try:
+            info = classify(method, req.path)
+        except ClassificationError as e:
+            if method in _READ_METHODS:
+                return _PASS
+            self._answer(
+                flow,
+                failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
+            )
+            return _ANSWERED
+        if not info.is_mutation or is_lock_resource(info.ref):
+            return _PASS
+        engine = self._engine()
+        if engine is None:
+            self._answer(flow, self._not_ready())
+            return _ANSWERED
+        op = info.operation
+        assert op is not None
+        ns = info.namespace
+        covered = engine.covers(ns, op)
+        if not covered and info.verb == "patch" and not info.subresource:
+            # Server-side apply creates the object when it does not exist.
+            ctype = media_type(req.headers.get("content-type", ""))
+            covered = ctype == APPLY_PATCH and engine.covers(ns, Operation.CREATE)
+        return _JUDGE if covered else _PASS
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Judge covered mutations; fix HTTP/2 body framing of what is forwarded."""
+        if flow.response is not None:
+            return
+        if flow.metadata.get(_MARK) == _JUDGE:
+            await self._judge(flow)
+        if flow.response is None:
+            self._fix_framing(flow.request)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream every upstream response: watches and ``logs -f`` must not be buffered."""
+        resp = flow.response
+        if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
+            return
+        if resp.status_code != 101:
+            resp.stream = True
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """Log proxy-side failures (never headers or bodies)."""
+        if flow.error is not None:
+            logger.warning(
+                "klockproxy: %s %s failed: %s",
+                flow.request.method,
+                flow.request.path.split("?")[0],
+                flow.error.msg,
+            )
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Forget relayed WebSocket messages (mitmproxy keeps them all by default)."""
+        if flow.websocket is not None:
+            flow.websocket.messages.clear()
+
+    def tcp_message(self, flow: Any) -> None:
+        """Forget relayed raw TCP messages (SPDY exec/port-forward tunnels)."""
+        flow.messages.clear()
+
+    # ------------------------------------------------------------------------------------
+    # Helpers
+
+    @staticmethod
+    def _client_token_ok(headers: http.Headers, expected: bytes) -> bool:
+        values = headers.get_all("authorization")
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].partition(" ")
+        # Always compare (even on a wrong scheme) so the timing does not tell which part failed.
+        match = hmac.compare_digest(token.strip().encode("utf-8", "replace"), expected)
+        return match and scheme.lower() == "bearer"
+
+    def _engine(self) -> Engine | None:
+        return self.lock_set.engine if self.lock_set is not None else None
+
+    def _not_ready(self) -> Status:
+        detail = self.lock_set.describe() if self.lock_set is not None else "no lock source"
+        return failure(503, f"klockproxy: locks are not loaded yet ({detail}); retry shortly")
+
+    @staticmethod
+    def _streamable(req: http.Request) -> bool:
+        # mitmproxy forwards a streamed HTTP/2 body without Content-Length to an HTTP/1.1
+        # upstream with no framing at all; such requests are buffered and framed instead.
+        return not (req.is_http2 or req.is_http3) or "content-length" in req.headers
+
+    @staticmethod
+    def _fix_framing(req: http.Request) -> None:
+        if req.stream or not (req.is_http2 or req.is_http3):
+            return
+        if req.raw_content and "content-length" not in req.headers:
+            req.headers["content-length"] = str(len(req.raw_content))
+
+    def _answer(self, flow: http.HTTPFlow, status: Status) -> None:
+        flow.metadata[_MARK] = _ANSWERED
+        flow.response = http.Response.make(
+            status["code"], to_bytes(status), {"Content-Type": "application/json"}
+        )
+        if status["code"] >= 500 or status["code"] == 401:
+            logger.warning(
+                "klockproxy: answered %s %s with %d: %s",
+                flow.request.method,
+                flow.request.path.split("?")[0],
+                status["code"],
+                status["message"],
+            )
+        else:
+            logger.info(
+                "klockproxy: refused %s %s: %s",
+                flow.request.method,
+                flow.request.path.split("?")[0],
+                status["message"],
+            )
+
+    async def _probe(self, flow: http.HTTPFlow) -> Status | None:
+        """A 503 Status when a new upstream connection is due and the API server is down."""
+        conn = flow.server_conn
+        if conn.connected or conn.address is None:
+            return None
+        host, port = conn.address[0], conn.address[1]
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), self._probe_timeout
+            )
+        except (OSError, TimeoutError) as e:
+            reason = str(e) or type(e).__name__
+            scheme = flow.request.scheme
+            return failure(
+                503,
+                f"klockproxy: the API server {scheme}://{host}:{port} cannot be reached: {reason}",
+            )
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+
+    # ------------------------------------------------------------------------------------
+    # Judging covered mutations
+
+    async def _judge(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        try:
+            info = classify(req.method.upper(), req.path)
+            engine = self._engine()
+            if engine is None:
+                raise Refusal(self._not_ready())
+            if self.upstream is None or self.identity is None:
+                raise Refusal(failure(503, "klockproxy: no API server configured for lookups"))
+            await self._check(flow, info, engine)
+        except Refusal as r:
+            self._answer(flow, r.status)
+        except Exception:
+            # Fail closed on a bug rather than forward a write nobody judged.
+            logger.exception("klockproxy: internal error while checking locks")
+            self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+
+    async def _check(self, flow: http.HTTPFlow, info: RequestInfo, engine: Engine) -> None:
+        headers = auth_headers(flow.request.headers)
+        plan = await self._plan(flow.request, info, engine, headers)
+        if plan is None:
+            return
+        decisions = await self._decide(engine, plan.inputs, headers)
+        denied = [d for d in decisions if not d.allowed]
+        if denied:
+            raise Refusal(self._denial(info, plan, decisions))
+        if plan.guard is not None:
+            add_precondition(flow.request, info, *plan.guard)
+
+    def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
+        if info.verb != "deletecollection":
+            first = next(d for d in decisions if not d.allowed)
+            return forbidden(info, plan.name, first.message)
+        texts: list[str] = []
+        names: list[str] = []
+        for inp, decision in zip(plan.inputs, decisions, strict=True):
+            if not decision.allowed:
+                names.append(inp.name)
+                texts.extend(d.text for d in decision.denials)
+        shown = texts[:MAX_NAMED_OBJECTS]
+        message = "denied, there is a lock: " + ", and a lock: ".join(shown)
+        if len(names) > MAX_NAMED_OBJECTS:
+            message += f" ({len(names)} locked objects in all)"
+        message += f"; locked: {', '.join(names)}"
+        return forbidden(info, "", message)
+
+    async def _decide(
+        self,
+        engine: Engine,
+        inputs: list[AdmissionInput],
+        headers: Mapping[str, Sequence[str]],
+    ) -> list[Decision]:
+        decisions = [engine.decide(inp) for inp in inputs]
+        caller_matters = any(
+            d.exempted or any(den.lock.has_exclusive for den in d.denials) for d in decisions
+        )
+        if not caller_matters:
+            return decisions
+        assert self.identity is not None
+        try:
+            user = await self.identity.resolve(headers)
+        except UpstreamStatusError as e:
+            raise Refusal(self._lookup_failure("who is calling (SelfSubjectReview)", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        return [engine.decide(replace(inp, user=user)) for inp in inputs]
+
+    def _lookup_failure(self, what: str, e: UpstreamStatusError) -> Status:
+        if e.code in (401, 403):
+            return failure(
+                e.code,
+                f"klockproxy: a lock covers this request and the API server refused to tell "
+                f"{what}: {e.message}",
+            )
+        return failure(503, f"klockproxy: cannot check locks: reading {what} failed: {e}")
+
+    async def _get(
+        self, info: RequestInfo, headers: Mapping[str, Sequence[str]]
+    ) -> dict[str, Any] | None:
+        assert self.upstream is not None
+        path = object_path(info)
+        try:
+            return await self.upstream.get_object(path, headers)
+        except UpstreamStatusError as e:
+            raise Refusal(self._lookup_failure(f"the current object {path}", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+
+    async def _plan(
+        self,
+        req: http.Request,
+        info: RequestInfo,
+        engine: Engine,
+        headers: Mapping[str, Sequence[str]],
+    ) -> _Plan | None:
+        """The admission inputs of a covered mutation; None when the API server will 404."""
+        op = info.operation
+        assert op is not None
+
+        def inp(
+            operation: Operation,
+            name: str,
+            old: Mapping[str, str] | None,
+            new: Mapping[str, str] | None,
+            kind: str = "",
+        ) -> AdmissionInput:
+            return AdmissionInput(
+                operation=operation,
+                namespace=info.namespace,
+                resource=info.ref,
+                name=name,
+                user=_NOBODY,
+                old_labels=old,
+                new_labels=new,
+                dry_run=info.dry_run,
+                kind=kind,
+            )
+
+        verb = info.verb
+        if verb == "deletecollection":
+            return await self._plan_deletecollection(info, headers, inp)
+        if verb == "create" and not info.subresource:
+            obj = _decode(req)
+            meta = _meta(obj)
+            name = str(meta.get("name") or meta.get("generateName") or "")
+            return _Plan([inp(op, name, None, labels_of(obj), str(obj.get("kind", "")))], name)
+        if verb == "patch" and not info.subresource:
+            return await self._plan_patch(req, info, engine, headers, inp)
+
+        current = await self._get(info, headers)
+        if current is None:
+            # The API server answers 404 itself (PUT of a missing object may create it: judge
+            # that as a creation).
+            if (
+                verb == "update"
+                and not info.subresource
+                and engine.covers(info.namespace, Operation.CREATE)
+            ):
+                obj = _decode(req)
+                return _Plan(
+                    [inp(Operation.CREATE, info.name, None, labels_of(obj), str(obj.get("kind")))],
+                    info.name,
+                )
+            return None
+        kind = str(current.get("kind", ""))
+        old = labels_of(current)
+        guard = _version(current)
+        if verb == "update" and not info.subresource:
+            new = labels_of(_decode(req))
+            return _Plan([inp(op, info.name, old, new, kind)], info.name, guard)
+        if op is Operation.UPDATE:
+            # scale, status, ephemeralcontainers (update or patch): the parent's labels decide;
+            # the API server does not let these subresources change labels.
+            return _Plan([inp(op, info.name, old, old, kind)], info.name, guard)
+        if op is Operation.CREATE:
+            # A create on another subresource (serviceaccounts/token, pods/binding).
+            return _Plan([inp(op, info.name, None, old, kind)], info.name)
+        if op is Operation.CONNECT:
+            return _Plan([inp(op, info.name, old, None, kind)], info.name)
+        # DELETE, and pods/eviction (a DELETE of the pod).
+        return _Plan([inp(op, info.name, old, None, kind)], info.name, guard)
+
+    async def _plan_patch(
+        self,
+        req: http.Request,
+        info: RequestInfo,
+        engine: Engine,
+        headers: Mapping[str, Sequence[str]],
+        inp: Any,
+    ) -> _Plan | None:
+        ctype = req.headers.get("content-type", "")
+        is_apply = media_type(ctype) == APPLY_PATCH
+        body = _body(req)
+        current = await self._get(info, headers)
+        if current is None:
+            if not is_apply:
+                return None
+            applied = _apply(
+                {},
+                body,
+                ctype,
+                (info.group, ""),  # the kind comes from the configuration
+            )
+            name = str(_meta(applied).get("name") or info.name)
+            return _Plan(
+                [inp(Operation.CREATE, name, None, labels_of(applied), str(applied.get("kind")))],
+                name,
+            )
+        kind = str(current.get("kind", ""))
+        old = labels_of(current)
+        patched = _apply(current, body, ctype, kind_key_of(current))
+        inputs = [inp(Operation.UPDATE, info.name, old, labels_of(patched), kind)]
+        if is_apply:
+            # Field ownership is not tracked: a label the applier owned and dropped is removed
+            # by the API server but still present in the merge. Judging the applied
+            # configuration's own labels as well keeps such a removal from slipping past a
+            # "^value" matcher.
+            applied = _apply({}, body, ctype, kind_key_of(current))
+            inputs.append(inp(Operation.UPDATE, info.name, old, labels_of(applied), kind))
+        return _Plan(inputs, info.name, _version(current))
+
+    async def _plan_deletecollection(
+        self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: Any
+    ) -> _Plan:
+        assert self.upstream is not None
+        path = collection_path(info)
+        label_selector = (info.query.get("labelSelector") or ("",))[0]
+        field_selector = (info.query.get("fieldSelector") or ("",))[0]
+        try:
+            items = await self.upstream.list_objects(
+                path, headers, label_selector or None, field_selector or None
+            )
+        except UpstreamStatusError as e:
+            raise Refusal(self._lookup_failure(f"what {path} would delete", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        inputs = []
+        for item in items:
+            name = str(_meta(item).get("name", ""))
+            inputs.append(inp(Operation.DELETE, name, labels_of(item), None, ""))
+        return _Plan(inputs, "")
+
+
+# ----------------------------------------------------------------------------------------
+# Bodies
+
+
+def _body(req: http.Request) -> bytes:
+    try:
+        body = req.get_content(strict=True)
+    except ValueError as e:
+        raise Refusal(
+            failure(400, f"klockproxy: cannot decode the request body's Content-Encoding: {e}")
+        ) from e
+    return body or b""
+
+
+def _decode(req: http.Request) -> dict[str, Any]:
+    ctype = req.headers.get("content-type", "")
+    try:
+        return decode_body(_body(req), ctype)
+    except DecodeError as e:
+        raise Refusal(
+            failure(
+                400,
+                f"klockproxy: a lock covers this request and its body cannot be read: {e}",
+            )
+        ) from e
+
+
+def _apply(
+    obj: Mapping[str, Any], body: bytes, ctype: str, kind_key: tuple[str, str]
+) -> dict[str, Any]:
+    try:
+        return apply_patch(obj, body, ctype, kind_key=kind_key)
+    except UnsupportedPatchError as e:
+        raise Refusal(failure(415, f"klockproxy: {e}")) from e
+    except PatchError as e:
+        raise Refusal(
+            failure(400, f"klockproxy: a lock covers this request and its patch fails: {e}")
+        ) from e
+
+
+def _version(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    meta = _meta(obj)
+    rv = meta.get("resourceVersion")
+    if not isinstance(rv, str) or not rv:
+        return None
+    uid = meta.get("uid")
+    return rv, uid if isinstance(uid, str) else ""
+
+
+def _load_document(body: bytes, ctype: str, what: str) -> Any:
+    """A JSON or YAML request body as Python values; Refusal for anything else."""
+    mtype = media_type(ctype)
+    try:
+        if mtype in _JSON_TYPES or mtype in (MERGE_PATCH, STRATEGIC_MERGE_PATCH, JSON_PATCH):
+            return json.loads(body)
+        if mtype in _YAML_TYPES or mtype == APPLY_PATCH:
+            docs = load_yaml_documents(body)
+            if len(docs) != 1:
+                raise ValueError(f"expected one YAML document, got {len(docs)}")
+            return docs[0]
+    except (ValueError, DecodeError) as e:
+        raise Refusal(failure(400, f"klockproxy: cannot read the {what}: {e}")) from e
+    raise Refusal(
+        failure(
+            415,
+            f"klockproxy: a lock covers this object, so the write must be made conditional on "
+            f"the checked resourceVersion, which the proxy cannot add to a {mtype or 'bodyless'}"
+            f" {what}; send JSON (kubectl does by default)",
+        )
+    )
+
+
+def _set_json(req: http.Request, value: Any, ctype: str) -> None:
+    req.content = json.dumps(value, separators=(",", ":")).encode()
+    req.headers["content-type"] = ctype
+
+
+def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) -> None:
+    """Make the write conditional on the checked object version (409 if it changed).
+
+    A value the client already set is kept: if it differs, the API server conflicts anyway,
+    and replacing it would drop the client's own precondition.
+    """
+    verb = info.verb
+    body = _body(req)
+    ctype = req.headers.get("content-type", "")
+    mtype = media_type(ctype)
+    if verb == "delete" or (verb == "create" and info.subresource == "eviction"):
+        if body.strip():
+            doc = _load_document(body, ctype, "DeleteOptions body")
+        else:
+            doc = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if not isinstance(doc, dict):
+            raise Refusal(failure(400, "klockproxy: the DeleteOptions body is not an object"))
+        target = doc
+        if verb == "create":
+            opts = doc.get("deleteOptions")
+            if opts is None:
+                opts = doc["deleteOptions"] = {}
+            if not isinstance(opts, dict):
+                raise Refusal(failure(400, "klockproxy: Eviction.deleteOptions is not an object"))
+            target = opts
+        pre = target.get("preconditions")
+        if pre is None:
+            pre = target["preconditions"] = {}
+        if not isinstance(pre, dict):
+            raise Refusal(failure(400, "klockproxy: DeleteOptions.preconditions is not an object"))
+        pre.setdefault("resourceVersion", rv)
+        if uid:
+            pre.setdefault("uid", uid)
+        _set_json(req, doc, "application/json")
+        return
+    if verb == "patch" and mtype == JSON_PATCH:
+        ops = _load_document(body, ctype, "JSON patch")
+        if not isinstance(ops, list):
+            raise Refusal(failure(400, "klockproxy: a JSON patch must be a list of operations"))
+        test = {"op": "test", "path": "/metadata/resourceVersion", "value": rv}
+        _set_json(req, [test, *ops], ctype)
+        return
+    if verb in ("update", "patch"):
+        what = "request body" if verb == "update" else "patch"
+        doc = _load_document(body, ctype, what)
+        if not isinstance(doc, dict):
+            raise Refusal(failure(400, f"klockproxy: the {what} is not an object"))
+        meta = doc.get("metadata")
+        if meta is None:
+            meta = doc["metadata"] = {}
+        if not isinstance(meta, dict):
+            raise Refusal(failure(400, f"klockproxy: metadata in the {what} is not an object"))
+        if not meta.get("resourceVersion"):
+            meta["resourceVersion"] = rv
+        # JSON is valid YAML, so apply patches keep their content type.
+        out_type = ctype if mtype not in _YAML_TYPES else "application/json"
+        _set_json(req, doc, out_type or "application/json")

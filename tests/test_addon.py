@@ -1,0 +1,976 @@
+"""The mitmproxy addon, driven with mitmproxy's test helpers and a fake API server (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mitmproxy.proxy.server
+import pytest
+import yaml
+from mitmproxy import exceptions, http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.test import taddons, tflow, tutils
+
+from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
+from klockproxy.core.engine import Engine
+from klockproxy.core.errors import UpstreamError
+from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.protobuf import encode_k8s_protobuf
+from klockproxy.core.types import UserInfo
+from klockproxy.upstream import UpstreamStatusError
+
+ADMIN = UserInfo("admin", groups=("system:masters",))
+JONNY = UserInfo("system:serviceaccount:default:jonny-op")
+
+LOCKS = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: lockred, namespace: default}
+spec:
+  operations: [UPDATE, DELETE]
+  matcher: {aura: red}
+  exclusive: {name: jonny-op}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nocreate, namespace: default}
+spec:
+  operations: [CREATE]
+  matcher: {aura: red}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: notprod, namespace: prod}
+spec:
+  operations: [UPDATE]
+  matcher: {env: ^prod}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: noexec, namespace: default}
+spec:
+  operations: [CONNECT]
+  matcher: {aura: red}
+"""
+
+
+def pod(
+    name: str, labels: Mapping[str, str], ns: str = "default", rv: str = "42"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": f"uid-{name}",
+            "resourceVersion": rv,
+            "labels": dict(labels),
+        },
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+    }
+
+
+class FakeUpstream:
+    """Same async interface as klockproxy.upstream.Upstream, answering from dicts."""
+
+    server = "https://api.example:6443"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.lists: dict[str, list[dict[str, Any]]] = {}
+        self.user = ADMIN
+        self.fail: Exception | None = None
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def get_object(
+        self, path: str, headers: Mapping[str, str | Sequence[str]]
+    ) -> dict[str, Any] | None:
+        self.calls.append(("get", path, dict(headers)))
+        if self.fail is not None:
+            raise self.fail
+        return self.objects.get(path)
+
+    async def list_objects(
+        self,
+        path: str,
+        headers: Mapping[str, str | Sequence[str]],
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        self.calls.append(("list", path, {"labelSelector": label_selector}))
+        if self.fail is not None:
+            raise self.fail
+        items = self.lists.get(path, [])
+        if label_selector:
+            key, _, value = label_selector.partition("=")
+            items = [i for i in items if i["metadata"]["labels"].get(key) == value]
+        return items
+
+    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
+        self.calls.append(("ssr", "", dict(headers)))
+        return self.user
+
+    async def close(self) -> None:
+        pass
+
+    def kinds(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+class StaticLocks:
+    """Stands in for a LockSet: a fixed engine (None = not ready)."""
+
+    def __init__(self, engine: Engine | None) -> None:
+        self.engine = engine
+
+    def describe(self) -> str:
+        return "0 locks from cluster (not ready)" if self.engine is None else "test locks"
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    up = FakeUpstream()
+    up.objects["/api/v1/namespaces/default/pods/my-pod"] = pod("my-pod", {"aura": "red"})
+    up.objects["/api/v1/namespaces/default/pods/other-pod"] = pod("other-pod", {})
+    up.objects["/api/v1/namespaces/prod/pods/db"] = pod("db", {"env": "prod"}, ns="prod")
+    return up
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine(load_locks_from_text(LOCKS, source="test"))
+
+
+@pytest.fixture
+def addon(upstream: FakeUpstream, engine: Engine) -> Iterator[KlockProxy]:
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy):
+        yield proxy
+
+
+def make_flow(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+    headers: Sequence[tuple[str, str]] = (("Authorization", "Bearer caller-token"),),
+    http2: bool = False,
+) -> http.HTTPFlow:
+    hdrs = http.Headers([(k.encode(), v.encode()) for k, v in headers])
+    if content_type:
+        hdrs["Content-Type"] = content_type
+    if body and not http2:
+        hdrs["Content-Length"] = str(len(body))
+    req = tutils.treq(
+        method=method.encode(),
+        path=path.encode(),
+        headers=hdrs,
+        content=body,
+        http_version=b"HTTP/2.0" if http2 else b"HTTP/1.1",
+        host="api.example",
+        port=6443,
+        scheme=b"https",
+    )
+    flow = tflow.tflow(req=req)
+    # An established upstream connection: the reachability probe is not due.
+    flow.server_conn.state = ConnectionState.OPEN
+    return flow
+
+
+async def run(addon: KlockProxy, flow: http.HTTPFlow) -> None:
+    """The hooks mitmproxy calls before forwarding a request."""
+    await addon.requestheaders(flow)
+    await addon.request(flow)
+
+
+def status_of(flow: http.HTTPFlow) -> dict[str, Any]:
+    assert flow.response is not None, "expected the proxy to answer"
+    assert flow.response.headers["Content-Type"] == "application/json"
+    status = json.loads(flow.response.content or b"")
+    assert status["kind"] == "Status"
+    assert status["apiVersion"] == "v1"
+    assert status["status"] == "Failure"
+    assert status["code"] == flow.response.status_code
+    return status
+
+
+def merge_patch(labels: Mapping[str, str | None]) -> bytes:
+    return json.dumps({"metadata": {"labels": dict(labels)}}).encode()
+
+
+AS_JONNY = (
+    ("Authorization", "Bearer caller-token"),
+    ("Impersonate-User", "system:serviceaccount:default:jonny-op"),
+)
+MY_POD = "/api/v1/namespaces/default/pods/my-pod"
+OTHER_POD = "/api/v1/namespaces/default/pods/other-pod"
+MERGE = "application/merge-patch+json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads, fast path, classification
+
+
+async def test_reads_pass_untouched_and_stream(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    for path in (
+        "/api/v1/namespaces/default/pods?limit=500",
+        "/api/v1/namespaces/default/pods?watch=true&resourceVersion=1",
+        MY_POD + "/log?follow=true",
+        "/version?timeout=5s",
+        "/openapi/v3",
+        "/apis",
+    ):
+        flow = make_flow("GET", path)
+        await run(addon, flow)
+        assert flow.response is None
+        assert flow.request.stream is True
+        assert flow.request.headers["Authorization"] == "Bearer caller-token"
+    assert upstream.calls == []
+
+
+async def test_unclassifiable_read_passes_but_mutation_is_refused(addon: KlockProxy) -> None:
+    read = make_flow("GET", "/api/v1/namespaces/default/pods/a%2Fb")
+    await run(addon, read)
+    assert read.response is None
+
+    write = make_flow("PATCH", "/api/v1/namespaces/default/pods/a%2Fb", b"{}", MERGE)
+    await run(addon, write)
+    status = status_of(write)
+    assert status["code"] == 400
+    assert "%2F" in status["message"]
+    assert status["message"].startswith("klockproxy: refusing PATCH")
+
+    dots = make_flow("DELETE", "/api/v1/namespaces/default/pods/../secrets/x")
+    await run(addon, dots)
+    assert status_of(dots)["code"] == 400
+
+
+async def test_uncovered_mutation_takes_the_fast_path(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    body = merge_patch({"x": "y"})
+    flow = make_flow("PATCH", "/api/v1/namespaces/free/pods/p", body, MERGE)
+    await run(addon, flow)
+    assert flow.response is None
+    assert flow.request.stream is True
+    assert upstream.calls == []
+    # CREATE is not covered in "prod": no body decode either (garbage passes to the API server).
+    create = make_flow("POST", "/api/v1/namespaces/prod/pods", b"not json", "application/json")
+    await run(addon, create)
+    assert create.response is None
+    assert upstream.calls == []
+
+
+async def test_lock_objects_themselves_pass(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    flow = make_flow(
+        "DELETE", "/apis/klock.rnemet.dev/v1/namespaces/default/locks/lockred", b"", None
+    )
+    await run(addon, flow)
+    assert flow.response is None
+    assert upstream.calls == []
+
+
+async def test_mutations_refused_until_locks_are_loaded(upstream: FakeUpstream) -> None:
+    proxy = KlockProxy(lock_set=StaticLocks(None), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy):
+        read = make_flow("GET", MY_POD)
+        await run(proxy, read)
+        assert read.response is None
+
+        write = make_flow("PATCH", "/api/v1/namespaces/free/pods/p", merge_patch({}), MERGE)
+        await run(proxy, write)
+        status = status_of(write)
+        assert status["code"] == 503
+        assert status["reason"] == "ServiceUnavailable"
+        assert status["message"].startswith("klockproxy: locks are not loaded yet (")
+        assert "not ready" in status["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+
+
+async def test_locked_label_change_is_denied_with_a_kubernetes_status(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    flow = make_flow(
+        "PATCH", MY_POD + "?fieldManager=kubectl-label", merge_patch({"here": "x"}), MERGE
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert status["reason"] == "Forbidden"
+    assert status["details"] == {"name": "my-pod", "group": "", "kind": "pods"}
+    assert status["message"].startswith(
+        'pods "my-pod" is forbidden: denied, there is a lock: map[aura:red]'
+    )
+    assert "lockred" in status["message"]
+    # The current object was read AS THE CALLER.
+    get = next(c for c in upstream.calls if c[0] == "get")
+    assert get[1] == MY_POD
+    assert get[2] == {"Authorization": ["Bearer caller-token"]}
+
+
+async def test_exclusive_user_is_allowed_and_the_write_is_guarded(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    flow = make_flow(
+        "PATCH",
+        MY_POD,
+        merge_patch({"here": "jonny"}),
+        MERGE,
+        headers=[
+            ("Authorization", "Bearer caller-token"),
+            ("Impersonate-User", "system:serviceaccount:default:jonny-op"),
+        ],
+    )
+    await run(addon, flow)
+    assert flow.response is None
+    body = json.loads(flow.request.content or b"")
+    assert body["metadata"]["labels"] == {"here": "jonny"}
+    assert body["metadata"]["resourceVersion"] == "42"
+    assert flow.request.headers["Content-Type"] == MERGE
+    assert flow.request.headers["Content-Length"] == str(len(flow.request.raw_content or b""))
+    ssr = next(c for c in upstream.calls if c[0] == "ssr")
+    assert ssr[2]["Impersonate-User"] == ["system:serviceaccount:default:jonny-op"]
+
+
+async def test_unmatched_object_is_allowed_without_an_identity_lookup(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    flow = make_flow("PATCH", OTHER_POD, merge_patch({"aura": "blue"}), MERGE)
+    await run(addon, flow)
+    assert flow.response is None
+    assert "ssr" not in upstream.kinds()
+    # Still guarded: a concurrent relabel to aura=red must not slip past.
+    assert json.loads(flow.request.content or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_adding_the_locked_label_is_judged_on_the_new_labels(addon: KlockProxy) -> None:
+    flow = make_flow("PATCH", OTHER_POD, merge_patch({"aura": "red"}), MERGE)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 403
+
+
+async def test_client_resource_version_is_kept(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    upstream.user = JONNY
+    patch = {"metadata": {"resourceVersion": "7", "labels": {"a": "b"}}}
+    flow = make_flow("PATCH", MY_POD, json.dumps(patch).encode(), MERGE)
+    await run(addon, flow)
+    assert flow.response is None
+    assert json.loads(flow.request.content or b"")["metadata"]["resourceVersion"] == "7"
+
+
+async def test_json_patch_gets_a_test_operation(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    upstream.user = JONNY
+    ops = [{"op": "add", "path": "/metadata/labels/x", "value": "y"}]
+    flow = make_flow("PATCH", MY_POD, json.dumps(ops).encode(), "application/json-patch+json")
+    await run(addon, flow)
+    assert flow.response is None
+    sent = json.loads(flow.request.content or b"")
+    assert sent[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "42"}
+    assert sent[1:] == ops
+
+
+async def test_json_patch_removing_the_label_is_denied(addon: KlockProxy) -> None:
+    ops = [{"op": "remove", "path": "/metadata/labels/aura"}]
+    flow = make_flow("PATCH", MY_POD, json.dumps(ops).encode(), "application/json-patch+json")
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 403
+
+
+async def test_strategic_merge_patch_is_judged_and_guarded(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    patch = {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}
+    ctype = "application/strategic-merge-patch+json"
+    denied = make_flow("PATCH", MY_POD, json.dumps(patch).encode(), ctype)
+    await run(addon, denied)
+    assert status_of(denied)["code"] == 403
+
+    allowed = make_flow("PATCH", OTHER_POD, json.dumps(patch).encode(), ctype)
+    await run(addon, allowed)
+    assert allowed.response is None
+    sent = json.loads(allowed.request.content or b"")
+    assert sent["metadata"] == {"resourceVersion": "42"}
+    assert sent["spec"] == patch["spec"]
+
+
+APPLY = "application/apply-patch+yaml"
+
+
+async def test_server_side_apply_is_guarded_and_keeps_its_content_type(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "other-pod", "labels": {"tier": "web"}},
+    }
+    flow = make_flow(
+        "PATCH", OTHER_POD + "?fieldManager=kubectl", yaml.safe_dump(config).encode(), APPLY
+    )
+    await run(addon, flow)
+    assert flow.response is None
+    assert flow.request.headers["Content-Type"] == APPLY
+    sent = yaml.safe_load(flow.request.content or b"")
+    assert sent["metadata"]["resourceVersion"] == "42"
+    assert sent["metadata"]["labels"] == {"tier": "web"}
+
+
+async def test_server_side_apply_dropping_a_label_cannot_slip_past_a_negated_matcher(
+    addon: KlockProxy,
+) -> None:
+    # Lock "notprod" (prod namespace) matches objects whose env is NOT prod. Pod db has
+    # env=prod; an apply configuration without env would make the API server drop the label
+    # (field ownership), which the merged view alone would not show.
+    config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "labels": {}}}
+    flow = make_flow(
+        "PATCH", "/api/v1/namespaces/prod/pods/db", yaml.safe_dump(config).encode(), APPLY
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "map[env:^prod]" in status["message"]
+
+
+async def test_server_side_apply_of_a_missing_object_is_judged_as_create(
+    addon: KlockProxy,
+) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "new", "labels": {"aura": "red"}},
+    }
+    flow = make_flow(
+        "PATCH", "/api/v1/namespaces/default/pods/new", yaml.safe_dump(config).encode(), APPLY
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "nocreate" in status["message"]
+
+
+async def test_patch_of_a_missing_object_is_forwarded_for_the_api_server_to_404(
+    addon: KlockProxy,
+) -> None:
+    body = merge_patch({"a": "b"})
+    flow = make_flow("PATCH", "/api/v1/namespaces/default/pods/gone", body, MERGE)
+    await run(addon, flow)
+    assert flow.response is None
+    assert flow.request.content == body
+
+
+async def test_update_judges_old_and_new_labels_and_sets_resource_version(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    unlabelled = pod("my-pod", {})
+    del unlabelled["metadata"]["resourceVersion"]
+    denied = make_flow("PUT", MY_POD, json.dumps(unlabelled).encode(), "application/json")
+    await run(addon, denied)
+    assert status_of(denied)["code"] == 403
+
+    upstream.user = JONNY
+    allowed = make_flow(
+        "PUT", MY_POD, json.dumps(unlabelled).encode(), "application/json", headers=AS_JONNY
+    )
+    await run(addon, allowed)
+    assert allowed.response is None
+    assert json.loads(allowed.request.content or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_update_with_yaml_body_is_rewritten_as_json(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    obj = pod("other-pod", {"a": "b"})
+    del obj["metadata"]["resourceVersion"]
+    flow = make_flow("PUT", OTHER_POD, yaml.safe_dump(obj).encode(), "application/yaml")
+    await run(addon, flow)
+    assert flow.response is None
+    assert flow.request.headers["Content-Type"] == "application/json"
+    assert json.loads(flow.request.content or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_undecodable_body_of_a_covered_mutation_is_refused(addon: KlockProxy) -> None:
+    flow = make_flow("PUT", MY_POD, b"{not json", "application/json")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "cannot be read" in status["message"]
+
+
+async def test_create_is_judged_on_the_new_labels(addon: KlockProxy) -> None:
+    red = pod("new", {"aura": "red"})
+    flow = make_flow(
+        "POST", "/api/v1/namespaces/default/pods", json.dumps(red).encode(), "application/json"
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert status["details"]["name"] == "new"
+
+    blue = make_flow(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        json.dumps(pod("new", {"aura": "blue"})).encode(),
+        "application/json",
+    )
+    await run(addon, blue)
+    assert blue.response is None
+
+
+async def test_protobuf_create_is_decoded(addon: KlockProxy) -> None:
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "my-cm", "labels": {"aura": "red"}},
+        "data": {"nikola": "tesla"},
+    }
+    flow = make_flow(
+        "POST",
+        "/api/v1/namespaces/default/configmaps?fieldManager=kubectl-create",
+        encode_k8s_protobuf(cm),
+        "application/vnd.kubernetes.protobuf",
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert status["message"].startswith('configmaps "my-cm" is forbidden: denied, there is a lock')
+
+
+async def test_dry_run_gets_the_same_decision(addon: KlockProxy) -> None:
+    flow = make_flow("PATCH", MY_POD + "?dryRun=All", merge_patch({"x": "y"}), MERGE)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 403
+
+
+# ---------------------------------------------------------------------------------------------
+# DELETE and its preconditions
+
+
+async def test_delete_of_a_locked_object_is_denied(addon: KlockProxy) -> None:
+    flow = make_flow(
+        "DELETE", MY_POD, b'{"kind":"DeleteOptions","apiVersion":"v1"}', "application/json"
+    )
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 403
+
+
+async def test_allowed_delete_gets_preconditions_even_without_a_body(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    flow = make_flow("DELETE", MY_POD, b"", None)
+    await run(addon, flow)
+    assert flow.response is None
+    assert flow.request.headers["Content-Type"] == "application/json"
+    sent = json.loads(flow.request.content or b"")
+    assert sent["preconditions"] == {"resourceVersion": "42", "uid": "uid-my-pod"}
+    assert sent["kind"] == "DeleteOptions"
+
+
+async def test_allowed_delete_keeps_the_client_options(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    opts = {
+        "kind": "DeleteOptions",
+        "apiVersion": "v1",
+        "propagationPolicy": "Background",
+        "preconditions": {"uid": "client-uid"},
+    }
+    flow = make_flow("DELETE", MY_POD, json.dumps(opts).encode(), "application/json")
+    await run(addon, flow)
+    sent = json.loads(flow.request.content or b"")
+    assert sent["propagationPolicy"] == "Background"
+    assert sent["preconditions"] == {"uid": "client-uid", "resourceVersion": "42"}
+
+
+async def test_allowed_delete_with_protobuf_body_is_refused_clearly(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    flow = make_flow("DELETE", MY_POD, b"k8s\x00\x0a\x00", "application/vnd.kubernetes.protobuf")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 415
+    assert "resourceVersion" in status["message"]
+
+
+async def test_delete_of_a_missing_object_is_forwarded(addon: KlockProxy) -> None:
+    flow = make_flow("DELETE", "/api/v1/namespaces/default/pods/gone")
+    await run(addon, flow)
+    assert flow.response is None
+
+
+async def test_deletecollection_lists_as_the_caller_and_names_locked_objects(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    path = "/api/v1/namespaces/default/configmaps"
+    upstream.lists[path] = [
+        {"metadata": {"name": "my-cm", "labels": {"aura": "red", "app": "x"}}},
+        {"metadata": {"name": "free-cm", "labels": {"app": "x"}}},
+    ]
+    flow = make_flow("DELETE", path + "?labelSelector=app%3Dx")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert status["message"].startswith(
+        "configmaps is forbidden: denied, there is a lock: map[aura:red]"
+    )
+    assert "my-cm" in status["message"] and "free-cm" not in status["message"]
+    assert status["details"] == {"group": "", "kind": "configmaps"}
+    assert ("list", path, {"labelSelector": "app=x"}) in upstream.calls
+
+    other = make_flow("DELETE", path + "?labelSelector=app%3Dy")
+    await run(addon, other)
+    assert other.response is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Subresources
+
+
+async def test_subresources_use_the_parent_labels(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    deploy = pod("web", {"aura": "red"})
+    deploy.update(apiVersion="apps/v1", kind="Deployment")
+    upstream.objects["/apis/apps/v1/namespaces/default/deployments/web"] = deploy
+    scale = make_flow(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/web/scale",
+        b'{"spec":{"replicas":3}}',
+        MERGE,
+    )
+    await run(addon, scale)
+    status = status_of(scale)
+    assert status["code"] == 403
+    assert status["details"] == {"name": "web", "group": "apps", "kind": "deployments"}
+    assert "through scale" in status["message"]
+
+    upstream.user = JONNY
+    allowed = make_flow(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/web/scale",
+        b'{"spec":{"replicas":3}}',
+        MERGE,
+        headers=AS_JONNY,
+    )
+    await run(addon, allowed)
+    assert allowed.response is None
+    assert json.loads(allowed.request.content or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_eviction_is_a_delete_of_the_pod(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "my-pod"}}
+    flow = make_flow(
+        "POST", MY_POD + "/eviction", json.dumps(eviction).encode(), "application/json"
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "DELETE" in status["message"]
+
+    upstream.user = JONNY
+    allowed = make_flow(
+        "POST",
+        MY_POD + "/eviction",
+        json.dumps(eviction).encode(),
+        "application/json",
+        headers=AS_JONNY,
+    )
+    await run(addon, allowed)
+    assert allowed.response is None
+    sent = json.loads(allowed.request.content or b"")
+    assert sent["deleteOptions"]["preconditions"] == {"resourceVersion": "42", "uid": "uid-my-pod"}
+    assert sent["kind"] == "Eviction"
+
+
+async def test_exec_is_a_connect_on_the_pod(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    flow = make_flow(
+        "GET",
+        MY_POD + "/exec?command=sh&stdin=true&tty=true",
+        headers=[
+            ("Authorization", "Bearer t"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+        ],
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "noexec" in status["message"]
+
+    other = make_flow("POST", OTHER_POD + "/exec?command=ls", headers=[("Upgrade", "SPDY/3.1")])
+    await run(addon, other)
+    assert other.response is None
+    assert other.request.stream is False  # judged with the whole (empty) body
+
+
+# ---------------------------------------------------------------------------------------------
+# Fail closed on lookups
+
+
+async def test_lookup_failure_is_a_503_naming_it(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    upstream.fail = UpstreamError(
+        "GET /x on https://api.example:6443: the API server cannot be reached: boom"
+    )
+    flow = make_flow("PATCH", MY_POD, merge_patch({"a": "b"}), MERGE)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 503
+    assert "cannot check locks" in status["message"]
+    assert "api.example" in status["message"]
+    # Reads keep flowing.
+    read = make_flow("GET", MY_POD)
+    await run(addon, read)
+    assert read.response is None
+
+
+async def test_caller_forbidden_to_read_the_object_gets_403(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.fail = UpstreamStatusError(
+        "GET", 403, 'pods "my-pod" is forbidden: User "x" cannot get'
+    )
+    flow = make_flow("DELETE", MY_POD)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "cannot get" in status["message"]
+
+
+async def test_unexpected_error_fails_closed(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    upstream.fail = RuntimeError("bug")
+    flow = make_flow("DELETE", MY_POD)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 500
+    assert "bug" not in status["message"]
+
+
+async def test_identity_lookup_failure_fails_closed(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    async def unauthorized(headers: Any) -> UserInfo:
+        raise UpstreamStatusError("SelfSubjectReview", 401, "Unauthorized")
+
+    upstream.self_subject_review = unauthorized  # type: ignore[method-assign]
+    flow = make_flow("PATCH", MY_POD, merge_patch({"a": "b"}), MERGE)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 401
+
+
+# ---------------------------------------------------------------------------------------------
+# Local mode: the proxy's token
+
+
+@pytest.fixture
+def local_addon(upstream: FakeUpstream, engine: Engine, tmp_path: Path) -> Iterator[KlockProxy]:
+    (tmp_path / "client-token").write_text("proxy-secret\n")
+    (tmp_path / "upstream-token").write_text("upstream-secret\n")
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(
+            proxy,
+            klock_client_token_file=str(tmp_path / "client-token"),
+            klock_upstream_token_file=str(tmp_path / "upstream-token"),
+        )
+        yield proxy
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [("Authorization", "Bearer wrong")],
+        [("Authorization", "Basic proxy-secret")],
+        [("Authorization", "Bearer proxy-secret"), ("Authorization", "Bearer proxy-secret")],
+    ],
+)
+async def test_local_mode_requires_the_proxy_token(
+    local_addon: KlockProxy, headers: list[tuple[str, str]]
+) -> None:
+    flow = make_flow("GET", "/api/v1/namespaces/default/pods", headers=headers)
+    await run(local_addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 401
+    assert status["reason"] == "Unauthorized"
+
+
+async def test_local_mode_swaps_in_the_upstream_credentials(
+    local_addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    flow = make_flow(
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        headers=[("Authorization", "Bearer proxy-secret"), ("Impersonate-User", "jonny")],
+    )
+    await run(local_addon, flow)
+    assert flow.response is None
+    assert flow.request.headers.get_all("Authorization") == ["Bearer upstream-secret"]
+    assert flow.request.headers["Impersonate-User"] == "jonny"
+
+    # Lookups go with exactly the forwarded credentials.
+    patch = make_flow(
+        "PATCH",
+        MY_POD,
+        merge_patch({"a": "b"}),
+        MERGE,
+        headers=[("Authorization", "Bearer proxy-secret")],
+    )
+    await run(local_addon, patch)
+    assert upstream.calls[0][2] == {"Authorization": ["Bearer upstream-secret"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams, framing, long connections
+
+
+async def test_every_upstream_response_streams_but_our_own_answers_do_not(
+    addon: KlockProxy,
+) -> None:
+    flow = make_flow("GET", "/api/v1/namespaces/default/pods?watch=true")
+    await run(addon, flow)
+    flow.response = tutils.tresp()
+    addon.responseheaders(flow)
+    assert flow.response.stream is True
+
+    denied = make_flow("DELETE", MY_POD)
+    await run(addon, denied)
+    assert denied.response is not None
+    addon.responseheaders(denied)
+    assert denied.response.stream is False
+
+    upgrade = make_flow("GET", OTHER_POD + "/exec?command=sh", headers=[("Upgrade", "websocket")])
+    await run(addon, upgrade)
+    upgrade.response = tutils.tresp(status_code=101)
+    addon.responseheaders(upgrade)
+    assert upgrade.response.stream is False
+
+
+async def test_http2_body_without_content_length_is_framed_not_streamed(
+    addon: KlockProxy,
+) -> None:
+    body = b'{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p"}}'
+    flow = make_flow(
+        "POST", "/api/v1/namespaces/free/pods/p/eviction", body, "application/json", http2=True
+    )
+    assert "content-length" not in flow.request.headers
+    await addon.requestheaders(flow)
+    assert flow.request.stream is False
+    await addon.request(flow)
+    assert flow.response is None
+    assert flow.request.headers["content-length"] == str(len(body))
+
+
+async def test_websocket_and_tcp_messages_are_not_kept(addon: KlockProxy) -> None:
+    ws_flow = tflow.tflow(ws=True)
+    assert ws_flow.websocket is not None and ws_flow.websocket.messages
+    addon.websocket_message(ws_flow)
+    assert ws_flow.websocket.messages == []
+
+    tcp_flow = tflow.ttcpflow()
+    assert tcp_flow.messages
+    addon.tcp_message(tcp_flow)
+    assert tcp_flow.messages == []
+
+
+async def test_no_per_flow_state_is_kept(addon: KlockProxy, upstream: FakeUpstream) -> None:
+    before = dict(vars(addon))
+    for flow in (make_flow("DELETE", MY_POD), make_flow("GET", MY_POD)):
+        await run(addon, flow)
+    assert vars(addon).keys() == before.keys()
+    assert addon._tasks == set()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_api_server_gets_a_status_naming_it(addon: KlockProxy) -> None:
+    port = _free_port()
+    flow = make_flow("GET", "/api/v1/namespaces/default/pods")
+    flow.server_conn.state = ConnectionState.CLOSED
+    flow.server_conn.address = ("127.0.0.1", port)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 503
+    assert f"the API server https://127.0.0.1:{port} cannot be reached" in status["message"]
+    assert flow.request.stream is False
+
+
+async def test_reachable_api_server_passes_the_probe(addon: KlockProxy) -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        flow = make_flow("GET", "/api/v1/namespaces/default/pods")
+        flow.server_conn.state = ConnectionState.CLOSED
+        flow.server_conn.address = ("127.0.0.1", port)
+        await run(addon, flow)
+        assert flow.response is None
+        assert flow.request.stream is True
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+def test_configure_defaults_to_the_reverse_target_and_raises_the_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    lock_file = tmp_path / "locks.yaml"
+    lock_file.write_text(LOCKS)
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"])
+        tctx.configure(proxy, klock_locks=[str(lock_file)], klock_upstream_insecure=True)
+        assert proxy.settings is not None
+        assert proxy.settings.upstream is not None
+        assert proxy.settings.upstream.server == "https://127.0.0.1:6443"
+        assert proxy.settings.upstream.insecure is True
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == DEFAULT_IDLE_TIMEOUT
+        assert proxy.lock_set is not None and proxy.lock_set.engine is None  # not started
+        tctx.configure(proxy, klock_idle_timeout=3600)
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 3600
+
+
+def test_configure_rejects_a_broken_lock_file_and_a_missing_upstream(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(LOCKS.replace("operations: [CREATE]", "operations: [CRATE]"))
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"], klock_locks=[])
+        with pytest.raises(exceptions.OptionsError, match=r"broken\.yaml.*CRATE"):
+            tctx.configure(proxy, klock_locks=[str(broken)])
+        with pytest.raises(exceptions.OptionsError, match="no such file"):
+            tctx.configure(proxy, klock_locks=[str(tmp_path / "nope")])
+        with pytest.raises(exceptions.OptionsError, match="needs the API server"):
+            tctx.configure(proxy, mode=["regular"])
+
+
+async def test_running_starts_file_locks_and_done_stops_them(tmp_path: Path) -> None:
+    lock_file = tmp_path / "locks.yaml"
+    lock_file.write_text(LOCKS)
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy, klock_upstream="https://127.0.0.1:1", klock_locks=[str(lock_file)])
+        await proxy.running()
+        assert proxy.lock_set is not None and proxy.lock_set.engine is not None
+        assert proxy.lock_set.engine.lock_count == 4
+        if "connection_strategy" in tctx.options:
+            assert tctx.options.connection_strategy == "lazy"
+        await proxy.done()
