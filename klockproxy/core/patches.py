@@ -24,14 +24,12 @@ No function here mutates its inputs: every result is a fresh copy.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import yaml
-
-from klockproxy.core.errors import PatchError
+from klockproxy.core.errors import DecodeError, PatchError
+from klockproxy.core.metadata import load_yaml_object, media_type
 
 # A JSON value as ``json.loads`` returns it: dict, list, str, int, float, bool or None.
 JSON: TypeAlias = Any
@@ -557,11 +555,6 @@ def strategic_merge_patch(
 # --------------------------------------------------------------------------------------------
 
 
-def media_type(content_type: str) -> str:
-    """``"application/json; charset=utf-8"`` -> ``"application/json"`` (lower case)."""
-    return content_type.split(";", 1)[0].strip().lower()
-
-
 def _reject_constant(name: str) -> float:
     # Python's json accepts NaN/Infinity; the API server does not.
     raise ValueError(f"invalid JSON constant {name}")
@@ -574,50 +567,12 @@ def _load_json(patch: bytes, what: str) -> JSON:
         raise PatchError(f"invalid {what}: {e}") from e
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML without the implicit timestamp type, as the API server's YAML-to-JSON does:
-    an unquoted ``2024-01-01`` stays a string."""
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def load_yaml_documents(data: bytes | str) -> list[JSON]:
-    """Every document of a YAML stream, loaded safely (raises ``yaml.YAMLError``)."""
-    return list(yaml.load_all(data, Loader=_YamlLoader))  # safe: a SafeLoader subclass
-
-
 def _load_apply(patch: bytes) -> JSON:
-    """An apply configuration: YAML (JSON is accepted too), exactly one document."""
+    """An apply configuration: YAML (JSON is accepted too), exactly one object."""
     try:
-        docs = load_yaml_documents(patch)
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise PatchError(f"invalid apply patch: {e}") from e
-    if len(docs) != 1:
-        raise PatchError(f"an apply patch must hold exactly one YAML document, got {len(docs)}")
-    doc = docs[0]
-    _check_json_values(doc)
-    return doc
-
-
-def _check_json_values(value: JSON) -> None:
-    """YAML can produce dates, non-string keys, NaN...: refuse what JSON cannot carry."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise PatchError(f"invalid apply patch: non-string key {k!r}")
-            _check_json_values(v)
-    elif isinstance(value, list):
-        for v in value:
-            _check_json_values(v)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise PatchError("invalid apply patch: non-finite number")
-    elif value is not None and not isinstance(value, str | int | bool):
-        raise PatchError(f"invalid apply patch: unsupported value of type {type(value).__name__}")
+        return load_yaml_object(patch, "apply patch")
+    except DecodeError as e:
+        raise PatchError(str(e)) from e
 
 
 def apply_patch(
@@ -646,8 +601,6 @@ def apply_patch(
         )
     elif mtype == APPLY_PATCH:
         applied = _load_apply(patch)
-        if not isinstance(applied, dict):
-            raise PatchError("an apply patch must be an object")
         if key in merge_keys:
             result = strategic_merge_patch(obj, applied, key, merge_keys=merge_keys)
         else:

@@ -1,0 +1,221 @@
+"""Decode request bodies (JSON, YAML, Kubernetes protobuf) and read labels from them.
+
+The proxy decides on what the API server will store, so decoding follows the API server:
+
+* The media type is matched case-insensitively, parameters (``charset``) are ignored, and an
+  empty ``Content-Type`` means JSON (the API server's first supported media type).
+* JSON: ``application/json`` and any ``application/*+json``. ``NaN``/``Infinity`` and
+  invalid UTF-8 are refused.
+* YAML: ``application/yaml`` and any ``*+yaml`` (``application/apply-patch+yaml``); safe
+  loading only, exactly one document, no implicit timestamps (an unquoted ``2024-01-01``
+  stays a string, as the API server's YAML-to-JSON conversion keeps it), string keys only,
+  and a bound on alias expansion ("billion laughs").
+* Protobuf: ``application/vnd.kubernetes.protobuf`` via ``core.protobuf``.
+
+Every failure is a ``DecodeError`` with a precise message; the top level must be an object.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+import yaml
+
+from klockproxy.core.errors import DecodeError
+from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_k8s_protobuf
+
+JSON: TypeAlias = Any
+
+# How many values a decoded YAML document may expand to (aliases make small texts huge).
+MAX_YAML_NODES = 1_000_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader without the implicit timestamp type (see the module docstring)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def media_type(content_type: str) -> str:
+    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _fix_surrogates(text: str, what: str) -> str:
+    """PyYAML keeps a JSON-escaped surrogate pair (``"\\ud83d\\ude00"``) as two code points;
+    JSON parsers join them into one character. Join them too; a lone surrogate is invalid."""
+    if not _SURROGATE.search(text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"{what}: string with an unpaired surrogate escape") from e
+
+
+def check_json_values(value: JSON, what: str = "document") -> None:
+    """Refuse what JSON cannot carry (non-string keys, dates, bytes, NaN) in a YAML result,
+    and join escaped surrogate pairs in its strings (in place).
+
+    Also bounds the number of values visited, since YAML aliases can make a small text
+    expand to billions of values.
+    """
+    budget = MAX_YAML_NODES
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise DecodeError(f"{what} expands to more than {MAX_YAML_NODES} values")
+        if isinstance(item, dict):
+            for key, child in list(item.items()):
+                if not isinstance(key, str):
+                    raise DecodeError(f"{what}: non-string key {key!r}")
+                if isinstance(child, str):
+                    item[key] = _fix_surrogates(child, what)
+                else:
+                    stack.append(child)
+                fixed = _fix_surrogates(key, what)
+                if fixed != key:
+                    item[fixed] = item.pop(key)
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                if isinstance(child, str):
+                    item[index] = _fix_surrogates(child, what)
+                else:
+                    stack.append(child)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise DecodeError(f"{what}: non-finite number {item!r}")
+        elif item is not None and not isinstance(item, str | int | bool):
+            raise DecodeError(f"{what}: unsupported value of type {type(item).__name__}")
+
+
+def load_yaml_documents(data: bytes | str, what: str = "YAML") -> list[JSON]:
+    """Every document of a YAML stream, loaded safely and checked to be JSON-compatible."""
+    try:
+        # _YamlLoader is a SafeLoader subclass: no arbitrary Python objects.
+        docs = list(yaml.load_all(data, Loader=_YamlLoader))
+    except yaml.YAMLError as e:
+        raise DecodeError(f"invalid {what}: {_one_line(str(e))}") from e
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise DecodeError(f"invalid {what}: {e}") from e
+    for index, doc in enumerate(docs):
+        if isinstance(doc, str):
+            docs[index] = doc = _fix_surrogates(doc, what)
+        check_json_values(doc, f"{what} document {index}")
+    return docs
+
+
+def load_yaml_object(data: bytes | str, what: str = "YAML body") -> dict[str, JSON]:
+    """Exactly one YAML document, which must be an object."""
+    docs = load_yaml_documents(data, what)
+    if len(docs) != 1:
+        raise DecodeError(f"{what} must hold exactly one document, found {len(docs)}")
+    doc = docs[0]
+    if doc is None:
+        raise DecodeError(f"{what} is empty")
+    if not isinstance(doc, dict):
+        raise DecodeError(f"{what} must be an object, not {_json_type(doc)}")
+    return doc
+
+
+def _reject_constant(name: str) -> float:
+    # Python's json accepts NaN/Infinity; the API server does not.
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def load_json_object(data: bytes, what: str = "JSON body") -> dict[str, JSON]:
+    """Parse a JSON object (DecodeError for anything else)."""
+    try:
+        doc = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise DecodeError(f"invalid {what}: {e}") from e
+    if not isinstance(doc, dict):
+        raise DecodeError(f"{what} must be an object, not {_json_type(doc)}")
+    return doc
+
+
+def decode_body(
+    body: bytes, content_type: str, *, strict_protobuf: bool = False
+) -> dict[str, JSON]:
+    """Decode a request body into a dict by its content type.
+
+    ``strict_protobuf``: refuse protobuf kinds or fields that cannot be fully decoded
+    (``UnsupportedProtobufError``, a ``DecodeError``); the default decodes at least the
+    metadata of any kind, which is what the proxy needs. Raises ``DecodeError``.
+    """
+    mtype = media_type(content_type) or "application/json"
+    if not body:
+        raise DecodeError(f"empty request body ({mtype})")
+    if mtype == "application/json" or (
+        mtype.startswith("application/") and mtype.endswith("+json")
+    ):
+        return load_json_object(body)
+    if mtype in ("application/yaml", "text/yaml") or mtype.endswith("+yaml"):
+        return load_yaml_object(body)
+    if mtype == PROTOBUF_CONTENT_TYPE:
+        return decode_k8s_protobuf(body, strict=strict_protobuf)
+    raise DecodeError(f"unsupported content type {content_type!r}")
+
+
+def metadata_of(obj: Mapping[str, JSON]) -> dict[str, JSON]:
+    """The ``metadata`` object of ``obj`` (``{}`` when absent or null)."""
+    metadata = obj.get("metadata")
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise DecodeError(f"metadata must be an object, not {_json_type(metadata)}")
+    return metadata
+
+
+def _string_map(obj: Mapping[str, JSON], field: str) -> dict[str, str]:
+    value = metadata_of(obj).get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DecodeError(f"metadata.{field} must be an object, not {_json_type(value)}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise DecodeError(f"metadata.{field}[{key!r}] must be a string, not {_json_type(item)}")
+        out[key] = item
+    return out
+
+
+def labels_of(obj: Mapping[str, JSON]) -> dict[str, str]:
+    """A copy of ``metadata.labels`` (``{}`` when absent); DecodeError for a non-string value."""
+    return _string_map(obj, "labels")
+
+
+def annotations_of(obj: Mapping[str, JSON]) -> dict[str, str]:
+    """A copy of ``metadata.annotations`` (``{}`` when absent)."""
+    return _string_map(obj, "annotations")
+
+
+def _json_type(value: JSON) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
