@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from klockproxy.core.errors import ConfigError, LockValidationError
 from klockproxy.core.types import Operation
+from klockproxy.crd import crd_text
 from klockproxy.lock_sources import (
     ClusterLockSource,
     FileLockSource,
     LockSet,
     create_lock_sources,
 )
+from klockproxy.sandbox.server import SandboxThread
+from klockproxy.upstream import UpstreamConfig
+from tests.e2e.kube import find_kubectl
 
 
 def lock_yaml(name: str, *, namespace: str = "default", ops: str = "[UPDATE, DELETE]") -> str:
@@ -187,3 +193,102 @@ def test_create_lock_sources_validates_specs(tmp_path: Path) -> None:
     assert len(lockset.sources) == 1
     assert isinstance(lockset.sources[0], FileLockSource)
     assert create_lock_sources([], None).engine is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster source against the sandbox API server, Locks created and deleted with kubectl.
+
+
+def _kubectl(kubeconfig: Path, home: Path, *args: str, stdin: str | None = None) -> str:
+    kubectl = find_kubectl()
+    assert kubectl is not None, "kubectl is not installed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["HOME"] = str(home)
+    result = subprocess.run(
+        [kubectl, f"--kubeconfig={kubeconfig}", f"--cache-dir={home / 'cache'}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    # A generous bound only so that a broken watch fails the test instead of hanging it.
+    for _ in range(400):
+        if predicate():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_cluster_source_follows_locks_created_with_kubectl(
+    sandbox_thread: SandboxThread, tmp_path: Path
+) -> None:
+    sb = sandbox_thread
+    kubeconfig = sb.sandbox.kubeconfig_path
+    assert kubeconfig is not None
+    home = tmp_path / "home"
+    token_file = tmp_path / "token"
+    token_file.write_text(sb.admin_token)
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(sb.ca_pem)
+    config = UpstreamConfig(server=sb.url, ca_file=str(ca_file), token_file=str(token_file))
+    lockset = create_lock_sources(["cluster"], config)
+    source = lockset.sources[0]
+    assert isinstance(source, ClusterLockSource)
+    source.crd_retry_interval = 0.05
+    await lockset.start()
+    try:
+        # No CRD yet: ready (zero locks), and the source says why.
+        assert await lockset.wait_ready(20)
+        assert lockset.engine is not None and lockset.engine.lock_count == 0
+        assert "CRD not installed" in lockset.describe()
+
+        await asyncio.to_thread(_kubectl, kubeconfig, home, "apply", "-f", "-", stdin=crd_text())
+        await asyncio.to_thread(
+            _kubectl, kubeconfig, home, "apply", "-f", "-", stdin=lock_yaml("lockred")
+        )
+        await _until(lambda: names(lockset) == ["default/lockred"], "lockred to appear")
+        assert lockset.describe() == "1 lock from cluster"
+        assert lockset.engine.covers("default", Operation.DELETE)
+
+        await asyncio.to_thread(
+            _kubectl,
+            kubeconfig,
+            home,
+            "apply",
+            "-f",
+            "-",
+            stdin=lock_yaml("lockred", ops="[CREATE]")
+            + "---\n"
+            + lock_yaml("other", namespace="kube-system"),
+        )
+        await _until(
+            lambda: (
+                names(lockset) == ["default/lockred", "kube-system/other"]
+                and lockset.engine is not None
+                and lockset.engine.covers("default", Operation.CREATE)
+            ),
+            "the modified and the new lock",
+        )
+        assert not lockset.engine.covers("default", Operation.DELETE)
+
+        await asyncio.to_thread(_kubectl, kubeconfig, home, "delete", "lock", "lockred")
+        await _until(lambda: names(lockset) == ["kube-system/other"], "lockred to go")
+    finally:
+        await lockset.stop()
+
+
+async def test_cluster_source_is_not_ready_while_unreachable(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of localhost: the source retries and stays not ready.
+    lockset = create_lock_sources(["cluster"], UpstreamConfig(server="https://127.0.0.1:9"))
+    await lockset.start()
+    try:
+        assert not await lockset.wait_ready(0.3)
+        assert lockset.engine is None
+    finally:
+        await lockset.stop()

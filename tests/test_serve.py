@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
+import signal
+import ssl
 import stat
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +20,9 @@ import yaml
 from klockproxy.certs import CertificateAuthority
 from klockproxy.core.errors import ConfigError
 from klockproxy.kubeconfig import write_kubeconfig
+from klockproxy.sandbox.server import SandboxThread
 from klockproxy.serve import load_upstream, parse_listen
+from tests.e2e.kube import find_kubectl
 
 
 @pytest.mark.parametrize(
@@ -135,3 +144,141 @@ def test_unusable_kubeconfigs_are_config_errors(tmp_path: Path, ca: CertificateA
     kc.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="not an https"):
         load_upstream(str(kc), None, tmp_path / "f")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real command, as a subprocess, against a sandbox, with real kubectl.
+
+
+def _kubectl(kubeconfig: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    kubectl = find_kubectl()
+    assert kubectl is not None, "kubectl is not installed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [kubectl, f"--kubeconfig={kubeconfig}", f"--cache-dir={home / 'cache'}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, sandbox_thread: SandboxThread
+) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """``klockproxy serve`` in front of the sandbox with a lock file; (process, ready line, OUT)."""
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+        "metadata: {name: lockred, namespace: default}\n"
+        "spec: {operations: [UPDATE, DELETE], matcher: {aura: red}}\n"
+    )
+    out = tmp_path / "proxy.kubeconfig"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "klockproxy",
+            "serve",
+            f"--kubeconfig={sandbox_thread.sandbox.kubeconfig_path}",
+            "--listen=127.0.0.1:0",
+            f"--locks={locks}",
+            f"--write-kubeconfig={out}",
+            f"--state-dir={tmp_path / 'state'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        yield proc, line, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_serve_subprocess_end_to_end(
+    served: tuple[subprocess.Popen[str], str, Path], tmp_path: Path
+) -> None:
+    proc, line, out = served
+    assert line.startswith("klockproxy serving on https://127.0.0.1:"), line
+    assert f"(kubeconfig: {out}, 1 lock from " in line
+    home = tmp_path / "home"
+    # The written kubeconfig is private and points at the proxy.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    config = yaml.safe_load(out.read_text())
+    assert config["clusters"][0]["cluster"]["server"] == line.split()[3]
+
+    created = _kubectl(out, home, "run", "my-pod", "--image=nginx", "--labels=aura=red")
+    assert created.returncode == 0, created.stderr
+    denied = _kubectl(out, home, "label", "pod", "my-pod", "here=was-admin")
+    assert denied.returncode == 1
+    assert "denied, there is a lock: map[aura:red]" in denied.stderr
+    pod = json.loads(_kubectl(out, home, "get", "pod", "my-pod", "-o", "json").stdout)
+    assert "here" not in pod["metadata"]["labels"]
+    other = _kubectl(out, home, "run", "other-pod", "--image=nginx")
+    assert other.returncode == 0, other.stderr
+    labelled = _kubectl(out, home, "label", "pod", "other-pod", "aura=blue")
+    assert labelled.returncode == 0, labelled.stderr
+
+    # Without the proxy's token, or with another one: 401, whatever the path.
+    config["users"][0]["user"]["token"] = "not-the-proxy-token"
+    wrong = tmp_path / "wrong.kubeconfig"
+    wrong.write_text(yaml.safe_dump(config))
+    refused = _kubectl(wrong, home, "get", "pods")
+    assert refused.returncode == 1
+    assert "Unauthorized" in refused.stderr
+    # No token at all (kubectl would prompt for a password, so ask over plain HTTPS).
+    ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    host, port = line.split()[3].removeprefix("https://").split(":")
+    conn = http.client.HTTPSConnection(
+        host, int(port), context=ssl.create_default_context(cadata=ca_pem.decode()), timeout=30
+    )
+    conn.request("GET", "/api/v1/namespaces/default/pods")
+    resp = conn.getresponse()
+    status = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 401
+    assert status["kind"] == "Status" and status["code"] == 401
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_serve_sigint_exits_cleanly(served: tuple[subprocess.Popen[str], str, Path]) -> None:
+    proc, line, _ = served
+    assert line.startswith("klockproxy serving on "), line
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_serve_refuses_an_invalid_lock_file(sandbox_thread: SandboxThread, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: x}\n"
+        "spec: {operations: [SMASH]}\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klockproxy",
+            "serve",
+            f"--kubeconfig={sandbox_thread.sandbox.kubeconfig_path}",
+            "--listen=127.0.0.1:0",
+            f"--locks={bad}",
+            f"--write-kubeconfig={tmp_path / 'out'}",
+            f"--state-dir={tmp_path / 'state'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "spec.operations" in result.stderr
+    assert not (tmp_path / "out").exists()
