@@ -256,3 +256,10 @@ def test_yaml_joins_escaped_surrogate_pairs_like_json() -> None:
     assert as_json["metadata"]["annotations"]["k"] == "\U0001f600"
     with pytest.raises(DecodeError, match="unpaired surrogate"):
         decode_body(b'{"a": "\\ud83d"}', "application/yaml")
+
+
+def test_yaml_duplicate_keys_are_refused_but_merge_keys_work() -> None:
+    with pytest.raises(DecodeError, match="duplicate key 'aura'"):
+        decode_body(b"metadata:\n  labels:\n    aura: red\n    aura: blue\n", "application/yaml")
+    body = b"base: &b {aura: red, tier: '1'}\nmetadata:\n  labels:\n    <<: *b\n    aura: blue\n"
+    assert labels_of(decode_body(body, "application/yaml")) == {"aura": "blue", "tier": "1"}

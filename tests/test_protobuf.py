@@ -447,3 +447,13 @@ def test_mutated_golden_bodies_only_raise_decode_error(noise: bytes, name: str) 
     for candidate in (body[:cut], body[:cut] + noise, body + noise):
         with contextlib.suppress(DecodeError):
             decode_k8s_protobuf(candidate, strict=True)
+
+
+def test_envelope_holding_another_content_type_is_refused() -> None:
+    body = encode_unknown("v1", "ConfigMap", b"{}", content_type="application/json")
+    with pytest.raises(UnsupportedProtobufError, match="application/json"):
+        decode_k8s_protobuf(body)
+    plain = encode_unknown(
+        "v1", "ConfigMap", b"", content_type="application/vnd.kubernetes.protobuf"
+    )
+    assert decode_k8s_protobuf(plain) == {"apiVersion": "v1", "kind": "ConfigMap"}

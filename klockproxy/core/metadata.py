@@ -9,7 +9,7 @@ The proxy decides on what the API server will store, so decoding follows the API
 * YAML: ``application/yaml`` and any ``*+yaml`` (``application/apply-patch+yaml``); safe
   loading only, exactly one document, no implicit timestamps (an unquoted ``2024-01-01``
   stays a string, as the API server's YAML-to-JSON conversion keeps it), string keys only,
-  and a bound on alias expansion ("billion laughs").
+  no duplicate keys, and a bound on alias expansion ("billion laughs").
 * Protobuf: ``application/vnd.kubernetes.protobuf`` via ``core.protobuf``.
 
 Every failure is a ``DecodeError`` with a precise message; the top level must be an object.
@@ -36,7 +36,31 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader without the implicit timestamp type (see the module docstring)."""
+    """SafeLoader without the implicit timestamp type, refusing duplicate mapping keys.
+
+    PyYAML lets the last duplicate win silently; a server that kept the first (or refused
+    the document) would store other labels than the ones judged, so duplicates are refused.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.yaml_implicit_resolvers = {

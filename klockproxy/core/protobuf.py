@@ -786,6 +786,10 @@ def decode_k8s_protobuf(body: bytes, *, strict: bool = False) -> dict[str, JSON]
         raise UnsupportedProtobufError(
             f"protobuf content encoding {unknown.content_encoding!r} is not supported"
         )
+    if unknown.content_type not in ("", PROTOBUF_CONTENT_TYPE):
+        raise UnsupportedProtobufError(
+            f"a protobuf envelope holding {unknown.content_type!r} is not supported"
+        )
     return decode_object(unknown.api_version, unknown.kind, unknown.raw, strict=strict)
 
 
