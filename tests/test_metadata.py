@@ -254,8 +254,10 @@ def test_yaml_joins_escaped_surrogate_pairs_like_json() -> None:
     as_json = decode_body(body, "application/json")
     assert decode_body(body, "application/apply-patch+yaml") == as_json
     assert as_json["metadata"]["annotations"]["k"] == "\U0001f600"
-    with pytest.raises(DecodeError, match="unpaired surrogate"):
-        decode_body(b'{"a": "\\ud83d"}', "application/yaml")
+    # A lone surrogate becomes U+FFFD, as Go's JSON decoding makes it.
+    for content_type in ("application/yaml", "application/json"):
+        assert decode_body(b'{"a": "\\ud83dx"}', content_type) == {"a": "\ufffdx"}
+        assert decode_body(b'a: "\\udc00"', "application/yaml") == {"a": "\ufffd"}
 
 
 def test_yaml_duplicate_keys_are_refused_but_merge_keys_work() -> None:
@@ -263,3 +265,9 @@ def test_yaml_duplicate_keys_are_refused_but_merge_keys_work() -> None:
         decode_body(b"metadata:\n  labels:\n    aura: red\n    aura: blue\n", "application/yaml")
     body = b"base: &b {aura: red, tier: '1'}\nmetadata:\n  labels:\n    <<: *b\n    aura: blue\n"
     assert labels_of(decode_body(body, "application/yaml")) == {"aura": "blue", "tier": "1"}
+
+
+def test_json_with_tabs_is_accepted_where_yaml_is_expected() -> None:
+    body = b'{\n\t"metadata": {\n\t\t"labels": {"aura": "red"}\n\t}\n}'
+    assert labels_of(decode_body(body, "application/apply-patch+yaml")) == {"aura": "red"}
+    assert labels_of(decode_body(b"{metadata: {labels: {a: b}}}", "application/yaml")) == {"a": "b"}

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from klockproxy.core.errors import PatchError
 from klockproxy.core.patches import (
+    PatchTestFailedError,
     UnsupportedPatchError,
     apply_patch,
     json_equal,
@@ -138,6 +139,13 @@ def test_labels_via_json_patch_with_escaped_key() -> None:
 def test_invalid_json_patches_raise(ops: Any) -> None:
     with pytest.raises(PatchError):
         json_patch({"a": 1, "l": [0], "o": {}}, ops)
+
+
+def test_failed_test_operation_has_its_own_error() -> None:
+    with pytest.raises(PatchTestFailedError, match="test"):
+        apply_patch(
+            {"a": 1}, b'[{"op":"test","path":"/a","value":2}]', "application/json-patch+json"
+        )
 
 
 def test_json_equal_semantics() -> None:

@@ -33,6 +33,7 @@ JSON: TypeAlias = Any
 # How many values a decoded YAML document may expand to (aliases make small texts huge).
 MAX_YAML_NODES = 1_000_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -74,15 +75,15 @@ def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def _fix_surrogates(text: str, what: str) -> str:
-    """PyYAML keeps a JSON-escaped surrogate pair (``"\\ud83d\\ude00"``) as two code points;
-    JSON parsers join them into one character. Join them too; a lone surrogate is invalid."""
+def _fix_surrogates(text: str) -> str:
+    """Join escaped surrogate pairs and replace lone surrogates with U+FFFD, as Go does.
+
+    Python's json and PyYAML keep ``"\\ud83d\\ude00"`` as two code points (PyYAML) or a
+    lone ``"\\ud83d"`` as is (both); Go's JSON decoding joins pairs and replaces the rest.
+    """
     if not _SURROGATE.search(text):
         return text
-    try:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16")
-    except UnicodeDecodeError as e:
-        raise DecodeError(f"{what}: string with an unpaired surrogate escape") from e
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def check_json_values(value: JSON, what: str = "document") -> None:
@@ -104,16 +105,16 @@ def check_json_values(value: JSON, what: str = "document") -> None:
                 if not isinstance(key, str):
                     raise DecodeError(f"{what}: non-string key {key!r}")
                 if isinstance(child, str):
-                    item[key] = _fix_surrogates(child, what)
+                    item[key] = _fix_surrogates(child)
                 else:
                     stack.append(child)
-                fixed = _fix_surrogates(key, what)
+                fixed = _fix_surrogates(key)
                 if fixed != key:
                     item[fixed] = item.pop(key)
         elif isinstance(item, list):
             for index, child in enumerate(item):
                 if isinstance(child, str):
-                    item[index] = _fix_surrogates(child, what)
+                    item[index] = _fix_surrogates(child)
                 else:
                     stack.append(child)
         elif isinstance(item, float):
@@ -134,13 +135,19 @@ def load_yaml_documents(data: bytes | str, what: str = "YAML") -> list[JSON]:
         raise DecodeError(f"invalid {what}: {e}") from e
     for index, doc in enumerate(docs):
         if isinstance(doc, str):
-            docs[index] = doc = _fix_surrogates(doc, what)
+            docs[index] = doc = _fix_surrogates(doc)
         check_json_values(doc, f"{what} document {index}")
     return docs
 
 
 def load_yaml_object(data: bytes | str, what: str = "YAML body") -> dict[str, JSON]:
-    """Exactly one YAML document, which must be an object."""
+    """Exactly one YAML document, which must be an object (JSON is read as JSON first)."""
+    if data.lstrip()[:1] in (b"{", "{"):
+        # JSON is YAML, but PyYAML trips on some valid JSON (tabs as whitespace).
+        try:
+            return load_json_object(data.encode() if isinstance(data, str) else data, what)
+        except DecodeError:
+            pass
     docs = load_yaml_documents(data, what)
     if len(docs) != 1:
         raise DecodeError(f"{what} must hold exactly one document, found {len(docs)}")
@@ -165,6 +172,8 @@ def load_json_object(data: bytes, what: str = "JSON body") -> dict[str, JSON]:
         raise DecodeError(f"invalid {what}: {e}") from e
     if not isinstance(doc, dict):
         raise DecodeError(f"{what} must be an object, not {_json_type(doc)}")
+    if _ESCAPED_SURROGATE.search(data):
+        check_json_values(doc, what)
     return doc
 
 

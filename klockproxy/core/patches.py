@@ -56,6 +56,10 @@ class UnsupportedPatchError(PatchError):
     """
 
 
+class PatchTestFailedError(PatchError):
+    """A JSON patch ``test`` operation failed (the API server answers 422 Invalid)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Schemas: which lists are merged, and by which key
 # --------------------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ def json_patch(doc: JSON, ops: JSON) -> JSON:
             result = _add(result, path, _clone(_get(result, source)))
         elif name == "test":
             if not json_equal(_get(result, path), op["value"]):
-                raise PatchError(f"operation {index} (test): value at {path!r} differs")
+                raise PatchTestFailedError(f"operation {index} (test): value at {path!r} differs")
         else:
             raise PatchError(f"operation {index}: unknown op {name!r}")
     return result
