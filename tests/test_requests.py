@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -332,3 +334,16 @@ def test_arbitrary_paths_classify_or_raise_classification_error(
             "deletecollection",
             "connect",
         }
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=6), st.text(max_size=6)),
+        max_size=5,
+    )
+)
+def test_parse_query_inverts_urlencode(pairs: list[tuple[str, str]]) -> None:
+    expected: dict[str, list[str]] = {}
+    for key, value in pairs:
+        expected.setdefault(key, []).append(value)
+    assert parse_query(urlencode(pairs)) == {k: tuple(v) for k, v in expected.items()}
