@@ -489,6 +489,8 @@ class SandboxServer:
         namespace = "" if rt.resource == "namespaces" and route.name else route.namespace
         if verb not in rt.verbs:
             raise MethodNotAllowedError()
+        if (verb in ("update", "patch") and not route.name) or (verb == "create" and route.name):
+            raise MethodNotAllowedError()
         if not rt.storable:
             body = self._decode(await self._read_body(request), request.content_type, rt)
             return _json_response(self._review(rt, route, body, user), 201)
