@@ -45,8 +45,9 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import mitmproxy.proxy.server
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from klockproxy.core.engine import Decision, Engine, is_lock_resource
 from klockproxy.core.errors import (
@@ -273,6 +274,10 @@ class KlockProxy:
         self._started_lock_set: LockSet | None = None
         # Strong references to background tasks (lock set swaps) so they are not collected.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Open upstream connections per client connection (client id -> count): while a
+        # client has one, the API server is known to be reachable and the probe is skipped.
+        # Per connection, not per flow; dropped when the client disconnects.
+        self._upstream_open: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------
     # mitmproxy lifecycle
@@ -583,6 +588,24 @@ class KlockProxy:
         """Forget relayed raw TCP messages (SPDY exec/port-forward tunnels)."""
         flow.messages.clear()
 
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        """Remember that this client has a live upstream connection (no probe needed)."""
+        key = data.client.id
+        self._upstream_open[key] = self._upstream_open.get(key, 0) + 1
+
+    def server_disconnected(self, data: ServerConnectionHookData) -> None:
+        """Forget a closed upstream connection."""
+        key = data.client.id
+        left = self._upstream_open.get(key, 0) - 1
+        if left > 0:
+            self._upstream_open[key] = left
+        else:
+            self._upstream_open.pop(key, None)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Drop the per-connection bookkeeping."""
+        self._upstream_open.pop(client.id, None)
+
     # ------------------------------------------------------------------------------------
     # Helpers
 
@@ -640,9 +663,13 @@ class KlockProxy:
     async def _probe(self, flow: http.HTTPFlow) -> Status | None:
         """A 503 Status when a new upstream connection is due and the API server is down."""
         conn = flow.server_conn
-        if conn.connected or conn.address is None:
+        if conn.connected or conn.address is None or flow.client_conn.id in self._upstream_open:
+            # With connection_strategy=lazy (and HTTP/2 clients) mitmproxy opens upstream
+            # connections beside flow.server_conn, which then never reads as connected: the
+            # per-client count from server_connected/server_disconnected tells instead.
             return None
         host, port = conn.address[0], conn.address[1]
+        logger.debug("klockproxy: probing the API server %s:%s", host, port)
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port), self._probe_timeout

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mitmproxy import exceptions, http
 from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
 from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
@@ -908,6 +909,35 @@ async def test_unreachable_api_server_gets_a_status_naming_it(addon: KlockProxy)
     assert status["code"] == 503
     assert f"the API server https://127.0.0.1:{port} cannot be reached" in status["message"]
     assert flow.request.stream is False
+
+
+async def test_probe_is_skipped_while_the_client_has_an_upstream_connection(
+    addon: KlockProxy,
+) -> None:
+    dead = ("127.0.0.1", _free_port())  # a probe would fail
+
+    def flow_to_dead(client: Any = None) -> http.HTTPFlow:
+        flow = make_flow("GET", "/api/v1/namespaces/default/pods")
+        if client is not None:
+            flow.client_conn = client
+        flow.server_conn.state = ConnectionState.CLOSED
+        flow.server_conn.address = dead
+        return flow
+
+    first = flow_to_dead()
+    data = ServerConnectionHookData(server=tflow.tserver_conn(), client=first.client_conn)
+    addon.server_connected(data)
+    await run(addon, first)
+    assert first.response is None
+
+    addon.server_disconnected(data)
+    second = flow_to_dead(first.client_conn)
+    await run(addon, second)
+    assert status_of(second)["code"] == 503
+
+    addon.server_connected(data)
+    addon.client_disconnected(first.client_conn)
+    assert addon._upstream_open == {}
 
 
 async def test_reachable_api_server_passes_the_probe(addon: KlockProxy) -> None:
