@@ -1,0 +1,261 @@
+"""The addon as users load it: ``mitmdump -s addons/klock.py --mode reverse:...``.
+
+Pass-through mode: kubectl's own bearer token goes through the proxy; the addon learns who
+is calling with a SelfSubjectReview sent with that token. Real kubectl, real mitmdump, the
+sandbox API server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from klockproxy.certs import CertificateAuthority
+from klockproxy.kubeconfig import write_kubeconfig
+from tests.e2e.kube import Kubectl, KubeTarget
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "addons" / "klock.py"
+START_TIMEOUT = 60.0
+
+
+def _mitmdump() -> str:
+    beside = Path(sys.executable).parent / "mitmdump"
+    found = str(beside) if beside.exists() else shutil.which("mitmdump")
+    if not found:
+        pytest.skip("mitmdump is not installed")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Mitmdump:
+    process: subprocess.Popen[str]
+    url: str
+    log: Path
+
+
+def _start_mitmdump(tmp: Path, upstream: str, upstream_ca: Path, locks: Path) -> Mitmdump:
+    ca = CertificateAuthority.create("mitmdump-test-ca")
+    cert, key = ca.issue_server(["127.0.0.1"])
+    proxy_pem = tmp / "proxy.pem"
+    proxy_pem.write_bytes(cert + key)
+    (tmp / "proxy-ca.pem").write_bytes(ca.cert_pem)
+    port = _free_port()
+    log = tmp / "mitmdump.log"
+    cmd = [
+        _mitmdump(),
+        "-s",
+        str(SCRIPT),
+        "--mode",
+        f"reverse:{upstream}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={tmp / 'confdir'}",
+        "--set",
+        f"certs=*={proxy_pem}",
+        "--set",
+        f"ssl_verify_upstream_trusted_ca={upstream_ca}",
+        "--set",
+        f"klock_locks={locks}",
+        "--set",
+        "termlog_verbosity=warn",
+        "--set",
+        "flow_detail=0",
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"mitmdump exited: {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"mitmdump did not listen: {log.read_text()}") from None
+            time.sleep(0.2)
+    return Mitmdump(process, f"https://127.0.0.1:{port}", log)
+
+
+def _stop(md: Mitmdump) -> None:
+    md.process.terminate()
+    try:
+        md.process.wait(10)
+    except subprocess.TimeoutExpired:
+        md.process.kill()
+        md.process.wait()
+
+
+LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata:
+  name: lockred
+  namespace: {namespace}
+spec:
+  operations: [UPDATE, DELETE]
+  matcher:
+    aura: red
+  exclusive:
+    name: jonny-op
+"""
+
+
+@pytest.fixture
+def proxied(
+    kube_target: KubeTarget,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[Kubectl]:
+    """kubectl (the sandbox admin's own token) through mitmdump with the addon loaded."""
+    sandbox = kube_target.sandbox
+    if sandbox is None:
+        pytest.skip("needs the sandbox (the proxy is started against its URL and CA)")
+    upstream_ca = tmp_path / "upstream-ca.pem"
+    upstream_ca.write_bytes(sandbox.ca_pem)
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(LOCK.format(namespace=namespace))
+    md = _start_mitmdump(tmp_path, sandbox.url, upstream_ca, locks)
+    try:
+        kubeconfig = write_kubeconfig(
+            tmp_path / "proxy-kubeconfig",
+            server=md.url,
+            ca_pem=(tmp_path / "proxy-ca.pem").read_bytes(),
+            users={"admin": {"token": sandbox.admin_token}},
+            current_user="admin",
+        )
+        yield Kubectl(kubeconfig, home=tmp_path / "home")
+    finally:
+        _stop(md)
+
+
+def test_locked_label_change_is_refused_and_unlocked_one_works(
+    kubectl: Kubectl, proxied: Kubectl, namespace: str
+) -> None:
+    kubectl(
+        "run", "my-pod", "--image", "nginx", "--labels", "aura=red", namespace=namespace, check=True
+    )
+    kubectl("run", "other-pod", "--image", "nginx", namespace=namespace, check=True)
+
+    denied = proxied("label", "pod", "my-pod", "here=was-admin", namespace=namespace)
+    assert denied.returncode != 0
+    assert "Error from server (Forbidden)" in denied.stderr
+    assert "denied, there is a lock: map[aura:red]" in denied.stderr
+    labels = kubectl.json("get", "pod", "my-pod", namespace=namespace)["metadata"]["labels"]
+    assert "here" not in labels
+
+    allowed = proxied("label", "pod", "other-pod", "aura=blue", "--overwrite", namespace=namespace)
+    assert allowed.returncode == 0, allowed.stderr
+    labels = kubectl.json("get", "pod", "other-pod", namespace=namespace)["metadata"]["labels"]
+    assert labels["aura"] == "blue"
+
+    deleted = proxied("delete", "pod", "my-pod", "--wait=false", namespace=namespace)
+    assert deleted.returncode != 0
+    assert "denied, there is a lock" in deleted.stderr
+    assert kubectl.exists("pod", "my-pod", namespace=namespace)
+
+    # Reads pass untouched.
+    listing = proxied.json("get", "pods", namespace=namespace)
+    assert {i["metadata"]["name"] for i in listing["items"]} == {"my-pod", "other-pod"}
+
+
+def test_exclusive_service_account_may_change_the_locked_pod(
+    kubectl: Kubectl, proxied: Kubectl, namespace: str
+) -> None:
+    kubectl(
+        "run", "my-pod", "--image", "nginx", "--labels", "aura=red", namespace=namespace, check=True
+    )
+    kubectl("create", "serviceaccount", "jonny-op", namespace=namespace, check=True)
+    kubectl(
+        "create",
+        "role",
+        "app-op",
+        "--verb=get,list,patch,update,delete",
+        "--resource=pods",
+        namespace=namespace,
+        check=True,
+    )
+    kubectl(
+        "create",
+        "rolebinding",
+        "jonny-app",
+        "--role=app-op",
+        f"--serviceaccount={namespace}:jonny-op",
+        namespace=namespace,
+        check=True,
+    )
+    jonny = f"system:serviceaccount:{namespace}:jonny-op"
+    result = proxied("label", "pod", "my-pod", "here=was-jonny", namespace=namespace, as_user=jonny)
+    assert result.returncode == 0, result.stderr
+    labels = kubectl.json("get", "pod", "my-pod", namespace=namespace)["metadata"]["labels"]
+    assert labels["here"] == "was-jonny"
+
+
+def test_watch_streams_through_the_proxy(
+    kubectl: Kubectl, proxied: Kubectl, namespace: str
+) -> None:
+    watch = proxied.popen("get", "pods", "--watch", "-o", "name", namespace=namespace)
+    # Not a timing assertion: a safety net so a broken stream fails instead of hanging.
+    killer = threading.Timer(60, watch.kill)
+    killer.start()
+    try:
+        assert watch.stdout is not None
+        kubectl("run", "first", "--image", "nginx", namespace=namespace, check=True)
+        assert watch.stdout.readline().strip() == "pod/first"
+        # The watch is still open: a later event arrives on the same stream.
+        kubectl("run", "second", "--image", "nginx", namespace=namespace, check=True)
+        line = watch.stdout.readline().strip()
+        while line == "pod/first":
+            line = watch.stdout.readline().strip()
+        assert line == "pod/second"
+    finally:
+        killer.cancel()
+        watch.kill()
+        watch.communicate()
+
+
+def test_unreachable_api_server_is_a_readable_status(tmp_path: Path) -> None:
+    dead = f"https://127.0.0.1:{_free_port()}"
+    ca = CertificateAuthority.create("nobody")
+    (tmp_path / "upstream-ca.pem").write_bytes(ca.cert_pem)
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(LOCK.format(namespace="default"))
+    md = _start_mitmdump(tmp_path, dead, tmp_path / "upstream-ca.pem", locks)
+    try:
+        kubeconfig = write_kubeconfig(
+            tmp_path / "proxy-kubeconfig",
+            server=md.url,
+            ca_pem=(tmp_path / "proxy-ca.pem").read_bytes(),
+            users={"admin": {"token": "whatever"}},
+            current_user="admin",
+        )
+        proxied = Kubectl(kubeconfig, home=tmp_path / "home")
+        result = proxied("get", "--raw", "/api/v1/namespaces/default/pods")
+    finally:
+        _stop(md)
+    assert result.returncode != 0
+    assert f"the API server {dead} cannot be reached" in result.stderr
+    assert "<html" not in result.stderr.lower()
