@@ -13,7 +13,8 @@ always present; an empty ``creationTimestamp`` is ``None``, JSON ``null``).
 
 * Every kind: ``metadata`` (ObjectMeta without managedFields) — what the proxy needs.
 * Fully: ConfigMap, Secret, Namespace, ServiceAccount, Role, ClusterRole, RoleBinding,
-  ClusterRoleBinding, TokenRequest, SelfSubjectReview.
+  ClusterRoleBinding, TokenRequest, SelfSubjectReview, TokenReview and the
+  authorization.k8s.io/v1 reviews (``kubectl auth can-i``).
 * Deployment: the fields ``kubectl create deployment`` sets (replicas, selector, strategy,
   template metadata, containers' name/image/command/args/workingDir/ports/env (values)/
   resources/volumeMounts/imagePullPolicy, ...), not the whole PodSpec.
