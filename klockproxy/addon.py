@@ -814,7 +814,7 @@ class KlockProxy:
             obj = _decode(req)
             meta = _meta(obj)
             name = str(meta.get("name") or meta.get("generateName") or "")
-            return _Plan([inp(op, name, None, labels_of(obj), str(obj.get("kind", "")))], name)
+            return _Plan([inp(op, name, None, labels_of(obj), _kind(obj))], name)
         if verb == "patch" and not info.subresource:
             return await self._plan_patch(req, info, engine, headers, inp)
 
@@ -829,11 +829,11 @@ class KlockProxy:
             ):
                 obj = _decode(req)
                 return _Plan(
-                    [inp(Operation.CREATE, info.name, None, labels_of(obj), str(obj.get("kind")))],
+                    [inp(Operation.CREATE, info.name, None, labels_of(obj), _kind(obj))],
                     info.name,
                 )
             return None
-        kind = str(current.get("kind", ""))
+        kind = _kind(current)
         old = labels_of(current)
         guard = _version(current)
         if verb == "update" and not info.subresource:
@@ -874,10 +874,10 @@ class KlockProxy:
             )
             name = str(_meta(applied).get("name") or info.name)
             return _Plan(
-                [inp(Operation.CREATE, name, None, labels_of(applied), str(applied.get("kind")))],
+                [inp(Operation.CREATE, name, None, labels_of(applied), _kind(applied))],
                 name,
             )
-        kind = str(current.get("kind", ""))
+        kind = _kind(current)
         old = labels_of(current)
         patched = _apply(current, body, ctype, kind_key_of(current))
         inputs = [inp(Operation.UPDATE, info.name, old, labels_of(patched), kind)]
@@ -950,6 +950,11 @@ def _apply(
         raise Refusal(
             failure(400, f"klockproxy: a lock covers this request and its patch fails: {e}")
         ) from e
+
+
+def _kind(obj: Mapping[str, Any]) -> str:
+    kind = obj.get("kind")
+    return kind if isinstance(kind, str) else ""
 
 
 def _version(obj: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -17,11 +17,12 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
-from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
+from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy, collection_path, object_path
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.protobuf import encode_k8s_protobuf
+from klockproxy.core.requests import classify
 from klockproxy.core.types import UserInfo
 from klockproxy.upstream import UpstreamStatusError
 
@@ -953,6 +954,43 @@ async def test_reachable_api_server_passes_the_probe(addon: KlockProxy) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_lookup_paths_follow_the_api_server_layout() -> None:
+    def paths(method: str, raw: str) -> tuple[str, str]:
+        info = classify(method, raw)
+        return collection_path(info), object_path(info)
+
+    assert paths("DELETE", "/api/v1/namespaces/default/pods/p") == (
+        "/api/v1/namespaces/default/pods",
+        "/api/v1/namespaces/default/pods/p",
+    )
+    # A namespace's own requests: namespace == name, but the path is not nested.
+    assert paths("DELETE", "/api/v1/namespaces/team") == (
+        "/api/v1/namespaces",
+        "/api/v1/namespaces/team",
+    )
+    assert paths("PATCH", "/apis/apps/v1/namespaces/ns/deployments/web/scale") == (
+        "/apis/apps/v1/namespaces/ns/deployments",
+        "/apis/apps/v1/namespaces/ns/deployments/web",
+    )
+    assert paths("PUT", "/apis/rbac.authorization.k8s.io/v1/clusterroles/a%3Ab")[1] == (
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/a%3Ab"
+    )
+
+
+async def test_namespace_deletion_is_judged_in_that_namespace(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.objects["/api/v1/namespaces/default"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "default", "resourceVersion": "5", "labels": {"aura": "red"}},
+    }
+    flow = make_flow("DELETE", "/api/v1/namespaces/default")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["message"].startswith('namespaces "default" is forbidden: denied')
 
 
 # ---------------------------------------------------------------------------------------------
