@@ -237,6 +237,24 @@ def test_watch_streams_through_the_proxy(
         watch.communicate()
 
 
+def test_logs_follow_streams_through_the_proxy(
+    kubectl: Kubectl, proxied: Kubectl, namespace: str
+) -> None:
+    kubectl("run", "talker", "--image", "nginx", namespace=namespace, check=True)
+    follow = proxied.popen("logs", "-f", "talker", namespace=namespace)
+    # A never-ending response: lines can only arrive if the proxy streams it.
+    killer = threading.Timer(60, follow.kill)
+    killer.start()
+    try:
+        assert follow.stdout is not None
+        seen = [follow.stdout.readline().strip() for _ in range(5)]
+    finally:
+        killer.cancel()
+        follow.kill()
+        follow.communicate()
+    assert seen[4].endswith("log line 5"), seen
+
+
 def test_unreachable_api_server_is_a_readable_status(tmp_path: Path) -> None:
     dead = f"https://127.0.0.1:{_free_port()}"
     ca = CertificateAuthority.create("nobody")
