@@ -161,3 +161,19 @@ def test_registry_registers_and_removes_crd_versions() -> None:
     registry.unregister_crd("widgets.example.com")
     assert registry.lookup("example.com", "v1", "widgets") is None
     assert all(g != "example.com" for g, _ in registry.group_versions())
+
+
+async def test_selector_watch_sees_objects_enter_and_leave() -> None:
+    store = Store()
+    watcher, _ = store.watch("", "configmaps", None, None)
+    match = label_matcher("tier=x")
+    store.put("", "configmaps", _obj("a", tier="y"))
+    store.put("", "configmaps", _obj("a", tier="x"))
+    store.put("", "configmaps", _obj("a", tier="x", more="1"))
+    store.put("", "configmaps", _obj("a", tier="y"))
+    seen = []
+    for _ in range(4):
+        ev = await asyncio.wait_for(watcher.queue.get(), 5)
+        assert ev is not None
+        seen.append(ev.as_seen_by(match))
+    assert seen == [None, ADDED, MODIFIED, DELETED]

@@ -672,9 +672,10 @@ class SandboxServer:
                             json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
                         )
                     break
-                if not match(item.obj):
+                seen = item.as_seen_by(match)
+                if seen is None:
                     continue
-                await response.write(encode(item.type, item.obj))
+                await response.write(encode(seen, item.obj))
         except (ConnectionResetError, ConnectionError):
             logger.debug("watch client of %s went away", rt.resource)
         finally:
@@ -873,7 +874,11 @@ class SandboxServer:
             meta.pop("generation", None)
         if rt.builtin and rt.kind == "Pod" and subresource not in ("status", "ephemeralcontainers"):
             old_spec = _copy(old.get("spec") or {})
-            new_spec = obj.get("spec") or {}
+            new_spec = _copy(obj.get("spec") or {})
+            objects.default_pod_spec(new_spec)
+            for k in ("nodeName", "serviceAccountName", "serviceAccount", "tolerations"):
+                if k not in new_spec and k in old_spec:
+                    new_spec[k] = old_spec[k]
             changed = {
                 k for k in set(old_spec) | set(new_spec) if old_spec.get(k) != new_spec.get(k)
             }

@@ -35,6 +35,23 @@ class Event:
     group: str
     resource: str
     obj: Obj
+    # The object before a MODIFIED event (selector watchers turn a change that leaves or
+    # enters their selection into DELETED or ADDED, as the API server does).
+    prev: Obj | None = None
+
+    def as_seen_by(self, predicate: Callable[[Obj], bool] | None) -> str | None:
+        """The event type a watcher filtering with ``predicate`` receives (None: nothing)."""
+        if predicate is None:
+            return self.type
+        now = predicate(self.obj)
+        if self.type != MODIFIED or self.prev is None:
+            return self.type if now else None
+        before = predicate(self.prev)
+        if now and before:
+            return MODIFIED
+        if now:
+            return ADDED
+        return DELETED if before else None
 
     @property
     def namespace(self) -> str:
@@ -120,11 +137,12 @@ class Store:
         """Store ``obj`` (created or replaced) with a new resourceVersion; emits an event."""
         bucket = self._objects.setdefault((group, resource), {})
         key = self._key(obj)
-        existed = key in bucket
+        prev = bucket.get(key)
         rv = self.next_rv()
         obj["metadata"]["resourceVersion"] = rv
         bucket[key] = obj
-        self._emit(Event(int(rv), MODIFIED if existed else ADDED, group, resource, obj))
+        ev_type = MODIFIED if prev is not None else ADDED
+        self._emit(Event(int(rv), ev_type, group, resource, obj, prev))
         return obj
 
     def remove(self, group: str, resource: str, namespace: str | None, name: str) -> Obj | None:
@@ -190,7 +208,11 @@ class Store:
                 raise TooOldError(since, self.oldest_watchable + 1)
             backlog = [ev for ev in self._history if ev.rv > since and w.wants(ev)]
         if predicate is not None:
-            backlog = [ev for ev in backlog if predicate(ev.obj)]
+            backlog = [
+                Event(ev.rv, seen, ev.group, ev.resource, ev.obj)
+                for ev in backlog
+                if (seen := ev.as_seen_by(predicate)) is not None
+            ]
         self._watchers.add(w)
         return w, backlog
 
