@@ -109,6 +109,7 @@ BUILTIN: tuple[ResourceType, ...] = (
     ),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, short_names=("cm",), has_spec=False),
     ResourceType("", "v1", "secrets", "Secret", True, has_spec=False),
+    ResourceType("", "v1", "events", "Event", True, short_names=("ev",), has_spec=False),
     ResourceType(
         "",
         "v1",

@@ -127,7 +127,19 @@ EXTRA_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("", "secrets"): ("type",),
     ("", "namespaces"): ("status.phase",),
-    ("", "events"): ("involvedObject.name", "involvedObject.kind", "reason", "type"),
+    ("", "events"): (
+        "involvedObject.name",
+        "involvedObject.namespace",
+        "involvedObject.kind",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
 }
 
 

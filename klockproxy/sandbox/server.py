@@ -38,7 +38,7 @@ from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.kubeconfig import write_kubeconfig
 from klockproxy.sandbox import auth as sandbox_auth
-from klockproxy.sandbox import discovery, objects, openapi, pbreviews, reviews, tables
+from klockproxy.sandbox import discovery, objects, openapi, reviews, tables
 from klockproxy.sandbox.errors import (
     ApiError,
     BadRequestError,
@@ -463,10 +463,7 @@ class SandboxServer:
 
     def _decode_protobuf(self, raw: bytes) -> Obj:
         try:
-            review = pbreviews.decode_review(raw)
-            value: Obj = (
-                review if review is not None else protobuf.decode_k8s_protobuf(raw, strict=True)
-            )
+            value: Obj = protobuf.decode_k8s_protobuf(raw, strict=True)
         except protobuf.UnsupportedProtobufError as e:
             raise UnsupportedMediaTypeError(
                 f"the sandbox cannot decode this protobuf body ({e}); send JSON instead"
