@@ -444,6 +444,12 @@ class KlockProxy:
         """Start the lock sources; switch mitmproxy to lazy upstream connections."""
         self._running = True
         opts = ctx.options
+        if self.settings is None:
+            # A bare Master only calls configure on option changes: parse them now.
+            try:
+                self.configure(set(opts.keys()))
+            except exceptions.OptionsError as e:
+                logger.error("klockproxy: invalid options, refusing every request: %s", e)
         if "connection_strategy" in opts and opts.connection_strategy != "lazy":
             # With "eager", mitmproxy resets the client's TLS handshake when the API server is
             # down, before any hook can answer; "lazy" lets the addon answer a readable Status.
@@ -498,7 +504,12 @@ class KlockProxy:
         """Authenticate (local mode), classify, pick the fast path or mark for judging."""
         req = flow.request
         settings = self.settings
-        if settings is not None and settings.client_token is not None:
+        if settings is None:
+            # The options did not parse (mitmproxy logged why): nothing is known about the
+            # client token or the locks, so nothing passes.
+            self._answer(flow, failure(503, "klockproxy is not configured (see the proxy log)"))
+            return
+        if settings.client_token is not None:
             if not self._client_token_ok(req.headers, settings.client_token):
                 self._answer(flow, failure(401, "Unauthorized"))
                 return

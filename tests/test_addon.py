@@ -152,7 +152,8 @@ def engine() -> Engine:
 @pytest.fixture
 def addon(upstream: FakeUpstream, engine: Engine) -> Iterator[KlockProxy]:
     proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
-    with taddons.context(proxy):
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
         yield proxy
 
 
@@ -280,7 +281,8 @@ async def test_lock_objects_themselves_pass(addon: KlockProxy, upstream: FakeUps
 
 async def test_mutations_refused_until_locks_are_loaded(upstream: FakeUpstream) -> None:
     proxy = KlockProxy(lock_set=StaticLocks(None), upstream=upstream)  # type: ignore[arg-type]
-    with taddons.context(proxy):
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
         read = make_flow("GET", MY_POD)
         await run(proxy, read)
         assert read.response is None
@@ -892,6 +894,21 @@ async def test_no_per_flow_state_is_kept(addon: KlockProxy, upstream: FakeUpstre
         await run(addon, flow)
     assert vars(addon).keys() == before.keys()
     assert addon._tasks == set()
+
+
+async def test_unconfigured_addon_lets_nothing_through() -> None:
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        # No reverse mode and no klock_upstream: the options do not parse.
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(proxy)
+        await proxy.running()
+        assert proxy.settings is None
+        flow = make_flow("GET", "/api/v1/namespaces/default/pods")
+        await run(proxy, flow)
+        status = status_of(flow)
+        assert status["code"] == 503
+        assert "not configured" in status["message"]
 
 
 def _free_port() -> int:
