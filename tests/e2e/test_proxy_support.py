@@ -185,7 +185,9 @@ def in_ns(kubectl: Kubectl, namespace: str) -> Callable[..., Any]:
 def assert_denied(result: Any, matcher: str = "map[aura:red]", lock: str | None = None) -> None:
     """kubectl failed with the proxy's Forbidden Status naming the lock."""
     assert result.returncode != 0, f"expected a denial, kubectl said: {result.stdout}"
-    assert "Error from server (Forbidden)" in result.stderr, result.stderr
+    # kubectl words it differently per command ("Error from server (Forbidden): ...",
+    # "error: failed to patch: ... is forbidden: ...", "unable to upgrade connection: ...").
+    assert "forbidden" in result.stderr.lower(), result.stderr
     assert DENIED + matcher in result.stderr, result.stderr
     if lock is not None:
         assert f"Lock {lock}" in result.stderr, result.stderr
