@@ -4,6 +4,7 @@ defaults, and a status that makes the sandbox look like a running cluster (it ru
 
 from __future__ import annotations
 
+import base64
 import datetime
 import itertools
 import logging
@@ -39,6 +40,12 @@ LABEL_MSG = (
 )
 
 _ip_counter = itertools.count(2)
+
+
+def _next_ip(prefix: str) -> str:
+    """A fresh address in ``prefix``.0.0/16 (pod IPs, cluster IPs)."""
+    n = next(_ip_counter)
+    return f"{prefix}.{n // 250}.{n % 250 + 1}"
 
 
 def now_rfc3339() -> str:
@@ -262,10 +269,7 @@ def _pod_status(obj: Obj, old: Obj | None) -> Obj:
     spec = obj.get("spec") or {}
     old_status = (old or {}).get("status") or {}
     started = old_status.get("startTime") or now_rfc3339()
-    pod_ip = (
-        old_status.get("podIP")
-        or f"10.244.{next(_ip_counter) // 250}.{next(_ip_counter) % 250 + 2}"
-    )
+    pod_ip = old_status.get("podIP") or _next_ip("10.244")
     old_restarts = {
         s.get("name"): s.get("restartCount", 0) for s in old_status.get("containerStatuses") or []
     }
@@ -347,8 +351,7 @@ def _service_defaults(obj: Obj, old: Obj | None) -> None:
     spec.setdefault("sessionAffinity", "None")
     old_ip = ((old or {}).get("spec") or {}).get("clusterIP")
     if spec.get("clusterIP") in (None, "") and spec["type"] != "ExternalName":
-        n = next(_ip_counter)
-        spec["clusterIP"] = old_ip or f"10.96.{n // 250}.{n % 250 + 1}"
+        spec["clusterIP"] = old_ip or _next_ip("10.96")
     if spec.get("clusterIP"):
         spec.setdefault("clusterIPs", [spec["clusterIP"]])
     spec.setdefault("ipFamilies", ["IPv4"])
@@ -455,8 +458,6 @@ def finish(rt: ResourceType, obj: Obj) -> None:
 
 def stringdata_to_data(obj: Obj) -> None:
     """Secrets: ``stringData`` is write-only; it is merged into ``data`` (base64)."""
-    import base64
-
     string_data = obj.pop("stringData", None)
     if isinstance(string_data, dict):
         data = obj.setdefault("data", {}) or {}

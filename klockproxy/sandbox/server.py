@@ -43,6 +43,7 @@ from klockproxy.sandbox.errors import (
     ApiError,
     BadRequestError,
     ForbiddenError,
+    InvalidError,
     NotFoundError,
     UnauthorizedError,
 )
@@ -893,8 +894,6 @@ class SandboxServer:
                 )
             ) and len(old_spec.get("containers") or []) == len(new_spec.get("containers") or [])
             if immutable or not images_only:
-                from klockproxy.sandbox.errors import InvalidError
-
                 raise InvalidError(
                     "Pod",
                     name,
@@ -1173,8 +1172,6 @@ class SandboxServer:
                 raise BadRequestError(str(e)) from e
         replicas = (new_scale.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
-            from klockproxy.sandbox.errors import InvalidError
-
             raise InvalidError(
                 "Scale",
                 obj["metadata"]["name"],
