@@ -486,3 +486,54 @@ async def test_server_side_apply_creates_then_updates(client: Client) -> None:
     )
     assert status == 200 and updated["data"] == {"a": "2"}
     assert updated["metadata"]["managedFields"][0]["manager"] == "test"
+
+
+async def test_pod_status_subresource_and_image_update(client: Client) -> None:
+    pods = "/api/v1/namespaces/default/pods"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "st"},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1"}]},
+    }
+    await client.request("POST", pods, pod)
+    status, patched = await client.request(
+        "PATCH",
+        f"{pods}/st/status",
+        {"status": {"phase": "Succeeded"}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200 and patched["status"]["phase"] == "Succeeded"
+    # a status in a main-resource update is ignored
+    status, _ = await client.request(
+        "PATCH",
+        f"{pods}/st",
+        {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Failed"}},
+        content_type="application/merge-patch+json",
+    )
+    _, current = await client.request("GET", f"{pods}/st")
+    assert current["status"]["phase"] == "Succeeded"
+    assert current["metadata"]["labels"] == {"a": "b"}
+    status, _ = await client.request(
+        "PATCH",
+        f"{pods}/st",
+        {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}},
+        content_type="application/strategic-merge-patch+json",
+    )
+    _, current = await client.request("GET", f"{pods}/st")
+    assert current["status"]["containerStatuses"][0]["image"] == "nginx:2"
+    status, body = await client.request(
+        "PATCH",
+        f"{pods}/st",
+        {"spec": {"restartPolicy": "Never"}},
+        content_type="application/merge-patch+json",
+    )
+    assert (status, body["reason"]) == (422, "Invalid")
+    status, eph = await client.request(
+        "PATCH",
+        f"{pods}/st/ephemeralcontainers",
+        {"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox"}]}},
+        content_type="application/strategic-merge-patch+json",
+    )
+    assert status == 200, eph
+    assert eph["spec"]["ephemeralContainers"][0]["name"] == "debug"

@@ -312,6 +312,18 @@ def _pod_status(obj: Obj, old: Obj | None) -> Obj:
     }
 
 
+def _sync_container_images(pod: Obj) -> None:
+    """After a spec update: container statuses show the new images (as if pulled)."""
+    images = {
+        c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
+    }
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        image = images.get(status.get("name"))
+        if image and status.get("image") != image:
+            status["image"] = image
+            status["imageID"] = f"sandbox://{image}"
+
+
 def _deployment_status(obj: Obj) -> Obj:
     spec = obj.get("spec") or {}
     replicas = int(spec.get("replicas", 1))
@@ -386,7 +398,10 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
                 for t in ("not-ready", "unreachable")
             ],
         )
-        obj["status"] = _pod_status(obj, old)
+        if old is None:
+            obj["status"] = _pod_status(obj, None)
+        else:
+            _sync_container_images(obj)
     elif rt.kind == "Deployment":
         spec = obj.setdefault("spec", {})
         spec.setdefault("replicas", 1)

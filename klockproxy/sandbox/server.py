@@ -857,7 +857,7 @@ class SandboxServer:
         if subresource == "status":
             obj = {**_copy(old), "status": obj.get("status")}
             meta = obj["metadata"]
-        elif has_status and not (rt.builtin and rt.kind == "Pod"):
+        elif has_status:
             if "status" in old:
                 obj["status"] = _copy(old["status"])
             else:
