@@ -583,7 +583,11 @@ class KlockProxy:
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
         if flow.error is not None:
-            logger.warning(
+            # Before a response it is an upstream failure worth a warning; afterwards it is
+            # usually a client ending a watch or `logs -f`.
+            level = logging.WARNING if flow.response is None else logging.DEBUG
+            logger.log(
+                level,
                 "klockproxy: %s %s failed: %s",
                 flow.request.method,
                 flow.request.path.split("?")[0],

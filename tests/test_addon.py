@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mitmproxy import exceptions, http
 from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -888,6 +889,18 @@ async def test_websocket_and_tcp_messages_are_not_kept(addon: KlockProxy) -> Non
     assert tcp_flow.messages == []
 
 
+async def test_errors_are_logged_without_headers(
+    addon: KlockProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = make_flow("GET", "/api/v1/namespaces/default/pods?watch=true")
+    flow.error = tflow.terr("Connection refused")
+    with caplog.at_level("DEBUG", logger="klockproxy.addon"):
+        addon.error(flow)
+    assert "Connection refused" in caplog.text
+    assert "caller-token" not in caplog.text
+    assert "watch=true" not in caplog.text
+
+
 async def test_no_per_flow_state_is_kept(addon: KlockProxy, upstream: FakeUpstream) -> None:
     before = dict(vars(addon))
     for flow in (make_flow("DELETE", MY_POD), make_flow("GET", MY_POD)):
@@ -1015,8 +1028,9 @@ async def test_namespace_deletion_is_judged_in_that_namespace(
 
 
 def test_configure_defaults_to_the_reverse_target_and_raises_the_idle_timeout(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(mitmproxy.proxy.server, "TCP_TIMEOUT", 600)
     lock_file = tmp_path / "locks.yaml"
     lock_file.write_text(LOCKS)
     proxy = KlockProxy()
@@ -1031,6 +1045,26 @@ def test_configure_defaults_to_the_reverse_target_and_raises_the_idle_timeout(
         assert proxy.lock_set is not None and proxy.lock_set.engine is None  # not started
         tctx.configure(proxy, klock_idle_timeout=3600)
         assert mitmproxy.proxy.server.TCP_TIMEOUT == 3600
+
+
+class _FakeWriter:
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8443)}.get(
+            name, default
+        )
+
+
+async def test_new_connections_get_the_raised_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mitmproxy.proxy.server, "TCP_TIMEOUT", 600)
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.configure(
+            proxy, klock_upstream="https://127.0.0.1:6443", klock_locks=[], klock_idle_timeout=7200
+        )
+        handler = mitmproxy.proxy.server.SimpleConnectionHandler(
+            None, _FakeWriter(), tctx.options, ProxyMode.parse("reverse:https://127.0.0.1:1"), {}
+        )
+        assert handler.timeout_watchdog.timeout == 7200
 
 
 def test_configure_rejects_a_broken_lock_file_and_a_missing_upstream(tmp_path: Path) -> None:
