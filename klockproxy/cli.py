@@ -23,6 +23,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "klockproxy.serve",
         "local mode: a Lock-enforcing proxy in front of a kubeconfig context",
     ),
+    "demo": (
+        "klockproxy.demo",
+        "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
+    ),
     "crd": ("klockproxy.crd", "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
     "sandbox": ("klockproxy.sandbox.cli", "run the in-memory sandbox Kubernetes API server"),
 }

@@ -1,0 +1,257 @@
+"""``klockproxy demo``: the founding scenario, ready to try with kubectl.
+
+One process runs the sandbox API server and the local-mode proxy in front of it, creates the
+scenario of docs/seed-scenario (my-pod and my-cm labelled aura=red, other-pod, the service
+account jonny-op with its role and binding, and the Lock ``lockred``) THROUGH THE SANDBOX'S API
+as the admin (exactly what ``kubectl`` would send), writes a kubeconfig pointing at the proxy,
+prints the commands to try with the outcome each must have, and serves until Ctrl-C.
+
+The printed commands are machine-checked by tests/test_demo.py: every line that starts with
+``kubectl`` ends with ``# denied`` or ``# allowed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from klockproxy.core.errors import ConfigError, KlockProxyError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_STATE_DIR = "~/.klockproxy/demo"
+NAMESPACE = "default"
+JONNY = f"system:serviceaccount:{NAMESPACE}:jonny-op"
+
+LOCKRED: dict[str, Any] = {
+    "apiVersion": "klock.rnemet.dev/v1",
+    "kind": "Lock",
+    "metadata": {"name": "lockred", "namespace": NAMESPACE},
+    "spec": {
+        "operations": ["UPDATE", "DELETE"],
+        "matcher": {"aura": "red"},
+        "exclusive": {"name": "jonny-op"},
+    },
+}
+
+
+def _pod(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    # What `kubectl run NAME --image nginx [--labels ...]` sends.
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"run": name, **labels}},
+        "spec": {"containers": [{"name": name, "image": "nginx"}]},
+    }
+
+
+def scenario_objects() -> list[tuple[str, dict[str, Any]]]:
+    """(collection path, object) for everything the founding scenario creates, in order."""
+    ns = f"/api/v1/namespaces/{NAMESPACE}"
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}"
+    return [
+        (f"{ns}/pods", _pod("my-pod", {"aura": "red"})),
+        (
+            f"{ns}/configmaps",
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "my-cm", "namespace": NAMESPACE, "labels": {"aura": "red"}},
+                "data": {"nikola": "tesla"},
+            },
+        ),
+        (f"{ns}/pods", _pod("other-pod", {})),
+        (
+            f"{ns}/serviceaccounts",
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "jonny-op", "namespace": NAMESPACE},
+            },
+        ),
+        (
+            f"{rbac}/roles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "app-op", "namespace": NAMESPACE},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["pods", "configmaps"],
+                        "verbs": ["list", "get", "create", "update", "delete", "patch"],
+                    }
+                ],
+            },
+        ),
+        (
+            f"{rbac}/rolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "jonny-app", "namespace": NAMESPACE},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "app-op",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "jonny-op", "namespace": NAMESPACE}
+                ],
+            },
+        ),
+    ]
+
+
+class ApiClient:
+    """A minimal async JSON client for the sandbox's API, authenticated as the admin."""
+
+    def __init__(self, server: str, ca_pem: bytes, token: str) -> None:
+        self.server = server.rstrip("/")
+        self._ssl = ssl.create_default_context(cadata=ca_pem.decode())
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    async def __aenter__(self) -> ApiClient:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, timeout=aiohttp.ClientTimeout(total=30)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.close()
+
+    async def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Send one request; (status, decoded JSON body or {})."""
+        import aiohttp
+
+        try:
+            async with self._session.request(
+                method, self.server + path, json=body, ssl=self._ssl
+            ) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except ValueError:
+                    data = {}
+                return resp.status, data if isinstance(data, dict) else {}
+        except aiohttp.ClientError as e:
+            raise ConfigError(f"{method} {path}: {e}") from e
+
+    async def create(self, collection: str, obj: Mapping[str, Any]) -> None:
+        """POST ``obj``; an object that already exists is fine (the demo may be re-run)."""
+        status, data = await self.request("POST", collection, obj)
+        if status in (200, 201, 202, 409):
+            return
+        raise ConfigError(
+            f"creating {obj['kind']} {obj['metadata']['name']} failed: "
+            f"HTTP {status} {data.get('message', '')}"
+        )
+
+
+async def install_scenario(api: ApiClient, *, timeout: float = 15.0) -> None:
+    """Create the Lock CRD (if missing), the founding scenario's objects, and ``lockred``."""
+    from klockproxy.crd import CRD_NAME, crd_object
+
+    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    status, _ = await api.request("GET", f"{crd_path}/{CRD_NAME}")
+    if status == 404:
+        await api.create(crd_path, crd_object())
+    for collection, obj in scenario_objects():
+        await api.create(collection, obj)
+    # The new group is served once the CRD is established.
+    locks_path = f"/apis/klock.rnemet.dev/v1/namespaces/{NAMESPACE}/locks"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status, _ = await api.request("GET", locks_path)
+        if status == 200:
+            break
+        if loop.time() > deadline:
+            raise ConfigError(f"the Lock CRD was not served after {timeout:.0f} s (HTTP {status})")
+        await asyncio.sleep(0.1)
+    await api.create(locks_path, LOCKRED)
+
+
+def try_these(kubeconfig: Path) -> str:
+    """The commands to try, each with the outcome it must have (tests run them)."""
+    as_jonny = f"--as={JONNY}"
+    return "\n".join(
+        [
+            "",
+            "Try it (as the sandbox admin unless --as says otherwise):",
+            f"  export KUBECONFIG={kubeconfig}",
+            "  kubectl get pods,configmaps,locks --show-labels        # allowed",
+            "  kubectl label pod my-pod here=was-admin                 # denied",
+            "  kubectl label cm my-cm x=y                              # denied",
+            "  kubectl delete cm my-cm                                 # denied",
+            "  kubectl label pod other-pod aura=blue --overwrite       # allowed",
+            f"  kubectl {as_jonny} label pod my-pod here=was-jonny  # allowed",
+            f"  kubectl {as_jonny} label cm my-cm x=jonny  # allowed",
+            "  kubectl delete lock lockred                             # allowed",
+            "  kubectl label pod my-pod here=was-admin --overwrite     # allowed",
+            "",
+            "Ctrl-C stops the demo (the sandbox is in memory: everything is forgotten).",
+        ]
+    )
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``klockproxy demo``."""
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"proxy HOST:PORT (default {DEFAULT_LISTEN})"
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"where the CAs and the kubeconfig go (default {DEFAULT_STATE_DIR})",
+    )
+
+
+async def run_demo(listen: str, state_dir: Path) -> int:
+    """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
+    from klockproxy.sandbox.server import Sandbox
+    from klockproxy.serve import LocalProxy, ServeSettings, serve_until_signal
+
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    async with Sandbox(state_dir=state_dir / "sandbox") as sandbox:
+        admin_kubeconfig = sandbox.write_kubeconfig(state_dir / "sandbox-admin.kubeconfig")
+        async with ApiClient(sandbox.url, sandbox.ca_pem, sandbox.admin_token) as api:
+            await install_scenario(api)
+        out = state_dir / "kubeconfig"
+        proxy = LocalProxy(
+            ServeSettings(
+                write_kubeconfig=out,
+                kubeconfig=str(admin_kubeconfig),
+                listen=listen,
+                locks=("cluster",),
+                state_dir=state_dir,
+            )
+        )
+        return await serve_until_signal(proxy, try_these(out))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``klockproxy demo``; returns the exit code."""
+    from klockproxy.serve import parse_listen, quiet_mitmproxy_logging
+
+    quiet_mitmproxy_logging()
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # The sandbox logs every request at INFO: keep the demo's terminal readable.
+        for name in ("klockproxy.sandbox", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        parse_listen(args.listen)
+        state_dir = Path(args.state_dir).expanduser().resolve()
+        return asyncio.run(run_demo(args.listen, state_dir))
+    except KlockProxyError as e:
+        print(f"klockproxy demo: {e}")
+        return 1
