@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from klockproxy.core.types import UserInfo
+from klockproxy.sandbox import rbac as rbac_module
 from klockproxy.sandbox.errors import ForbiddenError
 from klockproxy.sandbox.rbac import (
     Attributes,
@@ -26,24 +27,16 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self.list_calls = 0
 
     def add(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         self.objects.setdefault((RBAC, resource), []).append(obj)
         return obj
 
     def list(self, group: str, resource: str, namespace: str | None) -> list[dict[str, Any]]:
-        self.list_calls += 1
         items = self.objects.get((group, resource), [])
         return [
             o for o in items if namespace is None or o["metadata"].get("namespace", "") == namespace
         ]
-
-
-class GenerationStore(FakeStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.generation = 1
 
 
 def role(name: str, ns: str, *rules: dict[str, Any]) -> dict[str, Any]:
@@ -551,20 +544,6 @@ def test_bootstrap_policy_seeded_into_the_store_behaves_the_same(store: FakeStor
 # --- caching -------------------------------------------------------------------------------
 
 
-def test_generation_counter_caches_and_invalidates() -> None:
-    store = GenerationStore()
-    authz = Authorizer(store)
-    alice = user("alice")
-    assert not authz.authorize(alice, pods("get")).allowed
-    calls = store.list_calls
-    assert not authz.authorize(alice, pods("get")).allowed
-    assert store.list_calls == calls  # cached: same generation
-    grant_alice(store, rule(["get"], ["pods"]))
-    store.generation += 1
-    assert authz.authorize(alice, pods("get")).allowed
-    assert store.list_calls > calls
-
-
 def test_without_generation_every_decision_sees_the_store(store: FakeStore) -> None:
     authz = Authorizer(store)
     assert not authz.authorize(user("alice"), pods("get")).allowed
@@ -624,28 +603,93 @@ def test_forbidden_error_status() -> None:
 
 
 class ResourceVersionStore(FakeStore):
-    """Like the sandbox Store: a resource_version property bumped on every write."""
+    """Like the sandbox Store: every write gives the object a new resourceVersion."""
 
     def __init__(self) -> None:
         super().__init__()
         self._rv = 1
 
-    @property
-    def resource_version(self) -> int:
-        return self._rv
-
     def add(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
         return super().add(resource, obj)
 
+    def remove(self, resource: str, name: str) -> None:
+        self._rv += 1
+        items = self.objects[(RBAC, resource)]
+        items[:] = [o for o in items if o["metadata"]["name"] != name]
 
-def test_resource_version_caches_and_invalidates() -> None:
+
+@pytest.fixture
+def compilations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts policy compilations (the work the cache saves)."""
+    calls: list[int] = []
+    real = rbac_module.compile_policy
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(rbac_module, "compile_policy", counting)
+    return calls
+
+
+def test_policy_is_compiled_once_per_rbac_change(compilations: list[int]) -> None:
     store = ResourceVersionStore()
     authz = Authorizer(store)
     alice = user("alice")
     assert not authz.authorize(alice, pods("get")).allowed
-    calls = store.list_calls
     assert not authz.authorize(alice, pods("get")).allowed
-    assert store.list_calls == calls
+    assert len(compilations) == 1
     grant_alice(store, rule(["get"], ["pods"]))
     assert authz.authorize(alice, pods("get")).allowed
+    assert authz.authorize(alice, pods("get")).allowed
+    assert len(compilations) == 2
+    store.remove("clusterrolebindings", "b")
+    assert not authz.authorize(alice, pods("get")).allowed
+    assert len(compilations) == 3
+
+
+def test_objects_without_resource_version_are_never_cached(
+    store: FakeStore, compilations: list[int]
+) -> None:
+    authz = Authorizer(store)
+    grant_alice(store, rule(["get"], ["pods"]))
+    assert authz.authorize(user("alice"), pods("get")).allowed
+    # Changed in place (no resourceVersion to notice it by): still seen.
+    store.objects[(RBAC, "clusterroles")][0]["rules"][0]["verbs"] = ["list"]
+    assert not authz.authorize(user("alice"), pods("get")).allowed
+    assert len(compilations) == 2
+
+
+class CountingVersionStore(ResourceVersionStore):
+    """Also exposes the store-wide resource_version, and counts list calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def list(self, group: str, resource: str, namespace: str | None) -> list[dict[str, Any]]:
+        self.lists += 1
+        return super().list(group, resource, namespace)
+
+
+def test_store_resource_version_skips_listing(compilations: list[int]) -> None:
+    store = CountingVersionStore()
+    authz = Authorizer(store)
+    alice = user("alice")
+    assert not authz.authorize(alice, pods("get")).allowed
+    lists = store.lists
+    assert not authz.authorize(alice, pods("get")).allowed
+    assert store.lists == lists  # nothing written: not even listed
+    store._rv += 1  # a write of something else (a pod, say)
+    assert not authz.authorize(alice, pods("get")).allowed
+    assert store.lists > lists
+    assert len(compilations) == 1  # listed, but no RBAC change: not recompiled
+    grant_alice(store, rule(["get"], ["pods"]))
+    assert authz.authorize(alice, pods("get")).allowed
+    assert len(compilations) == 2

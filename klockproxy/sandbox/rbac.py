@@ -15,11 +15,10 @@
   ``system:public-info-viewer`` and their bindings. A built-in object applies whenever the store
   has no object of the same kind and name (the real API server re-creates them at start).
 
-Performance: the store's RBAC objects are compiled into an index by subject. When the store
-exposes an integer ``generation`` or ``resource_version`` (attribute or method) that changes
-on every write, the index is rebuilt only when it changes; otherwise it is rebuilt for each
-decision (the sandbox holds few objects, so this stays cheap). Objects must not be mutated in
-place behind the store's back (the sandbox store replaces them on every write).
+Performance: the store's RBAC objects are compiled into an index by subject. Nothing is
+listed while the store's ``resource_version`` (bumped on every write) stays the same; after
+a write the index is rebuilt only when the (namespace, name, resourceVersion) of some RBAC
+object changed. Objects without a resourceVersion disable the cache.
 """
 
 from __future__ import annotations
@@ -339,36 +338,57 @@ def compile_policy(
     return policy
 
 
+def _fingerprint(
+    object_lists: Iterable[Iterable[Mapping[str, Any]]],
+) -> tuple[tuple[str, str, str], ...] | None:
+    """(namespace, name, resourceVersion) of every RBAC object: equal fingerprints mean
+    the same objects. None when an object has no resourceVersion (never cache then)."""
+    out: list[tuple[str, str, str]] = []
+    for i, objs in enumerate(object_lists):
+        out.append(("", "", str(i)))  # separates the four kinds
+        for o in objs:
+            meta = o.get("metadata")
+            rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+            if not isinstance(rv, str) or not rv:
+                return None
+            out.append((_namespace(o), _name(o), rv))
+    return tuple(out)
+
+
 class Authorizer:
     """RBAC authorizer over the sandbox store (``store.list(group, resource, namespace)``)."""
 
     def __init__(self, store: RbacStore) -> None:
         self._store = store
         self._policy: _Policy | None = None
-        self._generation: int | None = None
+        self._fingerprint: tuple[tuple[str, str, str], ...] | None = None
+        self._version: int | None = None
 
-    def _current_generation(self) -> int | None:
-        # The sandbox Store bumps ``resource_version`` on every write: a cheap change signal.
-        for attr in ("generation", "resource_version"):
-            gen = getattr(self._store, attr, None)
-            if callable(gen):
-                gen = gen()
-            if isinstance(gen, int):
-                return gen
-        return None
+    def _store_version(self) -> int | None:
+        version = getattr(self._store, "resource_version", None)
+        return version if isinstance(version, int) else None
 
     def _load(self) -> _Policy:
-        gen = self._current_generation()
-        if self._policy is not None and gen is not None and gen == self._generation:
+        # Fast path: the sandbox Store's resource_version moves on every write of any kind.
+        version = self._store_version()
+        if self._policy is not None and version is not None and version == self._version:
             return self._policy
         s = self._store
-        policy = compile_policy(
+        objects = (
             s.list(RBAC_GROUP, "clusterroles", None),
             s.list(RBAC_GROUP, "clusterrolebindings", None),
             s.list(RBAC_GROUP, "roles", None),
             s.list(RBAC_GROUP, "rolebindings", None),
         )
-        self._policy, self._generation = policy, gen
+        # Something was written: recompile only when it was an RBAC object.
+        fingerprint = _fingerprint(objects)
+        cached = self._policy
+        if cached is not None and fingerprint is not None and fingerprint == self._fingerprint:
+            self._version = version
+            return cached
+        policy = compile_policy(*objects)
+        self._policy, self._fingerprint = policy, fingerprint
+        self._version = version if fingerprint is not None else None
         return policy
 
     def _grants_for(self, policy: _Policy, user: UserInfo) -> list[_Grant]:
