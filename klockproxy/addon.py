@@ -49,7 +49,7 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from klockproxy.core.engine import Decision, Engine, is_lock_resource
+from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_lock_resource
 from klockproxy.core.errors import (
     ClassificationError,
     ConfigError,
@@ -743,11 +743,11 @@ class KlockProxy:
             if not decision.allowed:
                 names.append(inp.name)
                 texts.extend(d.text for d in decision.denials)
-        shown = texts[:MAX_NAMED_OBJECTS]
-        message = "denied, there is a lock: " + ", and a lock: ".join(shown)
+        message = DENIAL_PREFIX + ", and a lock: ".join(texts[:MAX_NAMED_OBJECTS])
+        listed = ", ".join(names[:MAX_NAMED_OBJECTS])
         if len(names) > MAX_NAMED_OBJECTS:
-            message += f" ({len(names)} locked objects in all)"
-        message += f"; locked: {', '.join(names)}"
+            listed += f" and {len(names) - MAX_NAMED_OBJECTS} more"
+        message += f"; deletecollection would delete locked objects: {listed}"
         return forbidden(info, "", message)
 
     async def _decide(

@@ -630,7 +630,8 @@ async def test_deletecollection_lists_as_the_caller_and_names_locked_objects(
     assert status["message"].startswith(
         "configmaps is forbidden: denied, there is a lock: map[aura:red]"
     )
-    assert "my-cm" in status["message"] and "free-cm" not in status["message"]
+    assert status["message"].endswith("deletecollection would delete locked objects: my-cm")
+    assert "free-cm" not in status["message"]
     assert status["details"] == {"group": "", "kind": "configmaps"}
     assert ("list", path, {"labelSelector": "app=x"}) in upstream.calls
 
@@ -641,6 +642,20 @@ async def test_deletecollection_lists_as_the_caller_and_names_locked_objects(
 
 # ---------------------------------------------------------------------------------------------
 # Subresources
+
+
+async def test_deletecollection_refusal_stays_short(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    path = "/api/v1/namespaces/default/pods"
+    upstream.lists[path] = [
+        {"metadata": {"name": f"p{i}", "labels": {"aura": "red"}}} for i in range(25)
+    ]
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    message = status_of(flow)["message"]
+    assert message.count("Lock default/lockred") == 10
+    assert message.endswith("p0, p1, p2, p3, p4, p5, p6, p7, p8, p9 and 15 more")
 
 
 async def test_subresources_use_the_parent_labels(
