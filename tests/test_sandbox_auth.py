@@ -524,3 +524,36 @@ async def test_impersonation_with_real_rbac() -> None:
         ADMIN, headers(("Impersonate-User", "system:serviceaccount:default:jonny-op")), authz
     )
     assert admin_as.username == "system:serviceaccount:default:jonny-op"
+
+
+def test_token_from_another_issuer_is_refused(authn: Authenticator, clock: Clock) -> None:
+    # Same signing key, different issuer: the claims are genuine but not for this server.
+    other = Authenticator(
+        CertificateAuthority.create("x"),
+        None,
+        clock=clock,
+        signing_key_pem=authn.signing_key_pem,
+        issuer="https://elsewhere.example",
+        api_audiences=[authn.issuer],
+    )
+    token, _ = other.issue_service_account_token("default", "sa", "u", 3600)
+    assert other.authenticate(token, None) is not None
+    assert authn.authenticate(token, None) is None
+
+
+def test_custom_api_audiences(ca: CertificateAuthority, clock: Clock) -> None:
+    authn = Authenticator(ca, None, clock=clock, api_audiences=["api", "legacy"])
+    assert authn.api_audiences == ("api", "legacy")
+    token, _ = authn.issue_service_account_token("ns", "sa", "u", 3600)
+    assert _claims(token)["aud"] == ["api", "legacy"]
+    found = authn.authenticate_token(token)
+    assert found is not None and found[1] == ["api", "legacy"]
+    only_legacy, _ = authn.issue_service_account_token("ns", "sa", "u", 3600, ["legacy"])
+    assert authn.authenticate(only_legacy, None) is not None
+
+
+def test_client_certificate_as_pem(ca: CertificateAuthority, authn: Authenticator) -> None:
+    cert, _ = ca.issue_client("dave", [])
+    by_pem = authn.authenticate_certificate(cert)
+    by_der = authn.authenticate_certificate(_der(cert))
+    assert by_pem is not None and by_pem == by_der

@@ -693,3 +693,10 @@ def test_store_resource_version_skips_listing(compilations: list[int]) -> None:
     grant_alice(store, rule(["get"], ["pods"]))
     assert authz.authorize(alice, pods("get")).allowed
     assert len(compilations) == 2
+
+
+def test_rules_for_system_masters(authz: Authorizer) -> None:
+    rules, incomplete = authz.rules_for(user("root", "system:masters"), "any")
+    assert not incomplete
+    assert {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]} in [r.to_json() for r in rules]
+    assert {"nonResourceURLs": ["*"], "verbs": ["*"]} in [r.to_json() for r in rules]
