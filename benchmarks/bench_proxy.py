@@ -1,0 +1,438 @@
+"""What klockproxy costs on the wire: sandbox direct vs bare mitmproxy vs klockproxy.
+
+Run: ``python benchmarks/bench_proxy.py [--seconds S]``. Not collected by pytest.
+
+Three processes are started (each on its own interpreter, so they do not share a GIL with the
+load generator): the sandbox API server, a bare mitmproxy reverse proxy in front of it
+(the same embedded ``Master`` and addons as ``klockproxy serve``, with a no-op addon: the floor
+every mitmproxy addon stands on), and ``klockproxy serve`` with a lock file. One client
+process (aiohttp, HTTP/1.1 keep-alive) measures, for each target:
+
+- GET of one object, LIST of 100 configmaps,
+- PATCH in a namespace no lock covers (the proxy skips all work),
+- PATCH that a lock covers but allows (the proxy reads the current object first),
+
+with 1 client and with 16 concurrent clients: req/s and p50/p99 latency; "added" latency is
+the proxied p50/p99 minus the direct one at the same concurrency. Memory: RSS of each proxy
+idle, and with 500 open watches. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+OPEN_NS = "bench-open"
+LOCKED_NS = "bench-locked"
+LIST_SIZE = 100
+WATCHES = 500
+
+LOCK_FILE = f"""\
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {{name: freeze-red, namespace: {LOCKED_NS}}}
+spec:
+  operations: [UPDATE, DELETE]
+  matcher: {{aura: red}}
+"""
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+SANDBOX_CHILD = """
+import sys, time, signal
+from pathlib import Path
+from klockproxy.sandbox.server import SandboxThread
+sb = SandboxThread(state_dir=Path(sys.argv[1])).start()
+kc = sb.write_kubeconfig(Path(sys.argv[1]) / "admin.kubeconfig")
+print(sb.url, kc, flush=True)
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+sb.stop()
+"""
+
+BARE_CHILD = """
+import asyncio, sys, signal
+from mitmproxy import options
+from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+class NoOp:
+    def request(self, flow): pass
+    def responseheaders(self, flow):
+        flow.response.stream = True   # klockproxy streams too; same work per response
+
+async def main(upstream, ca, pem, confdir):
+    opts = options.Options(mode=[f"reverse:{upstream}"], listen_host="127.0.0.1",
+                           listen_port=0, confdir=confdir)
+    m = Master(opts)
+    ps = proxyserver.Proxyserver()
+    class Ready:
+        def running(self):
+            port = ps.listen_addrs()[0][1]
+            print(f"https://127.0.0.1:{port}", flush=True)
+    m.addons.add(core.Core(), ps, next_layer.NextLayer(), tlsconfig.TlsConfig(), NoOp(), Ready())
+    m.options.update(certs=[f"*={pem}"], upstream_cert=False, connection_strategy="lazy",
+                     ssl_verify_upstream_trusted_ca=ca)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, m.shutdown)
+    await m.run()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[str]
+    first_line: str
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_child(argv: list[str], env: dict[str, str] | None = None) -> Child:
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"{argv[:3]} did not start")
+    return Child(proc, line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    token: str
+    ssl: ssl.SSLContext
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def ssl_for(ca_pem: bytes) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    return ctx
+
+
+async def run_load(
+    target: Target,
+    make: Callable[[aiohttp.ClientSession, str, int], Awaitable[None]],
+    concurrency: int,
+    seconds: float,
+) -> Result:
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=target.ssl)
+    headers = {"Authorization": f"Bearer {target.token}", "Accept": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        # Warm up: connections, discovery of nothing, caches.
+        for i in range(concurrency * 3):
+            await make(session, target.url, i)
+        stop_at = time.perf_counter() + seconds
+        counter = 0
+
+        async def worker(wid: int) -> None:
+            nonlocal counter
+            while time.perf_counter() < stop_at:
+                counter += 1
+                t0 = time.perf_counter()
+                await make(session, target.url, counter * 100 + wid)
+                latencies.append(time.perf_counter() - t0)
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - t_start
+    latencies.sort()
+    return Result(
+        rps=len(latencies) / elapsed,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    )
+
+
+async def _check(resp: aiohttp.ClientResponse, what: str) -> None:
+    await resp.read()
+    if resp.status >= 300:
+        raise RuntimeError(f"{what}: HTTP {resp.status}")
+
+
+def op_get(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+    async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
+        async with session.get(f"{url}/api/v1/namespaces/{ns}/configmaps/cm-0") as r:
+            await _check(r, "get")
+
+    return go
+
+
+def op_list(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+    async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
+        async with session.get(f"{url}/api/v1/namespaces/{ns}/configmaps") as r:
+            await _check(r, "list")
+
+    return go
+
+
+def op_patch(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+    async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
+        body = json.dumps({"data": {"n": str(i)}})
+        async with session.patch(
+            # One configmap per worker: a covered write is made conditional on the checked
+            # resourceVersion, so workers sharing an object would get 409s (by design).
+            f"{url}/api/v1/namespaces/{ns}/configmaps/cm-{i % 100}",
+            data=body,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as r:
+            await _check(r, "patch")
+
+    return go
+
+
+async def seed(target: Target) -> None:
+    """Two namespaces of 100 configmaps (labelled aura=blue: the lock covers, never matches)."""
+    headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        for ns in (OPEN_NS, LOCKED_NS):
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            async with s.post(f"{target.url}/api/v1/namespaces", json=body, ssl=target.ssl) as r:
+                await r.read()
+            for i in range(LIST_SIZE):
+                cm = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"cm-{i}", "labels": {"aura": "blue"}},
+                    "data": {"n": "0"},
+                }
+                async with s.post(
+                    f"{target.url}/api/v1/namespaces/{ns}/configmaps", json=cm, ssl=target.ssl
+                ) as r:
+                    await r.read()
+
+
+async def open_watches(target: Target, n: int) -> tuple[aiohttp.ClientSession, list[Any]]:
+    connector = aiohttp.TCPConnector(limit=0, ssl=target.ssl)
+    session = aiohttp.ClientSession(
+        connector=connector, headers={"Authorization": f"Bearer {target.token}"}
+    )
+    responses = []
+    for _ in range(n):
+        r = await session.get(
+            f"{target.url}/api/v1/namespaces/{OPEN_NS}/configmaps?watch=true&resourceVersion=0",
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        responses.append(r)
+    return session, responses
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def kubeconfig_token_and_ca(path: Path) -> tuple[str, bytes]:
+    import base64
+
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    user = data["users"][0]["user"]
+    ca = base64.b64decode(data["clusters"][0]["cluster"]["certificate-authority-data"])
+    return str(user["token"]), ca
+
+
+async def measure(targets: list[Target], seconds: float) -> dict[tuple[str, str, int], Result]:
+    ops = {
+        "GET one object": op_get(OPEN_NS),
+        f"LIST of {LIST_SIZE}": op_list(OPEN_NS),
+        "PATCH, no lock in namespace": op_patch(OPEN_NS),
+        "PATCH, covered by a lock, allowed": op_patch(LOCKED_NS),
+    }
+    results: dict[tuple[str, str, int], Result] = {}
+    for op_name, op in ops.items():
+        for conc in (1, 16):
+            for t in targets:
+                results[(op_name, t.name, conc)] = await run_load(t, op, conc, seconds)
+                r = results[(op_name, t.name, conc)]
+                print(
+                    f"  {op_name:36} c={conc:<2} {t.name:10} {r.rps:8.0f} req/s "
+                    f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms",
+                    file=sys.stderr,
+                )
+    return results
+
+
+def table(targets: list[Target], results: dict[tuple[str, str, int], Result]) -> str:
+    lines = [
+        "| operation | clients | direct req/s | mitmproxy req/s | klockproxy req/s "
+        "| klockproxy / mitmproxy | added p50 mitmproxy / klockproxy (ms) "
+        "| added p99 mitmproxy / klockproxy (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ops = sorted({k[0] for k in results}, key=lambda o: list(results).index((o, "direct", 1)))
+    for op in ops:
+        for conc in (1, 16):
+            d = results[(op, "direct", conc)]
+            m = results[(op, "mitmproxy", conc)]
+            k = results[(op, "klockproxy", conc)]
+            lines.append(
+                f"| {op} | {conc} | {d.rps:.0f} | {m.rps:.0f} | {k.rps:.0f} "
+                f"| {k.rps / m.rps:.2f} "
+                f"| {m.p50_ms - d.p50_ms:.2f} / {k.p50_ms - d.p50_ms:.2f} "
+                f"| {m.p99_ms - d.p99_ms:.2f} / {k.p99_ms - d.p99_ms:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+async def memory(children: dict[str, Child], targets: dict[str, Target]) -> list[str]:
+    rows = ["| process | idle RSS | RSS with 500 watches | per watch |", "|---|---|---|---|"]
+    for name in ("mitmproxy", "klockproxy"):
+        child, target = children[name], targets[name]
+        await asyncio.sleep(1)
+        idle = child.rss_kb()
+        session, responses = await open_watches(target, WATCHES)
+        await asyncio.sleep(2)
+        busy = child.rss_kb()
+        for r in responses:
+            r.close()
+        await session.close()
+        rows.append(
+            f"| {name} | {idle / 1024:.1f} MB | {busy / 1024:.1f} MB "
+            f"| {(busy - idle) / WATCHES:.0f} kB |"
+        )
+    return rows
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({model}), {platform.machine()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="klockproxy-bench-"))
+    children: dict[str, Child] = {}
+    try:
+        sb = start_child([sys.executable, "-c", SANDBOX_CHILD, str(work / "sandbox")])
+        children["sandbox"] = sb
+        sandbox_url, admin_kc = sb.first_line.split()
+        token, sandbox_ca = kubeconfig_token_and_ca(Path(admin_kc))
+        direct = Target("direct", sandbox_url, token, ssl_for(sandbox_ca))
+        asyncio.run(seed(direct))
+
+        from klockproxy.certs import CertificateAuthority
+
+        ca = CertificateAuthority.create("bench proxy CA")
+        cert, key = ca.issue_server(["127.0.0.1"])
+        pem = work / "proxy.pem"
+        pem.write_bytes(cert + key)
+        ca_file = work / "sandbox-ca.crt"
+        ca_file.write_bytes(sandbox_ca)
+        (work / "mitm").mkdir()
+        bare = start_child(
+            [
+                sys.executable,
+                "-c",
+                BARE_CHILD,
+                sandbox_url,
+                str(ca_file),
+                str(pem),
+                str(work / "mitm"),
+            ]
+        )
+        children["mitmproxy"] = bare
+        # The no-op proxy forwards the client's own (admin) token.
+        mitm = Target("mitmproxy", bare.first_line, token, ssl_for(ca.cert_pem))
+
+        lock_file = work / "locks.yaml"
+        lock_file.write_text(LOCK_FILE)
+        out = work / "proxy.kubeconfig"
+        kp = start_child(
+            [
+                sys.executable,
+                "-m",
+                "klockproxy",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--kubeconfig",
+                admin_kc,
+                "--listen",
+                "127.0.0.1:0",
+                "--locks",
+                str(lock_file),
+                "--write-kubeconfig",
+                str(out),
+                "--state-dir",
+                str(work / "state"),
+            ]
+        )
+        children["klockproxy"] = kp
+        kp_token, kp_ca = kubeconfig_token_and_ca(out)
+        kp_url = kp.first_line.split()[3]
+        klock = Target("klockproxy", kp_url, kp_token, ssl_for(kp_ca))
+
+        targets = [direct, mitm, klock]
+        print(f"# klockproxy benchmark — {machine()}", file=sys.stderr)
+        results = asyncio.run(measure(targets, args.seconds))
+        mem = asyncio.run(memory(children, {t.name: t for t in targets}))
+        print(f"\nMachine: {machine()}; {args.seconds:.0f} s per measurement.\n")
+        print(table(targets, results))
+        print()
+        print("\n".join(mem))
+    finally:
+        for child in reversed(list(children.values())):
+            child.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
