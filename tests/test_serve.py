@@ -21,7 +21,7 @@ from klockproxy.certs import CertificateAuthority
 from klockproxy.core.errors import ConfigError
 from klockproxy.kubeconfig import write_kubeconfig
 from klockproxy.sandbox.server import SandboxThread
-from klockproxy.serve import load_upstream, parse_listen
+from klockproxy.serve import ProxyThread, ServeSettings, load_upstream, parse_listen
 from tests.e2e.kube import find_kubectl
 
 
@@ -282,3 +282,34 @@ def test_serve_refuses_an_invalid_lock_file(sandbox_thread: SandboxThread, tmp_p
     assert result.returncode == 1
     assert "spec.operations" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_proxy_thread_forwards_with_a_client_certificate(
+    sandbox_thread: SandboxThread, tmp_path: Path
+) -> None:
+    """A kubeconfig user with a client certificate: the proxy presents it upstream, and the
+    caller's identity (kubectl auth whoami) is the certificate's, or the impersonated one."""
+    user = sandbox_thread.sandbox.client_certificate_user("cert-admin", ["system:masters"])
+    kc = sandbox_thread.write_kubeconfig(tmp_path / "cert.kubeconfig", users={"cert": user})
+    settings = ServeSettings(
+        write_kubeconfig=tmp_path / "out.kubeconfig",
+        kubeconfig=str(kc),
+        listen="127.0.0.1:0",
+        locks=(),
+        state_dir=tmp_path / "state",
+    )
+    with ProxyThread(settings) as proxy:
+        assert proxy.proxy.ready_line().endswith(
+            "(kubeconfig: " + str(proxy.kubeconfig_path) + ", no lock source)"
+        )
+        home = tmp_path / "home"
+        who = _kubectl(proxy.kubeconfig_path, home, "auth", "whoami", "-o", "json")
+        assert who.returncode == 0, who.stderr
+        assert json.loads(who.stdout)["status"]["userInfo"]["username"] == "cert-admin"
+        who = _kubectl(proxy.kubeconfig_path, home, "--as=someone", "auth", "whoami", "-o", "json")
+        assert who.returncode == 0, who.stderr
+        assert json.loads(who.stdout)["status"]["userInfo"]["username"] == "someone"
+        created = _kubectl(proxy.kubeconfig_path, home, "create", "configmap", "via-cert")
+        assert created.returncode == 0, created.stderr
+    # Stopped: the per-run copies of the credentials are gone from the state directory.
+    assert not list((tmp_path / "state").glob("run-*"))
