@@ -13,8 +13,8 @@ For every request (see docs/ARCHITECTURE.md and issue 4):
   denial is a 403 Status the way the API server words admission denials;
 * an allowed write whose decision depended on the current object is made conditional on the
   checked ``resourceVersion`` (DeleteOptions preconditions, ``metadata.resourceVersion``, a
-  JSON-patch ``test``), so a concurrent relabel makes it fail with 409 instead of slipping
-  past a lock. This is done for every covered write judged against an existing object, not
+  JSON-patch ``test``; protobuf bodies get the fields appended, which protobuf merges), so a
+  concurrent relabel makes it fail with 409 instead of slipping past a lock. This is done for every covered write judged against an existing object, not
   only when a lock matched it: a relabel racing an allowed write could just as well make a
   lock match. deletecollection cannot carry a precondition (documented limitation);
 * everything fails closed: no locks loaded yet, lookups failing (other than 404), bodies that
@@ -70,6 +70,15 @@ from klockproxy.core.patches import (
     apply_patch,
     kind_key_of,
 )
+from klockproxy.core.protobuf import (
+    LEN,
+    PROTOBUF_CONTENT_TYPE,
+    decode_fields,
+    encode_len_field,
+    encode_string_field,
+    encode_unknown,
+    unwrap_unknown,
+)
 from klockproxy.core.requests import RequestInfo, classify
 from klockproxy.core.status import Status, StatusDetails, failure, to_bytes
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
@@ -98,7 +107,6 @@ _FOREIGN_OPTIONS = frozenset(
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON_TYPES = frozenset({"", "application/json"})
 _YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
-_PROTOBUF = "application/vnd.kubernetes.protobuf"
 # Placeholder caller for a first decision: when no lock exempts anybody the caller does not
 # matter and the identity lookup is skipped.
 _NOBODY = UserInfo(username="")
@@ -1004,6 +1012,72 @@ def _load_document(body: bytes, ctype: str, what: str) -> Any:
     )
 
 
+def _merged_message(buf: bytes, number: int) -> bytes:
+    """Every occurrence of embedded message ``number``, concatenated: protobuf merges them."""
+    out = bytearray()
+    for field_no, wire, value in decode_fields(buf):
+        if field_no == number and wire == LEN and isinstance(value, bytes):
+            out += value
+    return bytes(out)
+
+
+def _last_string(buf: bytes, number: int) -> str:
+    """The value of string field ``number`` (the last occurrence wins), "" when absent."""
+    found = b""
+    for field_no, wire, value in decode_fields(buf):
+        if field_no == number and wire == LEN and isinstance(value, bytes):
+            found = value
+    return found.decode("utf-8", "replace")
+
+
+def _protobuf_guard(body: bytes, verb: str, rv: str, uid: str) -> bytes:
+    """Add the precondition to a protobuf body by appending fields (protobuf merges them).
+
+    Field numbers from k8s.io/api: every object's ObjectMeta is field 1, its resourceVersion
+    field 6; DeleteOptions.preconditions is field 2 (uid 1, resourceVersion 2);
+    Eviction.deleteOptions is field 2. Appending leaves every other field byte for byte as
+    the client sent it; values the client set are kept.
+    """
+    try:
+        envelope = unwrap_unknown(body)
+    except DecodeError as e:
+        raise Refusal(failure(400, f"klockproxy: cannot read the protobuf body: {e}")) from e
+    if envelope.content_encoding:
+        raise Refusal(
+            failure(
+                415,
+                f"klockproxy: cannot add the resourceVersion precondition to a protobuf body "
+                f"with content encoding {envelope.content_encoding!r}",
+            )
+        )
+    raw = envelope.raw
+    try:
+        if verb == "update":
+            if _last_string(_merged_message(raw, 1), 6):
+                return body
+            raw += encode_len_field(1, encode_string_field(6, rv))
+        else:
+            options = _merged_message(raw, 2) if verb == "create" else raw
+            pre = _merged_message(options, 2)
+            add = b""
+            if not _last_string(pre, 2):
+                add += encode_string_field(2, rv)
+            if uid and not _last_string(pre, 1):
+                add += encode_string_field(1, uid)
+            if not add:
+                return body
+            added = encode_len_field(2, add)
+            raw += encode_len_field(2, added) if verb == "create" else added
+    except DecodeError as e:
+        raise Refusal(failure(400, f"klockproxy: cannot read the protobuf body: {e}")) from e
+    return encode_unknown(
+        envelope.api_version,
+        envelope.kind,
+        raw,
+        content_type=envelope.content_type,
+    )
+
+
 def _set_json(req: http.Request, value: Any, ctype: str) -> None:
     req.content = json.dumps(value, separators=(",", ":")).encode()
     req.headers["content-type"] = ctype
@@ -1019,6 +1093,9 @@ def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) ->
     body = _body(req)
     ctype = req.headers.get("content-type", "")
     mtype = media_type(ctype)
+    if mtype == PROTOBUF_CONTENT_TYPE and verb in ("delete", "create", "update"):
+        req.content = _protobuf_guard(body, verb, rv, uid)
+        return
     if verb == "delete" or (verb == "create" and info.subresource == "eviction"):
         if body.strip():
             doc = _load_document(body, ctype, "DeleteOptions body")

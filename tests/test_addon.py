@@ -22,7 +22,16 @@ from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy, collection_path, 
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.locks import load_locks_from_text
-from klockproxy.core.protobuf import encode_k8s_protobuf
+from klockproxy.core.protobuf import (
+    decode_fields,
+    decode_k8s_protobuf,
+    encode_k8s_protobuf,
+    encode_len_field,
+    encode_string_field,
+    encode_unknown,
+    encode_varint_field,
+    unwrap_unknown,
+)
 from klockproxy.core.requests import classify
 from klockproxy.core.types import UserInfo
 from klockproxy.upstream import UpstreamStatusError
@@ -215,6 +224,7 @@ AS_JONNY = (
 MY_POD = "/api/v1/namespaces/default/pods/my-pod"
 OTHER_POD = "/api/v1/namespaces/default/pods/other-pod"
 MERGE = "application/merge-patch+json"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,15 +608,88 @@ async def test_allowed_delete_keeps_the_client_options(
     assert sent["preconditions"] == {"uid": "client-uid", "resourceVersion": "42"}
 
 
-async def test_allowed_delete_with_protobuf_body_is_refused_clearly(
+def _raw(body: bytes | None) -> bytes:
+    return unwrap_unknown(body or b"").raw
+
+
+async def test_allowed_protobuf_delete_gets_preconditions_appended(
     addon: KlockProxy, upstream: FakeUpstream
 ) -> None:
     upstream.user = JONNY
-    flow = make_flow("DELETE", MY_POD, b"k8s\x00\x0a\x00", "application/vnd.kubernetes.protobuf")
+    grace = encode_varint_field(1, 30)
+    body = encode_unknown("v1", "DeleteOptions", grace)
+    flow = make_flow("DELETE", MY_POD, body, PROTOBUF)
     await run(addon, flow)
-    status = status_of(flow)
-    assert status["code"] == 415
-    assert "resourceVersion" in status["message"]
+    assert flow.response is None
+    assert flow.request.headers["Content-Type"] == PROTOBUF
+    raw = _raw(flow.request.content)
+    fields = decode_fields(raw)
+    assert fields[0] == (1, 0, 30)  # the client's fields, untouched
+    pre = dict((n, v) for n, _, v in decode_fields(fields[1][2]))  # type: ignore[arg-type]
+    assert pre == {2: b"42", 1: b"uid-my-pod"}
+
+
+async def test_protobuf_eviction_keeps_the_client_precondition(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    client_pre = encode_len_field(2, encode_string_field(1, "client-uid"))
+    eviction = encode_string_field(1, "") + encode_len_field(2, client_pre)
+    body = encode_unknown("policy/v1", "Eviction", eviction)
+    flow = make_flow("POST", MY_POD + "/eviction", body, PROTOBUF, headers=AS_JONNY)
+    await run(addon, flow)
+    assert flow.response is None
+    raw = _raw(flow.request.content)
+    assert raw.startswith(eviction)
+    appended = raw[len(eviction) :]
+    assert appended == encode_len_field(2, encode_len_field(2, encode_string_field(2, "42")))
+
+
+async def test_protobuf_update_gets_the_resource_version(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    upstream.objects["/api/v1/namespaces/default/configmaps/my-cm"] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "my-cm",
+            "resourceVersion": "42",
+            "uid": "u",
+            "labels": {"aura": "red"},
+        },
+    }
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "my-cm", "labels": {"aura": "red", "x": "y"}},
+        "data": {"nikola": "tesla"},
+    }
+    flow = make_flow(
+        "PUT", "/api/v1/namespaces/default/configmaps/my-cm", encode_k8s_protobuf(cm), PROTOBUF
+    )
+    await run(addon, flow)
+    assert flow.response is None
+    sent = decode_k8s_protobuf(flow.request.content or b"")
+    assert sent["metadata"]["resourceVersion"] == "42"
+    assert sent["metadata"]["labels"] == {"aura": "red", "x": "y"}
+    assert sent["data"] == {"nikola": "tesla"}
+
+    # A resourceVersion the client set is kept: the body is not touched.
+    cm["metadata"]["resourceVersion"] = "7"
+    body = encode_k8s_protobuf(cm)
+    again = make_flow("PUT", "/api/v1/namespaces/default/configmaps/my-cm", body, PROTOBUF)
+    await run(addon, again)
+    assert again.request.content == body
+
+
+async def test_undecodable_protobuf_delete_is_refused(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    flow = make_flow("DELETE", MY_POD, b"k8s\x00\x0a\xff", PROTOBUF)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 400
 
 
 async def test_delete_of_a_missing_object_is_forwarded(addon: KlockProxy) -> None:
