@@ -537,3 +537,15 @@ async def test_pod_status_subresource_and_image_update(client: Client) -> None:
     )
     assert status == 200, eph
     assert eph["spec"]["ephemeralContainers"][0]["name"] == "debug"
+
+
+async def test_delete_answers_like_the_api_server(client: Client) -> None:
+    _, created = await client.request("POST", CMS, _cm("del"))
+    status, body = await client.request("DELETE", f"{CMS}/del")
+    assert status == 200
+    assert (body["kind"], body["status"]) == ("Status", "Success")
+    assert body["details"] == {
+        "name": "del",
+        "kind": "configmaps",
+        "uid": created["metadata"]["uid"],
+    }

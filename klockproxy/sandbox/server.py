@@ -516,7 +516,13 @@ class SandboxServer:
         if verb == "delete":
             raw = await self._read_body(request)
             options = self._decode(raw, request.content_type, rt) if raw.strip() else {}
-            return _json_response(self._delete(request, rt, namespace, route.name, options))
+            deleted = self._delete(request, rt, namespace, route.name, options)
+            if rt.builtin and rt.kind in ("Pod", "Namespace"):
+                # Graceful kinds answer with the object (the API server's ReturnDeletedObject).
+                return _json_response(deleted)
+            details = _details(rt, route.name)
+            details["uid"] = deleted["metadata"].get("uid", "")
+            return _json_response(success(details))
         if verb == "deletecollection":
             return _json_response(self._delete_collection(request, rt, namespace or None))
         raise MethodNotAllowedError()
