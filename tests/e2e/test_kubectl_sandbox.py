@@ -184,8 +184,15 @@ def test_create_the_builtin_kinds(kubectl: Kubectl, namespace: str) -> None:
     assert created.stdout.strip() == "configmap/from-file created"
     assert kubectl.json("get", "cm", "from-file", namespace=n)["data"] == {"k": "v"}
 
-    get_all = kubectl("get", "cm,secret,deploy,sa,role,rolebinding", namespace=n, check=True)
+    exposed = kubectl("expose", "deployment", "web", "--port=80", namespace=n)
+    assert exposed.stdout.strip() == "service/web exposed", exposed.stderr
+    service = kubectl.json("get", "svc", "web", namespace=n)
+    assert service["spec"]["ports"][0]["port"] == 80
+    assert service["spec"]["clusterIP"]
+
+    get_all = kubectl("get", "cm,secret,deploy,sa,role,rolebinding,svc", namespace=n, check=True)
     for expected in (
+        "service/web",
         "configmap/my-cm",
         "secret/s1",
         "deployment.apps/web",
@@ -194,6 +201,11 @@ def test_create_the_builtin_kinds(kubectl: Kubectl, namespace: str) -> None:
         "rolebinding.rbac.authorization.k8s.io/jonny-app",
     ):
         assert expected in get_all.stdout
+    cluster = kubectl("get", "namespaces,clusterroles,clusterrolebindings,crd", check=True)
+    assert f"namespace/{n}" in cluster.stdout
+    assert "clusterrole.rbac.authorization.k8s.io/cluster-admin" in cluster.stdout
+    in_all = kubectl("get", "all", namespace=n, check=True).stdout
+    assert "deployment.apps/web" in in_all and "service/web" in in_all
 
 
 def test_create_and_delete_namespace_deletes_contents(kubectl: Kubectl) -> None:
