@@ -208,6 +208,7 @@ class _ReadyProbe:
         self.running_event = asyncio.Event()
 
     def running(self) -> None:
+        """mitmproxy hook: the servers are listening."""
         self.running_event.set()
 
 
@@ -483,14 +484,17 @@ class ProxyThread:
 
     @property
     def url(self) -> str:
+        """``https://HOST:PORT`` the proxy listens on (known once started)."""
         return self.proxy.url
 
     @property
     def kubeconfig_path(self) -> Path:
+        """The kubeconfig the proxy wrote (cluster = the proxy, user = its token)."""
         return self.proxy.kubeconfig_path
 
     @property
     def client_token(self) -> str:
+        """The token the proxy demands from every client."""
         return self.proxy.client_token
 
     def start(self, timeout: float = 30.0) -> ProxyThread:
