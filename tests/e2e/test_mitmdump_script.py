@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from klockproxy.certs import CertificateAuthority
+from klockproxy.crd import crd_text
 from klockproxy.kubeconfig import write_kubeconfig
 from tests.e2e.kube import Kubectl, KubeTarget
 
@@ -51,7 +52,9 @@ class Mitmdump:
     log: Path
 
 
-def _start_mitmdump(tmp: Path, upstream: str, upstream_ca: Path, locks: Path) -> Mitmdump:
+def _start_mitmdump(
+    tmp: Path, upstream: str, upstream_ca: Path, locks: Path | str, *extra: str
+) -> Mitmdump:
     ca = CertificateAuthority.create("mitmdump-test-ca")
     cert, key = ca.issue_server(["127.0.0.1"])
     proxy_pem = tmp / "proxy.pem"
@@ -81,6 +84,7 @@ def _start_mitmdump(tmp: Path, upstream: str, upstream_ca: Path, locks: Path) ->
         "termlog_verbosity=warn",
         "--set",
         "flow_detail=0",
+        *extra,
     ]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -255,13 +259,72 @@ def test_logs_follow_streams_through_the_proxy(
     assert seen[4].endswith("log line 5"), seen
 
 
+def test_locks_from_the_cluster_take_effect(
+    kube_target: KubeTarget, kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """klock_locks=cluster: the addon watches Lock objects with its own token file."""
+    sandbox = kube_target.sandbox
+    if sandbox is None:
+        pytest.skip("needs the sandbox")
+    (tmp_path / "upstream-ca.pem").write_bytes(sandbox.ca_pem)
+    token_file = tmp_path / "watch-token"
+    token_file.write_text(sandbox.admin_token)
+    kubectl("apply", "-f", "-", input=crd_text(), check=True)
+    kubectl(
+        "run", "my-pod", "--image", "nginx", "--labels", "aura=red", namespace=namespace, check=True
+    )
+    md = _start_mitmdump(
+        tmp_path,
+        sandbox.url,
+        tmp_path / "upstream-ca.pem",
+        "cluster",
+        "--set",
+        f"klock_upstream_token_file={token_file}",
+    )
+    try:
+        kubeconfig = write_kubeconfig(
+            tmp_path / "proxy-kubeconfig",
+            server=md.url,
+            ca_pem=(tmp_path / "proxy-ca.pem").read_bytes(),
+            users={"admin": {"token": sandbox.admin_token}},
+            current_user="admin",
+        )
+        proxied = Kubectl(kubeconfig, home=tmp_path / "home")
+        # Until the first list of Lock objects arrived, mutations are refused (fail closed).
+        deadline = time.monotonic() + 30
+        while True:
+            before = proxied("label", "pod", "my-pod", "a=b", namespace=namespace)
+            if "locks are not loaded yet" not in before.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert before.returncode == 0, before.stderr
+
+        kubectl("apply", "-f", "-", input=LOCK.format(namespace=namespace), check=True)
+        # Wait (not a timing assertion) until the watch delivered the lock.
+        deadline = time.monotonic() + 30
+        while True:
+            probe = proxied(
+                "label", "pod", "my-pod", "c=d", "--dry-run=server", namespace=namespace
+            )
+            if probe.returncode != 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "denied, there is a lock: map[aura:red]" in probe.stderr
+        denied = proxied("label", "pod", "my-pod", "here=x", namespace=namespace)
+        assert "denied, there is a lock: map[aura:red]" in denied.stderr
+        labels = kubectl.json("get", "pod", "my-pod", namespace=namespace)["metadata"]["labels"]
+        assert labels == {"aura": "red", "a": "b"}
+    finally:
+        _stop(md)
+
+
 def test_unreachable_api_server_is_a_readable_status(tmp_path: Path) -> None:
     dead = f"https://127.0.0.1:{_free_port()}"
     ca = CertificateAuthority.create("nobody")
     (tmp_path / "upstream-ca.pem").write_bytes(ca.cert_pem)
     locks = tmp_path / "locks.yaml"
     locks.write_text(LOCK.format(namespace="default"))
-    md = _start_mitmdump(tmp_path, dead, tmp_path / "upstream-ca.pem", locks)
+    md = _start_mitmdump(tmp_path, dead, tmp_path / "upstream-ca.pem", str(locks))
     try:
         kubeconfig = write_kubeconfig(
             tmp_path / "proxy-kubeconfig",
