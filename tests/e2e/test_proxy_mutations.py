@@ -104,6 +104,14 @@ def pod_meta(key: str) -> Callable[[Ctx], Any]:
     return look
 
 
+def pod_spec(key: str) -> Callable[[Ctx], Any]:
+    def look(c: Ctx) -> Any:
+        obj = c.get("pod", "pod")
+        return None if obj is None else obj["spec"].get(key)
+
+    return look
+
+
 def exists(*what: str) -> Callable[[Ctx], Any]:
     def look(c: Ctx) -> Any:
         return c.get(*what) is not None
@@ -206,7 +214,8 @@ def evict(c: Ctx) -> Any:
 
 def args(*argv: str) -> Callable[[Ctx], Any]:
     def go(c: Ctx) -> Any:
-        return c.proxy.kubectl(*[a.replace("COLOR", c.color) for a in argv], namespace=c.ns)
+        real = [a.replace("COLOR", c.color).replace("/NS/", f"/{c.ns}/") for a in argv]
+        return c.proxy.kubectl(*real, namespace=c.ns)
 
     return go
 
@@ -291,6 +300,33 @@ MUTATIONS: dict[str, Mutation] = {
     "delete -l": Mutation(
         make_cm, args("delete", "cm", "-l", "aura=COLOR"), exists("cm", "cm"), became(False)
     ),
+    "deletecollection": Mutation(
+        make_cm,
+        args("delete", "--raw", "/api/v1/namespaces/NS/configmaps?labelSelector=aura%3DCOLOR"),
+        exists("cm", "cm"),
+        became(False),
+    ),
+    "patch --subresource=status": Mutation(
+        make_deploy,
+        args(
+            "patch",
+            "deployment",
+            "dep",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"observedGeneration":42}}',
+        ),
+        # The sandbox computes a Deployment's status itself: the write shows as a new version.
+        deploy(lambda d: d["metadata"]["resourceVersion"]),
+        lambda before, after: after != before,
+    ),
+    "debug (ephemeral container)": Mutation(
+        make_pod,
+        args("debug", "pod", "--image=busybox", "--container=dbg"),
+        pod_spec("ephemeralContainers"),
+        lambda before, after: [e["name"] for e in after or []] == ["dbg"],
+    ),
     "scale": Mutation(
         make_deploy,
         args("scale", "deployment", "dep", "--replicas=3"),
@@ -313,6 +349,13 @@ MUTATIONS: dict[str, Mutation] = {
     "exec": Mutation(
         make_pod,
         args("exec", "pod", "--", "echo", "hello"),
+        pod_meta("labels"),
+        lambda before, after: after == before,
+        sandbox_refusal="the sandbox runs no containers",
+    ),
+    "attach": Mutation(
+        make_pod,
+        args("attach", "pod"),
         pod_meta("labels"),
         lambda before, after: after == before,
         sandbox_refusal="the sandbox runs no containers",
@@ -363,3 +406,27 @@ def test_works_when_no_lock_covers_it(
         assert_ok(result)
     after = m.observe(c)
     assert m.changed(before, after), (before, after)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("create", "configmap", "frozen", "--from-literal=a=b"),  # a protobuf body
+        ("create", "deployment", "frozen", "--image=nginx"),
+        ("run", "frozen", "--image=nginx"),
+    ],
+    ids=["create configmap", "create deployment", "run"],
+)
+def test_a_lock_without_matcher_freezes_the_namespace(
+    argv: tuple[str, ...], proxy: Proxy, locks: Locks, kubectl: Kubectl, namespace: str
+) -> None:
+    """Klock's change freeze: no matcher = every object of the namespace."""
+    locks.add("freeze", ["CREATE", "UPDATE", "DELETE"], None)
+    assert_denied(proxy.kubectl(*argv, namespace=namespace), "map[]")
+    assert (
+        kubectl("get", "all,configmaps", "-o", "name", namespace=namespace).stdout.count("frozen")
+        == 0
+    )
+    locks.remove("freeze")
+    assert_ok(proxy.kubectl(*argv, namespace=namespace))
+    assert "frozen" in kubectl("get", "all,configmaps", "-o", "name", namespace=namespace).stdout
