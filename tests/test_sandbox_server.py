@@ -549,3 +549,27 @@ async def test_delete_answers_like_the_api_server(client: Client) -> None:
         "kind": "configmaps",
         "uid": created["metadata"]["uid"],
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CMS, {"metadata": {"name": 5}}),
+        (CMS, {"metadata": {"name": "x", "labels": {"a": 1}}}),
+        (CMS, {"metadata": {"name": "x"}, "data": {"a": ["not", "a", "string"]}}),
+        ("/api/v1/namespaces/default/secrets", {"metadata": {"name": "x"}, "stringData": []}),
+        ("/api/v1/namespaces/default/services", {"metadata": {"name": "x"}, "spec": "nope"}),
+        (
+            "/apis/apps/v1/namespaces/default/deployments",
+            {"metadata": {"name": "x"}, "spec": {"template": [], "selector": "x"}},
+        ),
+    ],
+)
+async def test_wrongly_typed_objects_are_bad_requests(
+    client: Client, path: str, body: dict[str, Any]
+) -> None:
+    status, answer = await client.request("POST", path, body)
+    assert status in (400, 422), answer
+    assert answer["kind"] == "Status"
+    status, _ = await client.request("GET", CMS)
+    assert status == 200

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from klockproxy.core.status import StatusCause
-from klockproxy.sandbox.errors import InvalidError
+from klockproxy.sandbox.errors import BadRequestError, InvalidError
 from klockproxy.sandbox.resources import RBAC, ResourceType
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,53 @@ def _container_causes(field: str, containers: Any) -> list[StatusCause]:
         if not c.get("image"):
             causes.append(_required(f"{field}[{i}].image"))
     return causes
+
+
+def _unmarshal_error(field: str, value: Any, go_type: str) -> BadRequestError:
+    kind = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "bool",
+        int: "number",
+        float: "number",
+    }.get(type(value), "value")
+    return BadRequestError(
+        f"json: cannot unmarshal {kind} into Go struct field {field} of type {go_type}"
+    )
+
+
+_MAP_FIELDS = ("spec", "status", "data", "stringData", "binaryData")
+
+
+def check_shape(rt: ResourceType, obj: Obj) -> None:
+    """Refuse (400) what the API server's decoder would refuse: wrong JSON types in the
+    metadata, and non-object spec/status/data of built-in kinds."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise _unmarshal_error("metadata", meta, "v1.ObjectMeta")
+    for key in ("name", "generateName", "namespace", "uid", "resourceVersion"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise _unmarshal_error(f"ObjectMeta.metadata.{key}", meta[key], "string")
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise _unmarshal_error(f"ObjectMeta.metadata.{key}", value, "map[string]string")
+        for v in value.values():
+            if not isinstance(v, str):
+                raise _unmarshal_error(f"ObjectMeta.metadata.{key}", v, "string")
+    if not rt.builtin:
+        return
+    for key in _MAP_FIELDS:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise _unmarshal_error(f"{rt.kind}.{key}", value, "map or struct")
+    for key in ("data", "stringData", "binaryData"):
+        for v in (obj.get(key) or {}).values():
+            if not isinstance(v, str):
+                raise _unmarshal_error(f"{rt.kind}.{key}", v, "string")
 
 
 def validate(rt: ResourceType, obj: Obj) -> None:

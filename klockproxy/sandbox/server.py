@@ -765,9 +765,9 @@ class SandboxServer:
             meta.pop("namespace", None)
         for k in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(k, None)
+        self._validate(rt, obj)
         if rt.kind == "Secret" and rt.builtin:
             objects.stringdata_to_data(obj)
-        objects.validate(rt, obj)
         self._check_namespace(rt, namespace)
         if self.store.get(rt.group, rt.resource, namespace, meta["name"]) is not None:
             raise already_exists(rt, meta["name"])
@@ -787,13 +787,30 @@ class SandboxServer:
         ]
         if not rt.builtin and "status" in rt.subresources:
             obj.pop("status", None)
-        objects.prepare(rt, obj, None)
-        objects.finish(rt, obj)
+        self._prepare(rt, obj, None)
         if dry_run:
             return obj
         stored = self.store.put(rt.group, rt.resource, obj)
         self._after_write(rt, stored, None)
         return stored
+
+    @staticmethod
+    def _validate(rt: ResourceType, obj: Obj) -> None:
+        objects.check_shape(rt, obj)
+        try:
+            objects.validate(rt, obj)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise BadRequestError(f"the {rt.kind} object is malformed: {e}") from e
+
+    @staticmethod
+    def _prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
+        """Defaults and status; a nested value of the wrong JSON type is a 400, as the API
+        server's decoder would answer."""
+        try:
+            objects.prepare(rt, obj, old)
+            objects.finish(rt, obj)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise BadRequestError(f"the {rt.kind} object is malformed: {e}") from e
 
     def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
@@ -857,8 +874,6 @@ class SandboxServer:
                 meta[k] = old["metadata"][k]
             else:
                 meta.pop(k, None)
-        if rt.kind == "Secret" and rt.builtin:
-            objects.stringdata_to_data(obj)
         has_status = "status" in rt.subresources
         if subresource == "status":
             obj = {**_copy(old), "status": obj.get("status")}
@@ -868,7 +883,9 @@ class SandboxServer:
                 obj["status"] = _copy(old["status"])
             else:
                 obj.pop("status", None)
-        objects.validate(rt, obj)
+        self._validate(rt, obj)
+        if rt.kind == "Secret" and rt.builtin:
+            objects.stringdata_to_data(obj)
         if rt.has_spec:
             generation = int(old["metadata"].get("generation", 1))
             if self._spec_of(obj) != self._spec_of(old):
@@ -924,8 +941,7 @@ class SandboxServer:
         managed.extend(self._managed(request, rt, op))
         if meta.get("managedFields") is None or op == "Apply" or request.method != "PATCH":
             meta["managedFields"] = managed
-        objects.prepare(rt, obj, old)
-        objects.finish(rt, obj)
+        self._prepare(rt, obj, old)
         if _dry_run(request):
             meta["resourceVersion"] = old["metadata"]["resourceVersion"]
             return obj
