@@ -1,0 +1,689 @@
+"""Adversarial cases for the addon: requests crafted to get a forbidden mutation past it.
+
+Each test is a way someone could try to slip a write past a Lock (odd paths, odd bodies,
+patch tricks, subresources, identity headers) or make the proxy fail open (unreadable
+bodies, upstream failures). The expected answer is what a user sees: the proxy's Status (code,
+reason, message) or, for allowed requests, what is forwarded to the API server.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+from mitmproxy.test import taddons
+
+from klockproxy.addon import KlockProxy
+from klockproxy.core.engine import Engine
+from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.protobuf import (
+    K8S_MAGIC,
+    encode_len_field,
+    encode_map_entry,
+    encode_string_field,
+)
+from klockproxy.core.types import UserInfo
+from tests.test_addon import (
+    ADMIN,
+    JONNY,
+    LOCKS,
+    MERGE,
+    MY_POD,
+    OTHER_POD,
+    FakeUpstream,
+    StaticLocks,
+    make_flow,
+    merge_patch,
+    pod,
+    run,
+    status_of,
+)
+
+EXTRA_LOCKS = """
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: freeze, namespace: frozen}
+spec:
+  operations: [UPDATE, DELETE]
+"""
+
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+DB = "/api/v1/namespaces/prod/pods/db"
+SECRET = "/api/v1/namespaces/frozen/secrets/creds"
+
+
+class WhoAmI(FakeUpstream):
+    """A fake API server whose SelfSubjectReview answers from the Impersonate-User header."""
+
+    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
+        self.calls.append(("ssr", "", dict(headers)))
+        for name, value in headers.items():
+            if name.lower() == "impersonate-user":
+                values = [value] if isinstance(value, str) else list(value)
+                return UserInfo(values[0])
+        return ADMIN
+
+
+@pytest.fixture
+def upstream() -> WhoAmI:
+    up = WhoAmI()
+    up.objects[MY_POD] = pod("my-pod", {"aura": "red"})
+    up.objects[OTHER_POD] = pod("other-pod", {})
+    up.objects[DB] = pod("db", {"env": "prod"}, ns="prod")
+    up.objects[SECRET] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds", "namespace": "frozen", "resourceVersion": "9"},
+        "data": {"password": "aHVudGVyMg=="},
+    }
+    return up
+
+
+@pytest.fixture
+def addon(upstream: WhoAmI) -> Iterator[KlockProxy]:
+    engine = Engine(load_locks_from_text(LOCKS + EXTRA_LOCKS, source="test"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        yield proxy
+
+
+def forwarded(flow: Any) -> bool:
+    return flow.response is None
+
+
+def denied(flow: Any, matcher: str = "map[aura:red]") -> dict[str, Any]:
+    status = status_of(flow)
+    assert status["code"] == 403, status
+    assert status["reason"] == "Forbidden"
+    assert f"denied, there is a lock: {matcher}" in status["message"]
+    return status
+
+
+def refused(flow: Any, code: int) -> dict[str, Any]:
+    status = status_of(flow)
+    assert status["code"] == code, status
+    assert status["message"].startswith("klockproxy: "), status
+    return status
+
+
+# ---------------------------------------------------------------------------------------------
+# Path tricks: the proxy must see the object the API server acts on
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/my%2Dpod",  # escaped '-' decodes to my-pod
+        "/api/v1/namespaces/%64efault/pods/my-pod",  # escaped 'd' in the namespace
+        "/api/v1/namespaces/default/p%6Fds/my-pod",  # escaped resource
+        "/api/%761/namespaces/default/pods/my-pod",  # escaped version
+        "/api/v1/namespaces/default/pods/my-pod?dryRun=All",
+        "/api/v1/namespaces/default/pods/my-pod?dryRun=all",
+        "/api/v1/namespaces/default/pods/my-pod?dryRun=",
+        "/api/v1/namespaces/default/pods/my-pod?gracePeriodSeconds=0&dryRun=All&dryRun=x",
+    ],
+)
+async def test_escaped_or_dry_run_delete_of_a_locked_pod_is_denied(
+    addon: KlockProxy, path: str
+) -> None:
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    status = denied(flow)
+    assert status["details"]["name"] == "my-pod"
+
+
+@pytest.mark.parametrize("method", ["delete", "Delete", "dElEtE"])
+async def test_method_case_does_not_skip_the_check(addon: KlockProxy, method: str) -> None:
+    flow = make_flow(method, MY_POD)
+    await run(addon, flow)
+    denied(flow)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/my-pod/",  # trailing slash
+        "/api/v1/namespaces/default//pods/my-pod",  # empty segment
+        "//api/v1/namespaces/default/pods/my-pod",
+        "/api/v1/namespaces/default/pods/x/../my-pod",
+        "/api/v1/namespaces/default/pods/x/%2E%2E/my-pod",  # escaped '..'
+        "/api/v1/namespaces/default/pods/./my-pod",
+        "/api/v1/namespaces/default/pods/my-pod%2Fstatus",  # escaped '/'
+        "/api/v1/namespaces/default/pods/my-pod%2fstatus",
+        "/api/v1/namespaces/default/pods/my-pod%252Fstatus",  # double encoding is a name: 404
+        "/api/v1/namespaces/default/pods/my-pod%00",
+        "/api/v1/namespaces/default/pods/my-pod%zz",
+        "/api/v1/namespaces/default/pods/my-pod%C3",  # not UTF-8
+        "/api/v1/proxy/namespaces/default/pods/my-pod",  # legacy proxy prefix
+        "/api/v1/watch/namespaces/default/pods/my-pod",  # legacy watch prefix
+        "/api/v1/namespaces/default/pods/my-pod?labelSelector=a;b",  # Go drops ';' pairs
+        "/api/v1/namespaces/default/pods/my-pod/status/extra",
+    ],
+)
+async def test_unroutable_mutations_are_refused_not_forwarded(
+    addon: KlockProxy, upstream: WhoAmI, path: str
+) -> None:
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    if "%252F" in path:
+        # Decodes to the name "my-pod%2Fstatus": judged as that (missing) object, the API
+        # server answers 404 itself.
+        assert forwarded(flow)
+        assert upstream.calls[0][1] == "/api/v1/namespaces/default/pods/my-pod%252Fstatus"
+        return
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert status["message"].startswith("klockproxy: refusing DELETE ")
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "POST"])
+async def test_writes_to_the_legacy_watch_prefix_are_refused(
+    addon: KlockProxy, method: str
+) -> None:
+    flow = make_flow(method, "/api/v1/watch/namespaces/default/pods/my-pod", merge_patch({}), MERGE)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 400
+
+
+async def test_lock_group_lookalikes_are_not_exempt(addon: KlockProxy) -> None:
+    # Only locks.klock.rnemet.dev is exempt; a pod path does not become one through the query
+    # or through a look-alike group.
+    for path in (
+        MY_POD + "?x=/apis/klock.rnemet.dev/v1/namespaces/default/locks/l",
+        "/apis/klock.rnemet.dev.evil/v1/namespaces/default/locks/x",
+    ):
+        flow = make_flow("DELETE", path)
+        await run(addon, flow)
+        if "evil" in path:
+            # A different group: judged (the object does not exist, so the API server 404s).
+            assert forwarded(flow)
+        else:
+            denied(flow)
+
+
+# ---------------------------------------------------------------------------------------------
+# Body tricks
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "Application/Merge-Patch+JSON",
+        "application/merge-patch+json; charset=utf-8",
+        "application/merge-patch+json ;charset=UTF-8",
+    ],
+)
+async def test_content_type_parameters_and_case_are_still_judged(
+    addon: KlockProxy, ctype: str
+) -> None:
+    flow = make_flow("PATCH", OTHER_POD, merge_patch({"aura": "red"}), ctype)
+    await run(addon, flow)
+    denied(flow)
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        None,
+        "text/plain",
+        "application/json-seq",
+        "application/merge-patch+json, application/json",
+        "application/cbor",
+    ],
+)
+async def test_patch_of_unknown_type_is_refused(addon: KlockProxy, ctype: str | None) -> None:
+    flow = make_flow("PATCH", OTHER_POD, merge_patch({"aura": "red"}), ctype)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] in (400, 415)
+    assert status["message"].startswith("klockproxy: ")
+
+
+@pytest.mark.parametrize(
+    "ctype", ["application/cbor", "application/x-protobuf", "text/plain", "application/xml"]
+)
+async def test_create_with_an_unreadable_body_type_is_refused(
+    addon: KlockProxy, ctype: str
+) -> None:
+    body = json.dumps(pod("new", {"aura": "red"})).encode()
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", body, ctype)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "body cannot be read" in status["message"]
+
+
+async def test_json_duplicate_keys_are_judged_like_go_last_wins(addon: KlockProxy) -> None:
+    # Go's JSON decoding (and so the API server) keeps the LAST duplicate.
+    body = (
+        b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"new",'
+        b'"labels":{"aura":"blue"},"labels":{"aura":"blue","aura":"red"}}}'
+    )
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", body, "application/json")
+    await run(addon, flow)
+    denied(flow)
+
+
+async def test_yaml_duplicate_keys_are_refused(addon: KlockProxy) -> None:
+    body = b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: new\n  labels:\n    aura: blue\n"
+    body += b"  labels:\n    aura: red\n"
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", body, "application/yaml")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "duplicate key" in status["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"new","labels":{"aura":NaN}}}',
+        b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"new","labels":{"aura":1}}}',
+        b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"new","labels":["aura"]}}',
+        b'{"apiVersion":"v1","kind":"Pod","metadata":"new"}',
+        b'[{"apiVersion":"v1"}]',
+        b"",
+        b"{",
+    ],
+)
+async def test_malformed_create_bodies_are_refused(addon: KlockProxy, body: bytes) -> None:
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", body, "application/json")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] in (400, 500)
+    assert status["message"].startswith("klockproxy: ")
+
+
+async def test_null_labels_create_is_allowed(addon: KlockProxy) -> None:
+    body = b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"new","labels":null}}'
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", body, "application/json")
+    await run(addon, flow)
+    assert forwarded(flow)
+
+
+async def test_generate_name_create_is_judged(addon: KlockProxy) -> None:
+    obj = pod("x", {"aura": "red"})
+    del obj["metadata"]["name"]
+    obj["metadata"]["generateName"] = "red-"
+    flow = make_flow(
+        "POST", "/api/v1/namespaces/default/pods", json.dumps(obj).encode(), "application/json"
+    )
+    await run(addon, flow)
+    status = denied(flow)
+    assert "red-" in status["message"]
+
+
+def _protobuf_pod(*metadata_chunks: bytes) -> bytes:
+    type_meta = encode_string_field(1, "v1") + encode_string_field(2, "Pod")
+    raw = b"".join(encode_len_field(1, chunk) for chunk in metadata_chunks)
+    return K8S_MAGIC + encode_len_field(1, type_meta) + encode_len_field(2, raw)
+
+
+async def test_protobuf_metadata_split_over_two_fields_is_merged(addon: KlockProxy) -> None:
+    # Protobuf merges repeated embedded messages: the labels in the second ObjectMeta chunk
+    # are the pod's labels, as the API server decodes them.
+    first = encode_string_field(1, "new") + encode_map_entry(11, "team", "a")
+    second = encode_map_entry(11, "aura", "red")
+    flow = make_flow(
+        "POST", "/api/v1/namespaces/default/pods", _protobuf_pod(first, second), PROTOBUF
+    )
+    await run(addon, flow)
+    denied(flow)
+
+
+async def test_protobuf_repeated_label_entry_last_wins(addon: KlockProxy) -> None:
+    meta = (
+        encode_string_field(1, "new")
+        + encode_map_entry(11, "aura", "blue")
+        + encode_map_entry(11, "aura", "red")
+    )
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", _protobuf_pod(meta), PROTOBUF)
+    await run(addon, flow)
+    denied(flow)
+
+
+async def test_protobuf_with_a_mistyped_labels_field_is_refused(addon: KlockProxy) -> None:
+    meta = encode_string_field(1, "new") + b"\x58\x01"  # field 11 as a varint
+    flow = make_flow("POST", "/api/v1/namespaces/default/pods", _protobuf_pod(meta), PROTOBUF)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 400
+
+
+async def test_gzip_encoded_patch_is_decoded_and_judged(addon: KlockProxy) -> None:
+    body = gzip.compress(merge_patch({"aura": "red"}))
+    flow = make_flow(
+        "PATCH",
+        OTHER_POD,
+        body,
+        MERGE,
+        headers=[("Authorization", "Bearer caller-token"), ("Content-Encoding", "gzip")],
+    )
+    await run(addon, flow)
+    denied(flow)
+
+
+async def test_undecodable_content_encoding_is_refused(addon: KlockProxy) -> None:
+    flow = make_flow(
+        "PATCH",
+        OTHER_POD,
+        b"\x00not gzip",
+        MERGE,
+        headers=[("Authorization", "Bearer caller-token"), ("Content-Encoding", "gzip")],
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "Content-Encoding" in status["message"]
+
+
+async def test_http2_covered_mutation_without_content_length_is_judged(
+    addon: KlockProxy,
+) -> None:
+    flow = make_flow("PATCH", OTHER_POD, merge_patch({"aura": "red"}), MERGE, http2=True)
+    await run(addon, flow)
+    denied(flow)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch tricks: the labels after the patch are the ones the API server will store
+
+
+@pytest.mark.parametrize(
+    ("ctype", "patch"),
+    [
+        (STRATEGIC, {"metadata": {"labels": {"$retainKeys": []}}}),
+        (STRATEGIC, {"metadata": {"labels": {"$patch": "delete"}}}),
+        (STRATEGIC, {"metadata": {"labels": {"$patch": "replace", "tier": "db"}}}),
+        (STRATEGIC, {"metadata": {"$retainKeys": ["name"]}}),
+        (STRATEGIC, {"metadata": {"labels": {"env": None}}}),
+        (MERGE, {"metadata": {"labels": None}}),
+        (MERGE, {"metadata": {"labels": {"env": "prod2"}}}),
+        (JSON_PATCH, [{"op": "remove", "path": "/metadata/labels"}]),
+        (JSON_PATCH, [{"op": "replace", "path": "/metadata/labels", "value": {}}]),
+        (
+            JSON_PATCH,
+            [{"op": "move", "from": "/metadata/labels/env", "path": "/metadata/annotations"}],
+        ),
+        (
+            JSON_PATCH,
+            [
+                {"op": "copy", "from": "/metadata/name", "path": "/metadata/labels/env"},
+            ],
+        ),
+    ],
+)
+async def test_patches_dropping_the_label_a_negated_matcher_needs_are_denied(
+    addon: KlockProxy, ctype: str, patch: Any
+) -> None:
+    # Lock "notprod" (namespace prod, UPDATE) matches objects whose env is NOT "prod": pod db
+    # (env=prod) is free, but no patch may take env=prod away from it.
+    flow = make_flow("PATCH", DB, json.dumps(patch).encode(), ctype)
+    await run(addon, flow)
+    denied(flow, "map[env:^prod]")
+
+
+@pytest.mark.parametrize(
+    ("ctype", "patch"),
+    [
+        (JSON_PATCH, [{"op": "add", "path": "/metadata/labels", "value": {"aura": "red"}}]),
+        (JSON_PATCH, [{"op": "add", "path": "/metadata/labels/aura", "value": "red"}]),
+        (
+            JSON_PATCH,
+            [
+                {"op": "add", "path": "/metadata/annotations", "value": {"a": "red"}},
+                {"op": "copy", "from": "/metadata/annotations/a", "path": "/metadata/labels/aura"},
+            ],
+        ),
+        (
+            JSON_PATCH,
+            [
+                {"op": "add", "path": "/metadata/annotations", "value": {"aura": "red"}},
+                {"op": "move", "from": "/metadata/annotations", "path": "/metadata/labels"},
+            ],
+        ),
+        (JSON_PATCH, [{"op": "add", "path": "/metadata", "value": {"labels": {"aura": "red"}}}]),
+        (STRATEGIC, {"metadata": {"labels": {"$patch": "replace", "aura": "red"}}}),
+        (STRATEGIC, {"metadata": {"$patch": "replace", "labels": {"aura": "red"}}}),
+        (APPLY, {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"aura": "red"}}}),
+    ],
+)
+async def test_patches_adding_the_locked_label_are_denied(
+    addon: KlockProxy, ctype: str, patch: Any
+) -> None:
+    flow = make_flow("PATCH", OTHER_POD, json.dumps(patch).encode(), ctype)
+    await run(addon, flow)
+    denied(flow)
+
+
+async def test_json_patch_escaped_label_key_is_judged(addon: KlockProxy, upstream: WhoAmI) -> None:
+    lock = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: slash, namespace: default}
+spec:
+  operations: [UPDATE]
+  matcher: {"klock.io/aura": red}
+"""
+    proxy = KlockProxy(
+        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
+        upstream=upstream,
+    )
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        ops = [{"op": "add", "path": "/metadata/labels/klock.io~1aura", "value": "red"}]
+        flow = make_flow("PATCH", OTHER_POD, json.dumps(ops).encode(), JSON_PATCH)
+        await run(proxy, flow)
+        denied(flow, "map[klock.io/aura:red]")
+
+
+async def test_failing_patches_are_refused_not_forwarded(addon: KlockProxy) -> None:
+    for ctype, patch in (
+        (JSON_PATCH, [{"op": "remove", "path": "/metadata/labels/nope"}]),
+        (JSON_PATCH, [{"op": "bogus", "path": "/metadata/labels/aura"}]),
+        (JSON_PATCH, {"op": "add"}),
+        (MERGE, "just a string"),
+        (STRATEGIC, {"metadata": {"labels": {"$patch": "explode"}}}),
+    ):
+        flow = make_flow("PATCH", OTHER_POD, json.dumps(patch).encode(), ctype)
+        await run(addon, flow)
+        status = status_of(flow)
+        assert status["code"] in (400, 415, 422), (ctype, patch, status)
+
+
+async def test_apply_patch_with_several_documents_is_refused(addon: KlockProxy) -> None:
+    body = b"metadata:\n  labels: {aura: blue}\n---\nmetadata:\n  labels: {aura: red}\n"
+    flow = make_flow("PATCH", OTHER_POD, body, APPLY)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Subresources and verbs acting on the parent
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "ctype", "body"),
+    [
+        ("PATCH", MY_POD + "/status", MERGE, b'{"status":{"phase":"Failed"}}'),
+        ("PUT", MY_POD + "/status", "application/json", json.dumps(pod("my-pod", {})).encode()),
+        ("PATCH", MY_POD + "/ephemeralcontainers", STRATEGIC, b'{"spec":{}}'),
+        ("POST", MY_POD + "/eviction", "application/json", b'{"kind":"Eviction"}'),
+        ("POST", MY_POD + "/eviction", None, b""),
+        ("GET", MY_POD + "/exec?command=sh&stdin=true", None, b""),
+        ("POST", MY_POD + "/exec?command=sh", None, b""),
+        ("GET", MY_POD + "/attach?stdin=true", None, b""),
+        ("GET", MY_POD + "/portforward?ports=80", None, b""),
+        ("GET", MY_POD + "/proxy", None, b""),
+        ("GET", MY_POD + "/proxy/index.html", None, b""),
+        ("POST", MY_POD + "/proxy/api/shutdown", None, b""),
+        ("OPTIONS", MY_POD + "/proxy/x", None, b""),
+        ("GET", "/api/v1/namespaces/default/pods/my-pod:8080/proxy/x", None, b""),
+        ("GET", "/api/v1/namespaces/default/pods/https:my-pod:443/proxy/x", None, b""),
+        ("GET", "/api/v1/namespaces/default/pods/my-pod%3A8080/proxy/x", None, b""),
+    ],
+)
+async def test_subresources_of_a_locked_pod_are_denied(
+    addon: KlockProxy, method: str, path: str, ctype: str | None, body: bytes
+) -> None:
+    flow = make_flow(method, path, body, ctype)
+    await run(addon, flow)
+    status = denied(flow)
+    assert status["details"]["name"] == "my-pod"
+
+
+async def test_deletecollection_with_a_field_selector_is_listed_with_it(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    path = "/api/v1/namespaces/default/pods"
+    upstream.lists[path] = [pod("my-pod", {"aura": "red"})]
+    flow = make_flow("DELETE", path + "?fieldSelector=metadata.name%3Dmy-pod")
+    await run(addon, flow)
+    denied(flow)
+    assert any(c[0] == "list" and c[1] == path for c in upstream.calls)
+
+
+async def test_namespace_freeze_covers_every_object(addon: KlockProxy) -> None:
+    # A Lock without a matcher freezes every object of its namespace, secrets included.
+    patch = json.dumps({"data": {"password": "b3duZWQ="}}).encode()
+    flow = make_flow("PATCH", SECRET, patch, MERGE)
+    await run(addon, flow)
+    denied(flow, "map[]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Who is calling: the identity behind the exemption
+
+
+async def test_impersonation_header_case_and_cache(addon: KlockProxy, upstream: WhoAmI) -> None:
+    # Admin is refused; the same token impersonating jonny-op (any header case) is exempt;
+    # then admin again must not ride jonny-op's cached identity.
+    as_admin = make_flow("PATCH", MY_POD, merge_patch({"x": "1"}), MERGE)
+    await run(addon, as_admin)
+    denied(as_admin)
+
+    for header in ("Impersonate-User", "IMPERSONATE-USER", "impersonate-user"):
+        as_jonny = make_flow(
+            "PATCH",
+            MY_POD,
+            merge_patch({"x": "1"}),
+            MERGE,
+            headers=[("Authorization", "Bearer caller-token"), (header, JONNY.username)],
+        )
+        await run(addon, as_jonny)
+        assert forwarded(as_jonny), header
+
+    again = make_flow("PATCH", MY_POD, merge_patch({"x": "2"}), MERGE)
+    await run(addon, again)
+    denied(again)
+
+
+async def test_extra_impersonation_headers_change_the_cache_key(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    base = [("Authorization", "Bearer caller-token"), ("Impersonate-User", JONNY.username)]
+    first = make_flow("PATCH", MY_POD, merge_patch({"x": "1"}), MERGE, headers=base)
+    await run(addon, first)
+    assert forwarded(first)
+    reviews = sum(1 for c in upstream.calls if c[0] == "ssr")
+    for extra in (
+        ("Impersonate-Group", "system:masters"),
+        ("Impersonate-Uid", "1234"),
+        ("Impersonate-Extra-Scopes", "view"),
+    ):
+        flow = make_flow("PATCH", MY_POD, merge_patch({"x": "1"}), MERGE, headers=[*base, extra])
+        await run(addon, flow)
+        now = sum(1 for c in upstream.calls if c[0] == "ssr")
+        assert now == reviews + 1, f"{extra[0]} did not trigger a new SelfSubjectReview"
+        reviews = now
+        ssr = [c for c in upstream.calls if c[0] == "ssr"][-1]
+        assert ssr[2][extra[0]] == [extra[1]]
+
+
+async def test_a_second_bearer_token_is_a_different_identity(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    jonny = make_flow(
+        "PATCH",
+        MY_POD,
+        merge_patch({"x": "1"}),
+        MERGE,
+        headers=[("Authorization", "Bearer t1"), ("Impersonate-User", JONNY.username)],
+    )
+    await run(addon, jonny)
+    assert forwarded(jonny)
+    # Same Impersonate-User value but as a second header value: not the cached entry.
+    doubled = make_flow(
+        "PATCH",
+        MY_POD,
+        merge_patch({"x": "1"}),
+        MERGE,
+        headers=[
+            ("Authorization", "Bearer t1"),
+            ("Impersonate-User", JONNY.username),
+            ("Impersonate-User", "admin"),
+        ],
+    )
+    await run(addon, doubled)
+    ssr = [c for c in upstream.calls if c[0] == "ssr"]
+    assert len(ssr) == 2
+    assert ssr[-1][2]["Impersonate-User"] == [JONNY.username, "admin"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Failing closed: lookups that do not give a usable answer
+
+
+@pytest.mark.parametrize(
+    "current",
+    [
+        {"metadata": {"name": "other-pod", "labels": {"aura": 1}}},
+        {"metadata": {"name": "other-pod", "labels": ["aura"]}},
+        {"metadata": "other-pod"},
+    ],
+)
+async def test_garbage_current_object_fails_closed(
+    addon: KlockProxy, upstream: WhoAmI, current: dict[str, Any]
+) -> None:
+    upstream.objects[OTHER_POD] = current
+    flow = make_flow("PATCH", OTHER_POD, merge_patch({"x": "y"}), MERGE)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (500, 503)
+
+
+async def test_garbage_deletecollection_item_fails_closed(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    path = "/api/v1/namespaces/default/pods"
+    upstream.lists[path] = [{"metadata": {"name": "p", "labels": {"aura": ["red"]}}}]
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (500, 503)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: refusals are logged without tokens or query strings
+
+
+async def test_refusals_log_neither_tokens_nor_queries(
+    addon: KlockProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    headers = [("Authorization", "Bearer s3cr3t-t0ken"), ("Impersonate-User", "admin")]
+    for method, path, body, ctype in (
+        ("DELETE", MY_POD + "?token=q-s3cr3t", b"", None),
+        ("PATCH", OTHER_POD + "?x=q-s3cr3t", b"{not json", MERGE),
+        ("DELETE", MY_POD + "%2F?x=q-s3cr3t", b"", None),
+    ):
+        flow = make_flow(method, path, body, ctype, headers=headers)
+        await run(addon, flow)
+        assert flow.response is not None
+    assert "s3cr3t" not in caplog.text
