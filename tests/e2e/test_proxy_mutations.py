@@ -430,3 +430,23 @@ def test_a_lock_without_matcher_freezes_the_namespace(
     locks.remove("freeze")
     assert_ok(proxy.kubectl(*argv, namespace=namespace))
     assert "frozen" in kubectl("get", "all,configmaps", "-o", "name", namespace=namespace).stdout
+
+
+@pytest.mark.parametrize(
+    ("start", "change"),
+    [("red", "aura-"), ("red", "aura=blue"), ("blue", "aura=red")],
+    ids=["remove the locked label", "relabel away", "relabel into the lock"],
+)
+def test_an_update_is_judged_on_old_and_new_labels(
+    start: str, change: str, proxy: Proxy, red_lock: Locks, kubectl: Kubectl, namespace: str
+) -> None:
+    """Escaping a lock by relabelling, or pulling an object under one, are both refused."""
+    kubectl(
+        "run", "pod", "--image=nginx", f"--labels=aura={start}", namespace=namespace, check=True
+    )
+    result = proxy.kubectl("label", "pod", "pod", change, "--overwrite", namespace=namespace)
+    assert_denied(result, "map[aura:red]")
+    assert (
+        kubectl.json("get", "pod", "pod", namespace=namespace)["metadata"]["labels"]["aura"]
+        == start
+    )
