@@ -573,3 +573,17 @@ async def test_wrongly_typed_objects_are_bad_requests(
     assert answer["kind"] == "Status"
     status, _ = await client.request("GET", CMS)
     assert status == 200
+
+
+async def test_a_watch_whose_client_left_is_released(sandbox: Sandbox, client: Client) -> None:
+    headers = {"Authorization": f"Bearer {client.token}"}
+    url = f"{sandbox.url}{CMS}?watch=true"
+    async with client.session.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        assert sandbox.store.watcher_count == 1
+    # the client is gone and nothing happens on configmaps: the server notices by itself
+    for _ in range(200):
+        if not sandbox.store.watcher_count:
+            break
+        await asyncio.sleep(0.05)
+    assert sandbox.store.watcher_count == 0

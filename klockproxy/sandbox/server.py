@@ -60,6 +60,7 @@ PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 YAML_TYPE = "application/yaml"
 ADMIN_USER = UserInfo("admin", uid="admin", groups=("system:masters", "system:authenticated"))
 LOG_INTERVAL = 0.5
+WATCH_CHECK_INTERVAL = 2.0
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 CONNECT_SUBRESOURCES = ("exec", "attach", "portforward", "proxy")
@@ -662,13 +663,19 @@ class SandboxServer:
                 }
                 await response.write(encode("BOOKMARK", bookmark))
             while not self.stopping.is_set():
-                timeout = None if deadline is None else deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    break
+                timeout = WATCH_CHECK_INTERVAL
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
+                    if timeout <= 0:
+                        break
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), timeout=timeout)
                 except TimeoutError:
-                    break
+                    # Quiet resource: notice a client that left instead of waiting forever.
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break
+                    continue
                 if item is None:
                     if watcher.overflowed:
                         status = failure(410, "the watch fell too far behind", "Expired")

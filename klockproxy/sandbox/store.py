@@ -216,6 +216,10 @@ class Store:
         self._watchers.add(w)
         return w, backlog
 
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
     def unwatch(self, w: Watcher) -> None:
         self._watchers.discard(w)
 
