@@ -1,6 +1,6 @@
 """Fixtures and helpers for the proxy end-to-end tests (no tests of its own).
 
-One ``klockproxy`` local-mode proxy per test session, in front of the ``kube_target`` (the
+One ``klockproxy`` local-mode proxy per test module, in front of the ``kube_target`` (the
 sandbox, or a real cluster via KLOCKPROXY_E2E_KUBECONFIG), with BOTH lock sources: the cluster
 (Locks created with kubectl) and a lock directory (Locks written as files). Each test works
 in a fresh namespace and puts its Locks there, so tests never see each other's locks.
@@ -133,7 +133,9 @@ class Locks:
             path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
+# Module scope: mitmproxy keeps its master in process-wide state (mitmproxy.ctx), so two
+# embedded proxies must never run at the same time in one test process.
+@pytest.fixture(scope="module")
 def proxy(
     kube_target: KubeTarget,
     kubectl: Kubectl,
