@@ -1115,6 +1115,8 @@ class SandboxServer:
             raw = await self._read_body(request)
             body = self._decode(raw, request.content_type, rt) if raw.strip() else {}
             options = body.get("deleteOptions") or {}
+            if not isinstance(options, dict):
+                raise BadRequestError("deleteOptions must be an object")
             self._delete(request, rt, namespace, route.name, options)
             return _json_response(success(), 201)
         if sub == "token":
@@ -1138,6 +1140,10 @@ class SandboxServer:
             raw = await self._read_body(request)
             new = self._apply_patch(rt, obj, raw, request.headers.get("Content-Type", ""))
         if sub == "ephemeralcontainers":
+            if not isinstance(new.get("spec") or {}, dict) or not isinstance(
+                new.get("metadata") or {}, dict
+            ):
+                raise BadRequestError("spec and metadata must be objects")
             merged = _copy(obj)
             merged.setdefault("spec", {})["ephemeralContainers"] = (new.get("spec") or {}).get(
                 "ephemeralContainers"
@@ -1199,7 +1205,11 @@ class SandboxServer:
                 raise UnsupportedMediaTypeError(str(e)) from e
             except PatchError as e:
                 raise BadRequestError(str(e)) from e
-        replicas = (new_scale.get("spec") or {}).get("replicas")
+        scale_spec = new_scale.get("spec") or {}
+        scale_meta = new_scale.get("metadata") or {}
+        if not isinstance(scale_spec, dict) or not isinstance(scale_meta, dict):
+            raise BadRequestError("the Scale spec and metadata must be objects")
+        replicas = scale_spec.get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
             raise InvalidError(
                 "Scale",
@@ -1216,9 +1226,9 @@ class SandboxServer:
             )
         new = _copy(obj)
         new["spec"]["replicas"] = replicas
-        new["metadata"]["resourceVersion"] = (new_scale.get("metadata") or {}).get(
-            "resourceVersion", ""
-        ) or obj["metadata"]["resourceVersion"]
+        new["metadata"]["resourceVersion"] = (
+            scale_meta.get("resourceVersion", "") or obj["metadata"]["resourceVersion"]
+        )
         stored = self._merge_update(request, rt, obj, new)
         return _json_response(self._scale_of(stored))
 
