@@ -394,8 +394,11 @@ class LocalProxy:
         addrs = [a for server in ps.servers if server.is_running for a in server.listen_addrs]
         failed = [server for server in ps.servers if not server.is_running]
         if failed or not addrs:
-            reasons = "; ".join(str(server.last_exception) for server in failed)
-            raise ConfigError(f"cannot listen on {host}:{port}: {reasons or 'no address'}")
+            reasons = "; ".join(_bind_error(server.last_exception) for server in failed)
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {reasons or 'no address'} "
+                "(choose another address with --listen)"
+            )
         bound_port = int(addrs[0][1])
         self.url = f"https://{_url_host(host)}:{bound_port}"
 
@@ -440,6 +443,13 @@ class LocalProxy:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
+
+
+def _bind_error(exc: BaseException | None) -> str:
+    # mitmproxy's own message suggests a `--mode ...@PORT` flag klockproxy does not have.
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) if exc else "unknown error"
 
 
 def _cert_hosts(host: str) -> list[str]:

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -313,3 +314,32 @@ def test_proxy_thread_forwards_with_a_client_certificate(
         assert created.returncode == 0, created.stderr
     # Stopped: the per-run copies of the credentials are gone from the state directory.
     assert not list((tmp_path / "state").glob("run-*"))
+
+
+def test_serve_says_when_the_address_is_taken(
+    sandbox_thread: SandboxThread, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "klockproxy",
+                "serve",
+                f"--kubeconfig={sandbox_thread.sandbox.kubeconfig_path}",
+                f"--listen=127.0.0.1:{port}",
+                "--locks",
+                "cluster",
+                f"--write-kubeconfig={tmp_path / 'out'}",
+                f"--state-dir={tmp_path / 'state'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"klockproxy: cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
+    assert not (tmp_path / "out").exists()
