@@ -14,9 +14,10 @@ For every request (see docs/ARCHITECTURE.md and issue 4):
 * an allowed write whose decision depended on the current object is made conditional on the
   checked ``resourceVersion`` (DeleteOptions preconditions, ``metadata.resourceVersion``, a
   JSON-patch ``test``; protobuf bodies get the fields appended, which protobuf merges), so a
-  concurrent relabel makes it fail with 409 instead of slipping past a lock. This is done for every covered write judged against an existing object, not
-  only when a lock matched it: a relabel racing an allowed write could just as well make a
-  lock match. deletecollection cannot carry a precondition (documented limitation);
+  concurrent relabel makes it fail with 409 instead of slipping past a lock. This is done for
+  every covered write judged against an existing object, not only when a lock matched it: a
+  relabel racing an allowed write could just as well make a lock match. deletecollection
+  cannot carry a precondition (documented limitation);
 * everything fails closed: no locks loaded yet, lookups failing (other than 404), bodies that
   cannot be decoded -> a Status saying why; reads keep flowing.
 
@@ -1097,12 +1098,19 @@ def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) ->
         req.content = _protobuf_guard(body, verb, rv, uid)
         return
     if verb == "delete" or (verb == "create" and info.subresource == "eviction"):
+        what = "Eviction body" if verb == "create" else "DeleteOptions body"
         if body.strip():
-            doc = _load_document(body, ctype, "DeleteOptions body")
+            doc = _load_document(body, ctype, what)
+        elif verb == "create":
+            doc = {
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": info.name, "namespace": info.namespace},
+            }
         else:
             doc = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if not isinstance(doc, dict):
-            raise Refusal(failure(400, "klockproxy: the DeleteOptions body is not an object"))
+            raise Refusal(failure(400, f"klockproxy: the {what} is not an object"))
         target = doc
         if verb == "create":
             opts = doc.get("deleteOptions")

@@ -797,6 +797,19 @@ async def test_eviction_is_a_delete_of_the_pod(addon: KlockProxy, upstream: Fake
     assert sent["kind"] == "Eviction"
 
 
+async def test_bodyless_eviction_gets_an_eviction_body(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.user = JONNY
+    flow = make_flow("POST", MY_POD + "/eviction", headers=AS_JONNY)
+    await run(addon, flow)
+    assert flow.response is None
+    sent = json.loads(flow.request.content or b"")
+    assert sent["kind"] == "Eviction"
+    assert sent["metadata"] == {"name": "my-pod", "namespace": "default"}
+    assert sent["deleteOptions"]["preconditions"]["resourceVersion"] == "42"
+
+
 async def test_exec_is_a_connect_on_the_pod(addon: KlockProxy, upstream: FakeUpstream) -> None:
     flow = make_flow(
         "GET",
