@@ -38,7 +38,7 @@ from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.kubeconfig import write_kubeconfig
 from klockproxy.sandbox import auth as sandbox_auth
-from klockproxy.sandbox import discovery, objects, openapi, reviews, tables
+from klockproxy.sandbox import discovery, objects, openapi, reviews, schema, tables
 from klockproxy.sandbox.errors import (
     ApiError,
     BadRequestError,
@@ -747,6 +747,7 @@ class SandboxServer:
             namespace,
             manager=request.query.get("fieldManager") or "unknown",
             dry_run=_dry_run(request),
+            field_validation=request.query.get("fieldValidation", ""),
         )
         return obj
 
@@ -759,6 +760,7 @@ class SandboxServer:
         manager: str,
         dry_run: bool = False,
         operation: str = "Update",
+        field_validation: str = "",
     ) -> Obj:
         obj = _copy(body)
         obj["apiVersion"] = rt.api_version
@@ -772,7 +774,7 @@ class SandboxServer:
             meta.pop("namespace", None)
         for k in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(k, None)
-        self._validate(rt, obj)
+        self._validate(rt, obj, field_validation)
         if rt.kind == "Secret" and rt.builtin:
             objects.stringdata_to_data(obj)
         self._check_namespace(rt, namespace)
@@ -802,7 +804,22 @@ class SandboxServer:
         return stored
 
     @staticmethod
-    def _validate(rt: ResourceType, obj: Obj) -> None:
+    def _validate(rt: ResourceType, obj: Obj, field_validation: str = "") -> None:
+        """Check ``obj`` (422 Invalid, 400 for wrong types); custom resources are pruned to
+        their schema in place, and unknown fields refused with ``fieldValidation=Strict``."""
+        if rt.schema is not None:
+            pruned, result = schema.prune_and_validate(rt.schema, obj)
+            if result.unknown and field_validation == "Strict":
+                fields = ", ".join(f'unknown field "{f}"' for f in result.unknown)
+                raise BadRequestError(
+                    f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                    f"strict decoding error: {fields}"
+                )
+            if result.causes:
+                name = str((obj.get("metadata") or {}).get("name", ""))
+                raise InvalidError(rt.kind, name, result.causes, group=rt.group)
+            obj.clear()
+            obj.update(pruned)
         objects.check_shape(rt, obj)
         try:
             objects.validate(rt, obj)
@@ -890,7 +907,7 @@ class SandboxServer:
                 obj["status"] = _copy(old["status"])
             else:
                 obj.pop("status", None)
-        self._validate(rt, obj)
+        self._validate(rt, obj, request.query.get("fieldValidation", ""))
         if rt.kind == "Secret" and rt.builtin:
             objects.stringdata_to_data(obj)
         if rt.has_spec:
@@ -1001,6 +1018,7 @@ class SandboxServer:
                 manager=request.query.get("fieldManager") or "unknown",
                 dry_run=_dry_run(request),
                 operation="Apply",
+                field_validation=request.query.get("fieldValidation", ""),
             )
             return created, True
         patched = self._apply_patch(rt, old, raw, content_type)

@@ -623,6 +623,20 @@ def test_crd_flow_locks(kubectl: Kubectl, namespace: str, lock_crd: None) -> Non
     )
     assert patched.returncode == 0, patched.stderr
     assert kubectl.json("get", "lock", "lockred", namespace=n)["spec"]["operations"] == ["DELETE"]
+    typo = kubectl("apply", "-f", "-", input=LOCK.replace("matcher:", "matchr:"), namespace=n)
+    assert typo.returncode == 1
+    assert 'strict decoding error: unknown field "spec.matchr"' in typo.stderr
+    wrong_type = kubectl(
+        "patch",
+        "lock",
+        "lockred",
+        "--type=merge",
+        "-p",
+        '{"spec":{"operations":"DELETE"}}',
+        namespace=n,
+    )
+    assert wrong_type.returncode == 1
+    assert "spec.operations in body must be of type array" in wrong_type.stderr
     deleted = kubectl("delete", "lock", "lockred", namespace=n)
     assert deleted.returncode == 0, deleted.stderr
     assert not kubectl.exists("lock", "lockred", namespace=n)
