@@ -162,12 +162,13 @@ async def run_load(
     make: Callable[[aiohttp.ClientSession, str, int], Awaitable[None]],
     concurrency: int,
     seconds: float,
-) -> Result:
+) -> tuple[float, list[float]]:
+    """Drive ``make`` with ``concurrency`` workers for ``seconds``: (req/s, latencies in s)."""
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=target.ssl)
     headers = {"Authorization": f"Bearer {target.token}", "Accept": "application/json"}
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        # Warm up: connections, discovery of nothing, caches.
+        # Warm up: connections, caches (the proxy's identity cache included).
         for i in range(concurrency * 3):
             await make(session, target.url, i)
         stop_at = time.perf_counter() + seconds
@@ -184,11 +185,16 @@ async def run_load(
         t_start = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - t_start
-    latencies.sort()
+    return len(latencies) / elapsed, latencies
+
+
+def summarize(rounds: list[tuple[float, list[float]]]) -> Result:
+    """Median req/s over the rounds; percentiles over every request of every round."""
+    latencies = sorted(lat for _, lats in rounds for lat in lats)
     return Result(
-        rps=len(latencies) / elapsed,
+        rps=statistics.median(rps for rps, _ in rounds),
         p50_ms=statistics.median(latencies) * 1000,
-        p99_ms=latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        p99_ms=latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
     )
 
 
@@ -279,7 +285,11 @@ def kubeconfig_token_and_ca(path: Path) -> tuple[str, bytes]:
     return str(user["token"]), ca
 
 
-async def measure(targets: list[Target], seconds: float) -> dict[tuple[str, str, int], Result]:
+async def measure(
+    targets: list[Target], seconds: float, rounds: int
+) -> dict[tuple[str, str, int], Result]:
+    """Every operation x concurrency x target. The targets take turns, round after round,
+    so that load from elsewhere on the machine hits all of them alike."""
     ops = {
         "GET one object": op_get(OPEN_NS),
         f"LIST of {LIST_SIZE}": op_list(OPEN_NS),
@@ -289,9 +299,12 @@ async def measure(targets: list[Target], seconds: float) -> dict[tuple[str, str,
     results: dict[tuple[str, str, int], Result] = {}
     for op_name, op in ops.items():
         for conc in (1, 16):
+            samples: dict[str, list[tuple[float, list[float]]]] = {t.name: [] for t in targets}
+            for _ in range(rounds):
+                for t in targets:
+                    samples[t.name].append(await run_load(t, op, conc, seconds / rounds))
             for t in targets:
-                results[(op_name, t.name, conc)] = await run_load(t, op, conc, seconds)
-                r = results[(op_name, t.name, conc)]
+                r = results[(op_name, t.name, conc)] = summarize(samples[t.name])
                 print(
                     f"  {op_name:36} c={conc:<2} {t.name:10} {r.rps:8.0f} req/s "
                     f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms",
@@ -355,9 +368,13 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="per operation, concurrency and target"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="turns the targets take")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="klockproxy-bench-"))
     children: dict[str, Child] = {}
     try:
@@ -422,9 +439,12 @@ def main() -> int:
 
         targets = [direct, mitm, klock]
         print(f"# klockproxy benchmark — {machine()}", file=sys.stderr)
-        results = asyncio.run(measure(targets, args.seconds))
+        results = asyncio.run(measure(targets, args.seconds, args.rounds))
         mem = asyncio.run(memory(children, {t.name: t for t in targets}))
-        print(f"\nMachine: {machine()}; {args.seconds:.0f} s per measurement.\n")
+        print(
+            f"\nMachine: {machine()}; {args.seconds:.0f} s per measurement in "
+            f"{args.rounds} rounds; 1-min load average at start: {load_before:.2f}.\n"
+        )
         print(table(targets, results))
         print()
         print("\n".join(mem))
