@@ -314,7 +314,7 @@ class SandboxServer:
             attrs = Attributes(verb, path=request.path, is_resource_request=False)
             decision = self.authorizer.authorize(user, attrs)
             if not decision.allowed:
-                raise forbidden_error(user.username, attrs)
+                raise forbidden_error(user.username, attrs, decision.reason)
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowedError()
             return self._non_resource(route, request)
@@ -338,7 +338,7 @@ class SandboxServer:
         decision = self.authorizer.authorize(user, attrs)
         if not decision.allowed:
             logger.info("forbidden: %s %s %s", user.username, verb, rt.group_resource)
-            raise forbidden_error(user.username, attrs)
+            raise forbidden_error(user.username, attrs, decision.reason)
         return await self._dispatch(request, route, rt, verb, user)
 
     def _verb(self, request: web.Request, route: Route) -> str:
