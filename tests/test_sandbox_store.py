@@ -177,3 +177,14 @@ async def test_selector_watch_sees_objects_enter_and_leave() -> None:
         assert ev is not None
         seen.append(ev.as_seen_by(match))
     assert seen == [None, ADDED, MODIFIED, DELETED]
+
+
+async def test_dropping_a_resource_ends_its_watches() -> None:
+    store = Store()
+    store.put("example.com", "widgets", _obj("w"))
+    watcher, _ = store.watch("example.com", "widgets", None, None)
+    store.drop_resource("example.com", "widgets")
+    deleted = await asyncio.wait_for(watcher.queue.get(), 5)
+    assert deleted is not None and deleted.type == DELETED
+    assert await asyncio.wait_for(watcher.queue.get(), 5) is None
+    assert store.watcher_count == 0

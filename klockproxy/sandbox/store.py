@@ -165,6 +165,9 @@ class Store:
             if gone is not None:
                 removed.append(gone)
         self._objects.pop((group, resource), None)
+        for w in [w for w in self._watchers if (w.group, w.resource) == (group, resource)]:
+            self._watchers.discard(w)
+            w.queue.put_nowait(None)
         return removed
 
     def namespaced_resources(self) -> builtins.list[tuple[str, str]]:
