@@ -1330,6 +1330,9 @@ class SandboxServer:
 # ---------------------------------------------------------------------- serving
 
 
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
 def _load_token(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
@@ -1396,7 +1399,10 @@ class Sandbox:
         return path.read_bytes() if path.exists() else None
 
     def _ssl_context(self) -> ssl.SSLContext:
-        cert_pem, key_pem = self.ca.issue_server(["127.0.0.1", "localhost", "::1"])
+        hosts = ["127.0.0.1", "localhost", "::1"]
+        if self.host not in (*hosts, *_WILDCARD_HOSTS):
+            hosts.append(self.host)
+        cert_pem, key_pem = self.ca.issue_server(hosts)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory(prefix="klockproxy-sandbox-") as tmp:
             cert_path = Path(tmp) / "tls.crt"
@@ -1438,7 +1444,9 @@ class Sandbox:
         self._runner = runner
         address = runner.addresses[0]
         self.port = int(address[1])
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        # Clients of a sandbox listening on every interface connect through loopback.
+        client_host = "127.0.0.1" if self.host in _WILDCARD_HOSTS else self.host
+        host = f"[{client_host}]" if ":" in client_host else client_host
         self.url = f"https://{host}:{self.port}"
         server.server_address = f"{host}:{self.port}"
         logger.info("sandbox API server listening on %s", self.url)
