@@ -521,6 +521,8 @@ def test_logs_and_logs_follow(kubectl: Kubectl, namespace: str) -> None:
     kubectl(
         "wait", "--for=condition=Ready", "pod/talker", "--timeout=120s", namespace=n, check=True
     )
+    # a real container may not have written its first line the instant it is Ready
+    _wait_for(lambda: bool(kubectl("logs", "talker", namespace=n, check=True).stdout.strip()))
     logs = kubectl("logs", "talker", namespace=n, check=True)
     assert logs.stdout.strip(), "no log lines"
     follower = kubectl.popen("logs", "-f", "talker", namespace=n)
