@@ -102,7 +102,7 @@ def test_logs_follow_streams_lines_while_running(
     if not kube_target.is_sandbox:
         kubectl(
             "wait", "--for=condition=Ready", "pod/ticker", "--timeout=120s",
-            namespace=namespace, check=True,
+            namespace=namespace, check=True, timeout=150,
         )  # fmt: skip
     follow = proxy.kubectl.popen("logs", "-f", "ticker", namespace=namespace)
     running.append(follow)
