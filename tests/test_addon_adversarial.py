@@ -8,13 +8,15 @@ reason, message) or, for allowed requests, what is forwarded to the API server.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+from aiohttp import web
 from mitmproxy.test import taddons
 
 from klockproxy.addon import KlockProxy
@@ -27,6 +29,7 @@ from klockproxy.core.protobuf import (
     encode_string_field,
 )
 from klockproxy.core.types import UserInfo
+from klockproxy.upstream import Upstream, UpstreamConfig
 from tests.test_addon import (
     ADMIN,
     JONNY,
@@ -687,3 +690,104 @@ async def test_refusals_log_neither_tokens_nor_queries(
         await run(addon, flow)
         assert flow.response is not None
     assert "s3cr3t" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Failing closed with the real Upstream client against a misbehaving API server
+
+
+RED_POD_JSON = json.dumps(pod("my-pod", {"aura": "red"})).encode()
+FREE_POD_JSON = json.dumps(pod("other-pod", {})).encode()
+
+
+def _answer(
+    kind: str, release: asyncio.Event
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if kind == "html":
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if kind == "list":
+            return web.json_response([])
+        if kind == "500":
+            return web.Response(status=500, text="<html>Internal Server Error</html>")
+        if kind == "401":
+            return web.json_response({"kind": "Status", "message": "Unauthorized"}, status=401)
+        if kind == "403":
+            return web.json_response(
+                {"kind": "Status", "message": 'pods "my-pod" is forbidden: User "x"'}, status=403
+            )
+        if kind == "slow":
+            await release.wait()
+        if kind == "truncated":
+            resp = web.StreamResponse(headers={"Content-Length": "1000"})
+            await resp.prepare(request)
+            await resp.write(b'{"metadata":')
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if kind == "redirect":
+            # Elsewhere: an unlocked object. The lookup must not follow it.
+            raise web.HTTPFound("/api/v1/namespaces/default/pods/other-pod")
+        if request.path.endswith("/other-pod"):
+            return web.Response(body=FREE_POD_JSON, content_type="application/json")
+        return web.Response(body=RED_POD_JSON, content_type="application/json")
+
+    return handle
+
+
+@pytest.fixture
+async def misbehaving() -> AsyncIterator[Callable[[str], Awaitable[Upstream]]]:
+    runners: list[web.AppRunner] = []
+    clients: list[Upstream] = []
+    release = asyncio.Event()
+
+    async def start(kind: str) -> Upstream:
+        app = web.Application()
+        app.router.add_route("*", "/api/v1/namespaces/default/pods/my-pod", _answer(kind, release))
+        app.router.add_route(
+            "*", "/api/v1/namespaces/default/pods/other-pod", _answer("ok", release)
+        )
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        client = Upstream(UpstreamConfig(server=f"http://127.0.0.1:{port}"), timeout=0.5)
+        clients.append(client)
+        return client
+
+    yield start
+    release.set()
+    for client in clients:
+        await client.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        ("html", 503),
+        ("list", 503),
+        ("500", 503),
+        ("401", 401),
+        ("403", 403),
+        ("slow", 503),
+        ("truncated", 503),
+    ],
+)
+async def test_lookup_failures_of_the_real_client_fail_closed(
+    misbehaving: Callable[[str], Awaitable[Upstream]], kind: str, code: int
+) -> None:
+    client = await misbehaving(kind)
+    engine = Engine(load_locks_from_text(LOCKS, source="test"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=client)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("PATCH", OTHER_POD.replace("other-pod", "my-pod"), b"{}", MERGE)
+        await run(proxy, flow)
+        status = status_of(flow)
+        assert status["code"] == code, status
+        assert status["message"].startswith("klockproxy: ")
+        assert "caller-token" not in status["message"]
