@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from klockproxy.lock_sources import FileLockSource
 from tests.e2e import test_proxy_support as support
 from tests.e2e.kube import Kubectl
 from tests.e2e.test_proxy_support import (
@@ -153,3 +154,24 @@ def test_jonny_needs_the_role_binding(proxy: Proxy, kubectl: Kubectl, namespace:
     assert "forbidden" in result.stderr.lower()
     assert "cannot list resource" in result.stderr
     assert "there is a lock" not in result.stderr
+
+
+def test_an_invalid_lock_file_edit_keeps_the_lock(
+    proxy: Proxy, locks: Locks, kubectl: Kubectl, namespace: str
+) -> None:
+    """A mistyped save of the lock file must not unlock anything: the last good set stays."""
+    setup_scenario(kubectl, namespace)
+    add_lockred(locks, "file")
+    path = proxy.lock_dir / f"{namespace}-lockred.yaml"
+    lock_set = proxy.thread.proxy.lock_set
+    assert lock_set is not None
+    source = next(s for s in lock_set.sources if isinstance(s, FileLockSource))
+    path.write_text(path.read_text().replace("UPDATE", "UPDAET"))
+    proxy.wait(lambda _: source.last_error is not None, "the invalid edit")
+    assert source.last_error is not None and "UPDAET" in source.last_error
+    assert_denied(proxy.kubectl("label", "pod", "my-pod", "x=y", namespace=namespace))
+    assert "x" not in labels(kubectl, namespace, "pod", "my-pod")
+    # Fixed: reloaded, still enforced.
+    path.write_text(path.read_text().replace("UPDAET", "UPDATE"))
+    proxy.wait(lambda _: source.last_error is None, "the fixed file")
+    assert_denied(proxy.kubectl("label", "pod", "my-pod", "x=y", namespace=namespace))
