@@ -40,17 +40,25 @@ import hmac
 import json
 import logging
 import os.path
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import mitmproxy.proxy.server
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_lock_resource
+from klockproxy.core.engine import (
+    DENIAL_PREFIX,
+    Decision,
+    Engine,
+    is_exempt,
+    is_lock_resource,
+    who_may,
+)
 from klockproxy.core.errors import (
     ClassificationError,
     ConfigError,
@@ -80,7 +88,7 @@ from klockproxy.core.protobuf import (
     encode_unknown,
     unwrap_unknown,
 )
-from klockproxy.core.requests import RequestInfo, classify
+from klockproxy.core.requests import CONNECT_SUBRESOURCES, RequestInfo, classify
 from klockproxy.core.status import Status, StatusDetails, failure, to_bytes
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 from klockproxy.identity import IdentityResolver, is_auth_header
@@ -101,9 +109,16 @@ _PASS = "pass"
 _JUDGE = "judge"
 _ANSWERED = "answered"
 
-# mitmproxy options the lookups default to (upstream address, CA, client certificate).
+# mitmproxy options the addon reads: what the lookups default to (upstream address, CA,
+# client certificate), and stream_large_bodies (refused, see _parse_options).
 _FOREIGN_OPTIONS = frozenset(
-    {"mode", "ssl_verify_upstream_trusted_ca", "client_certs", "ssl_insecure"}
+    {
+        "mode",
+        "ssl_verify_upstream_trusted_ca",
+        "client_certs",
+        "ssl_insecure",
+        "stream_large_bodies",
+    }
 )
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON_TYPES = frozenset({"", "application/json"})
@@ -149,9 +164,20 @@ class Lookups(Protocol):
 class Refusal(KlockProxyError):
     """The request is answered by the proxy with ``status`` instead of being forwarded."""
 
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: Status, log_message: str | None = None) -> None:
         self.status = status
+        # What the proxy log says instead of the Status message, when that message may quote
+        # the request body (a YAML error shows the offending line: possibly a secret).
+        self.log_message = log_message
         super().__init__(status["message"])
+
+
+def _body_refusal(code: int, message: str) -> Refusal:
+    """A refusal whose detail (quoting the body) goes to the client, never to the log."""
+    return Refusal(
+        failure(code, message),
+        log_message=f"the request body could not be used (HTTP {code}; detail sent to the client)",
+    )
 
 
 @dataclass(frozen=True)
@@ -222,6 +248,50 @@ def collection_path(info: RequestInfo) -> str:
 def object_path(info: RequestInfo) -> str:
     """The URL path of the (parent) object the request acts on."""
     return f"{collection_path(info)}/{quote(info.name, safe='')}"
+
+
+def _connect_prefix_infos(method: str, raw_path: str) -> list[RequestInfo]:
+    """Readings of the path as ``<object>/<connect subresource>`` followed by an opaque tail.
+
+    ``classify`` refuses empty segments, ``%2F`` and the like anywhere, but after
+    ``.../pods/NAME/proxy`` the rest is the proxied path (``proxy/``, ``proxy/a//b`` are
+    routed by the API server), and ``exec/`` with a trailing slash still reaches exec. Each
+    prefix ending in a connect subresource word is classified on its own.
+    """
+    path, sep, query = raw_path.partition("?")
+    segments = path.split("/")
+    out = []
+    for i, segment in enumerate(segments):
+        if unquote(segment) not in CONNECT_SUBRESOURCES:
+            continue
+        prefix = "/".join(segments[: i + 1]) + (sep + query)
+        try:
+            info = classify(method, prefix)
+        except ClassificationError:
+            continue
+        if info.verb == "connect":
+            out.append(info)
+    return out
+
+
+def classify_request(method: str, raw_path: str) -> RequestInfo:
+    """``classify``, plus the connect subresources whose tail ``classify`` refuses.
+
+    Raises ClassificationError when the path has no reading the proxy can judge.
+    """
+    try:
+        return classify(method, raw_path)
+    except ClassificationError:
+        readings = _connect_prefix_infos(method, raw_path)
+        if readings:
+            return readings[0]
+        raise
+
+
+def may_be_connect(raw_path: str) -> bool:
+    """Whether any path segment names a connect subresource (then it is not a plain read)."""
+    path = raw_path.partition("?")[0]
+    return any(unquote(segment) in CONNECT_SUBRESOURCES for segment in path.split("/"))
 
 
 def _group_resource(info: RequestInfo) -> str:
@@ -435,6 +505,13 @@ class KlockProxy:
                 "klockproxy needs the API server: run in --mode reverse:https://API or set "
                 "klock_upstream"
             )
+        if "stream_large_bodies" in opts and opts.stream_large_bodies:
+            # mitmproxy would start forwarding a large body before the request hook, i.e.
+            # before a covered write is judged. Responses are streamed by the addon anyway.
+            raise ConfigError(
+                "klockproxy cannot judge writes whose bodies mitmproxy streams: unset "
+                "stream_large_bodies (the addon streams every response itself)"
+            )
         client_token = None
         if opts.klock_client_token_file:
             client_token = _read_secret(opts.klock_client_token_file, "the client token file")
@@ -541,15 +618,20 @@ class KlockProxy:
             return
         if mark == _PASS and self._streamable(req):
             req.stream = True
+        elif mark == _JUDGE:
+            # Another addon (StreamBodies) may have asked for streaming: a covered write must
+            # be complete before it is judged.
+            req.stream = False
 
     def _triage(self, flow: http.HTTPFlow) -> str:
         """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
         req = flow.request
         method = req.method.upper()
         try:
-            info = classify(method, req.path)
+            info = classify_request(method, req.path)
         except ClassificationError as e:
-            if method in _READ_METHODS:
+            # GET/HEAD/OPTIONS are reads, except on exec/attach/portforward/proxy (CONNECT).
+            if method in _READ_METHODS and not may_be_connect(req.path):
                 return _PASS
             self._answer(
                 flow,
@@ -570,6 +652,9 @@ class KlockProxy:
             # Server-side apply creates the object when it does not exist.
             ctype = media_type(req.headers.get("content-type", ""))
             covered = ctype == APPLY_PATCH and engine.covers(ns, Operation.CREATE)
+        if not covered and info.verb == "update" and not info.subresource:
+            # PUT creates the object for resources that allow create-on-update (leases...).
+            covered = engine.covers(ns, Operation.CREATE)
         return _JUDGE if covered else _PASS
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -663,7 +748,7 @@ class KlockProxy:
         if req.raw_content and "content-length" not in req.headers:
             req.headers["content-length"] = str(len(req.raw_content))
 
-    def _answer(self, flow: http.HTTPFlow, status: Status) -> None:
+    def _answer(self, flow: http.HTTPFlow, status: Status, log_message: str | None = None) -> None:
         flow.metadata[_MARK] = _ANSWERED
         flow.response = http.Response.make(
             status["code"], to_bytes(status), {"Content-Type": "application/json"}
@@ -674,14 +759,14 @@ class KlockProxy:
                 flow.request.method,
                 flow.request.path.split("?")[0],
                 status["code"],
-                status["message"],
+                log_message or status["message"],
             )
         else:
             logger.info(
                 "klockproxy: refused %s %s: %s",
                 flow.request.method,
                 flow.request.path.split("?")[0],
-                status["message"],
+                log_message or status["message"],
             )
 
     async def _probe(self, flow: http.HTTPFlow) -> Status | None:
@@ -716,7 +801,7 @@ class KlockProxy:
     async def _judge(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         try:
-            info = classify(req.method.upper(), req.path)
+            info = classify_request(req.method.upper(), req.path)
             engine = self._engine()
             if engine is None:
                 raise Refusal(self._not_ready())
@@ -724,14 +809,25 @@ class KlockProxy:
                 raise Refusal(failure(503, "klockproxy: no API server configured for lookups"))
             await self._check(flow, info, engine)
         except Refusal as r:
-            self._answer(flow, r.status)
-        except Exception:
-            # Fail closed on a bug rather than forward a write nobody judged.
-            logger.exception("klockproxy: internal error while checking locks")
+            self._answer(flow, r.status, r.log_message)
+        except Exception as e:
+            # Fail closed on a bug rather than forward a write nobody judged. The exception's
+            # message may quote request data: log its type and where it happened only.
+            where = "".join(traceback.format_tb(e.__traceback__))
+            logger.error(
+                "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
+            )
             self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
 
     async def _check(self, flow: http.HTTPFlow, info: RequestInfo, engine: Engine) -> None:
         headers = auth_headers(flow.request.headers)
+        if (
+            info.group == ""
+            and info.resource == "namespaces"
+            and info.verb == "delete"
+            and not info.subresource
+        ):
+            await self._check_namespace_delete(info, engine, headers)
         plan = await self._plan(flow.request, info, engine, headers)
         if plan is None:
             return
@@ -771,14 +867,44 @@ class KlockProxy:
         )
         if not caller_matters:
             return decisions
+        user = await self._resolve(headers)
+        return [engine.decide(replace(inp, user=user)) for inp in inputs]
+
+    async def _resolve(self, headers: Mapping[str, Sequence[str]]) -> UserInfo:
         assert self.identity is not None
         try:
-            user = await self.identity.resolve(headers)
+            return await self.identity.resolve(headers)
         except UpstreamStatusError as e:
             raise Refusal(self._lookup_failure("who is calling (SelfSubjectReview)", e)) from e
         except UpstreamError as e:
             raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
-        return [engine.decide(replace(inp, user=user)) for inp in inputs]
+
+    async def _check_namespace_delete(
+        self, info: RequestInfo, engine: Engine, headers: Mapping[str, Sequence[str]]
+    ) -> None:
+        """Deleting a namespace deletes every object in it, behind the proxy's back.
+
+        The namespace controller's deletions never pass the proxy, so any DELETE lock in the
+        namespace that applies to the caller refuses the namespace's deletion (even when it
+        matches no object right now: listing every resource type would be the alternative).
+        """
+        locks = [
+            lk
+            for lk in engine.locks
+            if lk.namespace == info.name and Operation.DELETE in lk.operations
+        ]
+        if not locks:
+            return
+        user = await self._resolve(headers) if any(lk.has_exclusive for lk in locks) else _NOBODY
+        applying = [lk for lk in locks if not is_exempt(lk, user)]
+        if not applying:
+            return
+        texts = [
+            f"{lk.matcher_text()} (Lock {lk.key} forbids DELETE in namespace {info.name}, and "
+            f"deleting the namespace deletes every object in it; {who_may(lk)})"
+            for lk in applying
+        ]
+        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
 
     def _lookup_failure(self, what: str, e: UpstreamStatusError) -> Status:
         if e.code in (401, 403):
@@ -918,6 +1044,17 @@ class KlockProxy:
         self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: Any
     ) -> _Plan:
         assert self.upstream is not None
+        for param in ("resourceVersion", "resourceVersionMatch"):
+            if info.query.get(param):
+                # The API server would delete what it lists at that (possibly old) version,
+                # while the proxy can only judge what exists now.
+                raise Refusal(
+                    failure(
+                        400,
+                        f"klockproxy: a lock covers this namespace; deletecollection with "
+                        f"{param} is not supported through klockproxy",
+                    )
+                )
         path = collection_path(info)
         label_selector = (info.query.get("labelSelector") or ("",))[0]
         field_selector = (info.query.get("fieldSelector") or ("",))[0]
@@ -944,8 +1081,8 @@ def _body(req: http.Request) -> bytes:
     try:
         body = req.get_content(strict=True)
     except ValueError as e:
-        raise Refusal(
-            failure(400, f"klockproxy: cannot decode the request body's Content-Encoding: {e}")
+        raise _body_refusal(
+            400, f"klockproxy: cannot decode the request body's Content-Encoding: {e}"
         ) from e
     return body or b""
 
@@ -955,11 +1092,8 @@ def _decode(req: http.Request) -> dict[str, Any]:
     try:
         return decode_body(_body(req), ctype)
     except DecodeError as e:
-        raise Refusal(
-            failure(
-                400,
-                f"klockproxy: a lock covers this request and its body cannot be read: {e}",
-            )
+        raise _body_refusal(
+            400, f"klockproxy: a lock covers this request and its body cannot be read: {e}"
         ) from e
 
 
@@ -969,10 +1103,10 @@ def _apply(
     try:
         return apply_patch(obj, body, ctype, kind_key=kind_key)
     except UnsupportedPatchError as e:
-        raise Refusal(failure(415, f"klockproxy: {e}")) from e
+        raise _body_refusal(415, f"klockproxy: {e}") from e
     except PatchError as e:
-        raise Refusal(
-            failure(400, f"klockproxy: a lock covers this request and its patch fails: {e}")
+        raise _body_refusal(
+            400, f"klockproxy: a lock covers this request and its patch fails: {e}"
         ) from e
 
 
@@ -1002,7 +1136,7 @@ def _load_document(body: bytes, ctype: str, what: str) -> Any:
                 raise ValueError(f"expected one YAML document, got {len(docs)}")
             return docs[0]
     except (ValueError, DecodeError) as e:
-        raise Refusal(failure(400, f"klockproxy: cannot read the {what}: {e}")) from e
+        raise _body_refusal(400, f"klockproxy: cannot read the {what}: {e}") from e
     raise Refusal(
         failure(
             415,
@@ -1031,7 +1165,7 @@ def _last_string(buf: bytes, number: int) -> str:
     return found.decode("utf-8", "replace")
 
 
-def _protobuf_guard(body: bytes, verb: str, rv: str, uid: str) -> bytes:
+def _protobuf_guard(body: bytes, info: RequestInfo, rv: str, uid: str) -> bytes:
     """Add the precondition to a protobuf body by appending fields (protobuf merges them).
 
     Field numbers from k8s.io/api: every object's ObjectMeta is field 1, its resourceVersion
@@ -1042,7 +1176,7 @@ def _protobuf_guard(body: bytes, verb: str, rv: str, uid: str) -> bytes:
     try:
         envelope = unwrap_unknown(body)
     except DecodeError as e:
-        raise Refusal(failure(400, f"klockproxy: cannot read the protobuf body: {e}")) from e
+        raise _body_refusal(400, f"klockproxy: cannot read the protobuf body: {e}") from e
     if envelope.content_encoding:
         raise Refusal(
             failure(
@@ -1052,31 +1186,57 @@ def _protobuf_guard(body: bytes, verb: str, rv: str, uid: str) -> bytes:
             )
         )
     raw = envelope.raw
+    verb = info.verb
     try:
         if verb == "update":
-            if _last_string(_merged_message(raw, 1), 6):
+            client_rv = _last_string(_merged_message(raw, 1), 6)
+            _check_client_value(info, client_rv, rv)
+            if client_rv:
                 return body
             raw += encode_len_field(1, encode_string_field(6, rv))
         else:
             options = _merged_message(raw, 2) if verb == "create" else raw
             pre = _merged_message(options, 2)
             add = b""
-            if not _last_string(pre, 2):
+            client_rv, client_uid = _last_string(pre, 2), _last_string(pre, 1)
+            _check_client_value(info, client_rv, rv)
+            if not client_rv:
                 add += encode_string_field(2, rv)
-            if uid and not _last_string(pre, 1):
-                add += encode_string_field(1, uid)
+            if uid:
+                _check_client_value(info, client_uid, uid)
+                if not client_uid:
+                    add += encode_string_field(1, uid)
             if not add:
                 return body
             added = encode_len_field(2, add)
             raw += encode_len_field(2, added) if verb == "create" else added
     except DecodeError as e:
-        raise Refusal(failure(400, f"klockproxy: cannot read the protobuf body: {e}")) from e
+        raise _body_refusal(400, f"klockproxy: cannot read the protobuf body: {e}") from e
     return encode_unknown(
         envelope.api_version,
         envelope.kind,
         raw,
         content_type=envelope.content_type,
     )
+
+
+def conflict(info: RequestInfo) -> Status:
+    """409 as the API server words an optimistic-concurrency failure."""
+    details: StatusDetails = {"group": info.group, "kind": info.resource}
+    if info.name:
+        details["name"] = info.name
+    return failure(
+        409,
+        f'Operation cannot be fulfilled on {_group_resource(info)} "{info.name}": the object '
+        "has been modified; please apply your changes to the latest version and try again",
+        details=details,
+    )
+
+
+def _check_client_value(info: RequestInfo, client: Any, checked: str) -> None:
+    """A precondition value the client set must be the one the proxy checked."""
+    if client not in (None, "") and client != checked:
+        raise Refusal(conflict(info))
 
 
 def _set_json(req: http.Request, value: Any, ctype: str) -> None:
@@ -1087,15 +1247,16 @@ def _set_json(req: http.Request, value: Any, ctype: str) -> None:
 def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) -> None:
     """Make the write conditional on the checked object version (409 if it changed).
 
-    A value the client already set is kept: if it differs, the API server conflicts anyway,
-    and replacing it would drop the client's own precondition.
+    A value the client already set is kept when it equals the checked one; when it differs
+    the proxy answers 409 itself: the object may have moved to exactly the client's version
+    since it was judged, which is the race this guard exists for.
     """
     verb = info.verb
     body = _body(req)
     ctype = req.headers.get("content-type", "")
     mtype = media_type(ctype)
     if mtype == PROTOBUF_CONTENT_TYPE and verb in ("delete", "create", "update"):
-        req.content = _protobuf_guard(body, verb, rv, uid)
+        req.content = _protobuf_guard(body, info, rv, uid)
         return
     if verb == "delete" or (verb == "create" and info.subresource == "eviction"):
         what = "Eviction body" if verb == "create" else "DeleteOptions body"
@@ -1124,9 +1285,11 @@ def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) ->
             pre = target["preconditions"] = {}
         if not isinstance(pre, dict):
             raise Refusal(failure(400, "klockproxy: DeleteOptions.preconditions is not an object"))
-        pre.setdefault("resourceVersion", rv)
+        _check_client_value(info, pre.get("resourceVersion"), rv)
+        pre["resourceVersion"] = rv
         if uid:
-            pre.setdefault("uid", uid)
+            _check_client_value(info, pre.get("uid"), uid)
+            pre["uid"] = uid
         _set_json(req, doc, "application/json")
         return
     if verb == "patch" and mtype == JSON_PATCH:
@@ -1146,8 +1309,8 @@ def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) ->
             meta = doc["metadata"] = {}
         if not isinstance(meta, dict):
             raise Refusal(failure(400, f"klockproxy: metadata in the {what} is not an object"))
-        if not meta.get("resourceVersion"):
-            meta["resourceVersion"] = rv
+        _check_client_value(info, meta.get("resourceVersion"), rv)
+        meta["resourceVersion"] = rv
         # JSON is valid YAML, so apply patches keep their content type.
         out_type = ctype if mtype not in _YAML_TYPES else "application/json"
         _set_json(req, doc, out_type or "application/json")

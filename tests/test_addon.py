@@ -374,13 +374,29 @@ async def test_adding_the_locked_label_is_judged_on_the_new_labels(addon: KlockP
     assert status_of(flow)["code"] == 403
 
 
-async def test_client_resource_version_is_kept(addon: KlockProxy, upstream: FakeUpstream) -> None:
+async def test_client_resource_version_equal_to_the_checked_one_is_kept(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
     upstream.user = JONNY
-    patch = {"metadata": {"resourceVersion": "7", "labels": {"a": "b"}}}
+    patch = {"metadata": {"resourceVersion": "42", "labels": {"a": "b"}}}
     flow = make_flow("PATCH", MY_POD, json.dumps(patch).encode(), MERGE)
     await run(addon, flow)
     assert flow.response is None
-    assert json.loads(flow.request.content or b"")["metadata"]["resourceVersion"] == "7"
+    assert json.loads(flow.request.content or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_client_resource_version_other_than_the_checked_one_is_a_conflict(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    # The proxy judged version 42; the object may have moved to exactly "43" (a relabel).
+    patch = {"metadata": {"resourceVersion": "43", "labels": {"a": "b"}}}
+    flow = make_flow("PATCH", OTHER_POD, json.dumps(patch).encode(), MERGE)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 409
+    assert status["reason"] == "Conflict"
+    assert status["message"].startswith('Operation cannot be fulfilled on pods "other-pod"')
+    assert status["details"] == {"name": "other-pod", "group": "", "kind": "pods"}
 
 
 async def test_json_patch_gets_a_test_operation(addon: KlockProxy, upstream: FakeUpstream) -> None:
@@ -599,13 +615,18 @@ async def test_allowed_delete_keeps_the_client_options(
         "kind": "DeleteOptions",
         "apiVersion": "v1",
         "propagationPolicy": "Background",
-        "preconditions": {"uid": "client-uid"},
+        "preconditions": {"uid": "uid-my-pod"},
     }
     flow = make_flow("DELETE", MY_POD, json.dumps(opts).encode(), "application/json")
     await run(addon, flow)
     sent = json.loads(flow.request.content or b"")
     assert sent["propagationPolicy"] == "Background"
-    assert sent["preconditions"] == {"uid": "client-uid", "resourceVersion": "42"}
+    assert sent["preconditions"] == {"uid": "uid-my-pod", "resourceVersion": "42"}
+
+    mismatch = dict(opts, preconditions={"uid": "other-uid"})
+    other = make_flow("DELETE", MY_POD, json.dumps(mismatch).encode(), "application/json")
+    await run(addon, other)
+    assert status_of(other)["code"] == 409
 
 
 def _raw(body: bytes | None) -> bytes:
@@ -633,7 +654,7 @@ async def test_protobuf_eviction_keeps_the_client_precondition(
     addon: KlockProxy, upstream: FakeUpstream
 ) -> None:
     upstream.user = JONNY
-    client_pre = encode_len_field(2, encode_string_field(1, "client-uid"))
+    client_pre = encode_len_field(2, encode_string_field(1, "uid-my-pod"))
     eviction = encode_string_field(1, "") + encode_len_field(2, client_pre)
     body = encode_unknown("policy/v1", "Eviction", eviction)
     flow = make_flow("POST", MY_POD + "/eviction", body, PROTOBUF, headers=AS_JONNY)
@@ -643,6 +664,12 @@ async def test_protobuf_eviction_keeps_the_client_precondition(
     assert raw.startswith(eviction)
     appended = raw[len(eviction) :]
     assert appended == encode_len_field(2, encode_len_field(2, encode_string_field(2, "42")))
+
+    stale = encode_len_field(2, encode_len_field(2, encode_string_field(2, "41")))
+    body = encode_unknown("policy/v1", "Eviction", encode_string_field(1, "") + stale)
+    other = make_flow("POST", MY_POD + "/eviction", body, PROTOBUF, headers=AS_JONNY)
+    await run(addon, other)
+    assert status_of(other)["code"] == 409
 
 
 async def test_protobuf_update_gets_the_resource_version(
@@ -1132,6 +1159,148 @@ async def test_namespace_deletion_is_judged_in_that_namespace(
     await run(addon, flow)
     status = status_of(flow)
     assert status["message"].startswith('namespaces "default" is forbidden: denied')
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial review findings (/tmp/klock-notes/addon.md), kept as regressions
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", MY_POD + "/proxy/"),
+        ("GET", MY_POD + "/proxy/a//b"),
+        ("GET", MY_POD + "/proxy/a%2Fb"),
+        ("POST", MY_POD + "/proxy/api/"),
+        ("OPTIONS", MY_POD + "/proxy/x/"),
+        ("HEAD", MY_POD + "/proxy/"),
+        ("GET", "/api/v1/namespaces/default/pods/my-pod:8080/proxy/"),
+        ("GET", MY_POD + "/exec/?command=sh"),
+        ("GET", MY_POD + "/attach/?stdin=true"),
+    ],
+)
+async def test_connect_paths_with_an_opaque_tail_are_judged_on_the_parent(
+    addon: KlockProxy, method: str, path: str
+) -> None:
+    flow = make_flow(method, path)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "noexec" in status["message"]
+
+
+async def test_connect_word_in_an_unroutable_read_is_refused(addon: KlockProxy) -> None:
+    flow = make_flow("GET", "/api/v1/namespaces/default/configmaps/exec//x")
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 400
+
+
+async def test_namespace_with_a_delete_lock_cannot_be_deleted(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.objects["/api/v1/namespaces/default"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "default", "uid": "ns-uid", "resourceVersion": "5"},
+    }
+    flow = make_flow("DELETE", "/api/v1/namespaces/default")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert status["message"].startswith(
+        'namespaces "default" is forbidden: denied, there is a lock'
+    )
+    assert "deleting the namespace deletes every object in it" in status["message"]
+
+    # The exclusive user of every DELETE lock there may delete it.
+    upstream.user = JONNY
+    allowed = make_flow("DELETE", "/api/v1/namespaces/default", headers=AS_JONNY)
+    await run(addon, allowed)
+    assert allowed.response is None
+
+
+async def test_put_that_creates_is_judged_by_a_create_only_lock(upstream: FakeUpstream) -> None:
+    lock = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nocreate, namespace: leases}
+spec:
+  operations: [CREATE]
+  matcher: {aura: red}
+"""
+    engine = Engine(load_locks_from_text(lock, source="t"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "leader", "labels": {"aura": "red"}},
+        }
+        flow = make_flow(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/leases/leases/leader",
+            json.dumps(lease).encode(),
+            "application/json",
+        )
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
+
+
+async def test_deletecollection_at_a_resource_version_is_refused(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    path = "/api/v1/namespaces/default/pods"
+    flow = make_flow(
+        "DELETE", path + "?labelSelector=aura%3Dgreen&resourceVersion=10&resourceVersionMatch=Exact"
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "resourceVersion" in status["message"]
+
+
+async def test_body_errors_are_not_echoed_into_the_log(
+    addon: KlockProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b"apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    password: hunter2: oops\n"
+    flow = make_flow("PUT", MY_POD, body, "application/yaml")
+    with caplog.at_level("DEBUG"):
+        await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "hunter2" in status["message"]  # the sender may see its own body
+    assert "hunter2" not in caplog.text
+
+
+async def test_internal_errors_do_not_log_exception_messages(
+    addon: KlockProxy, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.fail = RuntimeError("secret-value-in-message")
+    flow = make_flow("DELETE", MY_POD)
+    with caplog.at_level("DEBUG"):
+        await run(addon, flow)
+    assert status_of(flow)["code"] == 500
+    assert "RuntimeError" in caplog.text
+    assert "secret-value-in-message" not in caplog.text
+
+
+async def test_a_covered_write_is_never_streamed_before_it_is_judged(addon: KlockProxy) -> None:
+    flow = make_flow("PATCH", MY_POD, merge_patch({"aura": None}), MERGE)
+    flow.request.stream = True  # as mitmproxy's StreamBodies addon would
+    await addon.requestheaders(flow)
+    assert flow.request.stream is False
+    await addon.request(flow)
+    assert status_of(flow)["code"] == 403
+
+
+def test_stream_large_bodies_is_refused() -> None:
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy, klock_upstream="https://127.0.0.1:1", klock_locks=[])
+        tctx.options.add_option("stream_large_bodies", str | None, None, "as StreamBodies")
+        with pytest.raises(exceptions.OptionsError, match="stream_large_bodies"):
+            tctx.configure(proxy, stream_large_bodies="1m")
 
 
 # ---------------------------------------------------------------------------------------------
