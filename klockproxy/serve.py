@@ -138,7 +138,11 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     key_file = copy(cfg.key_file, "upstream-client.key")
     token_file = None
     token = _bearer_token(cfg)
-    if token is not None:
+    user_token_file = _user_token_file(path, chosen)
+    if user_token_file is not None and token is not None:
+        # Use the user's own file: it is re-read when it changes (rotated projected tokens).
+        token_file = user_token_file
+    elif token is not None:
         token_file = str(files_dir / "upstream-token")
         _write_private(Path(token_file), token.encode())
     if cert_file is None and token_file is None:
@@ -166,6 +170,24 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     return KubeconfigTarget(
         upstream=upstream, namespace=namespace, context=ctx_name, refresh=refresh
     )
+
+
+def _user_token_file(kubeconfig: str, context: Any) -> str | None:
+    """The ``tokenFile`` of the context's user (absolute), when it has one and no exec plugin."""
+    import yaml
+
+    user_name = ((context or {}).get("context") or {}).get("user")
+    try:
+        data = yaml.safe_load(Path(kubeconfig).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    for entry in (data or {}).get("users") or []:
+        if isinstance(entry, dict) and entry.get("name") == user_name:
+            user = entry.get("user") or {}
+            token_file = user.get("tokenFile")
+            if token_file and not user.get("token") and not user.get("exec"):
+                return str((Path(kubeconfig).parent / str(token_file)).resolve())
+    return None
 
 
 def _bearer_token(cfg: Any) -> str | None:
