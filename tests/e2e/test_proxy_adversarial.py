@@ -311,3 +311,13 @@ def test_no_tokens_in_the_proxy_logs(
     ]
     for token in filter(None, upstream_tokens):
         assert token not in text
+
+
+def test_absolute_form_request_target_is_judged_or_refused(
+    raw: Raw, kubectl: Kubectl, namespace: str, red_pod: str
+) -> None:
+    # A proxy-style request line ("DELETE https://host/path HTTP/1.1") sent to the reverse
+    # proxy: whatever mitmproxy makes of it, the locked pod must survive.
+    reply = raw("DELETE", f"https://kubernetes.default.svc{red_pod}")
+    assert reply.code in (400, 403), reply.body
+    assert kubectl.exists("pod", "my-pod", namespace=namespace)
