@@ -121,6 +121,9 @@ _FOREIGN_OPTIONS = frozenset(
     }
 )
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Writes through these may change the object's labels: judged on the new labels. (A pods/status
+# update may change metadata.labels: the pod status strategy resets spec, not labels.)
+_LABEL_SUBRESOURCES = frozenset({"", "status"})
 _JSON_TYPES = frozenset({"", "application/json"})
 _YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
 # Placeholder caller for a first decision: when no lock exempts anybody the caller does not
@@ -363,6 +366,11 @@ class KlockProxy:
 
     def load(self, loader: Any) -> None:
         """Declare the ``klock_*`` options."""
+        # hpack logs every header it (de)compresses at DEBUG, bearer tokens included.
+        # mitmproxy's own command line quiets it; an embedding Master may not.
+        for noisy in ("hpack", "h2"):
+            if logging.getLogger(noisy).level < logging.WARNING:
+                logging.getLogger(noisy).setLevel(logging.WARNING)
         loader.add_option(
             "klock_locks",
             Sequence[str],
@@ -965,7 +973,7 @@ class KlockProxy:
             meta = _meta(obj)
             name = str(meta.get("name") or meta.get("generateName") or "")
             return _Plan([inp(op, name, None, labels_of(obj), _kind(obj))], name)
-        if verb == "patch" and not info.subresource:
+        if verb == "patch" and info.subresource in _LABEL_SUBRESOURCES:
             return await self._plan_patch(req, info, engine, headers, inp)
 
         current = await self._get(info, headers)
@@ -986,12 +994,12 @@ class KlockProxy:
         kind = _kind(current)
         old = labels_of(current)
         guard = _version(current)
-        if verb == "update" and not info.subresource:
+        if verb == "update" and info.subresource in _LABEL_SUBRESOURCES:
             new = labels_of(_decode(req))
             return _Plan([inp(op, info.name, old, new, kind)], info.name, guard)
         if op is Operation.UPDATE:
-            # scale, status, ephemeralcontainers (update or patch): the parent's labels decide;
-            # the API server does not let these subresources change labels.
+            # scale, ephemeralcontainers (update or patch): the parent's labels decide; these
+            # subresources cannot change labels (a Scale object has none).
             return _Plan([inp(op, info.name, old, old, kind)], info.name, guard)
         if op is Operation.CREATE:
             # A create on another subresource (serviceaccounts/token, pods/binding).
@@ -1014,7 +1022,7 @@ class KlockProxy:
         body = _body(req)
         current = await self._get(info, headers)
         if current is None:
-            if not is_apply:
+            if not is_apply or info.subresource:
                 return None
             applied = _apply(
                 {},
@@ -1032,11 +1040,14 @@ class KlockProxy:
         patched = _apply(current, body, ctype, kind_key_of(current))
         inputs = [inp(Operation.UPDATE, info.name, old, labels_of(patched), kind)]
         if is_apply:
-            # Field ownership is not tracked: a label the applier owned and dropped is removed
-            # by the API server but still present in the merge. Judging the applied
-            # configuration's own labels as well keeps such a removal from slipping past a
-            # "^value" matcher.
+            # The merge keeps labels the applier owned and dropped; the API server removes
+            # them. Judge also the result with those removed (from managedFields), and, in
+            # case managedFields is missing or incomplete, the configuration's labels alone:
+            # a removal must not slip past a "^value" matcher.
             applied = _apply({}, body, ctype, kind_key_of(current))
+            manager = (info.query.get("fieldManager") or ("",))[0]
+            ssa = ssa_result_labels(current, applied, manager, info.subresource)
+            inputs.append(inp(Operation.UPDATE, info.name, old, ssa, kind))
             inputs.append(inp(Operation.UPDATE, info.name, old, labels_of(applied), kind))
         return _Plan(inputs, info.name, _version(current))
 
@@ -1108,6 +1119,46 @@ def _apply(
         raise _body_refusal(
             400, f"klockproxy: a lock covers this request and its patch fails: {e}"
         ) from e
+
+
+def _owned_labels(entry: Mapping[str, Any]) -> set[str]:
+    """Label keys a managedFields entry owns (``f:metadata`` / ``f:labels`` / ``f:<key>``)."""
+    fields = entry.get("fieldsV1")
+    meta = fields.get("f:metadata") if isinstance(fields, dict) else None
+    labels = meta.get("f:labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, dict):
+        return set()
+    return {key[2:] for key in labels if isinstance(key, str) and key.startswith("f:")}
+
+
+def ssa_result_labels(
+    current: Mapping[str, Any], applied: Mapping[str, Any], manager: str, subresource: str = ""
+) -> dict[str, str]:
+    """The labels server-side apply leaves: current plus the configuration's, minus those
+    this field manager applied before, dropped now, and nobody else owns."""
+    config = labels_of(dict(applied))
+    result = labels_of(dict(current))
+    result.update(config)
+    entries = _meta(current).get("managedFields")
+    if not isinstance(entries, list):
+        return result
+    mine: set[str] = set()
+    others: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        owned = _owned_labels(entry)
+        if (
+            entry.get("manager") == manager
+            and entry.get("operation") == "Apply"
+            and (entry.get("subresource") or "") == subresource
+        ):
+            mine |= owned
+        else:
+            others |= owned
+    for key in mine - others - config.keys():
+        result.pop(key, None)
+    return result
 
 
 def _kind(obj: Mapping[str, Any]) -> str:

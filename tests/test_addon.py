@@ -18,7 +18,13 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
-from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy, collection_path, object_path
+from klockproxy.addon import (
+    DEFAULT_IDLE_TIMEOUT,
+    KlockProxy,
+    collection_path,
+    object_path,
+    ssa_result_labels,
+)
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.locks import load_locks_from_text
@@ -1039,6 +1045,28 @@ async def test_errors_are_logged_without_headers(
     assert "watch=true" not in caplog.text
 
 
+def test_loading_the_addon_quiets_hpack_header_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    import hpack
+
+    monkeypatch.setattr(logging.getLogger("hpack"), "level", logging.NOTSET)
+    proxy = KlockProxy()
+    with taddons.context(proxy):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        monkeypatch.setattr(root, "level", logging.DEBUG)
+        try:
+            encoded = hpack.Encoder().encode([("authorization", "Bearer UPSTREAM-SECRET")])
+            hpack.Decoder().decode(encoded)
+        finally:
+            root.removeHandler(handler)
+        assert "UPSTREAM-SECRET" not in stream.getvalue()
+
+
 async def test_no_per_flow_state_is_kept(addon: KlockProxy, upstream: FakeUpstream) -> None:
     before = dict(vars(addon))
     for flow in (make_flow("DELETE", MY_POD), make_flow("GET", MY_POD)):
@@ -1301,6 +1329,94 @@ def test_stream_large_bodies_is_refused() -> None:
         tctx.options.add_option("stream_large_bodies", str | None, None, "as StreamBodies")
         with pytest.raises(exceptions.OptionsError, match="stream_large_bodies"):
             tctx.configure(proxy, stream_large_bodies="1m")
+
+
+SSA_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: red-unless-override, namespace: ssa}
+spec:
+  operations: [UPDATE]
+  matcher: {aura: red, override: ^yes}
+"""
+
+
+def _field(manager: str, operation: str, *labels: str) -> dict[str, Any]:
+    return {
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": "v1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:metadata": {"f:labels": {f"f:{key}": {} for key in labels}}},
+    }
+
+
+def test_ssa_result_labels_drop_what_the_manager_no_longer_applies() -> None:
+    current = pod("web", {"aura": "red", "override": "yes", "shared": "x"})
+    current["metadata"]["managedFields"] = [
+        _field("kubectl-label", "Update", "aura", "shared"),
+        _field("ops", "Apply", "override", "shared", "team"),
+    ]
+    applied = {"metadata": {"labels": {"team": "b"}}}
+    # override: ops owned it alone and dropped it; shared: also owned by kubectl-label.
+    assert ssa_result_labels(current, applied, "ops") == {
+        "aura": "red",
+        "shared": "x",
+        "team": "b",
+    }
+    # Another manager removes nothing it never applied.
+    assert ssa_result_labels(current, applied, "someone")["override"] == "yes"
+
+
+async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result(
+    upstream: FakeUpstream,
+) -> None:
+    engine = Engine(load_locks_from_text(SSA_LOCK, source="t"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    current = pod("web", {"aura": "red", "override": "yes"}, ns="ssa")
+    current["metadata"]["managedFields"] = [
+        _field("kubectl-label", "Update", "aura"),
+        _field("ops", "Apply", "override"),
+    ]
+    upstream.objects["/api/v1/namespaces/ssa/pods/web"] = current
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        # "ops" drops its override label: the API server leaves {aura: red, team: a}.
+        config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"team": "a"}}}
+        flow = make_flow(
+            "PATCH",
+            "/api/v1/namespaces/ssa/pods/web?fieldManager=ops&force=true",
+            yaml.safe_dump(config).encode(),
+            APPLY,
+        )
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
+
+        # Another manager applying the same configuration removes nothing: allowed.
+        other = make_flow(
+            "PATCH",
+            "/api/v1/namespaces/ssa/pods/web?fieldManager=someone",
+            yaml.safe_dump(config).encode(),
+            APPLY,
+        )
+        await run(proxy, other)
+        assert other.response is None
+
+
+async def test_status_updates_are_judged_on_their_new_labels(addon: KlockProxy) -> None:
+    body = json.dumps(pod("other-pod", {"aura": "red"})).encode()
+    put = make_flow("PUT", OTHER_POD + "/status", body, "application/json")
+    await run(addon, put)
+    assert status_of(put)["code"] == 403
+
+    patch = make_flow("PATCH", OTHER_POD + "/status", merge_patch({"aura": "red"}), MERGE)
+    await run(addon, patch)
+    assert status_of(patch)["code"] == 403
+
+    harmless = make_flow("PATCH", OTHER_POD + "/status", b'{"status":{"phase":"Running"}}', MERGE)
+    await run(addon, harmless)
+    assert harmless.response is None
+    assert json.loads(harmless.request.content or b"")["metadata"]["resourceVersion"] == "42"
 
 
 # ---------------------------------------------------------------------------------------------
