@@ -791,3 +791,20 @@ async def test_lookup_failures_of_the_real_client_fail_closed(
         assert status["code"] == code, status
         assert status["message"].startswith("klockproxy: ")
         assert "caller-token" not in status["message"]
+
+
+async def test_two_content_types_on_a_covered_write_are_refused(addon: KlockProxy) -> None:
+    # Go reads the first Content-Type, mitmproxy joins them: never guess, refuse.
+    flow = make_flow(
+        "PATCH",
+        OTHER_POD,
+        merge_patch({"aura": "red"}),
+        headers=[
+            ("Authorization", "Bearer caller-token"),
+            ("Content-Type", JSON_PATCH),
+            ("Content-Type", MERGE),
+        ],
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] in (400, 415)
