@@ -286,7 +286,7 @@ def kubeconfig_token_and_ca(path: Path) -> tuple[str, bytes]:
 
 
 async def measure(
-    targets: list[Target], seconds: float, rounds: int
+    targets: list[Target], seconds: float, rounds: int, only: str = ""
 ) -> dict[tuple[str, str, int], Result]:
     """Every operation x concurrency x target. The targets take turns, round after round,
     so that load from elsewhere on the machine hits all of them alike."""
@@ -298,6 +298,8 @@ async def measure(
     }
     results: dict[tuple[str, str, int], Result] = {}
     for op_name, op in ops.items():
+        if only and only.lower() not in op_name.lower():
+            continue
         for conc in (1, 16):
             samples: dict[str, list[tuple[float, list[float]]]] = {t.name: [] for t in targets}
             for _ in range(rounds):
@@ -372,6 +374,8 @@ def main() -> int:
         "--seconds", type=float, default=6.0, help="per operation, concurrency and target"
     )
     parser.add_argument("--rounds", type=int, default=3, help="turns the targets take")
+    parser.add_argument("--only", default="", help="only operations whose name contains this")
+    parser.add_argument("--no-memory", action="store_true", help="skip the watch memory test")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -439,8 +443,8 @@ def main() -> int:
 
         targets = [direct, mitm, klock]
         print(f"# klockproxy benchmark — {machine()}", file=sys.stderr)
-        results = asyncio.run(measure(targets, args.seconds, args.rounds))
-        mem = asyncio.run(memory(children, {t.name: t for t in targets}))
+        results = asyncio.run(measure(targets, args.seconds, args.rounds, args.only))
+        mem = [] if args.no_memory else asyncio.run(memory(children, {t.name: t for t in targets}))
         print(
             f"\nMachine: {machine()}; {args.seconds:.0f} s per measurement in "
             f"{args.rounds} rounds; 1-min load average at start: {load_before:.2f}.\n"
