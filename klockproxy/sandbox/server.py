@@ -38,7 +38,15 @@ from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.kubeconfig import write_kubeconfig
 from klockproxy.sandbox import auth as sandbox_auth
-from klockproxy.sandbox import discovery, objects, openapi, reviews, schema, tables
+from klockproxy.sandbox import (
+    discovery,
+    escalation,
+    objects,
+    openapi,
+    reviews,
+    schema,
+    tables,
+)
 from klockproxy.sandbox.errors import (
     ApiError,
     BadRequestError,
@@ -60,6 +68,7 @@ PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 YAML_TYPE = "application/yaml"
 ADMIN_USER = UserInfo("admin", uid="admin", groups=("system:masters", "system:authenticated"))
 LOG_INTERVAL = 0.5
+USER_KEY = "klockproxy.sandbox.user"
 WATCH_CHECK_INTERVAL = 2.0
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -307,6 +316,7 @@ class SandboxServer:
         route = parse_path(request.path)
         user = self._authenticate(request)
         user = await sandbox_auth.resolve_impersonation(user, request.headers, self.authorizer)
+        request[USER_KEY] = user
         if route.kind != "resource":
             verb = request.method.lower()
             if verb == "head":
@@ -748,6 +758,7 @@ class SandboxServer:
             manager=request.query.get("fieldManager") or "unknown",
             dry_run=_dry_run(request),
             field_validation=request.query.get("fieldValidation", ""),
+            user=request.get(USER_KEY),
         )
         return obj
 
@@ -761,6 +772,7 @@ class SandboxServer:
         dry_run: bool = False,
         operation: str = "Update",
         field_validation: str = "",
+        user: UserInfo | None = None,
     ) -> Obj:
         obj = _copy(body)
         obj["apiVersion"] = rt.api_version
@@ -778,6 +790,8 @@ class SandboxServer:
         if rt.kind == "Secret" and rt.builtin:
             objects.stringdata_to_data(obj)
         self._check_namespace(rt, namespace)
+        if user is not None and rt.group == RBAC:
+            escalation.check_write(self.authorizer, self.store, user, rt.resource, obj)
         if self.store.get(rt.group, rt.resource, namespace, meta["name"]) is not None:
             raise already_exists(rt, meta["name"])
         meta["uid"] = objects.new_uid()
@@ -910,6 +924,9 @@ class SandboxServer:
         self._validate(rt, obj, request.query.get("fieldValidation", ""))
         if rt.kind == "Secret" and rt.builtin:
             objects.stringdata_to_data(obj)
+        user = request.get(USER_KEY)
+        if user is not None and rt.group == RBAC:
+            escalation.check_write(self.authorizer, self.store, user, rt.resource, obj)
         if rt.has_spec:
             generation = int(old["metadata"].get("generation", 1))
             if self._spec_of(obj) != self._spec_of(old):
@@ -1019,6 +1036,7 @@ class SandboxServer:
                 dry_run=_dry_run(request),
                 operation="Apply",
                 field_validation=request.query.get("fieldValidation", ""),
+                user=request.get(USER_KEY),
             )
             return created, True
         patched = self._apply_patch(rt, old, raw, content_type)

@@ -670,3 +670,72 @@ def test_invalid_names_and_bad_input(kubectl: Kubectl, namespace: str) -> None:
     unknown = kubectl("get", "frobnicators")
     assert unknown.returncode == 1
     assert "the server doesn't have a resource type" in unknown.stderr
+
+
+def test_rbac_writes_cannot_escalate(kubectl: Kubectl, namespace: str) -> None:
+    n = namespace
+    dev = "e2e-dev"
+    kubectl(
+        "create",
+        "role",
+        "role-admin",
+        "--verb=create,get,list,update,patch,delete",
+        "--resource=roles,rolebindings,pods",
+        namespace=n,
+        check=True,
+    )
+    kubectl(
+        "create",
+        "rolebinding",
+        "dev-role-admin",
+        "--role=role-admin",
+        f"--user={dev}",
+        namespace=n,
+        check=True,
+    )
+    # granting what the user holds is fine
+    ok = kubectl(
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+        as_user=dev,
+        namespace=n,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bound = kubectl(
+        "create",
+        "rolebinding",
+        "x-pod-reader",
+        "--role=pod-reader",
+        "--user=someone",
+        as_user=dev,
+        namespace=n,
+    )
+    assert bound.returncode == 0, bound.stderr
+    # granting more is refused, and nothing is stored
+    more = kubectl(
+        "create",
+        "role",
+        "secret-reader",
+        "--verb=get",
+        "--resource=secrets",
+        as_user=dev,
+        namespace=n,
+    )
+    assert more.returncode == 1
+    assert "attempting to grant RBAC permissions not currently held" in more.stderr
+    assert not kubectl.exists("role", "secret-reader", namespace=n)
+    admin_binding = kubectl(
+        "create",
+        "rolebinding",
+        "dev-is-admin",
+        "--clusterrole=cluster-admin",
+        f"--user={dev}",
+        as_user=dev,
+        namespace=n,
+    )
+    assert admin_binding.returncode == 1
+    assert '"dev-is-admin" is forbidden' in admin_binding.stderr
+    assert not kubectl.exists("rolebinding", "dev-is-admin", namespace=n)
