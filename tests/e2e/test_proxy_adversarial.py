@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import ssl
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -321,3 +322,43 @@ def test_absolute_form_request_target_is_judged_or_refused(
     reply = raw("DELETE", f"https://kubernetes.default.svc{red_pod}")
     assert reply.code in (400, 403), reply.body
     assert kubectl.exists("pod", "my-pod", namespace=namespace)
+
+
+@pytest.fixture
+def other_namespace(kubectl: Kubectl) -> Iterator[str]:
+    name = f"e2e-other-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name, check=True)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, other_namespace: str, locks: Locks
+) -> None:
+    def k(*args: str) -> None:
+        kubectl(*args, namespace=namespace, check=True)
+
+    k("run", "my-pod", "--image", "nginx", "--labels", "aura=red")
+    k("create", "role", "pods", "--verb=get,list,patch,update", "--resource=pods")
+    for ns in (namespace, other_namespace):
+        kubectl("create", "serviceaccount", "jonny-op", namespace=ns, check=True)
+        k("create", "rolebinding", f"jonny-{ns}", "--role=pods", f"--serviceaccount={ns}:jonny-op")
+    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"}, {"name": "jonny-op"})
+    jonny = f"system:serviceaccount:{namespace}:jonny-op"
+    impostor = f"system:serviceaccount:{other_namespace}:jonny-op"
+
+    def label(value: str, as_user: str | None) -> Any:
+        return proxy.kubectl(
+            "label", "pod", "my-pod", f"who={value}", "--overwrite", namespace=namespace,
+            as_user=as_user,
+        )  # fmt: skip
+
+    assert label("jonny", jonny).returncode == 0
+    # Right after the exempt caller, the same proxy credential without --as is not exempt
+    # (no identity cached across different Impersonate-* headers)...
+    assert_denied(label("admin", None))
+    # ...nor is a service account of the same name in another namespace (Klock's bug).
+    assert_denied(label("impostor", impostor))
+    assert labels(kubectl, namespace, "pod", "my-pod") == {"aura": "red", "who": "jonny"}
