@@ -101,6 +101,8 @@ logger = logging.getLogger(__name__)
 # still noticed by TCP itself. mitmproxy's own value is 600 s.
 DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
 PROBE_TIMEOUT = 5.0
+# A uid no object has: "the object was absent when checked" (see add_precondition).
+ABSENT_UID = "klockproxy-checked-absent"
 # How many locked objects a deletecollection refusal names before summarising.
 MAX_NAMED_OBJECTS = 10
 
@@ -329,6 +331,7 @@ class _Plan:
     inputs: list[AdmissionInput]
     name: str
     guard: tuple[str, str] | None = None  # (resourceVersion, uid) of the checked object
+    absent: bool = False  # the object did not exist when checked
 
 
 class KlockProxy:
@@ -845,6 +848,8 @@ class KlockProxy:
             raise Refusal(self._denial(info, plan, decisions))
         if plan.guard is not None:
             add_precondition(flow.request, info, *plan.guard)
+        elif plan.absent:
+            add_precondition(flow.request, info, "", ABSENT_UID, absent=True)
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
@@ -978,8 +983,11 @@ class KlockProxy:
 
         current = await self._get(info, headers)
         if current is None:
-            # The API server answers 404 itself (PUT of a missing object may create it: judge
-            # that as a creation).
+            # The API server answers 404 itself, unless an object of that name appears before
+            # the write lands: guard deletes (and evictions) against that. A PUT of a missing
+            # object may create it: judged as a creation.
+            if verb == "delete" or info.subresource == "eviction":
+                return _Plan([], info.name, absent=True)
             if (
                 verb == "update"
                 and not info.subresource
@@ -1022,8 +1030,12 @@ class KlockProxy:
         body = _body(req)
         current = await self._get(info, headers)
         if current is None:
-            if not is_apply or info.subresource:
+            if info.subresource:
                 return None
+            if not is_apply:
+                # The API server answers 404, or 409 thanks to the guard if an object of that
+                # name was created meanwhile.
+                return _Plan([], info.name, absent=True)
             applied = _apply(
                 {},
                 body,
@@ -1216,7 +1228,9 @@ def _last_string(buf: bytes, number: int) -> str:
     return found.decode("utf-8", "replace")
 
 
-def _protobuf_guard(body: bytes, info: RequestInfo, rv: str, uid: str) -> bytes:
+def _protobuf_guard(
+    body: bytes, info: RequestInfo, rv: str, uid: str, *, absent: bool = False
+) -> bytes:
     """Add the precondition to a protobuf body by appending fields (protobuf merges them).
 
     Field numbers from k8s.io/api: every object's ObjectMeta is field 1, its resourceVersion
@@ -1250,13 +1264,14 @@ def _protobuf_guard(body: bytes, info: RequestInfo, rv: str, uid: str) -> bytes:
             pre = _merged_message(options, 2)
             add = b""
             client_rv, client_uid = _last_string(pre, 2), _last_string(pre, 1)
-            _check_client_value(info, client_rv, rv)
-            if not client_rv:
-                add += encode_string_field(2, rv)
-            if uid:
+            if rv:
+                _check_client_value(info, client_rv, rv)
+                if not client_rv:
+                    add += encode_string_field(2, rv)
+            if uid and not client_uid:
+                add += encode_string_field(1, uid)
+            elif uid and not absent:
                 _check_client_value(info, client_uid, uid)
-                if not client_uid:
-                    add += encode_string_field(1, uid)
             if not add:
                 return body
             added = encode_len_field(2, add)
@@ -1295,19 +1310,26 @@ def _set_json(req: http.Request, value: Any, ctype: str) -> None:
     req.headers["content-type"] = ctype
 
 
-def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) -> None:
+def add_precondition(
+    req: http.Request, info: RequestInfo, rv: str, uid: str, *, absent: bool = False
+) -> None:
     """Make the write conditional on the checked object version (409 if it changed).
 
     A value the client already set is kept when it equals the checked one; when it differs
     the proxy answers 409 itself: the object may have moved to exactly the client's version
     since it was judged, which is the race this guard exists for.
+
+    ``absent``: the object did not exist when checked (the API server will answer 404). A uid
+    no object can have (``ABSENT_UID``) then makes the write fail with 409 instead if a
+    (possibly locked) object of that name is created before the write lands; a uid the client
+    set already does the same and is kept.
     """
     verb = info.verb
     body = _body(req)
     ctype = req.headers.get("content-type", "")
     mtype = media_type(ctype)
     if mtype == PROTOBUF_CONTENT_TYPE and verb in ("delete", "create", "update"):
-        req.content = _protobuf_guard(body, info, rv, uid)
+        req.content = _protobuf_guard(body, info, rv, uid, absent=absent)
         return
     if verb == "delete" or (verb == "create" and info.subresource == "eviction"):
         what = "Eviction body" if verb == "create" else "DeleteOptions body"
@@ -1336,18 +1358,23 @@ def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) ->
             pre = target["preconditions"] = {}
         if not isinstance(pre, dict):
             raise Refusal(failure(400, "klockproxy: DeleteOptions.preconditions is not an object"))
-        _check_client_value(info, pre.get("resourceVersion"), rv)
-        pre["resourceVersion"] = rv
-        if uid:
-            _check_client_value(info, pre.get("uid"), uid)
+        if rv:
+            _check_client_value(info, pre.get("resourceVersion"), rv)
+            pre["resourceVersion"] = rv
+        if uid and not pre.get("uid"):
             pre["uid"] = uid
+        elif uid and not absent:
+            _check_client_value(info, pre.get("uid"), uid)
         _set_json(req, doc, "application/json")
         return
     if verb == "patch" and mtype == JSON_PATCH:
         ops = _load_document(body, ctype, "JSON patch")
         if not isinstance(ops, list):
             raise Refusal(failure(400, "klockproxy: a JSON patch must be a list of operations"))
-        test = {"op": "test", "path": "/metadata/resourceVersion", "value": rv}
+        if absent:
+            test = {"op": "test", "path": "/metadata/uid", "value": uid}
+        else:
+            test = {"op": "test", "path": "/metadata/resourceVersion", "value": rv}
         _set_json(req, [test, *ops], ctype)
         return
     if verb in ("update", "patch"):
@@ -1360,8 +1387,12 @@ def add_precondition(req: http.Request, info: RequestInfo, rv: str, uid: str) ->
             meta = doc["metadata"] = {}
         if not isinstance(meta, dict):
             raise Refusal(failure(400, f"klockproxy: metadata in the {what} is not an object"))
-        _check_client_value(info, meta.get("resourceVersion"), rv)
-        meta["resourceVersion"] = rv
+        if absent:
+            if not meta.get("uid"):
+                meta["uid"] = uid
+        else:
+            _check_client_value(info, meta.get("resourceVersion"), rv)
+            meta["resourceVersion"] = rv
         # JSON is valid YAML, so apply patches keep their content type.
         out_type = ctype if mtype not in _YAML_TYPES else "application/json"
         _set_json(req, doc, out_type or "application/json")

@@ -182,7 +182,10 @@ class Upstream:
         what = f"{method} {path} on {self.server}"
         try:
             session = self._get_session()
-            async with session.request(method, url, headers=headers, data=body) as resp:
+            # Never follow redirects: the answer must be about the object asked for.
+            async with session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            ) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientSSLError, ssl.SSLError) as e:
             raise UpstreamError(f"{what}: TLS with the API server failed: {e}") from e

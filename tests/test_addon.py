@@ -19,6 +19,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
 from klockproxy.addon import (
+    ABSENT_UID,
     DEFAULT_IDLE_TIMEOUT,
     KlockProxy,
     collection_path,
@@ -231,6 +232,7 @@ MY_POD = "/api/v1/namespaces/default/pods/my-pod"
 OTHER_POD = "/api/v1/namespaces/default/pods/other-pod"
 MERGE = "application/merge-patch+json"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
+JSON_PATCH = "application/json-patch+json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +504,20 @@ async def test_patch_of_a_missing_object_is_forwarded_for_the_api_server_to_404(
     flow = make_flow("PATCH", "/api/v1/namespaces/default/pods/gone", body, MERGE)
     await run(addon, flow)
     assert flow.response is None
-    assert flow.request.content == body
+    # Guarded: an object of that name created meanwhile makes the patch a 409, not a write.
+    sent = json.loads(flow.request.content or b"")
+    assert sent["metadata"] == {"labels": {"a": "b"}, "uid": ABSENT_UID}
+
+    ops = [{"op": "add", "path": "/metadata/labels/x", "value": "y"}]
+    jflow = make_flow(
+        "PATCH", "/api/v1/namespaces/default/pods/gone", json.dumps(ops).encode(), JSON_PATCH
+    )
+    await run(addon, jflow)
+    assert json.loads(jflow.request.content or b"")[0] == {
+        "op": "test",
+        "path": "/metadata/uid",
+        "value": ABSENT_UID,
+    }
 
 
 async def test_update_judges_old_and_new_labels_and_sets_resource_version(
@@ -725,10 +740,25 @@ async def test_undecodable_protobuf_delete_is_refused(
     assert status_of(flow)["code"] == 400
 
 
-async def test_delete_of_a_missing_object_is_forwarded(addon: KlockProxy) -> None:
+async def test_delete_of_a_missing_object_is_forwarded_with_an_absence_guard(
+    addon: KlockProxy,
+) -> None:
     flow = make_flow("DELETE", "/api/v1/namespaces/default/pods/gone")
     await run(addon, flow)
     assert flow.response is None
+    sent = json.loads(flow.request.content or b"")
+    assert sent["preconditions"] == {"uid": ABSENT_UID}
+
+    # A uid the client set is kept (it guards the same way).
+    opts = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": "u-1"}}
+    own = make_flow(
+        "DELETE",
+        "/api/v1/namespaces/default/pods/gone",
+        json.dumps(opts).encode(),
+        "application/json",
+    )
+    await run(addon, own)
+    assert json.loads(own.request.content or b"")["preconditions"] == {"uid": "u-1"}
 
 
 async def test_deletecollection_lists_as_the_caller_and_names_locked_objects(

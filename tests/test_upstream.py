@@ -111,6 +111,22 @@ async def test_get_object_raises_status_error_with_the_api_server_message(api: F
     assert "cannot get" in info.value.message
 
 
+async def test_redirects_are_not_followed(api: FakeApi) -> None:
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/api/v1/namespaces/default/pods/other")
+
+    api.routes["GET", "/api/v1/namespaces/default/pods/p"] = redirect
+    api.routes["GET", "/api/v1/namespaces/default/pods/other"] = _json(POD)
+    up = Upstream(UpstreamConfig(server=api.url))
+    try:
+        with pytest.raises(UpstreamStatusError) as info:
+            await up.get_object("/api/v1/namespaces/default/pods/p", {})
+    finally:
+        await up.close()
+    assert info.value.code == 302
+    assert len(api.seen) == 1
+
+
 async def test_non_json_answer_is_an_upstream_error(api: FakeApi) -> None:
     async def html(request: web.Request) -> web.StreamResponse:
         return web.Response(text="<html>oops</html>", content_type="text/html")

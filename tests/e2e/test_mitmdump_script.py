@@ -186,6 +186,17 @@ def test_locked_label_change_is_refused_and_unlocked_one_works(
     assert {i["metadata"]["name"] for i in listing["items"]} == {"my-pod", "other-pod"}
 
 
+def test_missing_objects_in_a_locked_namespace_are_still_not_found(
+    proxied: Kubectl, namespace: str
+) -> None:
+    # The proxy guards such writes with a uid no object has: still 404 while nothing exists.
+    deleted = proxied("delete", "pod", "ghost", "--wait=false", namespace=namespace)
+    assert deleted.returncode != 0
+    assert "NotFound" in deleted.stderr or "not found" in deleted.stderr, deleted.stderr
+    patched = proxied("label", "pod", "ghost", "a=b", namespace=namespace)
+    assert "not found" in patched.stderr.lower(), patched.stderr
+
+
 def test_exclusive_service_account_may_change_the_locked_pod(
     kubectl: Kubectl, proxied: Kubectl, namespace: str
 ) -> None:
