@@ -68,7 +68,7 @@ PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 YAML_TYPE = "application/yaml"
 ADMIN_USER = UserInfo("admin", uid="admin", groups=("system:masters", "system:authenticated"))
 LOG_INTERVAL = 0.5
-USER_KEY = "klockproxy.sandbox.user"
+USER_KEY = web.RequestKey("klockproxy.sandbox.user", UserInfo)
 WATCH_CHECK_INTERVAL = 2.0
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
