@@ -35,6 +35,7 @@ sets when the proxy starts.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -225,12 +226,37 @@ def _read_secret(path: str, what: str) -> bytes:
     return data
 
 
+# WebSocket clients that cannot set headers (browsers) send the bearer token as a
+# subprotocol; the API server accepts it when there is no Authorization header.
+_WS_TOKEN_PROTOCOL = "base64url.bearer.authorization.k8s.io."
+
+
+def _websocket_token(headers: http.Headers) -> str | None:
+    for value in headers.get_all("sec-websocket-protocol"):
+        for protocol in value.split(","):
+            protocol = protocol.strip()
+            if protocol.startswith(_WS_TOKEN_PROTOCOL):
+                encoded = protocol[len(_WS_TOKEN_PROTOCOL) :]
+                try:
+                    raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+                    return raw.decode("utf-8")
+                except (ValueError, UnicodeDecodeError):
+                    return None
+    return None
+
+
 def auth_headers(headers: http.Headers) -> dict[str, list[str]]:
-    """The headers deciding who a request runs as (Authorization, Impersonate-*)."""
+    """The headers deciding who a request runs as (Authorization, Impersonate-*).
+
+    A WebSocket subprotocol token counts as ``Authorization: Bearer`` when there is no
+    Authorization header, as the API server reads it.
+    """
     out: dict[str, list[str]] = {}
     for name in headers:
         if is_auth_header(name):
             out[name] = headers.get_all(name)
+    if "authorization" not in headers and (token := _websocket_token(headers)):
+        out["Authorization"] = [f"Bearer {token}"]
     return out
 
 

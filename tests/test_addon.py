@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -1447,6 +1448,25 @@ async def test_status_updates_are_judged_on_their_new_labels(addon: KlockProxy) 
     await run(addon, harmless)
     assert harmless.response is None
     assert json.loads(harmless.request.content or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_websocket_subprotocol_token_is_the_callers_credential(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    token = base64.urlsafe_b64encode(b"callers-token").decode().rstrip("=")
+    flow = make_flow(
+        "GET",
+        OTHER_POD + "/exec?command=sh",
+        headers=[
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Protocol", f"base64url.bearer.authorization.k8s.io.{token}, v5"),
+        ],
+    )
+    await run(addon, flow)
+    assert flow.response is None
+    lookups = [c for c in upstream.calls if c[0] in ("get", "ssr")]
+    assert lookups
+    assert all(c[2].get("Authorization") == ["Bearer callers-token"] for c in lookups)
 
 
 # ---------------------------------------------------------------------------------------------
