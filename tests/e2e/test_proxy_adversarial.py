@@ -362,3 +362,65 @@ def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
     # ...nor is a service account of the same name in another namespace (Klock's bug).
     assert_denied(label("impostor", impostor))
     assert labels(kubectl, namespace, "pod", "my-pod") == {"aura": "red", "who": "jonny"}
+
+
+@pytest.fixture
+def stale_view(proxy: Proxy) -> Iterator[dict[str, dict[str, Any]]]:
+    """Make the proxy's lookups of some paths answer an old copy of the object: the state of
+    the check-then-write race right after a concurrent relabel (path -> object served)."""
+    addon = proxy.thread.proxy._master.addons.get("klockproxy")
+    upstream = addon.upstream
+    real = upstream.get_object
+    stale: dict[str, dict[str, Any]] = {}
+
+    async def get_object(path: str, headers: Any) -> dict[str, Any] | None:
+        if path in stale:
+            return stale[path]
+        result: dict[str, Any] | None = await real(path, headers)
+        return result
+
+    upstream.get_object = get_object
+    try:
+        yield stale
+    finally:
+        upstream.get_object = real
+
+
+ADD_WHO = '[{"op":"add","path":"/metadata/labels/who","value":"me"}]'
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("label", "pod", "race", "who=me"),
+        ("annotate", "pod", "race", "who=me"),
+        ("patch", "pod", "race", "--type=json", "-p", ADD_WHO),
+        ("patch", "pod", "race", "--type=strategic", "-p", '{"metadata":{"labels":{"who":"me"}}}'),
+        ("delete", "pod", "race", "--wait=false"),
+    ],
+)  # fmt: skip
+def test_a_relabel_racing_the_check_makes_the_write_conflict(
+    proxy: Proxy,
+    kubectl: Kubectl,
+    namespace: str,
+    locks: Locks,
+    stale_view: dict[str, dict[str, Any]],
+    args: tuple[str, ...],
+) -> None:
+    kubectl(
+        "run", "race", "--image", "nginx", "--labels", "aura=blue", namespace=namespace, check=True
+    )
+    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"})
+    before = kubectl.json("get", "pod", "race", namespace=namespace)
+    # Someone relabels the pod to aura=red (locked) after the proxy read it as aura=blue.
+    kubectl("label", "pod", "race", "aura=red", "--overwrite", namespace=namespace, check=True)
+    stale_view[f"/api/v1/namespaces/{namespace}/pods/race"] = before
+    after = kubectl.json("get", "pod", "race", namespace=namespace)
+
+    result = proxy.kubectl(*args, namespace=namespace)
+    assert result.returncode != 0, result.stdout
+    err = result.stderr.lower()
+    assert "conflict" in err or "modified" in err or "precondition" in err or "test" in err, err
+    now = kubectl.json("get", "pod", "race", namespace=namespace)
+    assert now["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
+    assert now["metadata"]["labels"] == {"aura": "red"}
