@@ -512,6 +512,51 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         }
 
 
+def sandbox_node() -> Obj:
+    """The one node pods are "scheduled" on: Ready, with the sandbox's version."""
+    ts = now_rfc3339()
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE_NAME,
+            "labels": {
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node-role.kubernetes.io/control-plane": "",
+            },
+        },
+        "spec": {"podCIDR": "10.244.0.0/16"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "the sandbox node runs nothing but is always ready",
+                    "lastHeartbeatTime": ts,
+                    "lastTransitionTime": ts,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": HOST_IP},
+                {"type": "Hostname", "address": NODE_NAME},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.37.0-klockproxy-sandbox",
+                "osImage": "klockproxy sandbox",
+                "kernelVersion": "none",
+                "containerRuntimeVersion": "none://0",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+            "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+        },
+    }
+
+
 def finish(rt: ResourceType, obj: Obj) -> None:
     """Status derived after metadata (generation) is final."""
     if rt.builtin and rt.kind == "Deployment":

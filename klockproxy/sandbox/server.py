@@ -271,6 +271,7 @@ class SandboxServer:
                 "",
                 manager="sandbox",
             )
+        self._create_object(self._rt("", "nodes"), objects.sandbox_node(), "", manager="sandbox")
         for obj in bootstrap_policy():
             rt = self._rt(
                 RBAC, "clusterroles" if obj["kind"] == "ClusterRole" else "clusterrolebindings"

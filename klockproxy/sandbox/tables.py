@@ -141,6 +141,34 @@ def _subjects(obj: Obj, kind: str) -> str:
     return ", ".join(names)
 
 
+def _node_status(obj: Obj) -> str:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            status = "Ready" if cond.get("status") == "True" else "NotReady"
+            if (obj.get("spec") or {}).get("unschedulable"):
+                status += ",SchedulingDisabled"
+            return status
+    return "Unknown"
+
+
+def _node_roles(obj: Obj) -> str:
+    prefix = "node-role.kubernetes.io/"
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    roles = sorted(k[len(prefix) :] for k in labels if k.startswith(prefix))
+    return ",".join(roles) if roles else "<none>"
+
+
+def _node_info(obj: Obj, key: str) -> str:
+    return _or_none(((obj.get("status") or {}).get("nodeInfo") or {}).get(key))
+
+
+def _node_address(obj: Obj, kind: str) -> str:
+    for address in (obj.get("status") or {}).get("addresses") or []:
+        if address.get("type") == kind:
+            return str(address.get("address", ""))
+    return "<none>"
+
+
 def _created_at(obj: Obj) -> str:
     ts: str = (obj.get("metadata") or {}).get("creationTimestamp", "")
     return ts
@@ -160,6 +188,18 @@ COLUMNS: dict[tuple[str, str], list[Column]] = {
         ("Node", "string", 1, lambda o: _or_none((o.get("spec") or {}).get("nodeName"))),
         ("Nominated Node", "string", 1, lambda o: _or_none(None)),
         ("Readiness Gates", "string", 1, lambda o: _or_none(None)),
+    ],
+    ("", "nodes"): [
+        _NAME,
+        ("Status", "string", 0, _node_status),
+        ("Roles", "string", 0, _node_roles),
+        _AGE,
+        ("Version", "string", 0, lambda o: _node_info(o, "kubeletVersion")),
+        ("Internal-IP", "string", 1, lambda o: _node_address(o, "InternalIP")),
+        ("External-IP", "string", 1, lambda o: _node_address(o, "ExternalIP")),
+        ("OS-Image", "string", 1, lambda o: _node_info(o, "osImage")),
+        ("Kernel-Version", "string", 1, lambda o: _node_info(o, "kernelVersion")),
+        ("Container-Runtime", "string", 1, lambda o: _node_info(o, "containerRuntimeVersion")),
     ],
     ("", "configmaps"): [
         _NAME,

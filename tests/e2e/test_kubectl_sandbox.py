@@ -69,6 +69,34 @@ def test_version_and_discovery(kubectl: Kubectl, kube_target: KubeTarget) -> Non
     assert "po " in resources and "deploy " in resources
 
 
+def test_get_nodes(kubectl: Kubectl, kube_target: KubeTarget) -> None:
+    nodes = kubectl("get", "nodes", check=True).stdout.splitlines()
+    assert nodes[0].split()[:2] == ["NAME", "STATUS"]
+    assert any(line.split()[1].startswith("Ready") for line in nodes[1:])
+    if kube_target.is_sandbox:
+        assert nodes[1].split()[0] == "sandbox-node"
+
+
+def test_drain_evicts_the_pods_of_the_node(
+    kubectl: Kubectl, namespace: str, kube_target: KubeTarget
+) -> None:
+    if not kube_target.is_sandbox:
+        pytest.skip("never drain a node of a real cluster")
+    kubectl("run", "drained", f"--image={POD_IMAGE}", namespace=namespace, check=True)
+    try:
+        drained = kubectl(
+            "drain", "sandbox-node", "--force", "--pod-selector=run=drained", "--timeout=60s"
+        )
+        assert drained.returncode == 0, drained.stderr
+        assert "pod/drained evicted" in drained.stdout
+        assert "node/sandbox-node drained" in drained.stdout
+        assert not kubectl.exists("pod", "drained", namespace=namespace)
+        node = kubectl.json("get", "node", "sandbox-node")
+        assert node["spec"]["unschedulable"] is True
+    finally:
+        kubectl("uncordon", "sandbox-node", check=True)
+
+
 def test_run_get_and_output_formats(kubectl: Kubectl, namespace: str) -> None:
     run = kubectl("run", "my-pod", f"--image={POD_IMAGE}", "--labels=aura=red", namespace=namespace)
     assert run.returncode == 0, run.stderr
