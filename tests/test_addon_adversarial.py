@@ -266,7 +266,9 @@ async def test_create_with_an_unreadable_body_type_is_refused(
 
 
 async def test_json_duplicate_keys_are_judged_like_go_last_wins(addon: KlockProxy) -> None:
-    # Go's JSON decoding (and so the API server) keeps the LAST duplicate.
+    # For a repeated scalar Go's JSON decoding (and so the API server) keeps the LAST value;
+    # a repeated object is decoded INTO the first (see /tmp/klock-notes/addon.md, duplicate
+    # objects): here both views end with aura=red.
     body = (
         b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"new",'
         b'"labels":{"aura":"blue"},"labels":{"aura":"blue","aura":"red"}}}'
