@@ -305,18 +305,50 @@ def _connect_prefix_infos(method: str, raw_path: str) -> list[RequestInfo]:
     return out
 
 
+# The kubelet API behind nodes/NAME/proxy: /exec|run|attach/NS/POD/..., /portForward/NS/POD.
+_KUBELET_POD_ACTIONS = {
+    "exec": "exec",
+    "run": "exec",
+    "attach": "attach",
+    "portForward": "portforward",
+}
+
+
+def _kubelet_target(info: RequestInfo, raw_path: str) -> RequestInfo | None:
+    """``nodes/N/proxy/exec/NS/POD/...`` acts on pod NS/POD: judge it as that pod's CONNECT."""
+    if info.group or info.resource != "nodes" or info.subresource != "proxy":
+        return None
+    segments = [unquote(part) for part in raw_path.partition("?")[0].split("/")]
+    for i in range(2, len(segments)):
+        if segments[i] == "proxy" and segments[i - 2] == "nodes":
+            # Empty segments dropped: the kubelet's router cleans the path.
+            tail = [part for part in segments[i + 1 :] if part]
+            break
+    else:
+        return None
+    if len(tail) < 3 or tail[0] not in _KUBELET_POD_ACTIONS:
+        return None
+    namespace, pod = quote(tail[1], safe=""), quote(tail[2], safe="")
+    # A pod name classify refuses raises: the kubelet would still act on some pod.
+    return classify(
+        "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/{_KUBELET_POD_ACTIONS[tail[0]]}"
+    )
+
+
 def classify_request(method: str, raw_path: str) -> RequestInfo:
-    """``classify``, plus the connect subresources whose tail ``classify`` refuses.
+    """``classify``, plus the connect subresources whose tail ``classify`` refuses, and the
+    kubelet's pod actions reached through ``nodes/NAME/proxy`` (a CONNECT on that pod).
 
     Raises ClassificationError when the path has no reading the proxy can judge.
     """
     try:
-        return classify(method, raw_path)
+        info = classify(method, raw_path)
     except ClassificationError:
         readings = _connect_prefix_infos(method, raw_path)
-        if readings:
-            return readings[0]
-        raise
+        if not readings:
+            raise
+        info = readings[0]
+    return _kubelet_target(info, raw_path) or info
 
 
 def may_be_connect(raw_path: str) -> bool:
@@ -504,6 +536,10 @@ class KlockProxy:
     def _parse_options(self) -> Settings:
         opts = ctx.options
         locks = tuple(s.strip() for s in opts.klock_locks if s.strip())
+        if not locks and not self._injected_lock_set:
+            # An empty value (say, an unset shell variable) would enforce nothing, silently.
+            # (An injected lock set is its owner's choice.)
+            raise ConfigError("klock_locks is empty: name 'cluster' and/or lock files")
         for spec in locks:
             if spec != CLUSTER_SPEC:
                 # Validate lock files now: a broken file must stop the start, not leave every
@@ -677,6 +713,10 @@ class KlockProxy:
             return _ANSWERED
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
+        if len(req.headers.get_all("content-type")) > 1:
+            # Go reads the first value, mitmproxy joins them: the two would disagree.
+            self._answer(flow, failure(400, "klockproxy: more than one Content-Type header"))
+            return _ANSWERED
         engine = self._engine()
         if engine is None:
             self._answer(flow, self._not_ready())

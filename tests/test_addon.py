@@ -1356,7 +1356,7 @@ async def test_a_covered_write_is_never_streamed_before_it_is_judged(addon: Kloc
 def test_stream_large_bodies_is_refused() -> None:
     proxy = KlockProxy()
     with taddons.context(proxy) as tctx:
-        tctx.configure(proxy, klock_upstream="https://127.0.0.1:1", klock_locks=[])
+        tctx.configure(proxy, klock_upstream="https://127.0.0.1:1", klock_locks=["cluster"])
         tctx.options.add_option("stream_large_bodies", str | None, None, "as StreamBodies")
         with pytest.raises(exceptions.OptionsError, match="stream_large_bodies"):
             tctx.configure(proxy, stream_large_bodies="1m")
@@ -1469,6 +1469,58 @@ async def test_websocket_subprotocol_token_is_the_callers_credential(
     assert all(c[2].get("Authorization") == ["Bearer callers-token"] for c in lookups)
 
 
+@pytest.mark.parametrize(
+    ("method", "tail"),
+    [
+        ("GET", "exec/default/my-pod/c?command=sh&input=1&output=1"),
+        ("POST", "run/default/my-pod/c?cmd=id"),
+        ("GET", "attach/default/my-pod/c?input=1&output=1"),
+        ("GET", "portForward/default/my-pod?port=80"),
+        ("GET", "exec//default/my-pod/c?command=sh"),
+    ],
+)
+async def test_kubelet_pod_actions_through_the_node_proxy_are_a_connect_on_the_pod(
+    addon: KlockProxy, method: str, tail: str
+) -> None:
+    flow = make_flow(method, "/api/v1/nodes/node-1:10250/proxy/" + tail)
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "noexec" in status["message"]
+
+
+async def test_other_node_proxy_paths_are_a_connect_on_the_node(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    flow = make_flow("GET", "/api/v1/nodes/node-1/proxy/metrics")
+    await run(addon, flow)
+    assert flow.response is None  # no lock covers cluster-scoped objects
+    odd = make_flow("GET", "/api/v1/nodes/node-1/proxy/exec/default/../c")
+    await run(addon, odd)
+    assert status_of(odd)["code"] == 400
+
+
+async def test_two_content_types_are_refused(addon: KlockProxy) -> None:
+    flow = make_flow(
+        "PATCH",
+        "/api/v1/namespaces/free/configmaps/new?fieldManager=x",
+        b"apiVersion: v1\nkind: ConfigMap\n",
+        headers=[("Content-Type", APPLY), ("Content-Type", MERGE)],
+    )
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 400
+    assert "Content-Type" in status["message"]
+
+
+def test_an_empty_lock_source_list_is_a_configuration_error() -> None:
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://api.example:6443"])
+        with pytest.raises(exceptions.OptionsError, match="klock_locks is empty"):
+            tctx.configure(proxy, klock_locks=[" "])
+
+
 # ---------------------------------------------------------------------------------------------
 # Options
 
@@ -1505,7 +1557,10 @@ async def test_new_connections_get_the_raised_idle_timeout(monkeypatch: pytest.M
     proxy = KlockProxy()
     with taddons.context(proxy) as tctx:
         tctx.configure(
-            proxy, klock_upstream="https://127.0.0.1:6443", klock_locks=[], klock_idle_timeout=7200
+            proxy,
+            klock_upstream="https://127.0.0.1:6443",
+            klock_locks=["cluster"],
+            klock_idle_timeout=7200,
         )
         handler = mitmproxy.proxy.server.SimpleConnectionHandler(
             None, _FakeWriter(), tctx.options, ProxyMode.parse("reverse:https://127.0.0.1:1"), {}
@@ -1518,7 +1573,7 @@ def test_configure_rejects_a_broken_lock_file_and_a_missing_upstream(tmp_path: P
     broken.write_text(LOCKS.replace("operations: [CREATE]", "operations: [CRATE]"))
     proxy = KlockProxy()
     with taddons.context(proxy) as tctx:
-        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"], klock_locks=[])
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"], klock_locks=["cluster"])
         with pytest.raises(exceptions.OptionsError, match=r"broken\.yaml.*CRATE"):
             tctx.configure(proxy, klock_locks=[str(broken)])
         with pytest.raises(exceptions.OptionsError, match="no such file"):
