@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from mitmproxy.test import taddons
 
@@ -810,3 +811,212 @@ async def test_two_content_types_on_a_covered_write_are_refused(addon: KlockProx
     await run(addon, flow)
     status = status_of(flow)
     assert status["code"] in (400, 415)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions for reported bypasses (/tmp/klock-notes/addon.md), fixed in the addon
+
+
+async def test_namespace_delete_with_a_locked_pod_inside_is_refused(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    # The namespace itself is unlabelled; deleting it would delete my-pod (aura=red, lockred).
+    upstream.objects["/api/v1/namespaces/default"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "default", "uid": "ns-uid", "resourceVersion": "5"},
+    }
+    upstream.lists["/api/v1/namespaces/default/pods"] = [pod("my-pod", {"aura": "red"})]
+    flow = make_flow("DELETE", "/api/v1/namespaces/default")
+    await run(addon, flow)
+    status = denied(flow)
+    assert status["message"].startswith('namespaces "default" is forbidden: ')
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", MY_POD + "/proxy/"),
+        ("GET", MY_POD + "/proxy/a//b"),
+        ("GET", MY_POD + "/proxy/a%2Fb"),
+        ("GET", MY_POD + "/proxy/../x"),
+        ("POST", MY_POD + "/proxy/api/"),
+        ("OPTIONS", MY_POD + "/proxy/x/"),
+        ("HEAD", MY_POD + "/proxy/"),
+        ("GET", "/api/v1/namespaces/default/pods/my-pod:8080/proxy/"),
+        ("GET", MY_POD + "/exec/?command=sh"),
+        ("GET", MY_POD + "/attach/?stdin=true"),
+    ],
+)
+async def test_connect_with_an_odd_tail_is_judged_not_waved_through(
+    addon: KlockProxy, method: str, path: str
+) -> None:
+    flow = make_flow(method, path)
+    await run(addon, flow)
+    status = denied(flow)
+    assert status["details"]["name"] == "my-pod"
+
+
+async def test_put_that_creates_is_judged_by_a_create_only_lock(upstream: WhoAmI) -> None:
+    lock = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nocreate, namespace: leases}
+spec:
+  operations: [CREATE]
+  matcher: {aura: red}
+"""
+    proxy = KlockProxy(
+        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
+        upstream=upstream,
+    )
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "leader", "labels": {"aura": "red"}},
+        }
+        flow = make_flow(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/leases/leases/leader",
+            json.dumps(lease).encode(),
+            "application/json",
+        )
+        await run(proxy, flow)
+        denied(flow)
+
+
+async def test_deletecollection_at_an_old_resource_version_is_refused(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    # my-pod is aura=red today; at rv 10 it was aura=green. The API server would delete the
+    # names of the snapshot the client asks for.
+    path = "/api/v1/namespaces/default/pods"
+    upstream.lists[path] = [pod("my-pod", {"aura": "red"})]
+    flow = make_flow(
+        "DELETE", path + "?labelSelector=aura%3Dgreen&resourceVersion=10&resourceVersionMatch=Exact"
+    )
+    await run(addon, flow)
+    assert 400 <= status_of(flow)["code"] < 500
+
+
+async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result(
+    upstream: WhoAmI,
+) -> None:
+    lock = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: red-unless-override, namespace: ssa}
+spec:
+  operations: [UPDATE]
+  matcher: {aura: red, override: ^yes}
+"""
+    proxy = KlockProxy(
+        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
+        upstream=upstream,
+    )
+    current = pod("web", {"aura": "red", "override": "yes"}, ns="ssa")
+    current["metadata"]["managedFields"] = [
+        {
+            "manager": "kubectl-label",
+            "operation": "Update",
+            "apiVersion": "v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {"f:aura": {}}}},
+        },
+        {
+            "manager": "ops",
+            "operation": "Apply",
+            "apiVersion": "v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {"f:override": {}}}},
+        },
+    ]
+    upstream.objects["/api/v1/namespaces/ssa/pods/web"] = current
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        # "ops" applies without its override label: the API server removes it and the pod
+        # ends up {aura: red, team: a}, which the lock matches.
+        config = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web", "labels": {"team": "a"}},
+        }
+        flow = make_flow(
+            "PATCH",
+            "/api/v1/namespaces/ssa/pods/web?fieldManager=ops&force=true",
+            yaml.safe_dump(config).encode(),
+            APPLY,
+        )
+        await run(proxy, flow)
+        denied(flow, "map[aura:red override:^yes]")
+
+
+async def test_status_subresource_label_change_is_judged_on_the_new_labels(
+    addon: KlockProxy,
+) -> None:
+    body = json.dumps(pod("other-pod", {"aura": "red"})).encode()
+    flow = make_flow("PUT", OTHER_POD + "/status", body, "application/json")
+    await run(addon, flow)
+    denied(flow)
+
+
+async def test_client_precondition_other_than_the_checked_version_is_not_kept(
+    addon: KlockProxy,
+) -> None:
+    # Judged at resourceVersion 42; the client's 43 would let the write land on a version
+    # nobody checked (e.g. right after a concurrent relabel to aura=red).
+    patch = {"metadata": {"resourceVersion": "43", "labels": {"a": "b"}}}
+    flow = make_flow("PATCH", OTHER_POD, json.dumps(patch).encode(), MERGE)
+    await run(addon, flow)
+    if flow.response is None:
+        assert json.loads(flow.request.content or b"")["metadata"]["resourceVersion"] == "42"
+    else:
+        assert status_of(flow)["code"] == 409
+
+
+async def test_yaml_body_is_not_echoed_into_logs_on_a_syntax_error(
+    addon: KlockProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = b"apiVersion: v1\nkind: Secret\nstringData:\n  password: hunter2: oops\n"
+    flow = make_flow("PATCH", SECRET + "?fieldManager=kubectl", body, APPLY)
+    await run(addon, flow)
+    assert status_of(flow)["code"] == 400
+    assert "hunter2" not in caplog.text
+
+
+async def test_a_body_streamed_by_another_addon_is_buffered_for_judging(addon: KlockProxy) -> None:
+    # mitmproxy's StreamBodies (stream_large_bodies) sets request.stream in its
+    # requestheaders hook, which runs before a `-s` script's.
+    flow = make_flow("PATCH", MY_POD, merge_patch({"aura": None}), MERGE)
+    flow.request.stream = True
+    await addon.requestheaders(flow)
+    assert flow.response is not None or not flow.request.stream
+    await addon.request(flow)
+    denied(flow)
+
+
+async def test_write_to_a_missing_object_carries_a_precondition(addon: KlockProxy) -> None:
+    # 404 at check time; a locked pod of that name created before the write lands must make
+    # the write fail (409), not be deleted.
+    flow = make_flow("DELETE", "/api/v1/namespaces/default/pods/not-yet")
+    await run(addon, flow)
+    assert forwarded(flow)
+    body = json.loads(flow.request.content or b"{}")
+    assert body["preconditions"]["uid"]
+
+
+async def test_lookups_do_not_follow_redirects(
+    misbehaving: Callable[[str], Awaitable[Upstream]],
+) -> None:
+    client = await misbehaving("redirect")
+    engine = Engine(load_locks_from_text(LOCKS, source="test"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=client)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", MY_POD)
+        await run(proxy, flow)
+        # Not judged on other-pod, where the redirect points.
+        assert status_of(flow)["code"] in (403, 503)
