@@ -260,14 +260,42 @@ def test_yaml_joins_escaped_surrogate_pairs_like_json() -> None:
         assert decode_body(b'a: "\\udc00"', "application/yaml") == {"a": "\ufffd"}
 
 
-def test_yaml_duplicate_keys_are_refused_but_merge_keys_work() -> None:
+def test_yaml_duplicate_keys_are_refused() -> None:
     with pytest.raises(DecodeError, match="duplicate key 'aura'"):
         decode_body(b"metadata:\n  labels:\n    aura: red\n    aura: blue\n", "application/yaml")
-    body = b"base: &b {aura: red, tier: '1'}\nmetadata:\n  labels:\n    <<: *b\n    aura: blue\n"
-    assert labels_of(decode_body(body, "application/yaml")) == {"aura": "blue", "tier": "1"}
 
 
 def test_json_with_tabs_is_accepted_where_yaml_is_expected() -> None:
     body = b'{\n\t"metadata": {\n\t\t"labels": {"aura": "red"}\n\t}\n}'
     assert labels_of(decode_body(body, "application/apply-patch+yaml")) == {"aura": "red"}
     assert labels_of(decode_body(b"{metadata: {labels: {a: b}}}", "application/yaml")) == {"a": "b"}
+
+
+# The API server (Go) and Python disagree on these; judging other labels than the ones the
+# API server stores would let a locked object through, so both are refused.
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"metadata":{"name":"s","labels":{"aura":"red"},"labels":{}}}',
+        b'{"metadata":{"name":"s","labels":{"aura":"red"}},"metadata":{"name":"s"}}',
+        b'{"metadata":{"labels":{"aura":"red","aura":"blue"}}}',
+    ],
+)
+def test_json_duplicate_keys_are_refused(body: bytes) -> None:
+    with pytest.raises(DecodeError, match="duplicate key"):
+        decode_body(body, "application/json")
+
+
+def test_yaml_merge_keys_are_refused() -> None:
+    body = b"metadata:\n  name: sneaky\n  labels:\n    aura: blue\n    <<: {aura: red}\n"
+    with pytest.raises(DecodeError, match="merge keys"):
+        decode_body(body, "application/yaml")
+
+
+def test_yaml_anchors_without_merge_keys_still_work() -> None:
+    body = b"metadata:\n  name: x\n  labels: &l {aura: red}\n  annotations: *l\n"
+    obj = decode_body(body, "application/yaml")
+    assert labels_of(obj) == {"aura": "red"}
+    assert obj["metadata"]["annotations"] == {"aura": "red"}

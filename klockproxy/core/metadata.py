@@ -4,12 +4,12 @@ The proxy decides on what the API server will store, so decoding follows the API
 
 * The media type is matched case-insensitively, parameters (``charset``) are ignored, and an
   empty ``Content-Type`` means JSON (the API server's first supported media type).
-* JSON: ``application/json`` and any ``application/*+json``. ``NaN``/``Infinity`` and
-  invalid UTF-8 are refused.
+* JSON: ``application/json`` and any ``application/*+json``. ``NaN``/``Infinity``, invalid
+  UTF-8 and duplicate object keys (Go merges them, Python keeps the last) are refused.
 * YAML: ``application/yaml`` and any ``*+yaml`` (``application/apply-patch+yaml``); safe
   loading only, exactly one document, no implicit timestamps (an unquoted ``2024-01-01``
   stays a string, as the API server's YAML-to-JSON conversion keeps it), string keys only,
-  no duplicate keys, and a bound on alias expansion ("billion laughs").
+  no duplicate keys, no ``<<`` merge keys, and a bound on alias expansion ("billion laughs").
 * Protobuf: ``application/vnd.kubernetes.protobuf`` via ``core.protobuf``.
 
 Every failure is a ``DecodeError`` with a precise message; the top level must be an object.
@@ -37,7 +37,7 @@ _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader without the implicit timestamp type, refusing duplicate mapping keys.
+    """SafeLoader without the implicit timestamp type, refusing duplicate and merge keys.
 
     PyYAML lets the last duplicate win silently; a server that kept the first (or refused
     the document) would store other labels than the ones judged, so duplicates are refused.
@@ -47,7 +47,15 @@ class _YamlLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
+                # go-yaml (the API server's YAML decoder) applies ``<<`` merges in document
+                # order, so a merge after an explicit key overwrites it; PyYAML lets the
+                # explicit key win. Parsers that disagree on the labels cannot be trusted.
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "YAML merge keys (<<) are not accepted: parsers disagree on their order",
+                    key_node.start_mark,
+                )
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
@@ -164,10 +172,27 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]:
+    # Python keeps the last of two equal keys; Go's encoding/json (the API server, for
+    # built-in kinds) decodes both into the same struct or map, MERGING them: with
+    # ``"labels":{"aura":"red"},"labels":{}`` it stores aura=red where Python sees no label.
+    # Judging other labels than the ones stored would be a bypass, so duplicates are refused.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r} in a JSON object")
+            seen.add(key)
+    return doc
+
+
 def load_json_object(data: bytes, what: str = "JSON body") -> dict[str, JSON]:
-    """Parse a JSON object (DecodeError for anything else)."""
+    """Parse a JSON object (DecodeError for anything else, duplicate keys included)."""
     try:
-        doc = json.loads(data, parse_constant=_reject_constant)
+        doc = json.loads(
+            data, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicate_keys
+        )
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise DecodeError(f"invalid {what}: {e}") from e
     if not isinstance(doc, dict):
