@@ -69,7 +69,7 @@ from klockproxy.core.errors import (
     PatchError,
     UpstreamError,
 )
-from klockproxy.core.locks import load_locks_from_path
+from klockproxy.core.locks import GROUP, load_locks_from_path
 from klockproxy.core.metadata import decode_body, labels_of, load_yaml_documents, media_type
 from klockproxy.core.patches import (
     APPLY_PATCH,
@@ -353,8 +353,22 @@ def classify_request(method: str, raw_path: str) -> RequestInfo:
 
 def may_be_connect(raw_path: str) -> bool:
     """Whether any path segment names a connect subresource (then it is not a plain read)."""
-    path = raw_path.partition("?")[0]
-    return any(unquote(segment) in CONNECT_SUBRESOURCES for segment in path.split("/"))
+    # Decode first, then split: the API server routes ``my-pod%2Fexec`` to exec.
+    path = unquote(raw_path.partition("?")[0])
+    return any(part in CONNECT_SUBRESOURCES for part in path.split("/"))
+
+
+def _is_crd_delete(info: RequestInfo) -> bool:
+    return (
+        info.group == "apiextensions.k8s.io"
+        and info.resource == "customresourcedefinitions"
+        and info.verb in ("delete", "deletecollection")
+        and not info.subresource
+    )
+
+
+def _has_delete_locks(engine: Engine) -> bool:
+    return any(Operation.DELETE in lock.operations for lock in engine.locks)
 
 
 def _group_resource(info: RequestInfo) -> str:
@@ -724,7 +738,7 @@ class KlockProxy:
         op = info.operation
         assert op is not None
         ns = info.namespace
-        covered = engine.covers(ns, op)
+        covered = engine.covers(ns, op) or (_is_crd_delete(info) and _has_delete_locks(engine))
         if not covered and info.verb == "patch" and not info.subresource:
             # Server-side apply creates the object when it does not exist.
             ctype = media_type(req.headers.get("content-type", ""))
@@ -905,6 +919,8 @@ class KlockProxy:
             and not info.subresource
         ):
             await self._check_namespace_delete(info, engine, headers)
+        if _is_crd_delete(info):
+            await self._check_crd_delete(info, engine, headers)
         plan = await self._plan(flow.request, info, engine, headers)
         if plan is None:
             return
@@ -957,6 +973,74 @@ class KlockProxy:
             raise Refusal(self._lookup_failure("who is calling (SelfSubjectReview)", e)) from e
         except UpstreamError as e:
             raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+
+    async def _check_crd_delete(
+        self, info: RequestInfo, engine: Engine, headers: Mapping[str, Sequence[str]]
+    ) -> None:
+        """Deleting a CustomResourceDefinition deletes every object of that kind, behind the
+        proxy's back: refuse when a lock would refuse deleting one of them."""
+        if info.verb == "deletecollection":
+            raise Refusal(
+                failure(
+                    403,
+                    "klockproxy: deleting CustomResourceDefinitions by collection is refused "
+                    "while DELETE locks exist; delete them one by one",
+                )
+            )
+        crd = await self._get(info, headers)
+        if crd is None:
+            return
+        raw_spec = crd.get("spec")
+        spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+        raw_names = spec.get("names")
+        group, plural = (
+            spec.get("group"),
+            raw_names.get("plural") if isinstance(raw_names, dict) else None,
+        )
+        versions = [
+            str(v["name"])
+            for v in spec.get("versions") or []
+            if isinstance(v, dict) and v.get("served") and isinstance(v.get("name"), str)
+        ]
+        if not (isinstance(group, str) and isinstance(plural, str) and versions):
+            return
+        if group == GROUP and plural == "locks":
+            return  # Lock objects are never locked: deleting them all unlocks, by design.
+        assert self.upstream is not None
+        version = versions[0]
+        path = "/apis/" + "/".join(quote(part, safe="") for part in (group, version, plural))
+        try:
+            items = await self.upstream.list_objects(path, headers)
+        except UpstreamStatusError as e:
+            raise Refusal(self._lookup_failure(f"what deleting {info.name} deletes", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        ref = ResourceRef(group, version, plural)
+        inputs = [
+            AdmissionInput(
+                operation=Operation.DELETE,
+                namespace=str(_meta(item).get("namespace") or ""),
+                resource=ref,
+                name=str(_meta(item).get("name") or ""),
+                user=_NOBODY,
+                old_labels=labels_of(item),
+            )
+            for item in items
+        ]
+        decisions = await self._decide(engine, inputs, headers)
+        locked = [(inp, d) for inp, d in zip(inputs, decisions, strict=True) if not d.allowed]
+        if not locked:
+            return
+        texts = [den.text for _, d in locked[:MAX_NAMED_OBJECTS] for den in d.denials]
+        listed = ", ".join(f"{inp.namespace}/{inp.name}" for inp, _ in locked[:MAX_NAMED_OBJECTS])
+        if len(locked) > MAX_NAMED_OBJECTS:
+            listed += f" and {len(locked) - MAX_NAMED_OBJECTS} more"
+        message = (
+            DENIAL_PREFIX
+            + ", and a lock: ".join(texts)
+            + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
+        )
+        raise Refusal(forbidden(info, info.name, message))
 
     async def _check_namespace_delete(
         self, info: RequestInfo, engine: Engine, headers: Mapping[str, Sequence[str]]

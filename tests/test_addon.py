@@ -1248,8 +1248,17 @@ async def test_connect_paths_with_an_opaque_tail_are_judged_on_the_parent(
     assert "noexec" in status["message"]
 
 
-async def test_connect_word_in_an_unroutable_read_is_refused(addon: KlockProxy) -> None:
-    flow = make_flow("GET", "/api/v1/namespaces/default/configmaps/exec//x")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/configmaps/exec//x",
+        MY_POD + "%2Fexec?command=sh&stdout=true",
+        MY_POD + "/exec%2F?command=sh&stdout=true",
+        MY_POD + "%2fpr%6Fxy",
+    ],
+)
+async def test_connect_word_in_an_unroutable_read_is_refused(addon: KlockProxy, path: str) -> None:
+    flow = make_flow("GET", path)
     await run(addon, flow)
     assert status_of(flow)["code"] == 400
 
@@ -1519,6 +1528,67 @@ def test_an_empty_lock_source_list_is_a_configuration_error() -> None:
         tctx.options.update(mode=["reverse:https://api.example:6443"])
         with pytest.raises(exceptions.OptionsError, match="klock_locks is empty"):
             tctx.configure(proxy, klock_locks=[" "])
+
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def _widget_crd(upstream: FakeUpstream) -> None:
+    upstream.objects[CRD_PATH + "/widgets.example.com"] = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com", "resourceVersion": "3", "uid": "crd"},
+        "spec": {
+            "group": "example.com",
+            "names": {"plural": "widgets", "kind": "Widget"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": True, "storage": True}],
+        },
+    }
+
+
+async def test_crd_deletion_is_refused_while_it_would_delete_locked_objects(
+    addon: KlockProxy, upstream: FakeUpstream
+) -> None:
+    _widget_crd(upstream)
+    upstream.lists["/apis/example.com/v1/widgets"] = [
+        {"metadata": {"name": "w", "namespace": "default", "labels": {"aura": "red"}}},
+        {"metadata": {"name": "x", "namespace": "other", "labels": {"aura": "red"}}},
+    ]
+    flow = make_flow("DELETE", CRD_PATH + "/widgets.example.com")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert status["message"].startswith(
+        'customresourcedefinitions.apiextensions.k8s.io "widgets.example.com" is forbidden: '
+        "denied, there is a lock: map[aura:red]"
+    )
+    assert status["message"].endswith("deletes locked objects: default/w")
+
+    upstream.lists["/apis/example.com/v1/widgets"] = [
+        {"metadata": {"name": "w", "namespace": "default", "labels": {"aura": "blue"}}}
+    ]
+    allowed = make_flow("DELETE", CRD_PATH + "/widgets.example.com")
+    await run(addon, allowed)
+    assert allowed.response is None
+
+    collection = make_flow("DELETE", CRD_PATH)
+    await run(addon, collection)
+    assert status_of(collection)["code"] == 403
+
+
+async def test_crd_deletion_takes_the_fast_path_without_delete_locks(
+    upstream: FakeUpstream,
+) -> None:
+    lock = LOCKS.split("---")[1]  # nocreate: CREATE only
+    engine = Engine(load_locks_from_text(lock, source="t"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", CRD_PATH + "/widgets.example.com")
+        await run(proxy, flow)
+        assert flow.response is None
+        assert upstream.calls == []
 
 
 # ---------------------------------------------------------------------------------------------
