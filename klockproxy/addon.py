@@ -30,6 +30,22 @@ opens a new upstream connection the addon checks that the API server accepts TCP
 and otherwise answers a 503 Status naming it. That needs ``connection_strategy=lazy`` (with
 ``eager`` mitmproxy resets the client's TLS handshake before any hook runs), which the addon
 sets when the proxy starts.
+
+Deletions that delete other objects are judged on what they would delete: a namespace (any
+DELETE lock in it that applies to the caller refuses it), a CustomResourceDefinition (its
+objects are listed and judged), deletecollection (the listed objects are judged).
+
+Known limits (documented, deliberate):
+
+* controllers act behind the proxy: deleting an unlocked Deployment lets the garbage collector
+  delete its locked pods, scaling to zero deletes them too (Klock, an admission webhook, would
+  see those deletions; a proxy cannot);
+* deletecollection carries no precondition (an object relabelled between the list and the
+  delete is deleted); one carrying resourceVersion(Match) is refused;
+* the reachability probe is a TCP connect: an API server going down between the probe and
+  mitmproxy's own connect, or a TLS failure, still gives mitmproxy's HTML 502;
+* server-side apply is judged on the merged result, on the configuration alone and on the
+  result computed from managedFields, not by a full field-ownership implementation.
 """
 
 from __future__ import annotations
