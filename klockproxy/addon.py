@@ -227,6 +227,8 @@ def _reverse_target(modes: Sequence[str]) -> str | None:
             continue
         if isinstance(mode, mode_specs.ReverseMode) and mode.scheme in ("http", "https"):
             host, port = mode.address
+            if ":" in host:
+                host = f"[{host}]"  # IPv6 literal
             return f"{mode.scheme}://{host}:{port}"
     return None
 
@@ -259,6 +261,23 @@ def _websocket_token(headers: http.Headers) -> str | None:
                 except (ValueError, UnicodeDecodeError):
                     return None
     return None
+
+
+def _drop_websocket_token(headers: http.Headers) -> None:
+    """Local mode: the proxy alone chooses the credentials, a subprotocol token included."""
+    values = headers.get_all("sec-websocket-protocol")
+    if not values:
+        return
+    kept = [
+        protocol.strip()
+        for value in values
+        for protocol in value.split(",")
+        if protocol.strip() and not protocol.strip().startswith(_WS_TOKEN_PROTOCOL)
+    ]
+    if kept:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(kept)
+    else:
+        del headers["sec-websocket-protocol"]
 
 
 def auth_headers(headers: http.Headers) -> dict[str, list[str]]:
@@ -703,6 +722,7 @@ class KlockProxy:
                 self._answer(flow, failure(401, "Unauthorized"))
                 return
             del req.headers["authorization"]
+            _drop_websocket_token(req.headers)
             if self._upstream_token is not None:
                 try:
                     token = self._upstream_token.token()

@@ -999,6 +999,19 @@ async def test_local_mode_swaps_in_the_upstream_credentials(
     assert flow.request.headers.get_all("Authorization") == ["Bearer upstream-secret"]
     assert flow.request.headers["Impersonate-User"] == "jonny"
 
+    # A WebSocket subprotocol token cannot smuggle another identity past the proxy.
+    ws = make_flow(
+        "GET",
+        OTHER_POD + "/exec?command=sh",
+        headers=[
+            ("Authorization", "Bearer proxy-secret"),
+            ("Sec-WebSocket-Protocol", "base64url.bearer.authorization.k8s.io.am9ubnk, v5"),
+        ],
+    )
+    await local_addon.requestheaders(ws)
+    assert ws.request.headers["Sec-WebSocket-Protocol"] == "v5"
+    assert ws.request.headers.get_all("Authorization") == ["Bearer upstream-secret"]
+
     # Lookups go with exactly the forwarded credentials.
     patch = make_flow(
         "PATCH",
