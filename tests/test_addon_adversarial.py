@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from klockproxy.addon import KlockProxy
@@ -1022,3 +1023,111 @@ async def test_lookups_do_not_follow_redirects(
         await run(proxy, flow)
         # Not judged on other-pod, where the redirect points.
         assert status_of(flow)["code"] in (403, 503)
+
+
+async def test_yaml_merge_keys_are_refused(addon: KlockProxy) -> None:
+    # go-yaml v2 (the API server) applies a later `<<` over an earlier explicit key (stores
+    # aura=red); PyYAML lets the explicit key win (aura=blue). Never judge such a body.
+    body = (
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sneaky\n  labels:\n"
+        b"    aura: blue\n    <<: {aura: red}\n"
+    )
+    flow = make_flow("POST", "/api/v1/namespaces/default/configmaps", body, "application/yaml")
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (400, 403)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        b'{"name":"sneaky","labels":{"aura":"red"},"labels":{}}',
+        b'{"name":"sneaky","labels":{"aura":"red"}},"metadata":{"name":"sneaky"}',
+    ],
+)
+async def test_repeated_json_objects_are_not_judged_on_the_last_one(
+    addon: KlockProxy, metadata: bytes
+) -> None:
+    # Go decodes a repeated object INTO the earlier one (maps keep their entries, structs
+    # their fields): the API server would store aura=red.
+    body = b'{"apiVersion":"v1","kind":"ConfigMap","metadata":' + metadata + b"}"
+    flow = make_flow("POST", "/api/v1/namespaces/default/configmaps", body, "application/json")
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (400, 403)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        MY_POD + "%2Fexec?command=sh",
+        MY_POD + "%2fproxy%2f",
+        MY_POD + "/exec%2F?command=sh",
+        MY_POD + "%2Fattach?stdin=true",
+        "/api/v1/namespaces/default/pods%2Fmy-pod%2Fportforward?ports=80",
+    ],
+)
+async def test_connect_word_behind_an_encoded_slash_is_not_a_read(
+    addon: KlockProxy, path: str
+) -> None:
+    # The API server decodes %2F before routing: pods/my-pod%2Fexec IS pods/my-pod/exec.
+    flow = make_flow("GET", path)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (400, 403)
+
+
+@pytest.mark.parametrize(
+    ("method", "tail"),
+    [
+        ("GET", "exec/default/my-pod/c?command=sh&input=1&output=1"),
+        ("POST", "run/default/my-pod/c?cmd=id"),
+        ("GET", "attach/default/my-pod/c?input=1&output=1"),
+        ("GET", "portForward/default/my-pod?port=80"),
+    ],
+)
+async def test_kubelet_pod_actions_through_the_node_proxy_are_judged(
+    addon: KlockProxy, method: str, tail: str
+) -> None:
+    # nodes/NAME/proxy reaches the kubelet, whose exec/run/attach/portForward act on a pod:
+    # a CONNECT on default/my-pod (Lock noexec).
+    flow = make_flow(method, "/api/v1/nodes/node-1/proxy/" + tail)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (400, 403)
+
+
+async def test_server_side_apply_create_behind_a_second_content_type_is_judged(
+    upstream: WhoAmI,
+) -> None:
+    # Go reads the FIRST Content-Type (apply: creates the object), mitmproxy joins them.
+    lock = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nocreate, namespace: fresh}
+spec:
+  operations: [CREATE]
+  matcher: {aura: red}
+"""
+    proxy = KlockProxy(
+        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
+        upstream=upstream,
+    )
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        config = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: new, labels: {aura: red}}\n"
+        flow = make_flow(
+            "PATCH",
+            "/api/v1/namespaces/fresh/configmaps/new?fieldManager=x",
+            config,
+            headers=[
+                ("Authorization", "Bearer t"),
+                ("Content-Type", APPLY),
+                ("Content-Type", MERGE),
+            ],
+        )
+        await run(proxy, flow)
+        assert status_of(flow)["code"] in (400, 403, 415)
+
+
+def test_an_empty_lock_source_list_is_a_configuration_error() -> None:
+    # `--set klock_locks=` (an empty shell variable) must not leave a proxy enforcing nothing.
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx, pytest.raises(exceptions.OptionsError):
+        tctx.configure(proxy, mode=["reverse:https://api.example:6443"], klock_locks=[])
