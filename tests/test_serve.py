@@ -344,3 +344,21 @@ def test_serve_says_when_the_address_is_taken(
     assert result.returncode == 1
     assert f"klockproxy: cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_tls_connections_release_their_buffers_when_idle() -> None:
+    """Idle watches must not pin OpenSSL's buffers (two TLS connections per watch)."""
+    from types import SimpleNamespace
+
+    from OpenSSL import SSL
+
+    from klockproxy.serve import _ReleaseTlsBuffers
+
+    addon = _ReleaseTlsBuffers()
+    for hook in (addon.tls_start_client, addon.tls_start_server):
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        assert not ctx.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+        hook(SimpleNamespace(ssl_conn=SSL.Connection(ctx)))
+        # set_mode returns the mode now in force.
+        assert ctx.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+    addon.tls_start_client(SimpleNamespace(ssl_conn=None))  # a hook before tlsconfig: no-op
