@@ -1268,6 +1268,9 @@ async def test_connect_paths_with_an_opaque_tail_are_judged_on_the_parent(
         MY_POD + "%2Fexec?command=sh&stdout=true",
         MY_POD + "/exec%2F?command=sh&stdout=true",
         MY_POD + "%2fpr%6Fxy",
+        MY_POD + "%2fproxy%2f",
+        MY_POD + "%2Fattach?stdin=true",
+        "/api/v1/namespaces/default/pods%2Fmy-pod%2Fportforward?ports=80",
     ],
 )
 async def test_connect_word_in_an_unroutable_read_is_refused(addon: KlockProxy, path: str) -> None:
@@ -1602,6 +1605,35 @@ async def test_crd_deletion_takes_the_fast_path_without_delete_locks(
         await run(proxy, flow)
         assert flow.response is None
         assert upstream.calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (
+            b'{"apiVersion":"v1","kind":"ConfigMap",'
+            b'"metadata":{"name":"sneaky","labels":{"aura":"red"},"labels":{}}}',
+            "application/json",
+        ),
+        (
+            b'{"apiVersion":"v1","kind":"ConfigMap",'
+            b'"metadata":{"name":"sneaky","labels":{"aura":"red"}},"metadata":{"name":"sneaky"}}',
+            "application/json",
+        ),
+        (
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sneaky\n  labels:\n"
+            b"    aura: blue\n    <<: {aura: red}\n",
+            "application/yaml",
+        ),
+    ],
+)
+async def test_bodies_go_would_decode_differently_are_refused(
+    addon: KlockProxy, body: bytes, ctype: str
+) -> None:
+    # Go merges duplicate JSON objects and applies YAML merge keys in order; Python does not.
+    flow = make_flow("POST", "/api/v1/namespaces/default/configmaps", body, ctype)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (400, 403)
 
 
 # ---------------------------------------------------------------------------------------------
