@@ -324,6 +324,7 @@ class ClusterLockSource:
 
         backoff = 0.25
         while not self._stop.is_set():
+            api: Any = None
             try:
                 api = self._api()
                 rv = self._list(api)
@@ -355,6 +356,11 @@ class ClusterLockSource:
                     e,
                     backoff,
                 )
+            finally:
+                if api is not None:
+                    # One client per (re)connect: release its connection pool each time.
+                    with contextlib.suppress(Exception):
+                        api.api_client.close()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
