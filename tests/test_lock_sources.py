@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import subprocess
@@ -290,5 +291,40 @@ async def test_cluster_source_is_not_ready_while_unreachable(tmp_path: Path) -> 
     try:
         assert not await lockset.wait_ready(0.3)
         assert lockset.engine is None
+    finally:
+        await lockset.stop()
+
+
+async def test_cluster_source_keeps_a_lock_that_an_edit_made_invalid(
+    sandbox_thread: SandboxThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CRD (like Klock's) does not validate operations: a typo must not drop the lock."""
+    sb = sandbox_thread
+    kubeconfig = sb.sandbox.kubeconfig_path
+    assert kubeconfig is not None
+    home = tmp_path / "home"
+    await asyncio.to_thread(_kubectl, kubeconfig, home, "apply", "-f", "-", stdin=crd_text())
+    token_file = tmp_path / "token"
+    token_file.write_text(sb.admin_token)
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(sb.ca_pem)
+    config = UpstreamConfig(server=sb.url, ca_file=str(ca_file), token_file=str(token_file))
+    lockset = create_lock_sources(["cluster"], config)
+    await lockset.start()
+    try:
+        apply = functools.partial(_kubectl, kubeconfig, home, "apply", "-f", "-")
+        await asyncio.to_thread(apply, stdin=lock_yaml("lockred"))
+        await _until(lambda: names(lockset) == ["default/lockred"], "lockred")
+        with caplog.at_level(logging.ERROR, logger="klockproxy.lock_sources"):
+            await asyncio.to_thread(apply, stdin=lock_yaml("lockred", ops="[UPDATE, DELTE]"))
+            await asyncio.to_thread(apply, stdin=lock_yaml("typo", ops="[CRAETE]"))
+            await asyncio.to_thread(apply, stdin=lock_yaml("fine"))
+            # Events arrive in order: once "fine" is in, the two invalid edits were seen.
+            await _until(lambda: "default/fine" in names(lockset), "the valid lock after them")
+        assert names(lockset) == ["default/fine", "default/lockred"]
+        engine = lockset.engine
+        assert engine is not None and engine.covers("default", Operation.DELETE)
+        assert "lock default/lockred, field spec.operations[1]" in caplog.text
+        assert "lock default/typo, field spec.operations[0]" in caplog.text
     finally:
         await lockset.stop()
