@@ -11,8 +11,10 @@ proxy refuses mutations while the lock state is unknown (fail closed).
 - ``ClusterLockSource`` lists and watches ``locks.klock.rnemet.dev`` in all namespaces with the
   official (synchronous) kubernetes client in a thread, and hands every new lock set to the
   loop with ``call_soon_threadsafe``. It reconnects with backoff and relists on 410 Gone or any
-  error. A missing CRD means "ready, zero locks", and the source keeps retrying so that locks
-  appear as soon as the CRD is installed.
+  error; while it reconnects, the last listed set stays in force. A missing CRD means "ready,
+  zero locks", and the source keeps retrying so that locks appear as soon as the CRD is
+  installed. An invalid Lock is logged (its name and field) and skipped; a Lock that an edit
+  made invalid keeps its previous, valid version (the CRD, like Klock's, validates little).
 """
 
 from __future__ import annotations
