@@ -58,13 +58,13 @@ import json
 import logging
 import os.path
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 import mitmproxy.proxy.server
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
@@ -431,6 +431,12 @@ def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+# (operation, name, old labels, new labels, kind) -> the AdmissionInput of this request.
+_InputMaker = Callable[
+    [Operation, str, Mapping[str, str] | None, Mapping[str, str] | None, str], AdmissionInput
+]
+
+
 @dataclass
 class _Plan:
     """What a covered mutation is judged on, and the object version it was judged against."""
@@ -677,7 +683,7 @@ class KlockProxy:
         for task in list(self._tasks):
             task.cancel()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -820,7 +826,7 @@ class KlockProxy:
         if flow.websocket is not None:
             flow.websocket.messages.clear()
 
-    def tcp_message(self, flow: Any) -> None:
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
         """Forget relayed raw TCP messages (SPDY exec/port-forward tunnels)."""
         flow.messages.clear()
 
@@ -1209,7 +1215,7 @@ class KlockProxy:
         info: RequestInfo,
         engine: Engine,
         headers: Mapping[str, Sequence[str]],
-        inp: Any,
+        inp: _InputMaker,
     ) -> _Plan | None:
         ctype = req.headers.get("content-type", "")
         is_apply = media_type(ctype) == APPLY_PATCH
@@ -1250,7 +1256,7 @@ class KlockProxy:
         return _Plan(inputs, info.name, _version(current))
 
     async def _plan_deletecollection(
-        self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: Any
+        self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: _InputMaker
     ) -> _Plan:
         assert self.upstream is not None
         for param in ("resourceVersion", "resourceVersionMatch"):
