@@ -93,8 +93,10 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     """Read a kubeconfig context with the official client and copy its credentials into
     ``files_dir`` (mode 0600), so that mitmproxy and the lookups can use them.
 
-    Handles client certificates (file or inline data), bearer tokens, token files and exec
-    plugins (run once here; the resulting token is written to a file). Raises ConfigError.
+    Handles client certificates (file or inline data), bearer tokens, token files (used in
+    place) and exec plugins (run here; the token is written to a file, and ``refresh`` runs
+    the plugin again once that token expires). With no ``kubeconfig``, the first file of
+    $KUBECONFIG is read, else ~/.kube/config. Raises ConfigError.
     """
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
@@ -160,7 +162,8 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     )
     refresh: Callable[[], str | None] | None = None
     hook = getattr(cfg, "refresh_api_key_hook", None)
-    if token is not None and callable(hook):
+    # Only our own copy is ever rewritten; the user's tokenFile is re-read where it is.
+    if token is not None and user_token_file is None and callable(hook):
 
         def refresh() -> str | None:
             # Re-runs an exec plugin once its token has expired (the client's own logic).

@@ -95,6 +95,7 @@ def test_reads_token_and_token_file_and_context(tmp_path: Path, ca: CertificateA
     assert robot.context == "robot"
     # The user's own file, not a copy: the proxy re-reads it when it rotates.
     assert robot.upstream.token_file == str(token_file)
+    assert robot.refresh is None  # never rewrite the user's own file
 
 
 def test_runs_exec_plugins(tmp_path: Path, ca: CertificateAuthority) -> None:
