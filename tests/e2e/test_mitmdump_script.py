@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import WSMsgType, web
 
 from klockproxy.certs import CertificateAuthority
 from klockproxy.crd import crd_text
@@ -351,3 +354,69 @@ def test_unreachable_api_server_is_a_readable_status(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert f"the API server {dead} cannot be reached" in result.stderr
     assert "<html" not in result.stderr.lower()
+
+
+async def _websocket_upstream() -> tuple[web.AppRunner, str]:
+    """A stand-in API server: pods/exec is a WebSocket echo; GET of pod my-pod (aura=red)."""
+
+    async def exec_echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=("v5.channel.k8s.io",))
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+    async def get_pod(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        return web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "resourceVersion": "1", "labels": {"aura": "red"}},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/exec", exec_echo)
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", get_pod)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_websocket_exec_passes_once_allowed_and_is_refused_when_locked(
+    tmp_path: Path,
+) -> None:
+    runner, upstream = await _websocket_upstream()
+    (tmp_path / "unused-ca.pem").write_bytes(CertificateAuthority.create("unused").cert_pem)
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+        "metadata: {name: noexec, namespace: default}\n"
+        "spec: {operations: [CONNECT], matcher: {aura: red}}\n"
+    )
+    md = _start_mitmdump(tmp_path, upstream, tmp_path / "unused-ca.pem", locks)
+    tls = ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
+    headers = {"Authorization": "Bearer caller"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{md.url}/api/v1/namespaces/free/pods/p/exec?command=sh&stdin=true"
+            async with session.ws_connect(
+                url, ssl=tls, headers=headers, protocols=("v5.channel.k8s.io",)
+            ) as ws:
+                payload = bytes(range(256)) * 400  # 100 kB per message
+                for i in range(50):
+                    await ws.send_bytes(bytes([i]) + payload)
+                    echoed = await ws.receive_bytes()
+                    assert echoed == bytes([i]) + payload
+
+            locked = f"{md.url}/api/v1/namespaces/default/pods/my-pod/exec?command=sh"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(locked, ssl=tls, headers=headers)
+            assert refused.value.status == 403
+    finally:
+        _stop(md)
+        await runner.cleanup()
