@@ -7,6 +7,7 @@ sandbox API server.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import ssl
@@ -420,3 +421,49 @@ async def test_websocket_exec_passes_once_allowed_and_is_refused_when_locked(
     finally:
         _stop(md)
         await runner.cleanup()
+
+
+async def _spdy_upstream() -> tuple[asyncio.Server, str]:
+    """Answers any request with 101 SPDY/3.1, then echoes raw bytes (kubectl's SPDY exec)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+        )
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_spdy_exec_passes_as_a_raw_tunnel(tmp_path: Path) -> None:
+    server, upstream = await _spdy_upstream()
+    (tmp_path / "unused-ca.pem").write_bytes(CertificateAuthority.create("unused").cert_pem)
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(LOCK.format(namespace="default"))
+    md = _start_mitmdump(tmp_path, upstream, tmp_path / "unused-ca.pem", locks)
+    tls = ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
+    port = int(md.url.rsplit(":", 1)[1])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+        writer.write(
+            b"POST /api/v1/namespaces/free/pods/p/exec?command=sh HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\nAuthorization: Bearer caller\r\n"
+            b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        chunk = b"x" * 65536
+        for _ in range(40):  # 2.5 MB through the tunnel
+            writer.write(chunk)
+            await writer.drain()
+            assert await reader.readexactly(len(chunk)) == chunk
+        writer.close()
+    finally:
+        _stop(md)
+        server.close()
+        await server.wait_closed()
