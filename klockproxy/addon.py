@@ -353,7 +353,9 @@ def _kubelet_target(info: RequestInfo, raw_path: str) -> RequestInfo | None:
     """``nodes/N/proxy/exec/NS/POD/...`` acts on pod NS/POD: judge it as that pod's CONNECT."""
     if info.group or info.resource != "nodes" or info.subresource != "proxy":
         return None
-    segments = [unquote(part) for part in raw_path.partition("?")[0].split("/")]
+    # Decode, then split: the API server hands the kubelet the decoded path, so
+    # ``exec%2Fdefault%2Fmy-pod`` is ``exec/default/my-pod`` there.
+    segments = unquote(raw_path.partition("?")[0]).split("/")
     for i in range(2, len(segments)):
         if segments[i] == "proxy" and segments[i - 2] == "nodes":
             # Empty segments dropped: the kubelet's router cleans the path.
@@ -361,8 +363,10 @@ def _kubelet_target(info: RequestInfo, raw_path: str) -> RequestInfo | None:
             break
     else:
         return None
-    if len(tail) < 3 or tail[0] not in _KUBELET_POD_ACTIONS:
+    if not tail or tail[0] not in _KUBELET_POD_ACTIONS:
         return None
+    if len(tail) < 3:
+        raise ClassificationError(f"kubelet {tail[0]} path without namespace and pod")
     namespace, pod = quote(tail[1], safe=""), quote(tail[2], safe="")
     # A pod name classify refuses raises: the kubelet would still act on some pod.
     return classify(
@@ -1044,10 +1048,17 @@ class KlockProxy:
             for v in spec.get("versions") or []
             if isinstance(v, dict) and v.get("served") and isinstance(v.get("name"), str)
         ]
-        if not (isinstance(group, str) and isinstance(plural, str) and versions):
-            return
         if group == GROUP and plural == "locks":
             return  # Lock objects are never locked: deleting them all unlocks, by design.
+        if not (isinstance(group, str) and isinstance(plural, str) and versions):
+            # Its objects cannot be listed (say, every version unserved first): fail closed.
+            raise Refusal(
+                failure(
+                    403,
+                    f"klockproxy: DELETE locks exist and the objects that deleting {info.name} "
+                    "would delete cannot be listed (no served version); serve a version first",
+                )
+            )
         assert self.upstream is not None
         version = versions[0]
         path = "/apis/" + "/".join(quote(part, safe="") for part in (group, version, plural))

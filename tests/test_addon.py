@@ -1502,6 +1502,9 @@ async def test_websocket_subprotocol_token_is_the_callers_credential(
         ("GET", "attach/default/my-pod/c?input=1&output=1"),
         ("GET", "portForward/default/my-pod?port=80"),
         ("GET", "exec//default/my-pod/c?command=sh"),
+        ("GET", "exec%2Fdefault%2Fmy-pod%2Fc?command=sh"),
+        ("POST", "run%2Fdefault%2Fmy-pod%2Fc?cmd=id"),
+        ("GET", "exec%2Fdefault/my-pod/c?command=sh"),
     ],
 )
 async def test_kubelet_pod_actions_through_the_node_proxy_are_a_connect_on_the_pod(
@@ -1520,9 +1523,10 @@ async def test_other_node_proxy_paths_are_a_connect_on_the_node(
     flow = make_flow("GET", "/api/v1/nodes/node-1/proxy/metrics")
     await run(addon, flow)
     assert flow.response is None  # no lock covers cluster-scoped objects
-    odd = make_flow("GET", "/api/v1/nodes/node-1/proxy/exec/default/../c")
-    await run(addon, odd)
-    assert status_of(odd)["code"] == 400
+    for tail in ("exec/default/../c", "exec/default", "run%2Fdefault"):
+        odd = make_flow("GET", "/api/v1/nodes/node-1/proxy/" + tail)
+        await run(addon, odd)
+        assert status_of(odd)["code"] == 400, tail
 
 
 async def test_two_content_types_are_refused(addon: KlockProxy) -> None:
@@ -1591,6 +1595,23 @@ async def test_crd_deletion_is_refused_while_it_would_delete_locked_objects(
     collection = make_flow("DELETE", CRD_PATH)
     await run(addon, collection)
     assert status_of(collection)["code"] == 403
+
+
+@pytest.mark.parametrize("versions", [[{"name": "v1", "served": False, "storage": True}], [], None])
+async def test_crd_deletion_that_cannot_be_listed_is_refused(
+    addon: KlockProxy, upstream: FakeUpstream, versions: list[dict[str, Any]] | None
+) -> None:
+    _widget_crd(upstream)
+    crd = upstream.objects[CRD_PATH + "/widgets.example.com"]
+    if versions is None:
+        del crd["spec"]["versions"]
+    else:
+        crd["spec"]["versions"] = versions
+    flow = make_flow("DELETE", CRD_PATH + "/widgets.example.com")
+    await run(addon, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "cannot be listed" in status["message"]
 
 
 async def test_crd_deletion_takes_the_fast_path_without_delete_locks(
