@@ -1131,3 +1131,21 @@ def test_an_empty_lock_source_list_is_a_configuration_error() -> None:
     proxy = KlockProxy()
     with taddons.context(proxy) as tctx, pytest.raises(exceptions.OptionsError):
         tctx.configure(proxy, mode=["reverse:https://api.example:6443"], klock_locks=[])
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        (MERGE, b'{"metadata":{"labels":{"aura":"red"}}}'),
+        (STRATEGIC, b'{"metadata":{"labels":{"aura":"red"}}}'),
+        (JSON_PATCH, b'[{"op":"add","path":"/metadata/labels/aura","value":"red"}]'),
+        (APPLY, b"apiVersion: v1\nkind: Pod\nmetadata: {name: other-pod, labels: {aura: red}}\n"),
+    ],
+)
+async def test_status_patch_label_change_is_judged_on_the_new_labels(
+    addon: KlockProxy, ctype: str, body: bytes
+) -> None:
+    # pods/status writes may change metadata.labels on a real API server.
+    flow = make_flow("PATCH", OTHER_POD + "/status?fieldManager=x", body, ctype)
+    await run(addon, flow)
+    denied(flow)

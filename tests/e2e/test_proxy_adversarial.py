@@ -548,3 +548,21 @@ def test_deleting_a_crd_does_not_delete_a_locked_custom_resource(
         assert kubectl.exists("widget", "w", namespace=namespace)
     finally:
         kubectl("delete", "crd", "widgets.adv.example.com", "--ignore-not-found", "--wait=false")
+
+
+def test_allowed_chunked_write_is_rewritten_and_framed(
+    raw: Raw, kubectl: Kubectl, namespace: str, red_pod: str
+) -> None:
+    # An unlocked pod in a namespace with a lock: the proxy judges it, adds the
+    # resourceVersion guard to the chunked body and must forward a well-framed request.
+    kubectl("run", "free", "--image", "nginx", namespace=namespace, check=True)
+    body = json.dumps({"metadata": {"labels": {"who": "chunked"}}}).encode()
+    reply = raw(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/free",
+        body,
+        {"Content-Type": MERGE},
+        chunked=True,
+    )
+    assert reply.code == 200, reply.body
+    assert labels(kubectl, namespace, "pod", "free") == {"run": "free", "who": "chunked"}
