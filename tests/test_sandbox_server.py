@@ -14,7 +14,7 @@ import pytest
 
 from klockproxy.core import protobuf
 from klockproxy.crd import crd_object
-from klockproxy.sandbox.server import Sandbox
+from klockproxy.sandbox.server import Sandbox, parse_path
 
 JSON = "application/json"
 
@@ -587,3 +587,33 @@ async def test_a_watch_whose_client_left_is_released(sandbox: Sandbox, client: C
             break
         await asyncio.sleep(0.05)
     assert sandbox.store.watcher_count == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/configmaps//odd",
+        "/api/v1/namespaces//configmaps/odd",
+    ],
+)
+async def test_paths_with_empty_or_dot_segments_route_nowhere(client: Client, path: str) -> None:
+    await client.request("POST", CMS, _cm("odd"))
+    status, body = await client.request("DELETE", path)
+    assert (status, body["reason"]) == (404, "NotFound")
+    status, _ = await client.request("GET", f"{CMS}/odd")
+    assert status == 200
+
+
+def test_parse_path_routes() -> None:
+    route = parse_path("/apis/apps/v1/namespaces/ns/deployments/web/scale")
+    assert (route.group, route.resource, route.namespace, route.name, route.subresource) == (
+        "apps",
+        "deployments",
+        "ns",
+        "web",
+        "scale",
+    )
+    ns = parse_path("/api/v1/namespaces/ns")
+    assert (ns.resource, ns.name, ns.namespace) == ("namespaces", "ns", "ns")
+    assert parse_path("/api/v1/namespaces/ns/status").subresource == "status"
+    assert parse_path("/apis/").kind == "discovery"

@@ -157,9 +157,16 @@ class Route:
 
 
 def parse_path(path: str) -> Route:
-    parts = [p for p in path.split("/") if p != ""]
-    if not parts:
+    """Route a (decoded) request path. Empty segments (``//``) are not collapsed: such a path
+    routes nowhere (404), so ``configmaps//x`` can never reach object ``x``."""
+    trimmed = path[1:] if path.startswith("/") else path
+    if trimmed.endswith("/"):
+        trimmed = trimmed[:-1]
+    if not trimmed:
         return Route("discovery", rest="root")
+    parts = trimmed.split("/")
+    if "" in parts or "." in parts or ".." in parts:
+        return Route("unknown")
     head = parts[0]
     if head == "version" and len(parts) == 1:
         return Route("version")
@@ -318,6 +325,8 @@ class SandboxServer:
         user = self._authenticate(request)
         user = await sandbox_auth.resolve_impersonation(user, request.headers, self.authorizer)
         request[USER_KEY] = user
+        if route.kind == "unknown":
+            raise NotFoundError("the server could not find the requested resource")
         if route.kind != "resource":
             verb = request.method.lower()
             if verb == "head":
