@@ -449,6 +449,7 @@ class _Plan:
     name: str
     guard: tuple[str, str] | None = None  # (resourceVersion, uid) of the checked object
     absent: bool = False  # the object did not exist when checked
+    note: str = ""  # appended to a denial (why a DELETE lock judged an update, say)
 
 
 class KlockProxy:
@@ -792,6 +793,10 @@ class KlockProxy:
         if not covered and info.verb == "update" and not info.subresource:
             # PUT creates the object for resources that allow create-on-update (leases...).
             covered = engine.covers(ns, Operation.CREATE)
+        if not covered and info.verb in ("update", "patch") and not info.subresource:
+            # A new owner reference lets the garbage collector delete the object later:
+            # judged as a DELETE too (see _owner_inputs).
+            covered = engine.covers(ns, Operation.DELETE)
         return _JUDGE if covered else _PASS
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -982,7 +987,10 @@ class KlockProxy:
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
             first = next(d for d in decisions if not d.allowed)
-            return forbidden(info, plan.name, first.message)
+            note = ""
+            if plan.note and first.denials and first.denials[0].operation is Operation.DELETE:
+                note = f"; {plan.note}"
+            return forbidden(info, plan.name, first.message + note)
         texts: list[str] = []
         names: list[str] = []
         for inp, decision in zip(plan.inputs, decisions, strict=True):
@@ -1206,8 +1214,11 @@ class KlockProxy:
         old = labels_of(current)
         guard = _version(current)
         if verb == "update" and info.subresource in _LABEL_SUBRESOURCES:
-            new = labels_of(_decode(req))
-            return _Plan([inp(op, info.name, old, new, kind)], info.name, guard)
+            obj = _decode(req)
+            new = labels_of(obj)
+            inputs = [inp(op, info.name, old, new, kind)]
+            owners = _owner_inputs(current, obj, inp, info.name, kind)
+            return _Plan(inputs + owners, info.name, guard, note=_OWNER_NOTE if owners else "")
         if op is Operation.UPDATE:
             # scale, ephemeralcontainers (update or patch): the parent's labels decide; these
             # subresources cannot change labels (a Scale object has none).
@@ -1264,7 +1275,10 @@ class KlockProxy:
             ssa = ssa_result_labels(current, applied, manager, info.subresource)
             inputs.append(inp(Operation.UPDATE, info.name, old, ssa, kind))
             inputs.append(inp(Operation.UPDATE, info.name, old, labels_of(applied), kind))
-        return _Plan(inputs, info.name, _version(current))
+        owners = _owner_inputs(current, patched, inp, info.name, kind)
+        return _Plan(
+            inputs + owners, info.name, _version(current), note=_OWNER_NOTE if owners else ""
+        )
 
     async def _plan_deletecollection(
         self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: _InputMaker
@@ -1374,6 +1388,41 @@ def ssa_result_labels(
     for key in mine - others - config.keys():
         result.pop(key, None)
     return result
+
+
+_OWNER_NOTE = (
+    "the write adds an owner reference, and the garbage collector deletes an object whose "
+    "owner is deleted"
+)
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    refs = _meta(obj).get("ownerReferences")
+    if not isinstance(refs, list):
+        return set()
+    return {str(ref.get("uid", "")) for ref in refs if isinstance(ref, dict)}
+
+
+def _owner_inputs(
+    current: Mapping[str, Any],
+    new: Mapping[str, Any],
+    inp: _InputMaker,
+    name: str,
+    kind: str,
+) -> list[AdmissionInput]:
+    """DELETE judgements for a write that adds an owner reference.
+
+    The garbage collector deletes an object once its owner is gone, behind the proxy's back:
+    giving a DELETE-locked object a new owner (that the caller may delete) is judged like
+    deleting it, on its old and on its new labels. Removing owners only keeps objects alive.
+    """
+    if not _owner_uids(new) - _owner_uids(current):
+        return []
+    old_labels, new_labels = labels_of(dict(current)), labels_of(dict(new))
+    out = [inp(Operation.DELETE, name, old_labels, None, kind)]
+    if new_labels != old_labels:
+        out.append(inp(Operation.DELETE, name, new_labels, None, kind))
+    return out
 
 
 def _kind(obj: Mapping[str, Any]) -> str:

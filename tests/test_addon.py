@@ -1657,6 +1657,67 @@ async def test_bodies_go_would_decode_differently_are_refused(
     assert status_of(flow)["code"] in (400, 403)
 
 
+GC_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nodelete, namespace: gc}
+spec:
+  operations: [DELETE]
+  matcher: {aura: red}
+"""
+
+
+@pytest.fixture
+def gc_proxy(upstream: FakeUpstream) -> Iterator[KlockProxy]:
+    engine = Engine(load_locks_from_text(GC_LOCK, source="t"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        yield proxy
+
+
+OWNER_PATCH = {
+    "metadata": {
+        "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "bait", "uid": "bait-uid"}
+        ]
+    }
+}
+
+
+async def test_a_new_owner_for_a_delete_locked_object_is_judged_as_a_delete(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.objects["/api/v1/namespaces/gc/pods/p"] = pod("p", {"aura": "red"}, ns="gc")
+    flow = make_flow(
+        "PATCH", "/api/v1/namespaces/gc/pods/p", json.dumps(OWNER_PATCH).encode(), MERGE
+    )
+    await run(gc_proxy, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "forbids DELETE" in status["message"]
+    assert status["message"].endswith("deleted")  # the note about the garbage collector
+
+    # Relabelling into the lock and adopting in one PUT is judged on the new labels too.
+    upstream.objects["/api/v1/namespaces/gc/pods/q"] = pod("q", {}, ns="gc")
+    body = pod("q", {"aura": "red"}, ns="gc")
+    body["metadata"].update(OWNER_PATCH["metadata"])
+    put = make_flow(
+        "PUT", "/api/v1/namespaces/gc/pods/q", json.dumps(body).encode(), "application/json"
+    )
+    await run(gc_proxy, put)
+    assert status_of(put)["code"] == 403
+
+
+async def test_updates_that_add_no_owner_pass_a_delete_only_lock(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.objects["/api/v1/namespaces/gc/pods/p"] = pod("p", {"aura": "red"}, ns="gc")
+    flow = make_flow("PATCH", "/api/v1/namespaces/gc/pods/p", merge_patch({"x": "y"}), MERGE)
+    await run(gc_proxy, flow)
+    assert flow.response is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Options
 
