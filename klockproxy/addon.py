@@ -449,7 +449,10 @@ class _Plan:
     name: str
     guard: tuple[str, str] | None = None  # (resourceVersion, uid) of the checked object
     absent: bool = False  # the object did not exist when checked
-    note: str = ""  # appended to a denial (why a DELETE lock judged an update, say)
+    # Inputs from index ``own`` on are about consequences (an adopted owner, dependents the
+    # garbage collector deletes); ``note`` explains them when one of those is denied.
+    own: int | None = None
+    note: str = ""
 
 
 class KlockProxy:
@@ -986,9 +989,9 @@ class KlockProxy:
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
-            first = next(d for d in decisions if not d.allowed)
+            index, first = next((i, d) for i, d in enumerate(decisions) if not d.allowed)
             note = ""
-            if plan.note and first.denials and first.denials[0].operation is Operation.DELETE:
+            if plan.note and plan.own is not None and index >= plan.own:
                 note = f"; {plan.note}"
             return forbidden(info, plan.name, first.message + note)
         texts: list[str] = []
@@ -1218,7 +1221,7 @@ class KlockProxy:
             new = labels_of(obj)
             inputs = [inp(op, info.name, old, new, kind)]
             owners = _owner_inputs(current, obj, inp, info.name, kind)
-            return _Plan(inputs + owners, info.name, guard, note=_OWNER_NOTE if owners else "")
+            return _Plan(inputs + owners, info.name, guard, own=len(inputs), note=_OWNER_NOTE)
         if op is Operation.UPDATE:
             # scale, ephemeralcontainers (update or patch): the parent's labels decide; these
             # subresources cannot change labels (a Scale object has none).
@@ -1229,7 +1232,63 @@ class KlockProxy:
         if op is Operation.CONNECT:
             return _Plan([inp(op, info.name, old, None, kind)], info.name)
         # DELETE, and pods/eviction (a DELETE of the pod).
-        return _Plan([inp(op, info.name, old, None, kind)], info.name, guard)
+        inputs = [inp(op, info.name, old, None, kind)]
+        # Pods own nothing the built-in controllers make; a namespace is judged as a whole.
+        leaf = info.group == "" and info.resource in ("pods", "namespaces")
+        if verb == "delete" and not leaf and not _orphans(req, info):
+            inputs += await self._dependent_inputs(info, current, headers)
+        return _Plan(inputs, info.name, guard, own=1, note=_DEPENDENTS_NOTE)
+
+    async def _dependent_inputs(
+        self, info: RequestInfo, current: Mapping[str, Any], headers: Mapping[str, Sequence[str]]
+    ) -> list[AdmissionInput]:
+        """DELETE judgements for what the garbage collector deletes after this object.
+
+        Dependents are found (transitively, by owner uid) among the kinds built-in controllers
+        create: pods, replica sets, jobs, persistent volume claims of the same namespace. Each
+        is listed as the caller; a kind the API server does not serve is skipped.
+        """
+        root = str(_meta(current).get("uid") or "")
+        if not root or not info.namespace:
+            return []
+        assert self.upstream is not None
+        listed: list[tuple[ResourceRef, dict[str, Any]]] = []
+        for ref in _DEPENDENT_KINDS:
+            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
+            path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
+            try:
+                items = await self.upstream.list_objects(path, headers)
+            except UpstreamStatusError as e:
+                if e.code == 404:
+                    continue
+                raise Refusal(self._lookup_failure(f"what deleting {info.name} deletes", e)) from e
+            except UpstreamError as e:
+                raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+            listed.extend((ref, item) for item in items)
+        owners = {root}
+        dependents: list[tuple[ResourceRef, dict[str, Any]]] = []
+        grew = True
+        while grew:
+            grew = False
+            for ref, item in listed:
+                uid = str(_meta(item).get("uid") or "")
+                if uid and uid not in owners and _owner_uids(item) & owners:
+                    owners.add(uid)
+                    dependents.append((ref, item))
+                    grew = True
+        return [
+            AdmissionInput(
+                operation=Operation.DELETE,
+                namespace=info.namespace,
+                resource=ref,
+                name=str(_meta(item).get("name") or ""),
+                user=_NOBODY,
+                old_labels=labels_of(item),
+                dry_run=info.dry_run,
+                kind=_kind(item),
+            )
+            for ref, item in dependents
+        ]
 
     async def _plan_patch(
         self,
@@ -1277,7 +1336,7 @@ class KlockProxy:
             inputs.append(inp(Operation.UPDATE, info.name, old, labels_of(applied), kind))
         owners = _owner_inputs(current, patched, inp, info.name, kind)
         return _Plan(
-            inputs + owners, info.name, _version(current), note=_OWNER_NOTE if owners else ""
+            inputs + owners, info.name, _version(current), own=len(inputs), note=_OWNER_NOTE
         )
 
     async def _plan_deletecollection(
@@ -1388,6 +1447,43 @@ def ssa_result_labels(
     for key in mine - others - config.keys():
         result.pop(key, None)
     return result
+
+
+_DEPENDENT_KINDS = (
+    ResourceRef("", "v1", "pods"),
+    ResourceRef("apps", "v1", "replicasets"),
+    ResourceRef("batch", "v1", "jobs"),
+    ResourceRef("", "v1", "persistentvolumeclaims"),
+)
+_DEPENDENTS_NOTE = (
+    "the garbage collector deletes the dependents of a deleted object; delete it with "
+    "propagationPolicy=Orphan (kubectl delete --cascade=orphan) to keep them"
+)
+
+
+def _orphans(req: http.Request, info: RequestInfo) -> bool:
+    """Whether this DELETE orphans the dependents (else the garbage collector deletes them).
+
+    The body's DeleteOptions win over the query, as on the API server; anything unreadable
+    counts as a cascade.
+    """
+    body = _body(req)
+    if not body.strip():
+        policy = (info.query.get("propagationPolicy") or ("",))[0]
+        orphan = (info.query.get("orphanDependents") or ("",))[0]
+        return policy == "Orphan" or orphan == "true"
+    ctype = req.headers.get("content-type", "")
+    try:
+        if media_type(ctype) == PROTOBUF_CONTENT_TYPE:
+            raw = unwrap_unknown(body).raw
+            orphan_flag = any(n == 3 and v == 1 for n, _, v in decode_fields(raw))
+            return _last_string(raw, 4) == "Orphan" or orphan_flag
+        doc = _load_document(body, ctype, "DeleteOptions body")
+    except (Refusal, DecodeError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    return doc.get("propagationPolicy") == "Orphan" or doc.get("orphanDependents") is True
 
 
 _OWNER_NOTE = (

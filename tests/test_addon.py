@@ -1718,6 +1718,79 @@ async def test_updates_that_add_no_owner_pass_a_delete_only_lock(
     assert flow.response is None
 
 
+def _workload(upstream: FakeUpstream) -> None:
+    upstream.objects["/apis/apps/v1/namespaces/gc/deployments/web"] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "gc", "uid": "dep-uid", "resourceVersion": "7"},
+    }
+    upstream.lists["/apis/apps/v1/namespaces/gc/replicasets"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": "web-1",
+                "uid": "rs-uid",
+                "ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "dep-uid"}],
+            },
+        }
+    ]
+    locked = pod("web-1-x", {"aura": "red"}, ns="gc")
+    locked["metadata"]["ownerReferences"] = [
+        {"kind": "ReplicaSet", "name": "web-1", "uid": "rs-uid"}
+    ]
+    upstream.lists["/api/v1/namespaces/gc/pods"] = [locked, pod("other", {}, ns="gc")]
+
+
+async def test_cascading_delete_of_the_owner_of_a_locked_pod_is_refused(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    _workload(upstream)
+    flow = make_flow(
+        "DELETE",
+        "/apis/apps/v1/namespaces/gc/deployments/web",
+        b'{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}',
+        "application/json",
+    )
+    await run(gc_proxy, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert status["message"].startswith('deployments.apps "web" is forbidden: denied')
+    assert 'forbids DELETE of pods "web-1-x"' in status["message"]
+    assert "propagationPolicy=Orphan" in status["message"]
+    listed = [c[1] for c in upstream.calls if c[0] == "list"]
+    assert "/api/v1/namespaces/gc/pods" in listed
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "ctype"),
+    [
+        ("?propagationPolicy=Orphan", b"", None),
+        ("", b'{"kind":"DeleteOptions","propagationPolicy":"Orphan"}', "application/json"),
+        ("", b'{"kind":"DeleteOptions","orphanDependents":true}', "application/json"),
+        ("", encode_unknown("v1", "DeleteOptions", encode_string_field(4, "Orphan")), PROTOBUF),
+    ],
+)
+async def test_orphaning_delete_of_the_owner_is_allowed(
+    gc_proxy: KlockProxy, upstream: FakeUpstream, path: str, body: bytes, ctype: str | None
+) -> None:
+    _workload(upstream)
+    flow = make_flow("DELETE", "/apis/apps/v1/namespaces/gc/deployments/web" + path, body, ctype)
+    await run(gc_proxy, flow)
+    assert flow.response is None
+    assert not [c for c in upstream.calls if c[0] == "list"]
+
+
+async def test_owner_without_locked_dependents_is_deleted(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    _workload(upstream)
+    upstream.lists["/api/v1/namespaces/gc/pods"] = [pod("other", {}, ns="gc")]
+    flow = make_flow("DELETE", "/apis/apps/v1/namespaces/gc/deployments/web")
+    await run(gc_proxy, flow)
+    assert flow.response is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Options
 
