@@ -1346,10 +1346,10 @@ class KlockProxy:
         self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: _InputMaker
     ) -> _Plan:
         assert self.upstream is not None
-        for param in ("resourceVersion", "resourceVersionMatch"):
+        for param in ("resourceVersion", "resourceVersionMatch", "continue"):
             if info.query.get(param):
-                # The API server would delete what it lists at that (possibly old) version,
-                # while the proxy can only judge what exists now.
+                # The API server would delete what it lists at that (possibly old) version -
+                # a continue token carries one too - while the proxy judges what exists now.
                 raise Refusal(
                     failure(
                         400,

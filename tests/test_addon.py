@@ -1342,6 +1342,9 @@ async def test_deletecollection_at_a_resource_version_is_refused(
     status = status_of(flow)
     assert status["code"] == 400
     assert "resourceVersion" in status["message"]
+    continued = make_flow("DELETE", path + "?labelSelector=aura%3Dgreen&limit=1&continue=eyJ9")
+    await run(addon, continued)
+    assert status_of(continued)["code"] == 400
 
 
 async def test_body_errors_are_not_echoed_into_the_log(
