@@ -1149,3 +1149,133 @@ async def test_status_patch_label_change_is_judged_on_the_new_labels(
     flow = make_flow("PATCH", OTHER_POD + "/status?fieldManager=x", body, ctype)
     await run(addon, flow)
     denied(flow)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/nodes/node-1/proxy/exec%2Fdefault%2Fmy-pod%2Fc?command=sh",
+        "/api/v1/nodes/node-1/proxy/run%2Fdefault%2Fmy-pod%2Fc?cmd=id",
+        "/api/v1/nodes/node-1/proxy/exec%2Fdefault/my-pod/c?command=sh",
+        "/api/v1/nodes/node-1/proxy%2Fexec%2Fdefault%2Fmy-pod%2Fc?command=sh",
+    ],
+)
+async def test_kubelet_action_behind_encoded_slashes_is_judged(
+    addon: KlockProxy, path: str
+) -> None:
+    # The API server builds the kubelet path from the DECODED URL path.
+    method = "POST" if "run" in path else "GET"
+    flow = make_flow(method, path)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (400, 403)
+
+
+GC_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nodelete, namespace: gc}
+spec:
+  operations: [DELETE]
+  matcher: {aura: red}
+"""
+
+
+def _gc_proxy(upstream: WhoAmI) -> KlockProxy:
+    engine = Engine(load_locks_from_text(GC_LOCK, source="t"))
+    return KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+
+
+async def test_owner_reference_added_to_a_delete_locked_pod_is_refused(upstream: WhoAmI) -> None:
+    # DELETE-only lock: UPDATE is free, but an owner reference to a disposable ConfigMap would
+    # let the garbage collector delete the pod once the ConfigMap is deleted.
+    upstream.objects["/api/v1/namespaces/gc/pods/p"] = pod("p", {"aura": "red"}, ns="gc")
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "bait", "uid": "bait-uid"}
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        flow = make_flow("PATCH", "/api/v1/namespaces/gc/pods/p", json.dumps(patch).encode(), MERGE)
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
+
+
+async def test_cascading_delete_of_the_owner_of_a_locked_pod_is_refused(upstream: WhoAmI) -> None:
+    # kubectl delete deployment web: the garbage collector would delete its ReplicaSet and
+    # pod web-1-x (aura=red, locked against DELETE).
+    def meta(name: str, uid: str, owner: tuple[str, str, str, str] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": name, "namespace": "gc", "uid": uid, "resourceVersion": "7"}
+        if owner is not None:
+            api, kind, oname, ouid = owner
+            out["ownerReferences"] = [
+                {"apiVersion": api, "kind": kind, "name": oname, "uid": ouid, "controller": True}
+            ]
+        return out
+
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("web", "dep", None)}
+    rs = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": meta("web-1", "rs", ("apps/v1", "Deployment", "web", "dep")),
+    }
+    victim = pod("web-1-x", {"aura": "red"}, ns="gc")
+    victim["metadata"]["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs"}
+    ]
+    upstream.objects["/apis/apps/v1/namespaces/gc/deployments/web"] = dep
+    upstream.lists["/apis/apps/v1/namespaces/gc/replicasets"] = [rs]
+    upstream.lists["/api/v1/namespaces/gc/pods"] = [victim]
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow(
+            "DELETE",
+            "/apis/apps/v1/namespaces/gc/deployments/web",
+            b'{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}',
+            "application/json",
+        )
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
+
+
+@pytest.mark.parametrize("versions", [[{"name": "v1", "served": False, "storage": True}], [], None])
+async def test_crd_deletion_that_cannot_be_listed_is_refused(
+    addon: KlockProxy, upstream: WhoAmI, versions: Any
+) -> None:
+    # Unserving every version (a cluster-scoped update) must not open the way to deleting the
+    # CRD, and with it every stored object, locked ones included.
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.adv.example.com"
+    spec: dict[str, Any] = {
+        "group": "adv.example.com",
+        "scope": "Namespaced",
+        "names": {"plural": "widgets", "kind": "Widget"},
+    }
+    if versions is not None:
+        spec["versions"] = versions
+    upstream.objects[path] = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.adv.example.com", "uid": "crd", "resourceVersion": "3"},
+        "spec": spec,
+    }
+    upstream.lists["/apis/adv.example.com/v1/widgets"] = [
+        {
+            "apiVersion": "adv.example.com/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w", "namespace": "default", "labels": {"aura": "red"}},
+        }
+    ]
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    assert status_of(flow)["code"] in (403, 503)
+
+
+async def test_deletecollection_from_an_old_continue_token_is_refused(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    # A continue token carries the resourceVersion of the list that issued it.
+    path = "/api/v1/namespaces/default/pods"
+    upstream.lists[path] = [pod("my-pod", {"aura": "red"})]
+    token = "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MTAsInN0YXJ0IjoiYVx1MDAwMCJ9"
+    flow = make_flow("DELETE", f"{path}?labelSelector=aura%3Dgreen&limit=1&continue={token}")
+    await run(addon, flow)
+    assert 400 <= status_of(flow)["code"] < 500
