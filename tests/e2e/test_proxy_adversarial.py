@@ -566,3 +566,24 @@ def test_allowed_chunked_write_is_rewritten_and_framed(
     )
     assert reply.code == 200, reply.body
     assert labels(kubectl, namespace, "pod", "free") == {"run": "free", "who": "chunked"}
+
+
+def test_unserving_then_deleting_a_crd_does_not_delete_a_locked_custom_resource(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    kubectl("apply", "-f", "-", input=WIDGET_CRD, check=True)
+    try:
+        for _ in range(100):  # bounded retries until the new kind is served
+            created = kubectl("apply", "-f", "-", input=WIDGET, namespace=namespace)
+            if created.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert created.returncode == 0, created.stderr
+        locks.add("lockred", ["DELETE"], {"aura": "red"})
+        unserve = '[{"op":"replace","path":"/spec/versions/0/served","value":false}]'
+        proxy.kubectl("patch", "crd", "widgets.adv.example.com", "--type=json", "-p", unserve)
+        result = proxy.kubectl("delete", "crd", "widgets.adv.example.com")
+        assert result.returncode != 0, result.stdout
+        assert kubectl("get", "crd", "widgets.adv.example.com").returncode == 0
+    finally:
+        kubectl("delete", "crd", "widgets.adv.example.com", "--ignore-not-found", "--wait=false")
