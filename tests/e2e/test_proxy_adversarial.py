@@ -513,41 +513,61 @@ def test_encoded_slash_before_exec_does_not_reach_the_api_server(
 WIDGET_CRD = """
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: widgets.adv.example.com}
+metadata: {{name: widgets.{group}}}
 spec:
-  group: adv.example.com
+  group: {group}
   scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget, listKind: WidgetList}
+  names: {{plural: widgets, singular: widget, kind: Widget, listKind: WidgetList}}
   versions:
   - name: v1
     served: true
     storage: true
     schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+      openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
 """
-WIDGET = "apiVersion: adv.example.com/v1\nkind: Widget\nmetadata: {name: w, labels: {aura: red}}\n"
+WIDGET = "apiVersion: {group}/v1\nkind: Widget\nmetadata: {{name: w, labels: {{aura: red}}}}\n"
 
 
-def test_deleting_a_crd_does_not_delete_a_locked_custom_resource(
-    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
-) -> None:
-    kubectl("apply", "-f", "-", input=WIDGET_CRD, check=True)
+@pytest.fixture
+def widget(kubectl: Kubectl, namespace: str, locks: Locks) -> Iterator[str]:
+    """A CRD of its own (group named after the test's namespace) and widget ``w`` (aura=red)
+    under Lock lockred {aura: red} for DELETE; yields the CRD's name."""
+    group = f"{namespace}.adv.example.com"
+    crd = f"widgets.{group}"
+    kubectl("apply", "-f", "-", input=WIDGET_CRD.format(group=group), check=True)
     try:
-        # A new kind is served a moment after its CRD (bounded retries, no timing assertion).
-        for _ in range(100):
-            created = kubectl("apply", "-f", "-", input=WIDGET, namespace=namespace)
+        for _ in range(100):  # bounded retries until the new kind is served
+            created = kubectl(
+                "apply", "-f", "-", input=WIDGET.format(group=group), namespace=namespace
+            )
             if created.returncode == 0:
                 break
             time.sleep(0.1)
         assert created.returncode == 0, created.stderr
         locks.add("lockred", ["DELETE"], {"aura": "red"})
-        assert_denied(proxy.kubectl("delete", "widget", "w", namespace=namespace))
-        result = proxy.kubectl("delete", "crd", "widgets.adv.example.com")
-        assert result.returncode != 0, result.stdout
-        assert "forbidden" in result.stderr.lower(), result.stderr
-        assert kubectl.exists("widget", "w", namespace=namespace)
+        yield crd
     finally:
-        kubectl("delete", "crd", "widgets.adv.example.com", "--ignore-not-found", "--wait=false")
+        kubectl("delete", "crd", crd, "--ignore-not-found", "--wait=false")
+
+
+def test_deleting_a_crd_does_not_delete_a_locked_custom_resource(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, widget: str
+) -> None:
+    assert_denied(proxy.kubectl("delete", widget, "w", namespace=namespace))
+    result = proxy.kubectl("delete", "crd", widget)
+    assert result.returncode != 0, result.stdout
+    assert "forbidden" in result.stderr.lower(), result.stderr
+    assert kubectl.exists(widget, "w", namespace=namespace)
+
+
+def test_unserving_then_deleting_a_crd_does_not_delete_a_locked_custom_resource(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, widget: str
+) -> None:
+    unserve = '[{"op":"replace","path":"/spec/versions/0/served","value":false}]'
+    proxy.kubectl("patch", "crd", widget, "--type=json", "-p", unserve)
+    result = proxy.kubectl("delete", "crd", widget)
+    assert result.returncode != 0, result.stdout
+    assert kubectl("get", "crd", widget).returncode == 0
 
 
 def test_allowed_chunked_write_is_rewritten_and_framed(
@@ -566,24 +586,3 @@ def test_allowed_chunked_write_is_rewritten_and_framed(
     )
     assert reply.code == 200, reply.body
     assert labels(kubectl, namespace, "pod", "free") == {"run": "free", "who": "chunked"}
-
-
-def test_unserving_then_deleting_a_crd_does_not_delete_a_locked_custom_resource(
-    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
-) -> None:
-    kubectl("apply", "-f", "-", input=WIDGET_CRD, check=True)
-    try:
-        for _ in range(100):  # bounded retries until the new kind is served
-            created = kubectl("apply", "-f", "-", input=WIDGET, namespace=namespace)
-            if created.returncode == 0:
-                break
-            time.sleep(0.1)
-        assert created.returncode == 0, created.stderr
-        locks.add("lockred", ["DELETE"], {"aura": "red"})
-        unserve = '[{"op":"replace","path":"/spec/versions/0/served","value":false}]'
-        proxy.kubectl("patch", "crd", "widgets.adv.example.com", "--type=json", "-p", unserve)
-        result = proxy.kubectl("delete", "crd", "widgets.adv.example.com")
-        assert result.returncode != 0, result.stdout
-        assert kubectl("get", "crd", "widgets.adv.example.com").returncode == 0
-    finally:
-        kubectl("delete", "crd", "widgets.adv.example.com", "--ignore-not-found", "--wait=false")
