@@ -410,7 +410,8 @@ def _is_crd_delete(info: RequestInfo) -> bool:
 
 
 def _has_delete_locks(engine: Engine) -> bool:
-    return any(Operation.DELETE in lock.operations for lock in engine.locks)
+    # An invalid Lock refuses every operation in its namespace, DELETE included.
+    return bool(engine.invalid) or any(Operation.DELETE in lk.operations for lk in engine.locks)
 
 
 def _group_resource(info: RequestInfo) -> str:

@@ -16,7 +16,8 @@ from klockproxy.core.engine import (
     is_exempt,
     is_lock_resource,
 )
-from klockproxy.core.locks import Lock, load_locks_from_objects
+from klockproxy.core.errors import LockValidationError
+from klockproxy.core.locks import InvalidLock, Lock, load_locks_from_objects, lock_from_object
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 
 PODS = ResourceRef("", "v1", "pods")
@@ -515,3 +516,86 @@ def test_indexed_decisions_equal_a_full_scan(
         )
         assert sorted(x.lock.name for x in d.denials) == expected
         assert d.allowed is (not expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid Locks (held by the cluster, rejected by the validator) refuse their whole namespace.
+
+
+def invalid_lock(name: str, spec: dict[str, Any], namespace: str = "shop") -> InvalidLock:
+    """The InvalidLock the cluster lock source makes of a Lock object that fails validation."""
+    obj = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    with pytest.raises(LockValidationError) as caught:
+        lock_from_object(obj, source="cluster")
+    return InvalidLock.from_error(namespace, name, caught.value)
+
+
+TYPO = invalid_lock("typo", {"operations": ["UPDTAE", "DELETE"], "matcher": {"aura": "red"}})
+TYPO_MESSAGE = (
+    "denied, Lock shop/typo is invalid (spec.operations[0]: unknown operation 'UPDTAE' "
+    "(expected one of CREATE, UPDATE, DELETE, CONNECT)): fix or delete it"
+)
+
+
+def test_an_invalid_lock_names_its_field_and_fault() -> None:
+    assert TYPO == InvalidLock(
+        "shop",
+        "typo",
+        "spec.operations[0]: unknown operation 'UPDTAE' "
+        "(expected one of CREATE, UPDATE, DELETE, CONNECT)",
+    )
+    assert TYPO.key == "shop/typo" and not TYPO.has_exclusive
+    empty = invalid_lock("empty", {"operations": ["DELETE"], "matcher": {"aura": ""}})
+    assert empty.reason.startswith("spec.matcher.aura: ")
+    dangling = invalid_lock("dangling", {"operations": ["DELETE"], "matcher": {"aura": "red|"}})
+    assert dangling.reason.startswith("spec.matcher.aura: ")
+
+
+@pytest.mark.parametrize("op", list(Operation))
+def test_an_invalid_lock_refuses_every_operation_in_its_namespace(op: Operation) -> None:
+    engine = Engine([], invalid=[TYPO])
+    assert engine.covers("shop", op)
+    assert not engine.covers("default", op)
+    # Whatever the labels (the typo'd Lock matched aura=red only), whoever the caller.
+    for labels in ({"aura": "red"}, {"aura": "blue"}, {}):
+        for user in (ADMIN, JONNY):
+            d = ask(engine, op, "p", old=labels, new=labels, user=user, namespace="shop")
+            assert not d.allowed
+            assert d.message == TYPO_MESSAGE
+            assert [(x.lock, x.operation) for x in d.denials] == [(TYPO, op)]
+            assert not d.exempted
+    assert ask(engine, op, "p", old={"aura": "red"}, new={}, namespace="default").allowed
+
+
+def test_an_invalid_lock_never_locks_lock_objects() -> None:
+    """The Lock can still be fixed or deleted (and other Locks created) in its namespace."""
+    engine = Engine([], invalid=[TYPO])
+    for op in (Operation.CREATE, Operation.UPDATE, Operation.DELETE):
+        assert ask(engine, op, "typo", old={}, new={}, namespace="shop", resource=LOCKS).allowed
+
+
+def test_an_invalid_lock_exempts_nobody_and_outranks_valid_locks() -> None:
+    """A valid Lock's exclusive user is refused too: the namespace is not trustworthy."""
+    freeze = make_lock("freeze", ["DELETE"], namespace="shop", exclusive={"name": "jonny-op"})
+    elsewhere = make_lock("lockred", ["DELETE"], {"aura": "red"})
+    exclusive_typo = invalid_lock(
+        "typo2", {"operations": ["DELETE", "UPDTAE"], "exclusive": {"name": "jonny-op"}}
+    )
+    engine = Engine([freeze, elsewhere], invalid=[exclusive_typo, TYPO])
+    assert engine.locks == (elsewhere, freeze) and engine.invalid == (TYPO, exclusive_typo)
+    jonny = UserInfo("system:serviceaccount:shop:jonny-op")
+    d = delete(engine, {}, user=jonny, namespace="shop")
+    assert not d.allowed
+    assert [x.lock for x in d.denials] == [TYPO, exclusive_typo]
+    assert d.message == (
+        TYPO_MESSAGE + "; Lock shop/typo2 is invalid (spec.operations[1]: unknown operation "
+        "'UPDTAE' (expected one of CREATE, UPDATE, DELETE, CONNECT)): fix or delete it"
+    )
+    assert not any(x.lock.has_exclusive for x in d.denials)
+    # The valid Locks keep working elsewhere.
+    assert not delete(engine, {"aura": "red"}).allowed
+    assert delete(engine, {"aura": "blue"}).allowed
+    # Fixed (no invalid Lock left): the ordinary rules again.
+    fixed = Engine([freeze, elsewhere])
+    assert delete(fixed, {}, user=jonny, namespace="shop").allowed
+    assert not fixed.covers("shop", Operation.CREATE)

@@ -12,7 +12,13 @@ Semantics (``/work/shared/klock-reference.md``, "where klockproxy deliberately d
 - ``exclusive.name`` without ``:`` matches the username itself or the service account of
   that name in the Lock's own namespace; with ``:`` it must equal the whole username;
   ``exclusive.uid`` must equal the caller's uid; when both are set both must match;
-- dry-run requests get the same decision (the user wants to know).
+- dry-run requests get the same decision (the user wants to know);
+- an invalid Lock (``InvalidLock``: a Lock object the cluster holds that fails validation)
+  refuses EVERY operation on every object of its namespace, for every caller (its
+  ``exclusive`` cannot be trusted either), Lock objects excepted so that it can be fixed or
+  deleted: ``denied, Lock shop/typo is invalid (spec.operations[0]: unknown operation
+  'UPDTAE' (...)): fix or delete it``. A security tool fails closed on a Lock it cannot read;
+  ``covers`` is true for every operation in that namespace.
 
 Locks are indexed by (namespace, operation) and, inside that, by label key and value: a
 lock with a key whose expression accepts finitely many values (``red``, ``red|blue``) is
@@ -27,13 +33,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from klockproxy.core.locks import GROUP, Lock
+from klockproxy.core.locks import GROUP, InvalidLock, Lock
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 
 logger = logging.getLogger(__name__)
 
 LOCK_RESOURCE = "locks"
 DENIAL_PREFIX = "denied, there is a lock: "
+INVALID_PREFIX = "denied, "
 _SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 _NO_LABELS: Mapping[str, str] = {}
 
@@ -79,9 +86,11 @@ class Denial:
     ``matched_old``/``matched_new`` say which labels the lock matched (UPDATE is judged on
     both). ``text`` is this lock's part of the message:
     ``map[aura:red] (Lock default/lockred forbids UPDATE of pods "my-pod"; only jonny-op may)``.
+    For an ``InvalidLock`` neither flag is set (it refuses whatever the labels) and the text is
+    ``Lock shop/typo is invalid (<field>: <fault>): fix or delete it``.
     """
 
-    lock: Lock
+    lock: Lock | InvalidLock
     operation: Operation
     matched_old: bool
     matched_new: bool
@@ -93,7 +102,8 @@ class Decision:
     """The engine's answer.
 
     ``message`` is empty when allowed; when denied it starts with Klock's exact text
-    (``denied, there is a lock: map[aura:red]``) and names every responsible lock.
+    (``denied, there is a lock: map[aura:red]``) and names every responsible lock, or, when
+    the namespace holds an invalid Lock, with ``denied, Lock <ns>/<name> is invalid (...)``.
     ``exempted`` lists the locks that matched the object but let this caller through (the
     proxy guards such writes against a concurrent relabel).
     """
@@ -169,6 +179,11 @@ class _BucketBuilder:
         )
 
 
+def invalid_text(lock: InvalidLock) -> str:
+    """An invalid Lock's part of a denial: ``Lock shop/typo is invalid (...): fix or delete it``."""
+    return f"Lock {lock.key} is invalid ({lock.reason}): fix or delete it"
+
+
 def _describe(inp: AdmissionInput) -> str:
     resource = inp.resource.group_resource if inp.resource.resource else (inp.kind or "objects")
     target = f'{resource} "{inp.name}"' if inp.name else resource
@@ -180,13 +195,14 @@ def _describe(inp: AdmissionInput) -> str:
 class Engine:
     """An immutable, indexed set of Locks answering admission questions.
 
-    Build a new Engine when the locks change (lock sources do); ``decide`` is safe to call
-    from any thread.
+    ``invalid`` are the Lock objects that failed validation: each refuses every mutation in
+    its namespace (see the module docstring). Build a new Engine when the locks change (lock
+    sources do); ``decide`` is safe to call from any thread.
     """
 
-    __slots__ = ("_buckets", "_locks", "_texts")
+    __slots__ = ("_buckets", "_invalid", "_locks", "_refusals", "_texts")
 
-    def __init__(self, locks: Iterable[Lock]) -> None:
+    def __init__(self, locks: Iterable[Lock], invalid: Iterable[InvalidLock] = ()) -> None:
         # Sorted so that decisions (and denial messages) never depend on load order.
         self._locks: tuple[Lock, ...] = tuple(sorted(locks, key=lambda lk: (lk.namespace, lk.name)))
         # Each lock's fixed parts of its denial text, built once rather than per denial.
@@ -201,6 +217,23 @@ class Engine:
         self._buckets: dict[tuple[str, Operation], _Bucket] = {
             bucket_key: builder.build() for bucket_key, builder in builders.items()
         }
+        self._invalid: tuple[InvalidLock, ...] = tuple(
+            sorted(set(invalid), key=lambda lk: (lk.namespace, lk.name, lk.reason))
+        )
+        # The whole answer for every operation in a namespace holding an invalid Lock.
+        per_namespace: dict[str, list[InvalidLock]] = {}
+        for bad in self._invalid:
+            per_namespace.setdefault(bad.namespace, []).append(bad)
+        self._refusals: dict[tuple[str, Operation], Decision] = {}
+        for namespace, bad_locks in per_namespace.items():
+            texts = [invalid_text(bad) for bad in bad_locks]
+            message = INVALID_PREFIX + "; ".join(texts)
+            for op in Operation:
+                denials = tuple(
+                    Denial(bad, op, False, False, text)
+                    for bad, text in zip(bad_locks, texts, strict=True)
+                )
+                self._refusals[(namespace, op)] = Decision(False, denials, message)
 
     @property
     def lock_count(self) -> int:
@@ -209,17 +242,37 @@ class Engine:
 
     @property
     def locks(self) -> tuple[Lock, ...]:
-        """The locks, sorted by namespace then name."""
+        """The (valid) locks, sorted by namespace then name."""
         return self._locks
 
+    @property
+    def invalid(self) -> tuple[InvalidLock, ...]:
+        """The invalid Locks, sorted by namespace then name; each refuses its namespace."""
+        return self._invalid
+
     def covers(self, namespace: str, operation: Operation) -> bool:
-        """Is there any lock in ``namespace`` for ``operation``? (If not, skip all work.)"""
-        return (namespace, operation) in self._buckets
+        """Is there any lock in ``namespace`` for ``operation``? (If not, skip all work.)
+
+        True for every operation of a namespace that holds an invalid Lock.
+        """
+        key = (namespace, operation)
+        return key in self._buckets or key in self._refusals
 
     def decide(self, inp: AdmissionInput) -> Decision:
         """Judge one operation on one object; see the module docstring for the rules."""
         if is_lock_resource(inp.resource):
             return ALLOWED
+        if self._refusals:
+            refusal = self._refusals.get((inp.namespace, inp.operation))
+            if refusal is not None:
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "denied %s %s/%s: the namespace holds an invalid Lock",
+                        inp.operation.value,
+                        inp.namespace,
+                        inp.name,
+                    )
+                return refusal
         bucket = self._buckets.get((inp.namespace, inp.operation))
         if bucket is None:
             return ALLOWED

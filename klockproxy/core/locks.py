@@ -5,6 +5,11 @@ A Lock (``klock.rnemet.dev/v1``) is read from YAML text (one or many documents, 
 directory of files. Validation is strict where Klock is silent: an unknown operation, an
 unknown spec field or a malformed matcher expression is an error naming the source, the
 document, the lock and the field, because a typo must never silently weaken a lock.
+
+A Lock object the cluster holds but that fails validation cannot be enforced as written, and
+cannot be ignored either (Klock would still enforce the parts it understands). It becomes an
+``InvalidLock``: its namespace, name and the fault. The engine refuses every mutation in that
+namespace (except of Lock objects, so that it can be fixed or deleted) while it exists.
 """
 
 from __future__ import annotations
@@ -83,6 +88,36 @@ class Lock:
             if not expr.evaluate(labels.get(key, "")):
                 return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLock:
+    """A Lock object that failed validation: the engine refuses every mutation in its namespace.
+
+    ``reason`` is the validation fault, field first when known:
+    ``spec.operations[0]: unknown operation 'UPDTAE' (...)``. An invalid Lock exempts nobody:
+    its ``exclusive`` cannot be trusted any more than the rest of it.
+    """
+
+    namespace: str
+    name: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, as for a Lock."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def has_exclusive(self) -> bool:
+        """Always False: nobody is exempt from an invalid Lock."""
+        return False
+
+    @classmethod
+    def from_error(cls, namespace: str, name: str, error: LockValidationError) -> InvalidLock:
+        """The invalid Lock ``namespace/name`` with the fault ``error`` describes."""
+        reason = error.reason if error.field is None else f"{error.field}: {error.reason}"
+        return cls(namespace=namespace, name=name, reason=reason)
 
 
 def is_valid_label_key(key: str) -> bool:
