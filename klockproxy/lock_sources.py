@@ -13,8 +13,20 @@ proxy refuses mutations while the lock state is unknown (fail closed).
   loop with ``call_soon_threadsafe``. It reconnects with backoff and relists on 410 Gone or any
   error; while it reconnects, the last listed set stays in force. A missing CRD means "ready,
   zero locks", and the source keeps retrying so that locks appear as soon as the CRD is
-  installed. An invalid Lock is logged (its name and field) and skipped; a Lock that an edit
-  made invalid keeps its previous, valid version (the CRD, like Klock's, validates little).
+  installed.
+
+Invalid Locks in the cluster fail closed. The CRD, like Klock's, validates little, so the
+cluster can hold a Lock that ``lock_from_object`` rejects (a misspelt operation, a malformed
+expression, an empty value). Skipping it would unlock what it was written to protect (Klock
+would still enforce the parts it understands); guessing which part to enforce would be
+worse. So ``ClusterLockSource`` keeps it as an ``InvalidLock`` (``invalid``), logs it once
+(its name and the validation fault, never the object), and the engine refuses EVERY mutation
+in its namespace, for every caller, except of Lock objects: the Lock can still be fixed or
+deleted, and within a second of that the namespace is back to its ordinary rules. A Lock
+that an edit made invalid is treated the same way: its previous version is no longer what
+the cluster holds, so it is not enforced in its place; the namespace is refused until the
+Lock is fixed. File sources have no invalid locks: an invalid file refuses to start the
+proxy, and an invalid edit keeps the last good set.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from klockproxy.core.locks import (
     GROUP,
     LOCK_FILE_SUFFIXES,
     VERSION,
+    InvalidLock,
     Lock,
     load_locks_from_path,
     lock_from_object,
@@ -48,10 +61,11 @@ CLUSTER_SPEC = "cluster"
 
 
 class LockSource(Protocol):
-    """Something that keeps a set of Locks up to date."""
+    """Something that keeps a set of Locks up to date (and the invalid Lock objects it holds)."""
 
     ready: bool
     locks: tuple[Lock, ...]
+    invalid: tuple[InvalidLock, ...]
     on_change: Callable[[], None] | None
 
     async def start(self) -> None:
@@ -155,6 +169,8 @@ class FileLockSource:
         self.poll_interval = poll_interval
         self.ready = False
         self.locks: tuple[Lock, ...] = ()
+        # Always empty: an invalid file is refused as a whole (see the class docstring).
+        self.invalid: tuple[InvalidLock, ...] = ()
         self.on_change: Callable[[], None] | None = None
         self.last_error: str | None = None
         self.name = ", ".join(str(p) for p in self.paths)
@@ -233,7 +249,9 @@ class ClusterLockSource:
 
     The official kubernetes client is synchronous, so the list/watch loop runs in a daemon
     thread and hands each new lock set to the event loop. ``ready`` turns true after the first
-    successful list (or a 404: the CRD is not installed, which means zero locks).
+    successful list (or a 404: the CRD is not installed, which means zero locks). ``invalid``
+    holds the Lock objects that fail validation (see the module docstring: each refuses its
+    namespace).
     """
 
     def __init__(
@@ -250,6 +268,7 @@ class ClusterLockSource:
         self.watch_timeout_seconds = watch_timeout_seconds
         self.ready = False
         self.locks: tuple[Lock, ...] = ()
+        self.invalid: tuple[InvalidLock, ...] = ()
         self.on_change: Callable[[], None] | None = None
         self.crd_missing = False
         self.name = CLUSTER_SPEC
@@ -258,12 +277,17 @@ class ClusterLockSource:
         self._stop = threading.Event()
         self._resp_lock = threading.Lock()
         self._resp: Any = None
-        # Thread-owned state: uid/key -> Lock, and the resourceVersion to watch from.
+        # Thread-owned state: namespace/name -> the Lock, or the invalid Lock (a key is in
+        # at most one of the two).
         self._by_key: dict[str, Lock] = {}
+        self._invalid_by_key: dict[str, InvalidLock] = {}
 
     def describe(self) -> str:
-        """``3 locks from cluster`` (for the ready line)."""
+        """``3 locks from cluster`` (for the ready line), naming invalid Locks if any."""
         suffix = " (Lock CRD not installed)" if self.crd_missing else ""
+        if self.invalid:
+            keys = ", ".join(bad.key for bad in self.invalid)
+            suffix += f" and {len(self.invalid)} invalid refusing their namespace: {keys}"
         return f"{_count(len(self.locks))} from cluster{suffix}"
 
     async def start(self) -> None:
@@ -382,6 +406,8 @@ class ClusterLockSource:
                     )
                 self.crd_missing = True
                 self._by_key = {}
+                self._forget_invalid(set(self._invalid_by_key))
+                self._invalid_by_key = {}
                 self._publish()
                 return None
             raise
@@ -389,18 +415,16 @@ class ClusterLockSource:
             logger.info("the Lock CRD is installed now")
         self.crd_missing = False
         by_key: dict[str, Lock] = {}
+        invalid_by_key: dict[str, InvalidLock] = {}
         for obj in result.get("items") or []:
-            obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")
-            obj.setdefault("kind", "Lock")
             lock = self._validate(obj)
-            if lock is not None:
-                by_key[lock.key] = lock
+            if isinstance(lock, InvalidLock):
+                invalid_by_key[lock.key] = lock
             else:
-                # Keep what was enforced before for a lock that became invalid (fail closed).
-                key = _object_key(obj)
-                if key in self._by_key:
-                    by_key[key] = self._by_key[key]
+                by_key[lock.key] = lock
+        self._forget_invalid(set(self._invalid_by_key) - set(invalid_by_key))
         self._by_key = by_key
+        self._invalid_by_key = invalid_by_key
         self._publish()
         rv = str((result.get("metadata") or {}).get("resourceVersion") or "")
         return rv
@@ -443,7 +467,10 @@ class ClusterLockSource:
                     if kind in ("ADDED", "MODIFIED"):
                         self._upsert(obj)
                     elif kind == "DELETED":
-                        self._by_key.pop(_object_key(obj), None)
+                        key = _object_key(obj)
+                        self._by_key.pop(key, None)
+                        if self._invalid_by_key.pop(key, None) is not None:
+                            self._forget_invalid({key}, "deleted")
                         self._publish()
             finally:
                 with self._resp_lock:
@@ -456,38 +483,66 @@ class ClusterLockSource:
                 raise _Stopped
             # The server ended the watch (timeout_seconds): resume from the last version.
 
-    def _validate(self, obj: dict[str, Any]) -> Lock | None:
+    def _validate(self, obj: dict[str, Any]) -> Lock | InvalidLock:
+        """The Lock, or the InvalidLock that refuses its namespace (logged once per fault)."""
+        obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+        obj.setdefault("kind", "Lock")
         try:
             return lock_from_object(obj, source="cluster")
         except LockValidationError as e:
-            # The message names the lock and the field; never the object itself.
-            logger.error("invalid Lock in the cluster, skipped: %s", e)
-            return None
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            bad = InvalidLock.from_error(
+                str(meta.get("namespace") or ""), str(meta.get("name") or ""), e
+            )
+            if self._invalid_by_key.get(bad.key) != bad:
+                # The fault names the field (and the lock's own offending word); never the
+                # object itself.
+                logger.error(
+                    "invalid Lock %s in the cluster (%s): every mutation in namespace %s is "
+                    "refused until it is fixed or deleted",
+                    bad.key,
+                    bad.reason,
+                    bad.namespace,
+                )
+            return bad
+
+    def _forget_invalid(self, keys: set[str], how: str = "fixed or deleted") -> None:
+        for key in sorted(keys):
+            logger.info("invalid Lock %s is %s: its namespace follows its locks again", key, how)
 
     def _upsert(self, obj: dict[str, Any]) -> None:
-        obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")
-        obj.setdefault("kind", "Lock")
         lock = self._validate(obj)
-        if lock is None:
+        if isinstance(lock, InvalidLock):
+            # Its previous, valid version is not what the cluster holds any more.
+            self._by_key.pop(lock.key, None)
+            if self._invalid_by_key.get(lock.key) == lock:
+                return
+            self._invalid_by_key[lock.key] = lock
+            self._publish()
             return
-        if self._by_key.get(lock.key) == lock:
+        if self._invalid_by_key.pop(lock.key, None) is not None:
+            self._forget_invalid({lock.key}, "fixed")
+        elif self._by_key.get(lock.key) == lock:
             return
         self._by_key[lock.key] = lock
         self._publish()
 
     def _publish(self) -> None:
         locks = tuple(sorted(self._by_key.values(), key=lambda lock: lock.key))
+        invalid = tuple(sorted(self._invalid_by_key.values(), key=lambda bad: bad.key))
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._apply, locks)
+            loop.call_soon_threadsafe(self._apply, locks, invalid)
 
     # -- loop side -------------------------------------------------------------------------
 
-    def _apply(self, locks: tuple[Lock, ...]) -> None:
-        changed = not self.ready or locks != self.locks
+    def _apply(self, locks: tuple[Lock, ...], invalid: tuple[InvalidLock, ...] = ()) -> None:
+        changed = not self.ready or locks != self.locks or invalid != self.invalid
         self.locks = locks
+        self.invalid = invalid
         if not self.ready:
             self.ready = True
             logger.info("cluster lock source ready: %s", self.describe())
@@ -520,7 +575,8 @@ class LockSet:
     """Several lock sources behind one ``Engine``.
 
     ``engine`` is None until EVERY source is ready (the proxy then refuses mutations), and is
-    rebuilt whenever a source's locks change. ``on_change`` (optional) is called afterwards.
+    rebuilt whenever a source's locks (or invalid Locks) change. ``on_change`` (optional) is
+    called afterwards.
     """
 
     def __init__(self, sources: Sequence[LockSource]) -> None:
@@ -597,7 +653,10 @@ class LockSet:
 
     def _rebuild(self) -> None:
         if all(s.ready for s in self.sources):
-            self.engine = Engine(lock for s in self.sources for lock in s.locks)
+            self.engine = Engine(
+                (lock for s in self.sources for lock in s.locks),
+                invalid=(bad for s in self.sources for bad in s.invalid),
+            )
             if self._ready_event is not None:
                 self._ready_event.set()
         else:

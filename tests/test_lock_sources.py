@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from klockproxy.core.errors import ConfigError, LockValidationError
-from klockproxy.core.types import Operation
+from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 from klockproxy.crd import crd_text
 from klockproxy.lock_sources import (
     ClusterLockSource,
@@ -156,6 +156,7 @@ async def test_lock_set_combines_and_fails_closed_until_ready(tmp_path: Path) ->
 
         ready = False
         locks = ()
+        invalid = ()
         on_change = None
 
         async def start(self) -> None:
@@ -295,10 +296,27 @@ async def test_cluster_source_is_not_ready_while_unreachable(tmp_path: Path) -> 
         await lockset.stop()
 
 
-async def test_cluster_source_keeps_a_lock_that_an_edit_made_invalid(
+def _pod(namespace: str, labels: dict[str, str]) -> AdmissionInput:
+    return AdmissionInput(
+        operation=Operation.DELETE,
+        namespace=namespace,
+        resource=ResourceRef("", "v1", "pods"),
+        name="p",
+        user=UserInfo("kubernetes-admin"),
+        old_labels=labels,
+    )
+
+
+def invalid_keys(lockset: LockSet) -> list[str]:
+    assert lockset.engine is not None
+    return [bad.key for bad in lockset.engine.invalid]
+
+
+async def test_cluster_source_refuses_the_namespace_of_an_invalid_lock(
     sandbox_thread: SandboxThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The CRD (like Klock's) does not validate operations: a typo must not drop the lock."""
+    """The CRD (like Klock's) does not validate operations or expressions: a Lock the cluster
+    holds but klockproxy cannot read refuses every mutation in its namespace until fixed."""
     sb = sandbox_thread
     kubeconfig = sb.sandbox.kubeconfig_path
     assert kubeconfig is not None
@@ -315,16 +333,100 @@ async def test_cluster_source_keeps_a_lock_that_an_edit_made_invalid(
         apply = functools.partial(_kubectl, kubeconfig, home, "apply", "-f", "-")
         await asyncio.to_thread(apply, stdin=lock_yaml("lockred"))
         await _until(lambda: names(lockset) == ["default/lockred"], "lockred")
-        with caplog.at_level(logging.ERROR, logger="klockproxy.lock_sources"):
-            await asyncio.to_thread(apply, stdin=lock_yaml("lockred", ops="[UPDATE, DELTE]"))
-            await asyncio.to_thread(apply, stdin=lock_yaml("typo", ops="[CRAETE]"))
-            await asyncio.to_thread(apply, stdin=lock_yaml("fine"))
-            # Events arrive in order: once "fine" is in, the two invalid edits were seen.
-            await _until(lambda: "default/fine" in names(lockset), "the valid lock after them")
-        assert names(lockset) == ["default/fine", "default/lockred"]
+        blue, red = {"aura": "blue"}, {"aura": "red"}
         engine = lockset.engine
-        assert engine is not None and engine.covers("default", Operation.DELETE)
-        assert "lock default/lockred, field spec.operations[1]" in caplog.text
-        assert "lock default/typo, field spec.operations[0]" in caplog.text
+        assert engine is not None and engine.decide(_pod("default", blue)).allowed
+
+        with caplog.at_level(logging.INFO, logger="klockproxy.lock_sources"):
+            # A new Lock with a misspelt operation: the whole namespace is refused.
+            await asyncio.to_thread(apply, stdin=lock_yaml("typo", ops="[UPDTAE, DELETE]"))
+            await _until(lambda: invalid_keys(lockset) == ["default/typo"], "the invalid lock")
+            engine = lockset.engine
+            assert engine is not None
+            for op in Operation:
+                assert engine.covers("default", op)
+            d = engine.decide(_pod("default", blue))
+            assert not d.allowed
+            assert d.message.startswith(
+                "denied, Lock default/typo is invalid (spec.operations[0]: unknown operation "
+                "'UPDTAE'"
+            )
+            assert d.message.endswith("): fix or delete it")
+            assert engine.decide(_pod("kube-system", red)).allowed
+            assert "1 invalid refusing their namespace: default/typo" in lockset.describe()
+
+            # An edit that makes a valid Lock invalid: its old version is not kept in its place.
+            await asyncio.to_thread(apply, stdin=lock_yaml("lockred", ops="[UPDATE, DELTE]"))
+            # An empty expression and a dangling operator pass the CRD schema too.
+            empty = lock_yaml("empty", namespace="kube-system").replace("aura: red", "aura: ''")
+            dangling = lock_yaml("dangling", namespace="kube-system").replace("red", "'red|'")
+            await asyncio.to_thread(apply, stdin=empty + "---\n" + dangling)
+            await _until(
+                lambda: (
+                    invalid_keys(lockset)
+                    == [
+                        "default/lockred",
+                        "default/typo",
+                        "kube-system/dangling",
+                        "kube-system/empty",
+                    ]
+                ),
+                "the other invalid locks",
+            )
+            assert names(lockset) == []
+            engine = lockset.engine
+            assert engine is not None
+            assert not engine.decide(_pod("kube-system", blue)).allowed
+            assert not engine.decide(_pod("default", blue)).allowed
+            assert engine.decide(_pod("other", red)).allowed
+
+            # Fixed or deleted: the namespaces follow their (valid) locks again.
+            await asyncio.to_thread(apply, stdin=lock_yaml("typo"))
+            await asyncio.to_thread(apply, stdin=lock_yaml("lockred"))
+            await asyncio.to_thread(
+                _kubectl, kubeconfig, home, "delete", "lock", "empty", "dangling",
+                "--namespace", "kube-system",
+            )  # fmt: skip
+            await _until(
+                lambda: (
+                    invalid_keys(lockset) == []
+                    and names(lockset) == ["default/lockred", "default/typo"]
+                ),
+                "the fixed and deleted locks",
+            )
+            engine = lockset.engine
+            assert engine is not None
+            assert engine.decide(_pod("default", blue)).allowed
+            assert engine.decide(_pod("kube-system", blue)).allowed
+            assert [x.lock.key for x in engine.decide(_pod("default", red)).denials] == [
+                "default/lockred",
+                "default/typo",
+            ]
+            assert lockset.describe() == "2 locks from cluster"
+
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        # Each invalid Lock is logged once, by name and field.
+        assert len(errors) == 4, errors
+        assert any(
+            "invalid Lock default/typo in the cluster (spec.operations[0]: unknown operation "
+            "'UPDTAE'" in e
+            for e in errors
+        )
+        assert any(
+            "invalid Lock default/lockred in the cluster (spec.operations[1]" in e for e in errors
+        )
+        assert any(
+            "invalid Lock kube-system/empty in the cluster (spec.matcher.aura" in e for e in errors
+        )
+        assert any(
+            "invalid Lock kube-system/dangling in the cluster (spec.matcher.aura" in e
+            for e in errors
+        )
+        infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert "invalid Lock default/typo is fixed: its namespace follows its locks again" in infos
+        assert (
+            "invalid Lock kube-system/empty is deleted: its namespace follows its locks again"
+            in infos
+        )
     finally:
         await lockset.stop()
