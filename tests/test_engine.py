@@ -538,7 +538,9 @@ TYPO_MESSAGE = (
 
 
 def test_an_invalid_lock_names_its_field_and_fault() -> None:
-    assert TYPO == InvalidLock(
+    made = InvalidLock.from_error("shop", "typo", LockValidationError("bad", field="spec.x"))
+    assert made == InvalidLock("shop", "typo", "spec.x: bad")
+    assert (TYPO.namespace, TYPO.name, TYPO.reason) == (
         "shop",
         "typo",
         "spec.operations[0]: unknown operation 'UPDTAE' "
