@@ -173,8 +173,15 @@ class Lookups(Protocol):
         headers: Mapping[str, str | Sequence[str]],
         label_selector: str | None = None,
         field_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
     ) -> list[dict[str, Any]]:
         """LIST as the caller."""
+        ...
+
+    @property
+    def has_own_credentials(self) -> bool:
+        """Whether lookups can be made with the proxy's own credentials."""
         ...
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
@@ -1237,9 +1244,9 @@ class KlockProxy:
             return _Plan([inp(op, info.name, old, None, kind)], info.name)
         # DELETE, and pods/eviction (a DELETE of the pod).
         inputs = [inp(op, info.name, old, None, kind)]
-        # Pods own nothing the built-in controllers make; a namespace is judged as a whole.
-        leaf = info.group == "" and info.resource in ("pods", "namespaces")
-        if verb == "delete" and not leaf and not _orphans(req, info):
+        # A namespace is judged as a whole (_check_namespace_delete).
+        whole = info.group == "" and info.resource == "namespaces"
+        if verb == "delete" and not whole and not _orphans(req, info):
             inputs += await self._dependent_inputs(info, current, headers)
         return _Plan(inputs, info.name, guard, own=1, note=_DEPENDENTS_NOTE)
 
@@ -1248,9 +1255,11 @@ class KlockProxy:
     ) -> list[AdmissionInput]:
         """DELETE judgements for what the garbage collector deletes after this object.
 
-        Dependents are found (transitively, by owner uid) among the kinds built-in controllers
-        create: pods, replica sets, jobs, persistent volume claims of the same namespace. Each
-        is listed as the caller; a kind the API server does not serve is skipped.
+        Dependents are found (transitively, by owner uid) among the kinds controllers and
+        operators commonly create (``_DEPENDENT_KINDS``) in the same namespace, listed as
+        metadata only. As the caller first; when RBAC does not let the caller list a kind, with
+        the proxy's own credentials if it has some, else the DELETE is refused (fail closed).
+        A kind the API server does not serve is skipped.
         """
         root = str(_meta(current).get("uid") or "")
         if not root or not info.namespace:
@@ -1260,14 +1269,7 @@ class KlockProxy:
         for ref in _DEPENDENT_KINDS:
             prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
             path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
-            try:
-                items = await self.upstream.list_objects(path, headers)
-            except UpstreamStatusError as e:
-                if e.code == 404:
-                    continue
-                raise Refusal(self._lookup_failure(f"what deleting {info.name} deletes", e)) from e
-            except UpstreamError as e:
-                raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+            items = await self._list_dependents(info, ref, path, headers)
             listed.extend((ref, item) for item in items)
         owners = {root}
         dependents: list[tuple[ResourceRef, dict[str, Any]]] = []
@@ -1293,6 +1295,37 @@ class KlockProxy:
             )
             for ref, item in dependents
         ]
+
+    async def _list_dependents(
+        self,
+        info: RequestInfo,
+        ref: ResourceRef,
+        path: str,
+        headers: Mapping[str, Sequence[str]],
+    ) -> list[dict[str, Any]]:
+        assert self.upstream is not None
+        attempts: list[Mapping[str, Sequence[str]]] = [headers]
+        if self.upstream.has_own_credentials:
+            attempts.append({})
+        for attempt in attempts:
+            try:
+                return await self.upstream.list_objects(path, attempt, metadata_only=True)
+            except UpstreamStatusError as e:
+                if e.code == 404:
+                    return []
+                if e.code not in (401, 403) or attempt is attempts[-1]:
+                    raise Refusal(
+                        failure(
+                            403 if e.code in (401, 403) else 503,
+                            f"klockproxy: DELETE locks exist in namespace {info.namespace} and "
+                            f"the proxy cannot tell which {ref.resource} the garbage collector "
+                            f"would delete after {info.name} ({e.message}); delete it with "
+                            "propagationPolicy=Orphan (kubectl delete --cascade=orphan)",
+                        )
+                    ) from e
+            except UpstreamError as e:
+                raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        return []
 
     async def _plan_patch(
         self,
@@ -1453,11 +1486,18 @@ def ssa_result_labels(
     return result
 
 
+# What controllers and operators commonly create as dependents (custom resources aside).
 _DEPENDENT_KINDS = (
     ResourceRef("", "v1", "pods"),
     ResourceRef("apps", "v1", "replicasets"),
     ResourceRef("batch", "v1", "jobs"),
     ResourceRef("", "v1", "persistentvolumeclaims"),
+    ResourceRef("", "v1", "configmaps"),
+    ResourceRef("", "v1", "secrets"),
+    ResourceRef("", "v1", "services"),
+    ResourceRef("apps", "v1", "deployments"),
+    ResourceRef("apps", "v1", "statefulsets"),
+    ResourceRef("apps", "v1", "daemonsets"),
 )
 _DEPENDENTS_NOTE = (
     "the garbage collector deletes the dependents of a deleted object; delete it with "
@@ -1496,11 +1536,26 @@ _OWNER_NOTE = (
 )
 
 
-def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+def _owner_refs(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     refs = _meta(obj).get("ownerReferences")
-    if not isinstance(refs, list):
-        return set()
-    return {str(ref.get("uid", "")) for ref in refs if isinstance(ref, dict)}
+    return [ref for ref in refs if isinstance(ref, dict)] if isinstance(refs, list) else []
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    return {str(ref.get("uid", "")) for ref in _owner_refs(obj)}
+
+
+def _owner_keys(obj: Mapping[str, Any]) -> set[tuple[str, str, str, str]]:
+    """(group, kind, name, uid) of each owner: the garbage collector resolves an owner by
+    group/kind/name and compares the uid, so changing any of them can orphan the object."""
+    keys = set()
+    for ref in _owner_refs(obj):
+        api_version = str(ref.get("apiVersion", ""))
+        group = api_version.split("/", 1)[0] if "/" in api_version else ""
+        keys.add(
+            (group, str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")))
+        )
+    return keys
 
 
 def _owner_inputs(
@@ -1510,13 +1565,13 @@ def _owner_inputs(
     name: str,
     kind: str,
 ) -> list[AdmissionInput]:
-    """DELETE judgements for a write that adds an owner reference.
+    """DELETE judgements for a write that adds or changes an owner reference.
 
     The garbage collector deletes an object once its owner is gone, behind the proxy's back:
     giving a DELETE-locked object a new owner (that the caller may delete) is judged like
     deleting it, on its old and on its new labels. Removing owners only keeps objects alive.
     """
-    if not _owner_uids(new) - _owner_uids(current):
+    if not _owner_keys(new) - _owner_keys(current):
         return []
     old_labels, new_labels = labels_of(dict(current)), labels_of(dict(new))
     out = [inp(Operation.DELETE, name, old_labels, None, kind)]

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 # number of round trips a deletecollection check costs.
 LIST_PAGE_SIZE = 500
 
+METADATA_ONLY_ACCEPT = (
+    "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+)
+
 SELF_SUBJECT_REVIEW_PATHS = (
     "/apis/authentication.k8s.io/v1/selfsubjectreviews",
     # Clusters older than 1.28 only serve the beta version.
@@ -153,8 +157,15 @@ class Upstream:
         if session is not None and not session.closed:
             await session.close()
 
-    def _headers(self, caller: Mapping[str, str | Sequence[str]]) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = [("Accept", "application/json")]
+    @property
+    def has_own_credentials(self) -> bool:
+        """Whether the proxy can ask with credentials of its own (token file or client cert)."""
+        return self._token is not None or bool(self.config.client_cert_file)
+
+    def _headers(
+        self, caller: Mapping[str, str | Sequence[str]], accept: str = "application/json"
+    ) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = [("Accept", accept)]
         has_auth = False
         for name, value in caller.items():
             values = [value] if isinstance(value, str) else list(value)
@@ -172,11 +183,12 @@ class Upstream:
         *,
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        accept: str = "application/json",
     ) -> tuple[int, bytes]:
         url = self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
         if query:
             url = url.with_query(query)
-        headers = self._headers(caller)
+        headers = self._headers(caller, accept)
         if body is not None:
             headers.append(("Content-Type", "application/json"))
         what = f"{method} {path} on {self.server}"
@@ -214,8 +226,15 @@ class Upstream:
         headers: Mapping[str, str | Sequence[str]],
         label_selector: str | None = None,
         field_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
     ) -> list[dict[str, Any]]:
-        """Every item of the collection at ``path`` (paged), as the caller, with the selectors."""
+        """Every item of the collection at ``path`` (paged), as the caller, with the selectors.
+
+        ``metadata_only`` asks for PartialObjectMetadata (no spec, no Secret data) where the
+        API server supports it; a plain list is accepted too.
+        """
+        accept = METADATA_ONLY_ACCEPT if metadata_only else "application/json"
         items: list[dict[str, Any]] = []
         cont = ""
         while True:
@@ -226,7 +245,7 @@ class Upstream:
                 query["fieldSelector"] = field_selector
             if cont:
                 query["continue"] = cont
-            status, body = await self._request("GET", path, headers, query=query)
+            status, body = await self._request("GET", path, headers, query=query, accept=accept)
             if status != 200:
                 raise UpstreamStatusError(f"LIST {path}", status, _status_message(body))
             page = self._json_object(body, f"LIST {path}")

@@ -107,6 +107,9 @@ class FakeUpstream:
         self.user = ADMIN
         self.fail: Exception | None = None
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        # Collections the caller (a request with Authorization) may not list.
+        self.forbidden_lists: set[str] = set()
+        self.has_own_credentials = False
 
     async def get_object(
         self, path: str, headers: Mapping[str, str | Sequence[str]]
@@ -122,10 +125,14 @@ class FakeUpstream:
         headers: Mapping[str, str | Sequence[str]],
         label_selector: str | None = None,
         field_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
     ) -> list[dict[str, Any]]:
         self.calls.append(("list", path, {"labelSelector": label_selector}))
         if self.fail is not None:
             raise self.fail
+        if path in self.forbidden_lists and "Authorization" in headers:
+            raise UpstreamStatusError("LIST", 403, f"cannot list {path}")
         items = self.lists.get(path, [])
         if label_selector:
             key, _, value = label_selector.partition("=")
@@ -1792,6 +1799,79 @@ async def test_owner_without_locked_dependents_is_deleted(
     flow = make_flow("DELETE", "/apis/apps/v1/namespaces/gc/deployments/web")
     await run(gc_proxy, flow)
     assert flow.response is None
+
+
+async def test_deleting_a_pod_that_owns_a_locked_pod_is_refused(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    driver = pod("driver", {}, ns="gc")
+    executor = pod("executor-1", {"aura": "red"}, ns="gc")
+    executor["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Pod", "name": "driver", "uid": "uid-driver"}
+    ]
+    upstream.objects["/api/v1/namespaces/gc/pods/driver"] = driver
+    upstream.lists["/api/v1/namespaces/gc/pods"] = [driver, executor]
+    flow = make_flow("DELETE", "/api/v1/namespaces/gc/pods/driver")
+    await run(gc_proxy, flow)
+    assert 'forbids DELETE of pods "executor-1"' in status_of(flow)["message"]
+
+
+async def test_deleting_an_owner_of_a_locked_secret_is_refused(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = {
+        "apiVersion": "db.example.com/v1",
+        "kind": "Database",
+        "metadata": {"name": "prod", "uid": "db-uid", "resourceVersion": "4"},
+    }
+    upstream.lists["/api/v1/namespaces/gc/secrets"] = [
+        {
+            "metadata": {
+                "name": "prod-creds",
+                "uid": "s-uid",
+                "labels": {"aura": "red"},
+                "ownerReferences": [{"kind": "Database", "name": "prod", "uid": "db-uid"}],
+            }
+        }
+    ]
+    flow = make_flow("DELETE", "/apis/db.example.com/v1/namespaces/gc/databases/prod")
+    await run(gc_proxy, flow)
+    assert 'forbids DELETE of secrets "prod-creds"' in status_of(flow)["message"]
+
+
+async def test_dependents_the_caller_may_not_list_are_listed_by_the_proxy_or_refused(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    _workload(upstream)
+    upstream.forbidden_lists = {"/apis/apps/v1/namespaces/gc/replicasets"}
+    refused = make_flow("DELETE", "/apis/apps/v1/namespaces/gc/deployments/web")
+    await run(gc_proxy, refused)
+    status = status_of(refused)
+    assert status["code"] == 403
+    assert "cannot tell which replicasets" in status["message"]
+    assert "--cascade=orphan" in status["message"]
+
+    # With credentials of its own the proxy lists them itself and finds the locked pod.
+    upstream.has_own_credentials = True
+    judged = make_flow("DELETE", "/apis/apps/v1/namespaces/gc/deployments/web")
+    await run(gc_proxy, judged)
+    assert 'forbids DELETE of pods "web-1-x"' in status_of(judged)["message"]
+
+
+@pytest.mark.parametrize("changed", [{"name": "nope"}, {"kind": "ConfigMap", "apiVersion": "v1"}])
+async def test_retargeting_an_existing_owner_reference_is_judged_as_a_delete(
+    gc_proxy: KlockProxy, upstream: FakeUpstream, changed: dict[str, str]
+) -> None:
+    victim = pod("web-1-x", {"aura": "red"}, ns="gc")
+    ref = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-uid"}
+    victim["metadata"]["ownerReferences"] = [ref]
+    upstream.objects["/api/v1/namespaces/gc/pods/web-1-x"] = victim
+    patch = {"metadata": {"ownerReferences": [{**ref, **changed}]}}
+    flow = make_flow(
+        "PATCH", "/api/v1/namespaces/gc/pods/web-1-x", json.dumps(patch).encode(), MERGE
+    )
+    await run(gc_proxy, flow)
+    assert status_of(flow)["code"] == 403
 
 
 # ---------------------------------------------------------------------------------------------

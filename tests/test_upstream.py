@@ -196,6 +196,21 @@ async def test_list_objects_pages_and_passes_selectors(api: FakeApi) -> None:
     assert api.seen[1].query["continue"] == "next"
 
 
+async def test_list_objects_can_ask_for_metadata_only(api: FakeApi, tmp_path: Path) -> None:
+    api.routes["GET", "/api/v1/namespaces/ns/secrets"] = _json({"metadata": {}, "items": []})
+    up = Upstream(UpstreamConfig(server=api.url))
+    try:
+        assert not up.has_own_credentials
+        await up.list_objects("/api/v1/namespaces/ns/secrets", {}, metadata_only=True)
+    finally:
+        await up.close()
+    accept = api.seen[0].headers["Accept"]
+    assert accept.startswith("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io")
+    token = tmp_path / "token"
+    token.write_text("t")
+    assert Upstream(UpstreamConfig(server=api.url, token_file=str(token))).has_own_credentials
+
+
 async def test_list_objects_error_is_raised(api: FakeApi) -> None:
     up = Upstream(UpstreamConfig(server=api.url))
     try:
