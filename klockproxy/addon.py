@@ -34,15 +34,15 @@ sets when the proxy starts.
 Deletions that delete other objects are judged on what they would delete: a namespace (any
 DELETE lock in it that applies to the caller refuses it), a CustomResourceDefinition (its
 objects are listed and judged), deletecollection (the listed objects are judged), a cascading
-DELETE (the dependents the garbage collector would delete: pods, replica sets, jobs and PVCs
-of the namespace, found by owner uid). A write that gives an object a new owner is judged as
-a DELETE of that object too.
+DELETE (the dependents the garbage collector would delete among ``_DEPENDENT_KINDS`` of the
+namespace, found by owner uid). A write that adds or changes an owner reference is judged as a
+DELETE of that object too.
 
 Known limits (documented, deliberate):
 
 * controllers act behind the proxy (Klock, an admission webhook, sees their deletions; a proxy
   cannot): scaling an unlocked owner down or to zero, deleting a node (pod GC), NoExecute
-  taints, preemption, dependents of kinds other than the four above;
+  taints, preemption, dependents of kinds outside ``_DEPENDENT_KINDS`` (custom resources);
 * deletecollection carries no precondition (an object relabelled between the list and the
   delete is deleted); one carrying resourceVersion(Match) is refused;
 * the reachability probe is a TCP connect: an API server going down between the probe and
