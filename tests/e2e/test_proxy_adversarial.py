@@ -586,3 +586,31 @@ def test_allowed_chunked_write_is_rewritten_and_framed(
     )
     assert reply.code == 200, reply.body
     assert labels(kubectl, namespace, "pod", "free") == {"run": "free", "who": "chunked"}
+
+
+def test_a_lock_with_a_misspelt_operation_fails_closed(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    # Klock would still enforce DELETE here (it ignores the unknown word); skipping the whole
+    # Lock would protect nothing. An invalid Lock must keep its namespace refused until fixed.
+    kubectl(
+        "run", "my-pod", "--image", "nginx", "--labels", "aura=red", namespace=namespace, check=True
+    )
+    bad = (
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: typo}\n"
+        "spec: {operations: [UPDTAE, DELETE], matcher: {aura: red}}\n"
+    )
+    kubectl("apply", "-f", "-", input=bad, namespace=namespace, check=True)
+    # The watch is ordered: once this later Lock is enforced, the invalid one was processed.
+    locks.add("barrier", ["CREATE"], {"never": "matches"})
+    result = proxy.kubectl("delete", "pod", "my-pod", "--wait=false", namespace=namespace)
+    assert result.returncode != 0, result.stdout
+    assert "typo" in result.stderr, result.stderr
+    assert kubectl.exists("pod", "my-pod", namespace=namespace)
+    # Fixing the Lock restores normal judgement (Lock objects stay writable).
+    good = bad.replace("UPDTAE", "UPDATE")
+    assert proxy.kubectl("apply", "-f", "-", input=good, namespace=namespace).returncode == 0
+    key = f"{namespace}/typo"
+    proxy.wait(lambda ls: bool(getattr(ls.get(key), "operations", None)), "the fixed lock")
+    assert_denied(proxy.kubectl("delete", "pod", "my-pod", "--wait=false", namespace=namespace))
+    assert kubectl.exists("pod", "my-pod", namespace=namespace)
