@@ -83,14 +83,23 @@ def test_an_invalid_lock_refuses_its_namespace_until_fixed(
 
     # The Lock meant only aura=red, but nothing of it can be trusted: both are refused.
     expected = f"denied, Lock {key} is invalid ({fault}"
-    for args in (("delete", "pod", "my-pod", "--wait=false"), ("label", "pod", "other-pod", "x=y")):
+    refused = (
+        ("delete", "pod", "my-pod", "--wait=false"),
+        ("label", "pod", "other-pod", "x=y"),
+        ("run", "new-pod", "--image", "nginx"),
+        # Deleting the namespace would delete everything in it (the Lock included).
+        ("delete", "namespace", namespace, "--wait=false"),
+    )
+    for args in refused:
         result = proxy.kubectl(*args, namespace=namespace)
         assert result.returncode != 0, f"{args} went through: {result.stdout}"
         assert "forbidden" in result.stderr.lower(), result.stderr
         assert expected in result.stderr, result.stderr
         assert "fix or delete it" in result.stderr, result.stderr
     assert kubectl.exists("pod", "my-pod", namespace=namespace)
+    assert not kubectl.exists("pod", "new-pod", namespace=namespace)
     assert "x" not in labels(kubectl, namespace, "pod", "other-pod")
+    assert "deletionTimestamp" not in kubectl.json("get", "namespace", namespace)["metadata"]
 
     # Lock objects stay writable: the fixed Lock is applied through the proxy itself.
     fixed = lock_text(namespace, GOOD_SPEC)
