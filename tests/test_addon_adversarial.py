@@ -23,7 +23,7 @@ from mitmproxy.test import taddons
 
 from klockproxy.addon import KlockProxy
 from klockproxy.core.engine import Engine
-from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.locks import InvalidLock, load_locks_from_text
 from klockproxy.core.protobuf import (
     K8S_MAGIC,
     encode_len_field,
@@ -1279,3 +1279,53 @@ async def test_deletecollection_from_an_old_continue_token_is_refused(
     flow = make_flow("DELETE", f"{path}?labelSelector=aura%3Dgreen&limit=1&continue={token}")
     await run(addon, flow)
     assert 400 <= status_of(flow)["code"] < 500
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "ctype"),
+    [
+        ("GET", MY_POD + "/exec?command=sh", b"", None),
+        ("DELETE", "/api/v1/namespaces/default", b"", None),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}',
+            "application/json",
+        ),
+        ("PATCH", OTHER_POD, b'{"metadata":{"labels":{"a":"b"}}}', MERGE),
+        ("DELETE", "/api/v1/namespaces/default/pods", b"", None),
+        (
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/l",
+            b'{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"l"}}',
+            "application/json",
+        ),
+        (
+            "POST",
+            MY_POD + "/eviction",
+            b'{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"my-pod"}}',
+            "application/json",
+        ),
+    ],
+)
+async def test_an_invalid_lock_refuses_every_mutation_in_its_namespace(
+    upstream: WhoAmI, method: str, path: str, body: bytes, ctype: str | None
+) -> None:
+    # A Lock the proxy cannot read (a typo in an operation) protects what its author meant
+    # only if the namespace stays refused until it is fixed: never skipped.
+    upstream.objects["/api/v1/namespaces/default"] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "default", "uid": "u", "resourceVersion": "5"},
+    }
+    upstream.lists["/api/v1/namespaces/default/pods"] = [pod("other-pod", {})]
+    invalid = InvalidLock(
+        namespace="default", name="typo", reason="spec.operations[0]: unknown operation UPDTAE"
+    )
+    engine = Engine([], invalid=[invalid])
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow(method, path, body, ctype)
+        await run(proxy, flow)
+        assert "typo" in status_of(flow)["message"]
