@@ -614,3 +614,26 @@ def test_a_lock_with_a_misspelt_operation_fails_closed(
     proxy.wait(lambda ls: bool(getattr(ls.get(key), "operations", None)), "the fixed lock")
     assert_denied(proxy.kubectl("delete", "pod", "my-pod", "--wait=false", namespace=namespace))
     assert kubectl.exists("pod", "my-pod", namespace=namespace)
+
+
+def test_connect_method_does_not_open_a_tunnel(raw: Raw, kubectl: Kubectl) -> None:
+    # A proxy-style CONNECT to the API server's address would be a raw tunnel past every
+    # check; the reverse proxy must refuse it.
+    server = kubectl(
+        "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}", check=True
+    ).stdout
+    target = urlsplit(server).netloc
+    assert target
+    conn = http.client.HTTPSConnection(
+        raw.url.hostname or "127.0.0.1", raw.url.port, context=raw.context, timeout=60
+    )
+    try:
+        conn.putrequest("CONNECT", target, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", target)
+        conn.putheader("Authorization", f"Bearer {raw.token}")
+        conn.endheaders()
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 400
+    finally:
+        conn.close()
