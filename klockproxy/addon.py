@@ -1197,7 +1197,7 @@ class KlockProxy:
 
         verb = info.verb
         if verb == "deletecollection":
-            return await self._plan_deletecollection(info, headers, inp)
+            return await self._plan_deletecollection(info, engine, headers, inp)
         if verb == "create" and not info.subresource:
             obj = _decode(req)
             meta = _meta(obj)
@@ -1377,9 +1377,19 @@ class KlockProxy:
         )
 
     async def _plan_deletecollection(
-        self, info: RequestInfo, headers: Mapping[str, Sequence[str]], inp: _InputMaker
+        self,
+        info: RequestInfo,
+        engine: Engine,
+        headers: Mapping[str, Sequence[str]],
+        inp: _InputMaker,
     ) -> _Plan:
         assert self.upstream is not None
+        if any(bad.namespace == info.namespace for bad in engine.invalid):
+            # An invalid Lock refuses every mutation of its namespace; an empty list would
+            # leave nothing to judge while objects created meanwhile would still be deleted.
+            decision = engine.decide(inp(Operation.DELETE, "", {}, None, ""))
+            if not decision.allowed:
+                raise Refusal(forbidden(info, "", decision.message))
         for param in ("resourceVersion", "resourceVersionMatch", "continue"):
             if info.query.get(param):
                 # The API server would delete what it lists at that (possibly old) version -

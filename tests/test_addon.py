@@ -29,7 +29,7 @@ from klockproxy.addon import (
 )
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
-from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.locks import InvalidLock, load_locks_from_text
 from klockproxy.core.protobuf import (
     decode_fields,
     decode_k8s_protobuf,
@@ -1872,6 +1872,22 @@ async def test_retargeting_an_existing_owner_reference_is_judged_as_a_delete(
     )
     await run(gc_proxy, flow)
     assert status_of(flow)["code"] == 403
+
+
+async def test_deletecollection_in_a_namespace_with_an_invalid_lock_is_refused(
+    upstream: FakeUpstream,
+) -> None:
+    bad = InvalidLock("default", "typo", "spec.operations[0]: unknown operation 'UPDTAE'")
+    engine = Engine(load_locks_from_text(LOCKS, source="t"), invalid=[bad])
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", "/api/v1/namespaces/default/configmaps?labelSelector=a%3Db")
+        await run(proxy, flow)
+        status = status_of(flow)
+        assert status["code"] == 403
+        assert "Lock default/typo is invalid" in status["message"]
+        assert not [c for c in upstream.calls if c[0] == "list"]
 
 
 # ---------------------------------------------------------------------------------------------
