@@ -1329,3 +1329,22 @@ async def test_an_invalid_lock_refuses_every_mutation_in_its_namespace(
         flow = make_flow(method, path, body, ctype)
         await run(proxy, flow)
         assert "typo" in status_of(flow)["message"]
+
+
+async def test_deletecollection_is_refused_with_an_invalid_lock_even_when_nothing_is_listed(
+    upstream: WhoAmI,
+) -> None:
+    # Nothing listed now does not mean nothing deleted: objects created before the
+    # deletecollection lands would go, under a Lock the proxy cannot read.
+    invalid = InvalidLock(
+        namespace="default", name="typo", reason="spec.operations[0]: unknown operation UPDTAE"
+    )
+    proxy = KlockProxy(
+        lock_set=StaticLocks(Engine([], invalid=[invalid])),  # type: ignore[arg-type]
+        upstream=upstream,
+    )
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", "/api/v1/namespaces/default/configmaps")
+        await run(proxy, flow)
+        assert "typo" in status_of(flow)["message"]
