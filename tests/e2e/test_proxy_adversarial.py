@@ -29,7 +29,7 @@ from klockproxy.kubeconfig import write_kubeconfig
 from tests.e2e import test_proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget
 from tests.e2e.test_mitmdump_script import LOCK, _start_mitmdump, _stop
-from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, labels
+from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
 
 pytestmark = pytest.mark.e2e
 
@@ -637,3 +637,25 @@ def test_connect_method_does_not_open_a_tunnel(raw: Raw, kubectl: Kubectl) -> No
         assert resp.status == 400
     finally:
         conn.close()
+
+
+def test_creations_and_missing_objects_under_a_covering_lock(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    # The guards the proxy adds (absent-object preconditions) must not break what is allowed,
+    # and a server-side apply that creates a locked object is judged as a CREATE.
+    locks.add("lockred", ["CREATE", "UPDATE", "DELETE"], {"aura": "red"})
+    cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: NAME, labels: {aura: COLOR}}\n"
+
+    def apply(name: str, color: str, *extra: str) -> Any:
+        text = cm.replace("NAME", name).replace("COLOR", color)
+        return proxy.kubectl("apply", *extra, "-f", "-", input=text, namespace=namespace)
+
+    assert_ok(apply("ssa", "blue", "--server-side"))
+    assert_ok(apply("csa", "blue"))
+    assert_denied(apply("ssa-red", "red", "--server-side"))
+    assert not kubectl.exists("cm", "ssa-red", namespace=namespace)
+    missing = proxy.kubectl("delete", "cm", "ghost", namespace=namespace)
+    assert missing.returncode != 0
+    assert "NotFound" in missing.stderr, missing.stderr
+    assert labels(kubectl, namespace, "cm", "ssa") == {"aura": "blue"}
