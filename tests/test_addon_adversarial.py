@@ -1348,3 +1348,54 @@ async def test_deletecollection_is_refused_with_an_invalid_lock_even_when_nothin
         flow = make_flow("DELETE", "/api/v1/namespaces/default/configmaps")
         await run(proxy, flow)
         assert "typo" in status_of(flow)["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "ctype", "body"),
+    [
+        (
+            "PATCH",
+            JSON_PATCH,
+            b'[{"op":"add","path":"/metadata/ownerReferences","value":[{"apiVersion":"v1",'
+            b'"kind":"ConfigMap","name":"bait","uid":"bait-uid"}]}]',
+        ),
+        (
+            "PATCH",
+            STRATEGIC,
+            b'{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap",'
+            b'"name":"bait","uid":"bait-uid"}]}}',
+        ),
+        (
+            "PATCH",
+            APPLY,
+            b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  ownerReferences:\n"
+            b"  - {apiVersion: v1, kind: ConfigMap, name: bait, uid: bait-uid}\n",
+        ),
+    ],
+)
+async def test_every_way_of_adding_an_owner_to_a_delete_locked_pod_is_refused(
+    upstream: WhoAmI, method: str, ctype: str, body: bytes
+) -> None:
+    upstream.objects["/api/v1/namespaces/gc/pods/p"] = pod("p", {"aura": "red"}, ns="gc")
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow(method, "/api/v1/namespaces/gc/pods/p?fieldManager=x", body, ctype)
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
+
+
+async def test_a_put_adding_an_owner_to_a_delete_locked_pod_is_refused(upstream: WhoAmI) -> None:
+    upstream.objects["/api/v1/namespaces/gc/pods/p"] = pod("p", {"aura": "red"}, ns="gc")
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        obj = pod("p", {"aura": "red"}, ns="gc")
+        obj["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "bait", "uid": "bait-uid"}
+        ]
+        flow = make_flow(
+            "PUT", "/api/v1/namespaces/gc/pods/p", json.dumps(obj).encode(), "application/json"
+        )
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
