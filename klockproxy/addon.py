@@ -536,7 +536,9 @@ class KlockProxy:
             str,
             "",
             "Bearer token the proxy attaches upstream (local mode) and uses for its lookups "
-            "when the caller sends none.",
+            "when the caller sends none; in pass-through mode it lets the proxy see what a "
+            "cascading DELETE would delete when the caller may not list it (and the cluster "
+            "lock source needs it).",
         )
         loader.add_option(
             "klock_upstream_client_cert",

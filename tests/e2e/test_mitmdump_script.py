@@ -274,6 +274,79 @@ def test_logs_follow_streams_through_the_proxy(
     assert seen[4].endswith("log line 5"), seen
 
 
+def test_exclusive_service_account_deletes_in_pass_through_mode(
+    kube_target: KubeTarget, kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """A restricted caller's cascading DELETE: the proxy must see every dependent kind."""
+    sandbox = kube_target.sandbox
+    if sandbox is None:
+        pytest.skip("needs the sandbox")
+    kubectl("create", "configmap", "my-cm", "--from-literal=a=b", namespace=namespace, check=True)
+    kubectl("label", "cm", "my-cm", "aura=red", namespace=namespace, check=True)
+    kubectl("create", "serviceaccount", "jonny-op", namespace=namespace, check=True)
+    kubectl(
+        "create",
+        "role",
+        "app-op",
+        "--verb=get,list,delete",
+        "--resource=configmaps",
+        namespace=namespace,
+        check=True,
+    )
+    kubectl(
+        "create",
+        "rolebinding",
+        "jonny-app",
+        "--role=app-op",
+        f"--serviceaccount={namespace}:jonny-op",
+        namespace=namespace,
+        check=True,
+    )
+    jonny = f"system:serviceaccount:{namespace}:jonny-op"
+    (tmp_path / "upstream-ca.pem").write_bytes(sandbox.ca_pem)
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(LOCK.format(namespace=namespace))
+
+    def kubeconfig_for(md: Mitmdump, name: str) -> Kubectl:
+        path = write_kubeconfig(
+            tmp_path / name,
+            server=md.url,
+            ca_pem=(tmp_path / "proxy-ca.pem").read_bytes(),
+            users={"admin": {"token": sandbox.admin_token}},
+            current_user="admin",
+        )
+        return Kubectl(path, home=tmp_path / "home")
+
+    # Without credentials of its own the proxy cannot see the kinds jonny may not list.
+    md = _start_mitmdump(tmp_path, sandbox.url, tmp_path / "upstream-ca.pem", locks)
+    try:
+        proxied = kubeconfig_for(md, "kc-plain")
+        refused = proxied("delete", "cm", "my-cm", namespace=namespace, as_user=jonny)
+        assert refused.returncode != 0
+        assert "--cascade=orphan" in refused.stderr, refused.stderr
+    finally:
+        _stop(md)
+    assert kubectl.exists("cm", "my-cm", namespace=namespace)
+
+    token = tmp_path / "lister-token"
+    token.write_text(sandbox.admin_token)
+    md = _start_mitmdump(
+        tmp_path,
+        sandbox.url,
+        tmp_path / "upstream-ca.pem",
+        locks,
+        "--set",
+        f"klock_upstream_token_file={token}",
+    )
+    try:
+        proxied = kubeconfig_for(md, "kc-token")
+        allowed = proxied("delete", "cm", "my-cm", namespace=namespace, as_user=jonny)
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        _stop(md)
+    assert not kubectl.exists("cm", "my-cm", namespace=namespace)
+
+
 def test_locks_from_the_cluster_take_effect(
     kube_target: KubeTarget, kubectl: Kubectl, namespace: str, tmp_path: Path
 ) -> None:
