@@ -1399,3 +1399,80 @@ async def test_a_put_adding_an_owner_to_a_delete_locked_pod_is_refused(upstream:
         )
         await run(proxy, flow)
         assert status_of(flow)["code"] == 403
+
+
+async def test_deleting_a_pod_that_owns_a_locked_pod_is_refused(upstream: WhoAmI) -> None:
+    # Pods can be owners (Spark drivers own their executors): deleting an unlocked driver
+    # makes the garbage collector delete a DELETE-locked executor.
+    driver = pod("driver", {}, ns="gc")
+    driver["metadata"]["uid"] = "driver-uid"
+    executor = pod("executor-1", {"aura": "red"}, ns="gc")
+    executor["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Pod", "name": "driver", "uid": "driver-uid"}
+    ]
+    upstream.objects["/api/v1/namespaces/gc/pods/driver"] = driver
+    upstream.lists["/api/v1/namespaces/gc/pods"] = [driver, executor]
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", "/api/v1/namespaces/gc/pods/driver")
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
+
+
+async def test_deleting_a_custom_resource_that_owns_a_locked_secret_is_refused(
+    upstream: WhoAmI,
+) -> None:
+    # The operator pattern: a custom resource owns the Secret it made.
+    db = {
+        "apiVersion": "db.example.com/v1",
+        "kind": "Database",
+        "metadata": {"name": "prod", "namespace": "gc", "uid": "db-uid", "resourceVersion": "4"},
+    }
+    owner = {"apiVersion": "db.example.com/v1", "kind": "Database", "name": "prod", "uid": "db-uid"}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "prod-creds",
+            "namespace": "gc",
+            "uid": "s-uid",
+            "labels": {"aura": "red"},
+            "ownerReferences": [owner],
+        },
+    }
+    upstream.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = db
+    upstream.lists["/api/v1/namespaces/gc/secrets"] = [secret]
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", "/apis/db.example.com/v1/namespaces/gc/databases/prod")
+        await run(proxy, flow)
+        assert status_of(flow)["code"] in (403, 503)
+
+
+@pytest.mark.parametrize("changed", [{"name": "nope"}, {"kind": "ConfigMap", "apiVersion": "v1"}])
+async def test_retargeting_an_existing_owner_reference_is_refused(
+    upstream: WhoAmI, changed: dict[str, str]
+) -> None:
+    # Same uid, another name/kind: the garbage collector finds the reference dangling and
+    # deletes the object.
+    victim = pod("web-1-x", {"aura": "red"}, ns="gc")
+    ref = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": "web-1",
+        "uid": "rs-uid",
+        "controller": True,
+    }
+    victim["metadata"]["ownerReferences"] = [ref]
+    upstream.objects["/api/v1/namespaces/gc/pods/web-1-x"] = victim
+    proxy = _gc_proxy(upstream)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        patch = {"metadata": {"ownerReferences": [{**ref, **changed}]}}
+        flow = make_flow(
+            "PATCH", "/api/v1/namespaces/gc/pods/web-1-x", json.dumps(patch).encode(), MERGE
+        )
+        await run(proxy, flow)
+        assert status_of(flow)["code"] == 403
