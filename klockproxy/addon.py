@@ -464,6 +464,8 @@ class _Plan:
     # garbage collector deletes); ``note`` explains them when one of those is denied.
     own: int | None = None
     note: str = ""
+    # Inputs about objects the caller may not see: a denial names the lock, not the object.
+    hidden: frozenset[int] = frozenset()
 
 
 class KlockProxy:
@@ -1006,6 +1008,14 @@ class KlockProxy:
             note = ""
             if plan.note and plan.own is not None and index >= plan.own:
                 note = f"; {plan.note}"
+            if index in plan.hidden:
+                unseen = plan.inputs[index].resource.group_resource
+                locks = ", ".join(sorted({d.lock.key for d in first.denials}))
+                message = (
+                    f"{DENIAL_PREFIX}one of the {unseen} that the garbage collector would "
+                    f"delete after it is locked (Lock {locks})"
+                )
+                return forbidden(info, plan.name, message + note)
             return forbidden(info, plan.name, first.message + note)
         texts: list[str] = []
         names: list[str] = []
@@ -1248,14 +1258,21 @@ class KlockProxy:
         inputs = [inp(op, info.name, old, None, kind)]
         # A namespace is judged as a whole (_check_namespace_delete).
         whole = info.group == "" and info.resource == "namespaces"
+        hidden: set[int] = set()
         if verb == "delete" and not whole and not _orphans(req, info):
-            inputs += await self._dependent_inputs(info, current, headers)
-        return _Plan(inputs, info.name, guard, own=1, note=_DEPENDENTS_NOTE)
+            for dependent, unseen in await self._dependent_inputs(info, current, headers):
+                if unseen:
+                    hidden.add(len(inputs))
+                inputs.append(dependent)
+        return _Plan(
+            inputs, info.name, guard, own=1, note=_DEPENDENTS_NOTE, hidden=frozenset(hidden)
+        )
 
     async def _dependent_inputs(
         self, info: RequestInfo, current: Mapping[str, Any], headers: Mapping[str, Sequence[str]]
-    ) -> list[AdmissionInput]:
-        """DELETE judgements for what the garbage collector deletes after this object.
+    ) -> list[tuple[AdmissionInput, bool]]:
+        """DELETE judgements for what the garbage collector deletes after this object, each
+        with whether the caller may not see it (listed with the proxy's credentials only).
 
         Dependents are found (transitively, by owner uid) among the kinds controllers and
         operators commonly create (``_DEPENDENT_KINDS``) in the same namespace, listed as
@@ -1267,35 +1284,38 @@ class KlockProxy:
         if not root or not info.namespace:
             return []
         assert self.upstream is not None
-        listed: list[tuple[ResourceRef, dict[str, Any]]] = []
+        listed: list[tuple[ResourceRef, dict[str, Any], bool]] = []
         for ref in _DEPENDENT_KINDS:
             prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
             path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
-            items = await self._list_dependents(info, ref, path, headers)
-            listed.extend((ref, item) for item in items)
+            items, hidden = await self._list_dependents(info, ref, path, headers)
+            listed.extend((ref, item, hidden) for item in items)
         owners = {root}
-        dependents: list[tuple[ResourceRef, dict[str, Any]]] = []
+        dependents: list[tuple[ResourceRef, dict[str, Any], bool]] = []
         grew = True
         while grew:
             grew = False
-            for ref, item in listed:
+            for ref, item, hidden in listed:
                 uid = str(_meta(item).get("uid") or "")
                 if uid and uid not in owners and _owner_uids(item) & owners:
                     owners.add(uid)
-                    dependents.append((ref, item))
+                    dependents.append((ref, item, hidden))
                     grew = True
         return [
-            AdmissionInput(
-                operation=Operation.DELETE,
-                namespace=info.namespace,
-                resource=ref,
-                name=str(_meta(item).get("name") or ""),
-                user=_NOBODY,
-                old_labels=labels_of(item),
-                dry_run=info.dry_run,
-                kind=_kind(item),
+            (
+                AdmissionInput(
+                    operation=Operation.DELETE,
+                    namespace=info.namespace,
+                    resource=ref,
+                    name=str(_meta(item).get("name") or ""),
+                    user=_NOBODY,
+                    old_labels=labels_of(item),
+                    dry_run=info.dry_run,
+                    kind=_kind(item),
+                ),
+                hidden,
             )
-            for ref, item in dependents
+            for ref, item, hidden in dependents
         ]
 
     async def _list_dependents(
@@ -1304,17 +1324,20 @@ class KlockProxy:
         ref: ResourceRef,
         path: str,
         headers: Mapping[str, Sequence[str]],
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The items, and whether only the proxy's own credentials could list them (then the
+        caller must not learn their names)."""
         assert self.upstream is not None
         attempts: list[Mapping[str, Sequence[str]]] = [headers]
         if self.upstream.has_own_credentials:
             attempts.append({})
         for attempt in attempts:
             try:
-                return await self.upstream.list_objects(path, attempt, metadata_only=True)
+                items = await self.upstream.list_objects(path, attempt, metadata_only=True)
+                return items, attempt is not headers
             except UpstreamStatusError as e:
                 if e.code == 404:
-                    return []
+                    return [], False
                 if e.code not in (401, 403) or attempt is attempts[-1]:
                     raise Refusal(
                         failure(
@@ -1327,7 +1350,7 @@ class KlockProxy:
                     ) from e
             except UpstreamError as e:
                 raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
-        return []
+        return [], False
 
     async def _plan_patch(
         self,

@@ -1858,6 +1858,35 @@ async def test_dependents_the_caller_may_not_list_are_listed_by_the_proxy_or_ref
     assert 'forbids DELETE of pods "web-1-x"' in status_of(judged)["message"]
 
 
+async def test_dependents_listed_with_the_proxys_credentials_are_not_named(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    upstream.has_own_credentials = True
+    upstream.forbidden_lists = {"/api/v1/namespaces/gc/secrets"}
+    upstream.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = {
+        "apiVersion": "db.example.com/v1",
+        "kind": "Database",
+        "metadata": {"name": "prod", "uid": "db-uid", "resourceVersion": "4"},
+    }
+    upstream.lists["/api/v1/namespaces/gc/secrets"] = [
+        {
+            "metadata": {
+                "name": "top-secret-name",
+                "uid": "s-uid",
+                "labels": {"aura": "red"},
+                "ownerReferences": [{"kind": "Database", "name": "prod", "uid": "db-uid"}],
+            }
+        }
+    ]
+    flow = make_flow("DELETE", "/apis/db.example.com/v1/namespaces/gc/databases/prod")
+    await run(gc_proxy, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "top-secret-name" not in status["message"]
+    assert "one of the secrets that the garbage collector would delete" in status["message"]
+    assert "Lock gc/nodelete" in status["message"]
+
+
 @pytest.mark.parametrize("changed", [{"name": "nope"}, {"kind": "ConfigMap", "apiVersion": "v1"}])
 async def test_retargeting_an_existing_owner_reference_is_judged_as_a_delete(
     gc_proxy: KlockProxy, upstream: FakeUpstream, changed: dict[str, str]
