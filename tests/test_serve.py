@@ -363,3 +363,38 @@ def test_tls_connections_release_their_buffers_when_idle() -> None:
         # set_mode returns the mode now in force.
         assert ctx.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
     addon.tls_start_client(SimpleNamespace(ssl_conn=None))  # a hook before tlsconfig: no-op
+
+
+def test_read_loop_replaced_only_over_the_source_it_was_copied_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle watches must not pin mitmproxy's last read chunk; an unknown mitmproxy keeps its own
+    read loop (the copy is only right for the exact source it was taken from)."""
+    import hashlib
+    import inspect
+
+    from mitmproxy.proxy.server import ConnectionHandler
+
+    from klockproxy import serve
+
+    current = ConnectionHandler.handle_connection
+    # An earlier test may have started a proxy, which installed the replacement already.
+    original = getattr(current, "_klockproxy_replaces", None) or current
+    monkeypatch.setattr(ConnectionHandler, "handle_connection", original)
+
+    monkeypatch.setattr(serve, "_HANDLE_CONNECTION_SHA256", "0" * 64)
+    assert serve._release_read_chunks() is False
+    assert ConnectionHandler.handle_connection is original
+
+    monkeypatch.setattr(
+        serve,
+        "_HANDLE_CONNECTION_SHA256",
+        hashlib.sha256(inspect.getsource(original).encode()).hexdigest(),
+    )
+    assert serve._release_read_chunks() is True
+    replaced = ConnectionHandler.handle_connection
+    assert replaced is not original
+    assert getattr(replaced, "_klockproxy_replaces", None) is original
+    # Installing twice keeps the first replacement.
+    assert serve._release_read_chunks() is True
+    assert ConnectionHandler.handle_connection is replaced
