@@ -13,7 +13,9 @@ process (aiohttp, HTTP/1.1 keep-alive) measures, for each target:
 - PATCH that a lock covers but allows (the proxy reads the current object first),
 
 with 1 client and with 16 concurrent clients: req/s and p50/p99 latency; "added" latency is
-the proxied p50/p99 minus the direct one at the same concurrency. Memory: RSS of each proxy
+the proxied p50/p99 minus the direct one at the same concurrency. Also the CPU time each proxy
+process spent per request (from /proc): on a shared machine it moves much less than req/s,
+which depends on what else got the cores. Memory: RSS of each proxy
 idle, and with 500 open watches. Prints a markdown table.
 """
 
@@ -144,6 +146,8 @@ class Target:
     url: str
     token: str
     ssl: ssl.SSLContext
+    # The process whose CPU time is charged per request (the proxy; the sandbox for direct).
+    pid: int | None = None
 
 
 @dataclass
@@ -151,6 +155,15 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float  # CPU time of the target's process per request
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ssl_for(ca_pem: bytes) -> ssl.SSLContext:
@@ -163,8 +176,9 @@ async def run_load(
     make: Callable[[aiohttp.ClientSession, str, int], Awaitable[None]],
     concurrency: int,
     seconds: float,
-) -> tuple[float, list[float]]:
-    """Drive ``make`` with ``concurrency`` workers for ``seconds``: (req/s, latencies in s)."""
+) -> tuple[float, list[float], float]:
+    """Drive ``make`` with ``concurrency`` workers for ``seconds``: (req/s, latencies in s,
+    CPU seconds of the target's process per request)."""
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=target.ssl)
     headers = {"Authorization": f"Bearer {target.token}", "Accept": "application/json"}
@@ -183,19 +197,23 @@ async def run_load(
                 await make(session, target.url, counter * 100 + wid)
                 latencies.append(time.perf_counter() - t0)
 
+        cpu_start = cpu_seconds(target.pid)
         t_start = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - t_start
-    return len(latencies) / elapsed, latencies
+        cpu = cpu_seconds(target.pid) - cpu_start
+    return len(latencies) / elapsed, latencies, cpu / max(1, len(latencies))
 
 
-def summarize(rounds: list[tuple[float, list[float]]]) -> Result:
-    """Median req/s over the rounds; percentiles over every request of every round."""
-    latencies = sorted(lat for _, lats in rounds for lat in lats)
+def summarize(rounds: list[tuple[float, list[float], float]]) -> Result:
+    """Median req/s and CPU per request over the rounds; percentiles over every request of
+    every round."""
+    latencies = sorted(lat for _, lats, _ in rounds for lat in lats)
     return Result(
-        rps=statistics.median(rps for rps, _ in rounds),
+        rps=statistics.median(rps for rps, _, _ in rounds),
         p50_ms=statistics.median(latencies) * 1000,
         p99_ms=latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
+        cpu_us=statistics.median(cpu for _, _, cpu in rounds) * 1e6,
     )
 
 
@@ -302,7 +320,9 @@ async def measure(
         if only and only.lower() not in op_name.lower():
             continue
         for conc in (1, 16):
-            samples: dict[str, list[tuple[float, list[float]]]] = {t.name: [] for t in targets}
+            samples: dict[str, list[tuple[float, list[float], float]]] = {
+                t.name: [] for t in targets
+            }
             for _ in range(rounds):
                 for t in targets:
                     samples[t.name].append(await run_load(t, op, conc, seconds / rounds))
@@ -310,7 +330,7 @@ async def measure(
                 r = results[(op_name, t.name, conc)] = summarize(samples[t.name])
                 print(
                     f"  {op_name:36} c={conc:<2} {t.name:10} {r.rps:8.0f} req/s "
-                    f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms",
+                    f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms cpu {r.cpu_us:5.0f} us/req",
                     file=sys.stderr,
                 )
     return results
@@ -320,8 +340,9 @@ def table(targets: list[Target], results: dict[tuple[str, str, int], Result]) ->
     lines = [
         "| operation | clients | direct req/s | mitmproxy req/s | klockproxy req/s "
         "| klockproxy / mitmproxy | added p50 mitmproxy / klockproxy (ms) "
-        "| added p99 mitmproxy / klockproxy (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| added p99 mitmproxy / klockproxy (ms) | proxy CPU per request mitmproxy / klockproxy "
+        "(µs) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     ops = sorted({k[0] for k in results}, key=lambda o: list(results).index((o, "direct", 1)))
     for op in ops:
@@ -333,7 +354,8 @@ def table(targets: list[Target], results: dict[tuple[str, str, int], Result]) ->
                 f"| {op} | {conc} | {d.rps:.0f} | {m.rps:.0f} | {k.rps:.0f} "
                 f"| {k.rps / m.rps:.2f} "
                 f"| {m.p50_ms - d.p50_ms:.2f} / {k.p50_ms - d.p50_ms:.2f} "
-                f"| {m.p99_ms - d.p99_ms:.2f} / {k.p99_ms - d.p99_ms:.2f} |"
+                f"| {m.p99_ms - d.p99_ms:.2f} / {k.p99_ms - d.p99_ms:.2f} "
+                f"| {m.cpu_us:.0f} / {k.cpu_us:.0f} |"
             )
     return "\n".join(lines)
 
@@ -397,7 +419,7 @@ def main() -> int:
         children["sandbox"] = sb
         sandbox_url, admin_kc = sb.first_line.split()
         token, sandbox_ca = kubeconfig_token_and_ca(Path(admin_kc))
-        direct = Target("direct", sandbox_url, token, ssl_for(sandbox_ca))
+        direct = Target("direct", sandbox_url, token, ssl_for(sandbox_ca), sb.proc.pid)
         asyncio.run(seed(direct))
 
         from klockproxy.certs import CertificateAuthority
@@ -422,7 +444,7 @@ def main() -> int:
         )
         children["mitmproxy"] = bare
         # The no-op proxy forwards the client's own (admin) token.
-        mitm = Target("mitmproxy", bare.first_line, token, ssl_for(ca.cert_pem))
+        mitm = Target("mitmproxy", bare.first_line, token, ssl_for(ca.cert_pem), bare.proc.pid)
 
         lock_file = work / "locks.yaml"
         lock_file.write_text(LOCK_FILE)
@@ -450,7 +472,7 @@ def main() -> int:
         children["klockproxy"] = kp
         kp_token, kp_ca = kubeconfig_token_and_ca(out)
         kp_url = kp.first_line.split()[3]
-        klock = Target("klockproxy", kp_url, kp_token, ssl_for(kp_ca))
+        klock = Target("klockproxy", kp_url, kp_token, ssl_for(kp_ca), kp.proc.pid)
 
         targets = [direct, mitm, klock]
         print(f"# klockproxy benchmark — {machine()}", file=sys.stderr)
