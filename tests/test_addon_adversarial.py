@@ -31,7 +31,7 @@ from klockproxy.core.protobuf import (
     encode_string_field,
 )
 from klockproxy.core.types import UserInfo
-from klockproxy.upstream import Upstream, UpstreamConfig
+from klockproxy.upstream import Upstream, UpstreamConfig, UpstreamStatusError
 from tests.test_addon import (
     ADMIN,
     JONNY,
@@ -1476,3 +1476,53 @@ async def test_retargeting_an_existing_owner_reference_is_refused(
         )
         await run(proxy, flow)
         assert status_of(flow)["code"] == 403
+
+
+async def test_dependents_listed_with_the_proxys_credentials_are_not_named_to_the_caller(
+    upstream: WhoAmI,
+) -> None:
+    # The caller may not list secrets; the proxy lists them with its own credentials to judge
+    # the cascade, and must not reveal names the caller could not have read.
+    class Split(WhoAmI):
+        async def list_objects(
+            self,
+            path: str,
+            headers: Mapping[str, str | Sequence[str]],
+            label_selector: str | None = None,
+            field_selector: str | None = None,
+            *,
+            metadata_only: bool = False,
+        ) -> list[dict[str, Any]]:
+            if path.endswith("/secrets") and headers:
+                raise UpstreamStatusError(f"LIST {path}", 403, "secrets is forbidden")
+            return await super().list_objects(path, headers, label_selector, field_selector)
+
+    up = Split()
+    up.has_own_credentials = True
+    db = {
+        "apiVersion": "db.example.com/v1",
+        "kind": "Database",
+        "metadata": {"name": "prod", "namespace": "gc", "uid": "db-uid", "resourceVersion": "4"},
+    }
+    owner = {"apiVersion": "db.example.com/v1", "kind": "Database", "name": "prod", "uid": "db-uid"}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "top-secret-name",
+            "namespace": "gc",
+            "uid": "s-uid",
+            "labels": {"aura": "red"},
+            "ownerReferences": [owner],
+        },
+    }
+    up.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = db
+    up.lists["/api/v1/namespaces/gc/secrets"] = [secret]
+    proxy = _gc_proxy(up)
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("DELETE", "/apis/db.example.com/v1/namespaces/gc/databases/prod")
+        await run(proxy, flow)
+        status = status_of(flow)
+        assert status["code"] == 403
+        assert "top-secret-name" not in status["message"]
