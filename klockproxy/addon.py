@@ -35,8 +35,8 @@ Deletions that delete other objects are judged on what they would delete: a name
 DELETE lock in it that applies to the caller refuses it), a CustomResourceDefinition (its
 objects are listed and judged), deletecollection (the listed objects are judged), a cascading
 DELETE (the dependents the garbage collector would delete among ``_DEPENDENT_KINDS`` of the
-namespace, found by owner uid). A write that adds or changes an owner reference is judged as a
-DELETE of that object too.
+namespace, found by owner uid). A write that adds or changes an owner reference, or sets a
+Job's ttlSecondsAfterFinished, is judged as a DELETE of that object too.
 
 Known limits (documented, deliberate):
 
@@ -1566,8 +1566,9 @@ def _orphans(req: http.Request, info: RequestInfo) -> bool:
 
 
 _OWNER_NOTE = (
-    "the write adds an owner reference, and the garbage collector deletes an object whose "
-    "owner is deleted"
+    "the write lets a controller delete the object later (a new or changed owner reference: "
+    "the garbage collector deletes an object whose owner is gone; a Job's "
+    "ttlSecondsAfterFinished: the TTL controller deletes the finished Job)"
 )
 
 
@@ -1600,19 +1601,35 @@ def _owner_inputs(
     name: str,
     kind: str,
 ) -> list[AdmissionInput]:
-    """DELETE judgements for a write that adds or changes an owner reference.
+    """DELETE judgements for a write that lets a controller delete the object later.
 
-    The garbage collector deletes an object once its owner is gone, behind the proxy's back:
-    giving a DELETE-locked object a new owner (that the caller may delete) is judged like
-    deleting it, on its old and on its new labels. Removing owners only keeps objects alive.
+    The garbage collector deletes an object once its owner is gone, and the TTL controller a
+    finished Job once ``spec.ttlSecondsAfterFinished`` passed, behind the proxy's back: giving
+    a DELETE-locked object a new or changed owner reference, or a Job a new TTL, is judged
+    like deleting it, on its old and on its new labels. Removing owners only keeps objects
+    alive.
     """
-    if not _owner_keys(new) - _owner_keys(current):
+    new_owner = bool(_owner_keys(new) - _owner_keys(current))
+    if not new_owner and not _ttl_changed(current, new):
         return []
     old_labels, new_labels = labels_of(dict(current)), labels_of(dict(new))
     out = [inp(Operation.DELETE, name, old_labels, None, kind)]
     if new_labels != old_labels:
         out.append(inp(Operation.DELETE, name, new_labels, None, kind))
     return out
+
+
+def _ttl_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A Job whose ``spec.ttlSecondsAfterFinished`` is set or changed by this write."""
+    if _kind(current) != "Job" or not str(current.get("apiVersion", "")).startswith("batch/"):
+        return False
+
+    def ttl(obj: Mapping[str, Any]) -> Any:
+        spec = obj.get("spec")
+        return spec.get("ttlSecondsAfterFinished") if isinstance(spec, dict) else None
+
+    after = ttl(new)
+    return after is not None and after != ttl(current)
 
 
 def _kind(obj: Mapping[str, Any]) -> str:

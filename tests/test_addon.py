@@ -1706,7 +1706,7 @@ async def test_a_new_owner_for_a_delete_locked_object_is_judged_as_a_delete(
     status = status_of(flow)
     assert status["code"] == 403
     assert "forbids DELETE" in status["message"]
-    assert status["message"].endswith("deleted")  # the note about the garbage collector
+    assert "the garbage collector deletes an object whose owner is gone" in status["message"]
 
     # Relabelling into the lock and adopting in one PUT is judged on the new labels too.
     upstream.objects["/api/v1/namespaces/gc/pods/q"] = pod("q", {}, ns="gc")
@@ -1717,6 +1717,30 @@ async def test_a_new_owner_for_a_delete_locked_object_is_judged_as_a_delete(
     )
     await run(gc_proxy, put)
     assert status_of(put)["code"] == 403
+
+
+async def test_a_ttl_on_a_delete_locked_job_is_judged_as_a_delete(
+    gc_proxy: KlockProxy, upstream: FakeUpstream
+) -> None:
+    job = pod("done", {"aura": "red"}, ns="gc")
+    job.update(apiVersion="batch/v1", kind="Job", spec={"completions": 1})
+    upstream.objects["/apis/batch/v1/namespaces/gc/jobs/done"] = job
+    flow = make_flow(
+        "PATCH",
+        "/apis/batch/v1/namespaces/gc/jobs/done",
+        b'{"spec":{"ttlSecondsAfterFinished":0}}',
+        MERGE,
+    )
+    await run(gc_proxy, flow)
+    status = status_of(flow)
+    assert status["code"] == 403
+    assert "TTL controller" in status["message"]
+
+    other = make_flow(
+        "PATCH", "/apis/batch/v1/namespaces/gc/jobs/done", merge_patch({"x": "y"}), MERGE
+    )
+    await run(gc_proxy, other)
+    assert other.response is None
 
 
 async def test_updates_that_add_no_owner_pass_a_delete_only_lock(
