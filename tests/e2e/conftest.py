@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from klockproxy.sandbox.server import SandboxThread
-from tests.e2e.kube import Kubectl, KubeTarget, find_kubectl
+from tests.e2e.kube import Kubectl, KubeTarget, find_kubectl, server_is_sandbox, wait_until
 
 E2E_KUBECONFIG_ENV = "KLOCKPROXY_E2E_KUBECONFIG"
 E2E_CONTEXT_ENV = "KLOCKPROXY_E2E_CONTEXT"
@@ -35,7 +35,9 @@ def kube_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTarget
     context from KLOCKPROXY_E2E_CONTEXT or the current one), else a sandbox on a free port."""
     real = os.environ.get(E2E_KUBECONFIG_ENV)
     if real:
-        yield KubeTarget(Path(real), os.environ.get(E2E_CONTEXT_ENV) or None, None)
+        context = os.environ.get(E2E_CONTEXT_ENV) or None
+        probe = Kubectl(Path(real), home=tmp_path_factory.mktemp("kubectl-probe"), context=context)
+        yield KubeTarget(Path(real), context, None, external_sandbox=server_is_sandbox(probe))
         return
     sandbox = SandboxThread().start()
     try:
@@ -58,10 +60,16 @@ def kubectl(kube_target: KubeTarget, kubectl_home: Path) -> Kubectl:
 
 @pytest.fixture
 def namespace(kubectl: Kubectl) -> Iterator[str]:
-    """A fresh namespace (created and deleted with kubectl)."""
+    """A fresh namespace (created and deleted with kubectl), ready for pods: a real cluster's
+    controller creates its ``default`` service account a moment after the namespace, and
+    until then the API server refuses pods ("serviceaccount default not found")."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name, check=True)
     try:
+        wait_until(
+            lambda: kubectl.exists("serviceaccount", "default", namespace=name),
+            f"the default service account of {name}",
+        )
         yield name
     finally:
         kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")

@@ -11,7 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,34 @@ def find_kubectl() -> str | None:
     return shutil.which("kubectl")
 
 
+SANDBOX_VERSION_MARK = "klockproxy-sandbox"
+
+
 @dataclass
 class KubeTarget:
-    """Where e2e tests run: a kubeconfig (admin context) and, for the sandbox, its thread."""
+    """Where e2e tests run: a kubeconfig (admin context) and, for the in-process sandbox, its
+    thread (whose internals, such as its CA and admin token, only that sandbox offers).
+
+    ``external_sandbox`` marks a ``klockproxy sandbox`` started elsewhere and named by
+    KLOCKPROXY_E2E_KUBECONFIG: it behaves like the sandbox (runs no containers, one
+    ``sandbox-node``) but is reached, like a real cluster, only through its kubeconfig.
+    """
 
     kubeconfig: Path
     admin_context: str | None = None
     sandbox: SandboxThread | None = None
+    external_sandbox: bool = False
 
     @property
     def is_sandbox(self) -> bool:
-        return self.sandbox is not None
+        """The API server is a klockproxy sandbox (in-process or external), not a real one."""
+        return self.sandbox is not None or self.external_sandbox
+
+
+def server_is_sandbox(kubectl: Kubectl) -> bool:
+    """Whether the API server kubectl talks to is a klockproxy sandbox (its version says so)."""
+    version = kubectl.json("version")
+    return SANDBOX_VERSION_MARK in str(version.get("serverVersion", {}).get("gitVersion", ""))
 
 
 class Kubectl:
@@ -168,3 +186,22 @@ def kubectl_args(*parts: str | Sequence[str]) -> list[str]:
     for p in parts:
         out.extend([p] if isinstance(p, str) else p)
     return out
+
+
+WAIT_SECONDS = 120.0
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    """Poll ``predicate`` until it holds: a real cluster gets there eventually, never at a
+    known time. ``timeout`` only guards against a hang (generous, never asserted on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def without_root_ca(object_names: Sequence[str]) -> list[str]:
+    """Names without ``kube-root-ca.crt``: a real cluster publishes that ConfigMap into every
+    namespace (a moment after creating it); the sandbox does not."""
+    return [n for n in object_names if n != "kube-root-ca.crt"]

@@ -413,7 +413,8 @@ def test_works_when_no_lock_covers_it(
         pytest.skip(m.real_cluster_skip)
     c = Ctx(kubectl, proxy, namespace, "blue", tmp_path)
     m.setup(c)
-    if m.needs_running_pod and not kube_target.is_sandbox:
+    if m.needs_running_pod:
+        # A real cluster's pod runs only once scheduled and pulled.
         kubectl(
             "wait", "--for=condition=Ready", "pod/pod", "--timeout=120s",
             namespace=namespace, check=True, timeout=150,

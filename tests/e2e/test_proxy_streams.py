@@ -10,6 +10,7 @@ import queue
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,10 +45,12 @@ class Lines:
         self.q.put(None)
 
     def until(self, needle: str) -> str:
-        """The first line containing ``needle``; fails if kubectl ends first."""
+        """The first line containing ``needle``; fails if kubectl ends first, or if no such
+        line arrives within HANG_GUARD (other lines arriving meanwhile do not extend it)."""
+        deadline = time.monotonic() + HANG_GUARD
         while True:
             try:
-                line = self.q.get(timeout=HANG_GUARD)
+                line = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no line with {needle!r} arrived") from None
             if line is None:
@@ -99,11 +102,10 @@ def test_logs_follow_streams_lines_while_running(
         "sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done",
         namespace=namespace, check=True,
     )  # fmt: skip
-    if not kube_target.is_sandbox:
-        kubectl(
-            "wait", "--for=condition=Ready", "pod/ticker", "--timeout=120s",
-            namespace=namespace, check=True, timeout=150,
-        )  # fmt: skip
+    kubectl(
+        "wait", "--for=condition=Ready", "pod/ticker", "--timeout=120s",
+        namespace=namespace, check=True, timeout=150,
+    )  # fmt: skip
     follow = proxy.kubectl.popen("logs", "-f", "ticker", namespace=namespace)
     running.append(follow)
     lines = Lines(follow)

@@ -144,6 +144,11 @@ def proxy(
 ) -> Iterator[Proxy]:
     """klockproxy in front of the target, locks from the cluster and from a directory."""
     kubectl("apply", "-f", "-", input=crd_text(), check=True)
+    # A real API server serves a new CRD's resource only once it is Established.
+    kubectl(
+        "wait", "--for=condition=Established", "crd/locks.klock.rnemet.dev", "--timeout=60s",
+        check=True, timeout=90,
+    )  # fmt: skip
     work = tmp_path_factory.mktemp("klockproxy")
     lock_dir = work / "locks"
     lock_dir.mkdir()
