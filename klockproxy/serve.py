@@ -263,96 +263,6 @@ class _ReleaseTlsBuffers:
         self._release(data)
 
 
-# SHA-256 of the source of mitmproxy 11.0.2's ConnectionHandler.handle_connection, which
-# _release_read_chunks replaces by a copy: any other version keeps its own (see there).
-_HANDLE_CONNECTION_SHA256 = "95c3f93e9824e527cd3c1af9656c0e04690562abcd23f0b029d547257fb53f94"
-
-
-def _release_read_chunks() -> bool:
-    """Stop mitmproxy from pinning the last chunk it read on every open connection.
-
-    mitmproxy's read loop keeps the chunk it last read (up to 64 kB) in a local variable while
-    it waits for the next one, i.e. for as long as a watch stays idle: measured with
-    tracemalloc, ~37 kB per open watch (mostly the tail of the initial list). The replacement
-    is the same loop, line for line, except that it drops the chunk and its event once they
-    were handled. It is only installed over the exact source it was copied from (a hash
-    check), so another mitmproxy version keeps its own loop. True when installed.
-    """
-    import hashlib
-    import inspect
-
-    from mitmproxy.connection import ConnectionState
-    from mitmproxy.proxy import events, server
-    from mitmproxy.proxy.server import ConnectionHandler
-
-    current = ConnectionHandler.handle_connection
-    if getattr(current, "_klockproxy_replaces", None) is not None:
-        return True
-    try:
-        source = inspect.getsource(current)
-    except (OSError, TypeError):
-        return False
-    if hashlib.sha256(source.encode()).hexdigest() != _HANDLE_CONNECTION_SHA256:
-        logger.debug("mitmproxy's read loop is not the known one: left as it is")
-        return False
-
-    async def handle_connection(self: Any, connection: Any) -> None:
-        cancelled = None
-        reader = self.transports[connection].reader
-        assert reader
-        while True:
-            try:
-                data = await reader.read(65535)
-                if not data:
-                    raise OSError("Connection closed by peer.")
-            except OSError:
-                break
-            except asyncio.CancelledError as e:
-                cancelled = e
-                break
-
-            event = events.DataReceived(connection, data)
-            # The one change: nothing here holds the chunk while the next read waits.
-            del data
-            await self.server_event(event)
-            del event
-
-            try:
-                await self.drain_writers()
-            except asyncio.CancelledError as e:
-                cancelled = e
-                break
-
-        if cancelled is None and connection.transport_protocol == "tcp":
-            connection.state &= ~ConnectionState.CAN_READ
-        else:
-            connection.state = ConnectionState.CLOSED
-
-        await self.server_event(events.ConnectionClosed(connection))
-
-        if connection.state is ConnectionState.CAN_WRITE:
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError as e:
-                cancelled = e
-
-        try:
-            writer = self.transports[connection].writer
-            assert writer
-            writer.close()
-        except OSError:
-            pass
-        self.transports.pop(connection)
-
-        if cancelled:
-            raise cancelled
-
-    handle_connection.__doc__ = current.__doc__
-    handle_connection._klockproxy_replaces = current  # type: ignore[attr-defined]
-    server.ConnectionHandler.handle_connection = handle_connection  # type: ignore[method-assign]
-    return True
-
-
 class LocalProxy:
     """The local-mode proxy: ``await start()`` (ready when it returns), ``await stop()``."""
 
@@ -478,7 +388,6 @@ class LocalProxy:
         from klockproxy.addon import KlockProxy
 
         assert self.lock_set is not None
-        _release_read_chunks()
         confdir.mkdir(mode=0o700, exist_ok=True)
         opts = options.Options(
             mode=[f"reverse:{upstream.server}"],
