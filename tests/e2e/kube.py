@@ -205,3 +205,19 @@ def without_root_ca(object_names: Sequence[str]) -> list[str]:
     """Names without ``kube-root-ca.crt``: a real cluster publishes that ConfigMap into every
     namespace (a moment after creating it); the sandbox does not."""
     return [n for n in object_names if n != "kube-root-ca.crt"]
+
+
+def wait_can_i(
+    kubectl: Kubectl, verb: str, resource: str, *, as_user: str, namespace: str | None = None
+) -> None:
+    """Wait until ``as_user`` may ``verb resource`` (asked with ``kubectl auth can-i --as``).
+
+    A real API server authorizes from informer caches: a RoleBinding created a moment ago
+    may not grant anything yet. Call this after creating RBAC objects and before relying on
+    them; the sandbox grants at once."""
+
+    def allowed() -> bool:
+        result = kubectl("auth", "can-i", verb, resource, as_user=as_user, namespace=namespace)
+        return result.stdout.strip() == "yes"
+
+    wait_until(allowed, f"{as_user} may {verb} {resource}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from klockproxy.crd import crd_text
-from tests.e2e.kube import Kubectl, KubeTarget, apply_yaml, names
+from tests.e2e.kube import Kubectl, KubeTarget, apply_yaml, names, wait_can_i
 
 pytestmark = pytest.mark.e2e
 
@@ -184,6 +184,7 @@ def test_create_the_builtin_kinds(kubectl: Kubectl, namespace: str) -> None:
         namespace=n,
         check=True,
     )
+    wait_can_i(kubectl, "list", "pods", as_user=_sa_user(n, JONNY), namespace=n)
 
     cm = kubectl.json("get", "cm", "my-cm", namespace=n)
     assert cm["data"] == {"nikola": "tesla"}
@@ -292,6 +293,7 @@ def test_label_annotate_and_rbac_forbidden_until_bound(kubectl: Kubectl, namespa
         namespace=n,
         check=True,
     )
+    wait_can_i(kubectl, "patch", "pods", as_user=jonny, namespace=n)
     allowed = kubectl("get", "pods", "-o", "name", as_user=jonny, namespace=n)
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.split() == ["pod/my-pod"]
@@ -721,6 +723,7 @@ def test_rbac_writes_cannot_escalate(kubectl: Kubectl, namespace: str) -> None:
         namespace=n,
         check=True,
     )
+    wait_can_i(kubectl, "create", "roles", as_user=dev, namespace=n)
     # granting what the user holds is fine
     ok = kubectl(
         "create",

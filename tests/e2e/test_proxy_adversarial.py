@@ -27,7 +27,7 @@ import yaml
 
 from klockproxy.kubeconfig import write_kubeconfig
 from tests.e2e import test_proxy_support as support
-from tests.e2e.kube import Kubectl, KubeTarget, names, without_root_ca
+from tests.e2e.kube import Kubectl, KubeTarget, names, wait_can_i, without_root_ca
 from tests.e2e.test_mitmdump_script import LOCK, _start_mitmdump, _stop
 from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
 
@@ -345,6 +345,9 @@ def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
     for ns in (namespace, other_namespace):
         kubectl("create", "serviceaccount", "jonny-op", namespace=ns, check=True)
         k("create", "rolebinding", f"jonny-{ns}", "--role=pods", f"--serviceaccount={ns}:jonny-op")
+    for ns in (namespace, other_namespace):
+        sa = f"system:serviceaccount:{ns}:jonny-op"
+        wait_can_i(kubectl, "patch", "pods", as_user=sa, namespace=namespace)
     locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"}, {"name": "jonny-op"})
     jonny = f"system:serviceaccount:{namespace}:jonny-op"
     impostor = f"system:serviceaccount:{other_namespace}:jonny-op"

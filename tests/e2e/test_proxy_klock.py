@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e import test_proxy_support as support
-from tests.e2e.kube import Kubectl, apply_yaml
+from tests.e2e.kube import Kubectl, apply_yaml, wait_can_i
 from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok
 
 pytestmark = pytest.mark.e2e
@@ -183,6 +183,11 @@ def case_13(c: Case) -> None:
         f"--serviceaccount={c.ns}:jonny", f"--serviceaccount={c.ns}:johny",
         namespace=c.ns, check=True,
     )  # fmt: skip
+    for sa in ("jonny", "johny"):
+        wait_can_i(
+            c.admin, "delete", "pods", as_user=f"system:serviceaccount:{c.ns}:{sa}",
+            namespace=c.ns,
+        )  # fmt: skip
     c.locks.add("lock", DEL, {"aura": "red"})
     c.pod("p", "aura=red")
     c.denied("p", "map[aura:red]", as_user=f"system:serviceaccount:{c.ns}:jonny")

@@ -10,7 +10,7 @@ import pytest
 
 from klockproxy.lock_sources import FileLockSource
 from tests.e2e import test_proxy_support as support
-from tests.e2e.kube import Kubectl
+from tests.e2e.kube import Kubectl, wait_can_i
 from tests.e2e.test_proxy_support import (
     VIAS,
     Locks,
@@ -52,6 +52,7 @@ def setup_scenario(admin: Kubectl, namespace: str) -> None:
     )  # fmt: skip
     k("create", "rolebinding", "jonny-app", "--role", "app-op", "--serviceaccount",
       f"{namespace}:{JONNY}")  # fmt: skip
+    wait_can_i(admin, "delete", "configmaps", as_user=jonny(namespace), namespace=namespace)
 
 
 def add_lockred(locks: Locks, via: Via) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from klockproxy.sandbox.server import SandboxThread
-from tests.e2e.kube import Kubectl, KubeTarget
+from tests.e2e.kube import Kubectl, KubeTarget, wait_can_i, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -121,6 +121,9 @@ def test_service_account_token_dies_with_its_service_account(
     k = token_kubectl(kubectl, create_token(kubectl, namespace, "short-lived"), tmp_path, "sl")
     assert whoami(k)["username"] == f"system:serviceaccount:{namespace}:short-lived"
     kubectl("delete", "serviceaccount", "short-lived", namespace=namespace, check=True)
+    # A real API server looks the account up in an informer cache first: its tokens stop
+    # working once the cache has seen the deletion, not necessarily at once.
+    wait_until(lambda: k("auth", "whoami").returncode != 0, "the token to stop working")
     result = k("auth", "whoami")
     assert result.returncode != 0
     assert "Unauthorized" in result.stderr
@@ -169,6 +172,7 @@ def test_jonny_op_forbidden_until_rolebinding(
         "create", "rolebinding", "jonny-app", "--role", "app-op",
         "--serviceaccount", f"{n}:jonny-op", namespace=n, check=True,
     )  # fmt: skip
+    wait_can_i(kubectl, "list", "pods", as_user=jonny, namespace=n)
 
     # After it: allowed, both ways, and only what the role grants.
     for k, as_user in ((with_token, None), (kubectl, jonny)):
@@ -237,6 +241,10 @@ def test_impersonation_granted_by_rbac(kubectl: Kubectl, namespace: str, tmp_pat
         "create", "rolebinding", "helper-impersonates", "--role=impersonate-jonny",
         f"--serviceaccount={n}:helper", namespace=n, check=True,
     )  # fmt: skip
+    wait_can_i(
+        kubectl, "impersonate", "serviceaccounts/jonny-op",
+        as_user=f"system:serviceaccount:{n}:helper", namespace=n,
+    )  # fmt: skip
     helper = token_kubectl(kubectl, create_token(kubectl, n, "helper"), tmp_path, "helper")
     info = whoami(helper, as_user=f"system:serviceaccount:{n}:jonny-op")
     assert info["username"] == f"system:serviceaccount:{n}:jonny-op"
@@ -264,6 +272,7 @@ def test_auth_can_i(kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
         "create", "rolebinding", "viewer-view", "--clusterrole=view",
         f"--serviceaccount={n}:viewer", namespace=n, check=True,
     )  # fmt: skip
+    wait_can_i(kubectl, "list", "pods", as_user=f"system:serviceaccount:{n}:viewer", namespace=n)
     viewer = token_kubectl(kubectl, create_token(kubectl, n, "viewer"), tmp_path, "viewer")
 
     def can(*args: str, ns: str = n) -> str:
