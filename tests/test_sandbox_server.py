@@ -168,6 +168,24 @@ async def test_dry_run_create_stores_nothing(client: Client) -> None:
     assert status == 404
 
 
+async def test_yaml_bodies_are_read_like_the_api_server(client: Client) -> None:
+    """An unquoted date stays a string (go-yaml), not an internal error."""
+    body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dated}\ndata: {when: 2024-01-01}\n"
+    status, created = await client.request("POST", CMS, raw=body, content_type="application/yaml")
+    assert status == 201, created
+    assert created["data"] == {"when": "2024-01-01"}
+    # What Go and Python decode differently is refused rather than stored the Python way.
+    merge = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, labels: {a: b, <<: {a: c}}}\n"
+    status, refused = await client.request("POST", CMS, raw=merge, content_type="application/yaml")
+    assert (status, refused["reason"]) == (400, "BadRequest")
+    dup = (
+        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d"},"data":{},"data":{"a":"b"}}'
+    )
+    status, refused = await client.request("POST", CMS, raw=dup)
+    assert (status, refused["reason"]) == (400, "BadRequest")
+    assert "duplicate key" in refused["message"]
+
+
 async def test_bad_input_statuses(client: Client) -> None:
     status, body = await client.request("POST", CMS, raw=b"{not json")
     assert (status, body["reason"]) == (400, "BadRequest")

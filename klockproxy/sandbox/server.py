@@ -25,13 +25,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
-import yaml
 from aiohttp import web
 
 from klockproxy import __version__
 from klockproxy.certs import CertificateAuthority
 from klockproxy.core import protobuf
 from klockproxy.core.errors import DecodeError, PatchError
+from klockproxy.core.metadata import load_json_object, load_yaml_object
 from klockproxy.core.patches import APPLY_PATCH, PATCH_CONTENT_TYPES, UnsupportedPatchError
 from klockproxy.core.patches import apply_patch as core_apply_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes
@@ -457,15 +457,19 @@ class SandboxServer:
 
     def _decode(self, raw: bytes, content_type: str, rt: ResourceType | None) -> Obj:
         mtype = _media_type(content_type) or JSON_TYPE
+        # The core's loaders, not plain json/yaml.safe_load: they read YAML the way the API
+        # server's go-yaml does (an unquoted 2024-01-01 stays a string), and refuse what Go
+        # and Python would decode differently (duplicate keys, YAML merge keys) with a 400
+        # rather than store something a real API server would not.
         if mtype == JSON_TYPE:
             try:
-                value = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
+                value = load_json_object(raw, "request body")
+            except DecodeError as e:
                 raise BadRequestError(f"couldn't get version/kind; json parse error: {e}") from e
         elif mtype in (YAML_TYPE, "application/x-yaml", "text/yaml"):
             try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError as e:
+                value = load_yaml_object(raw, "request body")
+            except DecodeError as e:
                 raise BadRequestError(f"error converting YAML to JSON: {e}") from e
         elif mtype == PROTOBUF_TYPE:
             if rt is not None and not rt.builtin:
