@@ -19,16 +19,10 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
-from klockproxy.addon import (
-    ABSENT_UID,
-    DEFAULT_IDLE_TIMEOUT,
-    KlockProxy,
-    collection_path,
-    object_path,
-    ssa_result_labels,
-)
+from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
+from klockproxy.core.guards import ABSENT_UID
 from klockproxy.core.locks import InvalidLock, load_locks_from_text
 from klockproxy.core.protobuf import (
     decode_fields,
@@ -40,7 +34,6 @@ from klockproxy.core.protobuf import (
     encode_varint_field,
     unwrap_unknown,
 )
-from klockproxy.core.requests import classify
 from klockproxy.core.types import UserInfo
 from klockproxy.upstream import UpstreamStatusError
 
@@ -1203,29 +1196,6 @@ async def test_reachable_api_server_passes_the_probe(addon: KlockProxy) -> None:
         await server.wait_closed()
 
 
-def test_lookup_paths_follow_the_api_server_layout() -> None:
-    def paths(method: str, raw: str) -> tuple[str, str]:
-        info = classify(method, raw)
-        return collection_path(info), object_path(info)
-
-    assert paths("DELETE", "/api/v1/namespaces/default/pods/p") == (
-        "/api/v1/namespaces/default/pods",
-        "/api/v1/namespaces/default/pods/p",
-    )
-    # A namespace's own requests: namespace == name, but the path is not nested.
-    assert paths("DELETE", "/api/v1/namespaces/team") == (
-        "/api/v1/namespaces",
-        "/api/v1/namespaces/team",
-    )
-    assert paths("PATCH", "/apis/apps/v1/namespaces/ns/deployments/web/scale") == (
-        "/apis/apps/v1/namespaces/ns/deployments",
-        "/apis/apps/v1/namespaces/ns/deployments/web",
-    )
-    assert paths("PUT", "/apis/rbac.authorization.k8s.io/v1/clusterroles/a%3Ab")[1] == (
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles/a%3Ab"
-    )
-
-
 async def test_namespace_deletion_is_judged_in_that_namespace(
     addon: KlockProxy, upstream: FakeUpstream
 ) -> None:
@@ -1415,23 +1385,6 @@ def _field(manager: str, operation: str, *labels: str) -> dict[str, Any]:
         "fieldsType": "FieldsV1",
         "fieldsV1": {"f:metadata": {"f:labels": {f"f:{key}": {} for key in labels}}},
     }
-
-
-def test_ssa_result_labels_drop_what_the_manager_no_longer_applies() -> None:
-    current = pod("web", {"aura": "red", "override": "yes", "shared": "x"})
-    current["metadata"]["managedFields"] = [
-        _field("kubectl-label", "Update", "aura", "shared"),
-        _field("ops", "Apply", "override", "shared", "team"),
-    ]
-    applied = {"metadata": {"labels": {"team": "b"}}}
-    # override: ops owned it alone and dropped it; shared: also owned by kubectl-label.
-    assert ssa_result_labels(current, applied, "ops") == {
-        "aura": "red",
-        "shared": "x",
-        "team": "b",
-    }
-    # Another manager removes nothing it never applied.
-    assert ssa_result_labels(current, applied, "someone")["override"] == "yes"
 
 
 async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result(

@@ -6,6 +6,11 @@ convert these into a Kubernetes ``Status`` (or an exit code) at theirs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from klockproxy.core.status import Status
+
 
 class KlockProxyError(Exception):
     """Base of every error klockproxy raises on purpose."""
@@ -80,3 +85,14 @@ class ConfigError(KlockProxyError):
 
 class ManifestError(KlockProxyError):
     """A manifest given to ``klockproxy check`` is not a Kubernetes object it can judge."""
+
+
+class Refusal(KlockProxyError):
+    """The request is answered by the proxy with ``status`` instead of being forwarded."""
+
+    def __init__(self, status: Status, log_message: str | None = None) -> None:
+        self.status = status
+        # What the proxy log says instead of the Status message, when that message may quote
+        # the request body (a YAML error shows the offending line: possibly a secret).
+        self.log_message = log_message
+        super().__init__(status["message"])

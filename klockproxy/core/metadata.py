@@ -235,6 +235,18 @@ def metadata_of(obj: Mapping[str, JSON]) -> dict[str, JSON]:
     return metadata
 
 
+def object_meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``metadata`` object of ``obj``, ``{}`` when it is not an object (never raises)."""
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def kind_of(obj: Mapping[str, Any]) -> str:
+    """``kind`` of ``obj``, ``""`` when it is not a string."""
+    kind = obj.get("kind")
+    return kind if isinstance(kind, str) else ""
+
+
 def _string_map(obj: Mapping[str, JSON], field: str) -> dict[str, str]:
     value = metadata_of(obj).get(field)
     if value is None:

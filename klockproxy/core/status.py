@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import NotRequired, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
+
+if TYPE_CHECKING:
+    from klockproxy.core.requests import RequestInfo
 
 
 class StatusCause(TypedDict, total=False):
@@ -72,6 +75,36 @@ def failure(
     if details:
         status["details"] = details
     return status
+
+
+def _group_resource(info: RequestInfo) -> str:
+    """``deployments.apps`` / ``pods`` (the parent's, for subresources)."""
+    return f"{info.resource}.{info.group}" if info.group else info.resource
+
+
+def forbidden(info: RequestInfo, name: str, message: str) -> Status:
+    """403 Status shaped like the API server's admission denials.
+
+    kubectl prints it as ``Error from server (Forbidden): pods "x" is forbidden: <message>``.
+    """
+    target = f'{_group_resource(info)} "{name}"' if name else _group_resource(info)
+    details: StatusDetails = {"group": info.group, "kind": info.resource}
+    if name:
+        details["name"] = name
+    return failure(403, f"{target} is forbidden: {message}", details=details)
+
+
+def conflict(info: RequestInfo) -> Status:
+    """409 as the API server words an optimistic-concurrency failure."""
+    details: StatusDetails = {"group": info.group, "kind": info.resource}
+    if info.name:
+        details["name"] = info.name
+    return failure(
+        409,
+        f'Operation cannot be fulfilled on {_group_resource(info)} "{info.name}": the object '
+        "has been modified; please apply your changes to the latest version and try again",
+        details=details,
+    )
 
 
 def success(details: StatusDetails | None = None) -> dict[str, object]:

@@ -1,0 +1,58 @@
+"""Owner references and Job TTLs: writes that let a controller delete the object later."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from klockproxy.core.owners import owner_inputs, owner_keys, owner_uids, ttl_changed
+from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+
+
+def inp(
+    operation: Operation,
+    name: str,
+    old: Mapping[str, str] | None,
+    new: Mapping[str, str] | None,
+    kind: str = "",
+) -> AdmissionInput:
+    return AdmissionInput(
+        operation=operation,
+        namespace="default",
+        resource=ResourceRef("", "v1", "configmaps"),
+        name=name,
+        user=UserInfo(""),
+        old_labels=old,
+        new_labels=new,
+        kind=kind,
+    )
+
+
+def obj(labels: Mapping[str, str], *owners: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "cm", "labels": dict(labels), "ownerReferences": list(owners)}}
+
+
+OWNER = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u1"}
+
+
+def test_owner_keys_and_uids() -> None:
+    assert owner_keys(obj({}, OWNER)) == {("apps", "Deployment", "web", "u1")}
+    assert owner_uids(obj({}, OWNER, "not-an-object")) == {"u1"}  # type: ignore[arg-type]
+
+
+def test_a_new_owner_is_judged_as_a_delete_on_old_and_new_labels() -> None:
+    out = owner_inputs(obj({"a": "1"}), obj({"a": "2"}, OWNER), inp, "cm", "ConfigMap")
+    assert [(i.operation, i.old_labels) for i in out] == [
+        (Operation.DELETE, {"a": "1"}),
+        (Operation.DELETE, {"a": "2"}),
+    ]
+    # Removing owners only keeps objects alive.
+    assert owner_inputs(obj({}, OWNER), obj({}), inp, "cm", "ConfigMap") == []
+
+
+def test_a_job_ttl_set_or_changed() -> None:
+    job = {"apiVersion": "batch/v1", "kind": "Job", "spec": {}}
+    with_ttl = {"apiVersion": "batch/v1", "kind": "Job", "spec": {"ttlSecondsAfterFinished": 5}}
+    assert ttl_changed(job, with_ttl)
+    assert not ttl_changed(with_ttl, with_ttl)
+    assert not ttl_changed({"kind": "Job", "apiVersion": "example.com/v1"}, with_ttl)
