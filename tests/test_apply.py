@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from klockproxy.core.apply import ssa_result_labels
-
-
-def pod(
-    name: str, labels: Mapping[str, str], ns: str = "default", rv: str = "42"
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "uid": f"uid-{name}",
-            "resourceVersion": rv,
-            "labels": dict(labels),
-        },
-        "spec": {"containers": [{"name": "c", "image": "nginx"}]},
-    }
+from tests.test_addon import pod
 
 
 def _field(manager: str, operation: str, *labels: str) -> dict[str, Any]:
