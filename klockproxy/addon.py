@@ -80,13 +80,10 @@ from klockproxy.core.errors import (
 )
 from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
-from klockproxy.core.metadata import media_type
-from klockproxy.core.patches import APPLY_PATCH
 from klockproxy.core.paths import classify_request, may_be_connect
 from klockproxy.core.status import Status, failure, to_bytes
-from klockproxy.core.types import Operation
 from klockproxy.identity import IdentityResolver, is_auth_header
-from klockproxy.judge import Judge, Lookups, has_delete_locks, is_crd_delete
+from klockproxy.judge import Judge, Lookups, needs_judgement
 from klockproxy.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
 from klockproxy.upstream import TokenFile, Upstream, UpstreamConfig
 
@@ -541,21 +538,7 @@ class KlockProxy:
         if engine is None:
             self._answer(flow, self._not_ready())
             return _ANSWERED
-        op = info.operation
-        assert op is not None
-        ns = info.namespace
-        covered = engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine))
-        if not covered and info.verb == "patch" and not info.subresource:
-            # Server-side apply creates the object when it does not exist.
-            ctype = media_type(req.headers.get("content-type", ""))
-            covered = ctype == APPLY_PATCH and engine.covers(ns, Operation.CREATE)
-        if not covered and info.verb == "update" and not info.subresource:
-            # PUT creates the object for resources that allow create-on-update (leases...).
-            covered = engine.covers(ns, Operation.CREATE)
-        if not covered and info.verb in ("update", "patch") and not info.subresource:
-            # A new owner reference lets the garbage collector delete the object later:
-            # judged as a DELETE too (see klockproxy.core.owners).
-            covered = engine.covers(ns, Operation.DELETE)
+        covered = needs_judgement(info, engine, req.headers.get("content-type", ""))
         return _JUDGE if covered else _PASS
 
     async def request(self, flow: http.HTTPFlow) -> None:

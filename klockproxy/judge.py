@@ -145,6 +145,32 @@ def has_delete_locks(engine: Engine) -> bool:
     return bool(engine.invalid) or any(Operation.DELETE in lk.operations for lk in engine.locks)
 
 
+def needs_judgement(info: RequestInfo, engine: Engine, content_type: str) -> bool:
+    """Whether a loaded Lock could affect this mutation (else it is forwarded untouched).
+
+    This is the fast path's only question: it costs a few dictionary look-ups and never
+    reads the body. Besides the request's own operation, some writes are judged for what
+    they can also do (the judgement then says which applies).
+    """
+    op = info.operation
+    if op is None:
+        return False
+    ns = info.namespace
+    if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
+        return True
+    if info.subresource or info.verb not in ("update", "patch"):
+        return False
+    if engine.covers(ns, Operation.CREATE) and (
+        # PUT creates the object for resources that allow create-on-update (leases...);
+        # server-side apply creates it when it does not exist.
+        info.verb == "update" or media_type(content_type) == APPLY_PATCH
+    ):
+        return True
+    # A new owner reference lets the garbage collector delete the object later: judged as a
+    # DELETE too (see klockproxy.core.owners).
+    return engine.covers(ns, Operation.DELETE)
+
+
 @dataclass(frozen=True)
 class _Request:
     content_type: str

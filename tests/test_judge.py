@@ -11,7 +11,7 @@ from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.requests import classify
 from klockproxy.core.types import UserInfo
 from klockproxy.identity import IdentityResolver
-from klockproxy.judge import Judge, has_delete_locks, is_crd_delete
+from klockproxy.judge import Judge, has_delete_locks, is_crd_delete, needs_judgement
 
 LOCK = """
 apiVersion: klock.rnemet.dev/v1
@@ -115,3 +115,46 @@ def test_triage_helpers() -> None:
     assert not is_crd_delete(classify("DELETE", "/api/v1/namespaces/default/pods/p"))
     assert has_delete_locks(Engine(load_locks_from_text(LOCK, source="test")))
     assert not has_delete_locks(Engine([]))
+
+
+def _locks(namespace: str, *operations: str) -> Engine:
+    ops = ", ".join(operations)
+    return Engine(
+        load_locks_from_text(
+            "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+            f"metadata: {{name: l, namespace: {namespace}}}\n"
+            f"spec: {{operations: [{ops}], matcher: {{aura: red}}}}\n",
+            source="test",
+        )
+    )
+
+
+POD_PATH = "/api/v1/namespaces/shop/pods/p"
+
+
+def test_needs_judgement_only_where_a_lock_could_apply() -> None:
+    update_lock = _locks("shop", "UPDATE")
+    assert needs_judgement(classify("PATCH", POD_PATH), update_lock, "application/merge-patch+json")
+    # Another namespace, or an operation no lock lists: forwarded untouched.
+    assert not needs_judgement(
+        classify("PATCH", "/api/v1/namespaces/other/pods/p"), update_lock, ""
+    )
+    assert not needs_judgement(classify("DELETE", POD_PATH), update_lock, "")
+    assert not needs_judgement(classify("GET", POD_PATH), update_lock, "")
+
+
+def test_needs_judgement_for_what_a_write_can_also_do() -> None:
+    create_lock = _locks("shop", "CREATE")
+    # Server-side apply and PUT can create the object: judged under a CREATE lock.
+    assert needs_judgement(classify("PATCH", POD_PATH), create_lock, "application/apply-patch+yaml")
+    assert needs_judgement(classify("PUT", POD_PATH), create_lock, "application/json")
+    assert not needs_judgement(
+        classify("PATCH", POD_PATH), create_lock, "application/merge-patch+json"
+    )
+    # Any update may add an owner reference (the garbage collector deletes later).
+    delete_lock = _locks("shop", "DELETE")
+    assert needs_judgement(classify("PATCH", POD_PATH), delete_lock, "application/json-patch+json")
+    assert not needs_judgement(classify("PATCH", POD_PATH + "/status"), delete_lock, "")
+    # Deleting a CRD deletes custom resources in every namespace.
+    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/things.example.com"
+    assert needs_judgement(classify("DELETE", crd), delete_lock, "")
