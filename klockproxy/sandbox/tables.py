@@ -177,6 +177,21 @@ def _created_at(obj: Obj) -> str:
 _NAME: Column = ("Name", "string", 0, _name)
 _AGE: Column = ("Age", "string", 0, age)
 
+# RoleBindings and ClusterRoleBindings show the same columns, as kubectl's printers do.
+_BINDING_COLUMNS: list[Column] = [
+    _NAME,
+    (
+        "Role",
+        "string",
+        0,
+        lambda o: f"{o.get('roleRef', {}).get('kind', '')}/{o.get('roleRef', {}).get('name', '')}",
+    ),
+    _AGE,
+    ("Users", "string", 1, lambda o: _subjects(o, "User")),
+    ("Groups", "string", 1, lambda o: _subjects(o, "Group")),
+    ("ServiceAccounts", "string", 1, lambda o: _subjects(o, "ServiceAccount")),
+]
+
 COLUMNS: dict[tuple[str, str], list[Column]] = {
     ("", "pods"): [
         _NAME,
@@ -266,36 +281,8 @@ COLUMNS: dict[tuple[str, str], list[Column]] = {
         _NAME,
         ("Created At", "date", 0, _created_at),
     ],
-    ("rbac.authorization.k8s.io", "rolebindings"): [
-        _NAME,
-        (
-            "Role",
-            "string",
-            0,
-            lambda o: (
-                f"{o.get('roleRef', {}).get('kind', '')}/{o.get('roleRef', {}).get('name', '')}"
-            ),
-        ),
-        _AGE,
-        ("Users", "string", 1, lambda o: _subjects(o, "User")),
-        ("Groups", "string", 1, lambda o: _subjects(o, "Group")),
-        ("ServiceAccounts", "string", 1, lambda o: _subjects(o, "ServiceAccount")),
-    ],
-    ("rbac.authorization.k8s.io", "clusterrolebindings"): [
-        _NAME,
-        (
-            "Role",
-            "string",
-            0,
-            lambda o: (
-                f"{o.get('roleRef', {}).get('kind', '')}/{o.get('roleRef', {}).get('name', '')}"
-            ),
-        ),
-        _AGE,
-        ("Users", "string", 1, lambda o: _subjects(o, "User")),
-        ("Groups", "string", 1, lambda o: _subjects(o, "Group")),
-        ("ServiceAccounts", "string", 1, lambda o: _subjects(o, "ServiceAccount")),
-    ],
+    ("rbac.authorization.k8s.io", "rolebindings"): _BINDING_COLUMNS,
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): _BINDING_COLUMNS,
     ("apiextensions.k8s.io", "customresourcedefinitions"): [
         _NAME,
         ("Created At", "date", 0, _created_at),
