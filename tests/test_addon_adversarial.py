@@ -1489,29 +1489,35 @@ async def test_deleting_a_pod_that_owns_a_locked_pod_is_refused(upstream: WhoAmI
         assert 'forbids DELETE of pods "executor-1"' in status["message"]
 
 
-async def test_deleting_a_custom_resource_that_owns_a_locked_secret_is_refused(
-    upstream: WhoAmI,
-) -> None:
-    # The operator pattern: a custom resource owns the Secret it made.
-    db = {
+def _database_owning_a_locked_secret(upstream: WhoAmI, secret_name: str) -> None:
+    """The operator pattern: custom resource gc/prod (a Database) owns a Secret labelled
+    aura=red, so deleting the Database makes the garbage collector delete the Secret."""
+    upstream.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = {
         "apiVersion": "db.example.com/v1",
         "kind": "Database",
         "metadata": {"name": "prod", "namespace": "gc", "uid": "db-uid", "resourceVersion": "4"},
     }
     owner = {"apiVersion": "db.example.com/v1", "kind": "Database", "name": "prod", "uid": "db-uid"}
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "prod-creds",
-            "namespace": "gc",
-            "uid": "s-uid",
-            "labels": {"aura": "red"},
-            "ownerReferences": [owner],
-        },
-    }
-    upstream.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = db
-    upstream.lists["/api/v1/namespaces/gc/secrets"] = [secret]
+    upstream.lists["/api/v1/namespaces/gc/secrets"] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret_name,
+                "namespace": "gc",
+                "uid": "s-uid",
+                "labels": {"aura": "red"},
+                "ownerReferences": [owner],
+            },
+        }
+    ]
+
+
+async def test_deleting_a_custom_resource_that_owns_a_locked_secret_is_refused(
+    upstream: WhoAmI,
+) -> None:
+    # The operator pattern: a custom resource owns the Secret it made.
+    _database_owning_a_locked_secret(upstream, "prod-creds")
     proxy = _gc_proxy(upstream)
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
@@ -1570,25 +1576,7 @@ async def test_dependents_listed_with_the_proxys_credentials_are_not_named_to_th
 
     up = Split()
     up.has_own_credentials = True
-    db = {
-        "apiVersion": "db.example.com/v1",
-        "kind": "Database",
-        "metadata": {"name": "prod", "namespace": "gc", "uid": "db-uid", "resourceVersion": "4"},
-    }
-    owner = {"apiVersion": "db.example.com/v1", "kind": "Database", "name": "prod", "uid": "db-uid"}
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "top-secret-name",
-            "namespace": "gc",
-            "uid": "s-uid",
-            "labels": {"aura": "red"},
-            "ownerReferences": [owner],
-        },
-    }
-    up.objects["/apis/db.example.com/v1/namespaces/gc/databases/prod"] = db
-    up.lists["/api/v1/namespaces/gc/secrets"] = [secret]
+    _database_owning_a_locked_secret(up, "top-secret-name")
     proxy = _gc_proxy(up)
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
