@@ -237,32 +237,6 @@ class _ReadyProbe:
         self.running_event.set()
 
 
-class _ReleaseTlsBuffers:
-    """A mitmproxy addon: let OpenSSL free a connection's buffers while it is idle.
-
-    Every open watch holds two TLS connections (client side and upstream side); with
-    SSL_MODE_RELEASE_BUFFERS an idle one does not keep its read/write buffers allocated.
-    Runs after the built-in tlsconfig addon (embedded addons are added after it), so the
-    connection exists; the mode is set on its context, which mitmproxy reuses for later
-    connections.
-    """
-
-    def _release(self, data: Any) -> None:
-        from OpenSSL import SSL
-
-        conn = getattr(data, "ssl_conn", None)
-        if conn is not None:
-            conn.get_context().set_mode(SSL.MODE_RELEASE_BUFFERS)
-
-    def tls_start_client(self, data: Any) -> None:
-        """mitmproxy hook: a client TLS connection is being set up."""
-        self._release(data)
-
-    def tls_start_server(self, data: Any) -> None:
-        """mitmproxy hook: an upstream TLS connection is being set up."""
-        self._release(data)
-
-
 class LocalProxy:
     """The local-mode proxy: ``await start()`` (ready when it returns), ``await stop()``."""
 
@@ -386,8 +360,10 @@ class LocalProxy:
         from mitmproxy.master import Master
 
         from klockproxy.addon import KlockProxy
+        from klockproxy.lean_tls import LeanTls
 
-        assert self.lock_set is not None
+        if self.lock_set is None:
+            raise ConfigError("the proxy was started before its locks were set up")
         confdir.mkdir(mode=0o700, exist_ok=True)
         opts = options.Options(
             mode=[f"reverse:{upstream.server}"],
@@ -404,7 +380,7 @@ class LocalProxy:
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             KlockProxy(lock_set=self.lock_set),
-            _ReleaseTlsBuffers(),
+            LeanTls(proxy_pem),
             probe,
         )
         update: dict[str, Any] = {
