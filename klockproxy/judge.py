@@ -430,7 +430,9 @@ class Judge:
     ) -> _Plan | None:
         """The admission inputs of a covered mutation; None when the API server will 404."""
         op = info.operation
-        assert op is not None
+        if op is None:
+            # needs_judgement() only lets mutations through; never forward one unjudged.
+            raise Refusal(failure(403, "klockproxy: cannot classify this request's operation"))
 
         def inp(
             operation: Operation,

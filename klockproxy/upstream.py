@@ -273,8 +273,7 @@ class Upstream:
             if status not in (200, 201):
                 raise UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
             return _user_info(self._json_object(body, "SelfSubjectReview"))
-        assert last is not None
-        raise last
+        raise last or UpstreamError("SelfSubjectReview: the API server offers no version of it")
 
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:

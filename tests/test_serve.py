@@ -210,6 +210,10 @@ def test_serve_subprocess_end_to_end(
 ) -> None:
     proc, line, out = served
     assert line.startswith("klockproxy serving on https://127.0.0.1:"), line
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    if cmdline.exists():
+        # Re-executed in place under python -O (same pid): mitmproxy's debug checks are off.
+        assert cmdline.read_bytes().split(b"\0")[1] == b"-O"
     assert f"(kubeconfig: {out}, 1 lock from " in line
     home = tmp_path / "home"
     # The written kubeconfig is private and points at the proxy.

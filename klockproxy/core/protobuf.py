@@ -256,6 +256,15 @@ class F:
 
 
 MessageSchema: TypeAlias = Mapping[int, F]
+
+
+def _schema_of(spec: F, path: str) -> MessageSchema:
+    """The schema of an embedded message field (a table error if it names none)."""
+    if spec.message is None:
+        raise DecodeError(f"{path}: field {spec.name!r} has no message schema")
+    return spec.message
+
+
 _LEN_TYPES = frozenset(
     {"string", "bytes", "strings", "map", "bytesmap", "message", "messages", "stringsmap"}
     | {"time", "intorstr", "quantitymap"}
@@ -310,8 +319,7 @@ def _decode_message(buf: bytes, schema: MessageSchema, where: str, strict: bool)
             # is decoding their concatenation.
             buffer = merged.setdefault(number, bytearray())
             buffer.extend(_len_value(value, path))
-            assert spec.message is not None
-            out[spec.name] = _decode_message(bytes(buffer), spec.message, path, strict)
+            out[spec.name] = _decode_message(bytes(buffer), _schema_of(spec, path), path, strict)
             continue
         if isinstance(value, bytes):
             _decode_len(out, spec, value, path, strict)
@@ -355,11 +363,9 @@ def _decode_len(out: dict[str, JSON], spec: F, raw: bytes, path: str, strict: bo
             items = _decode_message(value, _EXTRA_VALUE, f"{path}[{key}]", strict)
             target[key] = items.get("items", [])
     elif kind == "messages":
-        assert spec.message is not None
+        schema = _schema_of(spec, path)
         index = len(out.get(name, ()))
-        out.setdefault(name, []).append(
-            _decode_message(raw, spec.message, f"{path}[{index}]", strict)
-        )
+        out.setdefault(name, []).append(_decode_message(raw, schema, f"{path}[{index}]", strict))
     elif kind == "time":
         out[name] = _time_to_json(raw, path, strict)
     elif kind == "intorstr":
@@ -420,12 +426,11 @@ def _encode_field(number: int, spec: F, value: JSON, path: str) -> bytes:
             for k, v in value.items()
         )
     if kind == "message":
-        assert spec.message is not None
-        return encode_len_field(number, _encode_message(value, spec.message, path))
+        return encode_len_field(number, _encode_message(value, _schema_of(spec, path), path))
     if kind == "messages":
-        assert spec.message is not None
+        schema = _schema_of(spec, path)
         return b"".join(
-            encode_len_field(number, _encode_message(v, spec.message, f"{path}[{i}]"))
+            encode_len_field(number, _encode_message(v, schema, f"{path}[{i}]"))
             for i, v in enumerate(value)
         )
     if kind == "time":

@@ -1,0 +1,95 @@
+"""The front door: subcommands, and `serve` re-run under `python -O`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from klockproxy import cli
+
+
+class _Execed(Exception):
+    """Raised by the stand-in for os.execv: the process would have been replaced."""
+
+
+def _fake_execv(path: str, argv: list[str]) -> None:
+    raise _Execed(argv)
+
+
+def test_serve_from_the_command_line_is_re_executed_under_python_O(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli.os, "execv", _fake_execv)
+    monkeypatch.delenv("KLOCKPROXY_OPTIMIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["klockproxy", "serve", "--write-kubeconfig", "out"])
+    with pytest.raises(_Execed) as raised:
+        cli.main()
+    assert raised.value.args[0] == [
+        sys.executable,
+        "-O",
+        "-m",
+        "klockproxy",
+        "serve",
+        "--write-kubeconfig",
+        "out",
+    ]
+
+
+def test_no_re_execution_when_asked_not_to_or_called_from_python(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli.os, "execv", _fake_execv)
+    monkeypatch.setenv("KLOCKPROXY_OPTIMIZE", "0")
+    assert cli.reexec_argv(["serve"]) is None
+    monkeypatch.delenv("KLOCKPROXY_OPTIMIZE")
+    assert cli.reexec_argv(["serve"]) is not None
+    # main(argv) from Python runs in place (here: the listen address is refused, exit 2).
+    code = cli.main(["serve", "--write-kubeconfig", "out", "--listen", "nowhere"])
+    assert code == 2
+    assert "klockproxy:" in capsys.readouterr().err
+
+
+def test_other_subcommands_are_not_re_executed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.os, "execv", _fake_execv)
+    monkeypatch.setattr(sys, "argv", ["klockproxy", "crd"])
+    assert cli.main() == 0
+
+
+def test_check_gives_the_same_verdicts_under_python_O(tmp_path: Path) -> None:
+    """With asserts stripped (-O), the core decides exactly as before: denial and allowance."""
+    locks = tmp_path / "locks.yaml"
+    locks.write_text(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+        "metadata: {name: lockred, namespace: default}\n"
+        "spec: {operations: [UPDATE, DELETE], matcher: {aura: red}, "
+        "exclusive: {name: jonny-op}}\n"
+    )
+    objects = tmp_path / "pod.yaml"
+    objects.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: my-pod, labels: {aura: red}}\n")
+    outcomes = []
+    for flags in ([], ["-O"]):
+        for user in ("admin", "system:serviceaccount:default:jonny-op"):
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    *flags,
+                    "-m",
+                    "klockproxy",
+                    "check",
+                    f"--locks={locks}",
+                    f"--as={user}",
+                    "--operation=DELETE",
+                    f"-f={objects}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            outcomes.append((run.returncode, run.stdout, run.stderr))
+    plain, optimized = outcomes[:2], outcomes[2:]
+    assert plain == optimized
+    assert plain[0][0] != 0 and "lockred" in plain[0][1] + plain[0][2]
+    assert plain[1][0] == 0
