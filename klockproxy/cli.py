@@ -47,7 +47,12 @@ def reexec_argv(argv: Sequence[str]) -> list[str] | None:
         return None
     if os.environ.get("KLOCKPROXY_OPTIMIZE", "1") == "0":
         return None
-    return [sys.executable, "-O", "-m", "klockproxy", *argv]
+    # Keep the interpreter options the user started with (-W warnings, -X options such as
+    # tracemalloc or dev), only adding -O.
+    options = [f"-W{w}" for w in sys.warnoptions]
+    for key, value in sys._xoptions.items():
+        options.append(f"-X{key}" if value is True else f"-X{key}={value}")
+    return [sys.executable, *options, "-O", "-m", "klockproxy", *argv]
 
 
 def build_parser() -> argparse.ArgumentParser:

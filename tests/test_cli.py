@@ -25,6 +25,8 @@ def test_serve_from_the_command_line_is_re_executed_under_python_O(
     monkeypatch.setattr(cli.os, "execv", _fake_execv)
     monkeypatch.delenv("KLOCKPROXY_OPTIMIZE", raising=False)
     monkeypatch.setattr(sys, "argv", ["klockproxy", "serve", "--write-kubeconfig", "out"])
+    monkeypatch.setattr(sys, "warnoptions", [])
+    monkeypatch.setattr(sys, "_xoptions", {})
     with pytest.raises(_Execed) as raised:
         cli.main()
     assert raised.value.args[0] == [
@@ -35,6 +37,22 @@ def test_serve_from_the_command_line_is_re_executed_under_python_O(
         "serve",
         "--write-kubeconfig",
         "out",
+    ]
+
+
+def test_re_execution_keeps_the_interpreter_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KLOCKPROXY_OPTIMIZE", raising=False)
+    monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])
+    monkeypatch.setattr(sys, "_xoptions", {"tracemalloc": "5", "dev": True})
+    assert cli.reexec_argv(["serve"]) == [
+        sys.executable,
+        "-Werror::DeprecationWarning",
+        "-Xtracemalloc=5",
+        "-Xdev",
+        "-O",
+        "-m",
+        "klockproxy",
+        "serve",
     ]
 
 
