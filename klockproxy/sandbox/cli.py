@@ -49,13 +49,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep the CA, admin token and signing key here so kubeconfigs survive restarts",
     )
+    parser.add_argument(
+        "--http2",
+        action="store_true",
+        help="serve HTTP/2 (and HTTP/1.1) through the HTTP/2 front, like a real API server; "
+        "bearer tokens only (client certificates are not forwarded)",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
     from klockproxy.sandbox.server import Sandbox
 
     host, port = args.listen
-    sandbox = Sandbox(host, port, tokens_file=args.tokens, state_dir=args.state_dir)
+    sandbox = Sandbox(
+        host, port, tokens_file=args.tokens, state_dir=args.state_dir, http2=args.http2
+    )
     await sandbox.start()
     try:
         path = sandbox.write_kubeconfig(args.write_kubeconfig)

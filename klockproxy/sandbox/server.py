@@ -55,6 +55,7 @@ from klockproxy.sandbox.errors import (
     NotFoundError,
     UnauthorizedError,
 )
+from klockproxy.sandbox.h2front import H2Front, backend_context
 from klockproxy.sandbox.rbac import Attributes, Authorizer, bootstrap_policy, forbidden_error
 from klockproxy.sandbox.resources import APIEXT, RBAC, Registry, ResourceType
 from klockproxy.sandbox.selectors import field_matcher, label_matcher
@@ -1382,6 +1383,9 @@ class Sandbox:
 
     ``state_dir`` keeps the CA, the admin token and the service-account signing key, so a
     restarted sandbox accepts the kubeconfigs it wrote before (objects are not kept).
+
+    ``http2=True`` puts the HTTP/2 front (sandbox/h2front.py) on ``host:port``: ``url`` is
+    then the front, and the sandbox itself listens on a free loopback port behind it.
     """
 
     def __init__(
@@ -1392,8 +1396,11 @@ class Sandbox:
         state_dir: Path | str | None = None,
         *,
         history_size: int = 1000,
+        http2: bool = False,
     ) -> None:
         self.host = host
+        self.http2 = http2
+        self.h2front: H2Front | None = None
         self.port = port
         self.tokens_file = Path(tokens_file) if tokens_file else None
         self.state_dir = Path(state_dir) if state_dir else None
@@ -1430,7 +1437,7 @@ class Sandbox:
         path = self.state_dir / "sa-signing.key"
         return path.read_bytes() if path.exists() else None
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _ssl_context(self, *, client_certs: bool = True) -> ssl.SSLContext:
         hosts = ["127.0.0.1", "localhost", "::1"]
         if self.host not in (*hosts, *_WILDCARD_HOSTS):
             hosts.append(self.host)
@@ -1446,8 +1453,9 @@ class Sandbox:
             finally:
                 os.close(fd)
             ctx.load_cert_chain(cert_path, key_path)
-        ctx.load_verify_locations(cadata=self.ca.cert_pem.decode())
-        ctx.verify_mode = ssl.CERT_OPTIONAL
+        if client_certs:
+            ctx.load_verify_locations(cadata=self.ca.cert_pem.decode())
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.set_alpn_protocols(["http/1.1"])
         return ctx
 
@@ -1471,11 +1479,29 @@ class Sandbox:
         app.router.add_route("*", "/{tail:.*}", server.handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context())
+        # Behind the HTTP/2 front, the sandbox itself listens on a free loopback port.
+        host, port = ("127.0.0.1", 0) if self.http2 else (self.host, self.port)
+        site = web.TCPSite(runner, host, port, ssl_context=self._ssl_context())
         await site.start()
         self._runner = runner
         address = runner.addresses[0]
-        self.port = int(address[1])
+        if self.http2:
+            front = H2Front(
+                f"https://127.0.0.1:{int(address[1])}",
+                self._ssl_context(client_certs=False),
+                backend_context(self.ca.cert_pem),
+                self.host,
+                self.port,
+            )
+            try:
+                await front.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.h2front = front
+            self.port = front.port
+        else:
+            self.port = int(address[1])
         # Clients of a sandbox listening on every interface connect through loopback.
         client_host = "127.0.0.1" if self.host in _WILDCARD_HOSTS else self.host
         host = f"[{client_host}]" if ":" in client_host else client_host
@@ -1484,6 +1510,9 @@ class Sandbox:
         logger.info("sandbox API server listening on %s", self.url)
 
     async def stop(self) -> None:
+        if self.h2front is not None:
+            await self.h2front.stop()
+            self.h2front = None
         if self._server is not None:
             self._server.stopping.set()
             self._server.store.close_watchers()
