@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -13,10 +15,11 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
+import yaml
 
 from klockproxy.sandbox.server import Sandbox
-
-pytestmark = pytest.mark.asyncio
+from tests.e2e.kube import Kubectl, find_kubectl
+from tests.test_sandbox_cli import _start, _stop
 
 CM_PATH = "/api/v1/namespaces/default/configmaps"
 
@@ -226,3 +229,32 @@ async def test_the_default_sandbox_is_unchanged(sandbox: Sandbox) -> None:
         resp = await client.get("/api/v1/namespaces/default")
     assert resp.http_version == "HTTP/1.1"
     assert resp.status_code == 200
+
+
+def test_the_cli_flag_serves_http2_and_kubectl_works(tmp_path: Path) -> None:
+    if find_kubectl() is None:
+        pytest.skip("kubectl is not installed")
+    proc, line = _start(tmp_path, "--http2")
+    try:
+        assert line.startswith("klockproxy sandbox ready on https://127.0.0.1:"), line
+        config = yaml.safe_load((tmp_path / "kubeconfig").read_text())
+        cluster = config["clusters"][0]["cluster"]
+        user = next(u["user"] for u in config["users"] if u["name"] == "admin")
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        with httpx.Client(
+            http2=True,
+            http1=False,
+            verify=ssl.create_default_context(cadata=ca),
+            headers={"Authorization": f"Bearer {user['token']}"},
+        ) as client:
+            resp = client.get(cluster["server"] + "/api/v1/namespaces/default")
+        assert resp.http_version == "HTTP/2"
+        assert resp.json()["metadata"]["name"] == "default"
+        kubectl = Kubectl(tmp_path / "kubeconfig", home=tmp_path / "home")
+        result = kubectl(
+            "create", "configmap", "via-cli", "--from-literal", "a=b", namespace="default"
+        )
+        assert result.returncode == 0, result.stderr
+        assert kubectl.json("get", "cm", "via-cli", namespace="default")["data"] == {"a": "b"}
+    finally:
+        assert _stop(proc) == 0

@@ -230,6 +230,30 @@ def test_watch_streams_an_event_over_http2(
             watch.communicate()
 
 
+def test_logs_follow_streams_over_http2(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, h2: H2Record
+) -> None:
+    kubectl("run", "ticker", "--image", "busybox", namespace=namespace, check=True)
+    mark = h2.mark()
+    follow = proxy.kubectl.popen("logs", "-f", "ticker", namespace=namespace)
+    try:
+        lines = Lines(follow)
+        lines.until("log line 1")
+        # The sandbox writes a line every 0.5 s after the first three: one written after
+        # kubectl started following arrives while it still runs.
+        lines.until("log line 4")
+        assert follow.poll() is None
+        log_path = f"/api/v1/namespaces/{namespace}/pods/ticker/log"
+        assert _seen(h2.since(mark), "GET", log_path)
+    finally:
+        follow.terminate()
+        try:
+            follow.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            follow.kill()
+            follow.communicate()
+
+
 def test_server_side_apply_over_http2(
     proxy: Proxy, locks: Locks, kubectl: Kubectl, namespace: str, h2: H2Record
 ) -> None:
