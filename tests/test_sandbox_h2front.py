@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,39 +109,111 @@ async def test_watch_streams_events_as_they_happen(h2_sandbox: Sandbox) -> None:
         assert not watch.is_closed
 
 
-async def _raw_h2(sb: Sandbox, headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
-    """Send one request with the h2 library itself (which, unlike httpx, can send the
-    connection-specific headers HTTP/2 forbids) and read the whole answer."""
-    ctx = ssl.create_default_context(cadata=sb.ca_pem.decode())
-    ctx.set_alpn_protocols(["h2"])
-    host, port = sb.url.removeprefix("https://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
-    config = h2.config.H2Configuration(
-        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
-    )
-    conn = h2.connection.H2Connection(config=config)
-    conn.initiate_connection()
-    sid = conn.get_next_available_stream_id()
-    conn.send_headers(sid, headers, end_stream=True)
-    writer.write(conn.data_to_send())
-    status, body = 0, bytearray()
-    try:
-        while True:
-            data = await reader.read(65536)
-            assert data, "the front closed the connection without answering"
-            for event in conn.receive_data(data):
+async def test_an_unreachable_sandbox_gets_a_502_status(h2_sandbox: Sandbox) -> None:
+    front = h2_sandbox.h2front
+    assert front is not None
+    runner = h2_sandbox._runner
+    assert runner is not None
+    await runner.cleanup()  # the sandbox behind the front is gone
+    h2_sandbox._runner = None
+    async with _client(h2_sandbox) as client:
+        resp = await client.get(CM_PATH)
+    assert resp.http_version == "HTTP/2"
+    assert resp.status_code == 502
+    assert resp.json()["kind"] == "Status"
+
+
+class RawH2:
+    """An HTTP/2 client made with the h2 library itself: unlike httpx, it can send the
+    connection-specific headers HTTP/2 forbids, and it resets streams it abandons."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        config = h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.initiate_connection()
+        self.status: dict[int, int] = {}
+        self.body: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+
+    @classmethod
+    async def open(cls, sb: Sandbox) -> RawH2:
+        ctx = ssl.create_default_context(cadata=sb.ca_pem.decode())
+        ctx.set_alpn_protocols(["h2"])
+        host, port = sb.url.removeprefix("https://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+        return cls(reader, writer)
+
+    def send(self, headers: list[tuple[str, str]]) -> int:
+        sid: int = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers, end_stream=True)
+        self.body[sid] = bytearray()
+        self.writer.write(self.conn.data_to_send())
+        return sid
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid)
+        self.writer.write(self.conn.data_to_send())
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Read frames until ``done()``; fails if the front closes the connection first."""
+        while not done():
+            data = await self.reader.read(65536)
+            assert data, "the front closed the connection"
+            for event in self.conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[b":status"])
+                    self.status[event.stream_id] = int(dict(event.headers)[b":status"])
                 elif isinstance(event, h2.events.DataReceived):
-                    body.extend(event.data)
-                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    self.body[event.stream_id].extend(event.data)
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
                 elif isinstance(event, h2.events.StreamEnded):
-                    return status, json.loads(body)
+                    self.ended.add(event.stream_id)
                 elif isinstance(event, h2.events.StreamReset):
                     raise AssertionError("the front reset the stream")
-            writer.write(conn.data_to_send())
+            self.writer.write(self.conn.data_to_send())
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _raw_h2(sb: Sandbox, headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
+    """Send one request with ``RawH2`` and read the whole answer."""
+    client = await RawH2.open(sb)
+    try:
+        sid = client.send(headers)
+        await client.until(lambda: sid in client.ended)
+        return client.status[sid], json.loads(client.body[sid])
     finally:
-        writer.close()
+        client.close()
+
+
+async def test_a_client_leaving_a_watch_ends_the_sandbox_watch(h2_sandbox: Sandbox) -> None:
+    store = h2_sandbox.store
+    client = await RawH2.open(h2_sandbox)
+    try:
+        watch = client.send(_request(h2_sandbox, "GET", f"{CM_PATH}?watch=true"))
+        await client.until(lambda: watch in client.status)
+        assert client.status[watch] == 200
+        assert store.watcher_count == 1
+        client.reset(watch)
+        # The front ends its sandbox request, and with it the sandbox's watch.
+        for _ in range(3000):  # a hang guard, not a timing assertion
+            if store.watcher_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert store.watcher_count == 0
+        # The connection still serves requests.
+        get = client.send(_request(h2_sandbox, "GET", CM_PATH))
+        await client.until(lambda: get in client.ended)
+        assert client.status[get] == 200
+        assert json.loads(client.body[get])["kind"] == "ConfigMapList"
+    finally:
+        client.close()
 
 
 def _request(sb: Sandbox, method: str, path: str) -> list[tuple[str, str]]:

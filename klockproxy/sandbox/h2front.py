@@ -35,6 +35,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 
 from klockproxy.core.status import failure, to_bytes
 
@@ -55,9 +56,16 @@ HOP_BY_HOP = frozenset(
         "host",
     }
 )
+# Also not copied to the sandbox request: the client session frames the body itself.
+NOT_FORWARDED = HOP_BY_HOP | frozenset(
+    {
+        "content-length",
+    }
+)
 READ_SIZE = 65536
 # How many served h2 requests ``H2Front.requests`` remembers (method, path).
 REQUEST_HISTORY = 1000
+MAX_STREAMS = 1000
 
 
 class _Stream:
@@ -67,6 +75,7 @@ class _Stream:
         self.headers = headers
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
+        self.answered = False
 
 
 class _H2Connection:
@@ -103,6 +112,8 @@ class _H2Connection:
 
     async def run(self) -> None:
         self.conn.initiate_connection()
+        # As many concurrent streams (watches) as a client may open through a proxy.
+        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
         self.flush()
         try:
             while True:
@@ -167,7 +178,11 @@ class _H2Connection:
             pass
         except (aiohttp.ClientError, OSError) as e:
             logger.warning("h2 front: the sandbox request failed: %s", type(e).__name__)
-            self._try_reset(sid)
+            if stream.answered:
+                self._try_reset(sid)
+            else:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    await self._send_status(sid, 502, "the sandbox did not answer")
         finally:
             self.streams.pop(sid, None)
             self.flush()
@@ -184,7 +199,7 @@ class _H2Connection:
             await self._send_status(sid, 501, "the sandbox's HTTP/2 front does not relay upgrades")
             return
         headers = [(k, v) for k, v in stream.headers if not k.startswith(":")]
-        headers = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in headers if k not in NOT_FORWARDED]
         self.front.record(method, path)
         session = self.front.session()
         async with session.request(
@@ -200,6 +215,7 @@ class _H2Connection:
                 (k.lower(), v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP
             ]
             self.conn.send_headers(sid, answer)
+            stream.answered = True
             self.flush()
             async for chunk in resp.content.iter_any():
                 await self._send_data(sid, chunk)
