@@ -141,10 +141,17 @@ class RawH2:
 
     @classmethod
     async def open(cls, sb: Sandbox) -> RawH2:
-        ctx = ssl.create_default_context(cadata=sb.ca_pem.decode())
+        return await cls.connect(sb.url, sb.ca_pem)
+
+    @classmethod
+    async def connect(cls, url: str, ca_pem: bytes) -> RawH2:
+        ctx = ssl.create_default_context(cadata=ca_pem.decode())
         ctx.set_alpn_protocols(["h2"])
-        host, port = sb.url.removeprefix("https://").rsplit(":", 1)
+        host, port = url.removeprefix("https://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+        if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+            writer.close()
+            raise AssertionError(f"{url} did not negotiate h2")
         return cls(reader, writer)
 
     def send(self, headers: list[tuple[str, str]]) -> int:
@@ -216,10 +223,15 @@ async def test_a_client_leaving_a_watch_ends_the_sandbox_watch(h2_sandbox: Sandb
         client.close()
 
 
-def _request(sb: Sandbox, method: str, path: str) -> list[tuple[str, str]]:
-    authority = sb.url.removeprefix("https://")
+def h2_request(url: str, token: str, method: str, path: str) -> list[tuple[str, str]]:
+    """The headers of an HTTP/2 request to ``url`` with a bearer token."""
+    authority = url.removeprefix("https://")
     return [(":method", method), (":scheme", "https"), (":authority", authority),
-            (":path", path), ("authorization", f"Bearer {sb.admin_token}")]  # fmt: skip
+            (":path", path), ("authorization", f"Bearer {token}")]  # fmt: skip
+
+
+def _request(sb: Sandbox, method: str, path: str) -> list[tuple[str, str]]:
+    return h2_request(sb.url, sb.admin_token, method, path)
 
 
 @pytest.mark.parametrize(

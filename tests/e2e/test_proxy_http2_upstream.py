@@ -11,6 +11,8 @@ overrides ``kube_target`` and ``kubectl``; the proxy and lock fixtures are the s
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from tests.e2e.kube import Kubectl, KubeTarget
 from tests.e2e.test_proxy_seed import ROWS, add_lockred, jonny, setup_scenario
 from tests.e2e.test_proxy_streams import Lines
 from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
+from tests.test_sandbox_h2front import RawH2, h2_request
 
 pytestmark = pytest.mark.e2e
 
@@ -228,6 +231,53 @@ def test_watch_streams_an_event_over_http2(
         except subprocess.TimeoutExpired:
             watch.kill()
             watch.communicate()
+
+
+def test_a_watch_stream_reset_through_the_proxy_ends_the_upstream_watch(
+    proxy: Proxy, kube_target: KubeTarget, namespace: str, h2: H2Record
+) -> None:
+    """Over HTTP/2 a client can abandon one watch and keep its connection (RST_STREAM): the
+    proxy must reset the upstream stream too, or the API server keeps the watch open."""
+    sandbox = kube_target.sandbox
+    assert sandbox is not None
+
+    def watchers() -> int:
+        """The sandbox's watches in this test's namespace."""
+        store = sandbox.sandbox.store
+        return int(sandbox.call(lambda: sum(w.namespace == namespace for w in store._watchers)))
+
+    ca = base64.b64decode(
+        yaml.safe_load(proxy.thread.kubeconfig_path.read_text())["clusters"][0]["cluster"][
+            "certificate-authority-data"
+        ]
+    )
+    token = proxy.thread.client_token
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+
+    async def run() -> None:
+        client = await RawH2.connect(proxy.thread.url, ca)
+        try:
+            assert watchers() == 0
+            mark = h2.mark()
+            watch = client.send(h2_request(proxy.thread.url, token, "GET", f"{path}?watch=true"))
+            await client.until(lambda: watch in client.status)
+            assert client.status[watch] == 200
+            assert _seen(h2.since(mark), "GET", path)
+            assert watchers() == 1
+            client.reset(watch)
+            for _ in range(3000):  # a hang guard, not a timing assertion
+                if watchers() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert watchers() == 0
+            # The client's connection still works.
+            get = client.send(h2_request(proxy.thread.url, token, "GET", path))
+            await client.until(lambda: get in client.ended)
+            assert client.status[get] == 200
+        finally:
+            client.close()
+
+    asyncio.run(run())
 
 
 def test_logs_follow_streams_over_http2(
