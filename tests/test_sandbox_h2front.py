@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from klockproxy.sandbox.h2front import MAX_REQUEST_BODY
 from klockproxy.sandbox.server import Sandbox
 from tests.e2e.kube import Kubectl, find_kubectl
 from tests.test_sandbox_cli import _start, _stop
@@ -70,6 +71,15 @@ async def test_post_body_arrives_intact_and_large_answers_respect_flow_control(
     stored = h2_sandbox.store.get("", "configmaps", "default", "big")
     assert stored is not None
     assert stored["data"] == data
+
+
+async def test_a_body_past_the_fronts_limit_gets_413(h2_sandbox: Sandbox) -> None:
+    data = {"big": "x" * (MAX_REQUEST_BODY + 1)}
+    async with _client(h2_sandbox) as client:
+        resp = await client.post(CM_PATH, json=_configmap("huge", data))
+        assert resp.status_code == 413
+        assert resp.json()["kind"] == "Status"
+        assert (await client.get(f"{CM_PATH}/huge")).status_code == 404
 
 
 async def test_query_and_headers_are_forwarded(h2_sandbox: Sandbox) -> None:

@@ -66,6 +66,9 @@ READ_SIZE = 65536
 # How many served h2 requests ``H2Front.requests`` remembers (method, path).
 REQUEST_HISTORY = 1000
 MAX_STREAMS = 1000
+# Request bodies are read whole before forwarding; past this (well above the sandbox's own
+# 3 MiB limit, which answers 413 itself) the front stops reading and answers 413.
+MAX_REQUEST_BODY = 8 * 1024 * 1024
 
 
 class _Stream:
@@ -76,6 +79,7 @@ class _Stream:
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
         self.answered = False
+        self.too_large = False
 
 
 class _H2Connection:
@@ -151,8 +155,11 @@ class _H2Connection:
         elif isinstance(event, h2.events.DataReceived):
             sid = _sid(event.stream_id)
             stream = self.streams.get(sid)
-            if stream is not None and event.data:
+            if stream is not None and event.data and not stream.too_large:
                 stream.body.extend(event.data)
+                if len(stream.body) > MAX_REQUEST_BODY:
+                    stream.too_large = True
+                    stream.body = bytearray()
             self.conn.acknowledge_received_data(event.flow_controlled_length or 0, sid)
         elif isinstance(event, h2.events.StreamEnded):
             sid = _sid(event.stream_id)
@@ -197,6 +204,9 @@ class _H2Connection:
         path = pseudo.get(":path", "/")
         if method == "CONNECT" or ":protocol" in pseudo or _wants_upgrade(stream.headers):
             await self._send_status(sid, 501, "the sandbox's HTTP/2 front does not relay upgrades")
+            return
+        if stream.too_large:
+            await self._send_status(sid, 413, "the request body is too large")
             return
         headers = [(k, v) for k, v in stream.headers if not k.startswith(":")]
         headers = [(k, v) for k, v in headers if k not in NOT_FORWARDED]
