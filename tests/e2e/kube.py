@@ -191,6 +191,18 @@ def kubectl_args(*parts: str | Sequence[str]) -> list[str]:
 WAIT_SECONDS = 120.0
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """End a process a test started (kubectl -w, logs -f, a server): SIGTERM, then SIGKILL if
+    it lingers; its pipes are drained so it cannot block on a full one."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
     """Poll ``predicate`` until it holds: a real cluster gets there eventually, never at a
     known time. ``timeout`` only guards against a hang (generous, never asserted on)."""

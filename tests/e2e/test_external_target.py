@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import E2E_CONTEXT_ENV, E2E_KUBECONFIG_ENV
+from tests.e2e.kube import stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -28,16 +29,6 @@ READY = "klockproxy sandbox ready on "
 # Guards against a hang only; the child normally takes well under a minute.
 START_GUARD = 60.0
 CHILD_GUARD = 300.0
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
 
 
 @pytest.fixture
@@ -75,7 +66,7 @@ def external_sandbox(tmp_path: Path) -> Iterator[Path]:
         assert kubeconfig.exists()
         yield kubeconfig
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_the_founding_scenario_runs_against_an_external_cluster(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 from klockproxy.sandbox.h2front import H2Front
 from klockproxy.sandbox.server import SandboxThread
 from tests.e2e import test_proxy_support as support
-from tests.e2e.kube import Kubectl, KubeTarget
+from tests.e2e.kube import Kubectl, KubeTarget, stop_process
 from tests.e2e.test_proxy_seed import ROWS, add_lockred, jonny, setup_scenario
 from tests.e2e.test_proxy_streams import Lines
 from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
@@ -225,12 +224,7 @@ def test_watch_streams_an_event_over_http2(
             for m, p in new
         ), new  # fmt: skip
     finally:
-        watch.terminate()
-        try:
-            watch.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            watch.kill()
-            watch.communicate()
+        stop_process(watch)
 
 
 def test_a_watch_stream_reset_through_the_proxy_ends_the_upstream_watch(
@@ -296,12 +290,7 @@ def test_logs_follow_streams_over_http2(
         log_path = f"/api/v1/namespaces/{namespace}/pods/ticker/log"
         assert _seen(h2.since(mark), "GET", log_path)
     finally:
-        follow.terminate()
-        try:
-            follow.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            follow.kill()
-            follow.communicate()
+        stop_process(follow)
 
 
 def test_server_side_apply_over_http2(

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.e2e import test_proxy_support as support
-from tests.e2e.kube import Kubectl
+from tests.e2e.kube import Kubectl, stop_process
 from tests.e2e.test_proxy_support import Proxy, assert_ok
 
 pytestmark = pytest.mark.e2e
@@ -65,13 +65,7 @@ def running(request: pytest.FixtureRequest) -> Iterator[list[subprocess.Popen[st
     procs: list[subprocess.Popen[str]] = []
     yield procs
     for p in procs:
-        if p.poll() is None:
-            p.terminate()
-        try:
-            p.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
+        stop_process(p)
 
 
 def test_watch_streams_each_event_while_running(
