@@ -93,6 +93,19 @@ def upstream() -> WhoAmI:
     return up
 
 
+def proxy_with_lock(
+    upstream: WhoAmI, name: str, namespace: str, operations: list[str], matcher: str
+) -> KlockProxy:
+    """An addon enforcing exactly one Lock (``matcher`` as YAML flow text)."""
+    lock = (
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec: {{operations: [{', '.join(operations)}], matcher: {matcher}}}\n"
+    )
+    engine = Engine(load_locks_from_text(lock, source="t"))
+    return KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def addon(upstream: WhoAmI) -> Iterator[KlockProxy]:
     engine = Engine(load_locks_from_text(LOCKS + EXTRA_LOCKS, source="test"))
@@ -475,18 +488,7 @@ async def test_patches_adding_the_locked_label_are_denied(
 
 
 async def test_json_patch_escaped_label_key_is_judged(addon: KlockProxy, upstream: WhoAmI) -> None:
-    lock = """
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: slash, namespace: default}
-spec:
-  operations: [UPDATE]
-  matcher: {"klock.io/aura": red}
-"""
-    proxy = KlockProxy(
-        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
-        upstream=upstream,
-    )
+    proxy = proxy_with_lock(upstream, "slash", "default", ["UPDATE"], '{"klock.io/aura": red}')
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
         ops = [{"op": "add", "path": "/metadata/labels/klock.io~1aura", "value": "red"}]
@@ -863,18 +865,7 @@ async def test_connect_with_an_odd_tail_is_judged_not_waved_through(
 
 
 async def test_put_that_creates_is_judged_by_a_create_only_lock(upstream: WhoAmI) -> None:
-    lock = """
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: nocreate, namespace: leases}
-spec:
-  operations: [CREATE]
-  matcher: {aura: red}
-"""
-    proxy = KlockProxy(
-        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
-        upstream=upstream,
-    )
+    proxy = proxy_with_lock(upstream, "nocreate", "leases", ["CREATE"], "{aura: red}")
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
         lease = {
@@ -911,17 +902,8 @@ async def test_deletecollection_at_an_old_resource_version_is_refused(
 async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result(
     upstream: WhoAmI,
 ) -> None:
-    lock = """
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: red-unless-override, namespace: ssa}
-spec:
-  operations: [UPDATE]
-  matcher: {aura: red, override: ^yes}
-"""
-    proxy = KlockProxy(
-        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
-        upstream=upstream,
+    proxy = proxy_with_lock(
+        upstream, "red-unless-override", "ssa", ["UPDATE"], "{aura: red, override: ^yes}"
     )
     current = pod("web", {"aura": "red", "override": "yes"}, ns="ssa")
     current["metadata"]["managedFields"] = [
@@ -1139,18 +1121,7 @@ async def test_server_side_apply_create_behind_a_second_content_type_is_judged(
     upstream: WhoAmI,
 ) -> None:
     # Go reads the FIRST Content-Type (apply: creates the object), mitmproxy joins them.
-    lock = """
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: nocreate, namespace: fresh}
-spec:
-  operations: [CREATE]
-  matcher: {aura: red}
-"""
-    proxy = KlockProxy(
-        lock_set=StaticLocks(Engine(load_locks_from_text(lock, source="t"))),  # type: ignore[arg-type]
-        upstream=upstream,
-    )
+    proxy = proxy_with_lock(upstream, "nocreate", "fresh", ["CREATE"], "{aura: red}")
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
         config = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: new, labels: {aura: red}}\n"
