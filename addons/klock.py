@@ -1,5 +1,5 @@
 """mitmproxy script shim: ``mitmdump -s addons/klock.py --mode reverse:https://API ...``."""
 
-from klockproxy.addon import KlockProxy
+from klockproxy.proxy.addon import KlockProxy
 
 addons = [KlockProxy()]

@@ -457,7 +457,7 @@ def main() -> int:
         direct = Target("direct", sandbox_url, token, ssl_for(sandbox_ca), sb.proc.pid)
         asyncio.run(seed(direct))
 
-        from klockproxy.certs import CertificateAuthority
+        from klockproxy.cluster.certs import CertificateAuthority
 
         ca = CertificateAuthority.create("bench proxy CA")
         cert, key = ca.issue_server(["127.0.0.1"])

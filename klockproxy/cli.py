@@ -21,7 +21,7 @@ from klockproxy import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("klockproxy.check", "decide offline whether Locks allow an operation on objects"),
     "serve": (
-        "klockproxy.serve",
+        "klockproxy.proxy.serve",
         "local mode: a Lock-enforcing proxy in front of a kubeconfig context",
     ),
     "demo": (

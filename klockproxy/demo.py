@@ -218,8 +218,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 async def run_demo(listen: str, state_dir: Path) -> int:
     """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
+    from klockproxy.proxy.serve import LocalProxy, ServeSettings, serve_until_signal
     from klockproxy.sandbox.server import Sandbox
-    from klockproxy.serve import LocalProxy, ServeSettings, serve_until_signal
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with Sandbox(state_dir=state_dir / "sandbox") as sandbox:
@@ -241,7 +241,7 @@ async def run_demo(listen: str, state_dir: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy demo``; returns the exit code."""
-    from klockproxy.serve import parse_listen, quiet_mitmproxy_logging
+    from klockproxy.proxy.serve import parse_listen, quiet_mitmproxy_logging
 
     quiet_mitmproxy_logging()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from klockproxy.cluster.identity import IdentityResolver
+from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
 from klockproxy.core.errors import DecodeError, PatchError, Refusal, UpstreamError
@@ -49,8 +51,6 @@ from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_fields, unwra
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, forbidden
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
-from klockproxy.identity import IdentityResolver
-from klockproxy.upstream import UpstreamStatusError
 
 # How many locked objects a deletecollection refusal names before summarising.
 MAX_NAMED_OBJECTS = 10
@@ -64,7 +64,7 @@ _NOBODY = UserInfo(username="")
 
 
 class Lookups(Protocol):
-    """What the judge needs from :class:`klockproxy.upstream.Upstream` (tests pass a fake)."""
+    """What the judge needs from the upstream client (``cluster.upstream.Upstream``)."""
 
     @property
     def server(self) -> str:

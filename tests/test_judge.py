@@ -6,11 +6,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.core.engine import Engine
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.requests import classify
 from klockproxy.core.types import UserInfo
-from klockproxy.identity import IdentityResolver
 from klockproxy.judge import Judge, has_delete_locks, is_crd_delete, needs_judgement
 
 LOCK = """

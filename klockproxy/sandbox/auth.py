@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from klockproxy.certs import CertificateAuthority, CertificateError
+from klockproxy.cluster.certs import CertificateAuthority, CertificateError
 from klockproxy.core.errors import ConfigError
 from klockproxy.core.types import UserInfo
 from klockproxy.sandbox.errors import BadRequestError

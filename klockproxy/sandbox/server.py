@@ -28,7 +28,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from klockproxy import __version__
-from klockproxy.certs import CertificateAuthority
+from klockproxy.cluster.certs import CertificateAuthority
+from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.core import protobuf
 from klockproxy.core.errors import DecodeError, PatchError
 from klockproxy.core.metadata import load_json_object, load_yaml_object
@@ -36,7 +37,6 @@ from klockproxy.core.patches import APPLY_PATCH, PATCH_CONTENT_TYPES, Unsupporte
 from klockproxy.core.patches import apply_patch as core_apply_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
-from klockproxy.kubeconfig import write_kubeconfig
 from klockproxy.sandbox import auth as sandbox_auth
 from klockproxy.sandbox import (
     discovery,

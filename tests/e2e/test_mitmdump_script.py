@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from klockproxy.certs import CertificateAuthority
+from klockproxy.cluster.certs import CertificateAuthority
+from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.crd import crd_text
-from klockproxy.kubeconfig import write_kubeconfig
 from tests.e2e.kube import Kubectl, KubeTarget
 
 pytestmark = pytest.mark.e2e

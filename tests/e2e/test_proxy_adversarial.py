@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from klockproxy.kubeconfig import write_kubeconfig
+from klockproxy.cluster.kubeconfig import write_kubeconfig
 from tests.e2e import test_proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget, names, wait_can_i, without_root_ca
 from tests.e2e.test_mitmdump_script import LOCK, _start_mitmdump, _stop

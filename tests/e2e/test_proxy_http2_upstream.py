@@ -27,7 +27,7 @@ from tests.e2e.kube import Kubectl, KubeTarget, stop_process
 from tests.e2e.test_proxy_seed import ROWS, add_lockred, jonny, setup_scenario
 from tests.e2e.test_proxy_streams import Lines
 from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
-from tests.test_sandbox_h2front import RawH2, h2_request
+from tests.sandbox.test_h2front import RawH2, h2_request
 
 pytestmark = pytest.mark.e2e
 

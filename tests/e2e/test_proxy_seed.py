@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from klockproxy.lock_sources import FileLockSource
+from klockproxy.cluster.lock_sources import FileLockSource
 from tests.e2e import test_proxy_support as support
 from tests.e2e.kube import Kubectl, wait_can_i
 from tests.e2e.test_proxy_support import (

@@ -22,7 +22,7 @@ import yaml
 
 from klockproxy.core.locks import Lock
 from klockproxy.crd import crd_text
-from klockproxy.serve import ProxyThread, ServeSettings
+from klockproxy.proxy.serve import ProxyThread, ServeSettings
 from tests.e2e.kube import Kubectl, KubeTarget
 
 Via = Literal["file", "cluster"]

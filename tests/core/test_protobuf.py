@@ -38,7 +38,7 @@ from klockproxy.core.protobuf import (
     unwrap_unknown,
 )
 
-GOLDEN = Path(__file__).parent / "data" / "protobuf"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "protobuf"
 
 
 def golden(name: str) -> bytes:

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from klockproxy.cluster.identity import IdentityResolver, cache_key, is_auth_header
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.types import UserInfo
-from klockproxy.identity import IdentityResolver, cache_key, is_auth_header
 
 
 class FakeReviewer:

@@ -19,7 +19,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
-from klockproxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
+from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.guards import ABSENT_UID
@@ -35,7 +35,7 @@ from klockproxy.core.protobuf import (
     unwrap_unknown,
 )
 from klockproxy.core.types import UserInfo
-from klockproxy.upstream import UpstreamStatusError
+from klockproxy.proxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
 
 ADMIN = UserInfo("admin", groups=("system:masters",))
 JONNY = UserInfo("system:serviceaccount:default:jonny-op")
@@ -90,7 +90,7 @@ def pod(
 
 
 class FakeUpstream:
-    """Same async interface as klockproxy.upstream.Upstream, answering from dicts."""
+    """Same async interface as klockproxy.cluster.upstream.Upstream, answering from dicts."""
 
     server = "https://api.example:6443"
 
@@ -1082,7 +1082,7 @@ async def test_errors_are_logged_without_headers(
 ) -> None:
     flow = make_flow("GET", "/api/v1/namespaces/default/pods?watch=true")
     flow.error = tflow.terr("Connection refused")
-    with caplog.at_level("DEBUG", logger="klockproxy.addon"):
+    with caplog.at_level("DEBUG", logger="klockproxy.proxy.addon"):
         addon.error(flow)
     assert "Connection refused" in caplog.text
     assert "caller-token" not in caplog.text

@@ -31,7 +31,7 @@ AuthHeaders = Mapping[str, str | Sequence[str]]
 
 
 class SelfSubjectReviewer(Protocol):
-    """The part of :class:`klockproxy.upstream.Upstream` the resolver needs."""
+    """The part of :class:`klockproxy.cluster.upstream.Upstream` the resolver needs."""
 
     async def self_subject_review(self, headers: AuthHeaders) -> UserInfo:
         """Who these headers authenticate (and impersonate) as."""

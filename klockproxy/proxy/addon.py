@@ -70,6 +70,9 @@ from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from klockproxy.cluster.identity import IdentityResolver, is_auth_header
+from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
+from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
     ClassificationError,
@@ -82,10 +85,7 @@ from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
 from klockproxy.core.status import Status, failure, to_bytes
-from klockproxy.identity import IdentityResolver, is_auth_header
 from klockproxy.judge import Judge, Lookups, needs_judgement
-from klockproxy.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
-from klockproxy.upstream import TokenFile, Upstream, UpstreamConfig
 
 logger = logging.getLogger(__name__)
 

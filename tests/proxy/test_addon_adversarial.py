@@ -21,7 +21,7 @@ from aiohttp import web
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from klockproxy.addon import KlockProxy
+from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
 from klockproxy.core.engine import Engine
 from klockproxy.core.locks import InvalidLock, load_locks_from_text
 from klockproxy.core.protobuf import (
@@ -31,8 +31,8 @@ from klockproxy.core.protobuf import (
     encode_string_field,
 )
 from klockproxy.core.types import UserInfo
-from klockproxy.upstream import Upstream, UpstreamConfig, UpstreamStatusError
-from tests.test_addon import (
+from klockproxy.proxy.addon import KlockProxy
+from tests.proxy.test_addon import (
     ADMIN,
     APPLY,
     GC_LOCK,

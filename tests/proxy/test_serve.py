@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from klockproxy.certs import CertificateAuthority
+from klockproxy.cluster.certs import CertificateAuthority
+from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.core.errors import ConfigError
-from klockproxy.kubeconfig import write_kubeconfig
+from klockproxy.proxy.serve import ProxyThread, ServeSettings, load_upstream, parse_listen
 from klockproxy.sandbox.server import SandboxThread
-from klockproxy.serve import ProxyThread, ServeSettings, load_upstream, parse_listen
 from tests.e2e.kube import find_kubectl
 
 

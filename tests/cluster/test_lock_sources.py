@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from klockproxy.core.errors import ConfigError, LockValidationError
-from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
-from klockproxy.crd import crd_text
-from klockproxy.lock_sources import (
+from klockproxy.cluster.lock_sources import (
     ClusterLockSource,
     FileLockSource,
     LockSet,
     create_lock_sources,
 )
+from klockproxy.cluster.upstream import UpstreamConfig
+from klockproxy.core.errors import ConfigError, LockValidationError
+from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+from klockproxy.crd import crd_text
 from klockproxy.sandbox.server import SandboxThread
-from klockproxy.upstream import UpstreamConfig
 from tests.e2e.kube import find_kubectl
 
 
@@ -97,7 +97,7 @@ async def test_invalid_edit_keeps_last_good_set_and_logs_without_contents(
     try:
         secret_looking = "s3cr3t-value-that-must-not-be-logged"
         write(f, lock_yaml("lockred", ops=f"[UPDATE, {secret_looking}]"))
-        with caplog.at_level(logging.ERROR, logger="klockproxy.lock_sources"):
+        with caplog.at_level(logging.ERROR, logger="klockproxy.cluster.lock_sources"):
             assert not await src.reload_if_changed()
         assert names(src) == ["default/lockred"]
         assert src.last_error is not None and str(f) in src.last_error
@@ -337,7 +337,7 @@ async def test_cluster_source_refuses_the_namespace_of_an_invalid_lock(
         engine = lockset.engine
         assert engine is not None and engine.decide(_pod("default", blue)).allowed
 
-        with caplog.at_level(logging.INFO, logger="klockproxy.lock_sources"):
+        with caplog.at_level(logging.INFO, logger="klockproxy.cluster.lock_sources"):
             # A new Lock with a misspelt operation: the whole namespace is refused.
             await asyncio.to_thread(apply, stdin=lock_yaml("typo", ops="[UPDTAE, DELETE]"))
             await _until(lambda: invalid_keys(lockset) == ["default/typo"], "the invalid lock")

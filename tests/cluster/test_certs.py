@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from klockproxy.certs import CertificateAuthority, CertificateError
+from klockproxy.cluster.certs import CertificateAuthority, CertificateError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from klockproxy.certs import CertificateAuthority
+from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.core.types import UserInfo
 from klockproxy.sandbox.auth import Authenticator
 from klockproxy.sandbox.errors import BadRequestError, InvalidError, NotFoundError

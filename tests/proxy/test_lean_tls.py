@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 from OpenSSL import SSL, crypto
 
-from klockproxy.certs import CertificateAuthority
-from klockproxy.lean_tls import LeanTls
+from klockproxy.cluster.certs import CertificateAuthority
+from klockproxy.proxy.lean_tls import LeanTls
 
 
 @pytest.fixture(scope="module")

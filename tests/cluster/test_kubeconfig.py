@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.core.errors import ConfigError
-from klockproxy.kubeconfig import write_kubeconfig
 
 
 def test_one_context_per_user_and_mode_0600(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from klockproxy.certs import CertificateAuthority
+from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.core.errors import ConfigError
 from klockproxy.core.types import UserInfo
 from klockproxy.sandbox.auth import (

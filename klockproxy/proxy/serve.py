@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klockproxy.cluster.kubeconfig import write_kubeconfig
+from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError
-from klockproxy.kubeconfig import write_kubeconfig
-from klockproxy.lock_sources import LockSet, create_lock_sources
 
 if TYPE_CHECKING:
     # Imported where used: `klockproxy --help` must not pay for aiohttp and cryptography.
-    from klockproxy.upstream import UpstreamConfig
+    from klockproxy.cluster.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
-    from klockproxy.upstream import UpstreamConfig
+    from klockproxy.cluster.upstream import UpstreamConfig
 
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
@@ -297,7 +297,7 @@ class LocalProxy:
                 name="klockproxy-token-refresh",
             )
 
-        from klockproxy.certs import CertificateAuthority
+        from klockproxy.cluster.certs import CertificateAuthority
 
         ca = await asyncio.to_thread(CertificateAuthority.load_or_create, state_dir, PROXY_CA_NAME)
         hosts = _cert_hosts(host)
@@ -359,8 +359,8 @@ class LocalProxy:
         from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
         from mitmproxy.master import Master
 
-        from klockproxy.addon import KlockProxy
-        from klockproxy.lean_tls import LeanTls
+        from klockproxy.proxy.addon import KlockProxy
+        from klockproxy.proxy.lean_tls import LeanTls
 
         if self.lock_set is None:
             raise ConfigError("the proxy was started before its locks were set up")

@@ -18,7 +18,7 @@ from klockproxy.core.locks import (
 )
 from klockproxy.core.types import Operation
 
-DATA = Path(__file__).parent / "data" / "locks"
+DATA = Path(__file__).resolve().parents[1] / "data" / "locks"
 
 
 def lock_doc(**spec: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import yaml
 from klockproxy.sandbox.h2front import MAX_REQUEST_BODY
 from klockproxy.sandbox.server import Sandbox
 from tests.e2e.kube import Kubectl, find_kubectl
-from tests.test_sandbox_cli import _start, _stop
+from tests.sandbox.test_cli import _start, _stop
 
 CM_PATH = "/api/v1/namespaces/default/configmaps"
 

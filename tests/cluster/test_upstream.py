@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from klockproxy.certs import CertificateAuthority
+from klockproxy.cluster.certs import CertificateAuthority
+from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
 from klockproxy.core.errors import ConfigError, UpstreamError
 from klockproxy.core.types import UserInfo
-from klockproxy.upstream import Upstream, UpstreamConfig, UpstreamStatusError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -29,7 +29,7 @@ from klockproxy.core.protobuf import (
     encode_unknown,
 )
 
-GOLDEN = Path(__file__).parent / "data" / "protobuf"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "protobuf"
 POD = {
     "apiVersion": "v1",
     "kind": "Pod",
