@@ -8,28 +8,65 @@ so ``klockproxy check`` does not pay for importing mitmproxy or aiohttp.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from klockproxy import __version__
 
-# name -> (module, one-line help). The module is imported to configure its parser; keep
-# module-level imports of heavy libraries inside the functions of those modules.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "check": ("klockproxy.check", "decide offline whether Locks allow an operation on objects"),
-    "serve": (
-        "klockproxy.proxy.serve",
-        "local mode: a Lock-enforcing proxy in front of a kubeconfig context",
-    ),
+
+class Subcommand(Protocol):
+    """What a subcommand module provides."""
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# Each loader imports its module only when called (``klockproxy check`` does not pay for
+# mitmproxy or aiohttp), with a plain import statement so the import-linter sees the edge.
+def _check() -> Subcommand:
+    from klockproxy import check
+
+    return check
+
+
+def _serve() -> Subcommand:
+    from klockproxy.proxy import serve
+
+    return serve
+
+
+def _demo() -> Subcommand:
+    from klockproxy import demo
+
+    return demo
+
+
+def _crd() -> Subcommand:
+    from klockproxy import crd
+
+    return crd
+
+
+def _sandbox() -> Subcommand:
+    from klockproxy.sandbox import cli
+
+    return cli
+
+
+# name -> (loader, one-line help).
+SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
+    "check": (_check, "decide offline whether Locks allow an operation on objects"),
+    "serve": (_serve, "local mode: a Lock-enforcing proxy in front of a kubeconfig context"),
     "demo": (
-        "klockproxy.demo",
+        _demo,
         "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
     ),
-    "crd": ("klockproxy.crd", "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
-    "sandbox": ("klockproxy.sandbox.cli", "run the in-memory sandbox Kubernetes API server"),
+    "crd": (_crd, "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
+    "sandbox": (_sandbox, "run the in-memory sandbox Kubernetes API server"),
 }
 
 
@@ -69,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging level (default INFO); credentials and bodies are never logged",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+    for name, (load, help_text) in SUBCOMMANDS.items():
+        module = load()
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         module.configure_parser(sub_parser)
         sub_parser.set_defaults(_run=module.run)
