@@ -241,7 +241,7 @@ async def run_demo(listen: str, state_dir: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy demo``; returns the exit code."""
-    from klockproxy.proxy.serve import parse_listen, quiet_mitmproxy_logging
+    from klockproxy.proxy.master import parse_listen, quiet_mitmproxy_logging
 
     quiet_mitmproxy_logging()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:

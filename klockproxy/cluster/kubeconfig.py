@@ -1,17 +1,23 @@
-"""Writing kubeconfig files (the sandbox's and the proxy's)."""
+"""Kubeconfig files: reading a context's server and credentials (through the official
+kubernetes client, which knows every credential kind and exec plugins) and writing the
+kubeconfigs the sandbox and the proxy hand out."""
 
 from __future__ import annotations
 
 import base64
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from klockproxy.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from klockproxy.cluster.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +108,143 @@ def write_kubeconfig(
     os.replace(tmp, p)
     logger.debug("wrote kubeconfig %s (%d contexts)", p, len(users))
     return p
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by its owner only (credentials, keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+
+
+@dataclass(frozen=True)
+class KubeconfigTarget:
+    """What the chosen kubeconfig context says: the upstream and the default namespace."""
+
+    upstream: UpstreamConfig
+    namespace: str
+    context: str
+    # Re-reads an expiring (exec plugin) token; None when the credentials do not expire.
+    refresh: Callable[[], str | None] | None = None
+
+
+def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) -> KubeconfigTarget:
+    """Read a kubeconfig context with the official client and copy its credentials into
+    ``files_dir`` (mode 0600), so that mitmproxy and the lookups can use them.
+
+    Handles client certificates (file or inline data), bearer tokens, token files (used in
+    place) and exec plugins (run here; the token is written to a file, and ``refresh`` runs
+    the plugin again once that token expires). With no ``kubeconfig``, the first file of
+    $KUBECONFIG is read, else ~/.kube/config. Raises ConfigError.
+    """
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    from klockproxy.cluster.upstream import UpstreamConfig
+
+    cfg = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    if path is None:
+        path = os.path.expanduser("~/.kube/config")
+    try:
+        config.load_kube_config(
+            config_file=path, context=context, client_configuration=cfg, persist_config=False
+        )
+        contexts, active = config.list_kube_config_contexts(config_file=path)
+    except (ConfigException, OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"cannot use kubeconfig {path}: {e}") from e
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    ctx_name = str((chosen or {}).get("name") or context or "")
+    namespace = str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+    server = str(cfg.host or "")
+    if not server.startswith("https://"):
+        raise ConfigError(f"context {ctx_name!r}: the server {server!r} is not an https:// URL")
+    files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def copy(src: str | None, name: str) -> str | None:
+        # The client writes inline data to temporary files it deletes at exit: keep our own.
+        if not src:
+            return None
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"context {ctx_name!r}: cannot read {src}: {e}") from e
+        dest = files_dir / name
+        write_private(dest, data)
+        return str(dest)
+
+    ca_file = copy(cfg.ssl_ca_cert, "upstream-ca.crt")
+    cert_file = copy(cfg.cert_file, "upstream-client.crt")
+    key_file = copy(cfg.key_file, "upstream-client.key")
+    token_file = None
+    token = _bearer_token(cfg)
+    user_token_file = _user_token_file(path, chosen)
+    if user_token_file is not None and token is not None:
+        # Use the user's own file: it is re-read when it changes (rotated projected tokens).
+        token_file = user_token_file
+    elif token is not None:
+        token_file = str(files_dir / "upstream-token")
+        write_private(Path(token_file), token.encode())
+    if cert_file is None and token_file is None:
+        raise ConfigError(
+            f"context {ctx_name!r} has no credentials klockproxy can use "
+            "(client certificate, token, token file or exec plugin)"
+        )
+    upstream = UpstreamConfig(
+        server=server.rstrip("/"),
+        ca_file=ca_file,
+        token_file=token_file,
+        client_cert_file=cert_file,
+        client_key_file=key_file,
+        insecure=not cfg.verify_ssl,
+    )
+    refresh: Callable[[], str | None] | None = None
+    hook = getattr(cfg, "refresh_api_key_hook", None)
+    # Only our own copy is ever rewritten; the user's tokenFile is re-read where it is.
+    if token is not None and user_token_file is None and callable(hook):
+
+        def refresh() -> str | None:
+            # Re-runs an exec plugin once its token has expired (the client's own logic).
+            hook(cfg)
+            return _bearer_token(cfg)
+
+    return KubeconfigTarget(
+        upstream=upstream, namespace=namespace, context=ctx_name, refresh=refresh
+    )
+
+
+def _user_token_file(kubeconfig: str, context: Any) -> str | None:
+    """The ``tokenFile`` of the context's user (absolute), when it has one and no exec plugin."""
+    import yaml
+
+    user_name = ((context or {}).get("context") or {}).get("user")
+    try:
+        data = yaml.safe_load(Path(kubeconfig).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    for entry in (data or {}).get("users") or []:
+        if isinstance(entry, dict) and entry.get("name") == user_name:
+            user = entry.get("user") or {}
+            token_file = user.get("tokenFile")
+            if token_file and not user.get("token") and not user.get("exec"):
+                return str((Path(kubeconfig).parent / str(token_file)).resolve())
+    return None
+
+
+def _bearer_token(cfg: Any) -> str | None:
+    """The bearer token the client configuration would send, without the prefix."""
+    keys = cfg.api_key or {}
+    value = keys.get("BearerToken") or keys.get("authorization")
+    if not value:
+        return None
+    value = str(value).strip()
+    scheme, _, rest = value.partition(" ")
+    if rest and scheme.lower() == "bearer":
+        return rest.strip()
+    if rest and scheme.lower() == "basic":
+        raise ConfigError("basic authentication (username/password) is not supported")
+    return value

@@ -16,7 +16,6 @@ import os
 import secrets
 import ssl
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from klockproxy.core.patches import APPLY_PATCH, PATCH_CONTENT_TYPES, Unsupporte
 from klockproxy.core.patches import apply_patch as core_apply_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
+from klockproxy.loop_thread import LoopThread
 from klockproxy.sandbox import auth as sandbox_auth
 from klockproxy.sandbox import (
     discovery,
@@ -1559,63 +1559,19 @@ class Sandbox:
         return {"client-certificate-data": cert, "client-key-data": key}
 
 
-class SandboxThread:
+class SandboxThread(LoopThread[Sandbox]):
     """A Sandbox on its own event loop in a daemon thread (for synchronous tests that call
     kubectl with subprocess)."""
 
+    thread_name = "klockproxy-sandbox"
+
     def __init__(self, **kwargs: Any) -> None:
-        self.sandbox = Sandbox(**kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
+        super().__init__(Sandbox(**kwargs))
 
-    def start(self, timeout: float = 30.0) -> SandboxThread:
-        self._thread = threading.Thread(target=self._run, name="klockproxy-sandbox", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("the sandbox did not start in time")
-        if self._error is not None:
-            raise RuntimeError("the sandbox failed to start") from self._error
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._main())
-        finally:
-            loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            await self.sandbox.start()
-        except BaseException as e:
-            self._error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        await self._stop.wait()
-        await self.sandbox.stop()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._loop is not None and self._stop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run ``fn`` on the sandbox's loop (to read the store safely from a test)."""
-        if self._loop is None:
-            raise RuntimeError("the sandbox is not running")
-
-        async def run() -> Any:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+    @property
+    def sandbox(self) -> Sandbox:
+        """The running sandbox."""
+        return self.service
 
     @property
     def url(self) -> str:
@@ -1633,17 +1589,6 @@ class SandboxThread:
         self, path: Path | str, users: Mapping[str, Mapping[str, Any]] | None = None
     ) -> Path:
         return self.sandbox.write_kubeconfig(path, users)
-
-    def __enter__(self) -> SandboxThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 __all__ = ["DELETED", "Event", "Sandbox", "SandboxServer", "SandboxThread", "parse_path"]
