@@ -18,12 +18,12 @@ Job's ttlSecondsAfterFinished, is judged as a DELETE of that object too (core.ow
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from klockproxy.cluster.identity import IdentityResolver
+from klockproxy.cluster.identity import IdentityResolver, ReviewRefused
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
@@ -117,6 +117,9 @@ class Verdict:
     log_message: str | None = None
     body: bytes | None = None
     content_type: str | None = None
+    # The Locks that decided a denial (``namespace/name``); empty when allowed or refused for
+    # another reason (audit log, metrics).
+    locks: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -127,6 +130,18 @@ class Verdict:
 # The request body, or how to read it (decoding its Content-Encoding; may raise Refusal):
 # read only when the judgement needs it.
 Body = bytes | Callable[[], bytes]
+
+
+class LockDenial(Refusal):
+    """A refusal decided by Locks: ``locks`` names them (``namespace/name``)."""
+
+    def __init__(self, status: Status, locks: Iterable[str]) -> None:
+        super().__init__(status)
+        self.locks = tuple(sorted(set(locks)))
+
+
+def _lock_keys(decisions: Iterable[Decision]) -> list[str]:
+    return [den.lock.key for d in decisions if not d.allowed for den in d.denials]
 
 
 def is_crd_delete(info: RequestInfo) -> bool:
@@ -219,6 +234,8 @@ class Judge:
         read = body if callable(body) else (lambda: body)
         try:
             rewrite = await self._check(_Request(content_type, read), info, headers)
+        except LockDenial as r:
+            return Verdict(status=r.status, log_message=r.log_message, locks=r.locks)
         except Refusal as r:
             return Verdict(status=r.status, log_message=r.log_message)
         if rewrite is None:
@@ -243,7 +260,7 @@ class Judge:
         decisions = await self._decide(plan.inputs, headers)
         denied = [d for d in decisions if not d.allowed]
         if denied:
-            raise Refusal(self._denial(info, plan, decisions))
+            raise LockDenial(self._denial(info, plan, decisions), _lock_keys(denied))
         if plan.guard is not None:
             return add_precondition(req.body(), req.content_type, info, *plan.guard)
         if plan.absent:
@@ -296,7 +313,7 @@ class Judge:
     async def _resolve(self, headers: Mapping[str, Sequence[str]]) -> UserInfo:
         try:
             return await self.identity.resolve(headers)
-        except UpstreamStatusError as e:
+        except ReviewRefused as e:
             raise Refusal(self._lookup_failure("who is calling (SelfSubjectReview)", e)) from e
         except UpstreamError as e:
             raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
@@ -373,7 +390,7 @@ class Judge:
             + ", and a lock: ".join(texts)
             + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
         )
-        raise Refusal(forbidden(info, info.name, message))
+        raise LockDenial(forbidden(info, info.name, message), _lock_keys(d for _, d in locked))
 
     async def _check_namespace_delete(
         self, info: RequestInfo, headers: Mapping[str, Sequence[str]]
@@ -400,9 +417,14 @@ class Judge:
             f"deleting the namespace deletes every object in it; {who_may(lk)})"
             for lk in applying
         ]
-        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+        raise LockDenial(
+            forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
-    def _lookup_failure(self, what: str, e: UpstreamStatusError) -> Status:
+    def _lookup_failure(self, what: str, e: ReviewRefused) -> Status:
+        if e.code == 429:
+            return failure(429, e.message)
         if e.code in (401, 403):
             return failure(
                 e.code,

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.core.errors import ConfigError, UpstreamError
 from klockproxy.core.types import UserInfo
 
@@ -56,17 +57,12 @@ class UpstreamConfig:
     insecure: bool = False
 
 
-class UpstreamStatusError(UpstreamError):
+class UpstreamStatusError(ReviewRefused):
     """The API server answered, but not with what was asked for (``code`` is its HTTP code).
 
     ``message`` is the Status message of the API server when it sent one: it is the API
     server's own words (e.g. an RBAC refusal) and safe to show to the caller.
     """
-
-    def __init__(self, what: str, code: int, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{what}: HTTP {code}: {message}")
 
 
 class TokenFile:
