@@ -271,6 +271,39 @@ class Upstream:
             return _user_info(self._json_object(body, "SelfSubjectReview"))
         raise last or UpstreamError("SelfSubjectReview: the API server offers no version of it")
 
+    async def subject_access_review(
+        self, user: UserInfo, attributes: Mapping[str, str]
+    ) -> tuple[bool, str]:
+        """May ``user`` do what ``attributes`` (SubjectAccessReview resourceAttributes) say?
+
+        Asked with the proxy's own credentials (it needs ``create subjectaccessreviews``).
+        Returns (allowed, reason). Raises UpstreamStatusError / UpstreamError.
+        """
+        spec: dict[str, Any] = {
+            "user": user.username,
+            "groups": list(user.groups),
+            "resourceAttributes": dict(attributes),
+        }
+        if user.uid:
+            spec["uid"] = user.uid
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
+        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        if status not in (200, 201):
+            raise UpstreamStatusError("SubjectAccessReview", status, _status_message(body))
+        answer = self._json_object(body, "SubjectAccessReview").get("status")
+        if not isinstance(answer, dict):
+            raise UpstreamError("SubjectAccessReview: the answer has no status")
+        reason = answer.get("reason")
+        # Only an explicit true allows (denied, missing or malformed: not allowed).
+        return answer.get("allowed") is True, reason if isinstance(reason, str) else ""
+
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:
             data = json.loads(body)
