@@ -463,7 +463,11 @@ class GatewayAuth:
             )
             return
         host = _host_of(req.host_header or "")
-        if not host or not host_allowed(host, self.allowed_hosts):
+        if (
+            len(req.headers.get_all("host")) > 1
+            or not host
+            or not host_allowed(host, self.allowed_hosts)
+        ):
             self._refuse(
                 flow,
                 failure(400, "klockproxy gateway: the request names a host this gateway is not"),

@@ -127,3 +127,15 @@ def gateway(
         yield Gateway(thread, client_ca, work, kubectl_home / "gateway", kube_target, audit)
     finally:
         thread.stop()
+
+
+def wait_until_refused(k: Kubectl, namespace: str) -> None:
+    """Wait until the API server refuses ``k``'s credentials (a real API server may take a
+    moment to notice a deleted service account; the sandbox refuses at once)."""
+    from tests.e2e.kube import wait_until
+
+    def refused() -> bool:
+        r = k("get", "cm", namespace=namespace)
+        return r.returncode != 0 and "Unauthorized" in r.stderr
+
+    wait_until(refused, "the API server refusing the revoked token")
