@@ -429,7 +429,7 @@ def test_a_relabel_racing_the_check_makes_the_write_conflict(
     assert now["metadata"]["labels"] == {"aura": "red"}
 
 
-# -- regressions for reported bypasses (/tmp/klock-notes/addon.md), fixed in the addon ------
+# -- regressions for bypasses found in an adversarial review, fixed in the addon ------------
 
 
 def test_deleting_the_namespace_does_not_delete_a_locked_pod(

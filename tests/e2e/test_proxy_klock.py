@@ -1,6 +1,7 @@
-"""Klock's 13 end-to-end cases (/work/shared/klock-reference.md), with Locks created with
-kubectl and every decision made by the proxy for real kubectl. Each case runs in a fresh
-namespace; "denied" means kubectl fails with the lock's message and the object stays."""
+"""Klock's 13 end-to-end cases (docs/semantics.md, "Klock's own end-to-end cases"), with
+Locks created with kubectl and every decision made by the proxy for real kubectl. Each case
+runs in a fresh namespace; "denied" means kubectl fails with the lock's message and the object
+stays."""
 
 from __future__ import annotations
 

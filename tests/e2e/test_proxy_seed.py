@@ -1,4 +1,4 @@
-"""The founding scenario (/work/shared/seed-scenario.md), row by row, with real kubectl
+"""The founding scenario (docs/semantics.md, "The founding scenario"), row by row, with real kubectl
 through the proxy: once with the Lock in a lock file, once created with kubectl."""
 
 from __future__ import annotations

@@ -1211,7 +1211,7 @@ async def test_namespace_deletion_is_judged_in_that_namespace(
 
 
 # ---------------------------------------------------------------------------------------------
-# Adversarial review findings (/tmp/klock-notes/addon.md), kept as regressions
+# Adversarial review findings, kept as regressions
 
 
 async def test_namespace_with_a_delete_lock_cannot_be_deleted(
@@ -1510,6 +1510,20 @@ def test_configure_defaults_to_the_reverse_target_and_raises_the_idle_timeout(
         assert proxy.lock_set is not None and proxy.lock_set.engine is None  # not started
         tctx.configure(proxy, klock_idle_timeout=3600)
         assert mitmproxy.proxy.server.TCP_TIMEOUT == 3600
+
+
+async def test_done_restores_mitmproxys_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The timeout is a process-wide module constant: another master started later in the
+    # same process (tests, an embedding program) must find mitmproxy's own value again.
+    monkeypatch.setattr(mitmproxy.proxy.server, "TCP_TIMEOUT", 600)
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"])
+        tctx.configure(proxy, klock_idle_timeout=3600)
+        tctx.configure(proxy, klock_idle_timeout=7200)
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 7200
+        await proxy.done()
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 600
 
 
 class _FakeWriter:

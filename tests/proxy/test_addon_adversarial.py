@@ -820,7 +820,7 @@ async def test_two_content_types_on_a_covered_write_are_refused(addon: KlockProx
 
 
 # ---------------------------------------------------------------------------------------------
-# Regressions for reported bypasses (/tmp/klock-notes/addon.md), fixed in the addon
+# Regressions for bypasses found in an adversarial review, fixed in the addon
 
 
 async def test_namespace_delete_with_a_locked_pod_inside_is_refused(
