@@ -32,21 +32,17 @@ from klockproxy.core.protobuf import (
 )
 from klockproxy.core.types import UserInfo
 from klockproxy.proxy.addon import KlockProxy
-from tests.proxy.test_addon import (
-    ADMIN,
+from tests.fakes import ADMIN, JONNY, FakeUpstream, StaticLocks, pod
+from tests.proxy.support import (
     APPLY,
     GC_LOCK,
-    JONNY,
     LOCKS,
     MERGE,
     MY_POD,
     OTHER_POD,
     PROTOBUF,
-    FakeUpstream,
-    StaticLocks,
     make_flow,
     merge_patch,
-    pod,
     run,
     status_of,
 )
