@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, apply_yaml, wait_can_i
-from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok
+from tests.e2e.proxy_support import Locks, Proxy, assert_denied, assert_ok
 
 pytestmark = pytest.mark.e2e
 
