@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
 import ssl
 import uuid
@@ -57,6 +58,7 @@ EXEMPT_RESOURCES = frozenset(
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 DEFAULT_TIMEOUT = 10
 MAX_RESPONSE = 6 * 1024 * 1024
+MAX_CONTEXTS = 64
 REVIEW_API_VERSION = "admission.k8s.io/v1"
 
 
@@ -615,7 +617,9 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, aiohttp.ClientSSLError):
         return f"remote error: tls: {e}"
     if isinstance(e, aiohttp.ClientConnectorError):
-        return f"dial tcp {e.host}:{e.port}: connect: {e.os_error.strerror or e.os_error}"
+        os_error = e.os_error
+        why = os.strerror(os_error.errno).lower() if os_error.errno else str(os_error)
+        return f"dial tcp {e.host}:{e.port}: connect: {why}"
     return str(e) or type(e).__name__
 
 
@@ -740,6 +744,9 @@ class Dispatcher:
                 ctx = _ssl_context(ca_bundle)
             except ssl.SSLError as e:
                 raise CallError(f"failed to call webhook: invalid caBundle: {e}") from e
+            if len(self._contexts) >= MAX_CONTEXTS:
+                # Stale caBundles of rewritten configurations: start afresh.
+                self._contexts.clear()
             self._contexts[ca_bundle] = ctx
         return ctx
 
