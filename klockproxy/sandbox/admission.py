@@ -24,8 +24,8 @@ import os
 import re
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
@@ -133,20 +133,31 @@ def _user_info(user: UserInfo) -> dict[str, Any]:
     return info
 
 
-def review_request(attrs: Attributes, uid: str) -> AdmissionReviewRequest:
-    """The ``request`` of the AdmissionReview sent for ``attrs``."""
-    kind = {"group": attrs.kind_group, "version": attrs.kind_version, "kind": attrs.kind}
-    resource = {"group": attrs.group, "version": attrs.version, "resource": attrs.resource}
+def _gvk(attrs: Attributes) -> dict[str, str]:
+    return {"group": attrs.kind_group, "version": attrs.kind_version, "kind": attrs.kind}
+
+
+def _gvr(attrs: Attributes) -> dict[str, str]:
+    return {"group": attrs.group, "version": attrs.version, "resource": attrs.resource}
+
+
+def review_request(
+    attrs: Attributes, uid: str, requested: Attributes | None = None
+) -> AdmissionReviewRequest:
+    """The ``request`` of the AdmissionReview sent for ``attrs``; ``requested`` is the
+    request as made when ``attrs`` is its conversion to the version a webhook's rule names
+    (matchPolicy Equivalent): it gives ``requestKind`` and ``requestResource``."""
+    asked = requested or attrs
     req: AdmissionReviewRequest = {
         "uid": uid,
-        "kind": kind,
-        "resource": resource,
-        "requestKind": dict(kind),
-        "requestResource": dict(resource),
+        "kind": _gvk(attrs),
+        "resource": _gvr(attrs),
+        "requestKind": _gvk(asked),
+        "requestResource": _gvr(asked),
     }
     if attrs.subresource:
         req["subResource"] = attrs.subresource
-        req["requestSubResource"] = attrs.subresource
+        req["requestSubResource"] = asked.subresource
     if attrs.name:
         req["name"] = attrs.name
     if attrs.namespace:
@@ -203,6 +214,7 @@ class Webhook:
     configuration: str
     rules: tuple[Rule, ...]
     failure_policy: str
+    match_policy: str
     namespace_selector: Mapping[str, Any]
     object_selector: Mapping[str, Any]
     timeout_seconds: int
@@ -233,6 +245,7 @@ class Webhook:
                     configuration=cname,
                     rules=rules,
                     failure_policy=str(hook.get("failurePolicy") or "Fail"),
+                    match_policy=str(hook.get("matchPolicy") or "Equivalent"),
                     namespace_selector=hook.get("namespaceSelector") or {},
                     object_selector=hook.get("objectSelector") or {},
                     timeout_seconds=int(hook.get("timeoutSeconds") or DEFAULT_TIMEOUT),
@@ -627,18 +640,22 @@ class Dispatcher:
     """Calls the stored validating webhooks for each admitted operation.
 
     ``configurations`` returns the stored ValidatingWebhookConfigurations, ``namespace`` a
-    stored Namespace by name; ``service_addresses`` maps ``namespace/name`` of a webhook
-    service to the ``host:port`` the sandbox dials in its place (no Services run here).
+    stored Namespace by name, ``versions`` the served versions of a group/resource (the
+    equivalent resources of matchPolicy Equivalent); ``service_addresses`` maps
+    ``namespace/name`` of a webhook service to the ``host:port`` the sandbox dials in its
+    place (no Services run here).
     """
 
     def __init__(
         self,
-        configurations: Any,
-        namespace: Any,
+        configurations: Callable[[], list[Obj]],
+        namespace: Callable[[str], Obj | None],
         service_addresses: Mapping[str, str] | None = None,
+        versions: Callable[[str, str], list[str]] | None = None,
     ) -> None:
         self._configurations = configurations
         self._namespace = namespace
+        self._versions = versions or (lambda group, resource: [])
         self.service_addresses = dict(service_addresses or {})
         self._contexts: dict[bytes, ssl.SSLContext] = {}
 
@@ -646,12 +663,29 @@ class Dispatcher:
         configs = sorted(self._configurations(), key=lambda c: c["metadata"]["name"])
         return [hook for config in configs for hook in Webhook.from_config(config)]
 
-    def _matches(self, hook: Webhook, attrs: Attributes) -> bool:
-        if not any(rule.matches(attrs) for rule in hook.rules):
-            return False
-        if not self._namespace_matches(hook, attrs):
-            return False
-        return self._object_matches(hook, attrs)
+    def _invocation(self, hook: Webhook, attrs: Attributes) -> Attributes | None:
+        """The attributes ``hook`` is called with, or None when it does not match."""
+        invocation: Attributes | None = None
+        if any(rule.matches(attrs) for rule in hook.rules):
+            invocation = attrs
+        elif hook.match_policy == "Equivalent":
+            invocation = self._equivalent(hook, attrs)
+        if invocation is None:
+            return None
+        if not self._namespace_matches(hook, attrs) or not self._object_matches(hook, attrs):
+            return None
+        return invocation
+
+    def _equivalent(self, hook: Webhook, attrs: Attributes) -> Attributes | None:
+        """The request converted to another served version of the same resource that a
+        rule names (earlier rules first), as the API server converts for Equivalent."""
+        others = [v for v in self._versions(attrs.group, attrs.resource) if v != attrs.version]
+        for rule in hook.rules:
+            for version in others:
+                converted = _at_version(attrs, version)
+                if rule.matches(converted):
+                    return converted
+        return None
 
     def _namespace_matches(self, hook: Webhook, attrs: Attributes) -> bool:
         is_namespace = attrs.group == "" and attrs.resource == "namespaces"
@@ -691,17 +725,19 @@ class Dispatcher:
         first (in configuration order) that denies or fails closed."""
         if attrs.group == GROUP and attrs.resource in EXEMPT_RESOURCES:
             return
-        hooks = [h for h in self.webhooks() if self._matches(h, attrs)]
-        if not hooks:
+        calls = [(h, inv) for h in self.webhooks() if (inv := self._invocation(h, attrs))]
+        if not calls:
             return
-        results = await asyncio.gather(*(self._call_one(h, attrs) for h in hooks))
+        results = await asyncio.gather(*(self._call_one(h, inv, attrs) for h, inv in calls))
         for err in results:
             if err is not None:
                 raise err
 
-    async def _call_one(self, hook: Webhook, attrs: Attributes) -> ApiError | None:
+    async def _call_one(
+        self, hook: Webhook, attrs: Attributes, requested: Attributes
+    ) -> ApiError | None:
         try:
-            return await self._call(hook, attrs)
+            return await self._call(hook, attrs, requested)
         except CallError as e:
             message = f'failed calling webhook "{hook.name}": {e}'
             if hook.failure_policy == "Ignore":
@@ -750,12 +786,14 @@ class Dispatcher:
             self._contexts[ca_bundle] = ctx
         return ctx
 
-    async def _call(self, hook: Webhook, attrs: Attributes) -> ApiError | None:
+    async def _call(
+        self, hook: Webhook, attrs: Attributes, requested: Attributes
+    ) -> ApiError | None:
         uid = str(uuid.uuid4())
         review = {
             "kind": "AdmissionReview",
             "apiVersion": REVIEW_API_VERSION,
-            "request": review_request(attrs, uid),
+            "request": review_request(attrs, uid, requested),
         }
         shown, host, server_name, port, path = self._target(hook)
         ctx = self._context(hook.ca_bundle)
@@ -828,6 +866,28 @@ class Dispatcher:
         if allowed:
             return None
         return denial(hook.name, response.get("status"))
+
+
+def _at_version(attrs: Attributes, version: str) -> Attributes:
+    """``attrs`` converted to ``version`` of its resource: the objects of the resource's own
+    group/version get the new apiVersion (a CRD's conversion strategy None); the kind of a
+    subresource that lives elsewhere (autoscaling/v1 Scale, policy/v1 Eviction) stays."""
+    old_api = f"{attrs.group}/{attrs.version}" if attrs.group else attrs.version
+    new_api = f"{attrs.group}/{version}" if attrs.group else version
+    own_kind = (attrs.kind_group, attrs.kind_version) == (attrs.group, attrs.version)
+
+    def convert(obj: Obj | None) -> Obj | None:
+        if isinstance(obj, dict) and obj.get("apiVersion") == old_api:
+            return {**obj, "apiVersion": new_api}
+        return obj
+
+    return replace(
+        attrs,
+        version=version,
+        kind_version=version if own_kind else attrs.kind_version,
+        obj=convert(attrs.obj) if own_kind else attrs.obj,
+        old=convert(attrs.old) if own_kind else attrs.old,
+    )
 
 
 def _labels(obj: Obj | None) -> Mapping[str, str] | None:

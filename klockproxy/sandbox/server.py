@@ -309,6 +309,9 @@ class SandboxServer:
             lambda: self.store.list(admission.GROUP, admission.VALIDATING, None),
             lambda name: self.store.get("", "namespaces", None, name),
             service_addresses,
+            lambda group, resource: [
+                rt.version for rt in self.registry if (rt.group, rt.resource) == (group, resource)
+            ],
         )
         self.server_address = "127.0.0.1:6443"
         self.stopping = asyncio.Event()

@@ -1203,3 +1203,59 @@ def test_service_address_flag_wants_namespace_name_host_port() -> None:
     )
     assert result.returncode == 2
     assert "expected NAMESPACE/NAME=HOST:PORT, got 'hook=127.0.0.1:1'" in result.stderr
+
+
+def two_version_crd() -> Obj:
+    version: Obj = {
+        "served": True,
+        "schema": {
+            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {"name": "v1", "storage": True, **version},
+                {"name": "v2", "storage": False, **version},
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("match_policy", ["Equivalent", "Exact"])
+async def test_match_policy_equivalent_converts_to_the_rules_version(
+    client: Client, webhook: StandIn, match_policy: str
+) -> None:
+    status, _ = await client.request(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", two_version_crd()
+    )
+    assert status == 201
+    rules = [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": ["example.com"],
+            "apiVersions": ["v1"],
+            "resources": ["widgets"],
+        }
+    ]
+    await register(client, hook_config("cfg", webhook, rules=rules, matchPolicy=match_policy))
+    widget = {"apiVersion": "example.com/v2", "kind": "Widget", "metadata": {"name": "w"}}
+    status, _ = await client.request(
+        "POST", "/apis/example.com/v2/namespaces/default/widgets", widget
+    )
+    assert status == 201
+    if match_policy == "Exact":
+        assert webhook.reviews == []
+        return
+    (request,) = webhook.requests()
+    assert request["kind"] == {"group": "example.com", "version": "v1", "kind": "Widget"}
+    assert request["resource"] == {"group": "example.com", "version": "v1", "resource": "widgets"}
+    assert request["requestKind"] == {"group": "example.com", "version": "v2", "kind": "Widget"}
+    assert request["requestResource"]["version"] == "v2"
+    assert request["object"]["apiVersion"] == "example.com/v1"
