@@ -326,16 +326,19 @@ def _resource_causes(path: str, resources: Any) -> list[StatusCause]:
                     "if '*' is present, must not specify other resources without subresources",
                 )
             )
-    for sub in subs_of.get("*", set()) - {""}:
-        for res in subs_of:
-            if res != "*" and sub in subs_of[res]:
-                causes.append(
-                    _invalid(
-                        path,
-                        resources,
-                        f"if '*/{sub}' is present, must not specify {res}/{sub}",
-                    )
-                )
+    # A wildcard subresource or resource covers the specific entries it would match.
+    for i, item in enumerate(resources):
+        res, slash, sub = item.partition("/")
+        if not slash:
+            continue
+        if sub != "*" and "*" in subs_of.get(res, set()):
+            causes.append(
+                _invalid(f"{path}[{i}]", item, f"if '{res}/*' is present, must not specify {item}")
+            )
+        if res != "*" and sub in subs_of.get("*", set()):
+            causes.append(
+                _invalid(f"{path}[{i}]", item, f"if '*/{sub}' is present, must not specify {item}")
+            )
     return causes
 
 

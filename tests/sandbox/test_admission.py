@@ -313,6 +313,49 @@ async def test_configurations_are_served_with_defaults_discovery_and_table(
             "if '*' is present",
         ),
         (
+            {
+                "rules": [
+                    {
+                        "operations": ["*"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["*/scale", "deployments/scale"],
+                    }
+                ]
+            },
+            "webhooks[0].rules[0].resources[1]",
+            "if '*/scale' is present, must not specify deployments/scale",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "operations": ["*"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods/*", "pods/exec"],
+                    }
+                ]
+            },
+            "webhooks[0].rules[0].resources[1]",
+            "if 'pods/*' is present, must not specify pods/exec",
+        ),
+        (
+            {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+            "webhooks[0].namespaceSelector.matchExpressions[0].operator",
+            "not a valid selector operator",
+        ),
+        (
+            {"clientConfig": {"service": {"namespace": "x", "name": "hook", "path": "v"}}},
+            "webhooks[0].clientConfig.service.path",
+            "must start with a '/'",
+        ),
+        (
+            {"clientConfig": {"url": "https://h.example.com/x", "service": {"name": "s"}}},
+            "webhooks[0].clientConfig",
+            "exactly one of url or service is required",
+        ),
+        (
             {"matchConditions": [{"name": "c", "expression": "true"}]},
             "webhooks[0].matchConditions",
             "not supported",
@@ -342,6 +385,22 @@ async def test_invalid_configurations_get_422(
     causes = body["details"]["causes"]
     assert any(c["field"] == field_path and words in c["message"] for c in causes), causes
     assert webhook.reviews == []
+
+
+async def test_webhook_names_are_unique_in_a_configuration(
+    client: Client, webhook: StandIn
+) -> None:
+    config = hook_config("dup", webhook)
+    config["webhooks"].append(dict(config["webhooks"][0]))
+    status, body = await client.request("POST", VWC, config)
+    assert status == 422
+    assert body["details"]["causes"] == [
+        {
+            "reason": "FieldValueDuplicate",
+            "message": 'Duplicate value: "check.example.com"',
+            "field": "webhooks[1].name",
+        }
+    ]
 
 
 # ---------------------------------------------------------------------- what is sent
@@ -574,6 +633,53 @@ async def test_exec_is_a_connect_with_pod_exec_options(client: Client, webhook: 
     assert body["message"] == 'admission webhook "check.example.com" denied the request: no shells'
 
 
+async def test_reviews_and_token_requests_are_creates(client: Client, webhook: StandIn) -> None:
+    rules = [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": ["", "authorization.k8s.io"],
+            "apiVersions": ["v1"],
+            "resources": ["selfsubjectaccessreviews", "serviceaccounts/token"],
+        }
+    ]
+    await register(client, hook_config("cfg", webhook, rules=rules))
+    ssar = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}},
+    }
+    status, _ = await client.request(
+        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", ssar
+    )
+    assert status == 201
+    token = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    status, _ = await client.request(
+        "POST", "/api/v1/namespaces/default/serviceaccounts/default/token", token
+    )
+    assert status == 201
+    review, token_request = webhook.requests()
+    assert review["operation"] == "CREATE"
+    assert review["kind"]["kind"] == "SelfSubjectAccessReview"
+    assert review["object"]["spec"] == ssar["spec"]
+    assert (token_request["resource"]["resource"], token_request["subResource"]) == (
+        "serviceaccounts",
+        "token",
+    )
+    assert token_request["kind"] == {
+        "group": "authentication.k8s.io",
+        "version": "v1",
+        "kind": "TokenRequest",
+    }
+    assert token_request["name"] == "default"
+
+    webhook.answer = deny({"message": "no tokens"})
+    status, body = await client.request(
+        "POST", "/api/v1/namespaces/default/serviceaccounts/default/token", token
+    )
+    assert status == 403
+    assert body["message"].endswith("no tokens")
+
+
 async def test_impersonated_requests_carry_the_impersonated_user(
     client: Client, webhook: StandIn
 ) -> None:
@@ -703,15 +809,22 @@ async def test_namespace_selector_reads_namespace_labels(client: Client, webhook
     await client.request(
         "POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}
     )
+    # Deleting a Namespace is matched on its stored labels.
+    status, _ = await client.request("DELETE", "/api/v1/namespaces/free")
+    assert status == 200
+    status, _ = await client.request("DELETE", "/api/v1/namespaces/watched")
+    assert status == 200
     seen = [
-        (r["resource"]["resource"], r.get("namespace", ""), r.get("name", ""))
+        (r["operation"], r["resource"]["resource"], r.get("namespace", ""), r.get("name", ""))
         for r in webhook.requests()
     ]
     assert seen == [
-        ("configmaps", "watched", "a"),
-        ("namespaces", "watched", "watched"),
-        ("nodes", "", "n2"),
+        ("CREATE", "configmaps", "watched", "a"),
+        ("UPDATE", "namespaces", "watched", "watched"),
+        ("CREATE", "nodes", "", "n2"),
+        ("DELETE", "namespaces", "watched", "watched"),
     ]
+    assert webhook.requests()[-1]["oldObject"]["metadata"]["labels"]["policy"] == "on"
 
 
 async def test_object_selector_matches_old_or_new_labels(client: Client, webhook: StandIn) -> None:
