@@ -622,13 +622,28 @@ def _ssl_context(ca_bundle: bytes) -> ssl.SSLContext:
     return ctx
 
 
+# OpenSSL verification codes -> Go's x509 wording for the common cases.
+_GO_X509 = {
+    18: "certificate signed by unknown authority",  # self-signed leaf
+    19: "certificate signed by unknown authority",  # self-signed CA in the chain
+    20: "certificate signed by unknown authority",  # issuer not in caBundle
+    21: "certificate signed by unknown authority",
+    10: "certificate has expired or is not yet valid",
+    9: "certificate has expired or is not yet valid",
+    62: "certificate is not valid for the requested host name",
+}
+
+
 def _describe(e: BaseException) -> str:
     """A Go-ish reason for a failed call (the API server's net/http error texts)."""
     if isinstance(e, TimeoutError):
         return "context deadline exceeded"
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
         cert_error = e.certificate_error
-        verify = getattr(cert_error, "verify_message", "") or str(cert_error)
+        code = getattr(cert_error, "verify_code", None)
+        verify = _GO_X509.get(code) if isinstance(code, int) else None
+        if verify is None:
+            verify = getattr(cert_error, "verify_message", "") or str(cert_error)
         return f"tls: failed to verify certificate: x509: {verify}"
     if isinstance(e, aiohttp.ClientSSLError):
         return f"remote error: tls: {e}"
