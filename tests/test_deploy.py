@@ -506,8 +506,15 @@ def test_webhook_base_applies_to_the_sandbox(sandbox_kubectl: Kubectl) -> None:
     (hook,) = config["webhooks"]
     assert hook["failurePolicy"] == "Fail"
     assert hook["clientConfig"]["service"]["path"] == "/validate"
-    # Writes in the webhook's own namespace do not wait for the webhook (none answers here).
+    # No webhook answers here: writes in the namespaces it covers are refused (failurePolicy
+    # Fail), those in its own namespace and kube-system do not wait for it.
+    refused = kubectl("create", "configmap", "probe", namespace="default")
+    assert refused.returncode != 0
+    assert 'failed calling webhook "klockproxy.klock.rnemet.dev"' in refused.stderr
+    assert not kubectl.exists("configmap", "probe", namespace="default")
     kubectl("create", "configmap", "probe", namespace=namespace, check=True)
+    kubectl("create", "configmap", "probe", namespace="kube-system", check=True)
+    kubectl("create", "namespace", "created-without-the-webhook", check=True)
     sa = "klockproxy-webhook:klockproxy-webhook"
     admission = "admissionregistration.k8s.io"
     config_kind = "validatingwebhookconfigurations"
