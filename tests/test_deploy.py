@@ -384,6 +384,53 @@ def test_rbac_lists_exactly_the_dependent_kinds(base: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# The cert-manager variant (an overlay of deploy/webhook)
+
+# Kinds of cert-manager's CRDs: neither in the Kubernetes schemas nor installable in the
+# sandbox, so only their shape is checked here.
+CERT_MANAGER_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+
+
+@needs_kubectl
+def test_cert_manager_overlay() -> None:
+    objects = render("webhook-cert-manager")
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in CERT_MANAGER_KINDS:
+            assert obj["metadata"]["namespace"] == NAMESPACES["webhook"]
+            continue
+        validate(objects, obj)
+    certificate = one(objects, "Certificate")
+    assert certificate["spec"]["issuerRef"]["name"] == one(objects, "Issuer")["metadata"]["name"]
+    service = one(objects, "Service")["metadata"]
+    assert f"{service['name']}.{service['namespace']}.svc" in certificate["spec"]["dnsNames"]
+    config = one(objects, "ValidatingWebhookConfiguration")
+    annotations = config["metadata"]["annotations"]
+    cert = certificate["metadata"]
+    assert annotations["cert-manager.io/inject-ca-from"] == f"{cert['namespace']}/{cert['name']}"
+    # Everything else about the webhook is the base's.
+    assert (
+        config["webhooks"] == one(render("webhook"), "ValidatingWebhookConfiguration")["webhooks"]
+    )
+    deployment = one(objects, "Deployment")
+    (container,) = containers(deployment)
+    args = container["args"]
+    assert "--cert-secret" not in args and "--webhook-config" not in args
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    for flag in ("--tls-cert", "--tls-key"):
+        path = args[args.index(flag) + 1]
+        (name,) = [n for n, m in mounts.items() if path.startswith(m["mountPath"] + "/")]
+        assert mounts[name]["readOnly"] is True
+        assert volumes[name]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # It writes no Secret and patches no webhook configuration.
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    for rule in rules_of(objects, "ClusterRole"):
+        assert "secrets" not in rule["resources"] or rule["verbs"] == ["list"], rule
+        assert "validatingwebhookconfigurations" not in rule["resources"], rule
+
+
+# ------------------------------------------------------------------------------------------
 # Applied to the sandbox
 
 
