@@ -5,7 +5,7 @@ object is checked three ways: against the Kubernetes JSON schemas of kubectl's m
 (``kubernetes-validate``, strict: unknown fields fail; objects of a CustomResourceDefinition
 against that CRD's own schema), for the security properties the deployment promises, and by
 ``kubectl apply -k`` to the sandbox, after which the objects are read back and the RBAC they
-grant is asked with ``kubectl auth can-i``.
+grant is asked with SubjectAccessReviews (as the API server authorizes).
 
 The apply tests run against the in-process sandbox only, never against a real cluster: the
 bases install cluster-wide objects, among them a failing-closed admission webhook.
