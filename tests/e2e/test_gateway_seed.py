@@ -130,9 +130,10 @@ def test_several_users_at_once(gateway: Gateway, kubectl: Kubectl, namespace: st
         ),
     }
 
+    clients = {name: gateway.kubectl_for(name, user) for name, (user, _) in callers.items()}
+
     def act(name: str) -> tuple[str, int, str]:
-        user, _ = callers[name]
-        k = gateway.kubectl_for(name, user)
+        k = clients[name]
         r = k("label", "pod", "my-pod", f"by-{name}=yes", namespace=namespace)
         return name, r.returncode, r.stderr
 
