@@ -371,7 +371,7 @@ def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
 def stale_view(proxy: Proxy) -> Iterator[dict[str, dict[str, Any]]]:
     """Make the proxy's lookups of some paths answer an old copy of the object: the state of
     the check-then-write race right after a concurrent relabel (path -> object served)."""
-    addon = proxy.thread.proxy._master.addons.get("klockproxy")
+    addon = proxy.thread.proxy._master.master.addons.get("klockproxy")
     upstream = addon.upstream
     real = upstream.get_object
     stale: dict[str, dict[str, Any]] = {}
