@@ -23,13 +23,12 @@ No function here mutates its inputs: every result is a fresh copy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from klockproxy.core.codec import load_json, load_yaml_object, media_type
 from klockproxy.core.errors import DecodeError, PatchError
-from klockproxy.core.metadata import load_yaml_object, media_type
 
 # A JSON value as ``json.loads`` returns it: dict, list, str, int, float, bool or None.
 JSON: TypeAlias = Any
@@ -559,16 +558,11 @@ def strategic_merge_patch(
 # --------------------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> float:
-    # Python's json accepts NaN/Infinity; the API server does not.
-    raise ValueError(f"invalid JSON constant {name}")
-
-
 def _load_json(patch: bytes, what: str) -> JSON:
     try:
-        return json.loads(patch, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise PatchError(f"invalid {what}: {e}") from e
+        return load_json(patch, what)
+    except DecodeError as e:
+        raise PatchError(str(e)) from e
 
 
 def _load_apply(patch: bytes) -> JSON:

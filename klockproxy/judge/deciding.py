@@ -26,10 +26,11 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.core.codec import media_type
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
 from klockproxy.core.errors import Refusal, UpstreamError
 from klockproxy.core.locks import GROUP
-from klockproxy.core.metadata import kind_of, labels_of, media_type, object_meta
+from klockproxy.core.metadata import kind_of, labels_of, object_meta
 from klockproxy.core.owners import (
     DEPENDENT_KINDS,
     DEPENDENTS_NOTE,

@@ -18,6 +18,7 @@ from typing import Any
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
+from klockproxy.core.codec import media_type
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import DecodeError, PatchError, Refusal, UpstreamError
 from klockproxy.core.guards import (
@@ -27,7 +28,7 @@ from klockproxy.core.guards import (
     last_string,
     load_document,
 )
-from klockproxy.core.metadata import decode_body, media_type, object_meta
+from klockproxy.core.metadata import decode_body, object_meta
 from klockproxy.core.patches import APPLY_PATCH, UnsupportedPatchError, apply_patch, kind_key_of
 from klockproxy.core.paths import object_path
 from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_fields, unwrap_unknown
