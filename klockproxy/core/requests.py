@@ -150,6 +150,12 @@ class RequestInfo:
     dry_run: bool = False
     query: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path: str = ""
+    # The path names its namespace (``.../namespaces/NS/<resource>...``); a namespace's own
+    # paths (``/api/v1/namespaces/NS[/status]``) have ``namespace`` set but are not scoped.
+    scoped: bool = False
+    # False for a subresource the kind does not have (klockproxy.core.routes): the API server
+    # answers 404, so there is no admission operation to judge.
+    served: bool = True
 
     @property
     def ref(self) -> ResourceRef:
@@ -163,8 +169,9 @@ class RequestInfo:
 
     @property
     def operation(self) -> Operation | None:
-        """The admission operation on the PARENT object, or None for reads."""
-        if not self.is_resource_request:
+        """The admission operation on the PARENT object, or None for reads (and for requests
+        the API server answers 404 to without admission, ``served=False``)."""
+        if not self.is_resource_request or not self.served:
             return None
         verb = self.verb
         if verb == "create":
@@ -317,10 +324,12 @@ def classify(method: str, raw_path: str) -> RequestInfo:
         raise ClassificationError(f"the legacy /proxy/ path prefix is not served ({path!r})")
 
     namespace = ""
+    scoped = False
     if rest[0] == "namespaces" and len(rest) > 1:
         namespace = rest[1]
         if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
             rest = rest[2:]
+            scoped = True
 
     resource = rest[0]
     name = rest[1] if len(rest) > 1 else ""
@@ -363,4 +372,5 @@ def classify(method: str, raw_path: str) -> RequestInfo:
         dry_run="All" in query.get("dryRun", ()),
         query=query,
         path=path,
+        scoped=scoped,
     )

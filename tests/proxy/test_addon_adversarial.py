@@ -1654,3 +1654,57 @@ async def test_absolute_form_must_name_the_host_it_is_sent_to(
         assert forwarded(flow)
     else:
         assert "absolute-form" in refused(flow, 400)["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes the API server does not serve (issue 10 item 3), one classification per request
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/pods?labelSelector=aura%3Dred",  # cluster-wide deletecollection of pods
+        "/api/v1/namespaces/frozen/namespaces/default",  # a namespace inside a namespace
+        "/api/v1/namespaces/default/namespaces/frozen",
+        "/api/v1/namespaces?fieldSelector=metadata.name%3Dfrozen",  # no deletecollection
+        "/api/v1/pods/my-pod",
+        "/api/v1/namespaces/default/nodes/n1",
+    ],
+)
+async def test_deletes_on_unserved_routes_are_refused_without_lookups(
+    addon: KlockProxy, upstream: WhoAmI, path: str
+) -> None:
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    assert "does not serve" in refused(flow, 400)["message"]
+    assert upstream.calls == []
+
+
+async def test_scale_of_a_pod_is_forwarded_for_the_api_server_to_404(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    # Pods have no scale subresource: nothing a Lock could match happens (kubectl scale
+    # pod/my-pod gets the API server's NotFound, not a denial "through scale").
+    flow = make_flow("PATCH", MY_POD + "/scale", b'{"spec":{"replicas":2}}', MERGE)
+    await run(addon, flow)
+    assert forwarded(flow)
+    assert upstream.calls == []
+
+
+async def test_a_request_is_classified_once(
+    addon: KlockProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import klockproxy.proxy.addon as addon_module
+
+    calls: list[str] = []
+    original = addon_module.classify_request
+
+    def counting(method: str, path: str) -> Any:
+        calls.append(path)
+        return original(method, path)
+
+    monkeypatch.setattr(addon_module, "classify_request", counting)
+    flow = make_flow("PATCH", MY_POD, merge_patch({"aura": "blue"}), MERGE)
+    await run(addon, flow)
+    denied(flow)
+    assert calls == [MY_POD]
