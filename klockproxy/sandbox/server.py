@@ -867,7 +867,12 @@ class SandboxServer:
 
     def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
-            self.registry.register_crd(obj)
+            before = {(t.group, t.version, t.resource) for t in self.registry.of_crd(obj)}
+            after = {(t.group, t.version, t.resource) for t in self.registry.register_crd(obj)}
+            for group, _, resource in before - after:
+                # A version no longer served: the API server ends the watches of it (they
+                # relist and find it gone), as it does when it replaces a CRD's storage.
+                self.store.close_watchers_of(group, resource)
         elif rt.group == "" and rt.resource == "namespaces" and old is None:
             sa_rt = self._rt("", "serviceaccounts")
             name = obj["metadata"]["name"]
