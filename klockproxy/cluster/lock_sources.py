@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -762,6 +763,45 @@ class LockSet:
             if isinstance(source, ClusterLockSource):
                 changed = source.apply_written(obj, deleted=deleted) or changed
         return changed
+
+    @property
+    def watches_cluster(self) -> bool:
+        """Whether a source follows the cluster's Lock objects (writes through the proxy count)."""
+        return any(isinstance(s, ClusterLockSource) for s in self.sources)
+
+    async def apply_write_response(self, verb: str, namespace: str, name: str, body: bytes) -> None:
+        """Read your own writes: apply what the API server answered to a Lock write (2xx).
+
+        ``verb`` is the request's (create, update, patch, delete, deletecollection); ``body``
+        the answer: the Lock, the deleted Lock, a LockList of deleted Locks, or a Status of
+        a deletion (then ``namespace``/``name`` from the request name the Lock). Returns once
+        the engine enforces it, so the write's response reaches the client after that.
+        """
+        deleted = verb in ("delete", "deletecollection")
+        try:
+            answer = json.loads(body) if body else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            logger.warning("a Lock %s answer is not a JSON object: the watch will apply it", verb)
+            return
+        kind = answer.get("kind")
+        items: list[Any]
+        if kind == "Status":
+            if not (deleted and name and answer.get("status") == "Success"):
+                return
+            items = [{"metadata": {"namespace": namespace, "name": name}}]
+        elif isinstance(kind, str) and kind.endswith("List"):
+            raw = answer.get("items")
+            items = raw if isinstance(raw, list) else []
+        else:
+            items = [answer]
+        changed = False
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict):
+                changed = self.apply_written(item, deleted=deleted) or changed
+        if changed:
+            await self.settled()
 
     def _changed(self) -> None:
         """A source reported a change: schedule a build (coalesced with any running one)."""

@@ -94,10 +94,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
 PROBE_TIMEOUT = 5.0
 
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MARK = "klockproxy"
 _PASS = "pass"
 _JUDGE = "judge"
 _ANSWERED = "answered"
+# A Lock write whose 2xx answer is applied to the lock set before it is returned.
+_LOCK_WRITE = "klockproxy-lock-write"
 
 # mitmproxy options the addon reads: what the lookups default to (upstream address, CA,
 # client certificate), and stream_large_bodies (refused, see _parse_options).
@@ -555,8 +558,34 @@ class KlockProxy:
         resp = flow.response
         if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
             return
+        if self._lock_write(flow, resp.status_code):
+            # Buffered, not streamed: response() applies it before the client sees it.
+            return
         if resp.status_code != 101:
             resp.stream = True
+
+    def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
+        """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
+        if not 200 <= status_code < 300 or flow.request.method.upper() not in _WRITE_METHODS:
+            return False
+        if self.lock_set is None or not self.lock_set.watches_cluster:
+            return False
+        try:
+            info = classify_request(flow.request.method.upper(), flow.request.path)
+        except ClassificationError:
+            return False
+        if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
+            return False
+        flow.metadata[_LOCK_WRITE] = info
+        return True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """A Lock written through the proxy is in force before its answer is returned."""
+        info = flow.metadata.pop(_LOCK_WRITE, None)
+        if info is None or flow.response is None or self.lock_set is None:
+            return
+        body = flow.response.get_content(strict=False) or b""
+        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""

@@ -267,6 +267,9 @@ class SandboxServer:
         self.authenticator = authenticator
         self.server_address = "127.0.0.1:6443"
         self.stopping = asyncio.Event()
+        # Seconds every watch event is held back (0: none): a real API server's watch lags
+        # behind its write answers (etcd, watch cache); tests of read-your-writes set it.
+        self.watch_delay = 0.0
         self._seed()
 
     # ------------------------------------------------------------------ seeding
@@ -711,6 +714,8 @@ class SandboxServer:
                 seen = item.as_seen_by(match)
                 if seen is None:
                     continue
+                if self.watch_delay:
+                    await asyncio.sleep(self.watch_delay)
                 await response.write(encode(seen, item.obj))
         except (ConnectionResetError, ConnectionError):
             logger.debug("watch client of %s went away", rt.resource)
