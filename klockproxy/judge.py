@@ -26,6 +26,7 @@ from urllib.parse import quote
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
+from klockproxy.core.codec import media_type
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
 from klockproxy.core.errors import DecodeError, PatchError, Refusal, UpstreamError
 from klockproxy.core.guards import (
@@ -36,7 +37,7 @@ from klockproxy.core.guards import (
     load_document,
 )
 from klockproxy.core.locks import GROUP
-from klockproxy.core.metadata import decode_body, kind_of, labels_of, media_type, object_meta
+from klockproxy.core.metadata import decode_body, kind_of, labels_of, object_meta
 from klockproxy.core.owners import (
     DEPENDENT_KINDS,
     DEPENDENTS_NOTE,

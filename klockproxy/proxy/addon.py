@@ -238,6 +238,8 @@ class KlockProxy:
         # client has one, the API server is known to be reachable and the probe is skipped.
         # Per connection, not per flow; dropped when the client disconnects.
         self._upstream_open: dict[str, int] = {}
+        # mitmproxy's own idle timeout, restored when the addon is done.
+        self._saved_tcp_timeout: int | None = None
 
     # ------------------------------------------------------------------------------------
     # mitmproxy lifecycle
@@ -328,6 +330,9 @@ class KlockProxy:
         old = self.settings
         self.settings = settings
         # The only way to change mitmproxy's idle timeout: it is read by every new connection.
+        # The value found first is restored in ``done`` (the module is process-wide).
+        if self._saved_tcp_timeout is None:
+            self._saved_tcp_timeout = mitmproxy.proxy.server.TCP_TIMEOUT
         mitmproxy.proxy.server.TCP_TIMEOUT = settings.idle_timeout
         self._upstream_token = (
             TokenFile(settings.upstream_token_file) if settings.upstream_token_file else None
@@ -446,6 +451,9 @@ class KlockProxy:
             await self.upstream.close()
         for task in list(self._tasks):
             task.cancel()
+        if self._saved_tcp_timeout is not None:
+            mitmproxy.proxy.server.TCP_TIMEOUT = self._saved_tcp_timeout
+            self._saved_tcp_timeout = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
