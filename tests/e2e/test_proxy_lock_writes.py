@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget
-from tests.e2e.test_proxy_support import Proxy, assert_denied, labels, lock_manifest
+from tests.e2e.proxy_support import Proxy, assert_denied, labels, lock_manifest
 
 proxy = support.proxy
 
