@@ -55,7 +55,7 @@ from klockproxy.core.locks import (
     VERSION,
     InvalidLock,
     Lock,
-    load_locks_from_path,
+    lock_file_steps,
     lock_from_object,
 )
 
@@ -100,50 +100,32 @@ def _count(n: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _FileStamp:
-    path: str
     mtime_ns: int
     size: int
     inode: int
 
 
-def _stamps(paths: Sequence[Path]) -> tuple[_FileStamp | str, ...]:
-    """A cheap fingerprint of every file that would be loaded (a missing path is its name)."""
-    out: list[_FileStamp | str] = []
+def _scan(paths: Sequence[Path]) -> tuple[dict[str, _FileStamp], str | None]:
+    """Every lock file the paths name, with a cheap fingerprint; and a problem, if any (a
+    named file missing, a directory unreadable): then the set cannot be trusted whole."""
+    files: dict[str, _FileStamp] = {}
     for root in paths:
         try:
             if root.is_dir():
-                files = sorted(
+                found = sorted(
                     p for p in root.iterdir() if p.name.endswith(LOCK_FILE_SUFFIXES) and p.is_file()
                 )
             else:
-                files = [root]
-        except OSError:
-            out.append(f"unreadable:{root}")
-            continue
-        for f in files:
+                found = [root]
+        except OSError as e:
+            return files, f"{root}: cannot list: {e.strerror or e}"
+        for f in found:
             try:
                 st = f.stat()
-            except OSError:
-                out.append(f"missing:{f}")
-                continue
-            out.append(_FileStamp(str(f), st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
-
-
-def _load_paths(paths: Sequence[Path], default_namespace: str) -> tuple[Lock, ...]:
-    locks: list[Lock] = []
-    origin: dict[str, Path] = {}
-    for path in paths:
-        for lock in load_locks_from_path(path, default_namespace=default_namespace):
-            if lock.key in origin:
-                raise LockValidationError(
-                    f"duplicate lock {lock.key} (also in {origin[lock.key]})",
-                    source=str(path),
-                    lock=lock.key,
-                )
-            origin[lock.key] = path
-            locks.append(lock)
-    return tuple(locks)
+            except OSError as e:
+                return files, f"{f}: {e.strerror or e}"
+            files[str(f)] = _FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
+    return files, None
 
 
 class FileLockSource:
@@ -151,7 +133,13 @@ class FileLockSource:
 
     ``start()`` loads them once and raises ``LockValidationError`` if that first load fails
     (a proxy must not start with a broken lock file). Afterwards a poll every
-    ``poll_interval`` seconds reloads on any change; an invalid edit keeps the last good set.
+    ``poll_interval`` seconds reloads what changed: only the files whose size, mtime or inode
+    moved are read again, and only once they have held still for one poll (a file being
+    written by ``gen > locks.yaml`` is not read half-way; one changing while it is read is
+    read again later). Parsing runs on the event loop in slices, never for long at a time.
+    An invalid edit keeps the last good set and logs why (file, document, lock and field,
+    never the contents); so does a file that defines no Lock without saying so (``# no
+    locks``): an emptied file is a half-written one far more often than a wish to unlock.
     """
 
     def __init__(
@@ -166,14 +154,42 @@ class FileLockSource:
         self.default_namespace = default_namespace
         self.poll_interval = poll_interval
         self.ready = False
-        self.locks: tuple[Lock, ...] = ()
-        # Always empty: an invalid file is refused as a whole (see the class docstring).
-        self.invalid: tuple[InvalidLock, ...] = ()
         self.on_change: Callable[[], None] | None = None
         self.last_error: str | None = None
         self.name = ", ".join(str(p) for p in self.paths)
-        self._stamps: tuple[_FileStamp | str, ...] = ()
+        # file -> (its fingerprint when read, its Locks)
+        self._files: dict[str, tuple[_FileStamp, tuple[Lock, ...]]] = {}
+        # namespace -> file -> that file's Locks of the namespace
+        self._by_ns: dict[str, dict[str, tuple[Lock, ...]]] = {}
+        self._changed: set[str] | None = None
+        self._locks: tuple[Lock, ...] | None = ()
+        # The scan a failed load saw: the same failure is not retried (or logged) again.
+        self._failed: object = None
+        # What the previous poll saw (a file is read once it held still for one poll).
+        self._last_scan: object = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def locks(self) -> tuple[Lock, ...]:
+        """Every Lock, file by file in path order."""
+        if self._locks is None:
+            self._locks = tuple(lock for _, locks in self._files.values() for lock in locks)
+        return self._locks
+
+    @property
+    def invalid(self) -> tuple[InvalidLock, ...]:
+        """Always empty: an invalid file is refused as a whole (see the class docstring)."""
+        return ()
+
+    def namespace_locks(self, namespace: str) -> tuple[Lock, ...]:
+        """The Locks of one namespace."""
+        per_file = self._by_ns.get(namespace, {})
+        return tuple(lock for locks in per_file.values() for lock in locks)
+
+    def take_changes(self) -> set[str] | None:
+        """The namespaces whose Locks changed since the last call (None: all of them)."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def describe(self) -> str:
         """``2 locks from locks.yaml`` (for the ready line)."""
@@ -183,9 +199,12 @@ class FileLockSource:
         """Load the files (raising on an invalid first load) and start polling."""
         if self._task is not None:
             return
-        self._stamps = _stamps(self.paths)
-        self.locks = await asyncio.to_thread(_load_paths, self.paths, self.default_namespace)
+        files, problem = _scan(self.paths)
+        if problem is not None:
+            raise LockValidationError(problem, source=self.name)
+        await self._load(files, raise_errors=True)
         self.ready = True
+        self._changed = None
         logger.info("loaded %s", self.describe())
         self._notify()
         self._task = asyncio.create_task(self._poll(), name="klockproxy-file-locks")
@@ -199,32 +218,136 @@ class FileLockSource:
                 await task
 
     async def reload_if_changed(self) -> bool:
-        """Reload now if any file changed; True when the lock set was replaced."""
-        stamps = _stamps(self.paths)
-        if stamps == self._stamps:
+        """Reload now what changed; True when the lock set was replaced."""
+        files, problem = _scan(self.paths)
+        if problem is not None:
+            self._refuse((files, problem), problem)
             return False
-        self._stamps = stamps
+        return await self._load(files, raise_errors=False)
+
+    async def _load(self, files: dict[str, _FileStamp], *, raise_errors: bool) -> bool:
+        changed = [f for f, stamp in files.items() if self._files.get(f, (None,))[0] != stamp]
+        removed = [f for f in self._files if f not in files]
+        if not changed and not removed:
+            return False
+        scan = tuple(files.items())
+        if scan == self._failed:
+            return False  # the same broken state: reported already
+        slicer = Slicer()
+        loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]] = {}
         try:
-            locks = await asyncio.to_thread(_load_paths, self.paths, self.default_namespace)
+            for f in changed:
+                try:
+                    with open(f, encoding="utf-8") as fh:
+                        text = fh.read()
+                    after = os.stat(f)
+                except (OSError, UnicodeDecodeError) as e:
+                    raise LockValidationError(f"cannot read: {e}", source=f) from e
+                if _FileStamp(after.st_mtime_ns, after.st_size, after.st_ino) != files[f]:
+                    # Written to while read: read it once it holds still.
+                    logger.debug("lock file %s changed while being read; later", f)
+                    return False
+                locks = await slicer.drive(
+                    lock_file_steps(
+                        text,
+                        source=f,
+                        default_namespace=self.default_namespace,
+                        json=f.endswith(".json"),
+                    )
+                )
+                loaded[f] = (files[f], tuple(locks))
+            await self._check_duplicates(files, loaded, slicer)
         except LockValidationError as e:
-            # Keep enforcing the last good set: a half-saved or mistyped file must not drop
-            # the locks. The error text names file/document/lock/field, not the contents.
-            self.last_error = str(e)
-            logger.error(
-                "invalid lock file, keeping the previous %s: %s", _count(len(self.locks)), e
-            )
+            if raise_errors:
+                raise
+            self._refuse(scan, str(e))
             return False
+        self._apply(loaded, removed)
+        self._failed = None
         self.last_error = None
-        self.locks = locks
-        logger.info("reloaded %s", self.describe())
-        self._notify()
         return True
+
+    async def _check_duplicates(
+        self,
+        files: dict[str, _FileStamp],
+        loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]],
+        slicer: Slicer,
+    ) -> None:
+        """Two files defining the same Lock: one would silently replace the other."""
+        origin: dict[str, str] = {}
+        for f in files:  # in path order: the later file is the one named at fault
+            _, locks = loaded.get(f) or self._files[f]
+            for lock in locks:
+                if lock.key in origin:
+                    raise LockValidationError(
+                        f"duplicate lock {lock.key} (also in {origin[lock.key]})",
+                        source=f,
+                        lock=lock.key,
+                    )
+                origin[lock.key] = f
+            await slicer.tick()
+
+    def _apply(
+        self, loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]], removed: list[str]
+    ) -> None:
+        for f in [*loaded, *removed]:
+            _, old = self._files.get(f, (None, ()))
+            for namespace in {lock.namespace for lock in old}:
+                self._touch(namespace)
+                per_file = self._by_ns[namespace]
+                per_file.pop(f, None)
+                if not per_file:
+                    del self._by_ns[namespace]
+        for f in removed:
+            del self._files[f]
+        for f, (stamp, locks) in loaded.items():
+            self._files[f] = (stamp, locks)
+            grouped: dict[str, list[Lock]] = {}
+            for lock in locks:
+                grouped.setdefault(lock.namespace, []).append(lock)
+            for namespace, ns_locks in grouped.items():
+                self._touch(namespace)
+                self._by_ns.setdefault(namespace, {})[f] = tuple(ns_locks)
+        # Keep the files in path order (a directory's files are read in name order).
+        self._files = dict(sorted(self._files.items()))
+        self._locks = None
+        if self.ready:
+            logger.info("reloaded %s", self.describe())
+            self._notify()
+
+    def _touch(self, namespace: str) -> None:
+        if self._changed is not None:
+            self._changed.add(namespace)
+
+    def _refuse(self, scan: object, error: str) -> None:
+        if scan == self._failed:
+            return
+        self._failed = scan
+        # Keep enforcing the last good set: a half-saved or mistyped file must not drop
+        # the locks. The error text names file/document/lock/field, not the contents.
+        self.last_error = error
+        logger.error(
+            "invalid lock file, keeping the previous %s: %s", _count(len(self.locks)), error
+        )
+
+    async def poll_once(self) -> bool:
+        """One poll: reload what changed if it held still since the previous poll.
+
+        True when the lock set was replaced. A file that moved since the previous poll is
+        left for the next one: ``gen > locks.yaml`` truncates the file, then writes it.
+        """
+        files, problem = _scan(self.paths)
+        key = (tuple(files.items()), problem)
+        if key != self._last_scan:
+            self._last_scan = key
+            return False
+        return await self.reload_if_changed()
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                await self.reload_if_changed()
+                await self.poll_once()
             except Exception:
                 # The poller must survive anything (e.g. a permission change mid-read).
                 logger.exception("lock file poll failed")
