@@ -365,7 +365,9 @@ class KlockProxy:
             # (An injected lock set is its owner's choice.)
             raise ConfigError("klock_locks is empty: name 'cluster' and/or lock files")
         for spec in locks:
-            if spec != CLUSTER_SPEC:
+            # An injected lock set was loaded (and its files validated) by its owner: parsing
+            # 10,000 Locks again here would stall the event loop for a second.
+            if spec != CLUSTER_SPEC and not self._injected_lock_set:
                 # Validate lock files now: a broken file must stop the start, not leave every
                 # mutation refused with 503.
                 try:
