@@ -853,7 +853,8 @@ class Gateway:
             miss_rate=s.miss_rate,
             miss_burst=s.miss_burst,
         )
-        self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
+        # The lock watch shares the gateway's own client (its credentials, one pool).
+        self.lock_set = create_lock_sources(s.locks, self.lookups.own, s.default_namespace)
         metrics.track_locks(self._lock_state)
         await self.lock_set.start()
 
