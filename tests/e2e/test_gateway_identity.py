@@ -159,3 +159,34 @@ def test_health_port_and_one_review_per_token(
     assert _value(text, "klockproxy_locks_loaded") >= 1
     # Bounded cardinality: no series names a user, a token or an object.
     assert "jonny" not in text and token[:20] not in text and "my-cm" not in text
+
+
+def test_exclusive_uid_uses_the_uid_of_the_callers_token(
+    gateway: Gateway, kubectl: Kubectl, namespace: str
+) -> None:
+    """The identity keeps the uid the API server reports: a Lock exclusive to the service
+    account's uid lets its token through, and not a re-created account of the same name."""
+    setup(kubectl, gateway, namespace)
+    uid = kubectl.json("get", "serviceaccount", JONNY, namespace=namespace)["metadata"]["uid"]
+    kubectl("delete", "lock", "lockred", namespace=namespace, check=True)
+    gateway.wait_lock(f"{namespace}/lockred", present=False)
+    kubectl(
+        "apply", "-f", "-", namespace=namespace, check=True,
+        input=lockred(namespace).replace(f"name: {JONNY}\n", f"uid: {uid}\n").replace(
+            "name: lockred", "name: lock-uid"),
+    )  # fmt: skip
+    gateway.wait_lock(f"{namespace}/lock-uid")
+    jonny = gateway.kubectl_for(
+        "jonny-uid", gateway.token_user(create_token(kubectl, namespace, JONNY))
+    )
+    r = jonny("label", "cm", "my-cm", "by=jonny-uid", namespace=namespace)
+    assert r.returncode == 0, r.stderr
+    # Same name, new account (new uid): not the one the Lock names.
+    kubectl("delete", "serviceaccount", JONNY, namespace=namespace, check=True)
+    kubectl("create", "serviceaccount", JONNY, namespace=namespace, check=True)
+    again = gateway.kubectl_for(
+        "jonny-uid-2", gateway.token_user(create_token(kubectl, namespace, JONNY))
+    )
+    r = again("label", "cm", "my-cm", "by=impostor", "--overwrite", namespace=namespace)
+    assert r.returncode != 0 and "denied, there is a lock" in r.stderr
+    assert cm_labels(kubectl, namespace)["by"] == "jonny-uid"
