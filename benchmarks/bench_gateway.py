@@ -148,39 +148,52 @@ async def load(
     url: str, ca: ssl.SSLContext, tokens: list[str], seconds: float
 ) -> tuple[float, list[float]]:
     """Each token one client (own connection), all in parallel: GET and covered PATCH
-    alternately on the client's own ConfigMap. (req/s, latencies)."""
+    alternately on the client's own ConfigMap. Every client first makes one GET and one PATCH
+    untimed (connections, the identity cache), then all run for ``seconds``.
+    (req/s, latencies)."""
     latencies: list[float] = []
+    warmed = 0
+    all_warm = asyncio.Event()
     stop_at = 0.0
+    t_start = 0.0
+
+    async def call(s: aiohttp.ClientSession, path: str, n: int) -> None:
+        if n % 2:
+            async with s.get(path) as r:
+                await r.read()
+        else:
+            async with s.patch(
+                path,
+                data=json.dumps({"data": {"n": str(n)}}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            ) as r:
+                await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: HTTP {r.status}")
 
     async def client(i: int, token: str) -> None:
+        nonlocal warmed, stop_at, t_start
         conn = aiohttp.TCPConnector(ssl=ca, limit=1)
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         path = f"{url}/api/v1/namespaces/{NS}/configmaps/cm-{i}"
         async with aiohttp.ClientSession(connector=conn, headers=headers) as s:
-            n = 0
+            await call(s, path, 1)
+            await call(s, path, 2)
+            warmed += 1
+            if warmed == len(tokens):
+                t_start = time.perf_counter()
+                stop_at = t_start + seconds
+                all_warm.set()
+            await all_warm.wait()
+            n = 2
             while time.perf_counter() < stop_at:
                 n += 1
                 t0 = time.perf_counter()
-                if n % 2:
-                    async with s.get(path) as r:
-                        await r.read()
-                        ok = r.status == 200
-                else:
-                    async with s.patch(
-                        path,
-                        data=json.dumps({"data": {"n": str(n)}}),
-                        headers={"Content-Type": "application/merge-patch+json"},
-                    ) as r:
-                        await r.read()
-                        ok = r.status == 200
-                if not ok:
-                    raise RuntimeError(f"client {i}: HTTP {r.status}")
+                await call(s, path, n)
                 latencies.append(time.perf_counter() - t0)
 
-    stop_at = time.perf_counter() + seconds
-    t0 = time.perf_counter()
     await asyncio.gather(*(client(i, t) for i, t in enumerate(tokens)))
-    return len(latencies) / (time.perf_counter() - t0), latencies
+    return len(latencies) / (time.perf_counter() - t_start), latencies
 
 
 async def connect_idle(
@@ -313,8 +326,10 @@ def main() -> int:
             return float(found.group(1)) if found else 0.0
 
         reviews_before = reviews()
+        t_reviews = time.perf_counter()
         gw_rps, gw_lat = asyncio.run(load(gw_url, gw_ca, tokens, args.seconds))
         reviews_after = reviews()
+        reviews_span = time.perf_counter() - t_reviews
         local_rps, local_lat = asyncio.run(
             load(local_url, local_ca, [local_token] * len(tokens), args.seconds)
         )
@@ -336,8 +351,8 @@ def main() -> int:
         # Reads are not reviewed (the API server authenticates them): the idle-connection
         # phase made none, so every token's first PATCH in the load is its first review.
         print(
-            f"- identity reviews per token during the load (shorter than the 60 s TTL): "
-            f"{(reviews_after - reviews_before) / len(tokens):.2f} (goal 1)"
+            f"- identity reviews per token over warm-up and load ({reviews_span:.0f} s; the "
+            f"TTL is 60 s): {(reviews_after - reviews_before) / len(tokens):.2f} (goal 1)"
         )
         print(
             f"- gateway RSS: {rss_idle / 1024:.1f} MB idle, {rss_connected / 1024:.1f} MB with "
