@@ -81,6 +81,7 @@ RBAC = "rbac.authorization.k8s.io"
 APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
+ADMISSIONREG = "admissionregistration.k8s.io"
 
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(
@@ -166,6 +167,13 @@ BUILTIN: tuple[ResourceType, ...] = (
         short_names=("crd", "crds"),
         subresources={"status": ("CustomResourceDefinition", ("get", "patch", "update"))},
     ),
+    ResourceType(
+        ADMISSIONREG,
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
+    ),
     ResourceType(AUTHN, "v1", "selfsubjectreviews", "SelfSubjectReview", False, verbs=CREATE_ONLY),
     ResourceType(AUTHN, "v1", "tokenreviews", "TokenReview", False, verbs=CREATE_ONLY),
     ResourceType(
@@ -200,6 +208,7 @@ BUILTIN: tuple[ResourceType, ...] = (
 # Group -> preferred version, in the order /apis lists them.
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
+    (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
     (RBAC, "v1"),

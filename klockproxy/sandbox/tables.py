@@ -283,6 +283,11 @@ COLUMNS: dict[tuple[str, str], list[Column]] = {
     ],
     ("rbac.authorization.k8s.io", "rolebindings"): _BINDING_COLUMNS,
     ("rbac.authorization.k8s.io", "clusterrolebindings"): _BINDING_COLUMNS,
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): [
+        _NAME,
+        ("Webhooks", "integer", 0, lambda o: len(o.get("webhooks") or [])),
+        _AGE,
+    ],
     ("apiextensions.k8s.io", "customresourcedefinitions"): [
         _NAME,
         ("Created At", "date", 0, _created_at),
