@@ -32,6 +32,7 @@ _GROUP_PACKAGE = {
     "rbac.authorization.k8s.io": "io.k8s.api.rbac",
     "authentication.k8s.io": "io.k8s.api.authentication",
     "authorization.k8s.io": "io.k8s.api.authorization",
+    "policy": "io.k8s.api.policy",
     "apiextensions.k8s.io": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions",
     "admissionregistration.k8s.io": "io.k8s.api.admissionregistration",
 }

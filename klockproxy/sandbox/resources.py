@@ -82,6 +82,7 @@ APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
 ADMISSIONREG = "admissionregistration.k8s.io"
+POLICY = "policy"
 
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(
@@ -154,6 +155,15 @@ BUILTIN: tuple[ResourceType, ...] = (
         },
         categories=("all",),
     ),
+    ResourceType(
+        POLICY,
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        True,
+        short_names=("pdb",),
+        subresources={"status": ("PodDisruptionBudget", ("get", "patch", "update"))},
+    ),
     ResourceType(RBAC, "v1", "roles", "Role", True, has_spec=False),
     ResourceType(RBAC, "v1", "rolebindings", "RoleBinding", True, has_spec=False),
     ResourceType(RBAC, "v1", "clusterroles", "ClusterRole", False, has_spec=False),
@@ -211,6 +221,7 @@ BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
+    (POLICY, "v1"),
     (RBAC, "v1"),
     (APIEXT, "v1"),
 )
