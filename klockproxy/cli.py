@@ -39,6 +39,12 @@ def _serve() -> Subcommand:
     return serve
 
 
+def _webhook() -> Subcommand:
+    from klockproxy.webhook import command
+
+    return command
+
+
 def _demo() -> Subcommand:
     from klockproxy import demo
 
@@ -61,6 +67,10 @@ def _sandbox() -> Subcommand:
 SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
     "check": (_check, "decide offline whether Locks allow an operation on objects"),
     "serve": (_serve, "local mode: a Lock-enforcing proxy in front of a kubeconfig context"),
+    "webhook": (
+        _webhook,
+        "webhook mode: the same Locks enforced by a validating admission webhook",
+    ),
     "demo": (
         _demo,
         "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
