@@ -5,7 +5,7 @@ object is checked three ways: against the Kubernetes JSON schemas of kubectl's m
 (``kubernetes-validate``, strict: unknown fields fail; objects of a CustomResourceDefinition
 against that CRD's own schema), for the security properties the deployment promises, and by
 ``kubectl apply -k`` to the sandbox, after which the objects are read back and the RBAC they
-grant is asked with ``kubectl auth can-i``.
+grant is asked with SubjectAccessReviews (as the API server authorizes).
 
 The apply tests run against the in-process sandbox only, never against a real cluster: the
 bases install cluster-wide objects, among them a failing-closed admission webhook.
@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import kubernetes_validate
 import pytest
@@ -40,6 +40,10 @@ NAMESPACES = {"gateway": "klockproxy", "webhook": "klockproxy-webhook"}
 REPLICAS = {"gateway": 2, "webhook": 3}
 NON_ROOT_UID = 65532
 RBAC_GROUP = "rbac.authorization.k8s.io"
+AUTHN = "authentication.k8s.io"
+AUTHZ = "authorization.k8s.io"
+ADMISSION = "admissionregistration.k8s.io"
+LOCKS = "klock.rnemet.dev"
 
 Obj = dict[str, Any]
 
@@ -384,6 +388,53 @@ def test_rbac_lists_exactly_the_dependent_kinds(base: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# The cert-manager variant (an overlay of deploy/webhook)
+
+# Kinds of cert-manager's CRDs: neither in the Kubernetes schemas nor installable in the
+# sandbox, so only their shape is checked here.
+CERT_MANAGER_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+
+
+@needs_kubectl
+def test_cert_manager_overlay() -> None:
+    objects = render("webhook-cert-manager")
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in CERT_MANAGER_KINDS:
+            assert obj["metadata"]["namespace"] == NAMESPACES["webhook"]
+            continue
+        validate(objects, obj)
+    certificate = one(objects, "Certificate")
+    assert certificate["spec"]["issuerRef"]["name"] == one(objects, "Issuer")["metadata"]["name"]
+    service = one(objects, "Service")["metadata"]
+    assert f"{service['name']}.{service['namespace']}.svc" in certificate["spec"]["dnsNames"]
+    config = one(objects, "ValidatingWebhookConfiguration")
+    annotations = config["metadata"]["annotations"]
+    cert = certificate["metadata"]
+    assert annotations["cert-manager.io/inject-ca-from"] == f"{cert['namespace']}/{cert['name']}"
+    # Everything else about the webhook is the base's.
+    assert (
+        config["webhooks"] == one(render("webhook"), "ValidatingWebhookConfiguration")["webhooks"]
+    )
+    deployment = one(objects, "Deployment")
+    (container,) = containers(deployment)
+    args = container["args"]
+    assert "--cert-secret" not in args and "--webhook-config" not in args
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    for flag in ("--tls-cert", "--tls-key"):
+        path = args[args.index(flag) + 1]
+        (name,) = [n for n, m in mounts.items() if path.startswith(m["mountPath"] + "/")]
+        assert mounts[name]["readOnly"] is True
+        assert volumes[name]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # It writes no Secret and patches no webhook configuration.
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    for rule in rules_of(objects, "ClusterRole"):
+        assert "secrets" not in rule["resources"] or rule["verbs"] == ["list"], rule
+        assert "validatingwebhookconfigurations" not in rule["resources"], rule
+
+
+# ------------------------------------------------------------------------------------------
 # Applied to the sandbox
 
 
@@ -414,48 +465,61 @@ def apply_and_read_back(kubectl: Kubectl, base: str) -> None:
         assert live["metadata"]["labels"]["app.kubernetes.io/part-of"] == "klockproxy"
 
 
-def may(
-    kubectl: Kubectl,
-    account: str,
-    verb: str,
-    resource: str,
-    *,
-    group: str = "",
-    subresource: str = "",
-    namespace: str = "",
-    name: str = "",
-) -> bool:
-    """What a SubjectAccessReview answers for the service account ``namespace:name``
-    (``kubectl auth can-i`` cannot name the group of undiscoverable resources such as
-    ``uids``; the API server asks exactly this when authorizing)."""
+class Q(NamedTuple):
+    """One question for a SubjectAccessReview: may VERB the RESOURCE?"""
+
+    verb: str
+    resource: str
+    group: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+
+
+def answers(kubectl: Kubectl, account: str, questions: Iterable[Q]) -> dict[Q, bool]:
+    """What SubjectAccessReviews answer for the service account ``namespace:name`` (one
+    ``kubectl create`` for all; ``kubectl auth can-i`` cannot name the group of
+    undiscoverable resources such as ``uids``, and the API server asks exactly this)."""
     sa_namespace = account.split(":")[0]
-    review = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": f"system:serviceaccount:{account}",
-            "groups": [
-                "system:serviceaccounts",
-                f"system:serviceaccounts:{sa_namespace}",
-                "system:authenticated",
-            ],
-            "resourceAttributes": {
-                "verb": verb,
-                "group": group,
-                "resource": resource,
-                "subresource": subresource,
-                "namespace": namespace,
-                "name": name,
+    asked = list(questions)
+    reviews = [
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{account}",
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{sa_namespace}",
+                    "system:authenticated",
+                ],
+                "resourceAttributes": q._asdict(),
             },
-        },
-    }
+        }
+        for q in asked
+    ]
     # --validate=false: kubectl's client-side schema check finds no OpenAPI for review kinds
     # in the sandbox (a real API server needs none; reviews are answered, never stored).
     result = kubectl(
-        "create", "-f", "-", "-o", "json", "--validate=false", input=json.dumps(review), check=True
+        "create",
+        "-f",
+        "-",
+        "-o",
+        "json",
+        "--validate=false",
+        input=yaml.safe_dump_all(reviews),
+        check=True,
     )
-    allowed: bool = json.loads(result.stdout)["status"].get("allowed", False)
-    return allowed
+    # One JSON document per review, one after the other.
+    decoder, text = json.JSONDecoder(), result.stdout.strip()
+    items: list[Obj] = []
+    pos = 0
+    while pos < len(text):
+        item, pos = decoder.raw_decode(text, pos)
+        items.append(item)
+        pos = len(text) - len(text[pos:].lstrip())
+    assert len(items) == len(asked)
+    return {q: bool(item["status"].get("allowed")) for q, item in zip(asked, items, strict=True)}
 
 
 @needs_kubectl
@@ -470,24 +534,31 @@ def test_gateway_base_applies_to_the_sandbox(sandbox_kubectl: Kubectl) -> None:
     }
     # The CRD is registered: Locks can be listed.
     kubectl("get", "locks.klock.rnemet.dev", "-A", check=True)
-    sa = "klockproxy:klockproxy-gateway"
-    authn, authz = "authentication.k8s.io", "authorization.k8s.io"
-    assert may(kubectl, sa, "impersonate", "users", name="alice")
-    assert may(kubectl, sa, "impersonate", "groups", name="devs")
-    assert may(kubectl, sa, "impersonate", "serviceaccounts", namespace="ci", name="deployer")
-    assert may(kubectl, sa, "impersonate", "uids", group=authn, name="1234")
-    assert may(kubectl, sa, "impersonate", "userextras", group=authn, subresource="scopes")
-    assert may(kubectl, sa, "create", "tokenreviews", group=authn)
-    assert may(kubectl, sa, "create", "selfsubjectreviews", group=authn)
-    assert may(kubectl, sa, "create", "subjectaccessreviews", group=authz)
-    assert may(kubectl, sa, "watch", "locks", group="klock.rnemet.dev")
-    assert may(kubectl, sa, "list", "replicasets", group="apps", namespace="default")
-    # Never reads an object, nor changes anything, with its own credentials.
-    assert not may(kubectl, sa, "get", "secrets", namespace="default", name="db")
-    assert not may(kubectl, sa, "get", "pods", namespace="default", name="web")
-    assert not may(kubectl, sa, "delete", "pods", namespace="default", name="web")
-    assert not may(kubectl, sa, "create", "clusterrolebindings", group=RBAC_GROUP)
-    assert not may(kubectl, sa, "delete", "locks", group="klock.rnemet.dev", namespace="x")
+    expected = {
+        # Forwarding certificate callers as themselves.
+        Q("impersonate", "users", name="alice"): True,
+        Q("impersonate", "groups", name="devs"): True,
+        Q("impersonate", "serviceaccounts", namespace="ci", name="deployer"): True,
+        Q("impersonate", "uids", AUTHN, name="1234"): True,
+        Q("impersonate", "userextras", AUTHN, "scopes", name="view"): True,
+        # Reviews.
+        Q("create", "tokenreviews", AUTHN): True,
+        Q("create", "selfsubjectreviews", AUTHN): True,
+        Q("create", "subjectaccessreviews", AUTHZ): True,
+        # Locks and the dependents of a cascading delete.
+        Q("watch", "locks", LOCKS): True,
+        Q("list", "replicasets", "apps", namespace="default"): True,
+        # Never reads an object, nor changes anything, with its own credentials.
+        Q("get", "secrets", namespace="default", name="db"): False,
+        Q("get", "pods", namespace="default", name="web"): False,
+        Q("delete", "pods", namespace="default", name="web"): False,
+        # The "*" of the impersonation rule names nothing else that can be impersonated.
+        Q("impersonate", "tokenreviews", AUTHN): True,
+        Q("create", "tokenrequests", AUTHN): False,
+        Q("create", "clusterrolebindings", RBAC_GROUP): False,
+        Q("delete", "locks", LOCKS, namespace="x", name="lockred"): False,
+    }
+    assert answers(kubectl, "klockproxy:klockproxy-gateway", expected) == expected
 
 
 @needs_kubectl
@@ -506,29 +577,73 @@ def test_webhook_base_applies_to_the_sandbox(sandbox_kubectl: Kubectl) -> None:
     (hook,) = config["webhooks"]
     assert hook["failurePolicy"] == "Fail"
     assert hook["clientConfig"]["service"]["path"] == "/validate"
-    # Writes in the webhook's own namespace do not wait for the webhook (none answers here).
+    # No webhook answers here: writes in the namespaces it covers are refused (failurePolicy
+    # Fail), those in its own namespace and kube-system do not wait for it.
+    refused = kubectl("create", "configmap", "probe", namespace="default")
+    assert refused.returncode != 0
+    assert 'failed calling webhook "klockproxy.klock.rnemet.dev"' in refused.stderr
+    assert not kubectl.exists("configmap", "probe", namespace="default")
     kubectl("create", "configmap", "probe", namespace=namespace, check=True)
-    sa = "klockproxy-webhook:klockproxy-webhook"
-    admission = "admissionregistration.k8s.io"
-    config_kind = "validatingwebhookconfigurations"
-    assert may(kubectl, sa, "get", config_kind, group=admission, name="klockproxy-webhook")
-    assert may(kubectl, sa, "patch", config_kind, group=admission, name="klockproxy-webhook")
-    assert not may(kubectl, sa, "patch", config_kind, group=admission, name="another")
-    assert not may(kubectl, sa, "delete", config_kind, group=admission, name="klockproxy-webhook")
+    kubectl("create", "configmap", "probe", namespace="kube-system", check=True)
+    kubectl("create", "namespace", "created-without-the-webhook", check=True)
+
+
+RBAC_KINDS = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole")
+
+
+@needs_kubectl
+def test_webhook_rbac_is_least_privilege_in_the_sandbox(sandbox_kubectl: Kubectl) -> None:
+    """The webhook base's RBAC objects (applied on their own: they need no admission
+    support), asked with SubjectAccessReviews."""
+    kubectl = sandbox_kubectl
+    rbac = [o for o in render("webhook") if o["kind"].startswith(RBAC_KINDS)]
+    assert {o["kind"] for o in rbac} == {*RBAC_KINDS, "ClusterRoleBinding"}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac), check=True)
+    namespace = NAMESPACES["webhook"]
     tls = "klockproxy-webhook-tls"
-    assert may(kubectl, sa, "get", "secrets", namespace=namespace, name=tls)
-    assert may(kubectl, sa, "update", "secrets", namespace=namespace, name=tls)
-    assert may(kubectl, sa, "create", "secrets", namespace=namespace)
-    assert not may(kubectl, sa, "get", "secrets", namespace=namespace, name="another")
-    assert not may(kubectl, sa, "delete", "secrets", namespace=namespace, name=tls)
-    assert not may(kubectl, sa, "create", "secrets", namespace="default")
-    assert not may(kubectl, sa, "get", "secrets", namespace="default", name="db")
-    assert may(kubectl, sa, "watch", "locks", group="klock.rnemet.dev")
-    assert may(kubectl, sa, "get", "pods", namespace="default", name="web")
-    assert may(kubectl, sa, "get", "deployments", group="apps", namespace="default", name="web")
-    assert may(kubectl, sa, "list", "jobs", group="batch", namespace="default")
-    assert not may(kubectl, sa, "update", "pods", namespace="default", name="web")
-    assert not may(kubectl, sa, "list", "widgets", group="example.com", namespace="default")
+    config, webhook = "validatingwebhookconfigurations", "klockproxy-webhook"
+    expected = {
+        # Its certificates: the one Secret, in its namespace.
+        Q("get", "secrets", namespace=namespace, name=tls): True,
+        Q("update", "secrets", namespace=namespace, name=tls): True,
+        Q("create", "secrets", namespace=namespace): True,
+        Q("get", "secrets", namespace=namespace, name="another"): False,
+        Q("delete", "secrets", namespace=namespace, name=tls): False,
+        Q("create", "secrets", namespace="default"): False,
+        Q("get", "secrets", namespace="default", name="db"): False,
+        # Its caBundle: the one configuration.
+        Q("get", config, ADMISSION, name=webhook): True,
+        Q("patch", config, ADMISSION, name=webhook): True,
+        Q("patch", config, ADMISSION, name="another"): False,
+        Q("delete", config, ADMISSION, name=webhook): False,
+        Q("create", config, ADMISSION): False,
+        # The Locks and what the judge reads.
+        Q("watch", "locks", LOCKS): True,
+        Q("delete", "locks", LOCKS, namespace="x", name="lockred"): False,
+        Q("get", "pods", namespace="default", name="web"): True,
+        Q("get", "deployments", "apps", namespace="default", name="web"): True,
+        Q("list", "jobs", "batch", namespace="default"): True,
+        Q("update", "pods", namespace="default", name="web"): False,
+        # Custom resources: nothing until a ClusterRole is aggregated into the webhook's.
+        Q("list", "widgets", "example.com", namespace="default"): False,
+    }
+    sa = "klockproxy-webhook:klockproxy-webhook"
+    assert answers(kubectl, sa, expected) == expected
+    widgets = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": "klockproxy-webhook-widgets",
+            "labels": {"klockproxy/aggregate-to-webhook": "true"},
+        },
+        "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["list"]}],
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(widgets), check=True)
+    expected = {
+        Q("list", "widgets", "example.com", namespace="default"): True,
+        Q("list", "gadgets", "example.com", namespace="default"): False,
+    }
+    assert answers(kubectl, sa, expected) == expected
 
 
 # ------------------------------------------------------------------------------------------

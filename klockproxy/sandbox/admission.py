@@ -326,16 +326,19 @@ def _resource_causes(path: str, resources: Any) -> list[StatusCause]:
                     "if '*' is present, must not specify other resources without subresources",
                 )
             )
-    for sub in subs_of.get("*", set()) - {""}:
-        for res in subs_of:
-            if res != "*" and sub in subs_of[res]:
-                causes.append(
-                    _invalid(
-                        path,
-                        resources,
-                        f"if '*/{sub}' is present, must not specify {res}/{sub}",
-                    )
-                )
+    # A wildcard subresource or resource covers the specific entries it would match.
+    for i, item in enumerate(resources):
+        res, slash, sub = item.partition("/")
+        if not slash:
+            continue
+        if sub != "*" and "*" in subs_of.get(res, set()):
+            causes.append(
+                _invalid(f"{path}[{i}]", item, f"if '{res}/*' is present, must not specify {item}")
+            )
+        if res != "*" and sub in subs_of.get("*", set()):
+            causes.append(
+                _invalid(f"{path}[{i}]", item, f"if '*/{sub}' is present, must not specify {item}")
+            )
     return causes
 
 
@@ -619,13 +622,28 @@ def _ssl_context(ca_bundle: bytes) -> ssl.SSLContext:
     return ctx
 
 
+# OpenSSL verification codes -> Go's x509 wording for the common cases.
+_GO_X509 = {
+    18: "certificate signed by unknown authority",  # self-signed leaf
+    19: "certificate signed by unknown authority",  # self-signed CA in the chain
+    20: "certificate signed by unknown authority",  # issuer not in caBundle
+    21: "certificate signed by unknown authority",
+    10: "certificate has expired or is not yet valid",
+    9: "certificate has expired or is not yet valid",
+    62: "certificate is not valid for the requested host name",
+}
+
+
 def _describe(e: BaseException) -> str:
     """A Go-ish reason for a failed call (the API server's net/http error texts)."""
     if isinstance(e, TimeoutError):
         return "context deadline exceeded"
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
         cert_error = e.certificate_error
-        verify = getattr(cert_error, "verify_message", "") or str(cert_error)
+        code = getattr(cert_error, "verify_code", None)
+        verify = _GO_X509.get(code) if isinstance(code, int) else None
+        if verify is None:
+            verify = getattr(cert_error, "verify_message", "") or str(cert_error)
         return f"tls: failed to verify certificate: x509: {verify}"
     if isinstance(e, aiohttp.ClientSSLError):
         return f"remote error: tls: {e}"

@@ -30,8 +30,8 @@ from klockproxy import __version__
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.core import protobuf
+from klockproxy.core.codec import load_json_object, load_yaml_object
 from klockproxy.core.errors import DecodeError, PatchError
-from klockproxy.core.metadata import load_json_object, load_yaml_object
 from klockproxy.core.patches import APPLY_PATCH, PATCH_CONTENT_TYPES, UnsupportedPatchError
 from klockproxy.core.patches import apply_patch as core_apply_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes

@@ -32,6 +32,7 @@ from typing import Any, NotRequired, TypedDict
 from klockproxy.core.errors import DecodeError
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.types import Operation, ResourceRef, UserInfo
+from klockproxy.judge import Subject
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 REVIEW_KIND = "AdmissionReview"
@@ -353,24 +354,14 @@ def to_bytes(answer: AdmissionReviewWire) -> bytes:
 # Gathering: the review's objects, and the parent where the review does not carry it
 
 
-@dataclass(frozen=True)
-class Subject:
-    """What a review is judged on: ``old`` (the stored object; the parent for subresources),
-    ``new`` (the object as it will be stored; None for DELETE and CONNECT), ``options``."""
-
-    info: RequestInfo
-    old: Mapping[str, Any] | None
-    new: Mapping[str, Any] | None
-    options: Mapping[str, Any] | None
-
-
 # Reads the object a RequestInfo acts on (the parent for subresources); None when absent.
 ParentReader = Callable[[RequestInfo], Awaitable[Mapping[str, Any] | None]]
 
 
 async def gather(review: Review, read_parent: ParentReader) -> Subject:
-    """The objects a review is judged on, reading the parent with ``read_parent`` when the
-    review does not carry it (and for a DELETE whose review has no ``oldObject``)."""
+    """The judge's ``Subject`` of a review: its objects, and the parent read with
+    ``read_parent`` when the review does not carry it (and for a DELETE whose review has no
+    ``oldObject``)."""
     info = review.info
     op = info.operation
     if review.carries_parent:

