@@ -336,8 +336,11 @@ class SecretCerts:
             secret = self._secret(renewed, material.resource_version)
             path = f"{self._secret_path}/{quote(self.name, safe='')}"
             stored = await self.api.replace_object(path, secret)
-            # None: another replica renewed first; take what it wrote.
-            material = Material.from_secret(stored) if stored else await self._read_required()
+            if stored is not None:
+                material = Material.from_secret(stored)
+                break
+            # 409: another replica renewed first; take what it wrote (checked again).
+            material = await self._read_required()
         if config is not None:
             await self._inject(material, config)
         self._serve(material)
