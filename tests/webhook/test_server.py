@@ -54,7 +54,7 @@ def assert_denied(response: dict[str, Any], op: str, target: str = 'pods "my-pod
         (b'{"kind": "Pod", "apiVersion": "v1"}', "kind must be AdmissionReview"),
         (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "request"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
-        (b'{"a": NaN}', "not JSON"),
+        (b'{"a": NaN}', "kind must be AdmissionReview"),
     ],
 )
 async def test_garbage_gets_400_with_a_reason(tmp_path: Path, body: bytes, reason: str) -> None:
