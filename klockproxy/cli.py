@@ -45,6 +45,12 @@ def _gateway() -> Subcommand:
     return gateway
 
 
+def _webhook() -> Subcommand:
+    from klockproxy.webhook import command
+
+    return command
+
+
 def _demo() -> Subcommand:
     from klockproxy import demo
 
@@ -70,6 +76,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
     "gateway": (
         _gateway,
         "shared gateway: one Lock-enforcing proxy for a team, each caller with own credentials",
+    ),
+    "webhook": (
+        _webhook,
+        "webhook mode: the same Locks enforced by a validating admission webhook",
     ),
     "demo": (
         _demo,

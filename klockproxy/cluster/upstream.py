@@ -226,11 +226,12 @@ class Upstream:
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> tuple[int, bytes]:
         url = self._url(path, query)
         headers = self._headers(caller, accept)
         if body is not None:
-            headers.append(("Content-Type", "application/json"))
+            headers.append(("Content-Type", content_type))
         what = f"{method} {path} on {self.server}"
         try:
             session = self._get_session()
@@ -498,6 +499,36 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             reason = str(e) or type(e).__name__
             raise UpstreamError(f"{where}: the watch connection failed: {reason}") from e
+
+    async def _write(
+        self, method: str, path: str, body: Any, content_type: str = "application/json"
+    ) -> dict[str, Any] | None:
+        """Send a write with the proxy's own credentials; None on 409 (AlreadyExists, or a
+        resourceVersion precondition that failed): someone else wrote first."""
+        status, answer = await self._request(
+            method, path, {}, body=json.dumps(body).encode(), content_type=content_type
+        )
+        if status == 409:
+            return None
+        if status not in (200, 201):
+            raise UpstreamStatusError(f"{method} {path}", status, _status_message(answer))
+        return self._json_object(answer, f"{method} {path}")
+
+    async def create_if_absent(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST ``obj`` to the collection ``path`` with the proxy's own credentials; None when
+        it already exists (409: someone else created it first)."""
+        return await self._write("POST", path, obj)
+
+    async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """PUT ``obj`` (its resourceVersion is the precondition); None on 409."""
+        return await self._write("PUT", path, obj)
+
+    async def merge_patch_object(
+        self, path: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch (a ``metadata.resourceVersion`` in it is a precondition);
+        None on 409."""
+        return await self._write("PATCH", path, patch, "application/merge-patch+json")
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Ask the API server who these credentials (and Impersonate-* headers) act as."""
