@@ -81,6 +81,8 @@ RBAC = "rbac.authorization.k8s.io"
 APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
+ADMISSIONREG = "admissionregistration.k8s.io"
+POLICY = "policy"
 
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(
@@ -153,6 +155,15 @@ BUILTIN: tuple[ResourceType, ...] = (
         },
         categories=("all",),
     ),
+    ResourceType(
+        POLICY,
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        True,
+        short_names=("pdb",),
+        subresources={"status": ("PodDisruptionBudget", ("get", "patch", "update"))},
+    ),
     ResourceType(RBAC, "v1", "roles", "Role", True, has_spec=False),
     ResourceType(RBAC, "v1", "rolebindings", "RoleBinding", True, has_spec=False),
     ResourceType(RBAC, "v1", "clusterroles", "ClusterRole", False, has_spec=False),
@@ -165,6 +176,13 @@ BUILTIN: tuple[ResourceType, ...] = (
         False,
         short_names=("crd", "crds"),
         subresources={"status": ("CustomResourceDefinition", ("get", "patch", "update"))},
+    ),
+    ResourceType(
+        ADMISSIONREG,
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
     ),
     ResourceType(AUTHN, "v1", "selfsubjectreviews", "SelfSubjectReview", False, verbs=CREATE_ONLY),
     ResourceType(AUTHN, "v1", "tokenreviews", "TokenReview", False, verbs=CREATE_ONLY),
@@ -200,8 +218,10 @@ BUILTIN: tuple[ResourceType, ...] = (
 # Group -> preferred version, in the order /apis lists them.
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
+    (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
+    (POLICY, "v1"),
     (RBAC, "v1"),
     (APIEXT, "v1"),
 )
@@ -290,6 +310,11 @@ class Registry:
         self.generation += 1
         logger.info("registered %s (%d versions)", name, len(added))
         return added
+
+    def of_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
+        """The resource types registered now for this CRD (by its name)."""
+        name = (crd.get("metadata") or {}).get("name")
+        return [rt for rt in self._types.values() if rt.crd_name == name]
 
     def unregister_crd(self, crd_name: str) -> list[ResourceType]:
         removed = [rt for rt in self._types.values() if rt.crd_name == crd_name]
