@@ -105,6 +105,13 @@ class _FileStamp:
     inode: int
 
 
+def _by_namespace(locks: Sequence[Lock]) -> dict[str, tuple[Lock, ...]]:
+    grouped: dict[str, list[Lock]] = {}
+    for lock in locks:
+        grouped.setdefault(lock.namespace, []).append(lock)
+    return {namespace: tuple(ns_locks) for namespace, ns_locks in grouped.items()}
+
+
 def _scan(paths: Sequence[Path]) -> tuple[dict[str, _FileStamp], str | None]:
     """Every lock file the paths name, with a cheap fingerprint; and a problem, if any (a
     named file missing, a directory unreadable): then the set cannot be trusted whole."""
@@ -218,7 +225,8 @@ class FileLockSource:
                 await task
 
     async def reload_if_changed(self) -> bool:
-        """Reload now what changed; True when the lock set was replaced."""
+        """Reload now what changed; True when the lock set changed (a file rewritten with
+        the same Locks, or only touched, changes nothing)."""
         files, problem = _scan(self.paths)
         if problem is not None:
             self._refuse((files, problem), problem)
@@ -262,10 +270,9 @@ class FileLockSource:
                 raise
             self._refuse(scan, str(e))
             return False
-        self._apply(loaded, removed)
         self._failed = None
         self.last_error = None
-        return True
+        return self._apply(loaded, removed)
 
     async def _check_duplicates(
         self,
@@ -289,31 +296,41 @@ class FileLockSource:
 
     def _apply(
         self, loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]], removed: list[str]
-    ) -> None:
+    ) -> bool:
+        changed = False
         for f in [*loaded, *removed]:
             _, old = self._files.get(f, (None, ()))
-            for namespace in {lock.namespace for lock in old}:
-                self._touch(namespace)
-                per_file = self._by_ns[namespace]
-                per_file.pop(f, None)
-                if not per_file:
-                    del self._by_ns[namespace]
+            _, new = loaded.get(f, (None, ()))
+            if old == new:
+                continue  # touched or rewritten the same: nothing to rebuild
+            old_by_ns, new_by_ns = _by_namespace(old), _by_namespace(new)
+            for namespace in old_by_ns.keys() | new_by_ns.keys():
+                ns_locks = new_by_ns.get(namespace)
+                if old_by_ns.get(namespace) != ns_locks:
+                    # Only namespaces whose Locks differ are rebuilt in the engine.
+                    self._touch(namespace)
+                    changed = True
+                if ns_locks is not None:
+                    self._by_ns.setdefault(namespace, {})[f] = ns_locks
+                else:
+                    per_file = self._by_ns[namespace]
+                    per_file.pop(f, None)
+                    if not per_file:
+                        del self._by_ns[namespace]
         for f in removed:
             del self._files[f]
-        for f, (stamp, locks) in loaded.items():
-            self._files[f] = (stamp, locks)
-            grouped: dict[str, list[Lock]] = {}
-            for lock in locks:
-                grouped.setdefault(lock.namespace, []).append(lock)
-            for namespace, ns_locks in grouped.items():
-                self._touch(namespace)
-                self._by_ns.setdefault(namespace, {})[f] = tuple(ns_locks)
+        for f, entry in loaded.items():
+            self._files[f] = entry
         # Keep the files in path order (a directory's files are read in name order).
         self._files = dict(sorted(self._files.items()))
+        if not changed:
+            logger.debug("lock files changed on disk, their Locks did not")
+            return False
         self._locks = None
         if self.ready:
             logger.info("reloaded %s", self.describe())
             self._notify()
+        return True
 
     def _touch(self, namespace: str) -> None:
         if self._changed is not None:

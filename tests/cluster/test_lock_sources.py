@@ -731,3 +731,28 @@ async def test_a_file_being_written_is_read_once_it_holds_still(tmp_path: Path) 
         assert names(src) == [f"default/l{i}" for i in range(4)]
     finally:
         await src.stop()
+
+
+async def test_touching_a_lock_file_rebuilds_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("a") + "---\n" + lock_yaml("b", namespace="two"))
+    lockset = LockSet([FileLockSource([f])])
+    await lockset.start()
+    try:
+        source = lockset.sources[0]
+        assert isinstance(source, FileLockSource)
+        builds, engine = lockset.builds, lockset.engine
+        write(f, f.read_text())  # same Locks, new mtime
+        assert not await source.reload_if_changed()
+        await lockset.settled()
+        assert lockset.builds == builds and lockset.engine is engine
+        # One Lock changed: its namespace alone is rebuilt.
+        write(f, lock_yaml("a") + "---\n" + lock_yaml("b", namespace="two", ops="[CREATE]"))
+        assert await source.reload_if_changed()
+        await lockset.settled()
+        after = lockset.engine
+        assert after is not None and engine is not None
+        assert after.namespace_locks("default") is engine.namespace_locks("default")
+        assert after.covers("two", Operation.CREATE)
+    finally:
+        await lockset.stop()
