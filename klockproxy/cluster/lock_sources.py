@@ -241,7 +241,7 @@ class FileLockSource:
         scan = tuple(files.items())
         if scan == self._failed:
             return False  # the same broken state: reported already
-        slicer = Slicer()
+        slicer = Slicer(pause=SLICE_PAUSE if self.ready else 0.0)
         loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]] = {}
         try:
             for f in changed:
@@ -324,7 +324,7 @@ class FileLockSource:
         # Keep the files in path order (a directory's files are read in name order).
         self._files = dict(sorted(self._files.items()))
         if not changed:
-            logger.debug("lock files changed on disk, their Locks did not")
+            logger.info("lock files rewritten, their Locks unchanged: nothing to rebuild")
             return False
         self._locks = None
         if self.ready:
@@ -378,23 +378,32 @@ class FileLockSource:
 # Work on the event loop in bounded slices
 
 # How long one slice of lock loading or engine building may hold the event loop before it
-# lets requests run. Python threads would not help: pure-Python parsing in a thread holds the
-# GIL and every request waits for it (issue 12 measured GETs falling from ~530/s to ~10/s).
+# lets requests run, and how long it then leaves the loop to them. Python threads would not
+# help: pure-Python parsing in a thread holds the GIL and every request waits for it (issue
+# 12 measured GETs falling from ~530/s to ~10/s). A request takes several turns of the loop
+# (read, hooks, upstream, answer): a pause, not a single turn (``sleep(0)``), lets it make
+# them all between two slices.
 SLICE_SECONDS = 0.002
+SLICE_PAUSE = 0.002
 
 
 class Slicer:
-    """Cooperative time slicing: ``await tick()`` yields to the loop once a slice is used up."""
+    """Cooperative time slicing: ``await tick()`` pauses once a slice is used up.
 
-    def __init__(self, budget: float = SLICE_SECONDS) -> None:
+    ``pause=0`` (nothing to share the loop with yet, e.g. the first load before the proxy
+    serves) only yields one turn of the loop.
+    """
+
+    def __init__(self, budget: float = SLICE_SECONDS, pause: float = SLICE_PAUSE) -> None:
         self._budget = budget
+        self._pause = pause
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + budget
 
     async def tick(self) -> None:
         """Let other tasks run if this slice has used its budget."""
         if self._loop.time() >= self._deadline:
-            await asyncio.sleep(0)
+            await asyncio.sleep(self._pause)
             self._deadline = self._loop.time() + self._budget
 
     async def drive(self, steps: Generator[None, None, T]) -> T:
@@ -971,7 +980,8 @@ class LockSet:
     async def _build(self) -> None:
         # One turn of the loop first: a burst of watch events is handled as one change.
         await asyncio.sleep(0)
-        slicer = Slicer()
+        # The first build has no engine to serve meanwhile: no pauses (start time).
+        slicer = Slicer(pause=SLICE_PAUSE if self.engine is not None else 0.0)
         while self._pending:
             self._pending = False
             dirty = self._collect()
