@@ -596,6 +596,11 @@ class ClusterLockSource:
             self.ready_now()
             return
         served = _served_versions(crd)
+        if VERSION in served:
+            # Just created (not Established yet) or being replaced: served in a moment. The
+            # state stays as it was (no Locks could be stored before it is served).
+            logger.info("the Lock CRD serves %s but the API server does not yet; retrying", VERSION)
+            return
         self._unknown(
             f"the Lock CRD {PLURAL}.{GROUP} does not serve {VERSION} (it serves "
             f"{', '.join(served) or 'no version'}): Locks in other versions cannot be read"
