@@ -470,6 +470,8 @@ class ClusterLockSource:
         self.crd_missing = False
         # Why the Locks cannot be known although the API server answers (fail closed).
         self.unknown_reason: str | None = None
+        # Why the watch is cut (not ready until it resumes), if it is.
+        self.cut_reason: str | None = None
         self.name = CLUSTER_SPEC
         self._task: asyncio.Task[None] | None = None
         # namespace -> name -> the Lock, or the invalid Lock (a key is in one of the two).
@@ -513,6 +515,8 @@ class ClusterLockSource:
         """``3 locks from cluster`` (for the ready line), naming invalid Locks if any."""
         if self.unknown_reason is not None:
             return f"cluster Locks unknown: {self.unknown_reason}"
+        if self.cut_reason is not None:
+            return f"cluster Locks unknown while the Lock watch is cut: {self.cut_reason}"
         suffix = " (Lock CRD not installed)" if self.crd_missing else ""
         if self.invalid:
             keys = ", ".join(bad.key for bad in self.invalid)
@@ -570,7 +574,10 @@ class ClusterLockSource:
                     self._upsert(event.object)
             elif event.type == "DELETED" and self._fresh(event.object):
                 self._remove(_object_key(event.object))
-            # DOWN: keep the last set in force while the watch reconnects (it logs).
+            elif event.type == "DOWN":
+                self._cut(event.error)
+            elif event.type == "RESUMED":
+                self._resumed()
             self._publish()
 
     async def _crd_absent_or_changed(self) -> None:
@@ -619,12 +626,27 @@ class ClusterLockSource:
             self._notify()
 
     def ready_now(self) -> None:
-        """Mark ready and notify (the first list, or the CRD found absent)."""
+        """Mark ready and notify (a complete list, or the CRD found absent)."""
+        self.cut_reason = None
         if not self.ready:
             self.ready = True
             logger.info("cluster lock source ready: %s", self.describe())
-            self._changed = None
         self._notify()
+
+    def _cut(self, error: str) -> None:
+        """The watch lost the API server: Locks made meanwhile would go unseen, so the
+        source is not ready (mutations refused) until the watch resumes or relists."""
+        if not self.ready:
+            return
+        self.cut_reason = error
+        self.ready = False
+        logger.warning("the Lock watch is cut: mutations are refused until it resumes")
+        self._notify()
+
+    def _resumed(self) -> None:
+        if self.cut_reason is not None and self.unknown_reason is None:
+            logger.info("the Lock watch resumed: nothing was missed")
+            self.ready_now()
 
     # -- state changes ---------------------------------------------------------------------
 
@@ -827,7 +849,9 @@ class LockSet:
         self._ready_event: asyncio.Event | None = None
         self._started = False
         self._task: asyncio.Task[None] | None = None
+        # Namespaces changed since the last build (None: all); the last engine built.
         self._dirty: set[str] | None = None
+        self._built: Engine | None = None
         self._pending = False
         for source in self.sources:
             source.on_change = self._changed
@@ -990,20 +1014,25 @@ class LockSet:
         while self._pending:
             self._pending = False
             dirty = self._collect()
+            # Changes add up while a source is not ready (say, its watch is cut): the build
+            # that follows starts from the last engine built and rebuilds only those.
+            self._dirty = None if dirty is None or self._dirty is None else self._dirty | dirty
             if not all(s.ready for s in self.sources):
                 if self.engine is not None:
                     self.engine = None
                     self._notify()
                 continue
-            base = self.engine
-            if base is None or dirty is None:
+            base = self._built
+            pending, self._dirty = self._dirty, set()
+            if base is None or pending is None:
                 base = None
                 namespaces = {lock.namespace for s in self.sources for lock in s.locks}
             else:
-                namespaces = dirty
+                namespaces = pending
             changed = {ns: self._namespace_locks(ns) for ns in sorted(namespaces)}
             invalid = [bad for s in self.sources for bad in s.invalid]
             engine = await slicer.drive(Engine.build(base, changed, invalid))
+            self._built = engine
             # Changes made during the build are in the sources' change sets: the next turn
             # of this loop rebuilds their namespaces on top of this engine.
             if not all(s.ready for s in self.sources):
