@@ -38,6 +38,7 @@ class OwnerRef:
     kind: str
     name: str
     uid: str
+    controller: bool = False  # the managing controller (adoption looks for none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ def owner_refs_of(obj: Mapping[str, Any]) -> tuple[OwnerRef, ...]:
                     str(ref.get("kind") or ""),
                     str(ref.get("name") or ""),
                     str(ref.get("uid") or ""),
+                    ref.get("controller") is True,
                 )
             )
     return tuple(out)
@@ -151,6 +153,26 @@ class Graph:
         if (owner.resource.group, owner.kind, owner.name) != (ref.group, ref.kind, ref.name):
             return False
         return owner.namespace in ("", dependent.namespace)
+
+    def descendants(self, uid: str) -> list[Node]:
+        """Every object that names ``uid`` as an owner, transitively (what a controller that
+        deletes its children directly may reach, whatever their other owners)."""
+        seen: dict[str, Node] = {}
+        todo = [uid]
+        while todo:
+            for dep in self.dependents_of(todo.pop()):
+                if dep.uid not in seen and dep.uid != uid:
+                    seen[dep.uid] = dep
+                    todo.append(dep.uid)
+        return list(seen.values())
+
+    def in_namespace(self, namespace: str, resource: str) -> list[Node]:
+        """The objects of one resource (plural, any group) in one namespace."""
+        return [
+            n
+            for n in self._nodes.values()
+            if n.namespace == namespace and n.resource.resource == resource
+        ]
 
     def owners_up(self, uid: str) -> list[Node]:
         """Every object the given one depends on, transitively (its owners up the chain)."""
