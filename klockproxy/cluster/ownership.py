@@ -151,6 +151,11 @@ class OwnershipIndex:
     # ----------------------------------------------------------------------- state
 
     @property
+    def kinds(self) -> tuple[Kind, ...]:
+        """The kinds discovered (empty before discovery)."""
+        return self._kinds or ()
+
+    @property
     def synced(self) -> bool:
         """Whether every watch has listed and none is down."""
         return (
@@ -270,6 +275,7 @@ class OwnershipIndex:
         is_crd = kind.resource.group == "apiextensions.k8s.io" and kind.kind == (
             "CustomResourceDefinition"
         )
+        listed = False
         while self._running:
             try:
                 async for event in self.client.watch(path, metadata_only=True):
@@ -280,8 +286,11 @@ class OwnershipIndex:
                         self._notify()
                         break
                     self._apply(stream, event)
-                    if is_crd and event.type != "LISTED":
+                    # A CRD added, changed or removed (or, after an outage, maybe) changes
+                    # the kinds to watch.
+                    if is_crd and (event.type != "LISTED" or listed):
                         self._schedule_discovery()
+                    listed = listed or event.type == "LISTED"
             except UpstreamStatusError as e:
                 if e.code == 404:
                     # The kind is gone (its CRD deleted): nothing of it exists any more.

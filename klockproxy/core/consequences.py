@@ -181,9 +181,9 @@ def _reasons(resource: ResourceRef, old: Mapping[str, Any], new: Mapping[str, An
     def spec(obj: Mapping[str, Any], *path: str) -> Any:
         return _get(obj, "spec", *path)
 
-    if kind in ("deployments", "replicasets", "statefulsets", "replicationcontrollers"):
-        if _int(spec(new, "replicas"), 1) < _int(spec(old, "replicas"), 1):
-            out.append("scaling down deletes pods")
+    scalable = ("deployments", "replicasets", "statefulsets", "replicationcontrollers")
+    if kind in scalable and _int(spec(new, "replicas"), 1) < _int(spec(old, "replicas"), 1):
+        out.append("scaling down deletes pods")
     if kind in ("deployments", "statefulsets", "daemonsets"):
         if _template(resource, new) != _template(resource, old):
             out.append("a rollout (pod template change) replaces the pods")
@@ -367,8 +367,8 @@ def template_creations(
 def service_account_of(resource: ResourceRef, obj: Mapping[str, Any] | None) -> str:
     """The service account a pod, or a workload's pod template, runs as (``default`` when
     unset, as the API server's admission fills it in)."""
-    spec = _get(obj, "spec") if resource.resource == "pods" else _get(
-        _template(resource, obj), "spec"
+    spec = (
+        _get(obj, "spec") if resource.resource == "pods" else _get(_template(resource, obj), "spec")
     )
     if not isinstance(spec, Mapping):
         return "default"
