@@ -32,8 +32,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from klockproxy.core.engine import Engine
 from klockproxy.core.locks import Lock
-from klockproxy.core.ownership import Graph, Node, collected
+from klockproxy.core.ownership import (
+    Graph,
+    Node,
+    after_owner_write,
+    collected,
+    collected_now,
+    node_of,
+)
+from klockproxy.core.requests import RequestInfo
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 
 _NOBODY = UserInfo(username="")
@@ -401,3 +410,270 @@ def exempt_service_accounts(
     namespace naming it, or any Lock naming its full username): a token for it, or a pod
     running as it, makes anyone that exempt identity."""
     return [lk for lk in locks if exempts_service_account(lk, namespace, account, uid)]
+
+
+# ----------------------------------------------------------------------------------------
+# One request: everything the cluster does next because of it
+
+DEPENDENTS_NOTE = (
+    "the garbage collector deletes the dependents of a deleted object (while no other owner "
+    "of theirs exists); delete it with propagationPolicy=Orphan (kubectl delete "
+    "--cascade=orphan) to keep them"
+)
+OWNER_NOTE = (
+    "the write lets a controller delete the object later (a new or changed owner reference: "
+    "the garbage collector deletes an object whose owner is gone, and what it owns; a Job's "
+    "ttlSecondsAfterFinished: the TTL controller deletes the finished Job and its pods)"
+)
+CONNECT_NOTE = "an ephemeral container runs code inside the pod (kubectl debug): a CONNECT too"
+_CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
+_IDENTITY_CONNECTS = frozenset({"exec", "attach", "ephemeralcontainers"})
+
+
+def parent_ref(info: RequestInfo) -> ResourceRef:
+    """The resource of the object a request is about (the parent of a subresource)."""
+    return ResourceRef(info.group, info.version, info.resource)
+
+
+def orphans_by_default(resource: ResourceRef) -> bool:
+    """Kinds the API server deletes with ``Orphan`` when no policy is given: ``batch/v1``
+    Jobs keep their pods (and the API server warns so)."""
+    return (resource.group, resource.version, resource.resource) == ("batch", "v1", "jobs")
+
+
+def orphans(resource: ResourceRef, options: Mapping[str, Any] | None) -> bool:
+    """Whether a DELETE with these DeleteOptions orphans the dependents (the policy wins over
+    the deprecated ``orphanDependents``; neither: the kind's default)."""
+    opts = options or {}
+    policy = opts.get("propagationPolicy")
+    if policy is not None:
+        return policy == "Orphan"
+    flag = opts.get("orphanDependents")
+    if flag is not None:
+        return flag is True
+    return orphans_by_default(resource)
+
+
+def contained(graph: Graph, obj: Mapping[str, Any], resource: ResourceRef) -> list[Node]:
+    """What goes with an object besides its dependents: a namespace's objects, a CRD's
+    custom resources (as far as the graph holds them)."""
+    if resource.group == "" and resource.resource == "namespaces":
+        name = str(_get(obj, "metadata", "name") or "")
+        return [n for n in graph if n.namespace == name and name]
+    if (resource.group, resource.resource) == _CRD:
+        group, kind = _get(obj, "spec", "group"), _get(obj, "spec", "names", "kind")
+        return [n for n in graph if (n.resource.group, n.kind) == (group, kind)]
+    return []
+
+
+def removal(
+    graph: Graph, obj: Mapping[str, Any], resource: ResourceRef, *, orphan: bool = False
+) -> list[Node]:
+    """What goes when ``obj`` is deleted, itself excluded: what it contains and what the
+    garbage collector deletes after both."""
+    uid = str(_get(obj, "metadata", "uid") or "")
+    inside = contained(graph, obj, resource)
+    roots = [uid] if uid else []
+    roots += [n.uid for n in inside]
+    return inside + collected(graph, roots, orphan=orphan)
+
+
+def _target(info: RequestInfo, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Node:
+    """The written object as it would be stored (identity from the stored one)."""
+    meta = dict(_get(new, "metadata") or {})
+    if old is not None:
+        for key in ("uid", "name", "namespace"):
+            if _get(old, "metadata", key):
+                meta[key] = _get(old, "metadata", key)
+    meta.setdefault("namespace", info.namespace)
+    meta.setdefault("uid", "")
+    kind = str((old or new).get("kind") or "")
+    node = node_of({**new, "metadata": meta}, parent_ref(info), kind)
+    if node is not None:
+        return node
+    # Not stored yet (a create): a placeholder uid nobody owns.
+    return Node("", parent_ref(info), kind, info.namespace, str(meta.get("name") or ""), {})
+
+
+def _ttl_set(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    if str(new.get("apiVersion") or "").split("/")[0] != "batch" or new.get("kind") != "Job":
+        return False
+    after = _get(new, "spec", "ttlSecondsAfterFinished")
+    return after is not None and after != _get(old, "spec", "ttlSecondsAfterFinished")
+
+
+def _deletes(nodes: Iterable[Node], note: str, dry_run: bool) -> list[Implied]:
+    seen: set[str] = set()
+    out = []
+    for n in nodes:
+        key = n.uid or f"{n.namespace}/{n.name}"
+        if key not in seen:
+            seen.add(key)
+            out.append(Implied(_delete(n, dry_run), note))
+    return out
+
+
+def scaled(parent: Mapping[str, Any], replicas: Any) -> dict[str, Any]:
+    """The parent as a write to its ``scale`` subresource leaves it."""
+    spec = dict(_get(parent, "spec") or {})
+    spec["replicas"] = replicas
+    return {**parent, "spec": spec}
+
+
+def deletion_consequences(
+    graph: Graph,
+    info: RequestInfo,
+    targets: Iterable[Mapping[str, Any]],
+    options: Mapping[str, Any] | None,
+) -> list[Implied]:
+    """What the garbage collector (and the namespace and CRD machinery) delete after a
+    delete, eviction or deletecollection of ``targets`` (the stored objects)."""
+    resource = parent_ref(info)
+    objs = list(targets)
+    orphan = orphans(resource, options) and info.subresource != "eviction"
+    uids = {str(_get(o, "metadata", "uid") or "") for o in objs}
+    nodes: list[Node] = []
+    for obj in objs:
+        nodes += removal(graph, obj, resource, orphan=orphan)
+    # Objects the request deletes itself are judged as such, not as consequences.
+    return _deletes((n for n in nodes if n.uid not in uids), DEPENDENTS_NOTE, info.dry_run)
+
+
+def write_consequences(
+    graph: Graph,
+    info: RequestInfo,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+) -> list[Implied]:
+    """What a create, update or patch (any subresource) makes the cluster do next.
+
+    - owner references (written by any verb or subresource, status included) that hand the
+      object to the garbage collector: the object (on its old and new labels) and what goes
+      with it; a Job's TTL likewise;
+    - the controller rules for workloads (scale, rollout, suspend, history, adoption, pod
+      templates), the ``scale`` subresource included (``new`` is then the parent as scaled);
+    - ``pods/ephemeralcontainers`` is also a CONNECT to the pod.
+    """
+    out: list[Implied] = []
+    resource = parent_ref(info)
+    dry = info.dry_run
+    target = _target(info, old, new)
+    before = node_of(old, resource, str(old.get("kind") or "")) if old is not None else None
+    handed = False
+    if old is None:
+        # Created with owners that do not resolve: collected at once.
+        handed = bool(target.owners) and collected_now(graph, target)
+    else:
+        handed = bool(after_owner_write(graph, before, target)) or _ttl_set(old, new)
+    if handed:
+        if before is not None and dict(before.labels) != dict(target.labels):
+            out.append(Implied(_delete(before, dry), OWNER_NOTE))
+        stored = {**new, "metadata": {**(_get(new, "metadata") or {}), "uid": target.uid}}
+        out += _deletes([target, *removal(graph, stored, resource)], OWNER_NOTE, dry)
+    if is_workload(resource) and info.subresource in ("", "scale"):
+        if old is not None and target.uid:
+            out += workload_deletions(graph, resource, target.uid, old, new, dry_run=dry)
+        out += adoptions(graph, resource, info.namespace, old, new, dry_run=dry)
+        out += template_creations(resource, info.namespace, target.name, old, new, dry_run=dry)
+    if info.subresource == "ephemeralcontainers" and old is not None:
+        connect = AdmissionInput(
+            operation=Operation.CONNECT,
+            namespace=info.namespace,
+            resource=ResourceRef(info.group, info.version, info.resource, info.subresource),
+            name=info.name,
+            user=_NOBODY,
+            old_labels=dict(before.labels) if before else {},
+            dry_run=dry,
+            kind=str(old.get("kind") or ""),
+        )
+        out.append(Implied(connect, CONNECT_NOTE))
+    return out
+
+
+def identity_locks(
+    locks: Iterable[Lock],
+    info: RequestInfo,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+) -> tuple[str, list[Lock]]:
+    """The Locks whose exempt service account this request hands out, and how (for the
+    message): a TokenRequest for it; a pod or workload (created, or its pod spec changed)
+    that runs as it; exec, attach or an ephemeral container in a pod that runs as it."""
+    resource = parent_ref(info)
+    ns, verb, sub = info.namespace, info.verb, info.subresource
+    if resource.resource == "serviceaccounts" and sub == "token" and verb == "create":
+        uid = str(_get(old, "metadata", "uid") or "")
+        found = exempt_service_accounts(locks, ns, info.name, uid)
+        return f"minting a token for service account {info.name}", found
+    if resource.group == "" and resource.resource == "pods" and sub in _IDENTITY_CONNECTS:
+        account = service_account_of(resource, old)
+        found = exempt_service_accounts(locks, ns, account)
+        return f"running code in a pod that runs as service account {account}", found
+    if sub or new is None or verb not in ("create", "update", "patch"):
+        return "", []
+    is_pod = resource.group == "" and resource.resource == "pods"
+    if not (is_pod or is_workload(resource)):
+        return "", []
+    if old is not None:
+        before = _get(old, "spec") if is_pod else _template(resource, old)
+        after = _get(new, "spec") if is_pod else _template(resource, new)
+        if before == after:
+            return "", []
+    account = service_account_of(resource, new)
+    found = exempt_service_accounts(locks, ns, account)
+    what = "a pod" if is_pod else "a pod template"
+    return f"{what} that runs as service account {account}", found
+
+
+def _may_exempt_accounts_of(locks: Iterable[Lock], namespace: str) -> bool:
+    """Whether a Lock's exemption may be a service account of ``namespace``."""
+    for lk in locks:
+        name = lk.exclusive_name
+        if name is None and lk.exclusive_uid is not None:
+            return True  # a uid alone may be any service account's
+        if name is None:
+            continue
+        if ":" not in name and lk.namespace == namespace:
+            return True
+        if name.startswith(f"{_SERVICE_ACCOUNT_PREFIX}{namespace}:"):
+            return True
+    return False
+
+
+def needs_consequence_judgement(info: RequestInfo, engine: Engine) -> bool:
+    """Whether what the cluster does next because of this mutation may be refused (the fast
+    path's second question; a few look-ups, no body).
+
+    A namespaced object can only own objects of its own namespace, so a namespaced write
+    matters only where DELETE Locks are; a cluster-scoped one may own anything.
+    """
+    verb, sub, ns = info.verb, info.subresource, info.namespace
+    resource = parent_ref(info)
+    if info.operation is None:
+        return False
+    delete_locks = bool(engine.invalid) or any(
+        Operation.DELETE in lk.operations for lk in engine.locks
+    )
+    ends_or_writes = verb in ("delete", "deletecollection", "update", "patch") or (
+        sub == "eviction"
+    )
+    if ends_or_writes and delete_locks and (not ns or engine.covers(ns, Operation.DELETE)):
+        return True
+    workload_write = is_workload(resource) and (
+        (verb == "create" and not sub) or (verb in ("update", "patch") and sub in ("", "scale"))
+    )
+    if workload_write and (
+        engine.covers(ns, Operation.CREATE) or engine.covers(ns, Operation.DELETE)
+    ):
+        return True
+    if sub == "ephemeralcontainers" and engine.covers(ns, Operation.CONNECT):
+        return True
+    identity = (sub == "token" and resource.resource == "serviceaccounts") or (
+        resource.group == "" and resource.resource == "pods" and sub in _IDENTITY_CONNECTS
+    )
+    identity = identity or (
+        not sub
+        and verb in ("create", "update", "patch")
+        and (is_workload(resource) or (resource.group == "" and resource.resource == "pods"))
+    )
+    return identity and _may_exempt_accounts_of(engine.locks, ns)
