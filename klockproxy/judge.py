@@ -26,6 +26,14 @@ from urllib.parse import quote
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
+from klockproxy.core.consequences import (
+    Implied,
+    deletion_consequences,
+    identity_locks,
+    needs_consequence_judgement,
+    scaled,
+    write_consequences,
+)
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
 from klockproxy.core.errors import DecodeError, PatchError, Refusal, UpstreamError
 from klockproxy.core.guards import (
@@ -35,7 +43,7 @@ from klockproxy.core.guards import (
     last_string,
     load_document,
 )
-from klockproxy.core.locks import GROUP
+from klockproxy.core.locks import GROUP, Lock
 from klockproxy.core.metadata import decode_body, kind_of, labels_of, media_type, object_meta
 from klockproxy.core.owners import (
     DEPENDENT_KINDS,
@@ -45,6 +53,7 @@ from klockproxy.core.owners import (
     owner_inputs,
     owner_uids,
 )
+from klockproxy.core.ownership import Graph
 from klockproxy.core.patches import APPLY_PATCH, UnsupportedPatchError, apply_patch, kind_key_of
 from klockproxy.core.paths import collection_path, object_path
 from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_fields, unwrap_unknown
@@ -103,6 +112,18 @@ class Lookups(Protocol):
         ...
 
 
+class Ownership(Protocol):
+    """The ownership index (``cluster.ownership.OwnershipIndex``): who owns what."""
+
+    def follow(self, engine: Engine) -> None:
+        """Watch the namespaces of ``engine``'s DELETE Locks."""
+        ...
+
+    async def graph_when_synced(self) -> Graph:
+        """The graph once synced (a short wait at most); else a 503 Refusal."""
+        ...
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What to do with a judged request.
@@ -158,6 +179,9 @@ def needs_judgement(info: RequestInfo, engine: Engine, content_type: str) -> boo
     ns = info.namespace
     if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
         return True
+    # What the garbage collector and controllers do next (core.consequences).
+    if needs_consequence_judgement(info, engine):
+        return True
     if info.subresource or info.verb not in ("update", "patch"):
         return False
     if engine.covers(ns, Operation.CREATE) and (
@@ -194,15 +218,35 @@ class _Plan:
     note: str = ""
     # Inputs about objects the caller may not see: a denial names the lock, not the object.
     hidden: frozenset[int] = frozenset()
+    # The objects around the request, for what the cluster does next (core.consequences):
+    # the stored object (or the listed ones of a deletecollection), the object as written
+    # (the parent as scaled for a scale subresource), the DeleteOptions.
+    old: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+    targets: list[dict[str, Any]] | None = None
+    options: dict[str, Any] | None = None
+    # Per-input notes (index -> why), for inputs the consequences added.
+    notes: dict[int, str] | None = None
 
 
 class Judge:
     """Judges covered mutations against ``engine``, looking objects up with ``lookups``."""
 
-    def __init__(self, lookups: Lookups, identity: IdentityResolver, engine: Engine) -> None:
+    def __init__(
+        self,
+        lookups: Lookups,
+        identity: IdentityResolver,
+        engine: Engine,
+        ownership: Ownership | None = None,
+    ) -> None:
         self.lookups = lookups
         self.identity = identity
         self.engine = engine
+        # Without an index (lookups that cannot watch), cascades are searched among
+        # DEPENDENT_KINDS as before; every front that talks to an API server passes one.
+        self.ownership = ownership
+        if ownership is not None:
+            ownership.follow(engine)
 
     async def judge(
         self,
@@ -244,6 +288,10 @@ class Judge:
         denied = [d for d in decisions if not d.allowed]
         if denied:
             raise Refusal(self._denial(info, plan, decisions))
+        if await self._add_consequences(info, plan, headers):
+            decisions = await self._decide(plan.inputs, headers)
+            if any(not d.allowed for d in decisions):
+                raise Refusal(self._denial(info, plan, decisions))
         if plan.guard is not None:
             return add_precondition(req.body(), req.content_type, info, *plan.guard)
         if plan.absent:
@@ -256,6 +304,8 @@ class Judge:
             note = ""
             if plan.note and plan.own is not None and index >= plan.own:
                 note = f"; {plan.note}"
+            if plan.notes and index in plan.notes:
+                note = f"; {plan.notes[index]}"
             if index in plan.hidden:
                 unseen = plan.inputs[index].resource.group_resource
                 locks = ", ".join(sorted({d.lock.key for d in first.denials}))
@@ -460,7 +510,7 @@ class Judge:
             obj = _decode(req)
             meta = object_meta(obj)
             name = str(meta.get("name") or meta.get("generateName") or "")
-            return _Plan([inp(op, name, None, labels_of(obj), kind_of(obj))], name)
+            return _Plan([inp(op, name, None, labels_of(obj), kind_of(obj))], name, new=obj)
         if verb == "patch" and info.subresource in _LABEL_SUBRESOURCES:
             return await self._plan_patch(req, info, headers, inp)
 
@@ -480,6 +530,7 @@ class Judge:
                 return _Plan(
                     [inp(Operation.CREATE, info.name, None, labels_of(obj), kind_of(obj))],
                     info.name,
+                    new=obj,
                 )
             return None
         kind = kind_of(current)
@@ -490,29 +541,98 @@ class Judge:
             new = labels_of(obj)
             inputs = [inp(op, info.name, old, new, kind)]
             owners = owner_inputs(current, obj, inp, info.name, kind)
-            return _Plan(inputs + owners, info.name, guard, own=len(inputs), note=OWNER_NOTE)
+            return _Plan(
+                inputs + owners,
+                info.name,
+                guard,
+                own=len(inputs),
+                note=OWNER_NOTE,
+                old=current,
+                new=obj,
+            )
         if op is Operation.UPDATE:
             # scale, ephemeralcontainers (update or patch): the parent's labels decide; these
             # subresources cannot change labels (a Scale object has none).
-            return _Plan([inp(op, info.name, old, old, kind)], info.name, guard)
+            after = current
+            if info.subresource == "scale":
+                after = scaled(current, _scale_replicas(req, info, current))
+            plan = _Plan([inp(op, info.name, old, old, kind)], info.name, guard)
+            plan.old, plan.new = current, after
+            return plan
         if op is Operation.CREATE:
             # A create on another subresource (serviceaccounts/token, pods/binding).
-            return _Plan([inp(op, info.name, None, old, kind)], info.name)
+            return _Plan([inp(op, info.name, None, old, kind)], info.name, old=current)
         if op is Operation.CONNECT:
-            return _Plan([inp(op, info.name, old, None, kind)], info.name)
+            return _Plan([inp(op, info.name, old, None, kind)], info.name, old=current)
         # DELETE, and pods/eviction (a DELETE of the pod).
         inputs = [inp(op, info.name, old, None, kind)]
         # A namespace is judged as a whole (_check_namespace_delete).
         whole = info.group == "" and info.resource == "namespaces"
         hidden: set[int] = set()
-        if verb == "delete" and not whole and not _orphans(req, info):
+        legacy = self.ownership is None  # else the index judges the cascade (_add_consequences)
+        if legacy and verb == "delete" and not whole and not _orphans(req, info):
             for dependent, unseen in await self._dependent_inputs(info, current, headers):
                 if unseen:
                     hidden.add(len(inputs))
                 inputs.append(dependent)
-        return _Plan(
+        plan = _Plan(
             inputs, info.name, guard, own=1, note=DEPENDENTS_NOTE, hidden=frozenset(hidden)
         )
+        plan.old, plan.targets = current, [current]
+        plan.options = _delete_options(req, info) if verb == "delete" else {}
+        return plan
+
+    async def _add_consequences(
+        self, info: RequestInfo, plan: _Plan, headers: Mapping[str, Sequence[str]]
+    ) -> bool:
+        """Add to ``plan`` what the cluster does next because of the request (the garbage
+        collector, the namespace and CRD machinery, controllers: core.consequences), and
+        refuse handing out a Lock's exempt identity. True when inputs were added."""
+        label, locks = identity_locks(self.engine.locks, info, plan.old, plan.new)
+        if locks:
+            await self._check_identity(info, plan, label, locks, headers)
+        engine = self.engine
+        graph = Graph()
+        ns_scope = not info.namespace or engine.covers(info.namespace, Operation.DELETE)
+        if self.ownership is not None and has_delete_locks(engine) and ns_scope:
+            graph = await self.ownership.graph_when_synced()
+        implied: list[Implied] = []
+        deleting = info.verb in ("delete", "deletecollection") or info.subresource == "eviction"
+        if deleting and plan.targets:
+            if self.ownership is not None:
+                implied += deletion_consequences(graph, info, plan.targets, plan.options)
+        elif plan.new is not None:
+            implied += write_consequences(graph, info, plan.old, plan.new)
+        elif info.subresource == "ephemeralcontainers" and plan.old is not None:
+            implied += write_consequences(graph, info, plan.old, plan.old)
+        if not implied:
+            return False
+        notes = dict(plan.notes or {})
+        for item in implied:
+            notes[len(plan.inputs)] = item.note
+            plan.inputs.append(item.input)
+        plan.notes = notes
+        return True
+
+    async def _check_identity(
+        self,
+        info: RequestInfo,
+        plan: _Plan,
+        label: str,
+        locks: list[Lock],
+        headers: Mapping[str, Sequence[str]],
+    ) -> None:
+        """Refuse handing a Lock's exempt service account to a caller it does not exempt."""
+        user = await self._resolve(headers)
+        applying = [lk for lk in locks if not is_exempt(lk, user)]
+        if not applying:
+            return
+        texts = [
+            f"{lk.matcher_text()} (Lock {lk.key} exempts that service account, and {label} "
+            f"lets the caller act as it; {who_may(lk)})"
+            for lk in applying
+        ]
+        raise Refusal(forbidden(info, plan.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
 
     async def _dependent_inputs(
         self, info: RequestInfo, current: Mapping[str, Any], headers: Mapping[str, Sequence[str]]
@@ -624,6 +744,7 @@ class Judge:
             return _Plan(
                 [inp(Operation.CREATE, name, None, labels_of(applied), kind_of(applied))],
                 name,
+                new=applied,
             )
         kind = kind_of(current)
         old = labels_of(current)
@@ -641,7 +762,13 @@ class Judge:
             inputs.append(inp(Operation.UPDATE, info.name, old, labels_of(applied), kind))
         owners = owner_inputs(current, patched, inp, info.name, kind)
         return _Plan(
-            inputs + owners, info.name, _version(current), own=len(inputs), note=OWNER_NOTE
+            inputs + owners,
+            info.name,
+            _version(current),
+            own=len(inputs),
+            note=OWNER_NOTE,
+            old=current,
+            new=patched,
         )
 
     async def _plan_deletecollection(
@@ -683,7 +810,7 @@ class Judge:
         for item in items:
             name = str(object_meta(item).get("name", ""))
             inputs.append(inp(Operation.DELETE, name, labels_of(item), None, ""))
-        return _Plan(inputs, "")
+        return _Plan(inputs, "", targets=items, options=_delete_options_of_query(info))
 
 
 # ----------------------------------------------------------------------------------------
@@ -744,3 +871,54 @@ def _version(obj: Mapping[str, Any]) -> tuple[str, str] | None:
         return None
     uid = meta.get("uid")
     return rv, uid if isinstance(uid, str) else ""
+
+
+def _delete_options_of_query(info: RequestInfo) -> dict[str, Any]:
+    """The propagation options a DELETE's query carries (the body, when any, wins)."""
+    out: dict[str, Any] = {}
+    policy = (info.query.get("propagationPolicy") or ("",))[0]
+    orphan = (info.query.get("orphanDependents") or ("",))[0]
+    if policy:
+        out["propagationPolicy"] = policy
+    if orphan:
+        out["orphanDependents"] = orphan == "true"
+    return out
+
+
+def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
+    """The DeleteOptions' propagation fields, as the API server reads them: the body's win
+    over the query. An unreadable body counts as a cascade (never an orphaning)."""
+    body = req.body()
+    if not body.strip():
+        return _delete_options_of_query(info)
+    if _orphans(req, info):
+        return {"propagationPolicy": "Orphan"}
+    ctype = req.content_type
+    try:
+        if media_type(ctype) == PROTOBUF_CONTENT_TYPE:
+            policy = last_string(unwrap_unknown(body).raw, 4)
+            return {"propagationPolicy": policy} if policy else {}
+        doc = load_document(body, ctype, "DeleteOptions body")
+    except (Refusal, DecodeError):
+        return {"propagationPolicy": "Background"}
+    if not isinstance(doc, dict):
+        return {"propagationPolicy": "Background"}
+    return {k: doc[k] for k in ("propagationPolicy", "orphanDependents") if k in doc}
+
+
+def _scale_replicas(req: _Request, info: RequestInfo, parent: Mapping[str, Any]) -> Any:
+    """``spec.replicas`` a write to the scale subresource asks for (PUT body or a patch of
+    the Scale the API server would show)."""
+    if info.verb == "update":
+        body = _decode(req)
+    else:
+        spec = parent.get("spec")
+        view = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": info.name, "namespace": info.namespace},
+            "spec": {"replicas": spec.get("replicas", 1) if isinstance(spec, dict) else 1},
+        }
+        body = _apply(view, req.body(), req.content_type, ("autoscaling", "Scale"))
+    spec = body.get("spec")
+    return spec.get("replicas") if isinstance(spec, dict) else None

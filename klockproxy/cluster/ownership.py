@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 _DUPLICATE_GROUPS = frozenset({"events.k8s.io"})
 # Seconds between two attempts when discovery or a watch fails.
 RETRY_SECONDS = 1.0
+# How long a request that needs the index waits for it to sync before it is refused.
+SYNC_WAIT_SECONDS = 10.0
 
 
 class WatchClient(Protocol):
@@ -169,7 +171,18 @@ class OwnershipIndex:
         if self._kinds is None:
             return "discovering the API server's kinds"
         done = sum(1 for s in self._streams.values() if s.synced)
-        return f"{done} of {len(self._streams)} watches listed"
+        waiting = sorted(s.kind.path(s.namespace) for s in self._streams.values() if not s.synced)
+        more = f"; waiting for {', '.join(waiting[:3])}" if waiting else ""
+        if len(waiting) > 3:
+            more += f" and {len(waiting) - 3} more"
+        return f"{done} of {len(self._streams)} watches listed{more}"
+
+    async def graph_when_synced(self, timeout: float = SYNC_WAIT_SECONDS) -> Graph:
+        """The graph once synced; after ``timeout`` seconds a 503 Refusal (fail closed). A Lock
+        just added (its namespace's watches still listing) costs a short wait, not a refusal."""
+        if not self.synced:
+            await self.wait_synced(timeout)
+        return self.require()
 
     def require(self) -> Graph:
         """The graph, or a 503 Refusal while it is not synced (fail closed)."""
