@@ -340,7 +340,17 @@ class KlockProxy:
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
             if self.ownership is not None:
                 self._spawn(self.ownership.stop())
-            self.ownership = OwnershipIndex(self.upstream) if self.upstream else None
+            self.ownership = None
+            if self.upstream is not None and self.upstream.has_own_credentials:
+                self.ownership = OwnershipIndex(self.upstream)
+            elif self.upstream is not None:
+                # The index watches with the proxy's own credentials; a pass-through proxy
+                # without any searches each cascade as the caller (ten common kinds only).
+                logger.warning(
+                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
+                    "or a client certificate): no ownership index; cascades are searched per "
+                    "request among common kinds only (see README)"
+                )
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
