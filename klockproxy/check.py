@@ -19,10 +19,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from klockproxy.core.codec import MalformedDocument, load_yaml_documents
 from klockproxy.core.engine import Engine
-from klockproxy.core.errors import KlockProxyError, ManifestError
+from klockproxy.core.errors import DecodeError, KlockProxyError, ManifestError
 from klockproxy.core.locks import Lock, load_locks_from_path
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 
@@ -149,14 +148,11 @@ def _read_documents(path: str) -> list[object]:
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{source}: cannot read: {e}") from e
     try:
-        return list(yaml.safe_load_all(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ManifestError(f"{source}: malformed YAML{where}: {problem}") from e
-    except RecursionError as e:
-        raise ManifestError(f"{source}: malformed YAML: nested too deeply") from e
+        return load_yaml_documents(text, "YAML")
+    except MalformedDocument as e:
+        raise ManifestError(f"{source}: malformed {e.language}{e.where}: {e.problem}") from e
+    except DecodeError as e:
+        raise ManifestError(f"{source}: malformed YAML: {e}") from e
 
 
 def _objects(docs: list[object]) -> Iterator[tuple[int, object]]:

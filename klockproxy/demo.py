@@ -1,7 +1,7 @@
 """``klockproxy demo``: the founding scenario, ready to try with kubectl.
 
 One process runs the sandbox API server and the local-mode proxy in front of it, creates the
-scenario of docs/seed-scenario (my-pod and my-cm labelled aura=red, other-pod, the service
+scenario of docs/semantics.md (my-pod and my-cm labelled aura=red, other-pod, the service
 account jonny-op with its role and binding, and the Lock ``lockred``) THROUGH THE SANDBOX'S API
 as the admin (exactly what ``kubectl`` would send), writes a kubeconfig pointing at the proxy,
 prints the commands to try with the outcome each must have, and serves until Ctrl-C.

@@ -43,7 +43,7 @@ def test_import_contracts_hold() -> None:
     [
         ("core/types.py", "klockproxy.cluster.upstream"),  # the core imports an adapter
         ("cluster/identity.py", "klockproxy.judge"),  # a lower layer imports a higher one
-        ("judge.py", "mitmproxy.http"),  # the judge must serve the webhook too
+        ("judge/deciding.py", "mitmproxy.http"),  # the judge must serve the webhook too
         ("sandbox/store.py", "klockproxy.judge"),  # the oracle shares the code under test
         ("proxy/addon.py", "klockproxy.sandbox.server"),  # the proxy starts a sandbox
     ],
@@ -81,3 +81,41 @@ def test_mypy_is_clean_on_the_package() -> None:
         [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _declared_requirements() -> set[str]:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {Requirement(r).name for r in project["dependencies"]}
+    return {n.lower().replace("_", "-") for n in names}
+
+
+def test_every_imported_library_is_declared() -> None:
+    """A library the package imports must be a declared dependency, not a transitive one."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    imported: dict[str, str] = {}
+    for path in (ROOT / "klockproxy").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top != "klockproxy" and top not in sys.stdlib_module_names:
+                    imported.setdefault(top, str(path.relative_to(ROOT)))
+    declared = _declared_requirements()
+    missing = {
+        top: where
+        for top, where in imported.items()
+        if not {d.lower().replace("_", "-") for d in distributions.get(top, [top])} & declared
+    }
+    assert not missing, f"imported but not declared in pyproject dependencies: {missing}"

@@ -1,6 +1,6 @@
 """The decision engine: may this caller do this operation to an object with these labels?
 
-Semantics (``/work/shared/klock-reference.md``, "where klockproxy deliberately differs"):
+Semantics (``docs/semantics.md``, "How a request is decided"):
 
 - a Lock applies only in its own namespace, and only to the operations it lists;
 - Lock objects themselves (``locks.klock.rnemet.dev``) are never locked;

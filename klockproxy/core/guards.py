@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from klockproxy.core import codec
+from klockproxy.core.codec import is_json_type, is_yaml_type, media_type
 from klockproxy.core.errors import DecodeError, Refusal
-from klockproxy.core.metadata import load_yaml_documents, media_type
-from klockproxy.core.patches import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
+from klockproxy.core.patches import JSON_PATCH
 from klockproxy.core.protobuf import (
     LEN,
     PROTOBUF_CONTENT_TYPE,
@@ -49,16 +50,11 @@ def body_refusal(code: int, message: str) -> Refusal:
 def load_document(body: bytes, ctype: str, what: str) -> Any:
     """A JSON or YAML request body as Python values; Refusal for anything else."""
     mtype = media_type(ctype)
-    try:
-        if mtype in JSON_TYPES or mtype in (MERGE_PATCH, STRATEGIC_MERGE_PATCH, JSON_PATCH):
-            return json.loads(body)
-        if mtype in YAML_TYPES or mtype == APPLY_PATCH:
-            docs = load_yaml_documents(body)
-            if len(docs) != 1:
-                raise ValueError(f"expected one YAML document, got {len(docs)}")
-            return docs[0]
-    except (ValueError, DecodeError) as e:
-        raise body_refusal(400, f"klockproxy: cannot read the {what}: {e}") from e
+    if is_json_type(mtype) or is_yaml_type(mtype):
+        try:
+            return codec.load_document(body, ctype, what)
+        except DecodeError as e:
+            raise body_refusal(400, f"klockproxy: cannot read the {what}: {e}") from e
     raise Refusal(
         failure(
             415,

@@ -23,13 +23,12 @@ No function here mutates its inputs: every result is a fresh copy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from klockproxy.core.codec import load_json, load_yaml_object, media_type
 from klockproxy.core.errors import DecodeError, PatchError
-from klockproxy.core.metadata import load_yaml_object, media_type
 
 # A JSON value as ``json.loads`` returns it: dict, list, str, int, float, bool or None.
 JSON: TypeAlias = Any
@@ -154,6 +153,13 @@ DEFAULT_MERGE_KEYS: Mapping[KindKey, Schema] = {
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"): _kind(),
     ("apiextensions.k8s.io", "CustomResourceDefinition"): _kind(status=_STATUS_WITH_CONDITIONS),
     ("coordination.k8s.io", "Lease"): _kind(),
+    # webhooks: patchStrategy merge, patchMergeKey name (as in k8s.io/api).
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"): _kind(
+        webhooks=_keyed("name")
+    ),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): _kind(
+        webhooks=_keyed("name")
+    ),
 }
 
 
@@ -559,16 +565,11 @@ def strategic_merge_patch(
 # --------------------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> float:
-    # Python's json accepts NaN/Infinity; the API server does not.
-    raise ValueError(f"invalid JSON constant {name}")
-
-
 def _load_json(patch: bytes, what: str) -> JSON:
     try:
-        return json.loads(patch, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise PatchError(f"invalid {what}: {e}") from e
+        return load_json(patch, what)
+    except DecodeError as e:
+        raise PatchError(str(e)) from e
 
 
 def _load_apply(patch: bytes) -> JSON:

@@ -81,6 +81,8 @@ RBAC = "rbac.authorization.k8s.io"
 APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
+ADMISSIONREG = "admissionregistration.k8s.io"
+POLICY = "policy"
 
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(
@@ -223,6 +225,15 @@ BUILTIN: tuple[ResourceType, ...] = (
         subresources={"status": ("CronJob", ("get", "patch", "update"))},
         categories=("all",),
     ),
+    ResourceType(
+        POLICY,
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        True,
+        short_names=("pdb",),
+        subresources={"status": ("PodDisruptionBudget", ("get", "patch", "update"))},
+    ),
     ResourceType(RBAC, "v1", "roles", "Role", True, has_spec=False),
     ResourceType(RBAC, "v1", "rolebindings", "RoleBinding", True, has_spec=False),
     ResourceType(RBAC, "v1", "clusterroles", "ClusterRole", False, has_spec=False),
@@ -235,6 +246,13 @@ BUILTIN: tuple[ResourceType, ...] = (
         False,
         short_names=("crd", "crds"),
         subresources={"status": ("CustomResourceDefinition", ("get", "patch", "update"))},
+    ),
+    ResourceType(
+        ADMISSIONREG,
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
     ),
     ResourceType(AUTHN, "v1", "selfsubjectreviews", "SelfSubjectReview", False, verbs=CREATE_ONLY),
     ResourceType(AUTHN, "v1", "tokenreviews", "TokenReview", False, verbs=CREATE_ONLY),
@@ -271,8 +289,10 @@ BUILTIN: tuple[ResourceType, ...] = (
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
     ("batch", "v1"),
+    (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
+    (POLICY, "v1"),
     (RBAC, "v1"),
     (APIEXT, "v1"),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from klockproxy.core.apply import ssa_result_labels
-from tests.proxy.test_addon import pod
+from tests.fakes import pod
 
 
 def _field(manager: str, operation: str, *labels: str) -> dict[str, Any]:

@@ -11,15 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from klockproxy.core.codec import MAX_YAML_NODES, load_yaml_documents, media_type
 from klockproxy.core.errors import DecodeError
-from klockproxy.core.metadata import (
-    MAX_YAML_NODES,
-    annotations_of,
-    decode_body,
-    labels_of,
-    load_yaml_documents,
-    media_type,
-)
+from klockproxy.core.metadata import annotations_of, decode_body, labels_of
 from klockproxy.core.protobuf import (
     UnsupportedProtobufError,
     encode_k8s_protobuf,

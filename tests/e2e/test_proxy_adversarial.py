@@ -1,6 +1,6 @@
 """Trying to get a forbidden mutation past the proxy with real requests: raw HTTPS (odd paths,
 methods and bodies that kubectl never sends) and real kubectl, against the sandbox (or a real
-cluster via KLOCKPROXY_E2E_KUBECONFIG), through the local-mode proxy of test_proxy_support.
+cluster via KLOCKPROXY_E2E_KUBECONFIG), through the local-mode proxy of proxy_support.
 
 Every refused case checks the object is unchanged in the API server afterwards (read directly,
 not through the proxy).
@@ -26,10 +26,10 @@ import pytest
 import yaml
 
 from klockproxy.cluster.kubeconfig import write_kubeconfig
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget, names, wait_can_i, without_root_ca
-from tests.e2e.test_mitmdump_script import LOCK, _start_mitmdump, _stop
-from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
+from tests.e2e.mitmdump_support import LOCK, _start_mitmdump, _stop
+from tests.e2e.proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
 
 pytestmark = pytest.mark.e2e
 
@@ -371,7 +371,9 @@ def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
 def stale_view(proxy: Proxy) -> Iterator[dict[str, dict[str, Any]]]:
     """Make the proxy's lookups of some paths answer an old copy of the object: the state of
     the check-then-write race right after a concurrent relabel (path -> object served)."""
-    addon = proxy.thread.proxy._master.addons.get("klockproxy")
+    running = proxy.thread.proxy._master
+    assert running is not None
+    addon = running.master.addons.get("klockproxy")
     upstream = addon.upstream
     real = upstream.get_object
     stale: dict[str, dict[str, Any]] = {}
@@ -429,7 +431,7 @@ def test_a_relabel_racing_the_check_makes_the_write_conflict(
     assert now["metadata"]["labels"] == {"aura": "red"}
 
 
-# -- regressions for reported bypasses (/tmp/klock-notes/addon.md), fixed in the addon ------
+# -- regressions for bypasses found in an adversarial review, fixed in the addon ------------
 
 
 def test_deleting_the_namespace_does_not_delete_a_locked_pod(

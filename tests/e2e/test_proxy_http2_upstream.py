@@ -22,16 +22,15 @@ import yaml
 
 from klockproxy.sandbox.h2front import H2Front
 from klockproxy.sandbox.server import SandboxThread
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget, stop_process
-from tests.e2e.test_proxy_seed import ROWS, add_lockred, jonny, setup_scenario
-from tests.e2e.test_proxy_streams import Lines
-from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
-from tests.sandbox.test_h2front import RawH2, h2_request
+from tests.e2e.proxy_support import Lines, Locks, Proxy, assert_denied, assert_ok, labels
+from tests.e2e.scenario import ROWS, add_lockred, jonny, setup_scenario
+from tests.rawh2 import RawH2, h2_request
 
 pytestmark = pytest.mark.e2e
 
-# The shared fixtures (see test_proxy_support), on this module's HTTP/2 target.
+# The shared fixtures (see proxy_support), on this module's HTTP/2 target.
 proxy = support.proxy
 locks = support.locks
 

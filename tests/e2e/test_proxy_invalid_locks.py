@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from klockproxy.core.engine import Engine
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl
-from tests.e2e.test_proxy_support import (
+from tests.e2e.proxy_support import (
     WAIT_SECONDS,
     Proxy,
     assert_denied,
@@ -27,7 +27,7 @@ from tests.e2e.test_proxy_support import (
     lock_manifest,
 )
 
-# The shared fixtures (see test_proxy_support).
+# The shared fixtures (see proxy_support).
 proxy = support.proxy
 
 pytestmark = pytest.mark.e2e

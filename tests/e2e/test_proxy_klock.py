@@ -1,6 +1,7 @@
-"""Klock's 13 end-to-end cases (/work/shared/klock-reference.md), with Locks created with
-kubectl and every decision made by the proxy for real kubectl. Each case runs in a fresh
-namespace; "denied" means kubectl fails with the lock's message and the object stays."""
+"""Klock's 13 end-to-end cases (docs/semantics.md, "Klock's own end-to-end cases"), with
+Locks created with kubectl and every decision made by the proxy for real kubectl. Each case
+runs in a fresh namespace; "denied" means kubectl fails with the lock's message and the object
+stays."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, apply_yaml, wait_can_i
-from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok
+from tests.e2e.proxy_support import Locks, Proxy, assert_denied, assert_ok
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,121 +36,20 @@ from klockproxy.core.protobuf import (
 )
 from klockproxy.core.types import UserInfo
 from klockproxy.proxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
-
-ADMIN = UserInfo("admin", groups=("system:masters",))
-JONNY = UserInfo("system:serviceaccount:default:jonny-op")
-
-LOCKS = """
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: lockred, namespace: default}
-spec:
-  operations: [UPDATE, DELETE]
-  matcher: {aura: red}
-  exclusive: {name: jonny-op}
----
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: nocreate, namespace: default}
-spec:
-  operations: [CREATE]
-  matcher: {aura: red}
----
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: notprod, namespace: prod}
-spec:
-  operations: [UPDATE]
-  matcher: {env: ^prod}
----
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: noexec, namespace: default}
-spec:
-  operations: [CONNECT]
-  matcher: {aura: red}
-"""
-
-
-def pod(
-    name: str, labels: Mapping[str, str], ns: str = "default", rv: str = "42"
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "uid": f"uid-{name}",
-            "resourceVersion": rv,
-            "labels": dict(labels),
-        },
-        "spec": {"containers": [{"name": "c", "image": "nginx"}]},
-    }
-
-
-class FakeUpstream:
-    """Same async interface as klockproxy.cluster.upstream.Upstream, answering from dicts."""
-
-    server = "https://api.example:6443"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.lists: dict[str, list[dict[str, Any]]] = {}
-        self.user = ADMIN
-        self.fail: Exception | None = None
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-        # Collections the caller (a request with Authorization) may not list.
-        self.forbidden_lists: set[str] = set()
-        self.has_own_credentials = False
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        self.calls.append(("get", path, dict(headers)))
-        if self.fail is not None:
-            raise self.fail
-        return self.objects.get(path)
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        self.calls.append(("list", path, {"labelSelector": label_selector}))
-        if self.fail is not None:
-            raise self.fail
-        if path in self.forbidden_lists and "Authorization" in headers:
-            raise UpstreamStatusError("LIST", 403, f"cannot list {path}")
-        items = self.lists.get(path, [])
-        if label_selector:
-            key, _, value = label_selector.partition("=")
-            items = [i for i in items if i["metadata"]["labels"].get(key) == value]
-        return items
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        self.calls.append(("ssr", "", dict(headers)))
-        return self.user
-
-    async def close(self) -> None:
-        pass
-
-    def kinds(self) -> list[str]:
-        return [c[0] for c in self.calls]
-
-
-class StaticLocks:
-    """Stands in for a LockSet: a fixed engine (None = not ready)."""
-
-    def __init__(self, engine: Engine | None) -> None:
-        self.engine = engine
-
-    def describe(self) -> str:
-        return "0 locks from cluster (not ready)" if self.engine is None else "test locks"
+from tests.fakes import JONNY, FakeUpstream, StaticLocks, pod
+from tests.proxy.support import (
+    APPLY,
+    GC_LOCK,
+    LOCKS,
+    MERGE,
+    MY_POD,
+    OTHER_POD,
+    PROTOBUF,
+    make_flow,
+    merge_patch,
+    run,
+    status_of,
+)
 
 
 @pytest.fixture
@@ -175,64 +74,10 @@ def addon(upstream: FakeUpstream, engine: Engine) -> Iterator[KlockProxy]:
         yield proxy
 
 
-def make_flow(
-    method: str,
-    path: str,
-    body: bytes = b"",
-    content_type: str | None = None,
-    headers: Sequence[tuple[str, str]] = (("Authorization", "Bearer caller-token"),),
-    http2: bool = False,
-) -> http.HTTPFlow:
-    hdrs = http.Headers([(k.encode(), v.encode()) for k, v in headers])
-    if content_type:
-        hdrs["Content-Type"] = content_type
-    if body and not http2:
-        hdrs["Content-Length"] = str(len(body))
-    req = tutils.treq(
-        method=method.encode(),
-        path=path.encode(),
-        headers=hdrs,
-        content=body,
-        http_version=b"HTTP/2.0" if http2 else b"HTTP/1.1",
-        host="api.example",
-        port=6443,
-        scheme=b"https",
-    )
-    flow = tflow.tflow(req=req)
-    # An established upstream connection: the reachability probe is not due.
-    flow.server_conn.state = ConnectionState.OPEN
-    return flow
-
-
-async def run(addon: KlockProxy, flow: http.HTTPFlow) -> None:
-    """The hooks mitmproxy calls before forwarding a request."""
-    await addon.requestheaders(flow)
-    await addon.request(flow)
-
-
-def status_of(flow: http.HTTPFlow) -> dict[str, Any]:
-    assert flow.response is not None, "expected the proxy to answer"
-    assert flow.response.headers["Content-Type"] == "application/json"
-    status = json.loads(flow.response.content or b"")
-    assert status["kind"] == "Status"
-    assert status["apiVersion"] == "v1"
-    assert status["status"] == "Failure"
-    assert status["code"] == flow.response.status_code
-    return status
-
-
-def merge_patch(labels: Mapping[str, str | None]) -> bytes:
-    return json.dumps({"metadata": {"labels": dict(labels)}}).encode()
-
-
 AS_JONNY = (
     ("Authorization", "Bearer caller-token"),
     ("Impersonate-User", "system:serviceaccount:default:jonny-op"),
 )
-MY_POD = "/api/v1/namespaces/default/pods/my-pod"
-OTHER_POD = "/api/v1/namespaces/default/pods/other-pod"
-MERGE = "application/merge-patch+json"
-PROTOBUF = "application/vnd.kubernetes.protobuf"
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -441,9 +286,6 @@ async def test_strategic_merge_patch_is_judged_and_guarded(
     sent = json.loads(allowed.request.content or b"")
     assert sent["metadata"] == {"resourceVersion": "42"}
     assert sent["spec"] == patch["spec"]
-
-
-APPLY = "application/apply-patch+yaml"
 
 
 async def test_server_side_apply_is_guarded_and_keeps_its_content_type(
@@ -1211,7 +1053,7 @@ async def test_namespace_deletion_is_judged_in_that_namespace(
 
 
 # ---------------------------------------------------------------------------------------------
-# Adversarial review findings (/tmp/klock-notes/addon.md), kept as regressions
+# Adversarial review findings, kept as regressions
 
 
 async def test_namespace_with_a_delete_lock_cannot_be_deleted(
@@ -1364,16 +1206,6 @@ async def test_crd_deletion_takes_the_fast_path_without_delete_locks(
         assert upstream.calls == []
 
 
-GC_LOCK = """
-apiVersion: klock.rnemet.dev/v1
-kind: Lock
-metadata: {name: nodelete, namespace: gc}
-spec:
-  operations: [DELETE]
-  matcher: {aura: red}
-"""
-
-
 @pytest.fixture
 def gc_proxy(upstream: FakeUpstream) -> Iterator[KlockProxy]:
     engine = Engine(load_locks_from_text(GC_LOCK, source="t"))
@@ -1510,6 +1342,20 @@ def test_configure_defaults_to_the_reverse_target_and_raises_the_idle_timeout(
         assert proxy.lock_set is not None and proxy.lock_set.engine is None  # not started
         tctx.configure(proxy, klock_idle_timeout=3600)
         assert mitmproxy.proxy.server.TCP_TIMEOUT == 3600
+
+
+async def test_done_restores_mitmproxys_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The timeout is a process-wide module constant: another master started later in the
+    # same process (tests, an embedding program) must find mitmproxy's own value again.
+    monkeypatch.setattr(mitmproxy.proxy.server, "TCP_TIMEOUT", 600)
+    proxy = KlockProxy()
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"])
+        tctx.configure(proxy, klock_idle_timeout=3600)
+        tctx.configure(proxy, klock_idle_timeout=7200)
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 7200
+        await proxy.done()
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 600
 
 
 class _FakeWriter:

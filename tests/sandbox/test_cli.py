@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.e2e.kube import Kubectl, find_kubectl
+from tests.sandbox.cli_support import _start, _stop
 
 pytestmark = pytest.mark.skipif(find_kubectl() is None, reason="kubectl is not installed")
-
-
-def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "klockproxy",
-            "sandbox",
-            "--listen",
-            "127.0.0.1:0",
-            "--write-kubeconfig",
-            str(tmp_path / "kubeconfig"),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, line
-
-
-def _stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
 
 
 def test_ready_line_kubeconfig_users_and_state_dir(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ applies a new lock within a second, and the tests must not depend on how fast th
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -207,3 +210,38 @@ def assert_ok(result: Any) -> None:
 def labels(kubectl: Kubectl, namespace: str, *what: str) -> dict[str, str]:
     obj = kubectl.json("get", *what, namespace=namespace)
     return dict(obj["metadata"].get("labels") or {})
+
+
+# Only a guard against a hang: a broken stream fails the test instead of blocking it.
+HANG_GUARD = 60.0
+
+
+class Lines:
+    """The stdout lines of a running kubectl, read in a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.q: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def until(self, needle: str) -> str:
+        """The first line containing ``needle``; fails if kubectl ends first, or if no such
+        line arrives within HANG_GUARD (other lines arriving meanwhile do not extend it)."""
+        deadline = time.monotonic() + HANG_GUARD
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {needle!r} arrived") from None
+            if line is None:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"kubectl ended before {needle!r}: {err}")
+            if needle in line:
+                return line

@@ -1,0 +1,295 @@
+"""One codec: every JSON and YAML document klockproxy reads goes through here.
+
+Request bodies, patches, lock files, manifests for ``klockproxy check`` and watch events are
+decoded with one strictness, that of the API server where Python's libraries differ:
+
+* The media type is matched case-insensitively, parameters (``charset``) are ignored, and an
+  empty ``Content-Type`` means JSON (the API server's first supported media type).
+* JSON: ``application/json`` and any ``application/*+json``. ``NaN``/``Infinity``, invalid
+  UTF-8 and duplicate object keys (Go merges them, Python keeps the last) are refused;
+  escaped surrogate pairs are joined and lone ones replaced, as Go does.
+* YAML: ``application/yaml`` and any ``*+yaml`` (``application/apply-patch+yaml``); safe
+  loading only, no implicit timestamps (an unquoted ``2024-01-01`` stays a string, as the API
+  server's YAML-to-JSON conversion keeps it), string keys only, no duplicate keys, no ``<<``
+  merge keys, and a bound on alias expansion ("billion laughs").
+
+Every failure is a ``DecodeError`` with a precise message (``MalformedDocument`` carries the line
+and column of malformed JSON or YAML).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, TypeAlias
+
+import yaml
+
+from klockproxy.core.errors import DecodeError
+
+JSON: TypeAlias = Any
+
+# How many values a decoded YAML document may expand to (aliases make small texts huge).
+MAX_YAML_NODES = 1_000_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader without the implicit timestamp type, refusing duplicate and merge keys.
+
+    PyYAML lets the last duplicate win silently; a server that kept the first (or refused
+    the document) would store other labels than the ones judged, so duplicates are refused.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # go-yaml (the API server's YAML decoder) applies ``<<`` merges in document
+                # order, so a merge after an explicit key overwrites it; PyYAML lets the
+                # explicit key win. Parsers that disagree on the labels cannot be trusted.
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "YAML merge keys (<<) are not accepted: parsers disagree on their order",
+                    key_node.start_mark,
+                )
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def media_type(content_type: str) -> str:
+    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _fix_surrogates(text: str) -> str:
+    """Join escaped surrogate pairs and replace lone surrogates with U+FFFD, as Go does.
+
+    Python's json and PyYAML keep ``"\\ud83d\\ude00"`` as two code points (PyYAML) or a
+    lone ``"\\ud83d"`` as is (both); Go's JSON decoding joins pairs and replaces the rest.
+    """
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def check_json_values(value: JSON, what: str = "document") -> None:
+    """Refuse what JSON cannot carry (non-string keys, dates, bytes, NaN) in a YAML result,
+    and join escaped surrogate pairs in its strings (in place).
+
+    Also bounds the number of values visited, since YAML aliases can make a small text
+    expand to billions of values.
+    """
+    budget = MAX_YAML_NODES
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise DecodeError(f"{what} expands to more than {MAX_YAML_NODES} values")
+        if isinstance(item, dict):
+            for key, child in list(item.items()):
+                if not isinstance(key, str):
+                    raise DecodeError(f"{what}: non-string key {key!r}")
+                if isinstance(child, str):
+                    item[key] = _fix_surrogates(child)
+                else:
+                    stack.append(child)
+                fixed = _fix_surrogates(key)
+                if fixed != key:
+                    item[fixed] = item.pop(key)
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                if isinstance(child, str):
+                    item[index] = _fix_surrogates(child)
+                else:
+                    stack.append(child)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise DecodeError(f"{what}: non-finite number {item!r}")
+        elif item is not None and not isinstance(item, str | int | bool):
+            raise DecodeError(f"{what}: unsupported value of type {type(item).__name__}")
+
+
+class MalformedDocument(DecodeError):
+    """Malformed JSON or YAML (``language``); ``line`` and ``column`` (1-based) when known."""
+
+    def __init__(
+        self, language: str, what: str, problem: str, line: int | None, column: int | None
+    ) -> None:
+        self.where = f" at line {line}, column {column}" if line is not None else ""
+        super().__init__(f"invalid {what}{self.where}: {problem}")
+        self.language = language
+        self.problem = problem
+        self.line = line
+        self.column = column
+
+
+def _syntax_error(e: yaml.YAMLError, what: str) -> MalformedDocument:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = one_line(getattr(e, "problem", None) or str(e))
+    if mark is None:
+        return MalformedDocument("YAML", what, problem, None, None)
+    return MalformedDocument("YAML", what, problem, mark.line + 1, mark.column + 1)
+
+
+def load_yaml_documents(data: bytes | str, what: str = "YAML") -> list[JSON]:
+    """Every document of a YAML stream, loaded safely and checked to be JSON-compatible."""
+    try:
+        # _YamlLoader is a SafeLoader subclass: no arbitrary Python objects.
+        docs = list(yaml.load_all(data, Loader=_YamlLoader))
+    except yaml.YAMLError as e:
+        raise _syntax_error(e, what) from e
+    except RecursionError as e:
+        # PyYAML composes nested collections recursively; refuse rather than crash.
+        raise MalformedDocument("YAML", what, "nested too deeply", None, None) from e
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"invalid {what}: {e}") from e
+    for index, doc in enumerate(docs):
+        if isinstance(doc, str):
+            docs[index] = doc = _fix_surrogates(doc)
+        check_json_values(doc, f"{what} document {index}")
+    return docs
+
+
+def load_yaml_object(data: bytes | str, what: str = "YAML body") -> dict[str, JSON]:
+    """Exactly one YAML document, which must be an object (JSON is read as JSON first)."""
+    if data.lstrip()[:1] in (b"{", "{"):
+        # JSON is YAML, but PyYAML trips on some valid JSON (tabs as whitespace).
+        try:
+            return load_json_object(data.encode() if isinstance(data, str) else data, what)
+        except DecodeError:
+            pass
+    docs = load_yaml_documents(data, what)
+    if len(docs) != 1:
+        raise DecodeError(f"{what} must hold exactly one document, found {len(docs)}")
+    doc = docs[0]
+    if doc is None:
+        raise DecodeError(f"{what} is empty")
+    if not isinstance(doc, dict):
+        raise DecodeError(f"{what} must be an object, not {json_type_name(doc)}")
+    return doc
+
+
+def _reject_constant(name: str) -> float:
+    # Python's json accepts NaN/Infinity; the API server does not.
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]:
+    # Python keeps the last of two equal keys; Go's encoding/json (the API server, for
+    # built-in kinds) decodes both into the same struct or map, MERGING them: with
+    # ``"labels":{"aura":"red"},"labels":{}`` it stores aura=red where Python sees no label.
+    # Judging other labels than the ones stored would be a bypass, so duplicates are refused.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r} in a JSON object")
+            seen.add(key)
+    return doc
+
+
+def load_json(data: bytes | str, what: str = "JSON") -> JSON:
+    """Parse any JSON value strictly (DecodeError; duplicate keys and NaN refused)."""
+    try:
+        doc = json.loads(
+            data, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicate_keys
+        )
+    except json.JSONDecodeError as e:
+        raise MalformedDocument("JSON", what, e.msg, e.lineno, e.colno) from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DecodeError(f"invalid {what}: {e}") from e
+    except RecursionError as e:
+        raise MalformedDocument("JSON", what, "nested too deeply", None, None) from e
+    raw = data.encode() if isinstance(data, str) else data
+    if _ESCAPED_SURROGATE.search(raw):
+        if isinstance(doc, str):
+            return _fix_surrogates(doc)
+        check_json_values(doc, what)
+    return doc
+
+
+def load_json_object(data: bytes | str, what: str = "JSON body") -> dict[str, JSON]:
+    """Parse a JSON object (DecodeError for anything else, duplicate keys included)."""
+    doc = load_json(data, what)
+    if not isinstance(doc, dict):
+        raise DecodeError(f"{what} must be an object, not {json_type_name(doc)}")
+    return doc
+
+
+def is_json_type(mtype: str) -> bool:
+    """JSON media types: ``application/json`` and any ``application/*+json`` (patches too)."""
+    return mtype in ("", "application/json") or (
+        mtype.startswith("application/") and mtype.endswith("+json")
+    )
+
+
+def is_yaml_type(mtype: str) -> bool:
+    """YAML media types, ``application/apply-patch+yaml`` included."""
+    return mtype in ("application/yaml", "application/x-yaml", "text/yaml") or mtype.endswith(
+        "+yaml"
+    )
+
+
+def load_document(data: bytes, content_type: str, what: str = "body") -> JSON:
+    """One JSON or YAML document (any JSON value) by ``content_type``; DecodeError otherwise."""
+    mtype = media_type(content_type)
+    if is_json_type(mtype):
+        return load_json(data, what)
+    if is_yaml_type(mtype):
+        if data.lstrip()[:1] in (b"{", b"["):
+            # JSON is YAML, but PyYAML trips on some valid JSON (tabs as whitespace).
+            try:
+                return load_json(data, what)
+            except DecodeError:
+                pass
+        docs = load_yaml_documents(data, what)
+        if len(docs) != 1:
+            raise DecodeError(f"{what} must hold exactly one document, found {len(docs)}")
+        return docs[0]
+    raise DecodeError(f"unsupported content type {content_type!r} for the {what}")
+
+
+def json_type_name(value: JSON) -> str:
+    """How a message names the JSON type of ``value`` ("a string", "an array", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(text.split())

@@ -1,0 +1,111 @@
+"""Helpers shared by the addon's unit tests (flows, locks, requests)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.test import tflow, tutils
+
+from klockproxy.proxy.addon import KlockProxy
+
+MY_POD = "/api/v1/namespaces/default/pods/my-pod"
+OTHER_POD = "/api/v1/namespaces/default/pods/other-pod"
+MERGE = "application/merge-patch+json"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+APPLY = "application/apply-patch+yaml"
+
+
+LOCKS = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: lockred, namespace: default}
+spec:
+  operations: [UPDATE, DELETE]
+  matcher: {aura: red}
+  exclusive: {name: jonny-op}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nocreate, namespace: default}
+spec:
+  operations: [CREATE]
+  matcher: {aura: red}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: notprod, namespace: prod}
+spec:
+  operations: [UPDATE]
+  matcher: {env: ^prod}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: noexec, namespace: default}
+spec:
+  operations: [CONNECT]
+  matcher: {aura: red}
+"""
+
+
+def make_flow(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+    headers: Sequence[tuple[str, str]] = (("Authorization", "Bearer caller-token"),),
+    http2: bool = False,
+) -> http.HTTPFlow:
+    hdrs = http.Headers([(k.encode(), v.encode()) for k, v in headers])
+    if content_type:
+        hdrs["Content-Type"] = content_type
+    if body and not http2:
+        hdrs["Content-Length"] = str(len(body))
+    req = tutils.treq(
+        method=method.encode(),
+        path=path.encode(),
+        headers=hdrs,
+        content=body,
+        http_version=b"HTTP/2.0" if http2 else b"HTTP/1.1",
+        host="api.example",
+        port=6443,
+        scheme=b"https",
+    )
+    flow = tflow.tflow(req=req)
+    # An established upstream connection: the reachability probe is not due.
+    flow.server_conn.state = ConnectionState.OPEN
+    return flow
+
+
+async def run(addon: KlockProxy, flow: http.HTTPFlow) -> None:
+    """The hooks mitmproxy calls before forwarding a request."""
+    await addon.requestheaders(flow)
+    await addon.request(flow)
+
+
+def status_of(flow: http.HTTPFlow) -> dict[str, Any]:
+    assert flow.response is not None, "expected the proxy to answer"
+    assert flow.response.headers["Content-Type"] == "application/json"
+    status = json.loads(flow.response.content or b"")
+    assert status["kind"] == "Status"
+    assert status["apiVersion"] == "v1"
+    assert status["status"] == "Failure"
+    assert status["code"] == flow.response.status_code
+    return status
+
+
+def merge_patch(labels: Mapping[str, str | None]) -> bytes:
+    return json.dumps({"metadata": {"labels": dict(labels)}}).encode()
+
+
+GC_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: nodelete, namespace: gc}
+spec:
+  operations: [DELETE]
+  matcher: {aura: red}
+"""
