@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget
-from tests.e2e.test_proxy_support import Locks, Proxy, assert_denied, assert_ok
+from tests.e2e.proxy_support import Locks, Proxy, assert_denied, assert_ok
 
 pytestmark = pytest.mark.e2e
 
