@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from klockproxy.cluster.identity import IdentityResolver
+from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import Refusal
 from klockproxy.core.locks import load_locks_from_text
@@ -375,3 +376,26 @@ async def test_debug_is_a_connect_and_the_exempt_account_is_not_handed_out() -> 
     assert (
         await decide(StaticOwnership(), "POST", token, sa, engine=exempting, caller=itself)
     ).allowed
+
+
+async def test_a_consequence_the_caller_may_not_read_is_not_named() -> None:
+    db = obj("Database", "prod", api="db.example.com/v1")
+    secret = obj("Secret", "top-secret-name", db, aura="red")
+    index = StaticOwnership(db, secret)
+
+    class NoSecrets(Lookups):
+        async def get_object(
+            self, path: str, headers: Mapping[str, str | Sequence[str]]
+        ) -> dict[str, Any] | None:
+            if "/secrets/" in path:
+                raise UpstreamStatusError(f"GET {path}", 403, "secrets is forbidden")
+            return await super().get_object(path, headers)
+
+    decider = Judge(NoSecrets(), None, DELETE_LOCK, index)
+    info = classify("DELETE", "/apis/db.example.com/v1/namespaces/shop/databases/prod")
+    verdict = await decider.decide(Subject(info, db, None), Caller.known(UserInfo("someone")))
+    assert verdict.status is not None
+    message = verdict.status["message"]
+    assert "top-secret-name" not in message
+    assert "one of the secrets that the garbage collector would delete" in message
+    assert "Lock shop/l" in message

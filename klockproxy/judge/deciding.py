@@ -309,6 +309,7 @@ class Decider:
         if await self._add_consequences(subject, plan, caller):
             decisions = await self._decide(plan.inputs, caller)
             if any(not d.allowed for d in decisions):
+                await self._hide_unseen(plan, decisions, caller)
                 raise Refusal(self._denial(info, plan, decisions))
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
@@ -330,10 +331,17 @@ class Decider:
             return forbidden(info, plan.name, first.message + note)
         texts: list[str] = []
         names: list[str] = []
-        for inp, decision in zip(plan.inputs, decisions, strict=True):
-            if not decision.allowed:
-                names.append(inp.name)
-                texts.extend(d.text for d in decision.denials)
+        for index, (inp, decision) in enumerate(zip(plan.inputs, decisions, strict=True)):
+            if decision.allowed:
+                continue
+            if index in plan.hidden:
+                # A consequence the caller may not read: the Lock, not the object.
+                names.append(f"one of the {inp.resource.group_resource}")
+                locks = ", ".join(sorted({d.lock.key for d in decision.denials}))
+                texts.append(f"a locked object (Lock {locks})")
+                continue
+            names.append(inp.name)
+            texts.extend(d.text for d in decision.denials)
         message = DENIAL_PREFIX + ", and a lock: ".join(texts[:MAX_NAMED_OBJECTS])
         listed = ", ".join(names[:MAX_NAMED_OBJECTS])
         if len(names) > MAX_NAMED_OBJECTS:
@@ -527,6 +535,31 @@ class Decider:
             plan.notes[len(plan.inputs)] = item.note
             plan.inputs.append(item.input)
         return True
+
+    async def _hide_unseen(self, plan: _Plan, decisions: list[Decision], caller: Caller) -> None:
+        """Mark the denied consequences the caller may not read (the index saw them with the
+        proxy's credentials): the denial then names the Lock, not the object. One GET as the
+        caller per object the message would name."""
+        denied = [i for i, d in enumerate(decisions) if not d.allowed]
+        if plan.targets is None:
+            denied = denied[:1]  # only the first denial is named (deletecollection: ten)
+        named = [i for i in denied if i in plan.notes]
+        hidden = set(plan.hidden)
+        for index in named[:MAX_NAMED_OBJECTS]:
+            inp = plan.inputs[index]
+            ref = inp.resource
+            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
+            if inp.namespace:
+                prefix += f"/namespaces/{quote(inp.namespace, safe='')}"
+            path = f"{prefix}/{quote(ref.resource, safe='')}/{quote(inp.name, safe='')}"
+            try:
+                await self.lookups.get_object(path, caller.headers)
+            except UpstreamStatusError as e:
+                if e.code in (401, 403):
+                    hidden.add(index)
+            except UpstreamError:
+                hidden.add(index)  # cannot tell: do not name it
+        plan.hidden = frozenset(hidden)
 
     async def _check_identity(
         self, info: RequestInfo, plan: _Plan, label: str, locks: list[Lock], caller: Caller
