@@ -34,6 +34,9 @@ from typing import Any
 
 from klockproxy.core.engine import Engine
 from klockproxy.core.locks import Lock
+
+# One wording for the proxy's and the webhook's denials, with or without an index.
+from klockproxy.core.owners import DEPENDENTS_NOTE, OWNER_NOTE
 from klockproxy.core.ownership import (
     Graph,
     Node,
@@ -415,16 +418,6 @@ def exempt_service_accounts(
 # ----------------------------------------------------------------------------------------
 # One request: everything the cluster does next because of it
 
-DEPENDENTS_NOTE = (
-    "the garbage collector deletes the dependents of a deleted object (while no other owner "
-    "of theirs exists); delete it with propagationPolicy=Orphan (kubectl delete "
-    "--cascade=orphan) to keep them"
-)
-OWNER_NOTE = (
-    "the write lets a controller delete the object later (a new or changed owner reference: "
-    "the garbage collector deletes an object whose owner is gone, and what it owns; a Job's "
-    "ttlSecondsAfterFinished: the TTL controller deletes the finished Job and its pods)"
-)
 CONNECT_NOTE = "an ephemeral container runs code inside the pod (kubectl debug): a CONNECT too"
 _CRD = ("apiextensions.k8s.io", "customresourcedefinitions")
 _IDENTITY_CONNECTS = frozenset({"exec", "attach", "ephemeralcontainers"})
