@@ -264,6 +264,21 @@ class Upstream:
             raise UpstreamStatusError(f"GET {path}", status, _status_message(body))
         return self._json_object(body, f"GET {path}")
 
+    async def create_object(
+        self,
+        path: str,
+        obj: Mapping[str, Any],
+        headers: Mapping[str, str | Sequence[str]],
+    ) -> dict[str, Any]:
+        """POST ``obj`` to the collection at ``path`` as the caller; the created object.
+
+        Raises UpstreamStatusError for any answer but 200/201/202 (409: it exists already).
+        """
+        status, body = await self._request("POST", path, headers, body=json.dumps(obj).encode())
+        if status not in (200, 201, 202):
+            raise UpstreamStatusError(f"POST {path}", status, _status_message(body))
+        return self._json_object(body, f"POST {path}")
+
     async def list_objects(
         self,
         path: str,

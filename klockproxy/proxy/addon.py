@@ -97,6 +97,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
 PROBE_TIMEOUT = 5.0
 
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MARK = "klockproxy"
 # The request's one classification (classify_request runs once per request): the fast path,
 # the namespace checks and the judgement all read this object.
@@ -104,6 +105,8 @@ _INFO = "klockproxy.request"
 _PASS = "pass"
 _JUDGE = "judge"
 _ANSWERED = "answered"
+# A Lock write whose 2xx answer is applied to the lock set before it is returned.
+_LOCK_WRITE = "klockproxy-lock-write"
 
 # mitmproxy options the addon reads: what the lookups default to (upstream address, CA,
 # client certificate), and stream_large_bodies (refused, see _parse_options).
@@ -386,7 +389,9 @@ class KlockProxy:
             # (An injected lock set is its owner's choice.)
             raise ConfigError("klock_locks is empty: name 'cluster' and/or lock files")
         for spec in locks:
-            if spec != CLUSTER_SPEC:
+            # An injected lock set was loaded (and its files validated) by its owner: parsing
+            # 10,000 Locks again here would stall the event loop for a second.
+            if spec != CLUSTER_SPEC and not self._injected_lock_set:
                 # Validate lock files now: a broken file must stop the start, not leave every
                 # mutation refused with 503.
                 try:
@@ -621,8 +626,34 @@ class KlockProxy:
         resp = flow.response
         if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
             return
+        if self._lock_write(flow, resp.status_code):
+            # Buffered, not streamed: response() applies it before the client sees it.
+            return
         if resp.status_code != 101:
             resp.stream = True
+
+    def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
+        """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
+        if not 200 <= status_code < 300 or flow.request.method.upper() not in _WRITE_METHODS:
+            return False
+        if self.lock_set is None or not self.lock_set.watches_cluster:
+            return False
+        try:
+            info = classify_request(flow.request.method.upper(), flow.request.path)
+        except ClassificationError:
+            return False
+        if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
+            return False
+        flow.metadata[_LOCK_WRITE] = info
+        return True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """A Lock written through the proxy is in force before its answer is returned."""
+        info = flow.metadata.pop(_LOCK_WRITE, None)
+        if info is None or flow.response is None or self.lock_set is None:
+            return
+        body = flow.response.get_content(strict=False) or b""
+        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""

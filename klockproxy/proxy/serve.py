@@ -34,6 +34,7 @@ from klockproxy.cluster.kubeconfig import (
     write_private,
 )
 from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
+from klockproxy.cluster.upstream import Upstream
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError
 from klockproxy.loop_thread import LoopThread
 from klockproxy.proxy.master import (
@@ -91,6 +92,8 @@ class LocalProxy:
         self._run_dir: Path | None = None
         self._master: RunningMaster | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        # One client to the API server for the lock watch and the proxy's lookups.
+        self._upstream: Upstream | None = None
 
     @property
     def client_token(self) -> str:
@@ -156,7 +159,8 @@ class LocalProxy:
         token_file = run_dir / "client-token"
         write_private(token_file, self._token.encode())
 
-        self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
+        self._upstream = Upstream(upstream)
+        self.lock_set = create_lock_sources(s.locks, self._upstream, s.default_namespace)
         await self.lock_set.start()
 
         await self._start_master(
@@ -225,7 +229,10 @@ class LocalProxy:
             port=port,
             upstream_server=upstream.server,
             confdir=confdir,
-            addons=[KlockProxy(lock_set=self.lock_set), LeanTls(proxy_pem)],
+            addons=[
+                KlockProxy(lock_set=self.lock_set, upstream=self._upstream),
+                LeanTls(proxy_pem),
+            ],
             options=update,
         )
         self.url = self._master.url
@@ -260,6 +267,9 @@ class LocalProxy:
             await master.stop()
         if self.lock_set is not None:
             await self.lock_set.stop()
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            await upstream.close()
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None

@@ -382,6 +382,11 @@ class Registry:
         logger.info("registered %s (%d versions)", name, len(added))
         return added
 
+    def of_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
+        """The resource types registered now for this CRD (by its name)."""
+        name = (crd.get("metadata") or {}).get("name")
+        return [rt for rt in self._types.values() if rt.crd_name == name]
+
     def unregister_crd(self, crd_name: str) -> list[ResourceType]:
         removed = [rt for rt in self._types.values() if rt.crd_name == crd_name]
         for rt in removed:

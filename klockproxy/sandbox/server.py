@@ -353,6 +353,9 @@ class SandboxServer:
         )
         self.server_address = "127.0.0.1:6443"
         self.stopping = asyncio.Event()
+        # Seconds every watch event is held back (0: none): a real API server's watch lags
+        # behind its write answers (etcd, watch cache); tests of read-your-writes set it.
+        self.watch_delay = 0.0
         self._seed()
 
     # ------------------------------------------------------------------ seeding
@@ -825,6 +828,8 @@ class SandboxServer:
                 seen = item.as_seen_by(match)
                 if seen is None:
                     continue
+                if self.watch_delay:
+                    await asyncio.sleep(self.watch_delay)
                 await response.write(encode(seen, item.obj))
         except (ConnectionResetError, ConnectionError):
             logger.debug("watch client of %s went away", rt.resource)
@@ -1084,7 +1089,12 @@ class SandboxServer:
 
     def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
-            self.registry.register_crd(obj)
+            before = {(t.group, t.version, t.resource) for t in self.registry.of_crd(obj)}
+            after = {(t.group, t.version, t.resource) for t in self.registry.register_crd(obj)}
+            for group, _, resource in before - after:
+                # A version no longer served: the API server ends the watches of it (they
+                # relist and find it gone), as it does when it replaces a CRD's storage.
+                self.store.close_watchers_of(group, resource)
         elif rt.group == "" and rt.resource == "namespaces" and old is None:
             sa_rt = self._rt("", "serviceaccounts")
             name = obj["metadata"]["name"]

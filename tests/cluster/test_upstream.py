@@ -560,3 +560,23 @@ async def test_watch_metadata_only_asks_for_partial_object_metadata(api: FakeApi
     accepts = [r.headers["Accept"] for r in api.seen]
     assert accepts[0].startswith("application/json;as=PartialObjectMetadataList;")
     assert accepts[1].startswith("application/json;as=PartialObjectMetadata;")
+
+
+async def test_create_object_posts_json_and_reports_conflicts(api: FakeApi) -> None:
+    api.routes["POST", "/api/v1/namespaces/default/pods"] = _json(POD, 201)
+    up = Upstream(UpstreamConfig(server=api.url))
+    try:
+        created = await up.create_object(
+            "/api/v1/namespaces/default/pods", POD, {"Authorization": "Bearer caller"}
+        )
+        api.routes["POST", "/api/v1/namespaces/default/pods"] = _json(
+            {"kind": "Status", "message": 'pods "p" already exists'}, 409
+        )
+        with pytest.raises(UpstreamStatusError) as info:
+            await up.create_object("/api/v1/namespaces/default/pods", POD, {})
+    finally:
+        await up.close()
+    assert created == POD
+    assert json.loads(api.bodies[0]) == POD
+    assert api.seen[0].headers["Content-Type"] == "application/json"
+    assert info.value.code == 409 and "already exists" in info.value.message

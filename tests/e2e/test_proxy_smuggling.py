@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl
+from tests.e2e.proxy_support import Locks, Proxy
 from tests.e2e.raw_clients import Endpoint, h2_headers
-from tests.e2e.test_proxy_support import Locks, Proxy
 
 pytestmark = pytest.mark.e2e
 
