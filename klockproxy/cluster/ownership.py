@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 _DUPLICATE_GROUPS = frozenset({"events.k8s.io"})
 # Seconds between two attempts when discovery or a watch fails.
 RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
 # How long a request that needs the index waits for it to sync before it is refused.
 SYNC_WAIT_SECONDS = 10.0
 
@@ -92,6 +93,7 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     synced: bool = False
     uids: set[str] = field(default_factory=set)
+    error: str = ""  # why the last attempt failed (for messages; no credentials in it)
 
 
 def delete_lock_namespaces(engine: Engine) -> frozenset[str]:
@@ -171,7 +173,11 @@ class OwnershipIndex:
         if self._kinds is None:
             return "discovering the API server's kinds"
         done = sum(1 for s in self._streams.values() if s.synced)
-        waiting = sorted(s.kind.path(s.namespace) for s in self._streams.values() if not s.synced)
+        waiting = sorted(
+            s.kind.path(s.namespace) + (f" ({s.error})" if s.error else "")
+            for s in self._streams.values()
+            if not s.synced
+        )
         more = f"; waiting for {', '.join(waiting[:3])}" if waiting else ""
         if len(waiting) > 3:
             more += f" and {len(waiting) - 3} more"
@@ -180,7 +186,8 @@ class OwnershipIndex:
     async def graph_when_synced(self, timeout: float = SYNC_WAIT_SECONDS) -> Graph:
         """The graph once synced; after ``timeout`` seconds a 503 Refusal (fail closed). A Lock
         just added (its namespace's watches still listing) costs a short wait, not a refusal."""
-        if not self.synced:
+        failing = any(s.error for s in self._streams.values() if not s.synced)
+        if not self.synced and not failing:
             await self.wait_synced(timeout)
         return self.require()
 
@@ -247,7 +254,14 @@ class OwnershipIndex:
                 paths.append(f"/apis/{gv}")
         kinds: list[Kind] = []
         for path in paths:
-            doc = await self.client.get_object(path, {})
+            try:
+                doc = await self.client.get_object(path, {})
+            except UpstreamStatusError as e:
+                # An aggregated API that is down (503) or hidden from the proxy: the garbage
+                # collector cannot resolve its kinds either and deletes nothing because of
+                # them while that lasts. Rediscovered with the next CRD change.
+                logger.warning("ownership index: skipping %s: %s", path, e)
+                continue
             if doc is None:
                 continue  # a group removed meanwhile
             kinds.extend(_kinds_of(doc))
@@ -289,15 +303,20 @@ class OwnershipIndex:
             "CustomResourceDefinition"
         )
         listed = False
+        backoff = RETRY_SECONDS
         while self._running:
             try:
                 async for event in self.client.watch(path, metadata_only=True):
                     if event.type == "DOWN":
-                        # Events may have been missed: list afresh once the API server is back.
-                        logger.info("ownership index: %s down (%s); relisting", path, event.error)
+                        # Events may have been missed: list afresh once the API server is back
+                        # (the watch logged why; a lasting failure is retried less often).
                         stream.synced = False
+                        stream.error = event.error
                         self._notify()
                         break
+                    if event.type == "LISTED":
+                        backoff = RETRY_SECONDS
+                    stream.error = ""
                     self._apply(stream, event)
                     # A CRD added, changed or removed (or, after an outage, maybe) changes
                     # the kinds to watch.
@@ -313,11 +332,14 @@ class OwnershipIndex:
                     self._schedule_discovery()
                     return
                 logger.warning("ownership index: %s failed: %s", path, e)
+                stream.error = f"HTTP {e.code}: {e.message}"
             except UpstreamError as e:
                 logger.warning("ownership index: %s failed: %s", path, e)
+                stream.error = str(e)
             stream.synced = False
             self._notify()
-            await asyncio.sleep(RETRY_SECONDS)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_RETRY_SECONDS)
 
     def _apply(self, stream: _Stream, event: WatchEvent) -> None:
         kind = stream.kind

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from klockproxy.cluster.ownership import OwnershipIndex
-from klockproxy.cluster.upstream import Upstream, UpstreamConfig
+from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError, WatchEvent
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import Refusal
 from klockproxy.core.locks import load_locks_from_text
@@ -206,3 +206,46 @@ async def test_a_new_crd_is_discovered_and_its_objects_watched(
     await until(lambda: "t/w" in names(index), "the custom resource indexed")
     widget = next(n for n in index.graph if n.name == "w")
     assert widget.kind == "Widget" and widget.resource.group == "example.com"
+
+
+class Hobbled:
+    """The sandbox's upstream, except for one group the API server cannot serve (503) and
+    one collection the proxy may not list (403)."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    async def get_object(self, path: str, headers: Any) -> dict[str, Any] | None:
+        if path == "/apis/batch/v1":
+            raise UpstreamStatusError(f"GET {path}", 503, "the aggregated API is down")
+        return await self.upstream.get_object(path, headers)
+
+    async def watch(self, path: str, *args: Any, **kwargs: Any) -> AsyncIterator[WatchEvent]:
+        if path.endswith("/secrets"):
+            yield WatchEvent("DOWN", error="HTTP 403: secrets is forbidden")
+            return
+        async for event in self.upstream.watch(path, *args, **kwargs):
+            yield event
+
+
+async def test_a_kind_it_may_not_list_refuses_at_once_and_says_which(
+    upstream: Upstream, api: Api
+) -> None:
+    await api.ns("t")
+    index = OwnershipIndex(Hobbled(upstream))
+    try:
+        index.follow(engine("t"))
+        await index.start()
+        await until(lambda: "forbidden" in index.progress(), "the failure recorded")
+        # The group the API server cannot serve is left out (the garbage collector cannot
+        # resolve its kinds either).
+        assert index.kinds and not any(k.resource.group == "batch" for k in index.kinds)
+        # A failing watch is not waited for (the timeout would be an hour): refused at once,
+        # naming it.
+        with pytest.raises(Refusal) as caught:
+            await asyncio.wait_for(index.graph_when_synced(timeout=3600), WAIT)
+        message = caught.value.status["message"]
+        assert caught.value.status["code"] == 503
+        assert "/api/v1/namespaces/t/secrets (HTTP 403: secrets is forbidden)" in message
+    finally:
+        await index.stop()
