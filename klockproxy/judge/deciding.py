@@ -23,11 +23,12 @@ proxy; the webhook reads them from the AdmissionReview). Lookups the consequence
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.codec import media_type
 from klockproxy.core.consequences import (
@@ -135,6 +136,9 @@ class Verdict:
     log_message: str | None = None
     body: bytes | None = None
     content_type: str | None = None
+    # The Locks that decided a denial (``namespace/name``); empty when allowed or refused for
+    # another reason (audit log, metrics).
+    locks: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -275,6 +279,18 @@ class _Plan:
     notes: dict[int, str] = field(default_factory=dict)
 
 
+class LockDenial(Refusal):
+    """A refusal decided by Locks: ``locks`` names them (``namespace/name``)."""
+
+    def __init__(self, status: Status, locks: Iterable[str]) -> None:
+        super().__init__(status)
+        self.locks = tuple(sorted(set(locks)))
+
+
+def _lock_keys(decisions: Iterable[Decision]) -> list[str]:
+    return [den.lock.key for d in decisions if not d.allowed for den in d.denials]
+
+
 class Decider:
     """Decides mutations against ``engine``; lists what deletions delete with ``lookups``;
     follows owner references in ``ownership`` (the index) when there is one."""
@@ -292,6 +308,8 @@ class Decider:
         """The verdict on one mutation: its own operation and every consequence check."""
         try:
             await self._check(subject, caller)
+        except LockDenial as r:
+            return Verdict(status=r.status, log_message=r.log_message, locks=r.locks)
         except Refusal as r:
             return Verdict(status=r.status, log_message=r.log_message)
         return Verdict()
@@ -305,12 +323,12 @@ class Decider:
         plan = await self._plan(subject, caller)
         decisions = await self._decide(plan.inputs, caller)
         if any(not d.allowed for d in decisions):
-            raise Refusal(self._denial(info, plan, decisions))
+            raise LockDenial(self._denial(info, plan, decisions), _lock_keys(decisions))
         if await self._add_consequences(subject, plan, caller):
             decisions = await self._decide(plan.inputs, caller)
             if any(not d.allowed for d in decisions):
                 await self._hide_unseen(plan, decisions, caller)
-                raise Refusal(self._denial(info, plan, decisions))
+                raise LockDenial(self._denial(info, plan, decisions), _lock_keys(decisions))
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
@@ -363,7 +381,7 @@ class Decider:
     async def _resolve(self, caller: Caller) -> UserInfo:
         try:
             return await caller.user_info()
-        except UpstreamStatusError as e:
+        except ReviewRefused as e:
             raise Refusal(lookup_failure("who is calling (SelfSubjectReview)", e)) from e
         except UpstreamError as e:
             raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
@@ -463,7 +481,7 @@ class Decider:
                 )
             )
             if not decision.allowed:
-                raise Refusal(forbidden(info, "", decision.message))
+                raise LockDenial(forbidden(info, "", decision.message), _lock_keys([decision]))
         for param in ("resourceVersion", "resourceVersionMatch", "continue"):
             if info.query.get(param):
                 # The API server would delete what it lists at that (possibly old) version -
@@ -575,7 +593,10 @@ class Decider:
             for lk in applying
         ]
         name = plan.name or info.name
-        raise Refusal(forbidden(info, name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+        raise LockDenial(
+            forbidden(info, name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
     # ------------------------------------------------------------------------------------
     # Consequences: what else a deletion deletes
@@ -603,7 +624,10 @@ class Decider:
             f"deleting the namespace deletes every object in it; {who_may(lk)})"
             for lk in applying
         ]
-        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+        raise LockDenial(
+            forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
     async def _check_crd_delete(self, subject: Subject, caller: Caller) -> None:
         """Deleting a CustomResourceDefinition deletes every object of that kind, behind the
@@ -676,7 +700,7 @@ class Decider:
             + ", and a lock: ".join(texts)
             + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
         )
-        raise Refusal(forbidden(info, info.name, message))
+        raise LockDenial(forbidden(info, info.name, message), _lock_keys(d for _, d in locked))
 
     async def _dependent_inputs(
         self, info: RequestInfo, current: Mapping[str, Any], headers: AuthHeaders
@@ -761,8 +785,10 @@ class Decider:
         return [], False
 
 
-def lookup_failure(what: str, e: UpstreamStatusError) -> Status:
-    """The Status for a lookup the API server answered with an error."""
+def lookup_failure(what: str, e: ReviewRefused) -> Status:
+    """The Status for a lookup the API server (or the identity cache) answered with an error."""
+    if e.code == 429:
+        return failure(429, e.message)
     if e.code in (401, 403):
         return failure(
             e.code,
