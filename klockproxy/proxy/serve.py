@@ -94,9 +94,9 @@ class LocalProxy:
         self._run_dir: Path | None = None
         self._master: RunningMaster | None = None
         self._refresh_task: asyncio.Task[None] | None = None
-        self._audit: AuditLog | None = None
         # One client to the API server for the lock watch and the proxy's lookups.
         self._upstream: Upstream | None = None
+        self._audit: AuditLog | None = None
 
     @property
     def client_token(self) -> str:
@@ -272,12 +272,12 @@ class LocalProxy:
             await master.stop()
         if self.lock_set is not None:
             await self.lock_set.stop()
-        if self._audit is not None:
-            self._audit.close()
-            self._audit = None
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             await upstream.close()
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
