@@ -143,7 +143,8 @@ def test_several_users_at_once(gateway: Gateway, kubectl: Kubectl, namespace: st
     for name, rc, err in results:
         allowed = callers[name][1]
         if allowed:
-            assert rc == 0 or "already has" in err or "conflict" in err.lower(), err
+            # Two concurrent writes judged on the same version: one may get 409 (the guard).
+            assert rc == 0 or "already has" in err or "modified" in err, err
             assert final.get(f"by-{name}") == "yes"
         else:
             assert rc != 0 and "denied, there is a lock" in err, err
