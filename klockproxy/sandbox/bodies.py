@@ -30,10 +30,11 @@ patch: RFC 7386 below, refusing a patch that is not an object or array (the libr
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jsonpatch
@@ -178,22 +179,28 @@ def decode_yaml(raw: bytes, *, strict: bool = False) -> Any:
     loader = _StrictGoYamlLoader if strict else _GoYamlLoader
     value = yaml.load(raw, Loader=loader)  # a SafeLoader subclass
     # What JSON cannot carry fails the conversion, as in Go; aliases can make a short text
-    # expand to billions of values, so the walk has a budget.
-    budget, stack = MAX_YAML_VALUES, [value]
-    while stack:
-        item = stack.pop()
-        budget -= 1
-        if budget < 0:
+    # expand to billions of values, so only so many are looked at.
+    for seen, item in enumerate(_every_value(value)):
+        if seen == MAX_YAML_VALUES:
             raise ValueError(f"the document expands to more than {MAX_YAML_VALUES} values")
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, float) and not math.isfinite(item):
+        if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"json: unsupported value: {item}")
-        elif not (item is None or isinstance(item, str | int | float)):
+        if not isinstance(item, _JSON_TYPES):
             raise ValueError(f"json: unsupported type: {type(item).__name__}")
     return value
+
+
+_JSON_TYPES = (dict, list, str, int, float, type(None))
+
+
+def _every_value(value: Any) -> Iterator[Any]:
+    """``value`` and everything in it; a value shared by aliases comes once per use."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        yield item
+        if isinstance(item, dict | list):
+            pending.extend(item.values() if isinstance(item, dict) else item)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,16 +209,16 @@ def decode_yaml(raw: bytes, *, strict: bool = False) -> Any:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch: a new value, keys in the target's order, then the patch's."""
     if not isinstance(patch, dict):
         return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+    base = target if isinstance(target, dict) else {}
+    order = [*base, *(k for k in patch if k not in base)]
+    return {
+        k: merge_patch(base.get(k), patch[k]) if k in patch else base[k]
+        for k in order
+        if not (k in patch and patch[k] is None)
+    }
 
 
 def _resolve_negative(doc: Any, path: str, *, insert: bool) -> str:
@@ -284,4 +291,5 @@ def apply_json_or_merge_patch(obj: Mapping[str, Any], raw: bytes, json_patch_typ
             raise ApiError(str(e), code=422, reason="Invalid") from e
     if not isinstance(patch, dict | list):
         raise BadRequestError("Invalid JSON Patch")
-    return merge_patch(dict(obj), patch)
+    # A deep copy: the result is stored, and must share nothing with the stored object.
+    return merge_patch(copy.deepcopy(dict(obj)), patch)
