@@ -155,6 +155,76 @@ BUILTIN: tuple[ResourceType, ...] = (
         },
         categories=("all",),
     ),
+    # Workload kinds: stored and served only (the sandbox runs no controllers; see
+    # docs/sandbox.md), so the proxy's controller rules can be exercised with real kubectl.
+    ResourceType(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        True,
+        short_names=("rs",),
+        subresources={
+            "status": ("ReplicaSet", ("get", "patch", "update")),
+            "scale": ("Scale", ("get", "patch", "update")),
+        },
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        True,
+        short_names=("sts",),
+        subresources={
+            "status": ("StatefulSet", ("get", "patch", "update")),
+            "scale": ("Scale", ("get", "patch", "update")),
+        },
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        True,
+        short_names=("ds",),
+        subresources={"status": ("DaemonSet", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "replicationcontrollers",
+        "ReplicationController",
+        True,
+        short_names=("rc",),
+        subresources={
+            "status": ("ReplicationController", ("get", "patch", "update")),
+            "scale": ("Scale", ("get", "patch", "update")),
+        },
+        categories=("all",),
+    ),
+    ResourceType(
+        "batch",
+        "v1",
+        "jobs",
+        "Job",
+        True,
+        subresources={"status": ("Job", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
+    ResourceType(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        True,
+        short_names=("cj",),
+        subresources={"status": ("CronJob", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
     ResourceType(
         POLICY,
         "v1",
@@ -218,6 +288,7 @@ BUILTIN: tuple[ResourceType, ...] = (
 # Group -> preferred version, in the order /apis lists them.
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
+    ("batch", "v1"),
     (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
@@ -310,6 +381,11 @@ class Registry:
         self.generation += 1
         logger.info("registered %s (%d versions)", name, len(added))
         return added
+
+    def of_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
+        """The resource types registered now for this CRD (by its name)."""
+        name = (crd.get("metadata") or {}).get("name")
+        return [rt for rt in self._types.values() if rt.crd_name == name]
 
     def unregister_crd(self, crd_name: str) -> list[ResourceType]:
         removed = [rt for rt in self._types.values() if rt.crd_name == crd_name]

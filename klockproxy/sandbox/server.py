@@ -259,6 +259,44 @@ def _wants_table(request: web.Request) -> bool:
     return False
 
 
+PARTIAL = "PartialObjectMetadata"
+PARTIAL_LIST = "PartialObjectMetadataList"
+
+
+def _partial_target(request: web.Request) -> str | None:
+    """``PartialObjectMetadata``/``...List`` when the first Accept clause the sandbox can
+    serve asks for metadata only (``application/json;as=...;g=meta.k8s.io;v=v1``)."""
+    for part in request.headers.get("Accept", "").split(","):
+        fields = [p.strip() for p in part.split(";")]
+        params = dict(p.split("=", 1) for p in fields[1:] if "=" in p)
+        if fields[0] not in ("application/json", "*/*", "application/*"):
+            continue
+        target = params.get("as")
+        if target is None:
+            return None
+        if target not in (PARTIAL, PARTIAL_LIST):
+            return None  # a Table, or a form the sandbox does not serve: not metadata-only
+        if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return target
+    return None
+
+
+def _as_partial(obj: Obj) -> Obj:
+    return {"kind": PARTIAL, "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
+
+
+def _check_partial(target: str | None, want: str, rt: ResourceType) -> None:
+    """Like the API server: asking for the list form on a single object (or the reverse) is
+    406 NotAcceptable."""
+    if target is not None and target != want:
+        what = "a list" if want == PARTIAL_LIST else "not a list"
+        raise ApiError(
+            f"you requested {target}, but the requested object is {what} ({rt.kind})",
+            code=406,
+            reason="NotAcceptable",
+        )
+
+
 def _is_watch(request: web.Request) -> bool:
     return _query_bool(request, "watch")
 
@@ -325,6 +363,9 @@ class SandboxServer:
         )
         self.server_address = "127.0.0.1:6443"
         self.stopping = asyncio.Event()
+        # Seconds every watch event is held back (0: none): a real API server's watch lags
+        # behind its write answers (etcd, watch cache); tests of read-your-writes set it.
+        self.watch_delay = 0.0
         self._seed()
 
     # ------------------------------------------------------------------ seeding
@@ -637,6 +678,10 @@ class SandboxServer:
     def _respond_object(
         self, request: web.Request, rt: ResourceType, obj: Obj, status: int = 200
     ) -> web.Response:
+        partial = _partial_target(request)
+        if partial is not None and request.method == "GET":
+            _check_partial(partial, PARTIAL, rt)
+            return _json_response(_as_partial(obj), status)
         if _wants_table(request) and request.method == "GET":
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
@@ -679,6 +724,17 @@ class SandboxServer:
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
                 tables.table(rt, items, include_object=include, list_metadata=meta)
+            )
+        partial = _partial_target(request)
+        if partial is not None:
+            _check_partial(partial, PARTIAL_LIST, rt)
+            return _json_response(
+                {
+                    "kind": PARTIAL_LIST,
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": [_as_partial(o) for o in items],
+                }
             )
         return _json_response(
             {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta, "items": items}
@@ -724,6 +780,8 @@ class SandboxServer:
         timeout_text = request.query.get("timeoutSeconds", "")
         deadline = time.monotonic() + int(timeout_text) if timeout_text.isdigit() else None
         as_table = _wants_table(request)
+        partial = _partial_target(request)
+        _check_partial(partial, PARTIAL, rt)
         include = request.query.get("includeObject", "Metadata")
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON_TYPE})
         response.enable_chunked_encoding()
@@ -740,7 +798,9 @@ class SandboxServer:
 
         def encode(ev_type: str, obj: Obj) -> bytes:
             payload: Obj = obj
-            if as_table and ev_type != "BOOKMARK":
+            if partial is not None and ev_type != "BOOKMARK":
+                payload = _as_partial(obj)
+            elif as_table and ev_type != "BOOKMARK":
                 payload = tables.table(
                     rt,
                     [obj],
@@ -792,6 +852,8 @@ class SandboxServer:
                 seen = item.as_seen_by(match)
                 if seen is None:
                     continue
+                if self.watch_delay:
+                    await asyncio.sleep(self.watch_delay)
                 await response.write(encode(seen, item.obj))
         except (ConnectionResetError, ConnectionError):
             logger.debug("watch client of %s went away", rt.resource)
@@ -1051,7 +1113,12 @@ class SandboxServer:
 
     def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
-            self.registry.register_crd(obj)
+            before = {(t.group, t.version, t.resource) for t in self.registry.of_crd(obj)}
+            after = {(t.group, t.version, t.resource) for t in self.registry.register_crd(obj)}
+            for group, _, resource in before - after:
+                # A version no longer served: the API server ends the watches of it (they
+                # relist and find it gone), as it does when it replaces a CRD's storage.
+                self.store.close_watchers_of(group, resource)
         elif rt.group == "" and rt.resource == "namespaces" and old is None:
             sa_rt = self._rt("", "serviceaccounts")
             name = obj["metadata"]["name"]
