@@ -401,22 +401,27 @@ def merge_patch(doc: JSON, patch: JSON) -> JSON:
 # --------------------------------------------------------------------------------------------
 
 
+def _has_patch_directive(value: JSON) -> bool:
+    return isinstance(value, dict) and _PATCH in value
+
+
 def _strip(value: JSON) -> JSON:
-    """A copy of a patch value without directives or nulls: how a new field is stored."""
+    """A copy of a patch value without directives or nulls: how a new field is stored.
+
+    As the API server's ``removeDirectives``: a map inside it that carries ``$patch`` (any
+    value) is dropped whole, as a field or as a list item.
+    """
     if isinstance(value, dict):
         return {
             k: _strip(v)
             for k, v in value.items()
             if v is not None
+            and not _has_patch_directive(v)
             and k not in (_PATCH, _RETAIN_KEYS)
             and not k.startswith((_DELETE_FROM_PRIMITIVE, _SET_ORDER))
         }
     if isinstance(value, list):
-        return [
-            _strip(v)
-            for v in value
-            if not (isinstance(v, dict) and v.get(_PATCH) in ("delete", "replace"))
-        ]
+        return [_strip(v) for v in value if not _has_patch_directive(v)]
     return value
 
 
@@ -475,7 +480,8 @@ def _merge_map(
         current = original.get(key)
         if isinstance(value, dict) and isinstance(current, dict):
             original[key] = _merge_map(current, value, sub.fields, path)
-        elif isinstance(value, dict) and value.get(_PATCH) == "delete":
+        elif _has_patch_directive(value):
+            # A map with $patch where the live value is not a map: the API server drops it.
             original.pop(key, None)
         elif isinstance(value, list) and isinstance(current, list):
             original[key] = _merge_list(current, value, sub, path)

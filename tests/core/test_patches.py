@@ -359,9 +359,22 @@ def test_smp_service_ports_and_owner_references() -> None:
     assert [r["uid"] for r in out["metadata"]["ownerReferences"]] == ["2", "1"]
 
 
+def test_smp_a_new_map_carrying_a_patch_directive_is_dropped_as_the_api_server_drops_it() -> None:
+    # strategicpatch's removeDirectives: a new value that is a map with $patch (whatever its
+    # value) is not stored, nor is such a map nested in a new value or listed in a new list.
+    patch = {
+        "metadata": {"labels": {"$patch": "replace", "aura": "red"}},
+        "spec": {"new": {"keep": 1, "inner": {"$patch": "merge", "x": 1}, "l": [{"$patch": "x"}]}},
+    }
+    out = strategic_merge_patch({"kind": "Pod", "metadata": {"name": "p"}}, patch, POD)
+    assert out == {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"new": {"keep": 1, "l": []}}}
+
+
 def test_smp_new_values_are_stored_without_directives_or_nulls() -> None:
     out = strategic_merge_patch(
-        {"kind": "Pod"}, {"metadata": {"labels": {"a": "1", "b": None, "$patch": "merge"}}}, POD
+        {"kind": "Pod"},
+        {"metadata": {"labels": {"a": "1", "b": None, "$retainKeys": ["a"]}}},
+        POD,
     )
     assert out["metadata"] == {"labels": {"a": "1"}}
 
