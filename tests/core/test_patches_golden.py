@@ -67,42 +67,47 @@ def _ids(cases: list[dict[str, Any]], label: str) -> list[str]:
 # Strategic merge patch: the upstream test type MergeItem as the core's FieldSchema
 # --------------------------------------------------------------------------------------------
 
-# Upstream (patch_test.go):
-#   type MergeItem struct {
-#     mergingList           []MergeItem  patchStrategy:"merge" patchMergeKey:"name"
-#     nonMergingList        []MergeItem
-#     mergingIntList        []int        patchStrategy:"merge"
-#     nonMergingIntList     []int
-#     mergeItemPtr          *MergeItem   patchStrategy:"merge" patchMergeKey:"name"
-#     simpleMap             map[string]string
-#     replacingItem         RawExtension patchStrategy:"replace"
-#     retainKeysMap         RetainKeysMergeItem patchStrategy:"retainKeys"
-#     retainKeysMergingList []MergeItem  patchStrategy:"merge,retainKeys" patchMergeKey:"name"
-#   }
-#   RetainKeysMergeItem: simpleMap, mergingIntList (merge), mergingList (merge by name),
-#   nonMergingList.
-# The types are recursive, so the field maps are filled after the FieldSchemas referring to them
-# exist. ``retainKeys`` needs no schema when a patch is applied (the directive carries the keys);
-# ``replace`` on a map has no FieldSchema form (no built-in kind declares it); no vector applies a
-# patch to ``replacingItem`` where that would matter.
-_MERGE_ITEM: dict[str, FieldSchema] = {}
-_RETAIN_KEYS_ITEM: dict[str, FieldSchema] = {}
-_BY_NAME = FieldSchema(merge_key="name", fields=_MERGE_ITEM)
-_SCALARS = FieldSchema(merge_primitives=True)
-_MERGE_ITEM.update(
-    mergingList=_BY_NAME,
-    nonMergingList=FieldSchema(fields=_MERGE_ITEM),
-    mergingIntList=_SCALARS,
-    mergeItemPtr=_BY_NAME,
-    retainKeysMap=FieldSchema(fields=_RETAIN_KEYS_ITEM),
-    retainKeysMergingList=_BY_NAME,
-)
-_RETAIN_KEYS_ITEM.update(
-    mergingIntList=_SCALARS, mergingList=_BY_NAME, nonMergingList=FieldSchema(fields=_MERGE_ITEM)
-)
+# The vectors' schema is the upstream test type MergeItem, read from the upstream OpenAPI
+# testdata (strategic_merge_schema_apimachinery.yaml) into the core's FieldSchema form. The
+# types are recursive (mergingList holds MergeItems), so each definition's field map is
+# registered before its properties are built. ``retainKeys`` needs no schema when a patch is
+# applied (the directive carries the keys). ``replace`` on a map (replacingItem) has no
+# FieldSchema form (no built-in kind declares it) and no vector applies a patch to it.
+_DEFINITIONS: dict[str, Any] = yaml.safe_load(
+    (DATA / "strategic_merge_schema_apimachinery.yaml").read_text(encoding="utf-8")
+)["definitions"]
+
+
+def _schema_of(definition: str, built: dict[str, dict[str, FieldSchema]]) -> dict[str, FieldSchema]:
+    if definition in built:
+        return built[definition]
+    fields: dict[str, FieldSchema] = {}
+    built[definition] = fields
+    for name, prop in (_DEFINITIONS[definition].get("properties") or {}).items():
+        ref = str(prop.get("$ref") or (prop.get("items") or {}).get("$ref") or "")
+        target = ref.rsplit("/", 1)[-1]
+        nested = _schema_of(target, built) if target in _DEFINITIONS else {}
+        merge = "merge" in str(prop.get("x-kubernetes-patch-strategy", "")).split(",")
+        key = str(prop.get("x-kubernetes-patch-merge-key", "")) if merge else ""
+        fields[name] = FieldSchema(merge_key=key, merge_primitives=merge and not key, fields=nested)
+    return fields
+
+
+_MERGE_ITEM = _schema_of("mergeItem", {})
 MERGE_ITEM_KIND = ("golden.test", "MergeItem")
 MERGE_KEYS = {MERGE_ITEM_KIND: _MERGE_ITEM}
 _NONE = FieldSchema()
+
+
+def test_the_schema_is_read_from_the_upstream_testdata() -> None:
+    assert _MERGE_ITEM["mergingList"].merge_key == "name"
+    assert _MERGE_ITEM["mergingList"].fields is _MERGE_ITEM
+    assert _MERGE_ITEM["mergingIntList"].merge_primitives
+    assert _MERGE_ITEM["mergeItemPtr"].merge_key == "name"
+    assert _MERGE_ITEM["retainKeysMergingList"].merge_key == "name"
+    assert _MERGE_ITEM["retainKeysMap"].fields["mergingList"].merge_key == "name"
+    assert _MERGE_ITEM["nonMergingList"] == FieldSchema(fields=_MERGE_ITEM)
+    assert not _MERGE_ITEM["nonMergingIntList"].merge_primitives
 
 
 def _go_str(value: Any) -> str:
