@@ -590,11 +590,19 @@ class SandboxServer:
     @staticmethod
     def _decode_yaml(raw: bytes, *, strict: bool = False) -> Obj:
         try:
+            if raw.lstrip()[:1] == b"{":
+                # JSON is YAML, but PyYAML trips on some valid JSON (tabs between tokens).
+                with contextlib.suppress(ValueError):
+                    return SandboxServer._object(bodies.decode_json(raw, strict=strict))
             value = bodies.decode_yaml(raw, strict=strict)
         except bodies.DuplicateFieldError as e:
             raise BadRequestError(f"strict decoding error: {e}") from e
         except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
             raise BadRequestError(f"error converting YAML to JSON: {e}") from e
+        return SandboxServer._object(value)
+
+    @staticmethod
+    def _object(value: Any) -> Obj:
         if not isinstance(value, dict):
             raise BadRequestError("the body of the request must be a JSON object")
         return value

@@ -179,6 +179,10 @@ async def test_yaml_bodies_are_read_like_the_api_server(client: Client) -> None:
     status, created = await client.request("POST", CMS, raw=merge, content_type="application/yaml")
     assert status == 201, created
     assert created["metadata"]["labels"] == {"a": "c"}
+    # JSON is YAML, tabs between tokens included (PyYAML alone refuses them).
+    tabbed = b'{"apiVersion":\t"v1", "kind": "ConfigMap",\t"metadata": {"name": "tabs"}}'
+    status, created = await client.request("POST", CMS, raw=tabbed, content_type="application/yaml")
+    assert status == 201, created
 
 
 async def test_repeated_json_keys_are_stored_as_the_api_server_stores_them(client: Client) -> None:
