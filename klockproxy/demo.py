@@ -194,7 +194,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 async def run_demo(listen: str, state_dir: Path) -> int:
     """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
-    from klockproxy.cluster.kubeconfig import write_private
+    from klockproxy.cluster.private_files import write_private
     from klockproxy.cluster.upstream import UpstreamConfig
     from klockproxy.proxy.serve import LocalProxy, ServeSettings, serve_until_signal
     from klockproxy.sandbox.server import Sandbox

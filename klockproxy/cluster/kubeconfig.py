@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from klockproxy.cluster.private_files import replace_private, write_private
 from klockproxy.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def _user_entry(user: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_kubeconfig(
+def write_kubeconfig(
+    path: Path | str,
     *,
     server: str,
     ca_pem: bytes,
@@ -46,15 +48,16 @@ def build_kubeconfig(
     current_user: str,
     cluster_name: str = "sandbox",
     namespace: str = "default",
-) -> dict[str, Any]:
-    """A kubeconfig dict with one cluster and one context per user, named after the user.
+) -> Path:
+    """Write a kubeconfig (mode 0600: it holds credentials); returns its path.
 
-    A user entry is a kubeconfig ``user`` mapping, e.g. ``{"token": ...}`` or
-    ``{"client-certificate-data": PEM bytes or base64 str, "client-key-data": ...}``.
+    It has one cluster and one context per user, named after the user. A user entry is a
+    kubeconfig ``user`` mapping, e.g. ``{"token": ...}`` or ``{"client-certificate-data":
+    PEM bytes or base64 str, "client-key-data": ...}``.
     """
     if current_user not in users:
         raise ConfigError(f"current user {current_user!r} is not among the users")
-    return {
+    config = {
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
@@ -74,50 +77,11 @@ def build_kubeconfig(
         ],
         "current-context": current_user,
     }
-
-
-def write_kubeconfig(
-    path: Path | str,
-    *,
-    server: str,
-    ca_pem: bytes,
-    users: Mapping[str, Mapping[str, Any]],
-    current_user: str,
-    cluster_name: str = "sandbox",
-    namespace: str = "default",
-) -> Path:
-    """Write a kubeconfig (mode 0600: it holds credentials); returns its path."""
-    config = build_kubeconfig(
-        server=server,
-        ca_pem=ca_pem,
-        users=users,
-        current_user=current_user,
-        cluster_name=cluster_name,
-        namespace=namespace,
-    )
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config, sort_keys=False)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, p)
+    replace_private(p, yaml.safe_dump(config, sort_keys=False).encode())
     logger.debug("wrote kubeconfig %s (%d contexts)", p, len(users))
     return p
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by its owner only (credentials, keys)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
 
 
 @dataclass(frozen=True)

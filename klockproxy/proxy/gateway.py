@@ -51,13 +51,14 @@ from urllib.parse import quote, unquote
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
-from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write_private
+from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream
 from klockproxy.cluster.lock_sources import (
     ClusterLockSource,
     FileLockSource,
     LockSet,
     create_lock_sources,
 )
+from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
 from klockproxy.core.paths import classify_request

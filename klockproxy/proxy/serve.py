@@ -28,13 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from klockproxy.audit import AuditLog
-from klockproxy.cluster.kubeconfig import (
-    KubeconfigTarget,
-    load_upstream,
-    write_kubeconfig,
-    write_private,
-)
+from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write_kubeconfig
 from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
+from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import Upstream
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError
 from klockproxy.loop_thread import LoopThread
