@@ -196,8 +196,9 @@ async def run_demo(listen: str, state_dir: Path) -> int:
     """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
     from klockproxy.cluster.private_files import write_private
     from klockproxy.cluster.upstream import UpstreamConfig
-    from klockproxy.proxy.serve import LocalProxy, ServeSettings, serve_until_signal
+    from klockproxy.proxy.serve import LocalProxy, ServeSettings
     from klockproxy.sandbox.server import Sandbox
+    from klockproxy.service import serve_until_signal
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with Sandbox(state_dir=state_dir / "sandbox") as sandbox:
@@ -222,7 +223,7 @@ async def run_demo(listen: str, state_dir: Path) -> int:
                 state_dir=state_dir,
             )
         )
-        return await serve_until_signal(proxy, try_these(out))
+        return await serve_until_signal(proxy, announce=try_these(out))
 
 
 def run(args: argparse.Namespace) -> int:

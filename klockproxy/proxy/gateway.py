@@ -38,10 +38,8 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +58,7 @@ from klockproxy.cluster.lock_sources import (
 )
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
-from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
+from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 from klockproxy.core.paths import classify_request
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
@@ -71,6 +69,14 @@ from klockproxy.proxy.master import (
     parse_listen,
     quiet_mitmproxy_logging,
     start_master,
+)
+from klockproxy.service import (
+    StartedOrStopped,
+    cancel,
+    make_run_dir,
+    refresh_token_file,
+    run_service,
+    wait_for_locks,
 )
 
 if TYPE_CHECKING:
@@ -93,7 +99,6 @@ MISS_RATE = 50.0
 MISS_BURST = 200
 # Where a pod finds its service account.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-TOKEN_REFRESH_INTERVAL = 30.0
 
 AUTHENTICATED_GROUP = "system:authenticated"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -734,7 +739,7 @@ def in_cluster_upstream(directory: Path = SERVICE_ACCOUNT_DIR) -> UpstreamConfig
     )
 
 
-class Gateway:
+class Gateway(StartedOrStopped):
     """The shared gateway: ``await start()`` (ready when it returns), ``await stop()``."""
 
     def __init__(self, settings: GatewaySettings) -> None:
@@ -768,14 +773,6 @@ class Gateway:
             line += f"; health on {self.health_url}"
         return line
 
-    async def start(self) -> None:
-        """Load credentials, locks and TLS material; start mitmproxy and the health port."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
-
     async def _own_upstream(self, files_dir: Path) -> UpstreamConfig:
         s = self.settings
         if s.kubeconfig is None and s.context is None:
@@ -786,20 +783,18 @@ class Gateway:
         return self.target.upstream
 
     async def _start(self) -> None:
+        """Load credentials, locks and TLS material; start mitmproxy and the health port."""
         s = self.settings
         host, port = parse_listen(s.listen)
         state_dir = Path(s.state_dir).expanduser()
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
-        except OSError as e:
-            raise ConfigError(f"cannot use state directory {state_dir}: {e}") from e
-        run_dir = self._run_dir
+        self._run_dir = run_dir = make_run_dir(state_dir)
         upstream = await self._own_upstream(run_dir / "upstream")
         self._upstream = upstream
         if self.target is not None and self.target.refresh is not None and upstream.token_file:
             self._refresh_task = asyncio.create_task(
-                self._refresh_token(self.target.refresh, Path(upstream.token_file))
+                refresh_token_file(
+                    self.target.refresh, Path(upstream.token_file), "the gateway's credentials"
+                )
             )
 
         serving_pem = run_dir / "serving.pem"
@@ -901,11 +896,7 @@ class Gateway:
             options=options,
         )
         self.url = self._master.url
-        if not await self.lock_set.wait_ready(s.locks_ready_timeout):
-            logger.warning(
-                "lock sources not ready after %.0f s: mutations are refused until they are",
-                s.locks_ready_timeout,
-            )
+        await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
         if s.health_listen:
             from klockproxy.health import HealthServer
 
@@ -942,26 +933,10 @@ class Gateway:
                 reasons.append(f"the API server does not answer: {e}")
         return reasons
 
-    async def _refresh_token(self, refresh: Any, path: Path) -> None:
-        current = path.read_text().strip()
-        while True:
-            await asyncio.sleep(TOKEN_REFRESH_INTERVAL)
-            try:
-                token = await asyncio.to_thread(refresh)
-            except Exception as e:
-                logger.warning("refreshing the gateway's credentials failed: %s", type(e).__name__)
-                continue
-            if token and token != current:
-                write_private(path, token.encode())
-                current = token
-
     async def stop(self) -> None:
         """Stop serving; remove the per-run credential copies."""
         task, self._refresh_task = self._refresh_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         health, self._health = self._health, None
         if health is not None:
             await health.stop()
@@ -1063,42 +1038,19 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     )
 
 
-async def _serve(gateway: Gateway) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        try:
-            await gateway.start()
-        except (KlockProxyError, OSError) as e:
-            print(f"klockproxy: {e}", file=sys.stderr)
-            return 1
-        # With --audit-log - standard output carries audit lines: the ready line goes to
-        # standard error then.
-        out = sys.stderr if gateway.settings.audit_log == "-" else sys.stdout
-        print(gateway.ready_line(), file=out, flush=True)
-        await stop.wait()
-        await gateway.stop()
-        return 0
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+def checked_settings(args: argparse.Namespace) -> GatewaySettings:
+    """``settings_from_args`` with the listen addresses checked (ConfigError)."""
+    settings = settings_from_args(args)
+    parse_listen(settings.listen)
+    if settings.health_listen:
+        parse_listen(settings.health_listen)
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy gateway``; returns the exit code."""
     quiet_mitmproxy_logging()
-    try:
-        settings = settings_from_args(args)
-        parse_listen(settings.listen)
-        if settings.health_listen:
-            parse_listen(settings.health_listen)
-    except ConfigError as e:
-        print(f"klockproxy: {e}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_serve(Gateway(settings)))
-    except LockValidationError as e:
-        print(f"klockproxy: {e}", file=sys.stderr)
-        return 1
+    # With --audit-log - standard output carries audit lines: the ready line goes to
+    # standard error then.
+    out = sys.stderr if args.audit_log == "-" else None
+    return run_service(lambda: Gateway(checked_settings(args)), out=out)

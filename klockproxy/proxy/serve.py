@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import secrets
 import shutil
-import signal
-import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +28,7 @@ from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write
 from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import Upstream
-from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError
+from klockproxy.core.errors import ConfigError
 from klockproxy.loop_thread import LoopThread
 from klockproxy.proxy.master import (
     RunningMaster,
@@ -40,6 +36,14 @@ from klockproxy.proxy.master import (
     parse_listen,
     quiet_mitmproxy_logging,
     start_master,
+)
+from klockproxy.service import (
+    StartedOrStopped,
+    cancel,
+    make_run_dir,
+    refresh_token_file,
+    run_service,
+    wait_for_locks,
 )
 
 if TYPE_CHECKING:
@@ -54,8 +58,6 @@ PROXY_CA_NAME = "klockproxy local CA"
 # How long to wait for the lock sources before announcing readiness anyway (mutations are
 # refused until they are ready: fail closed).
 LOCKS_READY_TIMEOUT = 10.0
-# How often to ask the kubeconfig's credential plugin whether its token needs renewing.
-TOKEN_REFRESH_INTERVAL = 30.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,8 +79,9 @@ class ServeSettings:
     audit_log: str | None = None
 
 
-class LocalProxy:
-    """The local-mode proxy: ``await start()`` (ready when it returns), ``await stop()``."""
+class LocalProxy(StartedOrStopped):
+    """The local-mode proxy: ``await start()`` (ready when it returns; ConfigError or
+    LockValidationError with a message fit for the user), ``await stop()``."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -106,36 +109,25 @@ class LocalProxy:
             locks += " (not ready yet: mutations are refused until they are)"
         return f"klockproxy serving on {self.url} (kubeconfig: {self.kubeconfig_path}, {locks})"
 
-    async def start(self) -> None:
-        """Read the kubeconfig, load the locks, start mitmproxy, write the kubeconfig.
-
-        Raises ConfigError (or LockValidationError) with a message fit for the user.
-        """
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
-
     async def _start(self) -> None:
+        """Read the kubeconfig, load the locks, start mitmproxy, write the kubeconfig."""
         s = self.settings
         host, port = parse_listen(s.listen)
         state_dir = Path(s.state_dir).expanduser()
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Per-run copies of credentials live in a private directory removed at exit.
-            self._run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
-        except OSError as e:
-            raise ConfigError(f"cannot use state directory {state_dir}: {e}") from e
-        run_dir = self._run_dir
+        # Per-run copies of credentials live in a private directory removed at exit.
+        self._run_dir = run_dir = make_run_dir(state_dir)
 
         self.target = await asyncio.to_thread(
             load_upstream, s.kubeconfig, s.context, run_dir / "upstream"
         )
         upstream = self.target.upstream
         if self.target.refresh is not None and upstream.token_file:
+            # Exec plugins hand out expiring tokens; the forwarding addon and the lock watch
+            # re-read the file when it changes.
             self._refresh_task = asyncio.create_task(
-                self._refresh_token(self.target.refresh, Path(upstream.token_file)),
+                refresh_token_file(
+                    self.target.refresh, Path(upstream.token_file), "the upstream token"
+                ),
                 name="klockproxy-token-refresh",
             )
 
@@ -173,11 +165,7 @@ class LocalProxy:
             token_file=token_file,
             confdir=run_dir / "mitmproxy",
         )
-        if not await self.lock_set.wait_ready(s.locks_ready_timeout):
-            logger.warning(
-                "lock sources not ready after %.0f s: mutations are refused until they are",
-                s.locks_ready_timeout,
-            )
+        await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
         namespace = self.target.namespace
         write_kubeconfig(
             self.kubeconfig_path,
@@ -238,31 +226,10 @@ class LocalProxy:
         )
         self.url = self._master.url
 
-    async def _refresh_token(self, refresh: Callable[[], str | None], path: Path) -> None:
-        """Keep the upstream token file current (exec plugins hand out expiring tokens).
-
-        Both the forwarding addon and the lock watch re-read the file when it changes.
-        """
-        current = path.read_text().strip()
-        while True:
-            await asyncio.sleep(TOKEN_REFRESH_INTERVAL)
-            try:
-                token = await asyncio.to_thread(refresh)
-            except Exception as e:
-                logger.warning("refreshing the upstream credentials failed: %s", type(e).__name__)
-                continue
-            if token and token != current:
-                write_private(path, token.encode())
-                current = token
-                logger.info("upstream token refreshed")
-
     async def stop(self) -> None:
         """Stop mitmproxy and the lock sources; remove the per-run credential copies."""
         refresh, self._refresh_task = self._refresh_task, None
-        if refresh is not None:
-            refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresh
+        await cancel(refresh)
         master, self._master = self._master, None
         if master is not None:
             await master.stop()
@@ -374,41 +341,14 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     )
 
 
-async def serve_until_signal(proxy: LocalProxy, announce: str) -> int:
-    """Start ``proxy``, print ``announce`` lines and the ready line, serve until SIGINT/SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        try:
-            await proxy.start()
-        except (KlockProxyError, OSError) as e:
-            print(f"klockproxy: {e}", file=sys.stderr)
-            return 1
-        print(proxy.ready_line(), flush=True)
-        if announce:
-            print(announce, flush=True)
-        await stop.wait()
-        logger.info("stopping")
-        await proxy.stop()
-        return 0
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+def checked_settings(args: argparse.Namespace) -> ServeSettings:
+    """``settings_from_args`` with the listen address checked (ConfigError)."""
+    settings = settings_from_args(args)
+    parse_listen(settings.listen)
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy serve``; returns the exit code."""
     quiet_mitmproxy_logging()
-    try:
-        settings = settings_from_args(args)
-        parse_listen(settings.listen)
-    except ConfigError as e:
-        print(f"klockproxy: {e}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(serve_until_signal(LocalProxy(settings), ""))
-    except LockValidationError as e:
-        print(f"klockproxy: {e}", file=sys.stderr)
-        return 1
+    return run_service(lambda: LocalProxy(checked_settings(args)))

@@ -1,0 +1,156 @@
+"""What every long-running command shares (``serve``, ``gateway``, ``webhook``).
+
+Start the service, print one ready line, serve until SIGINT or SIGTERM, stop it; the per-run
+private directory in the state directory; keeping an exec plugin's token file current;
+cancelling a background task. It knows no mode: the modes import it, never the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from klockproxy.cluster.private_files import write_private
+from klockproxy.core.errors import ConfigError, KlockProxyError
+
+if TYPE_CHECKING:
+    from klockproxy.cluster.lock_sources import LockSet
+
+logger = logging.getLogger(__name__)
+
+# How often to ask the kubeconfig's credential plugin whether its token needs renewing.
+TOKEN_REFRESH_INTERVAL = 30.0
+
+
+class Service(Protocol):
+    """A long-running command's service: ready once ``start`` returns, then ``stop``."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready_line(self) -> str:
+        """The one line printed once it accepts connections."""
+        ...
+
+
+class StartedOrStopped(ABC):
+    """``start()`` runs ``_start()``; if that fails, ``stop()`` releases whatever it had
+    started (ports, tasks, per-run files) before the error goes on."""
+
+    async def start(self) -> None:
+        """Start serving (ready when it returns); raises ConfigError (or another
+        KlockProxyError) with a message fit for the user."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    @abstractmethod
+    async def _start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop serving and release everything (safe to call after a failed start)."""
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has ended (None: nothing to do)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_for_locks(lock_set: LockSet, timeout: float, meanwhile: str) -> None:
+    """Give the lock sources ``timeout`` seconds to load; past that, serve anyway and say
+    what happens until they are ready (``meanwhile``: "mutations are refused": fail closed)."""
+    if not await lock_set.wait_ready(timeout):
+        logger.warning("lock sources not ready after %.0f s: %s until they are", timeout, meanwhile)
+
+
+def make_run_dir(state_dir: Path) -> Path:
+    """Create ``state_dir`` (0700) and in it a fresh private directory for this run's copies
+    of credentials (the caller removes it at exit). ConfigError when that is impossible."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
+    except OSError as e:
+        raise ConfigError(f"cannot use state directory {state_dir}: {e}") from e
+
+
+async def refresh_token_file(
+    refresh: Callable[[], str | None],
+    path: Path,
+    whose: str,
+    interval: float = TOKEN_REFRESH_INTERVAL,
+) -> None:
+    """Keep the token file at ``path`` current: ask ``refresh`` (an exec credential plugin)
+    every ``interval`` seconds and rewrite the file when the token changed. Whoever sends
+    with it re-reads the file when it changes. ``whose`` names the credentials in logs."""
+    current = path.read_text().strip()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            token = await asyncio.to_thread(refresh)
+        except Exception as e:
+            logger.warning("refreshing %s failed: %s", whose, type(e).__name__)
+            continue
+        if token and token != current:
+            write_private(path, token.encode())
+            current = token
+            logger.info("%s refreshed", whose)
+
+
+async def serve_until_signal(
+    service: Service, *, out: TextIO | None = None, announce: str = ""
+) -> int:
+    """Start ``service``, print its ready line (then ``announce``, if any) to ``out``
+    (standard output by default), serve until SIGINT/SIGTERM, stop it; the exit code (1 when
+    it could not start, the reason on standard error)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await service.start()
+        except (KlockProxyError, OSError) as e:
+            print(f"klockproxy: {e}", file=sys.stderr)
+            return 1
+        stream = sys.stdout if out is None else out
+        print(service.ready_line(), file=stream, flush=True)
+        if announce:
+            print(announce, file=stream, flush=True)
+        await stop.wait()
+        logger.info("stopping")
+        await service.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_service(make: Callable[[], Service], *, out: TextIO | None = None) -> int:
+    """A long-running command: build its service from the arguments (exit 2 on a
+    ConfigError: the arguments are wrong), then ``serve_until_signal`` (exit 0, or 1 when it
+    failed, the reason on standard error)."""
+    try:
+        service = make()
+    except ConfigError as e:
+        print(f"klockproxy: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve_until_signal(service, out=out))
+    except KlockProxyError as e:
+        print(f"klockproxy: {e}", file=sys.stderr)
+        return 1
