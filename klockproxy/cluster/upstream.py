@@ -25,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from klockproxy.core.errors import ConfigError, UpstreamError
+from klockproxy.core.status import REASON_FOR_CODE, Status, failure
 from klockproxy.core.types import UserInfo
 
 logger = logging.getLogger(__name__)
@@ -59,14 +60,22 @@ class UpstreamConfig:
 class UpstreamStatusError(UpstreamError):
     """The API server answered, but not with what was asked for (``code`` is its HTTP code).
 
-    ``message`` is the Status message of the API server when it sent one: it is the API
-    server's own words (e.g. an RBAC refusal) and safe to show to the caller.
+    ``status`` is the whole Status the API server sent (one is made up from the code when the
+    answer was not a Status), ``message`` its message: the API server's own words (e.g. an
+    RBAC refusal), safe to show to the caller.
     """
 
-    def __init__(self, what: str, code: int, message: str) -> None:
+    def __init__(self, what: str, code: int, message: str, status: Status | None = None) -> None:
         self.code = code
         self.message = message
+        self.status: Status = status if status is not None else failure(code, message)
         super().__init__(f"{what}: HTTP {code}: {message}")
+
+    @classmethod
+    def from_answer(cls, what: str, code: int, body: bytes) -> UpstreamStatusError:
+        """The error for an answer ``code`` with ``body`` (a Status, usually)."""
+        status = _status_of(body, code)
+        return cls(what, code, status["message"] if status else _status_message(body), status)
 
 
 class TokenFile:
@@ -105,6 +114,30 @@ def build_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _status_of(body: bytes, code: int) -> Status | None:
+    """The API server's Status in ``body`` (kind Status, a message), None for anything else."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not (
+        isinstance(data, dict)
+        and data.get("kind") == "Status"
+        and isinstance(data.get("message"), str)
+    ):
+        return None
+    reason = data.get("reason")
+    status = failure(
+        code,
+        data["message"],
+        reason if isinstance(reason, str) else REASON_FOR_CODE.get(code, ""),
+    )
+    details = data.get("details")
+    if isinstance(details, dict):
+        status["details"] = details  # type: ignore[typeddict-item]
+    return status
 
 
 def _status_message(body: bytes) -> str:
@@ -181,17 +214,22 @@ class Upstream:
         path: str,
         caller: Mapping[str, str | Sequence[str]],
         *,
-        query: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         body: bytes | None = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> tuple[int, bytes]:
         url = self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
         if query:
             url = url.with_query(query)
-        headers = self._headers(caller, accept)
-        if body is not None:
-            headers.append(("Content-Type", "application/json"))
         what = f"{method} {path} on {self.server}"
+        try:
+            headers = self._headers(caller, accept)
+        except ConfigError as e:
+            # The proxy's own token file is unreadable: upstream trouble, not a bug.
+            raise UpstreamError(f"{what}: {e}") from e
+        if body is not None:
+            headers.append(("Content-Type", content_type))
         try:
             session = self._get_session()
             # Never follow redirects: the answer must be about the object asked for.
@@ -217,7 +255,7 @@ class Upstream:
         if status == 404:
             return None
         if status != 200:
-            raise UpstreamStatusError(f"GET {path}", status, _status_message(body))
+            raise UpstreamStatusError.from_answer(f"GET {path}", status, body)
         return self._json_object(body, f"GET {path}")
 
     async def list_objects(
@@ -247,7 +285,7 @@ class Upstream:
                 query["continue"] = cont
             status, body = await self._request("GET", path, headers, query=query, accept=accept)
             if status != 200:
-                raise UpstreamStatusError(f"LIST {path}", status, _status_message(body))
+                raise UpstreamStatusError.from_answer(f"LIST {path}", status, body)
             page = self._json_object(body, f"LIST {path}")
             raw_items = page.get("items") or []
             if not isinstance(raw_items, list):
@@ -257,6 +295,29 @@ class Upstream:
             cont = meta.get("continue", "") if isinstance(meta, dict) else ""
             if not cont:
                 return items
+
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """Send a write with ``dryRun=All`` as the caller: the object the API server would store.
+
+        ``path`` is already URL-encoded; ``query`` are the request's own parameters (any
+        ``dryRun`` among them is replaced). Raises UpstreamStatusError carrying the API
+        server's Status when it refuses (what the real write would answer).
+        """
+        params = [(k, v) for k, v in query if k != "dryRun"] + [("dryRun", "All")]
+        status, answer = await self._request(
+            method, path, headers, query=params, body=body, content_type=content_type
+        )
+        if status not in (200, 201):
+            raise UpstreamStatusError.from_answer(f"{method} {path} (dry run)", status, answer)
+        return self._json_object(answer, f"{method} {path} (dry run)")
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Ask the API server who these credentials (and Impersonate-* headers) act as."""
@@ -268,10 +329,10 @@ class Upstream:
                 "POST", path, headers, body=json.dumps(review).encode()
             )
             if status == 404:
-                last = UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
+                last = UpstreamStatusError.from_answer("SelfSubjectReview", status, body)
                 continue
             if status not in (200, 201):
-                raise UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
+                raise UpstreamStatusError.from_answer("SelfSubjectReview", status, body)
             return _user_info(self._json_object(body, "SelfSubjectReview"))
         raise last or UpstreamError("SelfSubjectReview: the API server offers no version of it")
 

@@ -88,6 +88,18 @@ class Lookups(Protocol):
         """Whether lookups can be made with the proxy's own credentials."""
         ...
 
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller: the object it would store."""
+        ...
+
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Who these headers act as."""
         ...
