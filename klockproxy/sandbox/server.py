@@ -57,7 +57,7 @@ from klockproxy.sandbox.errors import (
 )
 from klockproxy.sandbox.h2front import H2Front, backend_context
 from klockproxy.sandbox.rbac import Attributes, Authorizer, bootstrap_policy, forbidden_error
-from klockproxy.sandbox.resources import APIEXT, RBAC, Registry, ResourceType
+from klockproxy.sandbox.resources import APIEXT, MERGE_KEYS, RBAC, Registry, ResourceType
 from klockproxy.sandbox.selectors import field_matcher, label_matcher
 from klockproxy.sandbox.store import DELETED, Event, Obj, Store, TooOldError
 
@@ -1065,7 +1065,9 @@ class SandboxServer:
                 "application/apply-patch+yaml"
             )
         try:
-            result = core_apply_patch(old, raw, content_type, kind_key=(rt.group, rt.kind))
+            result = core_apply_patch(
+                old, raw, content_type, kind_key=(rt.group, rt.kind), merge_keys=MERGE_KEYS
+            )
         except UnsupportedPatchError as e:
             raise UnsupportedMediaTypeError(str(e)) from e
         except PatchError as e:
