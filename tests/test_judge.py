@@ -9,6 +9,7 @@ from typing import Any
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.engine import Engine
+from klockproxy.core.errors import UpstreamError
 from klockproxy.core.guards import ABSENT_UID
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.requests import classify
@@ -343,3 +344,57 @@ async def test_server_side_apply_creating_an_object_is_guarded_against_one_appea
     verdict = await decider.judge(info, HEADERS, config, APPLY)
     assert verdict.allowed
     assert json.loads(verdict.body or b"")["metadata"]["uid"] == ABSENT_UID
+
+
+# ----------------------------------------------------------------------------------------
+# One error boundary: every failure is a Status
+
+
+YAML = "application/yaml"
+CREATE_LOCK = LOCK.replace("operations: [UPDATE, DELETE]", "operations: [CREATE]")
+
+
+async def test_a_label_that_is_not_a_string_is_a_400_naming_the_field() -> None:
+    info = classify("POST", "/api/v1/namespaces/default/pods")
+    decider = judge_with(fake(), CREATE_LOCK)
+    for body, ctype, kind in (
+        (b"apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {aura: yes}}\n", YAML, "boolean"),
+        (
+            b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x","labels":{"aura":1}}}',
+            "",
+            "number",
+        ),
+    ):
+        verdict = await decider.judge(info, HEADERS, body, ctype)
+        assert verdict.status is not None
+        assert verdict.status["code"] == 400
+        assert "metadata.labels['aura'] must be a string" in verdict.status["message"]
+        assert kind in verdict.status["message"]
+        # The log never quotes the body.
+        assert verdict.log_message is not None
+        assert "aura" not in verdict.log_message
+
+
+async def test_upstream_trouble_is_a_503_and_a_refused_lookup_passes_on() -> None:
+    lookups = fake()
+    decider = judge_with(lookups)
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/red")
+    lookups.fail = UpstreamError("GET x: the API server cannot be reached: refused")
+    down = await decider.judge(info, HEADERS, b"", "")
+    assert down.status is not None
+    assert down.status["code"] == 503
+    assert "cannot be reached" in down.status["message"]
+    lookups.fail = UpstreamStatusError("GET /api/v1/namespaces/default/pods/red", 403, "no")
+    refused = await decider.judge(info, HEADERS, b"", "")
+    assert refused.status is not None
+    assert refused.status["code"] == 403
+    assert "refused GET /api/v1/namespaces/default/pods/red: no" in refused.status["message"]
+
+
+async def test_an_unreadable_object_from_the_api_server_is_upstream_trouble() -> None:
+    lookups = fake()
+    lookups.objects["/api/v1/namespaces/default/pods/plain"]["metadata"]["labels"] = {"a": 1}
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/plain")
+    verdict = await judge_with(lookups).judge(info, HEADERS, b"", "")
+    assert verdict.status is not None
+    assert verdict.status["code"] == 503

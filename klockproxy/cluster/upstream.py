@@ -66,6 +66,7 @@ class UpstreamStatusError(UpstreamError):
     """
 
     def __init__(self, what: str, code: int, message: str, status: Status | None = None) -> None:
+        self.what = what
         self.code = code
         self.message = message
         self.status: Status = status if status is not None else failure(code, message)

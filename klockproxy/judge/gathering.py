@@ -22,7 +22,7 @@ from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
 from klockproxy.core.codec import media_type
 from klockproxy.core.engine import Engine
-from klockproxy.core.errors import DecodeError, PatchError, Refusal, UpstreamError
+from klockproxy.core.errors import DecodeError, KlockProxyError, Refusal, UpstreamError
 from klockproxy.core.guards import (
     ABSENT_UID,
     add_precondition,
@@ -34,14 +34,12 @@ from klockproxy.core.metadata import decode_body, object_meta
 from klockproxy.core.patches import (
     APPLY_PATCH,
     PATCH_CONTENT_TYPES,
-    UnsupportedPatchError,
     apply_patch,
     kind_key_of,
 )
 from klockproxy.core.paths import object_path
 from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_fields, unwrap_unknown
 from klockproxy.core.requests import RequestInfo
-from klockproxy.core.status import failure
 from klockproxy.core.types import UserInfo
 from klockproxy.judge.deciding import (
     LABEL_SUBRESOURCES,
@@ -50,7 +48,8 @@ from klockproxy.judge.deciding import (
     Lookups,
     Subject,
     Verdict,
-    lookup_failure,
+    refused,
+    upstream_labels,
 )
 
 # The request body, or how to read it (decoding its Content-Encoding; may raise Refusal):
@@ -136,8 +135,8 @@ class Judge(Decider):
         req = _Request(content_type, read)
         try:
             gathered = await self._gather(req, info, headers)
-        except Refusal as r:
-            return Verdict(status=r.status, log_message=r.log_message)
+        except KlockProxyError as e:
+            return refused(e)
         verdict = await self.decide(gathered.subject, self._caller(headers))
         if not verdict.allowed:
             return verdict
@@ -148,8 +147,8 @@ class Judge(Decider):
                 rewrite = add_precondition(
                     req.body(), content_type, info, guard.rv, guard.uid, absent=guard.absent
                 )
-            except Refusal as r:
-                return Verdict(status=r.status, log_message=r.log_message)
+            except KlockProxyError as e:
+                return refused(e)
         if rewrite is None:
             return verdict
         return Verdict(body=rewrite[0], content_type=rewrite[1])
@@ -246,8 +245,7 @@ class Judge(Decider):
                     log_message=f"the API server refused the dry run of the write (HTTP {e.code})",
                 ) from e
             return self._local_patch(info, current, body, ctype, is_apply, guard, guarded)
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        upstream_labels(new)
         return _Gathered(Subject(info, current, new), guard, guarded)
 
     def _local_patch(
@@ -284,13 +282,10 @@ class Judge(Decider):
     async def _get(
         self, info: RequestInfo, headers: Mapping[str, Sequence[str]]
     ) -> dict[str, Any] | None:
-        path = object_path(info)
-        try:
-            return await self.lookups.get_object(path, headers)
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure(f"the current object {path}", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        current = await self.lookups.get_object(object_path(info), headers)
+        if current is not None:
+            upstream_labels(current)
+        return current
 
 
 # ----------------------------------------------------------------------------------------
@@ -298,25 +293,15 @@ class Judge(Decider):
 
 
 def _decode(req: _Request) -> dict[str, Any]:
-    try:
-        return decode_body(req.body(), req.content_type)
-    except DecodeError as e:
-        raise body_refusal(
-            400, f"klockproxy: a lock covers this request and its body cannot be read: {e}"
-        ) from e
+    # DecodeError: 400 at the boundary (the API server would reject the body too).
+    return decode_body(req.body(), req.content_type)
 
 
 def _apply(
     obj: Mapping[str, Any], body: bytes, ctype: str, kind_key: tuple[str, str]
 ) -> dict[str, Any]:
-    try:
-        return apply_patch(obj, body, ctype, kind_key=kind_key)
-    except UnsupportedPatchError as e:
-        raise body_refusal(415, f"klockproxy: {e}") from e
-    except PatchError as e:
-        raise body_refusal(
-            400, f"klockproxy: a lock covers this request and its patch fails: {e}"
-        ) from e
+    # PatchError: 400, UnsupportedPatchError: 415 at the boundary.
+    return apply_patch(obj, body, ctype, kind_key=kind_key)
 
 
 def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
