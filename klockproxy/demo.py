@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from klockproxy.core.errors import ConfigError, KlockProxyError
+from klockproxy.cluster.upstream import Upstream, UpstreamStatusError
+from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -109,76 +109,52 @@ def scenario_objects() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-class ApiClient:
-    """A minimal async JSON client for the sandbox's API, authenticated as the admin."""
-
-    def __init__(self, server: str, ca_pem: bytes, token: str) -> None:
-        self.server = server.rstrip("/")
-        self._ssl = ssl.create_default_context(cadata=ca_pem.decode())
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-
-    async def __aenter__(self) -> ApiClient:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            headers=self._headers, timeout=aiohttp.ClientTimeout(total=30)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._session.close()
-
-    async def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """Send one request; (status, decoded JSON body or {})."""
-        import aiohttp
-
-        try:
-            async with self._session.request(
-                method, self.server + path, json=body, ssl=self._ssl
-            ) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except ValueError:
-                    data = {}
-                return resp.status, data if isinstance(data, dict) else {}
-        except aiohttp.ClientError as e:
-            raise ConfigError(f"{method} {path}: {e}") from e
-
-    async def create(self, collection: str, obj: Mapping[str, Any]) -> None:
-        """POST ``obj``; an object that already exists is fine (the demo may be re-run)."""
-        status, data = await self.request("POST", collection, obj)
-        if status in (200, 201, 202, 409):
-            return
-        raise ConfigError(
-            f"creating {obj['kind']} {obj['metadata']['name']} failed: "
-            f"HTTP {status} {data.get('message', '')}"
-        )
+async def _create(api: Upstream, collection: str, obj: Mapping[str, Any]) -> None:
+    """POST ``obj``; an object that already exists is fine (the demo may be re-run)."""
+    try:
+        await api.create_object(collection, obj, {})
+    except UpstreamStatusError as e:
+        if e.code != 409:
+            raise ConfigError(
+                f"creating {obj['kind']} {obj['metadata']['name']} failed: HTTP {e.code} "
+                f"{e.message}"
+            ) from e
+    except UpstreamError as e:
+        raise ConfigError(str(e)) from e
 
 
-async def install_scenario(api: ApiClient, *, timeout: float = 15.0) -> None:
-    """Create the Lock CRD (if missing), the founding scenario's objects, and ``lockred``."""
+async def install_scenario(api: Upstream, *, timeout: float = 15.0) -> None:
+    """Create the Lock CRD (if missing), the founding scenario's objects, and ``lockred``.
+
+    ``api`` is the proxy's own API client, holding the sandbox admin's credentials.
+    """
     from klockproxy.crd import CRD_NAME, crd_object
 
     crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    status, _ = await api.request("GET", f"{crd_path}/{CRD_NAME}")
-    if status == 404:
-        await api.create(crd_path, crd_object())
+    try:
+        if await api.get_object(f"{crd_path}/{CRD_NAME}", {}) is None:
+            await _create(api, crd_path, crd_object())
+    except UpstreamError as e:
+        raise ConfigError(str(e)) from e
     for collection, obj in scenario_objects():
-        await api.create(collection, obj)
+        await _create(api, collection, obj)
     # The new group is served once the CRD is established.
     locks_path = f"/apis/klock.rnemet.dev/v1/namespaces/{NAMESPACE}/locks"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        status, _ = await api.request("GET", locks_path)
-        if status == 200:
+        try:
+            await api.list_objects(locks_path, {})
             break
-        if loop.time() > deadline:
-            raise ConfigError(f"the Lock CRD was not served after {timeout:.0f} s (HTTP {status})")
+        except UpstreamStatusError as e:
+            if loop.time() > deadline:
+                raise ConfigError(
+                    f"the Lock CRD was not served after {timeout:.0f} s (HTTP {e.code})"
+                ) from e
+        except UpstreamError as e:
+            raise ConfigError(str(e)) from e
         await asyncio.sleep(0.1)
-    await api.create(locks_path, LOCKRED)
+    await _create(api, locks_path, LOCKRED)
 
 
 def try_these(kubeconfig: Path) -> str:
@@ -218,14 +194,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 async def run_demo(listen: str, state_dir: Path) -> int:
     """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
+    from klockproxy.cluster.kubeconfig import write_private
+    from klockproxy.cluster.upstream import UpstreamConfig
     from klockproxy.proxy.serve import LocalProxy, ServeSettings, serve_until_signal
     from klockproxy.sandbox.server import Sandbox
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with Sandbox(state_dir=state_dir / "sandbox") as sandbox:
         admin_kubeconfig = sandbox.write_kubeconfig(state_dir / "sandbox-admin.kubeconfig")
-        async with ApiClient(sandbox.url, sandbox.ca_pem, sandbox.admin_token) as api:
+        ca_file, token_file = state_dir / "sandbox-ca.crt", state_dir / "sandbox-admin.token"
+        write_private(ca_file, sandbox.ca_pem)
+        write_private(token_file, sandbox.admin_token.encode())
+        api = Upstream(
+            UpstreamConfig(server=sandbox.url, ca_file=str(ca_file), token_file=str(token_file))
+        )
+        try:
             await install_scenario(api)
+        finally:
+            await api.close()
         out = state_dir / "kubeconfig"
         proxy = LocalProxy(
             ServeSettings(

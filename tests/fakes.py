@@ -142,6 +142,9 @@ class FakeUpstream:
 class StaticLocks:
     """Stands in for a LockSet: a fixed engine (None = not ready)."""
 
+    # No cluster source: Lock writes through the proxy have nothing to apply.
+    watches_cluster = False
+
     def __init__(self, engine: Engine | None) -> None:
         self.engine = engine
 

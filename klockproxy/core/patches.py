@@ -153,6 +153,13 @@ DEFAULT_MERGE_KEYS: Mapping[KindKey, Schema] = {
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"): _kind(),
     ("apiextensions.k8s.io", "CustomResourceDefinition"): _kind(status=_STATUS_WITH_CONDITIONS),
     ("coordination.k8s.io", "Lease"): _kind(),
+    # webhooks: patchStrategy merge, patchMergeKey name (as in k8s.io/api).
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"): _kind(
+        webhooks=_keyed("name")
+    ),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): _kind(
+        webhooks=_keyed("name")
+    ),
 }
 
 

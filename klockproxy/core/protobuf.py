@@ -18,6 +18,8 @@ always present; an empty ``creationTimestamp`` is ``None``, JSON ``null``).
 * Deployment: the fields ``kubectl create deployment`` sets (replicas, selector, strategy,
   template metadata, containers' name/image/command/args/workingDir/ports/env (values)/
   resources/volumeMounts/imagePullPolicy, ...), not the whole PodSpec.
+* PodDisruptionBudget (``kubectl create poddisruptionbudget``): spec and status, except
+  ``status.disruptedPods``.
 
 ``decode_k8s_protobuf(body, strict=True)`` refuses (``UnsupportedProtobufError``) any field
 it does not know that carries a value, and kinds without a schema, so a server can answer
@@ -611,6 +613,21 @@ _DEPLOYMENT_STATUS: MessageSchema = {
     5: F("unavailableReplicas", "int"),
     8: F("collisionCount", "int", pointer=True),
 }
+# policy/v1: `kubectl create poddisruptionbudget` sends these as protobuf.
+_PDB_SPEC: MessageSchema = {
+    1: F("minAvailable", "intorstr"),
+    2: _msg("selector", _LABEL_SELECTOR),
+    3: F("maxUnavailable", "intorstr"),
+    4: F("unhealthyPodEvictionPolicy", "string", pointer=True),
+}
+_PDB_STATUS: MessageSchema = {
+    1: F("observedGeneration", "int"),
+    3: F("disruptionsAllowed", "int"),
+    4: F("currentHealthy", "int"),
+    5: F("desiredHealthy", "int"),
+    6: F("expectedPods", "int"),
+    7: _msgs("conditions", _CONDITION),
+}
 _USER_INFO: MessageSchema = {
     1: _s("username"),
     2: _s("uid"),
@@ -751,6 +768,9 @@ KIND_SCHEMAS: Mapping[tuple[str, str], MessageSchema] = {
     ),
     ("apps/v1", "Deployment"): _kind(
         f2=_msg("spec", _DEPLOYMENT_SPEC), f3=_msg("status", _DEPLOYMENT_STATUS)
+    ),
+    ("policy/v1", "PodDisruptionBudget"): _kind(
+        f2=_msg("spec", _PDB_SPEC), f3=_msg("status", _PDB_STATUS)
     ),
 }
 _METADATA_ONLY: MessageSchema = {1: _msg("metadata", OBJECT_META)}

@@ -8,8 +8,9 @@ they raise to :func:`refusal_of`. The mapping:
 * ``DecodeError`` — 400: the body is one the API server would reject too (a label that is not
   a string, malformed JSON or YAML...); the message names the field. ``UnsupportedPatchError``
   — 415; ``PatchError`` — 400. These quote the body: the log gets a neutral line instead;
-* ``UpstreamStatusError`` — the API server refused a lookup: 401/403 pass on with its words,
-  anything else is 503 (the proxy cannot check locks);
+* ``UpstreamStatusError`` (``ReviewRefused``) — the API server refused a lookup: 401/403 pass
+  on with its words, 429 from the identity cache's rate limit too, anything else is 503 (the
+  proxy cannot check locks);
 * ``UpstreamError``, ``ConfigError`` (the proxy's own credentials unreadable) — 503;
 * ``ClassificationError`` — 400; any other ``KlockProxyError`` — 500 naming its type.
 
@@ -19,7 +20,7 @@ Errors outside the hierarchy are bugs: the modes still fail closed on them (the 
 
 from __future__ import annotations
 
-from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.core.errors import (
     ClassificationError,
     ConfigError,
@@ -48,7 +49,10 @@ def refusal_of(error: KlockProxyError) -> Refusal:
         return _body(415, f"klockproxy: {error}")
     if isinstance(error, PatchError):
         return _body(400, f"klockproxy: a lock covers this request and its patch fails: {error}")
-    if isinstance(error, UpstreamStatusError):
+    if isinstance(error, ReviewRefused):
+        if error.code == 429:
+            # The identity cache's rate limit for unknown credentials: retry later.
+            return Refusal(failure(429, error.message))
         if error.code in (401, 403):
             return Refusal(
                 failure(

@@ -20,7 +20,7 @@ proxy; the webhook reads them from the AdmissionReview). Lookups the consequence
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -124,6 +124,9 @@ class Verdict:
     log_message: str | None = None
     body: bytes | None = None
     content_type: str | None = None
+    # The Locks that decided a denial (``namespace/name``); empty when allowed or refused for
+    # another reason (audit log, metrics).
+    locks: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -257,6 +260,18 @@ class _Plan:
     hidden: frozenset[int] = frozenset()
 
 
+class LockDenial(Refusal):
+    """A refusal decided by Locks: ``locks`` names them (``namespace/name``)."""
+
+    def __init__(self, status: Status, locks: Iterable[str]) -> None:
+        super().__init__(status)
+        self.locks = tuple(sorted(set(locks)))
+
+
+def _lock_keys(decisions: Iterable[Decision]) -> list[str]:
+    return [den.lock.key for d in decisions if not d.allowed for den in d.denials]
+
+
 class Decider:
     """Decides mutations against ``engine``; lists what deletions delete with ``lookups``."""
 
@@ -281,7 +296,7 @@ class Decider:
         plan = await self._plan(subject, caller)
         decisions = await self._decide(plan.inputs, caller)
         if any(not d.allowed for d in decisions):
-            raise Refusal(self._denial(info, plan, decisions))
+            raise LockDenial(self._denial(info, plan, decisions), _lock_keys(decisions))
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
@@ -415,7 +430,7 @@ class Decider:
                 )
             )
             if not decision.allowed:
-                raise Refusal(forbidden(info, "", decision.message))
+                raise LockDenial(forbidden(info, "", decision.message), _lock_keys([decision]))
         for param in ("resourceVersion", "resourceVersionMatch", "continue"):
             if info.query.get(param):
                 # The API server would delete what it lists at that (possibly old) version -
@@ -473,7 +488,10 @@ class Decider:
             f"deleting the namespace deletes every object in it; {who_may(lk)})"
             for lk in applying
         ]
-        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+        raise LockDenial(
+            forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
     async def _check_crd_delete(self, subject: Subject, caller: Caller) -> None:
         """Deleting a CustomResourceDefinition deletes every object of that kind, behind the
@@ -541,7 +559,7 @@ class Decider:
             + ", and a lock: ".join(texts)
             + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
         )
-        raise Refusal(forbidden(info, info.name, message))
+        raise LockDenial(forbidden(info, info.name, message), _lock_keys(d for _, d in locked))
 
     async def _dependent_inputs(
         self, info: RequestInfo, current: Mapping[str, Any], headers: AuthHeaders
@@ -636,4 +654,5 @@ def upstream_labels(obj: Mapping[str, Any]) -> dict[str, str]:
 def refused(error: KlockProxyError) -> Verdict:
     """The verdict for a failure of the judge: the Status of the one error boundary."""
     refusal = refusal_of(error)
-    return Verdict(status=refusal.status, log_message=refusal.log_message)
+    locks = refusal.locks if isinstance(refusal, LockDenial) else ()
+    return Verdict(status=refusal.status, log_message=refusal.log_message, locks=locks)

@@ -70,7 +70,8 @@ from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from klockproxy.cluster.identity import IdentityResolver, is_auth_header
+from klockproxy.audit import AuditLog
+from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth_header
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.engine import Engine, is_lock_resource
@@ -79,13 +80,17 @@ from klockproxy.core.errors import (
     ConfigError,
     KlockProxyError,
     LockValidationError,
+    MalformedRequestError,
     Refusal,
 )
 from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
+from klockproxy.core.requests import RequestInfo, check_header_fields, check_method, check_target
 from klockproxy.core.status import Status, failure, to_bytes
-from klockproxy.judge import Judge, Lookups, needs_judgement
+from klockproxy.core.types import UserInfo
+from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
+from klockproxy.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +99,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
 PROBE_TIMEOUT = 5.0
 
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MARK = "klockproxy"
+# The request's one classification (classify_request runs once per request): the fast path,
+# the namespace checks and the judgement all read this object.
+_INFO = "klockproxy.request"
 _PASS = "pass"
 _JUDGE = "judge"
 _ANSWERED = "answered"
+# A Lock write whose 2xx answer is applied to the lock set before it is returned.
+_LOCK_WRITE = "klockproxy-lock-write"
+_VERB = "klockproxy-verb"
+# Flow metadata a front addon (the gateway) may set: who the request runs as, and who asked
+# for that when it is an impersonation (UserInfo). Used for the audit log.
+USER_METADATA = "klockproxy-user"
+IMPERSONATED_BY_METADATA = "klockproxy-impersonated-by"
 
 # mitmproxy options the addon reads: what the lookups default to (upstream address, CA,
 # client certificate), and stream_large_bodies (refused, see _parse_options).
@@ -216,7 +232,11 @@ class KlockProxy:
         identity: IdentityResolver | None = None,
         *,
         probe_timeout: float = PROBE_TIMEOUT,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.audit = audit
+        self.metrics = metrics
         self._injected_lock_set = lock_set is not None
         self._injected_upstream = upstream is not None
         self.lock_set: LockSet | None = lock_set
@@ -362,7 +382,9 @@ class KlockProxy:
             # (An injected lock set is its owner's choice.)
             raise ConfigError("klock_locks is empty: name 'cluster' and/or lock files")
         for spec in locks:
-            if spec != CLUSTER_SPEC:
+            # An injected lock set was loaded (and its files validated) by its owner: parsing
+            # 10,000 Locks again here would stall the event loop for a second.
+            if spec != CLUSTER_SPEC and not self._injected_lock_set:
                 # Validate lock files now: a broken file must stop the start, not leave every
                 # mutation refused with 503.
                 try:
@@ -485,7 +507,15 @@ class KlockProxy:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Authenticate (local mode), classify, pick the fast path or mark for judging."""
+        if flow.response is not None:
+            # A front addon (the gateway's caller authentication) already answered.
+            return
         req = flow.request
+        try:
+            check_message(req)
+        except MalformedRequestError as e:
+            self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
+            return
         settings = self.settings
         if settings is None:
             # The options did not parse (mitmproxy logged why): nothing is known about the
@@ -514,6 +544,8 @@ class KlockProxy:
         if (err := await self._probe(flow)) is not None:
             self._answer(flow, err)
             return
+        if mark == _PASS:
+            self._count(flow, "passed")
         if mark == _PASS and self._streamable(req):
             req.stream = True
         elif mark == _JUDGE:
@@ -527,6 +559,11 @@ class KlockProxy:
         method = req.method.upper()
         try:
             info = classify_request(method, req.path)
+            flow.metadata[_VERB] = info.verb
+        except MalformedRequestError as e:
+            # check_message refused these already; kept for a target rewritten by another addon.
+            self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
+            return _ANSWERED
         except ClassificationError as e:
             # GET/HEAD/OPTIONS are reads, except on exec/attach/portforward/proxy (CONNECT).
             if method in _READ_METHODS and not may_be_connect(req.path):
@@ -536,6 +573,7 @@ class KlockProxy:
                 failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
             )
             return _ANSWERED
+        flow.metadata[_INFO] = info
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
         if len(req.headers.get_all("content-type")) > 1:
@@ -563,8 +601,38 @@ class KlockProxy:
         resp = flow.response
         if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
             return
+        if self._lock_write(flow, resp.status_code):
+            # Buffered, not streamed: response() applies it before the client sees it.
+            return
         if resp.status_code != 101:
             resp.stream = True
+        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
+            self.metrics.upstream_latency.observe(
+                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
+            )
+
+    def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
+        """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
+        if not 200 <= status_code < 300 or flow.request.method.upper() not in _WRITE_METHODS:
+            return False
+        if self.lock_set is None or not self.lock_set.watches_cluster:
+            return False
+        try:
+            info = classify_request(flow.request.method.upper(), flow.request.path)
+        except ClassificationError:
+            return False
+        if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
+            return False
+        flow.metadata[_LOCK_WRITE] = info
+        return True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """A Lock written through the proxy is in force before its answer is returned."""
+        info = flow.metadata.pop(_LOCK_WRITE, None)
+        if info is None or flow.response is None or self.lock_set is None:
+            return
+        body = flow.response.get_content(strict=False) or b""
+        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
@@ -640,12 +708,30 @@ class KlockProxy:
         if req.raw_content and "content-length" not in req.headers:
             req.headers["content-length"] = str(len(req.raw_content))
 
-    def _answer(self, flow: http.HTTPFlow, status: Status, log_message: str | None = None) -> None:
+    def _count(self, flow: http.HTTPFlow, verdict: str) -> None:
+        if self.metrics is not None:
+            self.metrics.request(flow.metadata.get(_VERB) or flow.request.method, verdict)
+
+    def _answer(
+        self,
+        flow: http.HTTPFlow,
+        status: Status,
+        log_message: str | None = None,
+        *,
+        quiet: bool = False,
+        verdict: str = "refused",
+    ) -> None:
+        if flow.metadata.get(_MARK) != _ANSWERED:
+            self._count(flow, verdict)
         flow.metadata[_MARK] = _ANSWERED
         flow.response = http.Response.make(
             status["code"], to_bytes(status), {"Content-Type": "application/json"}
         )
-        if status["code"] >= 500 or status["code"] == 401:
+        if quiet:
+            # The target of a malformed request may carry anything (a smuggled request and its
+            # credentials): the method and path are not logged.
+            logger.info("klockproxy: refused a request: %s", log_message or status["message"])
+        elif status["code"] >= 500 or status["code"] == 401:
             logger.warning(
                 "klockproxy: answered %s %s with %d: %s",
                 flow.request.method,
@@ -693,7 +779,10 @@ class KlockProxy:
     async def _judge(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         try:
-            info = classify_request(req.method.upper(), req.path)
+            info = flow.metadata.get(_INFO)
+            if not isinstance(info, RequestInfo):
+                # _triage marks a flow for judging only after classifying it.
+                raise Refusal(failure(500, "klockproxy: the request was not classified"))
             engine = self._engine()
             if engine is None:
                 raise Refusal(self._not_ready())
@@ -705,8 +794,13 @@ class KlockProxy:
                 lambda: _body(req),
                 req.headers.get("content-type", ""),
             )
+            await self._record(flow, info, verdict)
             if verdict.status is not None:
+                if verdict.locks:
+                    self._answer(flow, verdict.status, verdict.log_message, verdict="denied")
+                    return
                 raise Refusal(verdict.status, verdict.log_message)
+            self._count(flow, "allowed")
             if verdict.body is not None:
                 # Re-encoded with the request's Content-Encoding by mitmproxy.
                 req.content = verdict.body
@@ -722,6 +816,66 @@ class KlockProxy:
                 "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
             )
             self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+
+    async def _record(self, flow: http.HTTPFlow, info: RequestInfo, verdict: Verdict) -> None:
+        """Metrics and the audit line of a judged mutation (never a credential or a body)."""
+        if self.metrics is not None and verdict.locks:
+            self.metrics.denied_by(verdict.locks)
+        if self.audit is None:
+            return
+        user = flow.metadata.get(USER_METADATA)
+        if not isinstance(user, UserInfo) and self.identity is not None:
+            try:
+                user = await self.identity.resolve(auth_headers(flow.request.headers))
+            except (ReviewRefused, KlockProxyError):
+                user = None
+        by = flow.metadata.get(IMPERSONATED_BY_METADATA)
+        if verdict.locks:
+            outcome = "denied"
+        elif verdict.status is not None:
+            outcome = "refused"
+        else:
+            outcome = "allowed"
+        self.audit.record(
+            user=user if isinstance(user, UserInfo) else None,
+            impersonated_by=by if isinstance(by, UserInfo) else None,
+            verb=info.verb,
+            api_group=info.group,
+            resource=info.resource,
+            subresource=info.subresource,
+            namespace=info.namespace,
+            name=info.name,
+            dry_run=info.dry_run,
+            verdict=outcome,
+            locks=verdict.locks,
+            code=verdict.status["code"] if verdict.status is not None else 200,
+        )
+
+
+def check_message(req: http.Request) -> None:
+    """MalformedRequestError unless the method, target, HTTP/2 pseudo-header fields and every
+    header field keep to HTTP's grammar (klockproxy.core.requests), for HTTP/1.1 and HTTP/2
+    clients alike. mitmproxy copies CR/LF of an HTTP/2 field into the HTTP/1.1 request it
+    writes upstream; a ``#`` or an absolute-form authority is read differently upstream.
+    """
+    data = req.data
+    try:
+        method = data.method.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise MalformedRequestError("the request method is not an HTTP token") from e
+    check_method(method)
+    check_target(data.path.decode("utf-8", "surrogateescape"))
+    check_header_fields(data.headers.fields)
+    for what, value in (("scheme", data.scheme), ("authority", data.authority)):
+        if any(b <= 0x20 or b >= 0x7F for b in value):
+            raise MalformedRequestError(f"the request {what} contains a space or control byte")
+    # HTTP/1.1 absolute-form (``DELETE https://host/...``): mitmproxy forwards it as such, and
+    # a front or server behind the proxy may route on that authority, not on the Host header.
+    absolute_form = bool(data.authority) and not (req.is_http2 or req.is_http3)
+    if absolute_form and data.authority.decode("ascii") != req.headers.get("host", ""):
+        raise MalformedRequestError(
+            "the absolute-form request target names another host than the Host header"
+        )
 
 
 def _body(req: http.Request) -> bytes:

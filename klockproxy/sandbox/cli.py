@@ -21,6 +21,17 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _service_address(value: str) -> tuple[str, str]:
+    key, sep, address = value.partition("=")
+    namespace, slash, name = key.partition("/")
+    if not sep or not slash or not namespace or not name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME=HOST:PORT, got {value!r}")
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME=HOST:PORT, got {value!r}")
+    return key, address
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -50,6 +61,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="keep the CA, admin token and signing key here so kubeconfigs survive restarts",
     )
     parser.add_argument(
+        "--service-address",
+        type=_service_address,
+        action="append",
+        default=[],
+        metavar="NAMESPACE/NAME=HOST:PORT",
+        help="where to reach the Service an admission webhook's clientConfig.service names "
+        "(repeatable); its certificate must still be valid for NAME.NAMESPACE.svc",
+    )
+    parser.add_argument(
         "--http2",
         action="store_true",
         help="serve HTTP/2 (and HTTP/1.1) through the HTTP/2 front, like a real API server; "
@@ -62,7 +82,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
     host, port = args.listen
     sandbox = Sandbox(
-        host, port, tokens_file=args.tokens, state_dir=args.state_dir, http2=args.http2
+        host,
+        port,
+        tokens_file=args.tokens,
+        state_dir=args.state_dir,
+        http2=args.http2,
+        service_addresses=dict(args.service_address),
     )
     await sandbox.start()
     try:

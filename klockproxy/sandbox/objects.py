@@ -483,6 +483,15 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         _service_defaults(obj, old)
     elif rt.kind == "Secret":
         obj.setdefault("type", "Opaque")
+    elif rt.kind == "PodDisruptionBudget" and old is None:
+        # The API server resets the status on create; no disruption controller runs here,
+        # so it stays at "nothing may be disrupted" (these four are never omitted).
+        obj["status"] = {
+            "disruptionsAllowed": 0,
+            "currentHealthy": 0,
+            "desiredHealthy": 0,
+            "expectedPods": 0,
+        }
     elif rt.kind == "CustomResourceDefinition":
         spec = obj.setdefault("spec", {})
         ts = now_rfc3339()

@@ -32,7 +32,9 @@ _GROUP_PACKAGE = {
     "rbac.authorization.k8s.io": "io.k8s.api.rbac",
     "authentication.k8s.io": "io.k8s.api.authentication",
     "authorization.k8s.io": "io.k8s.api.authorization",
+    "policy": "io.k8s.api.policy",
     "apiextensions.k8s.io": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions",
+    "admissionregistration.k8s.io": "io.k8s.api.admissionregistration",
 }
 
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"

@@ -84,6 +84,8 @@ AUTOSCALING = "autoscaling"
 APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
+ADMISSIONREG = "admissionregistration.k8s.io"
+POLICY = "policy"
 
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(
@@ -168,6 +170,15 @@ BUILTIN: tuple[ResourceType, ...] = (
         subresources={"status": ("HorizontalPodAutoscaler", ("get", "patch", "update"))},
         categories=("all",),
     ),
+    ResourceType(
+        POLICY,
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        True,
+        short_names=("pdb",),
+        subresources={"status": ("PodDisruptionBudget", ("get", "patch", "update"))},
+    ),
     ResourceType(RBAC, "v1", "roles", "Role", True, has_spec=False),
     ResourceType(RBAC, "v1", "rolebindings", "RoleBinding", True, has_spec=False),
     ResourceType(RBAC, "v1", "clusterroles", "ClusterRole", False, has_spec=False),
@@ -180,6 +191,13 @@ BUILTIN: tuple[ResourceType, ...] = (
         False,
         short_names=("crd", "crds"),
         subresources={"status": ("CustomResourceDefinition", ("get", "patch", "update"))},
+    ),
+    ResourceType(
+        ADMISSIONREG,
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
     ),
     ResourceType(AUTHN, "v1", "selfsubjectreviews", "SelfSubjectReview", False, verbs=CREATE_ONLY),
     ResourceType(AUTHN, "v1", "tokenreviews", "TokenReview", False, verbs=CREATE_ONLY),
@@ -225,9 +243,11 @@ MERGE_KEYS: dict[KindKey, Schema] = {
 # Group -> preferred version, in the order /apis lists them.
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
-    (AUTOSCALING, "v2"),
+    (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
+    (AUTOSCALING, "v2"),
+    (POLICY, "v1"),
     (RBAC, "v1"),
     (APIEXT, "v1"),
 )
@@ -316,6 +336,11 @@ class Registry:
         self.generation += 1
         logger.info("registered %s (%d versions)", name, len(added))
         return added
+
+    def of_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
+        """The resource types registered now for this CRD (by its name)."""
+        name = (crd.get("metadata") or {}).get("name")
+        return [rt for rt in self._types.values() if rt.crd_name == name]
 
     def unregister_crd(self, crd_name: str) -> list[ResourceType]:
         removed = [rt for rt in self._types.values() if rt.crd_name == crd_name]

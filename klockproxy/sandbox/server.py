@@ -37,8 +37,8 @@ from klockproxy.core.patches import apply_patch as core_apply_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.loop_thread import LoopThread
-from klockproxy.sandbox import auth as sandbox_auth
 from klockproxy.sandbox import (
+    admission,
     discovery,
     escalation,
     objects,
@@ -47,6 +47,7 @@ from klockproxy.sandbox import (
     schema,
     tables,
 )
+from klockproxy.sandbox import auth as sandbox_auth
 from klockproxy.sandbox.errors import (
     ApiError,
     BadRequestError,
@@ -252,6 +253,44 @@ def _is_watch(request: web.Request) -> bool:
     return _query_bool(request, "watch")
 
 
+def _write_options(request: web.Request, operation: str, dry_run: bool) -> Obj:
+    """CreateOptions, UpdateOptions or PatchOptions, as the API server passes them to
+    admission for this request (a PATCH that creates gets CreateOptions)."""
+    kind = "CreateOptions"
+    if operation == "UPDATE":
+        kind = "PatchOptions" if request.method == "PATCH" else "UpdateOptions"
+    extra: dict[str, Any] = {"fieldValidation": request.query.get("fieldValidation", "")}
+    if kind == "PatchOptions" and _query_bool(request, "force"):
+        extra["force"] = True
+    return admission.operation_options(
+        kind, dry_run=dry_run, field_manager=request.query.get("fieldManager", ""), **extra
+    )
+
+
+def _connect_options(subresource: str, request: web.Request) -> Obj:
+    """PodExecOptions / PodAttachOptions / PodPortForwardOptions / PodProxyOptions from the
+    query, the object a CONNECT review carries."""
+    query = request.query
+    if subresource == "portforward":
+        ports = [int(p) for p in query.getall("ports", []) if p.isdigit()]
+        out: Obj = {"kind": "PodPortForwardOptions", "apiVersion": "v1"}
+        if ports:
+            out["ports"] = ports
+        return out
+    if subresource == "proxy":
+        return {"kind": "PodProxyOptions", "apiVersion": "v1"}
+    kind = "PodExecOptions" if subresource == "exec" else "PodAttachOptions"
+    out = {"kind": kind, "apiVersion": "v1"}
+    for flag in ("stdin", "stdout", "stderr", "tty"):
+        if _query_bool(request, flag):
+            out[flag] = True
+    if query.get("container"):
+        out["container"] = query["container"]
+    if subresource == "exec":
+        out["command"] = query.getall("command", [])
+    return out
+
+
 class SandboxServer:
     """The request handling (independent of how it is served)."""
 
@@ -260,13 +299,25 @@ class SandboxServer:
         authenticator: sandbox_auth.Authenticator,
         *,
         history_size: int = 1000,
+        service_addresses: Mapping[str, str] | None = None,
     ) -> None:
         self.store = Store(history_size)
         self.registry = Registry()
         self.authorizer = Authorizer(self.store)
         self.authenticator = authenticator
+        self.admission = admission.Dispatcher(
+            lambda: self.store.list(admission.GROUP, admission.VALIDATING, None),
+            lambda name: self.store.get("", "namespaces", None, name),
+            service_addresses,
+            lambda group, resource: [
+                rt.version for rt in self.registry if (rt.group, rt.resource) == (group, resource)
+            ],
+        )
         self.server_address = "127.0.0.1:6443"
         self.stopping = asyncio.Event()
+        # Seconds every watch event is held back (0: none): a real API server's watch lags
+        # behind its write answers (etcd, watch cache); tests of read-your-writes set it.
+        self.watch_delay = 0.0
         self._seed()
 
     # ------------------------------------------------------------------ seeding
@@ -517,6 +568,15 @@ class SandboxServer:
             raise MethodNotAllowedError()
         if not rt.storable:
             body = self._decode(await self._read_body(request), request.content_type, rt)
+            self._check_type(rt, body)
+            await self._admit(
+                request,
+                rt,
+                "CREATE",
+                namespace=namespace,
+                name=str((body.get("metadata") or {}).get("name") or ""),
+                obj={**body, "apiVersion": rt.api_version, "kind": rt.kind},
+            )
             return _json_response(self._review(rt, route, body, user), 201)
         if verb == "get":
             obj = self.store.get(rt.group, rt.resource, namespace, route.name)
@@ -529,20 +589,20 @@ class SandboxServer:
             return await self._watch(request, rt, namespace or None)
         if verb == "create":
             body = self._decode(await self._read_body(request), request.content_type, rt)
-            created = self._create(request, rt, namespace, body)
+            created = await self._create(request, rt, namespace, body)
             return self._respond_object(request, rt, created, 201)
         if verb == "update":
             body = self._decode(await self._read_body(request), request.content_type, rt)
-            updated, was_created = self._update(request, rt, namespace, route.name, body)
+            updated, was_created = await self._update(request, rt, namespace, route.name, body)
             return self._respond_object(request, rt, updated, 201 if was_created else 200)
         if verb == "patch":
             raw = await self._read_body(request)
-            patched, was_created = self._patch(request, rt, namespace, route.name, raw)
+            patched, was_created = await self._patch(request, rt, namespace, route.name, raw)
             return self._respond_object(request, rt, patched, 201 if was_created else 200)
         if verb == "delete":
             raw = await self._read_body(request)
             options = self._decode(raw, request.content_type, rt) if raw.strip() else {}
-            deleted = self._delete(request, rt, namespace, route.name, options)
+            deleted = await self._delete(request, rt, namespace, route.name, options)
             if rt.builtin and rt.kind in ("Pod", "Namespace"):
                 # Graceful kinds answer with the object (the API server's ReturnDeletedObject).
                 return _json_response(deleted)
@@ -550,7 +610,7 @@ class SandboxServer:
             details["uid"] = deleted["metadata"].get("uid", "")
             return _json_response(success(details))
         if verb == "deletecollection":
-            return _json_response(self._delete_collection(request, rt, namespace or None))
+            return _json_response(await self._delete_collection(request, rt, namespace or None))
         raise MethodNotAllowedError()
 
     def _respond_object(
@@ -711,6 +771,8 @@ class SandboxServer:
                 seen = item.as_seen_by(match)
                 if seen is None:
                     continue
+                if self.watch_delay:
+                    await asyncio.sleep(self.watch_delay)
                 await response.write(encode(seen, item.obj))
         except (ConnectionResetError, ConnectionError):
             logger.debug("watch client of %s went away", rt.resource)
@@ -719,6 +781,51 @@ class SandboxServer:
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
+
+    # ------------------------------------------------------------------ admission
+
+    async def _admit(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        operation: str,
+        *,
+        namespace: str,
+        name: str,
+        obj: Obj | None = None,
+        old: Obj | None = None,
+        subresource: str = "",
+        kind: tuple[str, str, str] | None = None,
+        options: Obj | None = None,
+        dry_run: bool | None = None,
+    ) -> None:
+        """Have the validating webhooks admit one operation (raises their verdict)."""
+        user = request.get(USER_KEY)
+        if user is None:
+            return
+        if dry_run is None:
+            dry_run = _dry_run(request)
+        if options is None and operation in ("CREATE", "UPDATE"):
+            options = _write_options(request, operation, dry_run)
+        kind_group, kind_version, kind_name = kind or (rt.group, rt.version, rt.kind)
+        attrs = admission.Attributes(
+            operation=operation,
+            group=rt.group,
+            version=rt.version,
+            resource=rt.resource,
+            subresource=subresource,
+            kind_group=kind_group,
+            kind_version=kind_version,
+            kind=kind_name,
+            namespace=namespace,
+            name=name,
+            user=user,
+            obj=obj,
+            old=old,
+            dry_run=dry_run,
+            options=options,
+        )
+        await self.admission.validate(attrs)
 
     # ------------------------------------------------------------------ writes
 
@@ -756,7 +863,9 @@ class SandboxServer:
             }
         ]
 
-    def _create(self, request: web.Request, rt: ResourceType, namespace: str, body: Obj) -> Obj:
+    async def _create(
+        self, request: web.Request, rt: ResourceType, namespace: str, body: Obj
+    ) -> Obj:
         self._check_type(rt, body)
         meta = body.setdefault("metadata", {})
         if rt.namespaced:
@@ -766,16 +875,38 @@ class SandboxServer:
                     "the namespace of the provided object does not match the namespace sent on "
                     "the request"
                 )
-        obj = self._create_object(
+        return await self._admitted_create(request, rt, body, namespace)
+
+    async def _admitted_create(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        body: Obj,
+        namespace: str,
+        *,
+        operation: str = "Update",
+        review_namespace: str | None = None,
+    ) -> Obj:
+        """Validate and default ``body``, have the webhooks admit it, then store it."""
+        dry_run = _dry_run(request)
+        obj = self._build_created(
             rt,
             body,
             namespace,
             manager=request.query.get("fieldManager") or "unknown",
-            dry_run=_dry_run(request),
+            operation=operation,
             field_validation=request.query.get("fieldValidation", ""),
             user=request.get(USER_KEY),
         )
-        return obj
+        await self._admit(
+            request,
+            rt,
+            "CREATE",
+            namespace=namespace if review_namespace is None else review_namespace,
+            name=obj["metadata"]["name"],
+            obj=obj,
+        )
+        return self._store_created(rt, obj, namespace, dry_run)
 
     def _create_object(
         self,
@@ -789,6 +920,30 @@ class SandboxServer:
         field_validation: str = "",
         user: UserInfo | None = None,
     ) -> Obj:
+        """Create without admission webhooks (the sandbox's own objects)."""
+        obj = self._build_created(
+            rt,
+            body,
+            namespace,
+            manager=manager,
+            operation=operation,
+            field_validation=field_validation,
+            user=user,
+        )
+        return self._store_created(rt, obj, namespace, dry_run)
+
+    def _build_created(
+        self,
+        rt: ResourceType,
+        body: Obj,
+        namespace: str,
+        *,
+        manager: str,
+        operation: str = "Update",
+        field_validation: str = "",
+        user: UserInfo | None = None,
+    ) -> Obj:
+        """The object a create would store: validated, defaulted, not yet stored."""
         obj = _copy(body)
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
@@ -807,8 +962,6 @@ class SandboxServer:
         self._check_namespace(rt, namespace)
         if user is not None and rt.group == RBAC:
             escalation.check_write(self.authorizer, self.store, user, rt.resource, obj)
-        if self.store.get(rt.group, rt.resource, namespace, meta["name"]) is not None:
-            raise already_exists(rt, meta["name"])
         meta["uid"] = objects.new_uid()
         meta["creationTimestamp"] = objects.now_rfc3339()
         if rt.has_spec:
@@ -826,6 +979,14 @@ class SandboxServer:
         if not rt.builtin and "status" in rt.subresources:
             obj.pop("status", None)
         self._prepare(rt, obj, None)
+        return obj
+
+    def _store_created(self, rt: ResourceType, obj: Obj, namespace: str, dry_run: bool) -> Obj:
+        # Checked after admission, as the API server's storage does (webhooks see creates
+        # of names that turn out to exist).
+        name = obj["metadata"]["name"]
+        if self.store.get(rt.group, rt.resource, namespace, name) is not None:
+            raise already_exists(rt, name)
         if dry_run:
             return obj
         stored = self.store.put(rt.group, rt.resource, obj)
@@ -850,6 +1011,10 @@ class SandboxServer:
             obj.clear()
             obj.update(pruned)
         objects.check_shape(rt, obj)
+        if rt.builtin and rt.group == admission.GROUP and rt.resource == admission.VALIDATING:
+            # Defaults first: the API server defaults while decoding, then validates.
+            admission.set_defaults(obj)
+            admission.validate_configuration(obj)
         try:
             objects.validate(rt, obj)
         except (AttributeError, TypeError, ValueError, KeyError) as e:
@@ -867,7 +1032,12 @@ class SandboxServer:
 
     def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
-            self.registry.register_crd(obj)
+            before = {(t.group, t.version, t.resource) for t in self.registry.of_crd(obj)}
+            after = {(t.group, t.version, t.resource) for t in self.registry.register_crd(obj)}
+            for group, _, resource in before - after:
+                # A version no longer served: the API server ends the watches of it (they
+                # relist and find it gone), as it does when it replaces a CRD's storage.
+                self.store.close_watchers_of(group, resource)
         elif rt.group == "" and rt.resource == "namespaces" and old is None:
             sa_rt = self._rt("", "serviceaccounts")
             name = obj["metadata"]["name"]
@@ -879,7 +1049,7 @@ class SandboxServer:
                     manager="sandbox",
                 )
 
-    def _merge_update(
+    async def _merge_update(
         self,
         request: web.Request,
         rt: ResourceType,
@@ -889,7 +1059,59 @@ class SandboxServer:
         subresource: str = "",
     ) -> Obj:
         """Store ``new`` as the successor of ``old``: identity and server fields kept,
-        optimistic concurrency checked, generation bumped on spec changes."""
+        optimistic concurrency checked, generation bumped on spec changes; the webhooks
+        admit the UPDATE in between (a Scale for ``scale``)."""
+        obj = self._build_update(request, rt, old, new, subresource=subresource)
+        review_obj, review_old = obj, old
+        kind: tuple[str, str, str] | None = None
+        if subresource == "scale":
+            review_obj, review_old = self._scale_of(obj), self._scale_of(old)
+            kind = ("autoscaling", "v1", "Scale")
+        await self._admit(
+            request,
+            rt,
+            "UPDATE",
+            namespace=self._review_namespace(rt, old),
+            name=old["metadata"]["name"],
+            obj=review_obj,
+            old=review_old,
+            subresource=subresource,
+            kind=kind,
+        )
+        current = self.store.get(
+            rt.group, rt.resource, old["metadata"].get("namespace"), old["metadata"]["name"]
+        )
+        if current is None:
+            raise not_found(rt, old["metadata"]["name"])
+        if current["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]:
+            # Written by someone else while the webhooks were deciding.
+            raise conflict(rt, old["metadata"]["name"], STALE)
+        if _dry_run(request):
+            obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            return obj
+        stored = self.store.put(rt.group, rt.resource, obj)
+        self._after_write(rt, stored, old)
+        return stored
+
+    @staticmethod
+    def _review_namespace(rt: ResourceType, obj: Obj) -> str:
+        """The request namespace the API server reports: a Namespace's own name for
+        requests on an existing Namespace."""
+        meta = obj.get("metadata") or {}
+        if rt.group == "" and rt.resource == "namespaces":
+            return str(meta.get("name") or "")
+        return str(meta.get("namespace") or "")
+
+    def _build_update(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        old: Obj,
+        new: Obj,
+        *,
+        subresource: str = "",
+    ) -> Obj:
+        """The successor of ``old`` an update would store: validated, not yet stored."""
         name = old["metadata"]["name"]
         new_meta = new.get("metadata")
         if not isinstance(new_meta, dict):
@@ -998,12 +1220,7 @@ class SandboxServer:
         if meta.get("managedFields") is None or op == "Apply" or request.method != "PATCH":
             meta["managedFields"] = managed
         self._prepare(rt, obj, old)
-        if _dry_run(request):
-            meta["resourceVersion"] = old["metadata"]["resourceVersion"]
-            return obj
-        stored = self.store.put(rt.group, rt.resource, obj)
-        self._after_write(rt, stored, old)
-        return stored
+        return obj
 
     @staticmethod
     def _spec_of(obj: Obj) -> Any:
@@ -1011,16 +1228,16 @@ class SandboxServer:
             return obj.get("spec")
         return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
-    def _update(
+    async def _update(
         self, request: web.Request, rt: ResourceType, namespace: str, name: str, body: Obj
     ) -> tuple[Obj, bool]:
         self._check_type(rt, body)
         old = self.store.get(rt.group, rt.resource, namespace, name)
         if old is None:
             raise not_found(rt, name)
-        return self._merge_update(request, rt, old, body), False
+        return await self._merge_update(request, rt, old, body), False
 
-    def _patch(
+    async def _patch(
         self, request: web.Request, rt: ResourceType, namespace: str, name: str, raw: bytes
     ) -> tuple[Obj, bool]:
         content_type = request.headers.get("Content-Type", "")
@@ -1043,19 +1260,18 @@ class SandboxServer:
                     f"({name})"
                 )
             body.setdefault("metadata", {})["name"] = name
-            created = self._create_object(
+            created = await self._admitted_create(
+                request,
                 rt,
                 body,
                 namespace,
-                manager=request.query.get("fieldManager") or "unknown",
-                dry_run=_dry_run(request),
                 operation="Apply",
-                field_validation=request.query.get("fieldValidation", ""),
-                user=request.get(USER_KEY),
+                # PATCH .../namespaces/NAME names the namespace, as for any request on it.
+                review_namespace=name if rt.resource == "namespaces" and not rt.group else None,
             )
             return created, True
         patched = self._apply_patch(rt, old, raw, content_type)
-        return self._merge_update(request, rt, old, patched), False
+        return await self._merge_update(request, rt, old, patched), False
 
     def _apply_patch(self, rt: ResourceType, old: Obj, raw: bytes, content_type: str) -> Obj:
         if not rt.builtin and _media_type(content_type) == "application/strategic-merge-patch+json":
@@ -1076,9 +1292,18 @@ class SandboxServer:
             raise BadRequestError(str(e)) from e
         return result
 
-    def _delete(
-        self, request: web.Request, rt: ResourceType, namespace: str, name: str, options: Obj
+    async def _delete(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        options: Obj,
+        *,
+        admit: bool = True,
     ) -> Obj:
+        """Delete one object; ``admit=False`` for an eviction, whose CREATE was admitted
+        instead (the API server sends no DELETE review for the evicted pod)."""
         old = self.store.get(rt.group, rt.resource, namespace, name)
         if old is None:
             raise not_found(rt, name)
@@ -1107,9 +1332,36 @@ class SandboxServer:
                 f'namespaces "{name}" is forbidden: this namespace may not be deleted',
                 details={"name": name, "kind": "namespaces"},
             )
+        if admit:
+            await self._admit(
+                request,
+                rt,
+                "DELETE",
+                namespace=self._review_namespace(rt, old),
+                name=name,
+                old=old,
+                options=self._delete_options(request, options),
+                dry_run=dry_run,
+            )
         if dry_run:
             return old
-        return self._remove(rt, old)
+        current = self.store.get(rt.group, rt.resource, namespace, name)
+        if current is None:
+            raise not_found(rt, name)
+        return self._remove(rt, current)
+
+    @staticmethod
+    def _delete_options(request: web.Request, options: Obj) -> Obj:
+        """The DeleteOptions the API server hands admission (meta.k8s.io/v1)."""
+        extra = {k: v for k, v in options.items() if k not in ("kind", "apiVersion", "dryRun")}
+        for key in ("gracePeriodSeconds", "propagationPolicy"):
+            if key in request.query and key not in extra:
+                value: Any = request.query[key]
+                if key == "gracePeriodSeconds" and str(value).lstrip("-").isdigit():
+                    value = int(value)
+                extra[key] = value
+        dry_run = bool(request.query.getall("dryRun", [])) or options.get("dryRun") == ["All"]
+        return admission.operation_options("DeleteOptions", dry_run=dry_run, **extra)
 
     def _remove(self, rt: ResourceType, old: Obj) -> Obj:
         meta = old["metadata"]
@@ -1126,16 +1378,38 @@ class SandboxServer:
                     self.store.drop_resource(removed.group, removed.resource)
         return gone or old
 
-    def _delete_collection(
+    async def _delete_collection(
         self, request: web.Request, rt: ResourceType, namespace: str | None
     ) -> Obj:
         match = self._matcher(request, rt)
         dry_run = _dry_run(request)
+        raw = await self._read_body(request)
+        body = self._decode(raw, request.content_type, rt) if raw.strip() else {}
+        options = self._delete_options(request, body)
         deleted = []
         for obj in self.store.list(rt.group, rt.resource, namespace):
             if not match(obj):
                 continue
-            deleted.append(obj if dry_run else self._remove(rt, obj))
+            # One review per object, named "" as the API server's DeleteCollection sends
+            # them (its admission attributes are those of the collection request).
+            await self._admit(
+                request,
+                rt,
+                "DELETE",
+                namespace=namespace or "",
+                name="",
+                old=obj,
+                options=options,
+                dry_run=dry_run,
+            )
+            if dry_run:
+                deleted.append(obj)
+                continue
+            current = self.store.get(
+                rt.group, rt.resource, obj["metadata"].get("namespace"), obj["metadata"]["name"]
+            )
+            if current is not None:
+                deleted.append(self._remove(rt, current))
         return {
             "kind": rt.list_kind,
             "apiVersion": rt.api_version,
@@ -1155,6 +1429,16 @@ class SandboxServer:
         sub_verbs = rt.subresources[sub][1]
         if sub in CONNECT_SUBRESOURCES:
             self._must_get(rt, namespace, route.name)
+            await self._admit(
+                request,
+                rt,
+                "CONNECT",
+                namespace=namespace,
+                name=route.name,
+                obj=_connect_options(sub, request),
+                subresource=sub,
+                kind=("", "v1", rt.subresources[sub][0]),
+            )
             raise BadRequestError(
                 f"the sandbox runs no containers: pods/{sub} is not available on the "
                 "klockproxy sandbox API server"
@@ -1170,10 +1454,38 @@ class SandboxServer:
             options = body.get("deleteOptions") or {}
             if not isinstance(options, dict):
                 raise BadRequestError("deleteOptions must be an object")
-            self._delete(request, rt, namespace, route.name, options)
+            eviction = _copy(body)
+            eviction.setdefault("apiVersion", "policy/v1")
+            eviction.setdefault("kind", "Eviction")
+            ev_meta = eviction.get("metadata")
+            if not isinstance(ev_meta, dict):
+                ev_meta = eviction["metadata"] = {}
+            ev_meta.setdefault("name", route.name)
+            ev_meta.setdefault("namespace", namespace)
+            await self._admit(
+                request,
+                rt,
+                "CREATE",
+                namespace=namespace,
+                name=route.name,
+                obj=eviction,
+                subresource="eviction",
+                kind=("policy", "v1", "Eviction"),
+            )
+            await self._delete(request, rt, namespace, route.name, options, admit=False)
             return _json_response(success(), 201)
         if sub == "token":
             body = self._decode(await self._read_body(request), request.content_type, rt)
+            await self._admit(
+                request,
+                rt,
+                "CREATE",
+                namespace=namespace,
+                name=route.name,
+                obj={**body, "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest"},
+                subresource="token",
+                kind=("authentication.k8s.io", "v1", "TokenRequest"),
+            )
             result = reviews.create_token_request(
                 namespace, route.name, obj, body, self.authenticator
             )
@@ -1205,9 +1517,7 @@ class SandboxServer:
                 "resourceVersion", ""
             )
             new = merged
-        stored = self._merge_update(
-            request, rt, obj, new, subresource="status" if sub == "status" else sub
-        )
+        stored = await self._merge_update(request, rt, obj, new, subresource=sub)
         return _json_response(stored)
 
     def _must_get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
@@ -1226,9 +1536,9 @@ class SandboxServer:
             "metadata": {
                 "name": meta["name"],
                 "namespace": meta.get("namespace", ""),
-                "uid": meta["uid"],
-                "resourceVersion": meta["resourceVersion"],
-                "creationTimestamp": meta["creationTimestamp"],
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+                "creationTimestamp": meta.get("creationTimestamp", ""),
             },
             "spec": {"replicas": spec.get("replicas", 1)},
             "status": {
@@ -1282,7 +1592,7 @@ class SandboxServer:
         new["metadata"]["resourceVersion"] = (
             scale_meta.get("resourceVersion", "") or obj["metadata"]["resourceVersion"]
         )
-        stored = self._merge_update(request, rt, obj, new)
+        stored = await self._merge_update(request, rt, obj, new, subresource="scale")
         return _json_response(self._scale_of(stored))
 
     async def _log(self, request: web.Request, pod: Obj) -> web.StreamResponse:
@@ -1388,6 +1698,10 @@ class Sandbox:
 
     ``http2=True`` puts the HTTP/2 front (sandbox/h2front.py) on ``host:port``: ``url`` is
     then the front, and the sandbox itself listens on a free loopback port behind it.
+
+    ``service_addresses`` maps ``namespace/name`` of an admission webhook's
+    ``clientConfig.service`` to the ``host:port`` the sandbox calls instead (no Services run
+    here); the certificate is still verified for ``name.namespace.svc``.
     """
 
     def __init__(
@@ -1399,7 +1713,9 @@ class Sandbox:
         *,
         history_size: int = 1000,
         http2: bool = False,
+        service_addresses: Mapping[str, str] | None = None,
     ) -> None:
+        self.service_addresses = dict(service_addresses or {})
         self.host = host
         self.http2 = http2
         self.h2front: H2Front | None = None
@@ -1474,7 +1790,11 @@ class Sandbox:
                 finally:
                     os.close(fd)
         authenticator.add_static_token(self.admin_token, ADMIN_USER)
-        server = SandboxServer(authenticator, history_size=self.history_size)
+        server = SandboxServer(
+            authenticator,
+            history_size=self.history_size,
+            service_addresses=self.service_addresses,
+        )
         authenticator.sa_lookup = lambda ns, name: server.store.get("", "serviceaccounts", ns, name)
         self._server = server
         app = web.Application(client_max_size=MAX_BODY + 1024 * 1024)

@@ -129,6 +129,13 @@ def _service_ports(obj: Obj) -> str:
     return ",".join(out) if out else "<none>"
 
 
+def _pdb_bound(obj: Obj, key: str) -> str:
+    """A PodDisruptionBudget's minAvailable / maxUnavailable (an int or a percentage), or N/A
+    when unset, as kubectl's printer shows it."""
+    value = (obj.get("spec") or {}).get(key)
+    return "N/A" if value is None else str(value)
+
+
 def _subjects(obj: Obj, kind: str) -> str:
     names = []
     for s in obj.get("subjects") or []:
@@ -276,6 +283,18 @@ COLUMNS: dict[tuple[str, str], list[Column]] = {
             lambda o: _selector_string((o.get("spec") or {}).get("selector")),
         ),
     ],
+    ("policy", "poddisruptionbudgets"): [
+        _NAME,
+        ("Min Available", "string", 0, lambda o: _pdb_bound(o, "minAvailable")),
+        ("Max Unavailable", "string", 0, lambda o: _pdb_bound(o, "maxUnavailable")),
+        (
+            "Allowed Disruptions",
+            "integer",
+            0,
+            lambda o: (o.get("status") or {}).get("disruptionsAllowed", 0),
+        ),
+        _AGE,
+    ],
     ("rbac.authorization.k8s.io", "roles"): [_NAME, ("Created At", "date", 0, _created_at)],
     ("rbac.authorization.k8s.io", "clusterroles"): [
         _NAME,
@@ -283,6 +302,11 @@ COLUMNS: dict[tuple[str, str], list[Column]] = {
     ],
     ("rbac.authorization.k8s.io", "rolebindings"): _BINDING_COLUMNS,
     ("rbac.authorization.k8s.io", "clusterrolebindings"): _BINDING_COLUMNS,
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): [
+        _NAME,
+        ("Webhooks", "integer", 0, lambda o: len(o.get("webhooks") or [])),
+        _AGE,
+    ],
     ("apiextensions.k8s.io", "customresourcedefinitions"): [
         _NAME,
         ("Created At", "date", 0, _created_at),

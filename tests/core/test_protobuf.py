@@ -325,6 +325,14 @@ def test_golden_deployment() -> None:
     ]
 
 
+def test_golden_pod_disruption_budget() -> None:
+    # `kubectl create pdb golden-pdb --selector=app=golden --min-available=50%`
+    pdb = decode_k8s_protobuf(golden("poddisruptionbudget"), strict=True)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"minAvailable": "50%", "selector": {"matchLabels": {"app": "golden"}}}
+    assert pdb["status"] == {}
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in GOLDEN.glob("*.pb")))
 def test_golden_bodies_survive_encode_decode(name: str) -> None:
     obj = decode_k8s_protobuf(golden(name), strict=True)

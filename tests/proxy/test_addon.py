@@ -35,6 +35,7 @@ from klockproxy.core.protobuf import (
     unwrap_unknown,
 )
 from klockproxy.core.types import UserInfo
+from klockproxy.proxy import addon as addon_module
 from klockproxy.proxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
 from tests.fakes import JONNY, FakeUpstream, StaticLocks, pod
 from tests.proxy.support import (
@@ -1408,3 +1409,23 @@ async def test_running_starts_file_locks_and_done_stops_them(tmp_path: Path) -> 
         if "connection_strategy" in tctx.options:
             assert tctx.options.connection_strategy == "lazy"
         await proxy.done()
+
+
+def test_an_injected_lock_set_is_not_parsed_again_at_configure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve.py loads the lock files; parsing 10,000 Locks again in configure() would stall
+    the event loop (and double the start time)."""
+    lock_file = tmp_path / "locks.yaml"
+    lock_file.write_text(LOCKS)
+    parsed: list[object] = []
+    monkeypatch.setattr(addon_module, "load_locks_from_path", lambda *a: parsed.append(a))
+    injected = KlockProxy(lock_set=StaticLocks(Engine(())), upstream=FakeUpstream())  # type: ignore[arg-type]
+    with taddons.context(injected) as tctx:
+        tctx.configure(injected, klock_locks=[str(lock_file)])
+    assert parsed == []
+    # Without an injected lock set, a broken file still stops the start at once.
+    own = KlockProxy(upstream=FakeUpstream())  # type: ignore[arg-type]
+    with taddons.context(own) as tctx:
+        tctx.configure(own, klock_locks=[str(lock_file)])
+    assert len(parsed) == 1
