@@ -6,8 +6,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.core import guards
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.guards import ABSENT_UID
@@ -398,3 +401,23 @@ async def test_an_unreadable_object_from_the_api_server_is_upstream_trouble() ->
     verdict = await judge_with(lookups).judge(info, HEADERS, b"", "")
     assert verdict.status is not None
     assert verdict.status["code"] == 503
+
+
+async def test_a_judged_body_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard reuses the document the judgement decoded (update, DeleteOptions)."""
+
+    def again(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(guards, "load_document", again)
+    decider = judge_with(fake())
+    update = json.dumps(pod("plain", {"a": "b"})).encode()
+    put = await decider.judge(classify("PUT", PLAIN), HEADERS, update, "application/json")
+    assert put.allowed, put.status
+    assert json.loads(put.body or b"")["metadata"]["resourceVersion"] == "42"
+    options = b'{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Orphan"}'
+    delete = await decider.judge(classify("DELETE", PLAIN), HEADERS, options, "application/json")
+    assert delete.allowed, delete.status
+    sent = json.loads(delete.body or b"")
+    assert sent["preconditions"] == {"resourceVersion": "42", "uid": "uid-plain"}
+    assert sent["propagationPolicy"] == "Orphan"

@@ -27,7 +27,6 @@ from klockproxy.core.guards import (
     ABSENT_UID,
     add_precondition,
     body_refusal,
-    last_string,
     load_document,
 )
 from klockproxy.core.metadata import decode_body, object_meta
@@ -38,7 +37,7 @@ from klockproxy.core.patches import (
     kind_key_of,
 )
 from klockproxy.core.paths import object_path
-from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_fields, unwrap_unknown
+from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_delete_options
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.types import UserInfo
 from klockproxy.judge.deciding import (
@@ -81,11 +80,14 @@ _ABSENT = _Guard("", ABSENT_UID, absent=True)
 @dataclass(frozen=True)
 class _Gathered:
     """What the proxy found: the subject to decide on, the version the write is made
-    conditional on, and the conditional body when it was already built (for a dry run)."""
+    conditional on, the conditional body when it was already built (for a dry run), and the
+    request body as decoded for the judgement (the guard reuses it instead of parsing again).
+    """
 
     subject: Subject
     guard: _Guard | None = None
     guarded: tuple[bytes, str | None] | None = None
+    document: Any = None
 
 
 # What the API server answers when it cannot do a dry run: an admission webhook without
@@ -145,7 +147,13 @@ class Judge(Decider):
         if rewrite is None and guard is not None:
             try:
                 rewrite = add_precondition(
-                    req.body(), content_type, info, guard.rv, guard.uid, absent=guard.absent
+                    req.body(),
+                    content_type,
+                    info,
+                    guard.rv,
+                    guard.uid,
+                    absent=guard.absent,
+                    document=gathered.document,
                 )
             except KlockProxyError as e:
                 return refused(e)
@@ -186,13 +194,16 @@ class Judge(Decider):
             return _Gathered(Subject(info, None, None))
         guard = _version(current)
         if verb == "update" and info.subresource in LABEL_SUBRESOURCES:
-            return _Gathered(Subject(info, current, _decode(req)), guard)
+            new = _decode(req)
+            return _Gathered(Subject(info, current, new), guard, document=new)
         if verb in ("update", "patch"):
             # scale, ephemeralcontainers: the parent decides.
             return _Gathered(Subject(info, current, current), guard)
         if verb == "delete" or info.subresource == "eviction":
-            options = _delete_options(req, info) if verb == "delete" else None
-            return _Gathered(Subject(info, current, None, options), guard)
+            if verb != "delete":
+                return _Gathered(Subject(info, current, None), guard)
+            options, document = _delete_options(req, info)
+            return _Gathered(Subject(info, current, None, options), guard, document=document)
         # connect, and creates on other subresources (serviceaccounts/token, pods/binding).
         return _Gathered(Subject(info, current, None))
 
@@ -304,9 +315,9 @@ def _apply(
     return apply_patch(obj, body, ctype, kind_key=kind_key)
 
 
-def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
+def _delete_options(req: _Request, info: RequestInfo) -> tuple[dict[str, Any], Any]:
     """The DeleteOptions fields deciding the cascade (``propagationPolicy``,
-    ``orphanDependents``).
+    ``orphanDependents``), and the JSON or YAML body as decoded (None when there is none).
 
     The body's DeleteOptions win over the query, as on the API server; anything unreadable
     counts as a cascade (no options).
@@ -320,16 +331,18 @@ def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
             out["propagationPolicy"] = policy
         if orphan:
             out["orphanDependents"] = orphan == "true"
-        return out
+        return out, None
     ctype = req.content_type
     try:
         if media_type(ctype) == PROTOBUF_CONTENT_TYPE:
-            raw = unwrap_unknown(body).raw
-            orphan_flag = any(n == 3 and v == 1 for n, _, v in decode_fields(raw))
-            return {"propagationPolicy": last_string(raw, 4), "orphanDependents": orphan_flag}
+            return _cascade(decode_delete_options(body)), None
         doc = load_document(body, ctype, "DeleteOptions body")
     except (Refusal, DecodeError):
-        return {}
+        return {}, None
+    return _cascade(doc), doc
+
+
+def _cascade(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         return {}
     return {k: doc[k] for k in ("propagationPolicy", "orphanDependents") if k in doc}
