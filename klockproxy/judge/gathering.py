@@ -45,6 +45,7 @@ from klockproxy.judge.deciding import (
     Caller,
     Decider,
     Lookups,
+    Ownership,
     Subject,
     Verdict,
     refused,
@@ -117,8 +118,14 @@ def _query_pairs(info: RequestInfo) -> list[tuple[str, str]]:
 class Judge(Decider):
     """The proxy's judge: gathers the objects of a covered mutation, decides, guards."""
 
-    def __init__(self, lookups: Lookups, identity: IdentityResolver | None, engine: Engine) -> None:
-        super().__init__(lookups, engine)
+    def __init__(
+        self,
+        lookups: Lookups,
+        identity: IdentityResolver | None,
+        engine: Engine,
+        ownership: Ownership | None = None,
+    ) -> None:
+        super().__init__(lookups, engine, ownership)
         self.identity = identity
 
     async def judge(
@@ -196,8 +203,11 @@ class Judge(Decider):
         if verb == "update" and info.subresource in LABEL_SUBRESOURCES:
             new = _decode(req)
             return _Gathered(Subject(info, current, new), guard, document=new)
+        if verb in ("update", "patch") and info.subresource == "scale":
+            # The parent decides; the Scale asked for says what the controller does next.
+            return _Gathered(Subject(info, current, _scale(req, info, current)), guard)
         if verb in ("update", "patch"):
-            # scale, ephemeralcontainers: the parent decides.
+            # ephemeralcontainers: the parent decides.
             return _Gathered(Subject(info, current, current), guard)
         if verb == "delete" or info.subresource == "eviction":
             if verb != "delete":
@@ -320,7 +330,8 @@ def _delete_options(req: _Request, info: RequestInfo) -> tuple[dict[str, Any], A
     ``orphanDependents``), and the JSON or YAML body as decoded (None when there is none).
 
     The body's DeleteOptions win over the query, as on the API server; anything unreadable
-    counts as a cascade (no options).
+    counts as a cascade (``Background``: no options would mean the kind's default, which
+    orphans for batch/v1 Jobs).
     """
     body = req.body()
     if not body.strip():
@@ -338,14 +349,29 @@ def _delete_options(req: _Request, info: RequestInfo) -> tuple[dict[str, Any], A
             return _cascade(decode_delete_options(body)), None
         doc = load_document(body, ctype, "DeleteOptions body")
     except (Refusal, DecodeError):
-        return {}, None
+        return {"propagationPolicy": "Background"}, None
     return _cascade(doc), doc
 
 
 def _cascade(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
-        return {}
+        return {"propagationPolicy": "Background"}
     return {k: doc[k] for k in ("propagationPolicy", "orphanDependents") if k in doc}
+
+
+def _scale(req: _Request, info: RequestInfo, parent: Mapping[str, Any]) -> dict[str, Any]:
+    """The Scale a write to the scale subresource asks for (the PUT body, or the patch
+    applied to the Scale the API server shows for ``parent``)."""
+    if info.verb == "update":
+        return _decode(req)
+    spec = parent.get("spec")
+    view = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": info.name, "namespace": info.namespace},
+        "spec": {"replicas": spec.get("replicas", 1) if isinstance(spec, dict) else 1},
+    }
+    return _apply(view, req.body(), req.content_type, ("autoscaling", "Scale"))
 
 
 def _version(obj: Mapping[str, Any]) -> _Guard | None:
