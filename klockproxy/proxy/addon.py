@@ -95,6 +95,7 @@ from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
 from klockproxy.metrics import Metrics
+from klockproxy.proxy.body_limit import limit_body
 
 logger = logging.getLogger(__name__)
 
@@ -633,8 +634,9 @@ class KlockProxy:
             req.stream = True
         elif mark == _JUDGE:
             # Another addon (StreamBodies) may have asked for streaming: a covered write must
-            # be complete before it is judged.
+            # be complete before it is judged; and never bigger than the API server accepts.
             req.stream = False
+            limit_body(flow)
 
     def _triage(self, flow: http.HTTPFlow) -> str:
         """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
