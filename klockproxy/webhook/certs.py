@@ -62,7 +62,9 @@ class SecretApi(Protocol):
 
     async def get_object(self, path: str, headers: Mapping[str, str]) -> dict[str, Any] | None: ...
 
-    async def create_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
+    async def create_if_absent(
+        self, path: str, obj: Mapping[str, Any]
+    ) -> dict[str, Any] | None: ...
 
     async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
@@ -396,7 +398,7 @@ class SecretCerts:
         if material is not None:
             return material
         fresh = issue(hosts, self.timing)
-        created = await self.api.create_object(self._secret_path, self._secret(fresh))
+        created = await self.api.create_if_absent(self._secret_path, self._secret(fresh))
         if created is None:
             # 409: another replica created it first; everyone uses the winner's.
             logger.info(

@@ -50,7 +50,7 @@ def upstream(sb: Sandbox, tmp_path: Path) -> Upstream:
 async def setup(sb: Sandbox, tmp_path: Path, *, config: bool = True) -> Upstream:
     api = upstream(sb, tmp_path)
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "klockproxy"}}
-    assert await api.create_object("/api/v1/namespaces", ns) is not None
+    assert await api.create_if_absent("/api/v1/namespaces", ns) is not None
     if config:
         await create_config(api)
     return api
@@ -81,7 +81,7 @@ async def create_config(api: Upstream) -> None:
             }
         ],
     }
-    created = await api.create_object(VWC_PATH.rstrip("/"), vwc)
+    created = await api.create_if_absent(VWC_PATH.rstrip("/"), vwc)
     assert created is not None
 
 
@@ -197,7 +197,7 @@ async def test_concurrent_renewals_end_on_one_certificate(sandbox: Sandbox, tmp_
         "metadata": {"name": "webhook-tls", "namespace": "klockproxy"},
         "data": stale.data(),
     }
-    assert await api.create_object("/api/v1/namespaces/klockproxy/secrets", secret) is not None
+    assert await api.create_if_absent("/api/v1/namespaces/klockproxy/secrets", secret) is not None
     replicas = []
     for i in range(3):
         (tmp_path / f"r{i}").mkdir()
