@@ -24,6 +24,7 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
+from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.core.errors import ConfigError, UpstreamError
 from klockproxy.core.types import UserInfo
 
@@ -69,17 +70,12 @@ class UpstreamConfig:
     insecure: bool = False
 
 
-class UpstreamStatusError(UpstreamError):
+class UpstreamStatusError(ReviewRefused):
     """The API server answered, but not with what was asked for (``code`` is its HTTP code).
 
     ``message`` is the Status message of the API server when it sent one: it is the API
     server's own words (e.g. an RBAC refusal) and safe to show to the caller.
     """
-
-    def __init__(self, what: str, code: int, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{what}: HTTP {code}: {message}")
 
 
 class WatchExpired(UpstreamStatusError):
@@ -550,6 +546,39 @@ class Upstream:
                 raise UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
             return _user_info(self._json_object(body, "SelfSubjectReview"))
         raise last or UpstreamError("SelfSubjectReview: the API server offers no version of it")
+
+    async def subject_access_review(
+        self, user: UserInfo, attributes: Mapping[str, str]
+    ) -> tuple[bool, str]:
+        """May ``user`` do what ``attributes`` (SubjectAccessReview resourceAttributes) say?
+
+        Asked with the proxy's own credentials (it needs ``create subjectaccessreviews``).
+        Returns (allowed, reason). Raises UpstreamStatusError / UpstreamError.
+        """
+        spec: dict[str, Any] = {
+            "user": user.username,
+            "groups": list(user.groups),
+            "resourceAttributes": dict(attributes),
+        }
+        if user.uid:
+            spec["uid"] = user.uid
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
+        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        if status not in (200, 201):
+            raise UpstreamStatusError("SubjectAccessReview", status, _status_message(body))
+        answer = self._json_object(body, "SubjectAccessReview").get("status")
+        if not isinstance(answer, dict):
+            raise UpstreamError("SubjectAccessReview: the answer has no status")
+        reason = answer.get("reason")
+        # Only an explicit true allows (denied, missing or malformed: not allowed).
+        return answer.get("allowed") is True, reason if isinstance(reason, str) else ""
 
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:

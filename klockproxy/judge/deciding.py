@@ -20,11 +20,12 @@ proxy; the webhook reads them from the AdmissionReview). Lookups the consequence
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.codec import media_type
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
@@ -111,6 +112,9 @@ class Verdict:
     log_message: str | None = None
     body: bytes | None = None
     content_type: str | None = None
+    # The Locks that decided a denial (``namespace/name``); empty when allowed or refused for
+    # another reason (audit log, metrics).
+    locks: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -244,6 +248,18 @@ class _Plan:
     hidden: frozenset[int] = frozenset()
 
 
+class LockDenial(Refusal):
+    """A refusal decided by Locks: ``locks`` names them (``namespace/name``)."""
+
+    def __init__(self, status: Status, locks: Iterable[str]) -> None:
+        super().__init__(status)
+        self.locks = tuple(sorted(set(locks)))
+
+
+def _lock_keys(decisions: Iterable[Decision]) -> list[str]:
+    return [den.lock.key for d in decisions if not d.allowed for den in d.denials]
+
+
 class Decider:
     """Decides mutations against ``engine``; lists what deletions delete with ``lookups``."""
 
@@ -255,6 +271,8 @@ class Decider:
         """The verdict on one mutation: its own operation and every consequence check."""
         try:
             await self._check(subject, caller)
+        except LockDenial as r:
+            return Verdict(status=r.status, log_message=r.log_message, locks=r.locks)
         except Refusal as r:
             return Verdict(status=r.status, log_message=r.log_message)
         return Verdict()
@@ -268,7 +286,7 @@ class Decider:
         plan = await self._plan(subject, caller)
         decisions = await self._decide(plan.inputs, caller)
         if any(not d.allowed for d in decisions):
-            raise Refusal(self._denial(info, plan, decisions))
+            raise LockDenial(self._denial(info, plan, decisions), _lock_keys(decisions))
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
@@ -319,7 +337,7 @@ class Decider:
     async def _resolve(self, caller: Caller) -> UserInfo:
         try:
             return await caller.user_info()
-        except UpstreamStatusError as e:
+        except ReviewRefused as e:
             raise Refusal(lookup_failure("who is calling (SelfSubjectReview)", e)) from e
         except UpstreamError as e:
             raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
@@ -418,7 +436,7 @@ class Decider:
                 )
             )
             if not decision.allowed:
-                raise Refusal(forbidden(info, "", decision.message))
+                raise LockDenial(forbidden(info, "", decision.message), _lock_keys([decision]))
         for param in ("resourceVersion", "resourceVersionMatch", "continue"):
             if info.query.get(param):
                 # The API server would delete what it lists at that (possibly old) version -
@@ -481,7 +499,10 @@ class Decider:
             f"deleting the namespace deletes every object in it; {who_may(lk)})"
             for lk in applying
         ]
-        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+        raise LockDenial(
+            forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
     async def _check_crd_delete(self, subject: Subject, caller: Caller) -> None:
         """Deleting a CustomResourceDefinition deletes every object of that kind, behind the
@@ -554,7 +575,7 @@ class Decider:
             + ", and a lock: ".join(texts)
             + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
         )
-        raise Refusal(forbidden(info, info.name, message))
+        raise LockDenial(forbidden(info, info.name, message), _lock_keys(d for _, d in locked))
 
     async def _dependent_inputs(
         self, info: RequestInfo, current: Mapping[str, Any], headers: AuthHeaders
@@ -639,8 +660,10 @@ class Decider:
         return [], False
 
 
-def lookup_failure(what: str, e: UpstreamStatusError) -> Status:
-    """The Status for a lookup the API server answered with an error."""
+def lookup_failure(what: str, e: ReviewRefused) -> Status:
+    """The Status for a lookup the API server (or the identity cache) answered with an error."""
+    if e.code == 429:
+        return failure(429, e.message)
     if e.code in (401, 403):
         return failure(
             e.code,
