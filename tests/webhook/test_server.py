@@ -447,3 +447,77 @@ async def test_metrics_and_audit_record_verdicts(tmp_path: Path) -> None:
     assert lines[0]["locks"] == ["shop/lockred"]
     assert 'klockproxy_lock_denials_total{lock="shop/lockred"} 1.0' in metrics
     assert ready == 200
+
+
+# ------------------------------------------------------------------ deletions being completed
+
+TERMINATING = "2026-12-02T07:00:00Z"
+
+
+async def test_a_pod_being_deleted_can_be_finished(tmp_path: Path) -> None:
+    """jonny-op deleted a locked pod: the kubelet reports its containers stopping and then
+    removes it (refusing either would leave it Terminating forever)."""
+    node = {"username": "system:node:worker-1", "groups": ["system:nodes"]}
+    terminating = pod("my-pod", RED, deletionTimestamp=TERMINATING)
+    stopped = {**terminating, "status": {"phase": "Succeeded"}}
+    async with served(tmp_path) as s:
+        status = await s.answer(
+            review("UPDATE", sub="status", old=terminating, obj=stopped, user=node)
+        )
+        final = await s.answer(review("DELETE", old=terminating, user=node))
+        # Not being deleted: the same status write is an UPDATE of the locked pod.
+        live = await s.answer(
+            review("UPDATE", sub="status", old=pod("my-pod", RED),
+                   obj={**pod("my-pod", RED), "status": {"phase": "Running"}}, user=node)
+        )  # fmt: skip
+    assert status["allowed"] is True
+    assert final["allowed"] is True
+    assert_denied(live, "UPDATE", 'pods "my-pod" through status')
+
+
+async def test_finalizers_of_an_object_being_deleted_can_be_removed(tmp_path: Path) -> None:
+    held = pod("my-pod", RED, deletionTimestamp=TERMINATING, finalizers=["example.com/x"])
+    released = pod("my-pod", RED, deletionTimestamp=TERMINATING)
+    changed = {**released, "spec": {"nodeName": "elsewhere"}}
+    relabelled = pod("my-pod", {}, deletionTimestamp=TERMINATING)
+    async with served(tmp_path) as s:
+        release = await s.answer(review("UPDATE", old=held, obj=released))
+        more = await s.answer(review("UPDATE", old=held, obj=changed))
+        relabel = await s.answer(review("UPDATE", old=held, obj=relabelled))
+        alive = await s.answer(
+            review("UPDATE", old=pod("my-pod", RED, finalizers=["example.com/x"]),
+                   obj=pod("my-pod", RED))
+        )  # fmt: skip
+    assert release["allowed"] is True
+    assert_denied(more, "UPDATE")
+    assert_denied(relabel, "UPDATE")
+    assert_denied(alive, "UPDATE")
+
+
+async def test_deleting_again_still_judges_the_dependents(tmp_path: Path) -> None:
+    api = FakeUpstream()
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "rs", "uid": "u1", "deletionTimestamp": TERMINATING},
+    }
+    child = pod(
+        "my-pod",
+        RED,
+        ownerReferences=[
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1"}
+        ],
+    )
+    api.lists["/api/v1/namespaces/shop/pods"] = [child]
+    body = review(
+        "DELETE",
+        resource=("apps", "v1", "replicasets"),
+        kind="ReplicaSet",
+        name="rs",
+        old=owner,
+        options={"propagationPolicy": "Background"},
+    )
+    async with served(tmp_path, api=api) as s:
+        response = await s.answer(body)
+    assert response["allowed"] is False
+    assert "the garbage collector deletes the dependents" in response["status"]["message"]
