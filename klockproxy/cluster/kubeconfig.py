@@ -149,6 +149,9 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
     if path is None:
         path = os.path.expanduser("~/.kube/config")
+    if not os.path.exists(path):
+        # The client would call a missing file "Invalid kube-config file".
+        raise ConfigError(f"cannot use kubeconfig {path}: the file does not exist")
     try:
         config.load_kube_config(
             config_file=path, context=context, client_configuration=cfg, persist_config=False

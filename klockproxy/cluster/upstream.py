@@ -82,7 +82,7 @@ class WatchExpired(UpstreamStatusError):
     """The watch's resourceVersion is too old (410 Gone): the collection must be listed again."""
 
 
-WatchEventType = Literal["LISTED", "ADDED", "MODIFIED", "DELETED", "DOWN"]
+WatchEventType = Literal["LISTED", "ADDED", "MODIFIED", "DELETED", "DOWN", "RESUMED"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +94,10 @@ class WatchEvent:
       without a resourceVersion, and again after 410 Gone.
     - ``ADDED`` / ``MODIFIED`` / ``DELETED``: ``object`` as the API server sent it.
     - ``DOWN``: the watch lost the API server (``error`` says why, with no credentials); it is
-      retried with backoff and resumes with further events (or ``LISTED``) once it is back.
-      Sent once per outage, not per retry.
+      retried with backoff and, once it is back, resumes (``RESUMED``, then further events:
+      nothing was missed) or lists again (``LISTED``). Sent once per outage, not per retry.
+    - ``RESUMED``: after ``DOWN``, the API server accepted the watch from the last
+      resourceVersion seen (``resource_version``).
 
     Bookmarks are consumed by the iterator (they only move ``resource_version``).
     """
@@ -404,6 +406,7 @@ class Upstream:
                                 retries,
                             )
                             down, retries, backoff = None, 0, min_backoff
+                            yield WatchEvent("RESUMED", resource_version=rv)
                         continue
                     events += 1
                     if event.resource_version:

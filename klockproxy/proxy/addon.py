@@ -67,12 +67,16 @@ from typing import Any
 
 import mitmproxy.proxy.server
 from mitmproxy import connection, ctx, exceptions, http, tcp
-from mitmproxy.proxy import mode_specs
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer, mode_specs
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth_header
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
@@ -244,6 +248,9 @@ class KlockProxy:
         self.identity: IdentityResolver | None = identity
         if identity is None and upstream is not None:
             self.identity = IdentityResolver(upstream)
+        # The ownership index (what the garbage collector would delete), on the proxy's own
+        # upstream only: injected lookups that cannot watch keep the per-request search.
+        self.ownership: OwnershipIndex | None = None
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -359,6 +366,21 @@ class KlockProxy:
                 self._spawn(self.upstream.close())
             self.upstream = Upstream(settings.upstream) if settings.upstream else None
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
+            if self.ownership is not None:
+                self._spawn(self.ownership.stop())
+            self.ownership = None
+            if self.upstream is not None and self.upstream.has_own_credentials:
+                self.ownership = OwnershipIndex(self.upstream)
+            elif self.upstream is not None:
+                # The index watches with the proxy's own credentials; a pass-through proxy
+                # without any searches each cascade as the caller (ten common kinds only).
+                logger.warning(
+                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
+                    "or a client certificate): no ownership index; cascades are searched per "
+                    "request among common kinds only (see README)"
+                )
+            if self._running and self.ownership is not None:
+                self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
             old is None
             or (old.locks, old.default_namespace, old.upstream)
@@ -459,10 +481,34 @@ class KlockProxy:
             opts.connection_strategy = "lazy"
         if self.lock_set is not None:
             await self._start_lock_set(self.lock_set)
+        if self.ownership is not None:
+            await self._start_ownership(self.ownership)
+
+    async def _start_ownership(self, index: OwnershipIndex) -> None:
+        await index.start()
+        engine = self._engine()
+        if engine is not None:
+            index.follow(engine)
+        lock_set = self.lock_set
+        if lock_set is None:
+            return
+        # Follow the lock set's namespaces as they change, not only when a request comes.
+        previous = lock_set.on_change
+
+        def changed() -> None:
+            if previous is not None:
+                previous()
+            current = lock_set.engine
+            if current is not None and self.ownership is index:
+                index.follow(current)
+
+        lock_set.on_change = changed
 
     async def done(self) -> None:
         """Stop the lock sources and close upstream connections."""
         self._running = False
+        if self.ownership is not None:
+            await self.ownership.stop()
         if self._started_lock_set is not None and not self._injected_lock_set:
             await self._started_lock_set.stop()
         self._started_lock_set = None
@@ -501,6 +547,35 @@ class KlockProxy:
         logger.info("klockproxy: lock sources: %s", lock_set.describe())
         if previous is not None:
             await previous.stop()
+
+    # ------------------------------------------------------------------------------------
+    # Per-connection hooks
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered.
+
+        mitmproxy's reverse mode serves a client that does not start with a TLS record as
+        plain HTTP on the same port; kubectl never does that, and the bearer token would
+        cross the network in the clear (issue 10 item 10).
+        """
+        context = nextlayer.context
+        mode = context.client.proxy_mode
+        if (
+            isinstance(mode, mode_specs.ReverseMode)
+            and mode.scheme == "https"
+            and context.client.transport_protocol == "tcp"
+            and not context.client.tls
+            # The connection's first decision (NextLayer may have stacked its choice already):
+            # no client TLS layer in it, and the client's first bytes are not a TLS record.
+            and isinstance(context.layers[0], modes.ReverseProxy)
+            and not any(isinstance(each, ClientTLSLayer) for each in context.layers)
+            and not starts_like_tls_record(nextlayer.data_client())
+        ):
+            logger.info(
+                "klockproxy: closed a connection from %s that does not start with TLS",
+                context.client.peername[0] if context.client.peername else "?",
+            )
+            nextlayer.layer = _CloseClient(context)
 
     # ------------------------------------------------------------------------------------
     # Per-request hooks
@@ -788,7 +863,7 @@ class KlockProxy:
                 raise Refusal(self._not_ready())
             if self.upstream is None or self.identity is None:
                 raise Refusal(failure(503, "klockproxy: no API server configured for lookups"))
-            verdict = await Judge(self.upstream, self.identity, engine).judge(
+            verdict = await Judge(self.upstream, self.identity, engine, self.ownership).judge(
                 info,
                 auth_headers(req.headers),
                 lambda: _body(req),
@@ -850,6 +925,14 @@ class KlockProxy:
             locks=verdict.locks,
             code=verdict.status["code"] if verdict.status is not None else 200,
         )
+
+
+class _CloseClient(layer.Layer):
+    """A layer that closes the client connection and ignores whatever else arrives."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
 
 
 def check_message(req: http.Request) -> None:
