@@ -81,7 +81,6 @@ CONTROLLER_USERS = frozenset(
 
 # Operations judged on the objects a review carries, without reading anything.
 _LOCAL_OPERATIONS = frozenset({Operation.CREATE, Operation.UPDATE})
-_LOCK_KEY = re.compile(r"\(Lock (\S+?) (?:forbids|is invalid)")
 _FORBIDDEN_PREFIX = re.compile(r'^[^\s"]+(?: "[^"]*")? is forbidden: ')
 
 
@@ -127,11 +126,6 @@ def webhook_message(status: Status) -> str:
     if status["code"] == 403:
         return _FORBIDDEN_PREFIX.sub("", message, count=1)
     return message
-
-
-def denying_locks(message: str) -> list[str]:
-    """The ``namespace/name`` of the Locks a denial names."""
-    return _LOCK_KEY.findall(message)
 
 
 def _status_response(code: int, message: str) -> web.Response:
@@ -496,7 +490,7 @@ class WebhookServer:
             self._count(info.verb, "allowed")
             self._audit(review, "allowed", 200)
             return allow(review.uid)
-        return self._refuse_status(review, verdict.status)
+        return self._refuse_status(review, verdict.status, verdict.locks)
 
     def _reader(self, lookups: Lookups) -> Any:
         async def read(info: RequestInfo) -> Mapping[str, Any] | None:
@@ -517,15 +511,18 @@ class WebhookServer:
 
         return read
 
-    def _refuse_status(self, review: Review, status: Status) -> AdmissionReviewWire:
+    def _refuse_status(
+        self, review: Review, status: Status, locks: Sequence[str] = ()
+    ) -> AdmissionReviewWire:
+        """Answer a refusal: ``locks`` are the Locks that decided a denial (none: refused
+        for another reason, such as a failed lookup)."""
         message = webhook_message(status)
         code = status["code"]
-        locks = denying_locks(message) if code == 403 else []
         verdict = "denied" if locks else "refused"
         self._count(review.info.verb, verdict)
         if locks:
-            self.metrics.denied_by(locks)
-        self._audit(review, "denied" if locks else "refused", code, locks)
+            self.metrics.denied_by(list(locks))
+        self._audit(review, verdict, code, locks)
         return deny(review.uid, code, status["reason"], message)
 
     def _refuse(self, review: Review, code: int, reason: str, message: str) -> AdmissionReviewWire:
