@@ -1,12 +1,14 @@
-"""The garbage collector and the namespace controller finish judged deletions through the
-webhook (so namespaces never stick in Terminating); an account that only shares their names
-is judged like everybody.
+"""The namespace controller, and the garbage collector where the deletion that caused its own
+was judged, finish deletions through the webhook (so namespaces never stick in Terminating);
+an account that only shares their names is judged like everybody.
 
 The sandbox runs no controllers: their requests are sent by impersonating their accounts
 (which the admin may), exactly as the API server would present them to the webhook.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -30,6 +32,12 @@ def prepare(kubectl: Kubectl, webhook: Webhook, ns: str, *users: str) -> None:
 
     for name in ("red-1", "red-2", "red-3"):
         k("run", name, "--image", "nginx", "--labels", "aura=red")
+    # red-1 belongs to a ConfigMap: deleting the ConfigMap is judged on red-1.
+    k("create", "configmap", "owner-cm")
+    uid = kubectl.json("get", "configmap", "owner-cm", namespace=ns)["metadata"]["uid"]
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner-cm", "uid": uid}
+    k("patch", "pod", "red-1", "--type", "merge",
+      "-p", json.dumps({"metadata": {"ownerReferences": [owner]}}))  # fmt: skip
     # The rights the controllers have in a real cluster (here: on pods of this namespace).
     k("create", "role", "deleter", "--verb", "delete", "--verb", "get", "--verb", "patch",
       "--resource", "pods")  # fmt: skip
@@ -45,6 +53,12 @@ def test_controllers_finish_deletions(webhook: Webhook, kubectl: Kubectl, namesp
     prepare(kubectl, webhook, namespace, GC, NAMESPACE_CONTROLLER)
     admin = kubectl("delete", "pod", "red-1", "--wait=false", namespace=namespace)
     assert_denied_by_webhook(admin, webhook)
+    # Deleting the owner is judged on what the garbage collector deletes after it.
+    owner = kubectl("delete", "configmap", "owner-cm", "--wait=false", namespace=namespace)
+    assert_denied_by_webhook(owner, webhook)
+    # An object nobody owns is not the garbage collector's to delete: judged.
+    stray = kubectl("delete", "pod", "red-3", "--wait=false", namespace=namespace, as_user=GC)
+    assert_denied_by_webhook(stray, webhook)
     for user, pod in ((GC, "red-1"), (NAMESPACE_CONTROLLER, "red-2")):
         result = kubectl("delete", "pod", pod, "--wait=false", namespace=namespace, as_user=user)
         assert result.returncode == 0, result.stderr

@@ -351,30 +351,70 @@ async def test_a_new_owner_reference_is_judged_as_a_delete(tmp_path: Path) -> No
     assert "forbids DELETE of pods" in response["status"]["message"]
 
 
-@pytest.mark.parametrize(
-    "controller",
-    [
-        "system:serviceaccount:kube-system:generic-garbage-collector",
-        "system:serviceaccount:kube-system:namespace-controller",
-    ],
-)
-async def test_the_garbage_collector_and_namespace_controller_finish_judged_deletions(
-    tmp_path: Path, controller: str
+GC = {"username": "system:serviceaccount:kube-system:generic-garbage-collector"}
+NS_CONTROLLER = {"username": "system:serviceaccount:kube-system:namespace-controller"}
+
+
+def owned_by(api_version: str, kind: str) -> dict[str, Any]:
+    ref = {"apiVersion": api_version, "kind": kind, "name": "owner", "uid": "u-owner"}
+    return pod("my-pod", RED, ownerReferences=[ref])
+
+
+async def test_the_namespace_controller_finishes_a_judged_namespace_deletion(
+    tmp_path: Path,
 ) -> None:
-    user = {"username": controller, "groups": ["system:serviceaccounts"]}
-    finalizing = pod("my-pod", RED, finalizers=["foregroundDeletion"])
+    finalizing = pod("my-pod", RED, finalizers=["example.com/x"])
     async with served(tmp_path) as s:
-        delete = await s.answer(review("DELETE", old=pod("my-pod", RED), user=user))
+        delete = await s.answer(review("DELETE", old=pod("my-pod", RED), user=NS_CONTROLLER))
         unfinalize = await s.answer(
-            review("UPDATE", old=finalizing, obj=pod("my-pod", RED), user=user)
+            review("UPDATE", old=finalizing, obj=pod("my-pod", RED), user=NS_CONTROLLER)
         )
         relabel = await s.answer(
-            review("UPDATE", old=pod("my-pod", RED), obj=pod("my-pod", {}), user=user)
+            review("UPDATE", old=pod("my-pod", RED), obj=pod("my-pod", {}), user=NS_CONTROLLER)
         )
     assert delete["allowed"] is True
     assert unfinalize["allowed"] is True
     # Anything beyond finishing a deletion is judged as for anybody.
     assert_denied(relabel, "UPDATE")
+
+
+async def test_the_garbage_collector_finishes_deletions_judged_on_their_dependents(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path) as s:
+        # The owner's DELETE searched pods: judged then, carried out now.
+        by_replicaset = await s.answer(
+            review("DELETE", old=owned_by("apps/v1", "ReplicaSet"), user=GC)
+        )
+        # Not searched, or the owner's DELETE may never have reached the webhook: judged.
+        cluster_owner = await s.answer(
+            review("DELETE", old=owned_by("rbac.authorization.k8s.io/v1", "ClusterRole"),
+                   user=GC)
+        )  # fmt: skip
+        custom_owner = await s.answer(
+            review("DELETE", old=owned_by("example.com/v1", "Widget"), user=GC)
+        )
+        ownerless = await s.answer(review("DELETE", old=pod("my-pod", RED), user=GC))
+        finalizer = await s.answer(
+            review("UPDATE", old=pod("my-pod", RED, finalizers=["foregroundDeletion"]),
+                   obj=pod("my-pod", RED), user=GC)
+        )  # fmt: skip
+        unsearched_kind = await s.answer(
+            review(
+                "DELETE",
+                resource=("apps", "v1", "controllerrevisions"),
+                kind="ControllerRevision",
+                name="my-pod",
+                old={**owned_by("apps/v1", "StatefulSet"), "kind": "ControllerRevision"},
+                user=GC,
+            )
+        )
+    assert by_replicaset["allowed"] is True
+    assert_denied(cluster_owner, "DELETE")
+    assert_denied(custom_owner, "DELETE")
+    assert_denied(ownerless, "DELETE")
+    assert finalizer["allowed"] is True
+    assert unsearched_kind["allowed"] is False
 
 
 async def test_a_same_named_account_elsewhere_is_not_the_garbage_collector(
