@@ -583,8 +583,8 @@ class Upstream:
         return self._json_object(answer, f"{method} {path}")
 
     async def create_if_absent(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        """POST ``obj`` to the collection ``path`` with the proxy's own credentials; None when
-        it already exists (409: someone else created it first)."""
+        """POST ``obj`` to the collection ``path`` with the client's own credentials; None
+        when it already exists (409: someone created it first)."""
         return await self._write("POST", path, obj)
 
     async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
