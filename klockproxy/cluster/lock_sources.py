@@ -415,8 +415,8 @@ SLICE_PAUSE = 0.002
 
 # From how many Locks on, loading or building runs under ``quiet_gc``.
 QUIET_GC_LOCKS = 1000
-# About how many bytes of a lock file make that many Locks.
-QUIET_GC_BYTES = 200 * QUIET_GC_LOCKS
+# About how many bytes of a lock file make that many Locks (a short Lock is ~150 bytes).
+QUIET_GC_BYTES = 100 * QUIET_GC_LOCKS
 _quiet_gc_depth = 0
 _quiet_gc_threshold: tuple[int, int, int] = (700, 10, 10)
 
