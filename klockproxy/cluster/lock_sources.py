@@ -626,7 +626,6 @@ class ClusterLockSource:
             await asyncio.sleep(self.crd_retry_interval)
 
     async def _follow(self) -> None:
-        slicer = Slicer()
         async for event in self.upstream.watch(
             LOCKS_PATH,
             min_backoff=self.min_backoff,
@@ -638,6 +637,8 @@ class ClusterLockSource:
                     logger.info("the Lock CRD serves %s/%s now", GROUP, VERSION)
                 self.crd_missing = False
                 self.unknown_reason = None
+                # Before the source is ready nothing is served with its Locks: no pauses.
+                slicer = Slicer(pause=SLICE_PAUSE if self.ready else 0.0)
                 await self._replace_all(event.items, event.resource_version, slicer)
             elif event.type in ("ADDED", "MODIFIED"):
                 if self._fresh(event.object):
@@ -1094,6 +1095,8 @@ class LockSet:
             # that follows starts from the last engine built and rebuilds only those.
             self._dirty = None if dirty is None or self._dirty is None else self._dirty | dirty
             if not all(s.ready for s in self.sources):
+                if self._ready_event is not None:
+                    self._ready_event.clear()
                 if self.engine is not None:
                     self.engine = None
                     self._notify()

@@ -797,6 +797,7 @@ async def test_a_cut_lock_watch_refuses_mutations_until_it_resumes(
         await api.events.put(WatchEvent("DOWN", error="the watch connection failed: reset"))
         await _until(lambda: lockset.engine is None, "the lock set to fail closed")
         assert "Lock watch is cut: the watch connection failed: reset" in lockset.describe()
+        assert not await lockset.wait_ready(0.05)
 
         # Back from where it was: nothing missed, nothing listed again.
         await api.events.put(WatchEvent("RESUMED", resource_version="5"))
