@@ -708,16 +708,18 @@ class KlockProxy:
             return False
         if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
             return False
-        flow.metadata[_LOCK_WRITE] = info
+        # Plain strings: flow metadata may be saved with the flow.
+        flow.metadata[_LOCK_WRITE] = (info.verb, info.namespace, info.name)
         return True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """A Lock written through the proxy is in force before its answer is returned."""
-        info = flow.metadata.pop(_LOCK_WRITE, None)
-        if info is None or flow.response is None or self.lock_set is None:
+        write = flow.metadata.pop(_LOCK_WRITE, None)
+        if write is None or flow.response is None or self.lock_set is None:
             return
+        verb, namespace, name = write
         body = flow.response.get_content(strict=False) or b""
-        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
+        await self.lock_set.apply_write_response(verb, namespace, name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
