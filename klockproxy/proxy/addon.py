@@ -235,6 +235,7 @@ class KlockProxy:
         probe_timeout: float = PROBE_TIMEOUT,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        ownership: OwnershipIndex | None = None,
     ) -> None:
         self.audit = audit
         self.metrics = metrics
@@ -247,7 +248,7 @@ class KlockProxy:
             self.identity = IdentityResolver(upstream)
         # The ownership index (what the garbage collector would delete), on the proxy's own
         # upstream only: injected lookups that cannot watch keep the per-request search.
-        self.ownership: OwnershipIndex | None = None
+        self.ownership: OwnershipIndex | None = ownership or _ownership_index(upstream)
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -365,17 +366,7 @@ class KlockProxy:
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
             if self.ownership is not None:
                 self._spawn(self.ownership.stop())
-            self.ownership = None
-            if self.upstream is not None and self.upstream.has_own_credentials:
-                self.ownership = OwnershipIndex(self.upstream)
-            elif self.upstream is not None:
-                # The index watches with the proxy's own credentials; a pass-through proxy
-                # without any searches each cascade as the caller (ten common kinds only).
-                logger.warning(
-                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
-                    "or a client certificate): no ownership index; cascades are searched per "
-                    "request among common kinds only (see README)"
-                )
+            self.ownership = _ownership_index(self.upstream)
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
@@ -919,6 +910,24 @@ def check_message(req: http.Request) -> None:
         raise MalformedRequestError(
             "the absolute-form request target names another host than the Host header"
         )
+
+
+def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
+    """The ownership index over ``upstream`` when it can watch with credentials of its own.
+
+    A pass-through proxy without any searches each cascade as the caller (ten common kinds
+    only, see the README); injected stand-ins that cannot watch likewise.
+    """
+    if not isinstance(upstream, Upstream):
+        return None
+    if not upstream.has_own_credentials:
+        logger.warning(
+            "klockproxy: no credentials of the proxy's own (klock_upstream_token_file or a "
+            "client certificate): no ownership index; cascades are searched per request "
+            "among common kinds only (see README)"
+        )
+        return None
+    return OwnershipIndex(upstream)
 
 
 def _body(req: http.Request) -> bytes:
