@@ -82,7 +82,7 @@ class WatchExpired(UpstreamStatusError):
     """The watch's resourceVersion is too old (410 Gone): the collection must be listed again."""
 
 
-WatchEventType = Literal["LISTED", "ADDED", "MODIFIED", "DELETED", "DOWN"]
+WatchEventType = Literal["LISTED", "ADDED", "MODIFIED", "DELETED", "DOWN", "RESUMED"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +94,10 @@ class WatchEvent:
       without a resourceVersion, and again after 410 Gone.
     - ``ADDED`` / ``MODIFIED`` / ``DELETED``: ``object`` as the API server sent it.
     - ``DOWN``: the watch lost the API server (``error`` says why, with no credentials); it is
-      retried with backoff and resumes with further events (or ``LISTED``) once it is back.
-      Sent once per outage, not per retry.
+      retried with backoff and, once it is back, resumes (``RESUMED``, then further events:
+      nothing was missed) or lists again (``LISTED``). Sent once per outage, not per retry.
+    - ``RESUMED``: after ``DOWN``, the API server accepted the watch from the last
+      resourceVersion seen (``resource_version``).
 
     Bookmarks are consumed by the iterator (they only move ``resource_version``).
     """
@@ -226,11 +228,12 @@ class Upstream:
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> tuple[int, bytes]:
         url = self._url(path, query)
         headers = self._headers(caller, accept)
         if body is not None:
-            headers.append(("Content-Type", "application/json"))
+            headers.append(("Content-Type", content_type))
         what = f"{method} {path} on {self.server}"
         try:
             session = self._get_session()
@@ -403,6 +406,7 @@ class Upstream:
                                 retries,
                             )
                             down, retries, backoff = None, 0, min_backoff
+                            yield WatchEvent("RESUMED", resource_version=rv)
                         continue
                     events += 1
                     if event.resource_version:
@@ -498,6 +502,36 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             reason = str(e) or type(e).__name__
             raise UpstreamError(f"{where}: the watch connection failed: {reason}") from e
+
+    async def _write(
+        self, method: str, path: str, body: Any, content_type: str = "application/json"
+    ) -> dict[str, Any] | None:
+        """Send a write with the proxy's own credentials; None on 409 (AlreadyExists, or a
+        resourceVersion precondition that failed): someone else wrote first."""
+        status, answer = await self._request(
+            method, path, {}, body=json.dumps(body).encode(), content_type=content_type
+        )
+        if status == 409:
+            return None
+        if status not in (200, 201):
+            raise UpstreamStatusError(f"{method} {path}", status, _status_message(answer))
+        return self._json_object(answer, f"{method} {path}")
+
+    async def create_if_absent(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST ``obj`` to the collection ``path`` with the proxy's own credentials; None when
+        it already exists (409: someone else created it first)."""
+        return await self._write("POST", path, obj)
+
+    async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """PUT ``obj`` (its resourceVersion is the precondition); None on 409."""
+        return await self._write("PUT", path, obj)
+
+    async def merge_patch_object(
+        self, path: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch (a ``metadata.resourceVersion`` in it is a precondition);
+        None on 409."""
+        return await self._write("PATCH", path, patch, "application/merge-patch+json")
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Ask the API server who these credentials (and Impersonate-* headers) act as."""

@@ -369,6 +369,13 @@ class Decider:
 
     async def _decide(self, inputs: list[AdmissionInput], caller: Caller) -> list[Decision]:
         engine = self.engine
+        known = caller.user
+        if known is not None:
+            # A known caller (the webhook's userInfo): one pass, as who it is.
+            return [
+                engine.decide(inp if inp.user is known else replace(inp, user=known))
+                for inp in inputs
+            ]
         decisions = [engine.decide(inp) for inp in inputs]
         caller_matters = any(
             d.exempted or any(den.lock.has_exclusive for den in d.denials) for d in decisions
@@ -396,6 +403,7 @@ class Decider:
         if op is None:
             # needs_judgement() only lets mutations through; never forward one unjudged.
             raise Refusal(failure(403, "klockproxy: cannot classify this request's operation"))
+        user = caller.user or _NOBODY
 
         def inp(
             operation: Operation,
@@ -409,7 +417,7 @@ class Decider:
                 namespace=info.namespace,
                 resource=info.ref,
                 name=name,
-                user=_NOBODY,
+                user=user,
                 old_labels=old,
                 new_labels=new,
                 dry_run=info.dry_run,

@@ -67,7 +67,10 @@ from typing import Any
 
 import mitmproxy.proxy.server
 from mitmproxy import connection, ctx, exceptions, http, tcp
-from mitmproxy.proxy import mode_specs
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer, mode_specs
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from klockproxy.audit import AuditLog
@@ -537,6 +540,35 @@ class KlockProxy:
             await previous.stop()
 
     # ------------------------------------------------------------------------------------
+    # Per-connection hooks
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered.
+
+        mitmproxy's reverse mode serves a client that does not start with a TLS record as
+        plain HTTP on the same port; kubectl never does that, and the bearer token would
+        cross the network in the clear (issue 10 item 10).
+        """
+        context = nextlayer.context
+        mode = context.client.proxy_mode
+        if (
+            isinstance(mode, mode_specs.ReverseMode)
+            and mode.scheme == "https"
+            and context.client.transport_protocol == "tcp"
+            and not context.client.tls
+            # The connection's first decision (NextLayer may have stacked its choice already):
+            # no client TLS layer in it, and the client's first bytes are not a TLS record.
+            and isinstance(context.layers[0], modes.ReverseProxy)
+            and not any(isinstance(each, ClientTLSLayer) for each in context.layers)
+            and not starts_like_tls_record(nextlayer.data_client())
+        ):
+            logger.info(
+                "klockproxy: closed a connection from %s that does not start with TLS",
+                context.client.peername[0] if context.client.peername else "?",
+            )
+            nextlayer.layer = _CloseClient(context)
+
+    # ------------------------------------------------------------------------------------
     # Per-request hooks
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -884,6 +916,14 @@ class KlockProxy:
             locks=verdict.locks,
             code=verdict.status["code"] if verdict.status is not None else 200,
         )
+
+
+class _CloseClient(layer.Layer):
+    """A layer that closes the client connection and ignores whatever else arrives."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
 
 
 def check_message(req: http.Request) -> None:

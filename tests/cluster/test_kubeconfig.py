@@ -160,3 +160,17 @@ def test_unusable_kubeconfigs_are_config_errors(tmp_path: Path, ca: CertificateA
 
 # ---------------------------------------------------------------------------------------------
 # The real command, as a subprocess, against a sandbox, with real kubectl.
+
+
+def test_a_missing_kubeconfig_file_is_named_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nope.kubeconfig"
+    expected = f"kubeconfig {missing}: the file does not exist"
+    with pytest.raises(ConfigError, match=expected) as raised:
+        load_upstream(str(missing), None, tmp_path / "files")
+    assert "Invalid kube-config" not in str(raised.value)
+    # The same through $KUBECONFIG.
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_upstream(None, None, tmp_path / "files")

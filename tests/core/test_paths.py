@@ -178,3 +178,27 @@ def test_unserved_reads_raise_too() -> None:
     # The addon lets unclassifiable reads through; the error says why it could not classify.
     with pytest.raises(UnservedRouteError):
         classify_request("GET", "/api/v1/pods/my-pod")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/nodes/n1/proxy/./exec/default/my-pod/c?command=sh",
+        "/api/v1/nodes/n1/proxy/x/../exec/default/my-pod/c?command=sh",
+        "/api/v1/nodes/n1/proxy/%2E/exec/default/my-pod/c",
+        "/api/v1/nodes/n1/proxy/x/%2e%2E/exec/default/my-pod/c",
+        "/api/v1/nodes/n1/proxy/x%2F..%2Fexec/default/my-pod/c",
+        "/api/v1/nodes/n1/proxy/exec/default/my-pod/..",
+        "/api/v1/namespaces/default/pods/my-pod/proxy/a/../b",
+        "/api/v1/namespaces/default/services/web:80/proxy/./",
+    ],
+)
+def test_dot_segments_after_a_proxy_subresource_are_refused(path: str) -> None:
+    # The kubelet cleans the path it is handed: .../proxy/x/../exec/... is exec there.
+    with pytest.raises(ClassificationError, match="segment"):
+        classify_request("POST", path)
+
+
+def test_a_proxy_tail_without_dot_segments_classifies() -> None:
+    info = classify_request("GET", "/api/v1/namespaces/default/pods/my-pod/proxy/a.b/..c/")
+    assert (info.verb, info.name, info.subresource) == ("connect", "my-pod", "proxy")
