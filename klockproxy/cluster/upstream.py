@@ -161,8 +161,12 @@ def _status_message(body: bytes) -> str:
 class Upstream:
     """One pooled aiohttp session to the API server, created lazily inside the running loop."""
 
-    def __init__(self, config: UpstreamConfig, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, config: UpstreamConfig, *, timeout: float = 10.0, connection_limit: int = 100
+    ) -> None:
         self.config = config
+        # 0 = no limit (a client that keeps one watch per collection open).
+        self._connection_limit = connection_limit
         self._base = URL(config.server.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ConfigError(f"upstream server must be an http(s) URL, got {config.server!r}")
@@ -186,7 +190,7 @@ class Upstream:
                 if self._ssl is None:
                     self._ssl = build_ssl_context(self.config)
                 tls = self._ssl
-            connector = aiohttp.TCPConnector(ssl=tls, limit=100)
+            connector = aiohttp.TCPConnector(ssl=tls, limit=self._connection_limit)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
             self._loop = loop
         return self._session

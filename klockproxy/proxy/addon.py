@@ -967,7 +967,7 @@ def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
             "among common kinds only (see README)"
         )
         return None
-    return OwnershipIndex(upstream)
+    return OwnershipIndex.over(upstream.config)
 
 
 def _body(req: http.Request) -> bytes:

@@ -886,7 +886,7 @@ class Gateway:
             metrics=metrics,
             # What the garbage collector would delete, watched with the gateway's own
             # credentials (cluster.ownership).
-            ownership=OwnershipIndex(self.lookups.own),
+            ownership=OwnershipIndex.over(self.lookups.own.config),
         )
         self._master = await start_master(
             host=host,
