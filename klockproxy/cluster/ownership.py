@@ -129,6 +129,21 @@ class OwnershipIndex:
         index._own_client = client
         return index
 
+    async def permitted(self) -> str:
+        """Why the index cannot run with these credentials (empty when it can): it lists and
+        watches every kind, so it needs ``list`` and ``watch`` on every resource of every
+        group (it asks for metadata only, but RBAC cannot grant only that)."""
+        review = getattr(self.client, "self_access_review", None)
+        if review is None:
+            return ""
+        try:
+            for verb in ("list", "watch"):
+                if not await review({"verb": verb, "group": "*", "resource": "*"}):
+                    return f"the proxy's own credentials may not {verb} every resource"
+        except UpstreamError as e:
+            return f"cannot ask what the proxy's own credentials may do: {e}"
+        return ""
+
     # ----------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:

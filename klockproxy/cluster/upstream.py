@@ -587,6 +587,21 @@ class Upstream:
         # Only an explicit true allows (denied, missing or malformed: not allowed).
         return answer.get("allowed") is True, reason if isinstance(reason, str) else ""
 
+    async def self_access_review(self, attributes: Mapping[str, str]) -> bool:
+        """May the proxy's own credentials do what ``attributes`` (resourceAttributes) say?
+        (SelfSubjectAccessReview; only an explicit true allows.)"""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": dict(attributes)},
+        }
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        if status not in (200, 201):
+            raise UpstreamStatusError("SelfSubjectAccessReview", status, _status_message(body))
+        answer = self._json_object(body, "SelfSubjectAccessReview").get("status")
+        return isinstance(answer, dict) and answer.get("allowed") is True
+
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:
             data = json.loads(body)

@@ -476,6 +476,19 @@ class KlockProxy:
             await self._start_ownership(self.ownership)
 
     async def _start_ownership(self, index: OwnershipIndex) -> None:
+        reason = await index.permitted()
+        if reason:
+            # Fail closed would refuse every judged write for good: keep the per-request
+            # search instead, and say so loudly (README, "Deletions, by consequence").
+            logger.warning(
+                "klockproxy: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            if self.ownership is index:
+                self.ownership = None
+            await index.stop()
+            return
         await index.start()
         engine = self._engine()
         if engine is not None:

@@ -337,6 +337,17 @@ class WebhookServer:
 
     async def _start_ownership(self, config: UpstreamConfig, lock_set: LockSet) -> None:
         index = OwnershipIndex.over(config)
+        reason = await index.permitted()
+        if reason:
+            # As shipped (deploy/webhook), the webhook's RBAC lists only the kinds the
+            # per-request search needs: keep that search, and say how to enable the index.
+            logger.warning(
+                "webhook: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            await index.stop()
+            return
         self.ownership = index
         await index.start()
         previous = lock_set.on_change
