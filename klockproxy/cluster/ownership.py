@@ -351,6 +351,8 @@ class OwnershipIndex:
                     if is_crd and (event.type != "LISTED" or listed):
                         self._schedule_discovery()
                     listed = listed or event.type == "LISTED"
+                    # A LISTED event holds a whole collection: not kept until the next event.
+                    del event
             except UpstreamStatusError as e:
                 if e.code == 404:
                     # The kind is gone (its CRD deleted): nothing of it exists any more.

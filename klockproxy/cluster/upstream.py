@@ -386,6 +386,8 @@ class Upstream:
                         )
                         down, retries, backoff = None, 0, min_backoff
                     yield WatchEvent("LISTED", items=tuple(items), resource_version=rv)
+                    # Not kept alive for as long as the watch runs (a whole collection).
+                    items = []
                 query = {
                     "watch": "true",
                     "resourceVersion": rv,
