@@ -448,6 +448,18 @@ def orphans(resource: ResourceRef, options: Mapping[str, Any] | None) -> bool:
     return orphans_by_default(resource)
 
 
+def options_of_query(info: RequestInfo) -> dict[str, Any] | None:
+    """The propagation options a request's query carries (a deletecollection's), or None."""
+    out: dict[str, Any] = {}
+    policy = (info.query.get("propagationPolicy") or ("",))[0]
+    orphan = (info.query.get("orphanDependents") or ("",))[0]
+    if policy:
+        out["propagationPolicy"] = policy
+    if orphan:
+        out["orphanDependents"] = orphan == "true"
+    return out or None
+
+
 def contained(graph: Graph, obj: Mapping[str, Any], resource: ResourceRef) -> list[Node]:
     """What goes with an object besides its dependents: a namespace's objects, a CRD's
     custom resources (as far as the graph holds them)."""
