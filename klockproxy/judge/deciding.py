@@ -35,6 +35,7 @@ from klockproxy.core.consequences import (
     deletion_consequences,
     identity_locks,
     needs_consequence_judgement,
+    options_of_query,
     scaled,
     write_consequences,
 )
@@ -556,7 +557,8 @@ class Decider:
         implied: list[Implied] = []
         if info.verb == "deletecollection":
             if self.ownership is not None and plan.targets:
-                implied = deletion_consequences(graph, info, plan.targets, subject.options)
+                options = subject.options or options_of_query(info)
+                implied = deletion_consequences(graph, info, plan.targets, options)
         elif info.verb == "delete" or info.subresource == "eviction":
             if self.ownership is not None and old is not None:
                 implied = deletion_consequences(graph, info, [old], subject.options)

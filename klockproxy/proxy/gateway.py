@@ -58,6 +58,7 @@ from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
 )
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
 from klockproxy.core.paths import classify_request
@@ -903,6 +904,9 @@ class Gateway:
             identity=self.identity,
             audit=self.audit,
             metrics=metrics,
+            # What the garbage collector would delete, watched with the gateway's own
+            # credentials (cluster.ownership).
+            ownership=OwnershipIndex.over(self.lookups.own.config),
         )
         self._master = await start_master(
             host=host,
