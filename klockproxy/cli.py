@@ -39,6 +39,18 @@ def _serve() -> Subcommand:
     return serve
 
 
+def _gateway() -> Subcommand:
+    from klockproxy.proxy import gateway
+
+    return gateway
+
+
+def _webhook() -> Subcommand:
+    from klockproxy.webhook import command
+
+    return command
+
+
 def _demo() -> Subcommand:
     from klockproxy import demo
 
@@ -61,6 +73,14 @@ def _sandbox() -> Subcommand:
 SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
     "check": (_check, "decide offline whether Locks allow an operation on objects"),
     "serve": (_serve, "local mode: a Lock-enforcing proxy in front of a kubeconfig context"),
+    "gateway": (
+        _gateway,
+        "shared gateway: one Lock-enforcing proxy for a team, each caller with own credentials",
+    ),
+    "webhook": (
+        _webhook,
+        "webhook mode: the same Locks enforced by a validating admission webhook",
+    ),
     "demo": (
         _demo,
         "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
@@ -75,7 +95,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
 # tenth of the proxy's CPU per request (see README, Measured performance). The package itself
 # has no assert statements (ruff S101), so -O changes nothing of klockproxy's own behaviour.
 # KLOCKPROXY_OPTIMIZE=0 keeps the interpreter as started.
-OPTIMIZED_SUBCOMMANDS = frozenset({"serve"})
+OPTIMIZED_SUBCOMMANDS = frozenset({"serve", "gateway"})
 
 
 def reexec_argv(argv: Sequence[str]) -> list[str] | None:

@@ -7,10 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from klockproxy.cluster.identity import IdentityResolver
+from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.engine import Engine
+from klockproxy.core.errors import Refusal
 from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.ownership import Graph, node_of
 from klockproxy.core.requests import classify
-from klockproxy.core.types import UserInfo
+from klockproxy.core.status import failure
+from klockproxy.core.types import ResourceRef, UserInfo
 from klockproxy.judge import (
     Caller,
     Judge,
@@ -161,7 +165,9 @@ def test_needs_judgement_for_what_a_write_can_also_do() -> None:
     # Any update may add an owner reference (the garbage collector deletes later).
     delete_lock = _locks("shop", "DELETE")
     assert needs_judgement(classify("PATCH", POD_PATH), delete_lock, "application/json-patch+json")
-    assert not needs_judgement(classify("PATCH", POD_PATH + "/status"), delete_lock, "")
+    # So may a write through the status subresource (item 8 of issue 13: the status
+    # strategies reset spec and labels, not metadata.ownerReferences).
+    assert needs_judgement(classify("PATCH", POD_PATH + "/status"), delete_lock, "")
     # Deleting a CRD deletes custom resources in every namespace.
     crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/things.example.com"
     assert needs_judgement(classify("DELETE", crd), delete_lock, "")
@@ -217,3 +223,179 @@ async def test_decide_judges_a_cascade_unless_the_options_orphan() -> None:
     assert "garbage collector" in cascade.status["message"]
     orphan = {"propagationPolicy": "Orphan"}
     assert (await decider.decide(Subject(info, owner, None, orphan), caller)).allowed
+
+
+# ---------------------------------------------------------------------------------------
+# What the cluster does next (issue 13), decided on the ownership index
+
+
+class StaticOwnership:
+    """An ownership index already synced on a fixed graph (or never synced)."""
+
+    def __init__(self, *objects: dict[str, Any], synced: bool = True) -> None:
+        self.graph = Graph()
+        for obj in objects:
+            group, _, version = obj["apiVersion"].rpartition("/")
+            plural = obj["kind"].lower() + "s"
+            found = node_of(obj, ResourceRef(group, version, plural), obj["kind"])
+            assert found is not None
+            self.graph.upsert(found)
+        self.synced = synced
+        self.followed: list[Engine] = []
+
+    def follow(self, engine: Engine) -> None:
+        self.followed.append(engine)
+
+    async def graph_when_synced(self) -> Graph:
+        if not self.synced:
+            raise Refusal(failure(503, "klockproxy: the ownership index is not synced yet"))
+        return self.graph
+
+
+DELETE_LOCK = _locks("shop", "DELETE")
+
+
+def obj(
+    kind: str, name: str, *owners: dict[str, Any], api: str = "v1", **labels: str
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "shop", "uid": f"uid-{name}",
+                            "labels": labels, "resourceVersion": "1"}  # fmt: skip
+    if owners:
+        meta["ownerReferences"] = [
+            {"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["metadata"]["name"],
+             "uid": o["metadata"]["uid"]}
+            for o in owners
+        ]  # fmt: skip
+    return {"apiVersion": api, "kind": kind, "metadata": meta}
+
+
+async def decide(
+    index: StaticOwnership, method: str, path: str, old: Any, new: Any = None, **kw: Any
+) -> Any:
+    engine = kw.pop("engine", DELETE_LOCK)
+    decider = Judge(Lookups(), None, engine, index)
+    info = classify(method, path)
+    caller = kw.pop("caller", Caller.known(UserInfo("someone")))
+    return await decider.decide(Subject(info, old, new, kw.pop("options", None)), caller)
+
+
+async def test_deletion_follows_any_kind_and_keeps_dependents_with_another_owner() -> None:
+    top = obj("ConfigMap", "top")
+    other = obj("ConfigMap", "other")
+    sa = obj("ServiceAccount", "middle", top)
+    locked = obj("Pod", "locked", sa, aura="red")
+    shared = obj("ConfigMap", "shared", other, top, aura="red")
+    index = StaticOwnership(top, other, sa, locked, shared)
+    # Item 7: ConfigMap -> ServiceAccount -> locked pod.
+    verdict = await decide(index, "DELETE", "/api/v1/namespaces/shop/configmaps/top", top)
+    assert verdict.status is not None
+    assert 'forbids DELETE of pods "locked"' in verdict.status["message"]
+    assert "the garbage collector deletes the dependents" in verdict.status["message"]
+    assert index.followed == [DELETE_LOCK]
+    # Item 11: "shared" keeps its other owner.
+    index = StaticOwnership(top, other, shared)
+    assert (await decide(index, "DELETE", "/api/v1/namespaces/shop/configmaps/top", top)).allowed
+    # Orphaning keeps everything.
+    index = StaticOwnership(top, sa, locked)
+    orphan = {"propagationPolicy": "Orphan"}
+    path = "/api/v1/namespaces/shop/configmaps/top"
+    assert (await decide(index, "DELETE", path, top, options=orphan)).allowed
+
+
+async def test_a_batch_v1_job_deleted_without_a_policy_orphans_its_pods() -> None:
+    job = obj("Job", "j", api="batch/v1")
+    pod_ = obj("Pod", "j-x", job, aura="red")
+    index = StaticOwnership(job, pod_)
+    path = "/apis/batch/v1/namespaces/shop/jobs/j"
+    assert (await decide(index, "DELETE", path, job, options={})).allowed
+    background = {"propagationPolicy": "Background"}
+    assert not (await decide(index, "DELETE", path, job, options=background)).allowed
+
+
+async def test_eviction_and_owner_writes_through_status_are_judged() -> None:
+    driver = obj("Pod", "driver")
+    executor = obj("Pod", "executor", driver, aura="red")
+    index = StaticOwnership(driver, executor)
+    eviction = "/api/v1/namespaces/shop/pods/driver/eviction"
+    assert not (await decide(index, "POST", eviction, driver)).allowed
+    # Item 8: a dangling owner written through pods/status.
+    ghost = {"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "nobody"}
+    patched = json.loads(json.dumps(driver))
+    patched["metadata"]["ownerReferences"] = [ghost]
+    status = "/api/v1/namespaces/shop/pods/driver/status"
+    verdict = await decide(index, "PATCH", status, driver, patched)
+    assert verdict.status is not None
+    assert 'forbids DELETE of pods "executor"' in verdict.status["message"]
+
+
+async def test_the_index_not_synced_refuses_with_503() -> None:
+    top = obj("ConfigMap", "top")
+    index = StaticOwnership(top, synced=False)
+    verdict = await decide(index, "DELETE", "/api/v1/namespaces/shop/configmaps/top", top)
+    assert verdict.status is not None and verdict.status["code"] == 503
+    # Where no DELETE lock can be reached, the index is not needed.
+    free = "/api/v1/namespaces/elsewhere/configmaps/top"
+    assert (await decide(index, "DELETE", free, top)).allowed
+
+
+async def test_scale_down_through_the_scale_subresource_is_a_delete_of_locked_pods() -> None:
+    dep = obj("Deployment", "web", api="apps/v1")
+    dep["spec"] = {"replicas": 2}
+    rs = obj("ReplicaSet", "web-1", dep, api="apps/v1")
+    pod_ = obj("Pod", "web-1-a", rs, aura="red")
+    index = StaticOwnership(dep, rs, pod_)
+    scale = {"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 1}}
+    path = "/apis/apps/v1/namespaces/shop/deployments/web/scale"
+    verdict = await decide(index, "PATCH", path, dep, scale)
+    assert verdict.status is not None
+    assert "scaling down deletes pods" in verdict.status["message"]
+    scale["spec"]["replicas"] = 3
+    assert (await decide(index, "PATCH", path, dep, scale)).allowed
+
+
+async def test_debug_is_a_connect_and_the_exempt_account_is_not_handed_out() -> None:
+    locked = obj("Pod", "p", aura="red")
+    connect_lock = _locks("shop", "CONNECT")
+    path = "/api/v1/namespaces/shop/pods/p/ephemeralcontainers"
+    verdict = await decide(StaticOwnership(), "PATCH", path, locked, locked, engine=connect_lock)
+    assert verdict.status is not None and "forbids CONNECT" in verdict.status["message"]
+    exempting = Engine(
+        load_locks_from_text(
+            "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+            "metadata: {name: l, namespace: shop}\n"
+            "spec: {operations: [DELETE], matcher: {aura: red}, exclusive: {name: jonny-op}}\n",
+            source="test",
+        )
+    )
+    sa = obj("ServiceAccount", "jonny-op")
+    token = "/api/v1/namespaces/shop/serviceaccounts/jonny-op/token"
+    verdict = await decide(StaticOwnership(), "POST", token, sa, engine=exempting)
+    assert verdict.status is not None
+    assert "minting a token for service account jonny-op" in verdict.status["message"]
+    itself = Caller.known(UserInfo("system:serviceaccount:shop:jonny-op"))
+    assert (
+        await decide(StaticOwnership(), "POST", token, sa, engine=exempting, caller=itself)
+    ).allowed
+
+
+async def test_a_consequence_the_caller_may_not_read_is_not_named() -> None:
+    db = obj("Database", "prod", api="db.example.com/v1")
+    secret = obj("Secret", "top-secret-name", db, aura="red")
+    index = StaticOwnership(db, secret)
+
+    class NoSecrets(Lookups):
+        async def get_object(
+            self, path: str, headers: Mapping[str, str | Sequence[str]]
+        ) -> dict[str, Any] | None:
+            if "/secrets/" in path:
+                raise UpstreamStatusError(f"GET {path}", 403, "secrets is forbidden")
+            return await super().get_object(path, headers)
+
+    decider = Judge(NoSecrets(), None, DELETE_LOCK, index)
+    info = classify("DELETE", "/apis/db.example.com/v1/namespaces/shop/databases/prod")
+    verdict = await decider.decide(Subject(info, db, None), Caller.known(UserInfo("someone")))
+    assert verdict.status is not None
+    message = verdict.status["message"]
+    assert "top-secret-name" not in message
+    assert "one of the secrets that the garbage collector would delete" in message
+    assert "Lock shop/l" in message

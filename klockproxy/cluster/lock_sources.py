@@ -105,6 +105,13 @@ class _FileStamp:
     inode: int
 
 
+def _by_namespace(locks: Sequence[Lock]) -> dict[str, tuple[Lock, ...]]:
+    grouped: dict[str, list[Lock]] = {}
+    for lock in locks:
+        grouped.setdefault(lock.namespace, []).append(lock)
+    return {namespace: tuple(ns_locks) for namespace, ns_locks in grouped.items()}
+
+
 def _scan(paths: Sequence[Path]) -> tuple[dict[str, _FileStamp], str | None]:
     """Every lock file the paths name, with a cheap fingerprint; and a problem, if any (a
     named file missing, a directory unreadable): then the set cannot be trusted whole."""
@@ -218,7 +225,8 @@ class FileLockSource:
                 await task
 
     async def reload_if_changed(self) -> bool:
-        """Reload now what changed; True when the lock set was replaced."""
+        """Reload now what changed; True when the lock set changed (a file rewritten with
+        the same Locks, or only touched, changes nothing)."""
         files, problem = _scan(self.paths)
         if problem is not None:
             self._refuse((files, problem), problem)
@@ -233,7 +241,7 @@ class FileLockSource:
         scan = tuple(files.items())
         if scan == self._failed:
             return False  # the same broken state: reported already
-        slicer = Slicer()
+        slicer = Slicer(pause=SLICE_PAUSE if self.ready else 0.0)
         loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]] = {}
         try:
             for f in changed:
@@ -262,10 +270,9 @@ class FileLockSource:
                 raise
             self._refuse(scan, str(e))
             return False
-        self._apply(loaded, removed)
         self._failed = None
         self.last_error = None
-        return True
+        return self._apply(loaded, removed)
 
     async def _check_duplicates(
         self,
@@ -289,31 +296,41 @@ class FileLockSource:
 
     def _apply(
         self, loaded: dict[str, tuple[_FileStamp, tuple[Lock, ...]]], removed: list[str]
-    ) -> None:
+    ) -> bool:
+        changed = False
         for f in [*loaded, *removed]:
             _, old = self._files.get(f, (None, ()))
-            for namespace in {lock.namespace for lock in old}:
-                self._touch(namespace)
-                per_file = self._by_ns[namespace]
-                per_file.pop(f, None)
-                if not per_file:
-                    del self._by_ns[namespace]
+            _, new = loaded.get(f, (None, ()))
+            if old == new:
+                continue  # touched or rewritten the same: nothing to rebuild
+            old_by_ns, new_by_ns = _by_namespace(old), _by_namespace(new)
+            for namespace in old_by_ns.keys() | new_by_ns.keys():
+                ns_locks = new_by_ns.get(namespace)
+                if old_by_ns.get(namespace) != ns_locks:
+                    # Only namespaces whose Locks differ are rebuilt in the engine.
+                    self._touch(namespace)
+                    changed = True
+                if ns_locks is not None:
+                    self._by_ns.setdefault(namespace, {})[f] = ns_locks
+                else:
+                    per_file = self._by_ns[namespace]
+                    per_file.pop(f, None)
+                    if not per_file:
+                        del self._by_ns[namespace]
         for f in removed:
             del self._files[f]
-        for f, (stamp, locks) in loaded.items():
-            self._files[f] = (stamp, locks)
-            grouped: dict[str, list[Lock]] = {}
-            for lock in locks:
-                grouped.setdefault(lock.namespace, []).append(lock)
-            for namespace, ns_locks in grouped.items():
-                self._touch(namespace)
-                self._by_ns.setdefault(namespace, {})[f] = tuple(ns_locks)
+        for f, entry in loaded.items():
+            self._files[f] = entry
         # Keep the files in path order (a directory's files are read in name order).
         self._files = dict(sorted(self._files.items()))
+        if not changed:
+            logger.info("lock files rewritten, their Locks unchanged: nothing to rebuild")
+            return False
         self._locks = None
         if self.ready:
             logger.info("reloaded %s", self.describe())
             self._notify()
+        return True
 
     def _touch(self, namespace: str) -> None:
         if self._changed is not None:
@@ -361,23 +378,32 @@ class FileLockSource:
 # Work on the event loop in bounded slices
 
 # How long one slice of lock loading or engine building may hold the event loop before it
-# lets requests run. Python threads would not help: pure-Python parsing in a thread holds the
-# GIL and every request waits for it (issue 12 measured GETs falling from ~530/s to ~10/s).
+# lets requests run, and how long it then leaves the loop to them. Python threads would not
+# help: pure-Python parsing in a thread holds the GIL and every request waits for it (issue
+# 12 measured GETs falling from ~530/s to ~10/s). A request takes several turns of the loop
+# (read, hooks, upstream, answer): a pause, not a single turn (``sleep(0)``), lets it make
+# them all between two slices.
 SLICE_SECONDS = 0.002
+SLICE_PAUSE = 0.002
 
 
 class Slicer:
-    """Cooperative time slicing: ``await tick()`` yields to the loop once a slice is used up."""
+    """Cooperative time slicing: ``await tick()`` pauses once a slice is used up.
 
-    def __init__(self, budget: float = SLICE_SECONDS) -> None:
+    ``pause=0`` (nothing to share the loop with yet, e.g. the first load before the proxy
+    serves) only yields one turn of the loop.
+    """
+
+    def __init__(self, budget: float = SLICE_SECONDS, pause: float = SLICE_PAUSE) -> None:
         self._budget = budget
+        self._pause = pause
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + budget
 
     async def tick(self) -> None:
         """Let other tasks run if this slice has used its budget."""
         if self._loop.time() >= self._deadline:
-            await asyncio.sleep(0)
+            await asyncio.sleep(self._pause)
             self._deadline = self._loop.time() + self._budget
 
     async def drive(self, steps: Generator[None, None, T]) -> T:
@@ -444,6 +470,8 @@ class ClusterLockSource:
         self.crd_missing = False
         # Why the Locks cannot be known although the API server answers (fail closed).
         self.unknown_reason: str | None = None
+        # Why the watch is cut (not ready until it resumes), if it is.
+        self.cut_reason: str | None = None
         self.name = CLUSTER_SPEC
         self._task: asyncio.Task[None] | None = None
         # namespace -> name -> the Lock, or the invalid Lock (a key is in one of the two).
@@ -487,6 +515,8 @@ class ClusterLockSource:
         """``3 locks from cluster`` (for the ready line), naming invalid Locks if any."""
         if self.unknown_reason is not None:
             return f"cluster Locks unknown: {self.unknown_reason}"
+        if self.cut_reason is not None:
+            return f"cluster Locks unknown while the Lock watch is cut: {self.cut_reason}"
         suffix = " (Lock CRD not installed)" if self.crd_missing else ""
         if self.invalid:
             keys = ", ".join(bad.key for bad in self.invalid)
@@ -544,7 +574,10 @@ class ClusterLockSource:
                     self._upsert(event.object)
             elif event.type == "DELETED" and self._fresh(event.object):
                 self._remove(_object_key(event.object))
-            # DOWN: keep the last set in force while the watch reconnects (it logs).
+            elif event.type == "DOWN":
+                self._cut(event.error)
+            elif event.type == "RESUMED":
+                self._resumed()
             self._publish()
 
     async def _crd_absent_or_changed(self) -> None:
@@ -570,6 +603,11 @@ class ClusterLockSource:
             self.ready_now()
             return
         served = _served_versions(crd)
+        if VERSION in served:
+            # Just created (not Established yet) or being replaced: served in a moment. The
+            # state stays as it was (no Locks could be stored before it is served).
+            logger.info("the Lock CRD serves %s but the API server does not yet; retrying", VERSION)
+            return
         self._unknown(
             f"the Lock CRD {PLURAL}.{GROUP} does not serve {VERSION} (it serves "
             f"{', '.join(served) or 'no version'}): Locks in other versions cannot be read"
@@ -588,12 +626,27 @@ class ClusterLockSource:
             self._notify()
 
     def ready_now(self) -> None:
-        """Mark ready and notify (the first list, or the CRD found absent)."""
+        """Mark ready and notify (a complete list, or the CRD found absent)."""
+        self.cut_reason = None
         if not self.ready:
             self.ready = True
             logger.info("cluster lock source ready: %s", self.describe())
-            self._changed = None
         self._notify()
+
+    def _cut(self, error: str) -> None:
+        """The watch lost the API server: Locks made meanwhile would go unseen, so the
+        source is not ready (mutations refused) until the watch resumes or relists."""
+        if not self.ready:
+            return
+        self.cut_reason = error
+        self.ready = False
+        logger.warning("the Lock watch is cut: mutations are refused until it resumes")
+        self._notify()
+
+    def _resumed(self) -> None:
+        if self.cut_reason is not None and self.unknown_reason is None:
+            logger.info("the Lock watch resumed: nothing was missed")
+            self.ready_now()
 
     # -- state changes ---------------------------------------------------------------------
 
@@ -796,7 +849,9 @@ class LockSet:
         self._ready_event: asyncio.Event | None = None
         self._started = False
         self._task: asyncio.Task[None] | None = None
+        # Namespaces changed since the last build (None: all); the last engine built.
         self._dirty: set[str] | None = None
+        self._built: Engine | None = None
         self._pending = False
         for source in self.sources:
             source.on_change = self._changed
@@ -954,24 +1009,30 @@ class LockSet:
     async def _build(self) -> None:
         # One turn of the loop first: a burst of watch events is handled as one change.
         await asyncio.sleep(0)
-        slicer = Slicer()
+        # The first build has no engine to serve meanwhile: no pauses (start time).
+        slicer = Slicer(pause=SLICE_PAUSE if self.engine is not None else 0.0)
         while self._pending:
             self._pending = False
             dirty = self._collect()
+            # Changes add up while a source is not ready (say, its watch is cut): the build
+            # that follows starts from the last engine built and rebuilds only those.
+            self._dirty = None if dirty is None or self._dirty is None else self._dirty | dirty
             if not all(s.ready for s in self.sources):
                 if self.engine is not None:
                     self.engine = None
                     self._notify()
                 continue
-            base = self.engine
-            if base is None or dirty is None:
+            base = self._built
+            pending, self._dirty = self._dirty, set()
+            if base is None or pending is None:
                 base = None
                 namespaces = {lock.namespace for s in self.sources for lock in s.locks}
             else:
-                namespaces = dirty
+                namespaces = pending
             changed = {ns: self._namespace_locks(ns) for ns in sorted(namespaces)}
             invalid = [bad for s in self.sources for bad in s.invalid]
             engine = await slicer.drive(Engine.build(base, changed, invalid))
+            self._built = engine
             # Changes made during the build are in the sources' change sets: the next turn
             # of this loop rebuilds their namespaces on top of this engine.
             if not all(s.ready for s in self.sources):

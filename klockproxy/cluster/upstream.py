@@ -24,6 +24,7 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
+from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.core.errors import ConfigError, UpstreamError
 from klockproxy.core.types import UserInfo
 
@@ -69,24 +70,19 @@ class UpstreamConfig:
     insecure: bool = False
 
 
-class UpstreamStatusError(UpstreamError):
+class UpstreamStatusError(ReviewRefused):
     """The API server answered, but not with what was asked for (``code`` is its HTTP code).
 
     ``message`` is the Status message of the API server when it sent one: it is the API
     server's own words (e.g. an RBAC refusal) and safe to show to the caller.
     """
 
-    def __init__(self, what: str, code: int, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{what}: HTTP {code}: {message}")
-
 
 class WatchExpired(UpstreamStatusError):
     """The watch's resourceVersion is too old (410 Gone): the collection must be listed again."""
 
 
-WatchEventType = Literal["LISTED", "ADDED", "MODIFIED", "DELETED", "DOWN"]
+WatchEventType = Literal["LISTED", "ADDED", "MODIFIED", "DELETED", "DOWN", "RESUMED"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +94,10 @@ class WatchEvent:
       without a resourceVersion, and again after 410 Gone.
     - ``ADDED`` / ``MODIFIED`` / ``DELETED``: ``object`` as the API server sent it.
     - ``DOWN``: the watch lost the API server (``error`` says why, with no credentials); it is
-      retried with backoff and resumes with further events (or ``LISTED``) once it is back.
-      Sent once per outage, not per retry.
+      retried with backoff and, once it is back, resumes (``RESUMED``, then further events:
+      nothing was missed) or lists again (``LISTED``). Sent once per outage, not per retry.
+    - ``RESUMED``: after ``DOWN``, the API server accepted the watch from the last
+      resourceVersion seen (``resource_version``).
 
     Bookmarks are consumed by the iterator (they only move ``resource_version``).
     """
@@ -230,11 +228,12 @@ class Upstream:
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> tuple[int, bytes]:
         url = self._url(path, query)
         headers = self._headers(caller, accept)
         if body is not None:
-            headers.append(("Content-Type", "application/json"))
+            headers.append(("Content-Type", content_type))
         what = f"{method} {path} on {self.server}"
         try:
             session = self._get_session()
@@ -407,6 +406,7 @@ class Upstream:
                                 retries,
                             )
                             down, retries, backoff = None, 0, min_backoff
+                            yield WatchEvent("RESUMED", resource_version=rv)
                         continue
                     events += 1
                     if event.resource_version:
@@ -503,6 +503,36 @@ class Upstream:
             reason = str(e) or type(e).__name__
             raise UpstreamError(f"{where}: the watch connection failed: {reason}") from e
 
+    async def _write(
+        self, method: str, path: str, body: Any, content_type: str = "application/json"
+    ) -> dict[str, Any] | None:
+        """Send a write with the proxy's own credentials; None on 409 (AlreadyExists, or a
+        resourceVersion precondition that failed): someone else wrote first."""
+        status, answer = await self._request(
+            method, path, {}, body=json.dumps(body).encode(), content_type=content_type
+        )
+        if status == 409:
+            return None
+        if status not in (200, 201):
+            raise UpstreamStatusError(f"{method} {path}", status, _status_message(answer))
+        return self._json_object(answer, f"{method} {path}")
+
+    async def create_if_absent(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST ``obj`` to the collection ``path`` with the proxy's own credentials; None when
+        it already exists (409: someone else created it first)."""
+        return await self._write("POST", path, obj)
+
+    async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """PUT ``obj`` (its resourceVersion is the precondition); None on 409."""
+        return await self._write("PUT", path, obj)
+
+    async def merge_patch_object(
+        self, path: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch (a ``metadata.resourceVersion`` in it is a precondition);
+        None on 409."""
+        return await self._write("PATCH", path, patch, "application/merge-patch+json")
+
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Ask the API server who these credentials (and Impersonate-* headers) act as."""
         last: UpstreamStatusError | None = None
@@ -519,6 +549,39 @@ class Upstream:
                 raise UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
             return _user_info(self._json_object(body, "SelfSubjectReview"))
         raise last or UpstreamError("SelfSubjectReview: the API server offers no version of it")
+
+    async def subject_access_review(
+        self, user: UserInfo, attributes: Mapping[str, str]
+    ) -> tuple[bool, str]:
+        """May ``user`` do what ``attributes`` (SubjectAccessReview resourceAttributes) say?
+
+        Asked with the proxy's own credentials (it needs ``create subjectaccessreviews``).
+        Returns (allowed, reason). Raises UpstreamStatusError / UpstreamError.
+        """
+        spec: dict[str, Any] = {
+            "user": user.username,
+            "groups": list(user.groups),
+            "resourceAttributes": dict(attributes),
+        }
+        if user.uid:
+            spec["uid"] = user.uid
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
+        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        if status not in (200, 201):
+            raise UpstreamStatusError("SubjectAccessReview", status, _status_message(body))
+        answer = self._json_object(body, "SubjectAccessReview").get("status")
+        if not isinstance(answer, dict):
+            raise UpstreamError("SubjectAccessReview: the answer has no status")
+        reason = answer.get("reason")
+        # Only an explicit true allows (denied, missing or malformed: not allowed).
+        return answer.get("allowed") is True, reason if isinstance(reason, str) else ""
 
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:

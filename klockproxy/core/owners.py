@@ -82,7 +82,9 @@ def owner_inputs(
     like deleting it, on its old and on its new labels. Removing owners only keeps objects
     alive.
     """
-    new_owner = bool(owner_keys(new) - owner_keys(current))
+    # The common case, cheaply: the owner references are unchanged.
+    same = object_meta(new).get("ownerReferences") == object_meta(current).get("ownerReferences")
+    new_owner = not same and bool(owner_keys(new) - owner_keys(current))
     if not new_owner and not ttl_changed(current, new):
         return []
     old_labels, new_labels = labels_of(dict(current)), labels_of(dict(new))

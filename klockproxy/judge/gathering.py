@@ -40,6 +40,7 @@ from klockproxy.judge.deciding import (
     Caller,
     Decider,
     Lookups,
+    Ownership,
     Subject,
     Verdict,
     lookup_failure,
@@ -71,8 +72,14 @@ class _Guard:
 class Judge(Decider):
     """The proxy's judge: gathers the objects of a covered mutation, decides, guards."""
 
-    def __init__(self, lookups: Lookups, identity: IdentityResolver | None, engine: Engine) -> None:
-        super().__init__(lookups, engine)
+    def __init__(
+        self,
+        lookups: Lookups,
+        identity: IdentityResolver | None,
+        engine: Engine,
+        ownership: Ownership | None = None,
+    ) -> None:
+        super().__init__(lookups, engine, ownership)
         self.identity = identity
 
     async def judge(
@@ -140,8 +147,11 @@ class Judge(Decider):
         guard = _version(current)
         if verb == "update" and info.subresource in LABEL_SUBRESOURCES:
             return Subject(info, current, _decode(req)), guard
+        if verb in ("update", "patch") and info.subresource == "scale":
+            # The parent decides; the Scale asked for says what the controller does next.
+            return Subject(info, current, _scale(req, info, current)), guard
         if verb in ("update", "patch"):
-            # scale, ephemeralcontainers: the parent decides.
+            # ephemeralcontainers: the parent decides.
             return Subject(info, current, current), guard
         if verb == "delete" or info.subresource == "eviction":
             options = _delete_options(req, info) if verb == "delete" else None
@@ -222,7 +232,8 @@ def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
     ``orphanDependents``).
 
     The body's DeleteOptions win over the query, as on the API server; anything unreadable
-    counts as a cascade (no options).
+    counts as a cascade (``Background``: no options would mean the kind's default, which
+    orphans for batch/v1 Jobs).
     """
     body = req.body()
     if not body.strip():
@@ -242,10 +253,25 @@ def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
             return {"propagationPolicy": last_string(raw, 4), "orphanDependents": orphan_flag}
         doc = load_document(body, ctype, "DeleteOptions body")
     except (Refusal, DecodeError):
-        return {}
+        return {"propagationPolicy": "Background"}
     if not isinstance(doc, dict):
-        return {}
+        return {"propagationPolicy": "Background"}
     return {k: doc[k] for k in ("propagationPolicy", "orphanDependents") if k in doc}
+
+
+def _scale(req: _Request, info: RequestInfo, parent: Mapping[str, Any]) -> dict[str, Any]:
+    """The Scale a write to the scale subresource asks for (the PUT body, or the patch
+    applied to the Scale the API server shows for ``parent``)."""
+    if info.verb == "update":
+        return _decode(req)
+    spec = parent.get("spec")
+    view = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": info.name, "namespace": info.namespace},
+        "spec": {"replicas": spec.get("replicas", 1) if isinstance(spec, dict) else 1},
+    }
+    return _apply(view, req.body(), req.content_type, ("autoscaling", "Scale"))
 
 
 def _version(obj: Mapping[str, Any]) -> _Guard | None:

@@ -73,8 +73,10 @@ from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from klockproxy.cluster.identity import IdentityResolver, is_auth_header
+from klockproxy.audit import AuditLog
+from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth_header
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
@@ -90,7 +92,9 @@ from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
 from klockproxy.core.requests import RequestInfo, check_header_fields, check_method, check_target
 from klockproxy.core.status import Status, failure, to_bytes
-from klockproxy.judge import Judge, Lookups, needs_judgement
+from klockproxy.core.types import UserInfo
+from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
+from klockproxy.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,11 @@ _JUDGE = "judge"
 _ANSWERED = "answered"
 # A Lock write whose 2xx answer is applied to the lock set before it is returned.
 _LOCK_WRITE = "klockproxy-lock-write"
+_VERB = "klockproxy-verb"
+# Flow metadata a front addon (the gateway) may set: who the request runs as, and who asked
+# for that when it is an impersonation (UserInfo). Used for the audit log.
+USER_METADATA = "klockproxy-user"
+IMPERSONATED_BY_METADATA = "klockproxy-impersonated-by"
 
 # mitmproxy options the addon reads: what the lookups default to (upstream address, CA,
 # client certificate), and stream_large_bodies (refused, see _parse_options).
@@ -227,7 +236,11 @@ class KlockProxy:
         identity: IdentityResolver | None = None,
         *,
         probe_timeout: float = PROBE_TIMEOUT,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.audit = audit
+        self.metrics = metrics
         self._injected_lock_set = lock_set is not None
         self._injected_upstream = upstream is not None
         self.lock_set: LockSet | None = lock_set
@@ -235,6 +248,9 @@ class KlockProxy:
         self.identity: IdentityResolver | None = identity
         if identity is None and upstream is not None:
             self.identity = IdentityResolver(upstream)
+        # The ownership index (what the garbage collector would delete), on the proxy's own
+        # upstream only: injected lookups that cannot watch keep the per-request search.
+        self.ownership: OwnershipIndex | None = None
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -350,6 +366,21 @@ class KlockProxy:
                 self._spawn(self.upstream.close())
             self.upstream = Upstream(settings.upstream) if settings.upstream else None
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
+            if self.ownership is not None:
+                self._spawn(self.ownership.stop())
+            self.ownership = None
+            if self.upstream is not None and self.upstream.has_own_credentials:
+                self.ownership = OwnershipIndex(self.upstream)
+            elif self.upstream is not None:
+                # The index watches with the proxy's own credentials; a pass-through proxy
+                # without any searches each cascade as the caller (ten common kinds only).
+                logger.warning(
+                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
+                    "or a client certificate): no ownership index; cascades are searched per "
+                    "request among common kinds only (see README)"
+                )
+            if self._running and self.ownership is not None:
+                self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
             old is None
             or (old.locks, old.default_namespace, old.upstream)
@@ -450,10 +481,34 @@ class KlockProxy:
             opts.connection_strategy = "lazy"
         if self.lock_set is not None:
             await self._start_lock_set(self.lock_set)
+        if self.ownership is not None:
+            await self._start_ownership(self.ownership)
+
+    async def _start_ownership(self, index: OwnershipIndex) -> None:
+        await index.start()
+        engine = self._engine()
+        if engine is not None:
+            index.follow(engine)
+        lock_set = self.lock_set
+        if lock_set is None:
+            return
+        # Follow the lock set's namespaces as they change, not only when a request comes.
+        previous = lock_set.on_change
+
+        def changed() -> None:
+            if previous is not None:
+                previous()
+            current = lock_set.engine
+            if current is not None and self.ownership is index:
+                index.follow(current)
+
+        lock_set.on_change = changed
 
     async def done(self) -> None:
         """Stop the lock sources and close upstream connections."""
         self._running = False
+        if self.ownership is not None:
+            await self.ownership.stop()
         if self._started_lock_set is not None and not self._injected_lock_set:
             await self._started_lock_set.stop()
         self._started_lock_set = None
@@ -527,6 +582,9 @@ class KlockProxy:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Authenticate (local mode), classify, pick the fast path or mark for judging."""
+        if flow.response is not None:
+            # A front addon (the gateway's caller authentication) already answered.
+            return
         req = flow.request
         try:
             check_message(req)
@@ -561,6 +619,8 @@ class KlockProxy:
         if (err := await self._probe(flow)) is not None:
             self._answer(flow, err)
             return
+        if mark == _PASS:
+            self._count(flow, "passed")
         if mark == _PASS and self._streamable(req):
             req.stream = True
         elif mark == _JUDGE:
@@ -574,6 +634,7 @@ class KlockProxy:
         method = req.method.upper()
         try:
             info = classify_request(method, req.path)
+            flow.metadata[_VERB] = info.verb
         except MalformedRequestError as e:
             # check_message refused these already; kept for a target rewritten by another addon.
             self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
@@ -620,6 +681,10 @@ class KlockProxy:
             return
         if resp.status_code != 101:
             resp.stream = True
+        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
+            self.metrics.upstream_latency.observe(
+                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
+            )
 
     def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
         """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
@@ -718,6 +783,10 @@ class KlockProxy:
         if req.raw_content and "content-length" not in req.headers:
             req.headers["content-length"] = str(len(req.raw_content))
 
+    def _count(self, flow: http.HTTPFlow, verdict: str) -> None:
+        if self.metrics is not None:
+            self.metrics.request(flow.metadata.get(_VERB) or flow.request.method, verdict)
+
     def _answer(
         self,
         flow: http.HTTPFlow,
@@ -725,7 +794,10 @@ class KlockProxy:
         log_message: str | None = None,
         *,
         quiet: bool = False,
+        verdict: str = "refused",
     ) -> None:
+        if flow.metadata.get(_MARK) != _ANSWERED:
+            self._count(flow, verdict)
         flow.metadata[_MARK] = _ANSWERED
         flow.response = http.Response.make(
             status["code"], to_bytes(status), {"Content-Type": "application/json"}
@@ -791,14 +863,19 @@ class KlockProxy:
                 raise Refusal(self._not_ready())
             if self.upstream is None or self.identity is None:
                 raise Refusal(failure(503, "klockproxy: no API server configured for lookups"))
-            verdict = await Judge(self.upstream, self.identity, engine).judge(
+            verdict = await Judge(self.upstream, self.identity, engine, self.ownership).judge(
                 info,
                 auth_headers(req.headers),
                 lambda: _body(req),
                 req.headers.get("content-type", ""),
             )
+            await self._record(flow, info, verdict)
             if verdict.status is not None:
+                if verdict.locks:
+                    self._answer(flow, verdict.status, verdict.log_message, verdict="denied")
+                    return
                 raise Refusal(verdict.status, verdict.log_message)
+            self._count(flow, "allowed")
             if verdict.body is not None:
                 # Re-encoded with the request's Content-Encoding by mitmproxy.
                 req.content = verdict.body
@@ -814,6 +891,40 @@ class KlockProxy:
                 "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
             )
             self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+
+    async def _record(self, flow: http.HTTPFlow, info: RequestInfo, verdict: Verdict) -> None:
+        """Metrics and the audit line of a judged mutation (never a credential or a body)."""
+        if self.metrics is not None and verdict.locks:
+            self.metrics.denied_by(verdict.locks)
+        if self.audit is None:
+            return
+        user = flow.metadata.get(USER_METADATA)
+        if not isinstance(user, UserInfo) and self.identity is not None:
+            try:
+                user = await self.identity.resolve(auth_headers(flow.request.headers))
+            except (ReviewRefused, KlockProxyError):
+                user = None
+        by = flow.metadata.get(IMPERSONATED_BY_METADATA)
+        if verdict.locks:
+            outcome = "denied"
+        elif verdict.status is not None:
+            outcome = "refused"
+        else:
+            outcome = "allowed"
+        self.audit.record(
+            user=user if isinstance(user, UserInfo) else None,
+            impersonated_by=by if isinstance(by, UserInfo) else None,
+            verb=info.verb,
+            api_group=info.group,
+            resource=info.resource,
+            subresource=info.subresource,
+            namespace=info.namespace,
+            name=info.name,
+            dry_run=info.dry_run,
+            verdict=outcome,
+            locks=verdict.locks,
+            code=verdict.status["code"] if verdict.status is not None else 200,
+        )
 
 
 class _CloseClient(layer.Layer):

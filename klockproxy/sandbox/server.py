@@ -249,6 +249,44 @@ def _wants_table(request: web.Request) -> bool:
     return False
 
 
+PARTIAL = "PartialObjectMetadata"
+PARTIAL_LIST = "PartialObjectMetadataList"
+
+
+def _partial_target(request: web.Request) -> str | None:
+    """``PartialObjectMetadata``/``...List`` when the first Accept clause the sandbox can
+    serve asks for metadata only (``application/json;as=...;g=meta.k8s.io;v=v1``)."""
+    for part in request.headers.get("Accept", "").split(","):
+        fields = [p.strip() for p in part.split(";")]
+        params = dict(p.split("=", 1) for p in fields[1:] if "=" in p)
+        if fields[0] not in ("application/json", "*/*", "application/*"):
+            continue
+        target = params.get("as")
+        if target is None:
+            return None
+        if target not in (PARTIAL, PARTIAL_LIST):
+            return None  # a Table, or a form the sandbox does not serve: not metadata-only
+        if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return target
+    return None
+
+
+def _as_partial(obj: Obj) -> Obj:
+    return {"kind": PARTIAL, "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
+
+
+def _check_partial(target: str | None, want: str, rt: ResourceType) -> None:
+    """Like the API server: asking for the list form on a single object (or the reverse) is
+    406 NotAcceptable."""
+    if target is not None and target != want:
+        what = "a list" if want == PARTIAL_LIST else "not a list"
+        raise ApiError(
+            f"you requested {target}, but the requested object is {what} ({rt.kind})",
+            code=406,
+            reason="NotAcceptable",
+        )
+
+
 def _is_watch(request: web.Request) -> bool:
     return _query_bool(request, "watch")
 
@@ -616,6 +654,10 @@ class SandboxServer:
     def _respond_object(
         self, request: web.Request, rt: ResourceType, obj: Obj, status: int = 200
     ) -> web.Response:
+        partial = _partial_target(request)
+        if partial is not None and request.method == "GET":
+            _check_partial(partial, PARTIAL, rt)
+            return _json_response(_as_partial(obj), status)
         if _wants_table(request) and request.method == "GET":
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
@@ -658,6 +700,17 @@ class SandboxServer:
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
                 tables.table(rt, items, include_object=include, list_metadata=meta)
+            )
+        partial = _partial_target(request)
+        if partial is not None:
+            _check_partial(partial, PARTIAL_LIST, rt)
+            return _json_response(
+                {
+                    "kind": PARTIAL_LIST,
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": [_as_partial(o) for o in items],
+                }
             )
         return _json_response(
             {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta, "items": items}
@@ -703,6 +756,8 @@ class SandboxServer:
         timeout_text = request.query.get("timeoutSeconds", "")
         deadline = time.monotonic() + int(timeout_text) if timeout_text.isdigit() else None
         as_table = _wants_table(request)
+        partial = _partial_target(request)
+        _check_partial(partial, PARTIAL, rt)
         include = request.query.get("includeObject", "Metadata")
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON_TYPE})
         response.enable_chunked_encoding()
@@ -719,7 +774,9 @@ class SandboxServer:
 
         def encode(ev_type: str, obj: Obj) -> bytes:
             payload: Obj = obj
-            if as_table and ev_type != "BOOKMARK":
+            if partial is not None and ev_type != "BOOKMARK":
+                payload = _as_partial(obj)
+            elif as_table and ev_type != "BOOKMARK":
                 payload = tables.table(
                     rt,
                     [obj],

@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
 )
-from klockproxy.cluster.upstream import UpstreamConfig
+from klockproxy.cluster.upstream import UpstreamConfig, WatchEvent
 from klockproxy.core.errors import ConfigError, LockValidationError
 from klockproxy.core.locks import InvalidLock, Lock, load_locks_from_text
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
@@ -731,3 +731,77 @@ async def test_a_file_being_written_is_read_once_it_holds_still(tmp_path: Path) 
         assert names(src) == [f"default/l{i}" for i in range(4)]
     finally:
         await src.stop()
+
+
+async def test_touching_a_lock_file_rebuilds_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("a") + "---\n" + lock_yaml("b", namespace="two"))
+    lockset = LockSet([FileLockSource([f])])
+    await lockset.start()
+    try:
+        source = lockset.sources[0]
+        assert isinstance(source, FileLockSource)
+        builds, engine = lockset.builds, lockset.engine
+        write(f, f.read_text())  # same Locks, new mtime
+        assert not await source.reload_if_changed()
+        await lockset.settled()
+        assert lockset.builds == builds and lockset.engine is engine
+        # One Lock changed: its namespace alone is rebuilt.
+        write(f, lock_yaml("a") + "---\n" + lock_yaml("b", namespace="two", ops="[CREATE]"))
+        assert await source.reload_if_changed()
+        await lockset.settled()
+        after = lockset.engine
+        assert after is not None and engine is not None
+        assert after.namespace_locks("default") is engine.namespace_locks("default")
+        assert after.covers("two", Operation.CREATE)
+    finally:
+        await lockset.stop()
+
+
+class ScriptedWatch:
+    """Stands in for Upstream: ``watch`` yields the events a test puts in ``events``."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[WatchEvent] = asyncio.Queue()
+
+    async def watch(self, path: str, **kwargs: Any) -> AsyncIterator[WatchEvent]:
+        while True:
+            yield await self.events.get()
+
+    async def get_object(self, path: str, headers: Any) -> dict[str, Any] | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _lock_object(name: str, rv: str) -> dict[str, Any]:
+    obj = yaml.safe_load(lock_yaml(name))
+    obj["metadata"]["resourceVersion"] = rv
+    return dict(obj)
+
+
+async def test_a_cut_lock_watch_refuses_mutations_until_it_resumes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Locks made while the watch is cut would go unseen: fail closed meanwhile."""
+    api = ScriptedWatch()
+    lockset = LockSet([ClusterLockSource(api)])  # type: ignore[arg-type]
+    await lockset.start()
+    try:
+        await api.events.put(WatchEvent("LISTED", items=(_lock_object("a", "5"),)))
+        assert await lockset.wait_ready(10)
+        assert names(lockset) == ["default/a"]
+
+        await api.events.put(WatchEvent("DOWN", error="the watch connection failed: reset"))
+        await _until(lambda: lockset.engine is None, "the lock set to fail closed")
+        assert "Lock watch is cut: the watch connection failed: reset" in lockset.describe()
+
+        # Back from where it was: nothing missed, nothing listed again.
+        await api.events.put(WatchEvent("RESUMED", resource_version="5"))
+        await _until(lambda: lockset.engine is not None, "the lock set to be back")
+        assert names(lockset) == ["default/a"]
+        await api.events.put(WatchEvent("ADDED", object=_lock_object("b", "6")))
+        await _until(lambda: names(lockset) == ["default/a", "default/b"], "the new lock")
+    finally:
+        await lockset.stop()

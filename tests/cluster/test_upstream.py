@@ -541,12 +541,15 @@ async def test_a_silent_watch_connection_is_dropped_and_resumed(
     api.routes["GET", LOCKS_PATH] = script.handle
     up = Upstream(UpstreamConfig(server=api.url))
     try:
-        events = await _take(up.watch(LOCKS_PATH, timeout_seconds=1, min_backoff=0.01), 4)
+        events = await _take(up.watch(LOCKS_PATH, timeout_seconds=1, min_backoff=0.01), 5)
     finally:
         await up.close()
-    assert [e.type for e in events] == ["LISTED", "ADDED", "DOWN", "ADDED"]
+    assert [e.type for e in events] == ["LISTED", "ADDED", "DOWN", "RESUMED", "ADDED"]
     assert "the watch connection failed: Timeout on reading" in events[2].error
+    # Resumed from the last version seen: nothing missed, no list.
+    assert events[3].resource_version == "11"
     assert script.queries[-1]["resourceVersion"] == "11"
+    assert len(script.lists) == 0 and sum("watch" not in q for q in script.queries) == 1
 
 
 async def test_watch_metadata_only_asks_for_partial_object_metadata(api: FakeApi) -> None:
