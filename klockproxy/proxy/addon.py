@@ -633,7 +633,7 @@ class KlockProxy:
         req = flow.request
         method = req.method.upper()
         try:
-            info = classify_request(method, req.path)
+            info = classification(flow)
             flow.metadata[_VERB] = info.verb
         except MalformedRequestError as e:
             # check_message refused these already; kept for a target rewritten by another addon.
@@ -648,7 +648,6 @@ class KlockProxy:
                 failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
             )
             return _ANSWERED
-        flow.metadata[_INFO] = info
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
         if len(req.headers.get_all("content-type")) > 1:
@@ -692,9 +691,8 @@ class KlockProxy:
             return False
         if self.lock_set is None or not self.lock_set.watches_cluster:
             return False
-        try:
-            info = classify_request(flow.request.method.upper(), flow.request.path)
-        except ClassificationError:
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo):
             return False
         if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
             return False
@@ -933,6 +931,18 @@ class _CloseClient(layer.Layer):
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
             yield commands.CloseConnection(self.context.client)
+
+
+def classification(flow: http.HTTPFlow) -> RequestInfo:
+    """``classify_request`` of this flow's request, computed once and kept in
+    ``flow.metadata``: every check of the request (a front addon's, the fast path, the
+    namespace checks, the judgement) reads the same object. Raises ClassificationError."""
+    info = flow.metadata.get(_INFO)
+    if isinstance(info, RequestInfo):
+        return info
+    info = classify_request(flow.request.method.upper(), flow.request.path)
+    flow.metadata[_INFO] = info
+    return info
 
 
 def check_message(req: http.Request) -> None:
