@@ -388,6 +388,14 @@ class KlockProxy:
                 )
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
+        elif self._injected_upstream and self.ownership is None:
+            # An upstream handed in (local mode shares one client between the lock watch and
+            # the lookups) gets the index too when it carries the proxy's own credentials.
+            up = self.upstream
+            if isinstance(up, Upstream) and up.has_own_credentials:
+                self.ownership = OwnershipIndex(up)
+                if self._running:
+                    self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
             old is None
             or (old.locks, old.default_namespace, old.upstream)
@@ -724,15 +732,15 @@ class KlockProxy:
         resp = flow.response
         if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
             return
+        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
+            self.metrics.upstream_latency.observe(
+                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
+            )
         if self._lock_write(flow, resp.status_code):
             # Buffered, not streamed: response() applies it before the client sees it.
             return
         if resp.status_code != 101:
             resp.stream = True
-        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
-            self.metrics.upstream_latency.observe(
-                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
-            )
 
     def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
         """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
