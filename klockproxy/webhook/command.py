@@ -13,12 +13,10 @@ Without ``--kubeconfig``/``--context`` in a pod, the pod's service account is us
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import sys
 
-from klockproxy.core.errors import ConfigError, KlockProxyError
+from klockproxy.core.errors import ConfigError
+from klockproxy.service import run_service
 from klockproxy.webhook.server import DEFAULT_LISTEN, WebhookServer, WebhookSettings, parse_listen
 
 logger = logging.getLogger(__name__)
@@ -109,40 +107,6 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
     )
 
 
-async def serve_until_signal(server: WebhookServer) -> int:
-    """Start ``server``, print the ready line, serve until SIGINT/SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        try:
-            await server.start()
-        except (KlockProxyError, OSError) as e:
-            print(f"klockproxy: {e}", file=sys.stderr)
-            return 1
-        line = f"klockproxy webhook serving on {server.url}/validate"
-        if server.health_url:
-            line += f" (health: {server.health_url})"
-        print(line, flush=True)
-        await stop.wait()
-        logger.info("stopping")
-        await server.stop()
-        return 0
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy webhook``; returns the exit code."""
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as e:
-        print(f"klockproxy: {e}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(serve_until_signal(WebhookServer(settings)))
-    except KlockProxyError as e:
-        print(f"klockproxy: {e}", file=sys.stderr)
-        return 1
+    return run_service(lambda: WebhookServer(settings_from_args(args)))

@@ -17,7 +17,6 @@ runs it in a thread for tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import shutil
@@ -47,6 +46,7 @@ from klockproxy.health import HealthServer
 from klockproxy.judge import Caller, Decider, Lookups, has_delete_locks, is_crd_delete
 from klockproxy.loop_thread import LoopThread
 from klockproxy.metrics import LockState, Metrics, verb_label
+from klockproxy.service import StartedOrStopped, cancel, wait_for_locks
 from klockproxy.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReviewWire,
@@ -262,10 +262,7 @@ class FileCerts:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +287,7 @@ class WebhookSettings:
     locks_ready_timeout: float = 10.0
 
 
-class WebhookServer:
+class WebhookServer(StartedOrStopped):
     """The webhook service: ``await start()`` (listening when it returns), ``await stop()``.
 
     ``lock_set``, ``lookups`` and ``certs`` may be given (tests, benchmarks); otherwise they
@@ -324,16 +321,16 @@ class WebhookServer:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        """Load the upstream, the Locks and the certificates, then listen. Raises
-        ConfigError (or LockValidationError) with a message fit for the user."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+    def ready_line(self) -> str:
+        """The line ``webhook`` prints once it listens."""
+        line = f"klockproxy webhook serving on {self.url}/validate"
+        if self.health_url:
+            line += f" (health: {self.health_url})"
+        return line
 
     async def _start(self) -> None:
+        """Load the upstream, the Locks and the certificates, then listen. Raises
+        ConfigError (or LockValidationError) with a message fit for the user."""
         s = self.settings
         host, port = parse_listen(s.listen)
         upstream: UpstreamConfig | None = None
@@ -362,11 +359,7 @@ class WebhookServer:
             )
             self.health_url = await self._health.start()
         await self._listen(host, port)
-        if not await self.lock_set.wait_ready(s.locks_ready_timeout):
-            logger.warning(
-                "lock sources not ready after %.0f s: every review is refused until they are",
-                s.locks_ready_timeout,
-            )
+        await wait_for_locks(self.lock_set, s.locks_ready_timeout, "every review is refused")
 
     async def _start_ownership(self, config: UpstreamConfig, lock_set: LockSet) -> None:
         index = OwnershipIndex.over(config)
