@@ -151,6 +151,18 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def _own_member(doc: dict[str, Any], key: str, what: str) -> dict[str, Any]:
+    """``doc[key]`` replaced by a copy of itself (an empty object where absent or null), to
+    be edited without touching the caller's; a Refusal (400) when it is not an object."""
+    member = doc.get(key)
+    if member is None:
+        member = {}
+    if not isinstance(member, dict):
+        raise Refusal(failure(400, f"klockproxy: {what} is not an object"))
+    copy = doc[key] = dict(member)
+    return copy
+
+
 def add_precondition(
     body: bytes,
     ctype: str,
@@ -205,18 +217,8 @@ def add_precondition(
         doc = dict(doc)
         target = doc
         if verb == "create":
-            opts = doc.get("deleteOptions")
-            if opts is None:
-                opts = {}
-            if not isinstance(opts, dict):
-                raise Refusal(failure(400, "klockproxy: Eviction.deleteOptions is not an object"))
-            target = doc["deleteOptions"] = dict(opts)
-        pre = target.get("preconditions")
-        if pre is None:
-            pre = {}
-        if not isinstance(pre, dict):
-            raise Refusal(failure(400, "klockproxy: DeleteOptions.preconditions is not an object"))
-        pre = target["preconditions"] = dict(pre)
+            target = _own_member(doc, "deleteOptions", "Eviction.deleteOptions")
+        pre = _own_member(target, "preconditions", "DeleteOptions.preconditions")
         if rv:
             check_client_value(info, pre.get("resourceVersion"), rv)
             pre["resourceVersion"] = rv

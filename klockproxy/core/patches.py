@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from klockproxy.core.codec import load_json, load_yaml_object, media_type
 from klockproxy.core.errors import DecodeError, PatchError
@@ -262,19 +262,29 @@ def _parent(doc: JSON, tokens: list[str], pointer: str) -> JSON:
     return node
 
 
-def _get(doc: JSON, pointer: str) -> JSON:
-    tokens = parse_pointer(pointer)
-    if not tokens:
-        return doc
+def _existing(doc: JSON, tokens: list[str], pointer: str) -> tuple[Any, str | int]:
+    """Where the existing target of a non-empty pointer is: (its parent, the key or index).
+
+    The parent is typed loosely: a dict whose key is the str, or a list whose index is the
+    int (this function decides which).
+    """
     parent = _parent(doc, tokens, pointer)
     last = tokens[-1]
     if isinstance(parent, dict):
         if last not in parent:
             raise PatchError(f"path {pointer!r} does not exist")
-        return parent[last]
+        return parent, last
     if isinstance(parent, list):
-        return parent[_array_index(last, len(parent), pointer, allow_end=False)]
+        return parent, _array_index(last, len(parent), pointer, allow_end=False)
     raise PatchError(f"path {pointer!r}: parent is not an object or array")
+
+
+def _get(doc: JSON, pointer: str) -> JSON:
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return doc
+    parent, key = _existing(doc, tokens, pointer)
+    return cast(JSON, parent[key])
 
 
 def _add(doc: JSON, pointer: str, value: JSON) -> JSON:
@@ -299,31 +309,16 @@ def _remove(doc: JSON, pointer: str) -> tuple[JSON, JSON]:
     tokens = parse_pointer(pointer)
     if not tokens:
         raise PatchError("cannot remove the whole document")
-    parent = _parent(doc, tokens, pointer)
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise PatchError(f"path {pointer!r} does not exist")
-        return doc, parent.pop(last)
-    if isinstance(parent, list):
-        return doc, parent.pop(_array_index(last, len(parent), pointer, allow_end=False))
-    raise PatchError(f"path {pointer!r}: parent is not an object or array")
+    parent, key = _existing(doc, tokens, pointer)
+    return doc, cast(JSON, parent.pop(key))
 
 
 def _replace(doc: JSON, pointer: str, value: JSON) -> JSON:
     tokens = parse_pointer(pointer)
     if not tokens:
         return value
-    parent = _parent(doc, tokens, pointer)
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise PatchError(f"path {pointer!r} does not exist")
-        parent[last] = value
-    elif isinstance(parent, list):
-        parent[_array_index(last, len(parent), pointer, allow_end=False)] = value
-    else:
-        raise PatchError(f"path {pointer!r}: parent is not an object or array")
+    parent, key = _existing(doc, tokens, pointer)
+    parent[key] = value
     return doc
 
 
