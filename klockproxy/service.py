@@ -1,12 +1,14 @@
 """What every long-running command shares (``serve``, ``gateway``, ``webhook``).
 
-Start the service, print one ready line, serve until SIGINT or SIGTERM, stop it; the per-run
-private directory in the state directory; keeping an exec plugin's token file current;
-cancelling a background task. It knows no mode: the modes import it, never the reverse.
+The options that mean the same in each; start the service, print one ready line, serve
+until SIGINT or SIGTERM, stop it; the per-run private directory in the state directory;
+keeping an exec plugin's token file current; cancelling a background task. It knows no
+mode: the modes import it, never the reverse.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -154,3 +156,24 @@ def run_service(make: Callable[[], Service], *, out: TextIO | None = None) -> in
     except KlockProxyError as e:
         print(f"klockproxy: {e}", file=sys.stderr)
         return 1
+
+
+def add_locks_option(parser: argparse.ArgumentParser) -> None:
+    """``--locks cluster|PATH ...``: where the Locks come from (default: cluster)."""
+    parser.add_argument(
+        "--locks",
+        nargs="+",
+        action="extend",
+        metavar="cluster|PATH",
+        help="where Locks come from: 'cluster' (watch Lock objects) and/or lock files or "
+        "directories (reloaded on change); default: cluster",
+    )
+
+
+def add_audit_log_option(parser: argparse.ArgumentParser, judged: str) -> None:
+    """``--audit-log PATH|-``: one JSON line per ``judged`` thing ("mutation", "review")."""
+    parser.add_argument(
+        "--audit-log",
+        metavar="PATH|-",
+        help=f"append one JSON line per judged {judged} here ('-': standard output)",
+    )

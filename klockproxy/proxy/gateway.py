@@ -72,6 +72,8 @@ from klockproxy.proxy.master import (
 )
 from klockproxy.service import (
     StartedOrStopped,
+    add_audit_log_option,
+    add_locks_option,
     cancel,
     make_run_dir,
     refresh_token_file,
@@ -1021,23 +1023,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="CA (PEM) whose client certificates are identities (CN = user, O = groups); "
         "repeatable. Without it no certificate is an identity",
     )
-    parser.add_argument(
-        "--locks",
-        nargs="+",
-        action="extend",
-        metavar="cluster|PATH",
-        help="where Locks come from: 'cluster' and/or lock files or directories (default: cluster)",
-    )
+    add_locks_option(parser)
     parser.add_argument(
         "--health-listen",
         metavar="HOST:PORT",
         help="serve /healthz, /readyz and /metrics over plain HTTP here",
     )
-    parser.add_argument(
-        "--audit-log",
-        metavar="PATH|-",
-        help="append one JSON line per judged mutation here ('-': standard output)",
-    )
+    add_audit_log_option(parser, "mutation")
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:

@@ -39,6 +39,8 @@ from klockproxy.proxy.master import (
 )
 from klockproxy.service import (
     StartedOrStopped,
+    add_audit_log_option,
+    add_locks_option,
     cancel,
     make_run_dir,
     refresh_token_file,
@@ -296,14 +298,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
     )
-    parser.add_argument(
-        "--locks",
-        nargs="+",
-        action="extend",
-        metavar="cluster|PATH",
-        help="where Locks come from: 'cluster' (watch Lock objects) and/or lock files or "
-        "directories (reloaded on change); default: cluster",
-    )
+    add_locks_option(parser)
     parser.add_argument(
         "--write-kubeconfig",
         required=True,
@@ -315,11 +310,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_STATE_DIR,
         help=f"where the proxy keeps its CA (default {DEFAULT_STATE_DIR})",
     )
-    parser.add_argument(
-        "--audit-log",
-        metavar="PATH|-",
-        help="append one JSON line per judged mutation here ('-': standard output)",
-    )
+    add_audit_log_option(parser, "mutation")
     parser.add_argument(
         "--default-namespace",
         default="default",

@@ -16,7 +16,7 @@ import argparse
 import logging
 
 from klockproxy.core.errors import ConfigError
-from klockproxy.service import run_service
+from klockproxy.service import add_audit_log_option, add_locks_option, run_service
 from klockproxy.webhook.server import DEFAULT_LISTEN, WebhookServer, WebhookSettings, parse_listen
 
 logger = logging.getLogger(__name__)
@@ -50,25 +50,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="ValidatingWebhookConfiguration whose caBundle gets the CA of --cert-secret",
     )
-    parser.add_argument(
-        "--locks",
-        nargs="+",
-        action="extend",
-        metavar="cluster|PATH",
-        help="where Locks come from: 'cluster' (watch Lock objects) and/or lock files or "
-        "directories; default: cluster",
-    )
+    add_locks_option(parser)
     parser.add_argument(
         "--health-listen",
         metavar="HOST:PORT",
         help="serve /healthz, /readyz (ready once the Locks synced and the CA is injected) "
         "and /metrics over plain HTTP here",
     )
-    parser.add_argument(
-        "--audit-log",
-        metavar="PATH|-",
-        help="append one JSON line per judged review (- for standard output)",
-    )
+    add_audit_log_option(parser, "review")
 
 
 def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
