@@ -1,4 +1,5 @@
-"""Run an asyncio service (a proxy, a sandbox, a webhook) on its own loop in a daemon thread.
+"""Run an asyncio service (a proxy, a sandbox, a webhook) on its own loop in a daemon thread;
+cancel a service's background task.
 
 Synchronous callers (tests that drive kubectl with subprocess, benchmarks, the demo) start a
 service this way and stop it again. A service is anything with ``async start()`` (ready when
@@ -24,6 +25,14 @@ class Service(Protocol):
 
 
 S = TypeVar("S", bound=Service)
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has ended (None: nothing to do)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class LoopThread(Generic[S]):

@@ -2,15 +2,14 @@
 
 The options that mean the same in each; start the service, print one ready line, serve
 until SIGINT or SIGTERM, stop it; the per-run private directory in the state directory;
-keeping an exec plugin's token file current; cancelling a background task. It knows no
-mode: the modes import it, never the reverse.
+keeping an exec plugin's token file current. It knows no mode: the modes import it, never
+the reverse.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -18,7 +17,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from klockproxy.cluster.private_files import write_private
 from klockproxy.core.errors import ConfigError, KlockProxyError
@@ -63,14 +62,6 @@ class StartedOrStopped(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Stop serving and release everything (safe to call after a failed start)."""
-
-
-async def cancel(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has ended (None: nothing to do)."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def wait_for_locks(lock_set: LockSet, timeout: float, meanwhile: str) -> None:

@@ -59,6 +59,7 @@ from klockproxy.core.locks import (
     lock_file_steps,
     lock_from_object,
 )
+from klockproxy.loop_thread import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +227,7 @@ class FileLockSource:
     async def stop(self) -> None:
         """Stop polling."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def reload_if_changed(self) -> bool:
         """Reload now what changed; True when the lock set changed (a file rewritten with
@@ -604,10 +602,7 @@ class ClusterLockSource:
     async def stop(self) -> None:
         """Stop watching (and close the client if this source made it)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         if self._owns_upstream:
             await self.upstream.close()
 
@@ -986,10 +981,7 @@ class LockSet:
         for source in self.sources:
             await source.stop()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until every source is ready; False on timeout."""

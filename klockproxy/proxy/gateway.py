@@ -62,7 +62,7 @@ from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
-from klockproxy.loop_thread import LoopThread
+from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
@@ -74,7 +74,6 @@ from klockproxy.service import (
     StartedOrStopped,
     add_audit_log_option,
     add_locks_option,
-    cancel,
     make_run_dir,
     refresh_token_file,
     run_service,

@@ -29,7 +29,7 @@ from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import Upstream
 from klockproxy.core.errors import ConfigError
-from klockproxy.loop_thread import LoopThread
+from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
@@ -41,7 +41,6 @@ from klockproxy.service import (
     StartedOrStopped,
     add_audit_log_option,
     add_locks_option,
-    cancel,
     make_run_dir,
     refresh_token_file,
     run_service,

@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidSignature
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
+from klockproxy.loop_thread import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -304,10 +305,7 @@ class SecretCerts:
     async def stop(self) -> None:
         """Stop the background renewal and release the API client."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         await self.api.close()
 
     async def _loop(self) -> None:

@@ -44,9 +44,9 @@ from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import Operation
 from klockproxy.health import HealthServer
 from klockproxy.judge import Caller, Decider, Lookups, has_delete_locks, is_crd_delete
-from klockproxy.loop_thread import LoopThread
+from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.metrics import LockState, Metrics, verb_label
-from klockproxy.service import StartedOrStopped, cancel, wait_for_locks
+from klockproxy.service import StartedOrStopped, wait_for_locks
 from klockproxy.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReviewWire,
