@@ -262,30 +262,16 @@ class IdentityResolver:
         self,
         upstream: SelfSubjectReviewer,
         *,
-        ttl: float = DEFAULT_TTL,
-        failure_ttl: float = DEFAULT_FAILURE_TTL,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        max_failures: int = DEFAULT_MAX_FAILURES,
-        miss_rate: float | None = DEFAULT_MISS_RATE,
-        miss_burst: int = DEFAULT_MISS_BURST,
-        clock: Callable[[], float] = time.monotonic,
-        on_event: Callable[[str], None] | None = None,
+        cache: ReviewCache[UserInfo] | None = None,
         on_review: Callable[[str], None] | None = None,
     ) -> None:
+        """``cache`` holds the answers (its TTLs, bounds, miss rate and clock); a default
+        ``ReviewCache`` when None. ``on_review(result)`` is told each review's outcome."""
         self._upstream = upstream
         # Drawn per process: the keys mean nothing outside it.
         self._key = secrets.token_bytes(32)
         self._on_review = on_review
-        self._cache: ReviewCache[UserInfo] = ReviewCache(
-            ttl=ttl,
-            failure_ttl=failure_ttl,
-            max_entries=max_entries,
-            max_failures=max_failures,
-            miss_rate=miss_rate,
-            miss_burst=miss_burst,
-            clock=clock,
-            on_event=on_event,
-        )
+        self._cache: ReviewCache[UserInfo] = ReviewCache() if cache is None else cache
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -854,11 +854,13 @@ class Gateway(StartedOrStopped):
         metrics = self.metrics
         self.identity = IdentityResolver(
             self.lookups,
-            ttl=s.identity_ttl,
-            failure_ttl=s.failure_ttl,
-            miss_rate=s.miss_rate,
-            miss_burst=s.miss_burst,
-            on_event=metrics.cache,
+            cache=ReviewCache(
+                ttl=s.identity_ttl,
+                failure_ttl=s.failure_ttl,
+                miss_rate=s.miss_rate,
+                miss_burst=s.miss_burst,
+                on_event=metrics.cache,
+            ),
             on_review=lambda result: metrics.review("selfsubjectreview", result),
         )
         self.auth = GatewayAuth(

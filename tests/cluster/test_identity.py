@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from klockproxy.cluster.identity import IdentityResolver, cache_key, is_auth_header
+from klockproxy.cluster.identity import IdentityResolver, ReviewCache, cache_key, is_auth_header
 from klockproxy.core.errors import UpstreamError
 from klockproxy.core.types import UserInfo
 
@@ -61,7 +61,7 @@ def test_cache_key_is_a_hash_that_ignores_other_headers_and_name_case() -> None:
 async def test_resolve_caches_within_ttl_and_asks_again_after() -> None:
     reviewer = FakeReviewer()
     clock = Clock()
-    resolver = IdentityResolver(reviewer, ttl=60, clock=clock)
+    resolver = IdentityResolver(reviewer, cache=ReviewCache(ttl=60, clock=clock))
     headers = {"Authorization": "Bearer t", "Impersonate-User": "jonny", "Accept": "*/*"}
     assert await resolver.resolve(headers) == UserInfo("jonny")
     assert await resolver.resolve(headers) == UserInfo("jonny")
@@ -86,7 +86,7 @@ async def test_different_credentials_are_different_entries() -> None:
 
 async def test_cache_is_bounded_least_recently_used_first() -> None:
     reviewer = FakeReviewer()
-    resolver = IdentityResolver(reviewer, max_entries=2)
+    resolver = IdentityResolver(reviewer, cache=ReviewCache(max_entries=2))
     await resolver.resolve({"Impersonate-User": "a"})
     await resolver.resolve({"Impersonate-User": "b"})
     await resolver.resolve({"Impersonate-User": "a"})  # refresh a
@@ -160,7 +160,7 @@ async def test_refusals_are_kept_briefly_and_errors_never() -> None:
     from klockproxy.cluster.identity import ReviewRefused
 
     reviewer, clock = FakeReviewer(), Clock()
-    resolver = IdentityResolver(reviewer, failure_ttl=5, clock=clock)
+    resolver = IdentityResolver(reviewer, cache=ReviewCache(failure_ttl=5, clock=clock))
     reviewer.fail = Refused(401)
     bad = {"Authorization": "Bearer bad"}
     for _ in range(3):
@@ -184,7 +184,10 @@ async def test_a_flood_of_bad_tokens_neither_evicts_good_callers_nor_reaches_the
 
     reviewer, clock = FakeReviewer(), Clock()
     resolver = IdentityResolver(
-        reviewer, max_entries=10, max_failures=10, miss_rate=1.0, miss_burst=20, clock=clock
+        reviewer,
+        cache=ReviewCache(
+            max_entries=10, max_failures=10, miss_rate=1.0, miss_burst=20, clock=clock
+        ),
     )
     good = {"Authorization": "Bearer good"}
     assert (await resolver.resolve(good)).username == "admin"
