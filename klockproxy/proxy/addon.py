@@ -95,6 +95,7 @@ from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
 from klockproxy.metrics import Metrics
+from klockproxy.proxy.body_limit import limit_body
 
 logger = logging.getLogger(__name__)
 
@@ -637,8 +638,9 @@ class KlockProxy:
             req.stream = True
         elif mark == _JUDGE:
             # Another addon (StreamBodies) may have asked for streaming: a covered write must
-            # be complete before it is judged.
+            # be complete before it is judged; and never bigger than the API server accepts.
             req.stream = False
+            limit_body(flow)
 
     def _triage(self, flow: http.HTTPFlow) -> str:
         """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
@@ -710,16 +712,18 @@ class KlockProxy:
             return False
         if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
             return False
-        flow.metadata[_LOCK_WRITE] = info
+        # Plain strings: flow metadata may be saved with the flow.
+        flow.metadata[_LOCK_WRITE] = (info.verb, info.namespace, info.name)
         return True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """A Lock written through the proxy is in force before its answer is returned."""
-        info = flow.metadata.pop(_LOCK_WRITE, None)
-        if info is None or flow.response is None or self.lock_set is None:
+        write = flow.metadata.pop(_LOCK_WRITE, None)
+        if write is None or flow.response is None or self.lock_set is None:
             return
+        verb, namespace, name = write
         body = flow.response.get_content(strict=False) or b""
-        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
+        await self.lock_set.apply_write_response(verb, namespace, name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""

@@ -155,6 +155,19 @@ class GatewayLookups:
             path, headers, label_selector, field_selector, metadata_only=metadata_only
         )
 
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller (impersonated for certificate
+        callers): the object it would store."""
+        return await self._for(headers).dry_run(method, path, query, headers, body, content_type)
+
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Who these headers act as."""
         return await self._for(headers).self_subject_review(headers)
