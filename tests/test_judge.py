@@ -607,7 +607,7 @@ async def test_deletecollection_follows_owners_unless_it_orphans() -> None:
     owner = obj("ConfigMap", "owner", role="owner")
     locked = obj("ConfigMap", "locked", owner, aura="red")
     index = StaticOwnership(owner, locked)
-    lookups = Lookups()
+    lookups = fake()
     lookups.lists["/api/v1/namespaces/shop/configmaps"] = [owner]
     decider = Judge(lookups, None, DELETE_LOCK, index)
     caller = Caller.known(UserInfo("someone"))
