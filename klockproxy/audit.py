@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import IO, TypedDict
 
 from klockproxy.core.errors import ConfigError
+from klockproxy.core.requests import RequestInfo
 from klockproxy.core.types import UserInfo
 
 # What a line's verdict says: forwarded after a lock decision, or refused by a Lock. (Refusals
@@ -129,6 +130,32 @@ class AuditLog:
             self._stream.write(text)
             self._stream.flush()
         return line
+
+    def record_request(
+        self,
+        info: RequestInfo,
+        *,
+        user: UserInfo | None,
+        verdict: str,
+        locks: Sequence[str] = (),
+        code: int = 200,
+        impersonated_by: UserInfo | None = None,
+    ) -> AuditRecord:
+        """``record`` of a classified request (its verb, resource, namespace, name, dry run)."""
+        return self.record(
+            user=user,
+            impersonated_by=impersonated_by,
+            verb=info.verb,
+            api_group=info.group,
+            resource=info.resource,
+            subresource=info.subresource,
+            namespace=info.namespace,
+            name=info.name,
+            dry_run=info.dry_run,
+            verdict=verdict,
+            locks=locks,
+            code=code,
+        )
 
     def close(self) -> None:
         """Close the file (standard output is left open)."""

@@ -974,16 +974,10 @@ class KlockProxy:
             outcome = "refused"
         else:
             outcome = "allowed"
-        self.audit.record(
+        self.audit.record_request(
+            info,
             user=user if isinstance(user, UserInfo) else None,
             impersonated_by=by if isinstance(by, UserInfo) else None,
-            verb=info.verb,
-            api_group=info.group,
-            resource=info.resource,
-            subresource=info.subresource,
-            namespace=info.namespace,
-            name=info.name,
-            dry_run=info.dry_run,
             verdict=outcome,
             locks=verdict.locks,
             code=verdict.status["code"] if verdict.status is not None else 200,

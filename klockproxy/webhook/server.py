@@ -606,20 +606,9 @@ class WebhookServer(StartedOrStopped):
     def _audit(self, review: Review, verdict: str, code: int, locks: Sequence[str] = ()) -> None:
         if self.audit is None:
             return
-        info = review.info
         try:
-            self.audit.record(
-                user=review.user,
-                verb=info.verb,
-                api_group=info.group,
-                resource=info.resource,
-                subresource=info.subresource,
-                namespace=info.namespace,
-                name=info.name,
-                verdict=verdict,
-                locks=locks,
-                code=code,
-                dry_run=info.dry_run,
+            self.audit.record_request(
+                review.info, user=review.user, verdict=verdict, locks=locks, code=code
             )
         except (OSError, ValueError) as e:
             logger.warning("audit log write failed: %s", e)
