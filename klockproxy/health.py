@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
@@ -27,6 +28,34 @@ logger = logging.getLogger(__name__)
 
 # Returns the reasons the service is not ready; empty when it is.
 Readiness = Callable[[], Sequence[str] | Awaitable[Sequence[str]]]
+
+
+async def serve_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    purpose: str = "",
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on ``host:port`` (port 0 picks a free one): the runner (``cleanup()``
+    stops it) and the URL to reach it (``https`` with ``ssl_context``; a wildcard host shown
+    as 127.0.0.1). ConfigError when it cannot bind (``purpose`` says what the port was for)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        where = f"{host}:{port} {purpose}".rstrip()
+        raise ConfigError(f"cannot listen on {where}: {e}") from e
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    scheme = "https" if ssl_context is not None else "http"
+    return runner, f"{scheme}://{shown}:{bound}"
 
 
 class HealthServer:
@@ -51,22 +80,7 @@ class HealthServer:
 
     async def start(self) -> str:
         """Listen; returns ``http://HOST:PORT``. Raises ConfigError when it cannot bind."""
-        runner = web.AppRunner(self._app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise ConfigError(f"cannot listen on {self.host}:{self.port} for health: {e}") from e
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else self.port
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        if ":" in host:
-            host = f"[{host}]"
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_app(self._app(), self.host, self.port, "for health")
         return self.url
 
     async def stop(self) -> None:

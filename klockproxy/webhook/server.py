@@ -42,7 +42,7 @@ from klockproxy.core.paths import object_path
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import Operation
-from klockproxy.health import HealthServer
+from klockproxy.health import HealthServer, serve_app
 from klockproxy.judge import Caller, Decider, Lookups, has_delete_locks, is_crd_delete
 from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.metrics import LockState, Metrics, verb_label
@@ -419,21 +419,9 @@ class WebhookServer(StartedOrStopped):
             raise ConfigError("no serving certificate")
         app = web.Application(client_max_size=MAX_REVIEW_BYTES, middlewares=[_statuses])
         app.router.add_post(VALIDATE_PATH, self._validate)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self.certs.ssl_context)
-        try:
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise ConfigError(f"cannot listen on {host}:{port}: {e}") from e
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        if ":" in shown:
-            shown = f"[{shown}]"
-        self.url = f"https://{shown}:{bound}"
+        self._runner, self.url = await serve_app(
+            app, host, port, ssl_context=self.certs.ssl_context
+        )
 
     async def stop(self) -> None:
         """Stop listening, the lock sources, the certificate renewal (idempotent)."""
