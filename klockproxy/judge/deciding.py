@@ -306,6 +306,25 @@ def _lock_keys(decisions: Iterable[Decision]) -> list[str]:
     return [den.lock.key for d in decisions if not d.allowed for den in d.denials]
 
 
+def _deny_unless_exempt(
+    info: RequestInfo,
+    name: str,
+    locks: Sequence[Lock],
+    user: UserInfo,
+    why: Callable[[Lock], str],
+) -> None:
+    """LockDenial naming every Lock of ``locks`` that does not exempt ``user``, each with
+    ``why`` it refuses and who may; nothing when every one exempts the user."""
+    applying = [lk for lk in locks if not is_exempt(lk, user)]
+    if not applying:
+        return
+    texts = [f"{lk.matcher_text()} ({why(lk)}; {who_may(lk)})" for lk in applying]
+    raise LockDenial(
+        forbidden(info, name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+        [lk.key for lk in applying],
+    )
+
+
 class Decider:
     """Decides mutations against ``engine``; lists what deletions delete with ``lookups``;
     follows owner references in ``ownership`` (the index) when there is one."""
@@ -600,19 +619,14 @@ class Decider:
         self, info: RequestInfo, plan: _Plan, label: str, locks: list[Lock], caller: Caller
     ) -> None:
         """Refuse handing a Lock's exempt service account to a caller it does not exempt."""
-        user = await caller.user_info()
-        applying = [lk for lk in locks if not is_exempt(lk, user)]
-        if not applying:
-            return
-        texts = [
-            f"{lk.matcher_text()} (Lock {lk.key} exempts that service account, and {label} "
-            f"lets the caller act as it; {who_may(lk)})"
-            for lk in applying
-        ]
-        name = plan.name or info.name
-        raise LockDenial(
-            forbidden(info, name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
-            [lk.key for lk in applying],
+        _deny_unless_exempt(
+            info,
+            plan.name or info.name,
+            locks,
+            await caller.user_info(),
+            lambda lk: (
+                f"Lock {lk.key} exempts that service account, and {label} lets the caller act as it"
+            ),
         )
 
     # ------------------------------------------------------------------------------------
@@ -633,17 +647,15 @@ class Decider:
         if not locks:
             return
         user = await caller.user_info() if any(lk.has_exclusive for lk in locks) else _NOBODY
-        applying = [lk for lk in locks if not is_exempt(lk, user)]
-        if not applying:
-            return
-        texts = [
-            f"{lk.matcher_text()} (Lock {lk.key} forbids DELETE in namespace {info.name}, and "
-            f"deleting the namespace deletes every object in it; {who_may(lk)})"
-            for lk in applying
-        ]
-        raise LockDenial(
-            forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
-            [lk.key for lk in applying],
+        _deny_unless_exempt(
+            info,
+            info.name,
+            locks,
+            user,
+            lambda lk: (
+                f"Lock {lk.key} forbids DELETE in namespace {info.name}, and deleting "
+                "the namespace deletes every object in it"
+            ),
         )
 
     async def _check_crd_delete(self, subject: Subject, caller: Caller) -> None:
