@@ -239,6 +239,15 @@ def has_delete_locks(engine: Engine) -> bool:
     return bool(engine.invalid) or any(Operation.DELETE in lk.operations for lk in engine.locks)
 
 
+def covers_or_consequences(info: RequestInfo, engine: Engine, op: Operation) -> bool:
+    """Whether a loaded Lock covers ``op`` in the request's namespace, the objects a CRD
+    deletion deletes, or what the garbage collector and the controllers do next
+    (core.consequences): what every mode asks first of a mutation."""
+    if engine.covers(info.namespace, op) or (is_crd_delete(info) and has_delete_locks(engine)):
+        return True
+    return needs_consequence_judgement(info, engine)
+
+
 def needs_judgement(info: RequestInfo, engine: Engine, content_type: str) -> bool:
     """Whether a loaded Lock could affect this mutation (else it is forwarded untouched).
 
@@ -249,12 +258,9 @@ def needs_judgement(info: RequestInfo, engine: Engine, content_type: str) -> boo
     op = info.operation
     if op is None:
         return False
+    if covers_or_consequences(info, engine, op):
+        return True
     ns = info.namespace
-    if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
-        return True
-    # What the garbage collector and controllers do next (core.consequences).
-    if needs_consequence_judgement(info, engine):
-        return True
     if info.subresource or info.verb not in ("update", "patch"):
         return False
     if engine.covers(ns, Operation.CREATE) and (

@@ -33,7 +33,6 @@ from klockproxy.audit import AuditLog
 from klockproxy.cluster.lock_sources import ClusterLockSource, LockSet, create_lock_sources
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
-from klockproxy.core.consequences import needs_consequence_judgement
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import ConfigError, DecodeError, Refusal, UpstreamError
 from klockproxy.core.metadata import labels_of
@@ -43,7 +42,12 @@ from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import Operation
 from klockproxy.health import HealthServer, serve_app
-from klockproxy.judge import Caller, Decider, Lookups, has_delete_locks, is_crd_delete
+from klockproxy.judge import (
+    Caller,
+    Decider,
+    Lookups,
+    covers_or_consequences,
+)
 from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.metrics import LockState, Metrics, verb_label
 from klockproxy.service import StartedOrStopped, wait_for_locks
@@ -154,13 +158,13 @@ def covered(engine: Engine, review: Review) -> bool:
     op = info.operation
     if op is None:
         return True
-    ns = info.namespace
-    if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
+    if covers_or_consequences(info, engine, op):
         return True
-    # What the garbage collector and the controllers do next (core.consequences).
-    if needs_consequence_judgement(info, engine):
-        return True
-    return op is Operation.UPDATE and review.carries_parent and engine.covers(ns, Operation.DELETE)
+    return (
+        op is Operation.UPDATE
+        and review.carries_parent
+        and engine.covers(info.namespace, Operation.DELETE)
+    )
 
 
 def webhook_message(status: Status) -> str:
