@@ -56,6 +56,7 @@ from klockproxy.core.locks import (
     VERSION,
     InvalidLock,
     Lock,
+    claim_key,
     lock_file_steps,
     lock_from_object,
 )
@@ -301,13 +302,7 @@ class FileLockSource:
         for f in files:  # in path order: the later file is the one named at fault
             _, locks = loaded.get(f) or self._files[f]
             for n, lock in enumerate(locks):
-                if lock.key in origin:
-                    raise LockValidationError(
-                        f"duplicate lock {lock.key} (also in {origin[lock.key]})",
-                        source=f,
-                        lock=lock.key,
-                    )
-                origin[lock.key] = f
+                claim_key(origin, lock, f)
                 if n % 512 == 511:
                     await slicer.tick()
             await slicer.tick()

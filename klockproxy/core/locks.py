@@ -496,6 +496,18 @@ def _lock_files(path: Path) -> list[Path]:
     return [path]
 
 
+def claim_key(origin: dict[str, str], lock: Lock, source: str) -> None:
+    """Record in ``origin`` (key -> source) that ``source`` defines ``lock``; a
+    LockValidationError naming both sources when another one defined its key already."""
+    if lock.key in origin:
+        raise LockValidationError(
+            f"duplicate lock {lock.key} (also defined in {origin[lock.key]})",
+            source=source,
+            lock=lock.key,
+        )
+    origin[lock.key] = source
+
+
 def load_locks_from_path(path: str | Path, default_namespace: str = "default") -> list[Lock]:
     """Load Locks from a file, or from every ``*.yaml|*.yml|*.json`` file of a directory.
 
@@ -522,13 +534,7 @@ def load_locks_from_path(path: str | Path, default_namespace: str = "default") -
             )
         )
         for lock in found:
-            if lock.key in origin:
-                raise LockValidationError(
-                    f"duplicate lock {lock.key} (also defined in {origin[lock.key]})",
-                    source=source,
-                    lock=lock.key,
-                )
-            origin[lock.key] = source
+            claim_key(origin, lock, source)
             locks.append(lock)
     logger.debug("loaded %d locks from %s", len(locks), root)
     return locks
