@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from klockproxy.cluster.lock_sources import LockSet
 
 # The verbs the API server's RequestInfo knows; anything else is counted as "other".
 VERBS = frozenset(
@@ -67,6 +71,22 @@ class LockState:
     loaded: int
     # source kind ("cluster", "files") -> synced
     sources: Mapping[str, bool]
+
+
+def lock_state(lock_set: LockSet | None) -> LockState:
+    """What ``lock_set`` has loaded and which of its sources ("cluster", "files") synced."""
+    from klockproxy.cluster.lock_sources import ClusterLockSource, FileLockSource
+
+    if lock_set is None:
+        return LockState(loaded=0, sources={})
+    sources: dict[str, bool] = {}
+    for source in lock_set.sources:
+        if isinstance(source, ClusterLockSource):
+            kind = "cluster"
+        else:
+            kind = "files" if isinstance(source, FileLockSource) else type(source).__name__
+        sources[kind] = bool(source.ready)
+    return LockState(loaded=lock_set.lock_count, sources=sources)
 
 
 class _LockCollector(Collector):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import generate_latest
 
-from klockproxy.metrics import LockState, Metrics, verb_label
+from klockproxy.cluster.lock_sources import create_lock_sources
+from klockproxy.metrics import LockState, Metrics, lock_state, verb_label
 
 
 def test_unknown_verbs_are_counted_as_other() -> None:
@@ -43,3 +46,17 @@ def test_lock_state_is_read_at_scrape_time() -> None:
     text = generate_latest(m.registry).decode()
     assert "klockproxy_locks_loaded 4.0" in text
     assert 'klockproxy_lock_source_synced{source="files"} 1.0' in text
+
+
+async def test_lock_state_of_a_lock_set_counts_its_locks_and_sources(tmp_path: Path) -> None:
+    (tmp_path / "locks.yaml").write_text(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: lockred}\n"
+        "spec: {operations: [delete], matcher: {aura: red}}\n"
+    )
+    assert lock_state(None) == LockState(loaded=0, sources={})
+    lock_set = create_lock_sources([str(tmp_path)], None)
+    await lock_set.start()
+    try:
+        assert lock_state(lock_set) == LockState(loaded=1, sources={"files": True})
+    finally:
+        await lock_set.stop()

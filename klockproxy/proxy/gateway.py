@@ -51,8 +51,6 @@ from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
 from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream
 from klockproxy.cluster.lock_sources import (
-    ClusterLockSource,
-    FileLockSource,
     LockSet,
     create_lock_sources,
 )
@@ -84,7 +82,7 @@ if TYPE_CHECKING:
     # Imported where used: `klockproxy --help` and `klockproxy check` build every
     # subcommand's parser and must not pay for prometheus-client.
     from klockproxy.health import HealthServer
-    from klockproxy.metrics import LockState, Metrics
+    from klockproxy.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -875,7 +873,9 @@ class Gateway(StartedOrStopped):
         )
         # The lock watch shares the gateway's own client (its credentials, one pool).
         self.lock_set = create_lock_sources(s.locks, self.lookups.own, s.default_namespace)
-        metrics.track_locks(self._lock_state)
+        from klockproxy.metrics import lock_state
+
+        metrics.track_locks(lambda: lock_state(self.lock_set))
         await self.lock_set.start()
 
         from klockproxy.proxy.addon import KlockProxy
@@ -924,21 +924,6 @@ class Gateway(StartedOrStopped):
             hhost, hport = parse_listen(s.health_listen)
             self._health = HealthServer(hhost, hport, self.reasons_not_ready, metrics.registry)
             self.health_url = await self._health.start()
-
-    def _lock_state(self) -> LockState:
-        from klockproxy.metrics import LockState
-
-        sources: dict[str, bool] = {}
-        if self.lock_set is not None:
-            for source in self.lock_set.sources:
-                kind = (
-                    "cluster"
-                    if isinstance(source, ClusterLockSource)
-                    else ("files" if isinstance(source, FileLockSource) else type(source).__name__)
-                )
-                sources[kind] = bool(source.ready)
-        count = self.lock_set.lock_count if self.lock_set is not None else 0
-        return LockState(loaded=count, sources=sources)
 
     async def reasons_not_ready(self) -> list[str]:
         """Why the gateway should take no traffic yet (empty: ready)."""

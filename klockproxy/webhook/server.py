@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from klockproxy.audit import AuditLog
-from klockproxy.cluster.lock_sources import ClusterLockSource, LockSet, create_lock_sources
+from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
 from klockproxy.core.engine import Engine
@@ -49,7 +49,7 @@ from klockproxy.judge import (
     covers_or_consequences,
 )
 from klockproxy.loop_thread import LoopThread, cancel
-from klockproxy.metrics import LockState, Metrics, verb_label
+from klockproxy.metrics import Metrics, lock_state, verb_label
 from klockproxy.service import StartedOrStopped, wait_for_locks
 from klockproxy.webhook.review import (
     MAX_REVIEW_BYTES,
@@ -350,7 +350,7 @@ class WebhookServer(StartedOrStopped):
         if self.lock_set is None:
             self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
         await self.lock_set.start()
-        self.metrics.track_locks(self._lock_state)
+        self.metrics.track_locks(lambda: lock_state(self.lock_set))
         if isinstance(self.lookups, Upstream) and self.lookups.has_own_credentials:
             await self._start_ownership(self.lookups.config, self.lock_set)
         if self.certs is None:
@@ -468,16 +468,6 @@ class WebhookServer(StartedOrStopped):
                 verb_label(verb), verdict
             )
         child.inc()
-
-    def _lock_state(self) -> LockState:
-        lock_set = self.lock_set
-        if lock_set is None:
-            return LockState(0, {})
-        sources = {
-            ("cluster" if isinstance(s, ClusterLockSource) else "files"): s.ready
-            for s in lock_set.sources
-        }
-        return LockState(lock_set.lock_count, sources)
 
     # ----------------------------------------------------------------- requests
 
