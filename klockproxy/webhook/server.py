@@ -32,7 +32,9 @@ from aiohttp import web
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.lock_sources import ClusterLockSource, LockSet, create_lock_sources
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
+from klockproxy.core.consequences import needs_consequence_judgement
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import ConfigError, DecodeError, Refusal, UpstreamError
 from klockproxy.core.metadata import labels_of
@@ -154,6 +156,9 @@ def covered(engine: Engine, review: Review) -> bool:
         return True
     ns = info.namespace
     if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
+        return True
+    # What the garbage collector and the controllers do next (core.consequences).
+    if needs_consequence_judgement(info, engine):
         return True
     return op is Operation.UPDATE and review.carries_parent and engine.covers(ns, Operation.DELETE)
 
@@ -313,6 +318,9 @@ class WebhookServer:
         self._run_dir: Path | None = None
         self._own_lookups = False
         self._counters: dict[tuple[str, str], Any] = {}
+        # What the garbage collector would delete (cluster.ownership), watched with the
+        # webhook's own credentials; None with injected lookups that cannot watch.
+        self.ownership: OwnershipIndex | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -342,6 +350,8 @@ class WebhookServer:
             self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
         await self.lock_set.start()
         self.metrics.track_locks(self._lock_state)
+        if isinstance(self.lookups, Upstream) and self.lookups.has_own_credentials:
+            await self._start_ownership(self.lookups.config, self.lock_set)
         if self.certs is None:
             self.certs = await self._cert_source(upstream, host)
         await self.certs.start()
@@ -357,6 +367,33 @@ class WebhookServer:
                 "lock sources not ready after %.0f s: every review is refused until they are",
                 s.locks_ready_timeout,
             )
+
+    async def _start_ownership(self, config: UpstreamConfig, lock_set: LockSet) -> None:
+        index = OwnershipIndex.over(config)
+        reason = await index.permitted()
+        if reason:
+            # As shipped (deploy/webhook), the webhook's RBAC lists only the kinds the
+            # per-request search needs: keep that search, and say how to enable the index.
+            logger.warning(
+                "webhook: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            await index.stop()
+            return
+        self.ownership = index
+        await index.start()
+        previous = lock_set.on_change
+
+        def changed() -> None:
+            if previous is not None:
+                previous()
+            if lock_set.engine is not None:
+                index.follow(lock_set.engine)
+
+        lock_set.on_change = changed
+        if lock_set.engine is not None:
+            index.follow(lock_set.engine)
 
     async def _upstream_config(self) -> UpstreamConfig:
         from klockproxy.cluster.kubeconfig import in_cluster_upstream, load_upstream
@@ -417,6 +454,9 @@ class WebhookServer:
             await self.certs.stop()
         if self.lock_set is not None:
             await self.lock_set.stop()
+        ownership, self.ownership = self.ownership, None
+        if ownership is not None:
+            await ownership.stop()
         if self._own_lookups and self.lookups is not None:
             await self.lookups.close()
         if self.audit is not None:
@@ -519,7 +559,8 @@ class WebhookServer:
             return self._refuse_status(review, r.status)
         try:
             # The webhook's own lookups (no caller headers): its service account reads.
-            verdict = await Decider(lookups, engine).decide(subject, Caller.known(review.user))
+            decider = Decider(lookups, engine, self.ownership)
+            verdict = await decider.decide(subject, Caller.known(review.user))
         except DecodeError as e:
             # Labels that are not strings: the API server would not have stored them.
             return self._refuse_status(
