@@ -601,3 +601,19 @@ async def test_a_consequence_the_caller_may_not_read_is_not_named() -> None:
     assert "top-secret-name" not in message
     assert "one of the secrets that the garbage collector would delete" in message
     assert "Lock shop/l" in message
+
+
+async def test_deletecollection_follows_owners_unless_it_orphans() -> None:
+    owner = obj("ConfigMap", "owner", role="owner")
+    locked = obj("ConfigMap", "locked", owner, aura="red")
+    index = StaticOwnership(owner, locked)
+    lookups = fake()
+    lookups.lists["/api/v1/namespaces/shop/configmaps"] = [owner]
+    decider = Judge(lookups, None, DELETE_LOCK, index)
+    caller = Caller.known(UserInfo("someone"))
+    path = "/api/v1/namespaces/shop/configmaps?labelSelector=role%3Downer"
+    verdict = await decider.decide(Subject(classify("DELETE", path), None, None), caller)
+    assert verdict.status is not None
+    assert "deletecollection would delete locked objects: locked" in verdict.status["message"]
+    orphaning = classify("DELETE", path + "&propagationPolicy=Orphan")
+    assert (await decider.decide(Subject(orphaning, None, None), caller)).allowed

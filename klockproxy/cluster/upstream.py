@@ -197,8 +197,12 @@ def _status_message(body: bytes) -> str:
 class Upstream:
     """One pooled aiohttp session to the API server, created lazily inside the running loop."""
 
-    def __init__(self, config: UpstreamConfig, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, config: UpstreamConfig, *, timeout: float = 10.0, connection_limit: int = 100
+    ) -> None:
         self.config = config
+        # 0 = no limit (a client that keeps one watch per collection open).
+        self._connection_limit = connection_limit
         self._base = URL(config.server.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ConfigError(f"upstream server must be an http(s) URL, got {config.server!r}")
@@ -222,7 +226,7 @@ class Upstream:
                 if self._ssl is None:
                     self._ssl = build_ssl_context(self.config)
                 tls = self._ssl
-            connector = aiohttp.TCPConnector(ssl=tls, limit=100)
+            connector = aiohttp.TCPConnector(ssl=tls, limit=self._connection_limit)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
             self._loop = loop
         return self._session
@@ -424,6 +428,8 @@ class Upstream:
                         )
                         down, retries, backoff = None, 0, min_backoff
                     yield WatchEvent("LISTED", items=tuple(items), resource_version=rv)
+                    # Not kept alive for as long as the watch runs (a whole collection).
+                    items = []
                 query = {
                     "watch": "true",
                     "resourceVersion": rv,
@@ -583,8 +589,8 @@ class Upstream:
         return self._json_object(answer, f"{method} {path}")
 
     async def create_if_absent(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        """POST ``obj`` to the collection ``path`` with the proxy's own credentials; None when
-        it already exists (409: someone else created it first)."""
+        """POST ``obj`` to the collection ``path`` with the client's own credentials; None
+        when it already exists (409: someone created it first)."""
         return await self._write("POST", path, obj)
 
     async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -647,6 +653,21 @@ class Upstream:
         reason = answer.get("reason")
         # Only an explicit true allows (denied, missing or malformed: not allowed).
         return answer.get("allowed") is True, reason if isinstance(reason, str) else ""
+
+    async def self_access_review(self, attributes: Mapping[str, str]) -> bool:
+        """May the proxy's own credentials do what ``attributes`` (resourceAttributes) say?
+        (SelfSubjectAccessReview; only an explicit true allows.)"""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": dict(attributes)},
+        }
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        if status not in (200, 201):
+            raise UpstreamStatusError("SelfSubjectAccessReview", status, _status_message(body))
+        answer = self._json_object(body, "SelfSubjectAccessReview").get("status")
+        return isinstance(answer, dict) and answer.get("allowed") is True
 
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:

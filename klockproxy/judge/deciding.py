@@ -35,6 +35,7 @@ from klockproxy.core.consequences import (
     deletion_consequences,
     identity_locks,
     needs_consequence_judgement,
+    options_of_query,
     scaled,
     write_consequences,
 )
@@ -46,6 +47,8 @@ from klockproxy.core.owners import (
     DEPENDENT_KINDS,
     DEPENDENTS_NOTE,
     OWNER_NOTE,
+    being_deleted,
+    finishes_deletion,
     owner_inputs,
     owner_uids,
 )
@@ -447,6 +450,10 @@ class Decider:
         old_labels = labels_of(old)
         if op is Operation.UPDATE and info.subresource in LABEL_SUBRESOURCES:
             after = new if new is not None else old
+            if finishes_deletion(old, after, info.subresource):
+                # Finalizers removed, or the status of an object being deleted: the DELETE
+                # was judged; the object cannot be saved, only left stuck.
+                return _Plan([], info.name)
             inputs = [inp(op, info.name, old_labels, labels_of(after), kind)]
             inputs += [inp(op, info.name, old_labels, labels_of(o), kind) for o in subject.also_new]
             owners = owner_inputs(old, after, inp, info.name, kind)
@@ -460,8 +467,11 @@ class Decider:
             return _Plan([inp(op, info.name, None, old_labels, kind)], info.name)
         if op is Operation.CONNECT:
             return _Plan([inp(op, info.name, old_labels, None, kind)], info.name)
-        # DELETE, and pods/eviction (a DELETE of the pod).
-        inputs = [inp(op, info.name, old_labels, None, kind)]
+        # DELETE, and pods/eviction (a DELETE of the pod). An object already being deleted
+        # (its DELETE was judged) is not deleted again by this one - the kubelet's final
+        # DELETE of a terminating pod, a shorter grace period - but the dependents are judged
+        # again: a repeated DELETE may change the propagation policy.
+        inputs = [] if being_deleted(old) else [inp(op, info.name, old_labels, None, kind)]
         hidden: set[int] = set()
         # A namespace is judged as a whole (_check_namespace_delete).
         whole = info.group == "" and info.resource == "namespaces"
@@ -472,7 +482,8 @@ class Decider:
                 if unseen:
                     hidden.add(len(inputs))
                 inputs.append(dependent)
-        return _Plan(inputs, info.name, own=1, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
+        own = 0 if being_deleted(old) else 1
+        return _Plan(inputs, info.name, own=own, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
 
     async def _plan_deletecollection(self, info: RequestInfo, caller: Caller) -> _Plan:
         engine = self.engine
@@ -546,7 +557,8 @@ class Decider:
         implied: list[Implied] = []
         if info.verb == "deletecollection":
             if self.ownership is not None and plan.targets:
-                implied = deletion_consequences(graph, info, plan.targets, subject.options)
+                options = subject.options or options_of_query(info)
+                implied = deletion_consequences(graph, info, plan.targets, options)
         elif info.verb == "delete" or info.subresource == "eviction":
             if self.ownership is not None and old is not None:
                 implied = deletion_consequences(graph, info, [old], subject.options)

@@ -239,6 +239,7 @@ class KlockProxy:
         probe_timeout: float = PROBE_TIMEOUT,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        ownership: OwnershipIndex | None = None,
     ) -> None:
         self.audit = audit
         self.metrics = metrics
@@ -251,7 +252,7 @@ class KlockProxy:
             self.identity = IdentityResolver(upstream)
         # The ownership index (what the garbage collector would delete), on the proxy's own
         # upstream only: injected lookups that cannot watch keep the per-request search.
-        self.ownership: OwnershipIndex | None = None
+        self.ownership: OwnershipIndex | None = ownership or _ownership_index(upstream)
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -369,17 +370,7 @@ class KlockProxy:
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
             if self.ownership is not None:
                 self._spawn(self.ownership.stop())
-            self.ownership = None
-            if self.upstream is not None and self.upstream.has_own_credentials:
-                self.ownership = OwnershipIndex(self.upstream)
-            elif self.upstream is not None:
-                # The index watches with the proxy's own credentials; a pass-through proxy
-                # without any searches each cascade as the caller (ten common kinds only).
-                logger.warning(
-                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
-                    "or a client certificate): no ownership index; cascades are searched per "
-                    "request among common kinds only (see README)"
-                )
+            self.ownership = _ownership_index(self.upstream)
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
         elif self._injected_upstream and self.ownership is None:
@@ -494,6 +485,19 @@ class KlockProxy:
             await self._start_ownership(self.ownership)
 
     async def _start_ownership(self, index: OwnershipIndex) -> None:
+        reason = await index.permitted()
+        if reason:
+            # Fail closed would refuse every judged write for good: keep the per-request
+            # search instead, and say so loudly (README, "Deletions, by consequence").
+            logger.warning(
+                "klockproxy: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            if self.ownership is index:
+                self.ownership = None
+            await index.stop()
+            return
         await index.start()
         engine = self._engine()
         if engine is not None:
@@ -686,15 +690,15 @@ class KlockProxy:
         resp = flow.response
         if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
             return
+        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
+            self.metrics.upstream_latency.observe(
+                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
+            )
         if self._lock_write(flow, resp.status_code):
             # Buffered, not streamed: response() applies it before the client sees it.
             return
         if resp.status_code != 101:
             resp.stream = True
-        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
-            self.metrics.upstream_latency.observe(
-                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
-            )
 
     def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
         """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
@@ -708,16 +712,18 @@ class KlockProxy:
             return False
         if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
             return False
-        flow.metadata[_LOCK_WRITE] = info
+        # Plain strings: flow metadata may be saved with the flow.
+        flow.metadata[_LOCK_WRITE] = (info.verb, info.namespace, info.name)
         return True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """A Lock written through the proxy is in force before its answer is returned."""
-        info = flow.metadata.pop(_LOCK_WRITE, None)
-        if info is None or flow.response is None or self.lock_set is None:
+        write = flow.metadata.pop(_LOCK_WRITE, None)
+        if write is None or flow.response is None or self.lock_set is None:
             return
+        verb, namespace, name = write
         body = flow.response.get_content(strict=False) or b""
-        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
+        await self.lock_set.apply_write_response(verb, namespace, name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
@@ -969,6 +975,24 @@ def check_message(req: http.Request) -> None:
         raise MalformedRequestError(
             "the absolute-form request target names another host than the Host header"
         )
+
+
+def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
+    """The ownership index over ``upstream`` when it can watch with credentials of its own.
+
+    A pass-through proxy without any searches each cascade as the caller (ten common kinds
+    only, see the README); injected stand-ins that cannot watch likewise.
+    """
+    if not isinstance(upstream, Upstream):
+        return None
+    if not upstream.has_own_credentials:
+        logger.warning(
+            "klockproxy: no credentials of the proxy's own (klock_upstream_token_file or a "
+            "client certificate): no ownership index; cascades are searched per request "
+            "among common kinds only (see README)"
+        )
+        return None
+    return OwnershipIndex.over(upstream.config)
 
 
 def _body(req: http.Request) -> bytes:

@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from klockproxy.audit import AuditLog
@@ -58,14 +58,13 @@ from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
 )
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
 from klockproxy.core.paths import classify_request
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
-from klockproxy.health import HealthServer
 from klockproxy.loop_thread import LoopThread
-from klockproxy.metrics import LockState, Metrics
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
@@ -73,6 +72,12 @@ from klockproxy.proxy.master import (
     quiet_mitmproxy_logging,
     start_master,
 )
+
+if TYPE_CHECKING:
+    # Imported where used: `klockproxy --help` and `klockproxy check` build every
+    # subcommand's parser and must not pay for prometheus-client.
+    from klockproxy.health import HealthServer
+    from klockproxy.metrics import LockState, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -751,6 +756,8 @@ class Gateway:
         self.health_url = ""
         self.ca_path: Path | None = None
         self.lock_set: LockSet | None = None
+        from klockproxy.metrics import Metrics
+
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
         self.auth: GatewayAuth | None = None
@@ -866,7 +873,8 @@ class Gateway:
             miss_rate=s.miss_rate,
             miss_burst=s.miss_burst,
         )
-        self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
+        # The lock watch shares the gateway's own client (its credentials, one pool).
+        self.lock_set = create_lock_sources(s.locks, self.lookups.own, s.default_namespace)
         metrics.track_locks(self._lock_state)
         await self.lock_set.start()
 
@@ -896,6 +904,9 @@ class Gateway:
             identity=self.identity,
             audit=self.audit,
             metrics=metrics,
+            # What the garbage collector would delete, watched with the gateway's own
+            # credentials (cluster.ownership).
+            ownership=OwnershipIndex.over(self.lookups.own.config),
         )
         self._master = await start_master(
             host=host,
@@ -912,11 +923,15 @@ class Gateway:
                 s.locks_ready_timeout,
             )
         if s.health_listen:
+            from klockproxy.health import HealthServer
+
             hhost, hport = parse_listen(s.health_listen)
             self._health = HealthServer(hhost, hport, self.reasons_not_ready, metrics.registry)
             self.health_url = await self._health.start()
 
     def _lock_state(self) -> LockState:
+        from klockproxy.metrics import LockState
+
         sources: dict[str, bool] = {}
         if self.lock_set is not None:
             for source in self.lock_set.sources:
