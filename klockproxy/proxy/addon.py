@@ -356,8 +356,13 @@ class KlockProxy:
         relevant = any(n.startswith("klock_") or n in _FOREIGN_OPTIONS for n in updated)
         if not relevant and self.settings is not None:
             return
+        # Lock files are validated when they are named (first configure, or klock_locks /
+        # klock_default_namespace changed), not again for every other klock_ option: parsing
+        # 10,000 Locks on the event loop stalls every request for a second.
+        lock_options = {"klock_locks", "klock_default_namespace"}
+        validate = self.settings is None or bool(lock_options & set(updated))
         try:
-            settings = self._parse_options()
+            settings = self._parse_options(validate_lock_files=validate)
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
         old = self.settings
@@ -395,7 +400,7 @@ class KlockProxy:
             if self._running:
                 self._spawn(self._start_lock_set(lock_set))
 
-    def _parse_options(self) -> Settings:
+    def _parse_options(self, *, validate_lock_files: bool = True) -> Settings:
         opts = ctx.options
         locks = tuple(s.strip() for s in opts.klock_locks if s.strip())
         if not locks and not self._injected_lock_set:
@@ -405,7 +410,7 @@ class KlockProxy:
         for spec in locks:
             # An injected lock set was loaded (and its files validated) by its owner: parsing
             # 10,000 Locks again here would stall the event loop for a second.
-            if spec != CLUSTER_SPEC and not self._injected_lock_set:
+            if spec != CLUSTER_SPEC and not self._injected_lock_set and validate_lock_files:
                 # Validate lock files now: a broken file must stop the start, not leave every
                 # mutation refused with 503.
                 try:
