@@ -95,6 +95,7 @@ from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
 from klockproxy.metrics import Metrics
+from klockproxy.proxy.body_limit import limit_body
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ class KlockProxy:
         probe_timeout: float = PROBE_TIMEOUT,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        ownership: OwnershipIndex | None = None,
     ) -> None:
         self.audit = audit
         self.metrics = metrics
@@ -250,7 +252,7 @@ class KlockProxy:
             self.identity = IdentityResolver(upstream)
         # The ownership index (what the garbage collector would delete), on the proxy's own
         # upstream only: injected lookups that cannot watch keep the per-request search.
-        self.ownership: OwnershipIndex | None = None
+        self.ownership: OwnershipIndex | None = ownership or _ownership_index(upstream)
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -368,17 +370,7 @@ class KlockProxy:
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
             if self.ownership is not None:
                 self._spawn(self.ownership.stop())
-            self.ownership = None
-            if self.upstream is not None and self.upstream.has_own_credentials:
-                self.ownership = OwnershipIndex(self.upstream)
-            elif self.upstream is not None:
-                # The index watches with the proxy's own credentials; a pass-through proxy
-                # without any searches each cascade as the caller (ten common kinds only).
-                logger.warning(
-                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
-                    "or a client certificate): no ownership index; cascades are searched per "
-                    "request among common kinds only (see README)"
-                )
+            self.ownership = _ownership_index(self.upstream)
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
         elif self._injected_upstream and self.ownership is None:
@@ -493,6 +485,19 @@ class KlockProxy:
             await self._start_ownership(self.ownership)
 
     async def _start_ownership(self, index: OwnershipIndex) -> None:
+        reason = await index.permitted()
+        if reason:
+            # Fail closed would refuse every judged write for good: keep the per-request
+            # search instead, and say so loudly (README, "Deletions, by consequence").
+            logger.warning(
+                "klockproxy: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            if self.ownership is index:
+                self.ownership = None
+            await index.stop()
+            return
         await index.start()
         engine = self._engine()
         if engine is not None:
@@ -633,8 +638,9 @@ class KlockProxy:
             req.stream = True
         elif mark == _JUDGE:
             # Another addon (StreamBodies) may have asked for streaming: a covered write must
-            # be complete before it is judged.
+            # be complete before it is judged; and never bigger than the API server accepts.
             req.stream = False
+            limit_body(flow)
 
     def _triage(self, flow: http.HTTPFlow) -> str:
         """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
@@ -969,6 +975,24 @@ def check_message(req: http.Request) -> None:
         raise MalformedRequestError(
             "the absolute-form request target names another host than the Host header"
         )
+
+
+def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
+    """The ownership index over ``upstream`` when it can watch with credentials of its own.
+
+    A pass-through proxy without any searches each cascade as the caller (ten common kinds
+    only, see the README); injected stand-ins that cannot watch likewise.
+    """
+    if not isinstance(upstream, Upstream):
+        return None
+    if not upstream.has_own_credentials:
+        logger.warning(
+            "klockproxy: no credentials of the proxy's own (klock_upstream_token_file or a "
+            "client certificate): no ownership index; cascades are searched per request "
+            "among common kinds only (see README)"
+        )
+        return None
+    return OwnershipIndex.over(upstream.config)
 
 
 def _body(req: http.Request) -> bytes:

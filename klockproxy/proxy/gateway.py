@@ -58,6 +58,7 @@ from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
 )
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
 from klockproxy.core.paths import classify_request
@@ -153,6 +154,19 @@ class GatewayLookups:
         return await self._for(headers).list_objects(
             path, headers, label_selector, field_selector, metadata_only=metadata_only
         )
+
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller (impersonated for certificate
+        callers): the object it would store."""
+        return await self._for(headers).dry_run(method, path, query, headers, body, content_type)
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Who these headers act as."""
@@ -890,6 +904,9 @@ class Gateway:
             identity=self.identity,
             audit=self.audit,
             metrics=metrics,
+            # What the garbage collector would delete, watched with the gateway's own
+            # credentials (cluster.ownership).
+            ownership=OwnershipIndex.over(self.lookups.own.config),
         )
         self._master = await start_master(
             host=host,

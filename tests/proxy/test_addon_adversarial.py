@@ -928,7 +928,10 @@ async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
         # "ops" applies without its override label: the API server removes it and the pod
-        # ends up {aura: red, team: a}, which the lock matches.
+        # ends up {aura: red, team: a} (its dry run says so), which the lock matches.
+        upstream.dry_run_answers["/api/v1/namespaces/ssa/pods/web"] = pod(
+            "web", {"aura": "red", "team": "a"}, ns="ssa"
+        )
         config = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -944,6 +947,9 @@ async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result
         denied(flow, "map[aura:red override:^yes]")
 
         # Another manager applying the same configuration removes nothing: allowed.
+        upstream.dry_run_answers["/api/v1/namespaces/ssa/pods/web"] = pod(
+            "web", {"aura": "red", "override": "yes", "team": "a"}, ns="ssa"
+        )
         other = make_flow(
             "PATCH",
             "/api/v1/namespaces/ssa/pods/web?fieldManager=someone",

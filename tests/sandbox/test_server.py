@@ -174,16 +174,35 @@ async def test_yaml_bodies_are_read_like_the_api_server(client: Client) -> None:
     status, created = await client.request("POST", CMS, raw=body, content_type="application/yaml")
     assert status == 201, created
     assert created["data"] == {"when": "2024-01-01"}
-    # What Go and Python decode differently is refused rather than stored the Python way.
+    # go-yaml applies a merge key in document order: after an explicit key, it overwrites it.
     merge = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, labels: {a: b, <<: {a: c}}}\n"
-    status, refused = await client.request("POST", CMS, raw=merge, content_type="application/yaml")
-    assert (status, refused["reason"]) == (400, "BadRequest")
-    dup = (
-        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d"},"data":{},"data":{"a":"b"}}'
+    status, created = await client.request("POST", CMS, raw=merge, content_type="application/yaml")
+    assert status == 201, created
+    assert created["metadata"]["labels"] == {"a": "c"}
+    # JSON is YAML, tabs between tokens included (PyYAML alone refuses them).
+    tabbed = b'{"apiVersion":\t"v1", "kind": "ConfigMap",\t"metadata": {"name": "tabs"}}'
+    status, created = await client.request("POST", CMS, raw=tabbed, content_type="application/yaml")
+    assert status == 201, created
+
+
+async def test_repeated_json_keys_are_stored_as_the_api_server_stores_them(client: Client) -> None:
+    """What the proxy refuses as ambiguous, the sandbox stores as a real API server would:
+    a repeated object decodes into the first one (Go structs), so aura=red stays."""
+    body = (
+        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d","labels":{"aura":"red"},'
+        b'"labels":{"app":"x"}},"data":{},"data":{"a":"b"}}'
     )
-    status, refused = await client.request("POST", CMS, raw=dup)
+    status, created = await client.request("POST", CMS, raw=body)
+    assert status == 201, created
+    assert created["metadata"]["labels"] == {"aura": "red", "app": "x"}
+    assert created["data"] == {"a": "b"}
+    # kubectl's default, fieldValidation=Strict, refuses them.
+    strict = body.replace(b'"d"', b'"e"')
+    status, refused = await client.request("POST", f"{CMS}?fieldValidation=Strict", raw=strict)
     assert (status, refused["reason"]) == (400, "BadRequest")
-    assert "duplicate key" in refused["message"]
+    assert 'duplicate field "labels"' in refused["message"]
+    status, _ = await client.request("GET", f"{CMS}/e")
+    assert status == 404
 
 
 async def test_bad_input_statuses(client: Client) -> None:
