@@ -9,7 +9,8 @@ from typing import Any
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.codec import media_type
 from klockproxy.core.engine import Engine
-from klockproxy.core.errors import PatchError
+from klockproxy.core.errors import DecodeError, PatchError
+from klockproxy.core.metadata import decode_body
 from klockproxy.core.patches import (
     APPLY_PATCH,
     PatchTestFailedError,
@@ -96,8 +97,9 @@ class FakeUpstream:
         body: bytes,
         content_type: str,
     ) -> dict[str, Any]:
-        """A PATCH with dryRun=All: the patch applied to the stored object (the parent's,
-        for a status patch), with the API server's optimistic-concurrency checks."""
+        """A write with dryRun=All. A PATCH: the patch applied to the stored object (the
+        parent's, for a status patch), with the API server's optimistic-concurrency checks; a
+        create: the body as the API server decodes it."""
         self.calls.append(("dry_run", path, {"query": list(query), "body": body}))
         if self.fail is not None:
             raise self.fail
@@ -106,6 +108,12 @@ class FakeUpstream:
             raise answer
         if answer is not None:
             return answer
+        if method in ("POST", "PUT"):
+            # A create: the API server decodes the body (protobuf included) and stores it.
+            try:
+                return decode_body(body, content_type)
+            except DecodeError as e:
+                raise UpstreamStatusError(method, 400, str(e)) from e
         parent = path.removesuffix("/status")
         current = self.objects.get(parent)
         is_apply = media_type(content_type) == APPLY_PATCH

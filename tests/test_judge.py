@@ -607,7 +607,7 @@ async def test_deletecollection_follows_owners_unless_it_orphans() -> None:
     owner = obj("ConfigMap", "owner", role="owner")
     locked = obj("ConfigMap", "locked", owner, aura="red")
     index = StaticOwnership(owner, locked)
-    lookups = Lookups()
+    lookups = FakeUpstream()
     lookups.lists["/api/v1/namespaces/shop/configmaps"] = [owner]
     decider = Judge(lookups, None, DELETE_LOCK, index)
     caller = Caller.known(UserInfo("someone"))
@@ -617,3 +617,46 @@ async def test_deletecollection_follows_owners_unless_it_orphans() -> None:
     assert "deletecollection would delete locked objects: locked" in verdict.status["message"]
     orphaning = classify("DELETE", path + "&propagationPolicy=Orphan")
     assert (await decider.decide(Subject(orphaning, None, None), caller)).allowed
+
+
+# A body the core decodes only in part (protobuf of a kind without a schema: metadata only)
+# is judged on the object the API server itself makes of it, like a patch.
+
+EXEMPT_DELETE_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: l, namespace: shop}
+spec: {operations: [DELETE], matcher: {aura: red}, exclusive: {name: jonny-op}}
+"""
+
+
+def protobuf_pod(service_account: str) -> bytes:
+    from klockproxy.core.protobuf import encode_len_field, encode_string_field, encode_unknown
+
+    # ObjectMeta{name: runner} and a PodSpec{serviceAccountName} the core has no schema for.
+    meta = encode_string_field(1, "runner")
+    spec = encode_string_field(8, service_account)
+    raw = encode_len_field(1, meta) + encode_len_field(2, spec)
+    return encode_unknown("v1", "Pod", raw)
+
+
+async def test_a_partly_decodable_protobuf_create_is_judged_on_the_server_s_result() -> None:
+    lookups = FakeUpstream()
+    collection = "/api/v1/namespaces/shop/pods"
+    lookups.dry_run_answers[collection] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "runner", "namespace": "shop"},
+        "spec": {"serviceAccountName": "jonny-op", "containers": [{"name": "c"}]},
+    }
+    engine = Engine(load_locks_from_text(EXEMPT_DELETE_LOCK, source="test"))
+    decider = Judge(lookups, IdentityResolver(lookups), engine)
+    info = classify("POST", collection)
+    body = protobuf_pod("jonny-op")
+    verdict = await decider.judge(info, HEADERS, body, "application/vnd.kubernetes.protobuf")
+    # The pod would run as the exempt account: whoever creates it acts as jonny-op.
+    assert verdict.status is not None
+    assert "jonny-op" in verdict.status["message"]
+    # Asked of the API server: the very body, to the collection, as a dry run.
+    dry = [c for c in lookups.calls if c[0] == "dry_run"]
+    assert dry and dry[0][1] == collection and dry[0][2]["body"] == body

@@ -822,6 +822,13 @@ def decode_object(
     return {"apiVersion": api_version, "kind": kind, **body}
 
 
+def fully_decoded(body: bytes) -> bool:
+    """Whether ``decode_k8s_protobuf`` reads the whole object of this body, not only its
+    metadata (its kind has a schema here). Raises ``DecodeError`` for a malformed envelope."""
+    unknown = unwrap_unknown(body)
+    return (unknown.api_version, unknown.kind) in KIND_SCHEMAS
+
+
 def decode_k8s_protobuf(body: bytes, *, strict: bool = False) -> dict[str, JSON]:
     """A whole ``application/vnd.kubernetes.protobuf`` body -> the object as a dict.
 

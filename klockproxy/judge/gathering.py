@@ -36,8 +36,12 @@ from klockproxy.core.patches import (
     apply_patch,
     kind_key_of,
 )
-from klockproxy.core.paths import object_path
-from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_delete_options
+from klockproxy.core.paths import collection_path, object_path
+from klockproxy.core.protobuf import (
+    PROTOBUF_CONTENT_TYPE,
+    decode_delete_options,
+    fully_decoded,
+)
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.types import UserInfo
 from klockproxy.judge.deciding import (
@@ -186,7 +190,7 @@ class Judge(Decider):
         if info.operation is None or verb == "deletecollection":
             return _Gathered(Subject(info, None, None))
         if verb == "create" and not info.subresource:
-            return _Gathered(Subject(info, None, _decode(req)))
+            return _Gathered(Subject(info, None, await self._new_object(req, info, headers)))
         if verb == "patch" and info.subresource in LABEL_SUBRESOURCES:
             return await self._gather_patch(req, info, headers)
         current = await self._get(info, headers)
@@ -197,7 +201,7 @@ class Judge(Decider):
             if verb == "delete" or info.subresource == "eviction":
                 return _Gathered(Subject(info, None, None), _ABSENT)
             if verb == "update" and not info.subresource:
-                return _Gathered(Subject(info, None, _decode(req)))
+                return _Gathered(Subject(info, None, await self._new_object(req, info, headers)))
             return _Gathered(Subject(info, None, None))
         guard = _version(current)
         if verb == "update" and info.subresource in LABEL_SUBRESOURCES:
@@ -216,6 +220,35 @@ class Judge(Decider):
             return _Gathered(Subject(info, current, None, options), guard, document=document)
         # connect, and creates on other subresources (serviceaccounts/token, pods/binding).
         return _Gathered(Subject(info, current, None))
+
+    async def _new_object(
+        self, req: _Request, info: RequestInfo, headers: Mapping[str, Sequence[str]]
+    ) -> dict[str, Any]:
+        """The object a create (or a PUT that creates) would store. Read from the body, unless
+        the body is protobuf of a kind the core decodes only the metadata of: then the spec
+        (a pod's service account, a workload's template) is what the API server makes of it,
+        asked for with the same request sent with ``dryRun=All`` as the caller."""
+        if media_type(req.content_type) != PROTOBUF_CONTENT_TYPE or fully_decoded(req.body()):
+            return _decode(req)
+        method = "POST" if info.verb == "create" else "PUT"
+        path = collection_path(info) if info.verb == "create" else _write_path(info)
+        try:
+            new = await self.lookups.dry_run(
+                method, path, _query_pairs(info), headers, req.body(), req.content_type
+            )
+        except UpstreamStatusError as e:
+            if dry_run_unsupported(e):
+                raise body_refusal(
+                    415,
+                    f"klockproxy: a lock covers this {info.resource} and the proxy cannot read "
+                    "all of its protobuf body; send JSON (kubectl does with -o json or apply)",
+                ) from e
+            raise Refusal(
+                e.status,
+                log_message=f"the API server refused the dry run of the write (HTTP {e.code})",
+            ) from e
+        upstream_labels(new)
+        return new
 
     async def _gather_patch(
         self, req: _Request, info: RequestInfo, headers: Mapping[str, Sequence[str]]

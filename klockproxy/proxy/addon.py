@@ -74,10 +74,11 @@ from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from klockproxy.audit import AuditLog
+from klockproxy.cluster.discovery import ResourceScopes
 from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth_header
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
 from klockproxy.cluster.ownership import OwnershipIndex
-from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
+from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig, UpstreamStatusError
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
     ClassificationError,
@@ -86,11 +87,14 @@ from klockproxy.core.errors import (
     LockValidationError,
     MalformedRequestError,
     Refusal,
+    UnservedRouteError,
+    UpstreamError,
 )
 from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
 from klockproxy.core.requests import RequestInfo, check_header_fields, check_method, check_target
+from klockproxy.core.routes import check_route, needs_discovery
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
@@ -264,6 +268,9 @@ class KlockProxy:
         # client has one, the API server is known to be reachable and the probe is skipped.
         # Per connection, not per flow; dropped when the client disconnects.
         self._upstream_open: dict[str, int] = {}
+        # Scopes of kinds the static route table does not know (discovery, cached).
+        self._scopes: ResourceScopes | None = None
+        self._scopes_client: Lookups | None = None
         # mitmproxy's own idle timeout, restored when the addon is done.
         self._saved_tcp_timeout: int | None = None
 
@@ -373,14 +380,6 @@ class KlockProxy:
             self.ownership = _ownership_index(self.upstream)
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
-        elif self._injected_upstream and self.ownership is None:
-            # An upstream handed in (local mode shares one client between the lock watch and
-            # the lookups) gets the index too when it carries the proxy's own credentials.
-            up = self.upstream
-            if isinstance(up, Upstream) and up.has_own_credentials:
-                self.ownership = OwnershipIndex(up)
-                if self._running:
-                    self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
             old is None
             or (old.locks, old.default_namespace, old.upstream)
@@ -626,6 +625,8 @@ class KlockProxy:
                 req.headers["Authorization"] = f"Bearer {token}"
 
         mark = self._triage(flow)
+        if mark != _ANSWERED:
+            mark = await self._check_scope(flow, mark)
         if mark == _ANSWERED:
             return
         flow.metadata[_MARK] = mark
@@ -647,7 +648,7 @@ class KlockProxy:
         req = flow.request
         method = req.method.upper()
         try:
-            info = classify_request(method, req.path)
+            info = classification(flow)
             flow.metadata[_VERB] = info.verb
         except MalformedRequestError as e:
             # check_message refused these already; kept for a target rewritten by another addon.
@@ -662,7 +663,6 @@ class KlockProxy:
                 failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
             )
             return _ANSWERED
-        flow.metadata[_INFO] = info
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
         if len(req.headers.get_all("content-type")) > 1:
@@ -675,6 +675,46 @@ class KlockProxy:
             return _ANSWERED
         covered = needs_judgement(info, engine, req.headers.get("content-type", ""))
         return _JUDGE if covered else _PASS
+
+    async def _check_scope(self, flow: http.HTTPFlow, mark: str) -> str:
+        """A mutation of a kind the route table does not know, addressed without a namespace:
+        its scope comes from discovery, and a namespaced kind is refused (not served).
+
+        Returns the mark (PASS when the kind turns out not to have the subresource: the API
+        server answers 404) or ANSWERED.
+        """
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo) or not needs_discovery(info):
+            return mark
+        method, path = flow.request.method.upper(), flow.request.path.split("?")[0]
+        upstream = self.upstream
+        if upstream is None:
+            self._answer(flow, failure(503, "klockproxy: no API server configured for lookups"))
+            return _ANSWERED
+        if self._scopes is None or self._scopes_client is not upstream:
+            self._scopes, self._scopes_client = ResourceScopes(upstream), upstream
+        try:
+            kind = await self._scopes.kind(
+                info.group, info.version, info.resource, auth_headers(flow.request.headers)
+            )
+            checked = check_route(info, kind)
+        except UnservedRouteError as e:
+            self._answer(flow, failure(400, f"klockproxy: refusing {method} {path!r}: {e}"))
+            return _ANSWERED
+        except UpstreamStatusError as e:
+            code = e.code if e.code in (401, 403) else 503
+            self._answer(
+                flow, failure(code, f"klockproxy: cannot read the API server's discovery: {e}")
+            )
+            return _ANSWERED
+        except UpstreamError as e:
+            self._answer(flow, failure(503, f"klockproxy: cannot check the request: {e}"))
+            return _ANSWERED
+        if checked is not info:
+            flow.metadata[_INFO] = checked
+            if not checked.served:
+                return _PASS
+        return mark
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Judge covered mutations; fix HTTP/2 body framing of what is forwarded."""
@@ -706,9 +746,8 @@ class KlockProxy:
             return False
         if self.lock_set is None or not self.lock_set.watches_cluster:
             return False
-        try:
-            info = classify_request(flow.request.method.upper(), flow.request.path)
-        except ClassificationError:
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo):
             return False
         if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
             return False
@@ -949,6 +988,18 @@ class _CloseClient(layer.Layer):
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
             yield commands.CloseConnection(self.context.client)
+
+
+def classification(flow: http.HTTPFlow) -> RequestInfo:
+    """``classify_request`` of this flow's request, computed once and kept in
+    ``flow.metadata``: every check of the request (a front addon's, the fast path, the
+    namespace checks, the judgement) reads the same object. Raises ClassificationError."""
+    info = flow.metadata.get(_INFO)
+    if isinstance(info, RequestInfo):
+        return info
+    info = classify_request(flow.request.method.upper(), flow.request.path)
+    flow.metadata[_INFO] = info
+    return info
 
 
 def check_message(req: http.Request) -> None:

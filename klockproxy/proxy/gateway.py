@@ -61,7 +61,6 @@ from klockproxy.cluster.lock_sources import (
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
-from klockproxy.core.paths import classify_request
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.loop_thread import LoopThread
@@ -526,8 +525,10 @@ class GatewayAuth:
             self._refuse(flow, failure(401, "Unauthorized"), f"refused Authorization: {reason}")
             return
         flow.metadata[_CALLER] = "token"
+        from klockproxy.proxy.addon import classification
+
         try:
-            info = classify_request(req.method.upper(), req.path)
+            info = classification(flow)
         except KlockProxyError:
             return  # KlockProxy answers (or passes a read) as in local mode.
         if not info.is_mutation:
