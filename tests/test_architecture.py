@@ -43,7 +43,7 @@ def test_import_contracts_hold() -> None:
     [
         ("core/types.py", "klockproxy.cluster.upstream"),  # the core imports an adapter
         ("cluster/identity.py", "klockproxy.judge"),  # a lower layer imports a higher one
-        ("judge.py", "mitmproxy.http"),  # the judge must serve the webhook too
+        ("judge/deciding.py", "mitmproxy.http"),  # the judge must serve the webhook too
         ("sandbox/store.py", "klockproxy.judge"),  # the oracle shares the code under test
         ("proxy/addon.py", "klockproxy.sandbox.server"),  # the proxy starts a sandbox
     ],

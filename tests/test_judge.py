@@ -11,7 +11,14 @@ from klockproxy.core.engine import Engine
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.requests import classify
 from klockproxy.core.types import UserInfo
-from klockproxy.judge import Judge, has_delete_locks, is_crd_delete, needs_judgement
+from klockproxy.judge import (
+    Caller,
+    Judge,
+    Subject,
+    has_delete_locks,
+    is_crd_delete,
+    needs_judgement,
+)
 
 LOCK = """
 apiVersion: klock.rnemet.dev/v1
@@ -158,3 +165,55 @@ def test_needs_judgement_for_what_a_write_can_also_do() -> None:
     # Deleting a CRD deletes custom resources in every namespace.
     crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/things.example.com"
     assert needs_judgement(classify("DELETE", crd), delete_lock, "")
+
+
+async def test_decide_gives_the_proxy_s_verdict_on_the_objects_alone() -> None:
+    """The webhook's entry: the same objects give the same message, without any lookup."""
+    info = classify("PATCH", "/api/v1/namespaces/default/pods/red")
+    old = pod("red", {"aura": "red"})
+    new = pod("red", {"aura": "blue"})
+    decided = await judge().decide(Subject(info, old, new), Caller.known(UserInfo("someone")))
+    judged = await judge().judge(
+        info, HEADERS, b'{"metadata":{"labels":{"aura":"blue"}}}', "application/merge-patch+json"
+    )
+    assert decided.status is not None
+    assert judged.status is not None
+    assert decided.status["message"] == judged.status["message"]
+    assert "Lock default/lockred forbids UPDATE" in decided.status["message"]
+
+
+async def test_decide_uses_a_known_caller_for_exemptions() -> None:
+    exempting = LOCK.replace(
+        "matcher: {aura: red}", "matcher: {aura: red}\n  exclusive: {name: alice}"
+    )
+    lookups = Lookups()
+
+    async def no_review(headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
+        raise AssertionError("a known caller needs no SelfSubjectReview")
+
+    lookups.self_subject_review = no_review  # type: ignore[method-assign]
+    decider = Judge(lookups, None, Engine(load_locks_from_text(exempting, source="test")))
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/red")
+    old = pod("red", {"aura": "red"})
+    alice = await decider.decide(Subject(info, old, None), Caller.known(UserInfo("alice")))
+    bob = await decider.decide(Subject(info, old, None), Caller.known(UserInfo("bob")))
+    assert alice.allowed
+    assert not bob.allowed
+
+
+async def test_decide_judges_a_cascade_unless_the_options_orphan() -> None:
+    lookups = Lookups()
+    owner = pod("plain", {})
+    dependent = pod("child", {"aura": "red"})
+    dependent["metadata"]["ownerReferences"] = [{"uid": "uid-plain", "kind": "Pod", "name": "p"}]
+    lookups.lists["/api/v1/namespaces/default/pods"] = [dependent]
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/plain")
+    caller = Caller.known(UserInfo("someone"), HEADERS)
+    cascade = await decider.decide(Subject(info, owner, None), caller)
+    assert cascade.status is not None
+    assert "garbage collector" in cascade.status["message"]
+    orphan = {"propagationPolicy": "Orphan"}
+    assert (await decider.decide(Subject(info, owner, None, orphan), caller)).allowed

@@ -67,6 +67,19 @@ class ClassificationError(KlockProxyError):
     """An API request path/method cannot be classified the way the API server would."""
 
 
+class MalformedRequestError(ClassificationError):
+    """The method, request target or a header field breaks HTTP's grammar.
+
+    Refused for every request, reads included: one hop may read such a message differently
+    from the next (request smuggling, a ``#`` fragment dropped upstream).
+    """
+
+
+class UnservedRouteError(ClassificationError):
+    """The request has a shape the API server does not serve (a namespaced kind addressed
+    cluster-wide, a namespace nested in a namespace, a verb the kind does not have)."""
+
+
 class DecodeError(KlockProxyError):
     """A request body (JSON, YAML, protobuf) cannot be decoded."""
 

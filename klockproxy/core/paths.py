@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote
 
-from klockproxy.core.errors import ClassificationError
+from klockproxy.core.errors import ClassificationError, MalformedRequestError
 from klockproxy.core.requests import CONNECT_SUBRESOURCES, RequestInfo, classify
+from klockproxy.core.routes import check_route
 
 
 def api_prefix(info: RequestInfo) -> str:
@@ -97,16 +98,22 @@ def classify_request(method: str, raw_path: str) -> RequestInfo:
     """``classify``, plus the connect subresources whose tail ``classify`` refuses, and the
     kubelet's pod actions reached through ``nodes/NAME/proxy`` (a CONNECT on that pod).
 
-    Raises ClassificationError when the path has no reading the proxy can judge.
+    Raises ClassificationError when the path has no reading the proxy can judge
+    (MalformedRequestError: not even HTTP's grammar; UnservedRouteError: a shape the API
+    server does not serve, klockproxy.core.routes). A subresource the kind does not have is
+    classified with ``served=False`` (no admission operation).
     """
     try:
         info = classify(method, raw_path)
+    except MalformedRequestError:
+        raise
     except ClassificationError:
         readings = _connect_prefix_infos(method, raw_path)
         if not readings:
             raise
         info = readings[0]
-    return _kubelet_target(info, raw_path) or info
+    info = check_route(info)
+    return check_route(_kubelet_target(info, raw_path) or info)
 
 
 def may_be_connect(raw_path: str) -> bool:

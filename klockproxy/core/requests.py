@@ -30,14 +30,25 @@ Decisions where the API server leaves room (documented, deliberate):
   DELETE; connect -> CONNECT; reads -> None.
 * A namespace object's own requests (``/api/v1/namespaces/<name>[/status|/finalize]``)
   have ``namespace == name``, as the API server (and so Klock's webhook) sees them.
+
+The message grammar (``check_method``, ``check_target``, ``check_header_fields``) is checked
+before any of this, for every request, reads included: a method that is an RFC 9110 token; an
+RFC 9112 origin-form target (``/`` path of pchar and percent escapes, an optional ``?query``;
+no fragment ``#``, backslash, space, control byte or non-ASCII character); header names
+that are tokens and values without control bytes other than HTAB. What breaks it is a
+``MalformedRequestError``: each hop could read such a message differently (CR/LF copied from
+an HTTP/2 field into an HTTP/1.1 request smuggle a second request; a server drops ``#...``
+as a fragment and acts on another object than the one judged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import string
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from klockproxy.core.errors import ClassificationError
+from klockproxy.core.errors import ClassificationError, MalformedRequestError
 from klockproxy.core.types import Operation, ResourceRef
 
 READ_VERBS = frozenset({"get", "list", "watch"})
@@ -56,6 +67,73 @@ _PROXY_METHODS = frozenset({*_METHOD_VERBS, "OPTIONS"})
 _NON_RESOURCE_METHODS = frozenset({*_METHOD_VERBS, "OPTIONS"})
 _HEX = frozenset("0123456789abcdefABCDEF")
 
+# RFC 9110 token (methods, header names) and field-value (no CTL but HTAB; obs-text allowed).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 origin-form: absolute-path [ "?" query ], of RFC 3986 pchar (unreserved,
+# sub-delims, ":", "@", percent escapes), "/" and (in the query) "?".
+_TARGET_CHARS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@%/?")
+_ORIGIN_FORM = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _describe_char(char: str) -> str:
+    if char == "#":
+        return "a '#' (a fragment is never part of a request target)"
+    if char == " ":
+        return "a space"
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        named = {"\x00": "NUL ", "\r": "CR ", "\n": "LF ", "\t": "TAB "}.get(char, "")
+        return f"a {named}control character (0x{ord(char):02x})"
+    if ord(char) > 0x7F:
+        return "a non-ASCII character"
+    return f"{char!r}"
+
+
+def check_method(method: str) -> None:
+    """MalformedRequestError unless ``method`` is an HTTP token (RFC 9110)."""
+    if not _TOKEN.fullmatch(method):
+        # Never echo it: a smuggled request (with its credentials) may be in there.
+        raise MalformedRequestError("the request method is not an HTTP token")
+
+
+def check_target(target: str) -> None:
+    """MalformedRequestError unless ``target`` is an origin-form request target (RFC 9112).
+
+    The error names the first offending character and its offset, never the target itself.
+    """
+    if _ORIGIN_FORM.fullmatch(target):
+        if (bad := _BAD_ESCAPE.search(target)) is not None:
+            raise MalformedRequestError(
+                f"the request target has an invalid percent escape at offset {bad.start()}"
+            )
+        return
+    if not target.startswith("/"):
+        raise MalformedRequestError("the request target does not start with '/' (origin-form)")
+    offset, char = next((i, c) for i, c in enumerate(target) if c not in _TARGET_CHARS)
+    raise MalformedRequestError(
+        f"the request target contains {_describe_char(char)} at offset {offset}"
+    )
+
+
+def check_header_fields(fields: Iterable[tuple[bytes, bytes]]) -> None:
+    """MalformedRequestError when a header name is not a token or a value has a control byte
+    (CR, LF, NUL... anything below 0x20 but HTAB, and DEL). Names and values are not echoed."""
+    for index, (name, value) in enumerate(fields):
+        if not _TOKEN_BYTES.fullmatch(name):
+            raise MalformedRequestError(f"header field {index} has a name that is not a token")
+        if (bad := _BAD_VALUE_BYTE.search(value)) is not None:
+            raise MalformedRequestError(
+                f"the value of header {_header_name(name)} contains a control byte "
+                f"(0x{value[bad.start()]:02x})"
+            )
+
+
+def _header_name(name: bytes) -> str:
+    # Only called for names that are tokens (printable ASCII).
+    return name.decode("ascii")
+
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
@@ -72,6 +150,12 @@ class RequestInfo:
     dry_run: bool = False
     query: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path: str = ""
+    # The path names its namespace (``.../namespaces/NS/<resource>...``); a namespace's own
+    # paths (``/api/v1/namespaces/NS[/status]``) have ``namespace`` set but are not scoped.
+    scoped: bool = False
+    # False for a subresource the kind does not have (klockproxy.core.routes): the API server
+    # answers 404, so there is no admission operation to judge.
+    served: bool = True
 
     @property
     def ref(self) -> ResourceRef:
@@ -85,8 +169,9 @@ class RequestInfo:
 
     @property
     def operation(self) -> Operation | None:
-        """The admission operation on the PARENT object, or None for reads."""
-        if not self.is_resource_request:
+        """The admission operation on the PARENT object, or None for reads (and for requests
+        the API server answers 404 to without admission, ``served=False``)."""
+        if not self.is_resource_request or not self.served:
             return None
         verb = self.verb
         if verb == "create":
@@ -207,6 +292,7 @@ def classify(method: str, raw_path: str) -> RequestInfo:
     Raises ``ClassificationError`` for a path the API server would not route cleanly or a
     method its resource endpoints do not serve (see the module docstring).
     """
+    check_target(raw_path)
     raw, _, raw_query = raw_path.partition("?")
     query = parse_query(raw_query)
     parts = _segments(raw)
@@ -238,10 +324,12 @@ def classify(method: str, raw_path: str) -> RequestInfo:
         raise ClassificationError(f"the legacy /proxy/ path prefix is not served ({path!r})")
 
     namespace = ""
+    scoped = False
     if rest[0] == "namespaces" and len(rest) > 1:
         namespace = rest[1]
         if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
             rest = rest[2:]
+            scoped = True
 
     resource = rest[0]
     name = rest[1] if len(rest) > 1 else ""
@@ -284,4 +372,5 @@ def classify(method: str, raw_path: str) -> RequestInfo:
         dry_run="All" in query.get("dryRun", ()),
         query=query,
         path=path,
+        scoped=scoped,
     )

@@ -79,11 +79,13 @@ from klockproxy.core.errors import (
     ConfigError,
     KlockProxyError,
     LockValidationError,
+    MalformedRequestError,
     Refusal,
 )
 from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
+from klockproxy.core.requests import RequestInfo, check_header_fields, check_method, check_target
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.judge import Judge, Lookups, needs_judgement
 
@@ -95,6 +97,9 @@ DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
 PROBE_TIMEOUT = 5.0
 
 _MARK = "klockproxy"
+# The request's one classification (classify_request runs once per request): the fast path,
+# the namespace checks and the judgement all read this object.
+_INFO = "klockproxy.request"
 _PASS = "pass"
 _JUDGE = "judge"
 _ANSWERED = "answered"
@@ -486,6 +491,11 @@ class KlockProxy:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Authenticate (local mode), classify, pick the fast path or mark for judging."""
         req = flow.request
+        try:
+            check_message(req)
+        except MalformedRequestError as e:
+            self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
+            return
         settings = self.settings
         if settings is None:
             # The options did not parse (mitmproxy logged why): nothing is known about the
@@ -527,6 +537,10 @@ class KlockProxy:
         method = req.method.upper()
         try:
             info = classify_request(method, req.path)
+        except MalformedRequestError as e:
+            # check_message refused these already; kept for a target rewritten by another addon.
+            self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
+            return _ANSWERED
         except ClassificationError as e:
             # GET/HEAD/OPTIONS are reads, except on exec/attach/portforward/proxy (CONNECT).
             if method in _READ_METHODS and not may_be_connect(req.path):
@@ -536,6 +550,7 @@ class KlockProxy:
                 failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
             )
             return _ANSWERED
+        flow.metadata[_INFO] = info
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
         if len(req.headers.get_all("content-type")) > 1:
@@ -640,12 +655,23 @@ class KlockProxy:
         if req.raw_content and "content-length" not in req.headers:
             req.headers["content-length"] = str(len(req.raw_content))
 
-    def _answer(self, flow: http.HTTPFlow, status: Status, log_message: str | None = None) -> None:
+    def _answer(
+        self,
+        flow: http.HTTPFlow,
+        status: Status,
+        log_message: str | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None:
         flow.metadata[_MARK] = _ANSWERED
         flow.response = http.Response.make(
             status["code"], to_bytes(status), {"Content-Type": "application/json"}
         )
-        if status["code"] >= 500 or status["code"] == 401:
+        if quiet:
+            # The target of a malformed request may carry anything (a smuggled request and its
+            # credentials): the method and path are not logged.
+            logger.info("klockproxy: refused a request: %s", log_message or status["message"])
+        elif status["code"] >= 500 or status["code"] == 401:
             logger.warning(
                 "klockproxy: answered %s %s with %d: %s",
                 flow.request.method,
@@ -693,7 +719,10 @@ class KlockProxy:
     async def _judge(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         try:
-            info = classify_request(req.method.upper(), req.path)
+            info = flow.metadata.get(_INFO)
+            if not isinstance(info, RequestInfo):
+                # _triage marks a flow for judging only after classifying it.
+                raise Refusal(failure(500, "klockproxy: the request was not classified"))
             engine = self._engine()
             if engine is None:
                 raise Refusal(self._not_ready())
@@ -722,6 +751,32 @@ class KlockProxy:
                 "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
             )
             self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+
+
+def check_message(req: http.Request) -> None:
+    """MalformedRequestError unless the method, target, HTTP/2 pseudo-header fields and every
+    header field keep to HTTP's grammar (klockproxy.core.requests), for HTTP/1.1 and HTTP/2
+    clients alike. mitmproxy copies CR/LF of an HTTP/2 field into the HTTP/1.1 request it
+    writes upstream; a ``#`` or an absolute-form authority is read differently upstream.
+    """
+    data = req.data
+    try:
+        method = data.method.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise MalformedRequestError("the request method is not an HTTP token") from e
+    check_method(method)
+    check_target(data.path.decode("utf-8", "surrogateescape"))
+    check_header_fields(data.headers.fields)
+    for what, value in (("scheme", data.scheme), ("authority", data.authority)):
+        if any(b <= 0x20 or b >= 0x7F for b in value):
+            raise MalformedRequestError(f"the request {what} contains a space or control byte")
+    # HTTP/1.1 absolute-form (``DELETE https://host/...``): mitmproxy forwards it as such, and
+    # a front or server behind the proxy may route on that authority, not on the Host header.
+    absolute_form = bool(data.authority) and not (req.is_http2 or req.is_http3)
+    if absolute_form and data.authority.decode("ascii") != req.headers.get("host", ""):
+        raise MalformedRequestError(
+            "the absolute-form request target names another host than the Host header"
+        )
 
 
 def _body(req: http.Request) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from klockproxy.core.errors import ClassificationError
+from klockproxy.core.errors import ClassificationError, UnservedRouteError
 from klockproxy.core.paths import (
     api_prefix,
     classify_request,
@@ -13,6 +13,7 @@ from klockproxy.core.paths import (
     object_path,
 )
 from klockproxy.core.requests import classify
+from klockproxy.core.types import Operation
 
 
 def test_lookup_paths_follow_the_api_server_layout() -> None:
@@ -67,3 +68,113 @@ def test_kubelet_pod_actions_through_node_proxy_act_on_the_pod() -> None:
 def test_may_be_connect_decodes_before_splitting() -> None:
     assert may_be_connect("/api/v1/namespaces/default/pods/my-pod%2Fexec?x=1")
     assert not may_be_connect("/api/v1/namespaces/default/pods/my-pod?exec=1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes the API server serves (issue 10 item 3): one classification, refused when the shape
+# is not served, so the fast path, the namespace checks and the judgement cannot disagree.
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        # Cluster-wide deletecollection / create / object paths of namespaced kinds.
+        ("DELETE", "/api/v1/pods?labelSelector=aura%3Dred"),
+        ("POST", "/api/v1/pods"),
+        ("DELETE", "/api/v1/pods/my-pod"),
+        ("PATCH", "/api/v1/pods/my-pod/status"),
+        ("POST", "/api/v1/pods/my-pod/eviction"),
+        ("PATCH", "/apis/apps/v1/deployments/web"),
+        ("DELETE", "/apis/apps/v1/deployments"),
+        # A namespace nested in a namespace: the fast path read "free", the check "team".
+        ("DELETE", "/api/v1/namespaces/free/namespaces/team"),
+        ("PATCH", "/api/v1/namespaces/free/namespaces/team/status"),
+        ("DELETE", "/apis/example.com/v1/namespaces/free/namespaces/team"),
+        # Namespaces have no deletecollection.
+        ("DELETE", "/api/v1/namespaces?fieldSelector=metadata.name%3Dteam"),
+        # Cluster-scoped kinds under a namespace.
+        ("DELETE", "/api/v1/namespaces/default/nodes/n1"),
+        ("DELETE", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/clusterroles/admin"),
+        ("PUT", "/apis/apiextensions.k8s.io/v1/namespaces/default/customresourcedefinitions/x"),
+        # Verbs the kind does not have.
+        ("DELETE", "/apis/authentication.k8s.io/v1/tokenreviews/x"),
+        ("PATCH", "/api/v1/componentstatuses/etcd-0"),
+        ("DELETE", "/api/v1/namespaces/default/bindings/x"),
+    ],
+)
+def test_mutations_on_routes_the_api_server_does_not_serve_are_refused(
+    method: str, path: str
+) -> None:
+    with pytest.raises(UnservedRouteError, match="does not serve"):
+        classify_request(method, path)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "verb", "namespace"),
+    [
+        ("GET", "/api/v1/pods", "list", ""),
+        ("GET", "/api/v1/pods?watch=1", "watch", ""),
+        ("GET", "/apis/apps/v1/deployments", "list", ""),
+        ("DELETE", "/api/v1/namespaces/team", "delete", "team"),
+        ("PUT", "/api/v1/namespaces/team/finalize", "update", "team"),
+        ("DELETE", "/api/v1/nodes/n1", "delete", ""),
+        ("DELETE", "/api/v1/namespaces/default/pods", "deletecollection", "default"),
+        ("POST", "/apis/authentication.k8s.io/v1/tokenreviews", "create", ""),
+        (
+            "POST",
+            "/apis/authorization.k8s.io/v1/namespaces/d/localsubjectaccessreviews",
+            "create",
+            "d",
+        ),
+        # Unknown groups (custom resources): the scope is not known; only what no kind can be
+        # is refused.
+        ("DELETE", "/apis/example.com/v1/widgets", "deletecollection", ""),
+        ("DELETE", "/apis/example.com/v1/namespaces/d/widgets/w", "delete", "d"),
+        ("PATCH", "/apis/example.com/v1/namespaces/d/widgets/w/frobnicate", "patch", "d"),
+        # An unknown resource of a built-in group (a newer Kubernetes): judged as it reads.
+        ("DELETE", "/apis/apps/v1/namespaces/d/newthings/x", "delete", "d"),
+    ],
+)
+def test_served_routes_classify(method: str, path: str, verb: str, namespace: str) -> None:
+    info = classify_request(method, path)
+    assert (info.verb, info.namespace) == (verb, namespace)
+    assert info.served
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PATCH", "/api/v1/namespaces/default/pods/my-pod/scale"),
+        ("PUT", "/api/v1/namespaces/default/configmaps/c/status"),
+        ("POST", "/api/v1/namespaces/default/services/s/eviction"),
+        ("POST", "/apis/apps/v1/namespaces/default/deployments/web/exec"),
+        ("PATCH", "/api/v1/nodes/n1/scale"),
+    ],
+)
+def test_a_subresource_the_kind_does_not_have_is_not_judged(method: str, path: str) -> None:
+    # The API server answers 404 itself: no admission operation, no lock can match.
+    info = classify_request(method, path)
+    assert not info.served
+    assert info.is_mutation
+    assert info.operation is None
+
+
+@pytest.mark.parametrize(
+    ("path", "subresource"),
+    [
+        ("/apis/apps/v1/namespaces/default/deployments/web/scale", "scale"),
+        ("/api/v1/namespaces/default/replicationcontrollers/rc/scale", "scale"),
+        ("/api/v1/namespaces/default/pods/my-pod/ephemeralcontainers", "ephemeralcontainers"),
+        ("/api/v1/namespaces/default/pods/my-pod/status", "status"),
+        ("/apis/example.com/v1/namespaces/default/widgets/w/scale", "scale"),
+    ],
+)
+def test_subresources_the_kind_has_are_judged(path: str, subresource: str) -> None:
+    info = classify_request("PATCH", path)
+    assert (info.subresource, info.served, info.operation) == (subresource, True, Operation.UPDATE)
+
+
+def test_unserved_reads_raise_too() -> None:
+    # The addon lets unclassifiable reads through; the error says why it could not classify.
+    with pytest.raises(UnservedRouteError):
+        classify_request("GET", "/api/v1/pods/my-pod")

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlencode
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from klockproxy.core.errors import ClassificationError
-from klockproxy.core.requests import RequestInfo, classify, parse_query
+from klockproxy.core.errors import ClassificationError, MalformedRequestError
+from klockproxy.core.requests import (
+    RequestInfo,
+    check_header_fields,
+    check_method,
+    check_target,
+    classify,
+    parse_query,
+)
 from klockproxy.core.types import Operation, ResourceRef
 
 
@@ -347,3 +355,117 @@ def test_parse_query_inverts_urlencode(pairs: list[tuple[str, str]]) -> None:
     for key, value in pairs:
         expected.setdefault(key, []).append(value)
     assert parse_query(urlencode(pairs)) == {k: tuple(v) for k, v in expected.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The message grammar (issue 10 items 1 and 2): refused for every method, before routing.
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/",
+        "/api/v1/namespaces/default/pods/my-pod",
+        "/api/v1/pods?labelSelector=aura%3Dred&watch=1",
+        "/api/v1/namespaces/default/pods/p/exec?command=sh&command=-c&stdin=true",
+        "/apis/g/v1/a:b@c!$&'()*+,;=-._~",
+        "/x?a=b?c/d:@",
+        "/api/v1/namespaces/default/pods/my%2Dpod",
+    ],
+)
+def test_origin_form_targets_are_accepted(target: str) -> None:
+    check_target(target)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("/api/v1/namespaces/default/pods/my-pod#x", "'#'"),
+        ("/api/v1/namespaces/team#/pods/t-red", "'#'"),
+        ("/api/v1/namespaces/default/pods?labelSelector=aura%3Dred#/x", "'#'"),
+        ("/api/v1/namespaces/default/pods/my-pod HTTP/1.1", "space"),
+        ("/api/v1/namespaces/default/pods\tx", "control"),
+        ("/api/v1/namespaces/default/pods\r\nHost: x\r\n\r\nPATCH /x", "CR control"),
+        ("/api/v1/namespaces/default/pods\nx", "control"),
+        ("/api/v1/namespaces/default/pods\x00x", "control"),
+        ("/api/v1/namespaces/default/pods\x7f", "control"),
+        ("/api/v1/namespaces/default/pods/é", "non-ASCII"),
+        ("/api/v1/namespaces/default/pods/\udcff", "non-ASCII"),
+        ("/api\\v1/namespaces/default/pods", "'\\\\'"),
+        ('/api/v1/namespaces/default/pods/"x"', "'\"'"),
+        ("/api/v1/namespaces/default/pods/<x>", "'<'"),
+        ("/api/v1/namespaces/default/pods/{x}", "'{'"),
+        ("/api/v1/namespaces/default/pods?labelSelector=a|b", "'|'"),
+        ("/api/v1/namespaces/default/pods/[x]", "'['"),
+        ("/api/v1/namespaces/default/pods/^x`", "'^'"),
+        ("/api/v1/namespaces/default/pods/my%zzpod", "percent"),
+        ("/api/v1/namespaces/default/pods/my-pod%4", "percent"),
+        ("", "'/'"),
+        ("*", "'/'"),
+        ("api/v1/pods", "'/'"),
+        ("https://other.example/api/v1/pods", "'/'"),
+    ],
+)
+def test_targets_outside_the_origin_form_grammar_are_malformed(target: str, reason: str) -> None:
+    with pytest.raises(MalformedRequestError, match=re.escape(reason)):
+        check_target(target)
+    # classify shares the check, for every method.
+    with pytest.raises(MalformedRequestError):
+        classify("GET", target)
+
+
+def test_a_malformed_target_is_not_echoed_in_the_error() -> None:
+    smuggled = "/x HTTP/1.1\r\nAuthorization: Bearer secret-token\r\n\r\nPATCH /y"
+    with pytest.raises(MalformedRequestError) as raised:
+        check_target(smuggled)
+    assert "secret-token" not in str(raised.value)
+
+
+@pytest.mark.parametrize("method", ["GET", "delete", "PATCH", "M-SEARCH", "X_Y.Z!"])
+def test_methods_that_are_tokens_are_accepted(method: str) -> None:
+    check_method(method)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["", "GE T", "GET\x00", "GET /x HTTP/1.1\r\nHost: x\r\n\r\nDELETE", "PATCH\n", "GÉT", "(GET)"],
+)
+def test_methods_that_are_not_tokens_are_malformed(method: str) -> None:
+    with pytest.raises(MalformedRequestError, match="method"):
+        check_method(method)
+
+
+def test_well_formed_header_fields_are_accepted() -> None:
+    check_header_fields(
+        [
+            (b"Content-Type", b"application/json"),
+            (b"x-tab", b"a\tb"),
+            (b"x-obs-text", b"caf\xc3\xa9 \xff"),
+            (b"x-empty", b""),
+            (b"!#$%&'*+-.^_`|~09azAZ", b"v"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"x-a", b"b\r\nContent-Length: 0\r\n\r\nPATCH /x HTTP/1.1"),
+        (b"x-a", b"b\rc"),
+        (b"x-a", b"b\nc"),
+        (b"x-a", b"b\x00c"),
+        (b"x-a", b"b\x01c"),
+        (b"x-a", b"\x7f"),
+        (b"x-a: b\r\n\r\nPATCH /x HTTP/1.1\r\nx-b", b"c"),
+        (b"x a", b"c"),
+        (b"x:a", b"c"),
+        (b"x\x00", b"c"),
+        (b"", b"c"),
+        (b"caf\xc3\xa9", b"c"),
+    ],
+)
+def test_header_fields_with_control_bytes_or_bad_names_are_malformed(
+    name: bytes, value: bytes
+) -> None:
+    with pytest.raises(MalformedRequestError, match="header"):
+        check_header_fields([(b"accept", b"*/*"), (name, value)])

@@ -197,7 +197,9 @@ async def test_unroutable_mutations_are_refused_not_forwarded(
         return
     status = status_of(flow)
     assert status["code"] == 400
-    assert status["message"].startswith("klockproxy: refusing DELETE ")
+    assert status["message"].startswith(
+        ("klockproxy: refusing DELETE ", "klockproxy: malformed request: ")
+    )
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "POST"])
@@ -1555,3 +1557,151 @@ async def test_dependents_listed_with_the_proxys_credentials_are_not_named_to_th
         assert "top-secret-name" not in status["message"]
         assert "one of the secrets that the garbage collector would delete" in status["message"]
         assert "Lock gc/nodelete" in status["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The message grammar (issue 10 items 1, 2): request smuggling, fragments, absolute-form.
+# Refused for reads too, before the client token is looked at or anything is looked up.
+
+SMUGGLED = (
+    " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nPATCH /api/v1/namespaces/default/pods/my-pod"
+)
+
+
+@pytest.mark.parametrize("http2", [False, True])
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/api/v1/namespaces/default/pods" + SMUGGLED, ()),
+        ("DELETE", MY_POD + SMUGGLED, ()),
+        ("GET", "/api/v1/namespaces/default/pods", (("x-a", "b\r\n\r\nPATCH " + MY_POD),)),
+        ("GET", "/api/v1/namespaces/default/pods", (("x-a", "b\nc"),)),
+        ("GET", "/api/v1/namespaces/default/pods", (("x-a", "b\x00c"),)),
+        ("GET", "/api/v1/namespaces/default/pods", (("x-a: b\r\n\r\nPATCH / HTTP/1.1\r\nx", "c"),)),
+        ("GET /api/v1/namespaces/default/pods HTTP/1.1\r\n\r\nDELETE", MY_POD, ()),
+        ("GET", "/api/v1/namespaces/default/pods/my-pod\x00", ()),
+        ("GET", MY_POD + " HTTP/1.1", ()),
+        ("GET", MY_POD + "\t", ()),
+        # '#' is a fragment to the upstream: it would act on my-pod, or exec, or the list.
+        ("PUT", MY_POD + "#x", ()),
+        ("PATCH", MY_POD + "#/status", ()),
+        ("POST", MY_POD + "/eviction#x", ()),
+        ("DELETE", "/api/v1/namespaces/default#/pods/t-red", ()),
+        ("DELETE", "/api/v1/namespaces/default/pods#/x", ()),
+        ("DELETE", "/api/v1/namespaces/default/pods?labelSelector=aura%3Dred#/x", ()),
+        ("GET", MY_POD + "/exec#x?command=sh", ()),
+        ("DELETE", MY_POD.replace("/pods/", "\\pods\\"), ()),
+        ("DELETE", MY_POD + "\u00e9", ()),
+    ],
+)
+async def test_malformed_requests_are_refused_before_anything_is_looked_up(
+    addon: KlockProxy,
+    upstream: WhoAmI,
+    method: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    http2: bool,
+) -> None:
+    flow = make_flow(
+        method,
+        path,
+        merge_patch({"aura": "blue"}) if method in ("PUT", "PATCH", "POST") else b"",
+        MERGE if method in ("PUT", "PATCH", "POST") else None,
+        headers=(("Authorization", "Bearer caller-token"), *headers),
+        http2=http2,
+    )
+    await run(addon, flow)
+    status = refused(flow, 400)
+    assert status["reason"] == "BadRequest"
+    assert "malformed request" in status["message"]
+    # Nothing of the request is echoed (a smuggled request may carry credentials).
+    assert "PATCH" not in status["message"] and "t-red" not in status["message"]
+    assert upstream.calls == []
+
+
+async def test_the_client_token_is_not_checked_before_the_grammar(upstream: WhoAmI) -> None:
+    # A malformed request gets its 400 whoever sends it: no hop behind the proxy sees it.
+    engine = Engine(load_locks_from_text(LOCKS, source="t"))
+    proxy = KlockProxy(lock_set=StaticLocks(engine), upstream=upstream)  # type: ignore[arg-type]
+    with taddons.context(proxy) as tctx:
+        tctx.configure(proxy)
+        flow = make_flow("GET", MY_POD + "#x", headers=())
+        await run(proxy, flow)
+    refused(flow, 400)
+
+
+@pytest.mark.parametrize(
+    ("authority", "host", "allowed"),
+    [
+        ("other.example:443", "api.example:6443", False),
+        ("api.example:6443", "api.example:6443", True),
+        ("api.example:6443", None, False),
+    ],
+)
+async def test_absolute_form_must_name_the_host_it_is_sent_to(
+    addon: KlockProxy, authority: str, host: str | None, allowed: bool
+) -> None:
+    headers = [("Authorization", "Bearer caller-token")]
+    if host is not None:
+        headers.append(("Host", host))
+    flow = make_flow("GET", "/api/v1/namespaces/default/pods", headers=headers)
+    flow.request.data.authority = authority.encode()
+    await run(addon, flow)
+    if allowed:
+        assert forwarded(flow)
+    else:
+        assert "absolute-form" in refused(flow, 400)["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes the API server does not serve (issue 10 item 3), one classification per request
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/pods?labelSelector=aura%3Dred",  # cluster-wide deletecollection of pods
+        "/api/v1/namespaces/frozen/namespaces/default",  # a namespace inside a namespace
+        "/api/v1/namespaces/default/namespaces/frozen",
+        "/api/v1/namespaces?fieldSelector=metadata.name%3Dfrozen",  # no deletecollection
+        "/api/v1/pods/my-pod",
+        "/api/v1/namespaces/default/nodes/n1",
+    ],
+)
+async def test_deletes_on_unserved_routes_are_refused_without_lookups(
+    addon: KlockProxy, upstream: WhoAmI, path: str
+) -> None:
+    flow = make_flow("DELETE", path)
+    await run(addon, flow)
+    assert "does not serve" in refused(flow, 400)["message"]
+    assert upstream.calls == []
+
+
+async def test_scale_of_a_pod_is_forwarded_for_the_api_server_to_404(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    # Pods have no scale subresource: nothing a Lock could match happens (kubectl scale
+    # pod/my-pod gets the API server's NotFound, not a denial "through scale").
+    flow = make_flow("PATCH", MY_POD + "/scale", b'{"spec":{"replicas":2}}', MERGE)
+    await run(addon, flow)
+    assert forwarded(flow)
+    assert upstream.calls == []
+
+
+async def test_a_request_is_classified_once(
+    addon: KlockProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import klockproxy.proxy.addon as addon_module
+
+    calls: list[str] = []
+    original = addon_module.classify_request
+
+    def counting(method: str, path: str) -> Any:
+        calls.append(path)
+        return original(method, path)
+
+    monkeypatch.setattr(addon_module, "classify_request", counting)
+    flow = make_flow("PATCH", MY_POD, merge_patch({"aura": "blue"}), MERGE)
+    await run(addon, flow)
+    denied(flow)
+    assert calls == [MY_POD]

@@ -1,0 +1,642 @@
+"""Deciding: one mutation and the objects around it in, a Verdict out (every mode calls it).
+
+``Judge.decide(subject, caller) -> Verdict`` runs the engine on the operation's inputs
+(CREATE on the new object, UPDATE on the old OR the new one, DELETE on the old one, CONNECT on
+the parent) and every consequence check, so the proxy and the webhook give the same verdict
+and the same message for the same case. A denial is a 403 Status worded the way the API
+server words admission denials.
+
+Deletions that delete other objects are judged on what they would delete: a namespace (any
+DELETE lock in it that applies to the caller refuses it), a CustomResourceDefinition (its
+objects are listed and judged), deletecollection (the listed objects are judged), a cascading
+DELETE (the dependents the garbage collector would delete among ``DEPENDENT_KINDS`` of the
+namespace, found by owner uid). A write that adds or changes an owner reference, or sets a
+Job's ttlSecondsAfterFinished, is judged as a DELETE of that object too (core.owners).
+
+What the objects are is the gathering's business (``klockproxy.judge.gathering`` for the
+proxy; the webhook reads them from the AdmissionReview). Lookups the consequence checks make
+(lists of what a deletion deletes) are sent with ``Caller.headers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.core.codec import media_type
+from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
+from klockproxy.core.errors import Refusal, UpstreamError
+from klockproxy.core.locks import GROUP
+from klockproxy.core.metadata import kind_of, labels_of, object_meta
+from klockproxy.core.owners import (
+    DEPENDENT_KINDS,
+    DEPENDENTS_NOTE,
+    OWNER_NOTE,
+    owner_inputs,
+    owner_uids,
+)
+from klockproxy.core.patches import APPLY_PATCH
+from klockproxy.core.paths import collection_path
+from klockproxy.core.requests import RequestInfo
+from klockproxy.core.status import Status, failure, forbidden
+from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+
+# How many locked objects a deletecollection refusal names before summarising.
+MAX_NAMED_OBJECTS = 10
+
+# Writes through these may change the object's labels: judged on the new labels. (A pods/status
+# update may change metadata.labels: the pod status strategy resets spec, not labels.)
+LABEL_SUBRESOURCES = frozenset({"", "status"})
+# Placeholder caller for a first decision: when no lock exempts anybody the caller does not
+# matter and the identity lookup is skipped.
+_NOBODY = UserInfo(username="")
+
+AuthHeaders = Mapping[str, Sequence[str]]
+
+
+class Lookups(Protocol):
+    """What the judge needs from the upstream client (``cluster.upstream.Upstream``)."""
+
+    @property
+    def server(self) -> str:
+        """The API server URL, for messages."""
+        ...
+
+    async def get_object(
+        self, path: str, headers: Mapping[str, str | Sequence[str]]
+    ) -> dict[str, Any] | None:
+        """GET as the caller; None on 404."""
+        ...
+
+    async def list_objects(
+        self,
+        path: str,
+        headers: Mapping[str, str | Sequence[str]],
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        """LIST as the caller."""
+        ...
+
+    @property
+    def has_own_credentials(self) -> bool:
+        """Whether lookups can be made with the proxy's own credentials."""
+        ...
+
+    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
+        """Who these headers act as."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a judged request.
+
+    ``status`` set: answer with it instead of forwarding (``log_message``, when set, is what
+    the log says instead of the Status message, which may quote the body). Otherwise forward,
+    with ``body`` (decoded: the caller re-applies its Content-Encoding) and ``content_type``
+    when they are set (the proxy's resourceVersion guard; ``decide`` never sets them).
+    """
+
+    status: Status | None = None
+    log_message: str | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the request is forwarded."""
+        return self.status is None
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One mutation and the objects around it.
+
+    ``old``: the stored object (the parent for subresources); None = absent. ``new``: the
+    object as it would be stored; None for DELETE and CONNECT, and when the gathering found
+    nothing to judge (the API server will answer 404). ``options``: the DeleteOptions of a
+    DELETE (``propagationPolicy``, ``orphanDependents``), None when there are none.
+    ``also_new``: other results the stored object may have when the gathering could not
+    compute it exactly (judged as well, as UPDATEs of ``old``).
+    """
+
+    info: RequestInfo
+    old: Mapping[str, Any] | None
+    new: Mapping[str, Any] | None
+    options: Mapping[str, Any] | None = None
+    also_new: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, and the headers the judge's own lookups are sent with.
+
+    Either ``user`` is known (the webhook's ``request.userInfo``, a gateway certificate
+    caller) or ``resolve`` finds it lazily (the proxy asks the API server only when a Lock's
+    exemption makes the caller matter). ``headers`` are the caller's auth headers for
+    lookups as the caller; empty = the lookup client's own credentials (the webhook).
+    """
+
+    user: UserInfo | None = None
+    resolve: Callable[[], Awaitable[UserInfo]] | None = None
+    headers: AuthHeaders = field(default_factory=dict)
+
+    @classmethod
+    def known(cls, user: UserInfo, headers: AuthHeaders | None = None) -> Caller:
+        """A caller whose identity is already known."""
+        return cls(user=user, headers=headers or {})
+
+    @classmethod
+    def lazy(cls, resolve: Callable[[], Awaitable[UserInfo]], headers: AuthHeaders) -> Caller:
+        """A caller resolved on demand (by ``resolve``) and looked up with ``headers``."""
+        return cls(resolve=resolve, headers=headers)
+
+    async def user_info(self) -> UserInfo:
+        """Who this is (may ask the API server; raises UpstreamError when it cannot)."""
+        if self.user is not None:
+            return self.user
+        if self.resolve is None:
+            raise UpstreamError("the caller's identity is neither known nor resolvable")
+        return await self.resolve()
+
+
+def is_crd_delete(info: RequestInfo) -> bool:
+    """A DELETE (or deletecollection) of CustomResourceDefinitions."""
+    return (
+        info.group == "apiextensions.k8s.io"
+        and info.resource == "customresourcedefinitions"
+        and info.verb in ("delete", "deletecollection")
+        and not info.subresource
+    )
+
+
+def is_namespace_delete(info: RequestInfo) -> bool:
+    """A DELETE of one namespace (which deletes every object in it)."""
+    return (
+        info.group == ""
+        and info.resource == "namespaces"
+        and info.verb == "delete"
+        and not info.subresource
+    )
+
+
+def has_delete_locks(engine: Engine) -> bool:
+    """Whether any lock (an invalid one included) may refuse a DELETE."""
+    # An invalid Lock refuses every operation in its namespace, DELETE included.
+    return bool(engine.invalid) or any(Operation.DELETE in lk.operations for lk in engine.locks)
+
+
+def needs_judgement(info: RequestInfo, engine: Engine, content_type: str) -> bool:
+    """Whether a loaded Lock could affect this mutation (else it is forwarded untouched).
+
+    This is the fast path's only question: it costs a few dictionary look-ups and never
+    reads the body. Besides the request's own operation, some writes are judged for what
+    they can also do (the judgement then says which applies).
+    """
+    op = info.operation
+    if op is None:
+        return False
+    ns = info.namespace
+    if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
+        return True
+    if info.subresource or info.verb not in ("update", "patch"):
+        return False
+    if engine.covers(ns, Operation.CREATE) and (
+        # PUT creates the object for resources that allow create-on-update (leases...);
+        # server-side apply creates it when it does not exist.
+        info.verb == "update" or media_type(content_type) == APPLY_PATCH
+    ):
+        return True
+    # A new owner reference lets the garbage collector delete the object later: judged as a
+    # DELETE too (see klockproxy.core.owners).
+    return engine.covers(ns, Operation.DELETE)
+
+
+def orphans(options: Mapping[str, Any] | None) -> bool:
+    """Whether a DELETE with these DeleteOptions orphans the dependents (else the garbage
+    collector deletes them)."""
+    if not options:
+        return False
+    return options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents") is True
+
+
+@dataclass
+class _Plan:
+    """The admission inputs a mutation is judged on."""
+
+    inputs: list[AdmissionInput]
+    name: str
+    # Inputs from index ``own`` on are about consequences (an adopted owner, dependents the
+    # garbage collector deletes); ``note`` explains them when one of those is denied.
+    own: int | None = None
+    note: str = ""
+    # Inputs about objects the caller may not see: a denial names the lock, not the object.
+    hidden: frozenset[int] = frozenset()
+
+
+class Decider:
+    """Decides mutations against ``engine``; lists what deletions delete with ``lookups``."""
+
+    def __init__(self, lookups: Lookups, engine: Engine) -> None:
+        self.lookups = lookups
+        self.engine = engine
+
+    async def decide(self, subject: Subject, caller: Caller) -> Verdict:
+        """The verdict on one mutation: its own operation and every consequence check."""
+        try:
+            await self._check(subject, caller)
+        except Refusal as r:
+            return Verdict(status=r.status, log_message=r.log_message)
+        return Verdict()
+
+    async def _check(self, subject: Subject, caller: Caller) -> None:
+        info = subject.info
+        if is_namespace_delete(info):
+            await self._check_namespace_delete(info, caller)
+        if is_crd_delete(info):
+            await self._check_crd_delete(subject, caller)
+        plan = await self._plan(subject, caller)
+        decisions = await self._decide(plan.inputs, caller)
+        if any(not d.allowed for d in decisions):
+            raise Refusal(self._denial(info, plan, decisions))
+
+    def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
+        if info.verb != "deletecollection":
+            index, first = next((i, d) for i, d in enumerate(decisions) if not d.allowed)
+            note = ""
+            if plan.note and plan.own is not None and index >= plan.own:
+                note = f"; {plan.note}"
+            if index in plan.hidden:
+                unseen = plan.inputs[index].resource.group_resource
+                locks = ", ".join(sorted({d.lock.key for d in first.denials}))
+                message = (
+                    f"{DENIAL_PREFIX}one of the {unseen} that the garbage collector would "
+                    f"delete after it is locked (Lock {locks})"
+                )
+                return forbidden(info, plan.name, message + note)
+            return forbidden(info, plan.name, first.message + note)
+        texts: list[str] = []
+        names: list[str] = []
+        for inp, decision in zip(plan.inputs, decisions, strict=True):
+            if not decision.allowed:
+                names.append(inp.name)
+                texts.extend(d.text for d in decision.denials)
+        message = DENIAL_PREFIX + ", and a lock: ".join(texts[:MAX_NAMED_OBJECTS])
+        listed = ", ".join(names[:MAX_NAMED_OBJECTS])
+        if len(names) > MAX_NAMED_OBJECTS:
+            listed += f" and {len(names) - MAX_NAMED_OBJECTS} more"
+        message += f"; deletecollection would delete locked objects: {listed}"
+        return forbidden(info, "", message)
+
+    async def _decide(self, inputs: list[AdmissionInput], caller: Caller) -> list[Decision]:
+        engine = self.engine
+        decisions = [engine.decide(inp) for inp in inputs]
+        caller_matters = any(
+            d.exempted or any(den.lock.has_exclusive for den in d.denials) for d in decisions
+        )
+        if not caller_matters:
+            return decisions
+        user = await self._resolve(caller)
+        return [engine.decide(replace(inp, user=user)) for inp in inputs]
+
+    async def _resolve(self, caller: Caller) -> UserInfo:
+        try:
+            return await caller.user_info()
+        except UpstreamStatusError as e:
+            raise Refusal(lookup_failure("who is calling (SelfSubjectReview)", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+
+    # ------------------------------------------------------------------------------------
+    # The operation's own inputs
+
+    async def _plan(self, subject: Subject, caller: Caller) -> _Plan:
+        """The admission inputs of a mutation (none when there is nothing to judge)."""
+        info = subject.info
+        op = info.operation
+        if op is None:
+            # needs_judgement() only lets mutations through; never forward one unjudged.
+            raise Refusal(failure(403, "klockproxy: cannot classify this request's operation"))
+
+        def inp(
+            operation: Operation,
+            name: str,
+            old: Mapping[str, str] | None,
+            new: Mapping[str, str] | None,
+            kind: str = "",
+        ) -> AdmissionInput:
+            return AdmissionInput(
+                operation=operation,
+                namespace=info.namespace,
+                resource=info.ref,
+                name=name,
+                user=_NOBODY,
+                old_labels=old,
+                new_labels=new,
+                dry_run=info.dry_run,
+                kind=kind,
+            )
+
+        verb = info.verb
+        if verb == "deletecollection":
+            return await self._plan_deletecollection(info, caller)
+        old, new = subject.old, subject.new
+        if old is None:
+            if new is None:
+                # The API server answers 404 (or 409 thanks to the proxy's guard).
+                return _Plan([], info.name)
+            # A create, or a PUT / server-side apply that creates the object.
+            meta = object_meta(new)
+            if verb == "create":
+                name = str(meta.get("name") or meta.get("generateName") or "")
+            elif verb == "patch":
+                name = str(meta.get("name") or info.name)
+            else:
+                name = info.name
+            return _Plan([inp(Operation.CREATE, name, None, labels_of(new), kind_of(new))], name)
+        kind = kind_of(old)
+        old_labels = labels_of(old)
+        if op is Operation.UPDATE and info.subresource in LABEL_SUBRESOURCES:
+            after = new if new is not None else old
+            inputs = [inp(op, info.name, old_labels, labels_of(after), kind)]
+            inputs += [inp(op, info.name, old_labels, labels_of(o), kind) for o in subject.also_new]
+            owners = owner_inputs(old, after, inp, info.name, kind)
+            return _Plan(inputs + owners, info.name, own=len(inputs), note=OWNER_NOTE)
+        if op is Operation.UPDATE:
+            # scale, ephemeralcontainers (update or patch): the parent's labels decide; these
+            # subresources cannot change labels (a Scale object has none).
+            return _Plan([inp(op, info.name, old_labels, old_labels, kind)], info.name)
+        if op is Operation.CREATE:
+            # A create on another subresource (serviceaccounts/token, pods/binding).
+            return _Plan([inp(op, info.name, None, old_labels, kind)], info.name)
+        if op is Operation.CONNECT:
+            return _Plan([inp(op, info.name, old_labels, None, kind)], info.name)
+        # DELETE, and pods/eviction (a DELETE of the pod).
+        inputs = [inp(op, info.name, old_labels, None, kind)]
+        hidden: set[int] = set()
+        # A namespace is judged as a whole (_check_namespace_delete).
+        whole = info.group == "" and info.resource == "namespaces"
+        if verb == "delete" and not whole and not orphans(subject.options):
+            for dependent, unseen in await self._dependent_inputs(info, old, caller.headers):
+                if unseen:
+                    hidden.add(len(inputs))
+                inputs.append(dependent)
+        return _Plan(inputs, info.name, own=1, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
+
+    async def _plan_deletecollection(self, info: RequestInfo, caller: Caller) -> _Plan:
+        engine = self.engine
+        if any(bad.namespace == info.namespace for bad in engine.invalid):
+            # An invalid Lock refuses every mutation of its namespace; an empty list would
+            # leave nothing to judge while objects created meanwhile would still be deleted.
+            decision = engine.decide(
+                AdmissionInput(
+                    operation=Operation.DELETE,
+                    namespace=info.namespace,
+                    resource=info.ref,
+                    name="",
+                    user=_NOBODY,
+                    old_labels={},
+                    dry_run=info.dry_run,
+                )
+            )
+            if not decision.allowed:
+                raise Refusal(forbidden(info, "", decision.message))
+        for param in ("resourceVersion", "resourceVersionMatch", "continue"):
+            if info.query.get(param):
+                # The API server would delete what it lists at that (possibly old) version -
+                # a continue token carries one too - while the proxy judges what exists now.
+                raise Refusal(
+                    failure(
+                        400,
+                        f"klockproxy: a lock covers this namespace; deletecollection with "
+                        f"{param} is not supported through klockproxy",
+                    )
+                )
+        path = collection_path(info)
+        label_selector = (info.query.get("labelSelector") or ("",))[0]
+        field_selector = (info.query.get("fieldSelector") or ("",))[0]
+        try:
+            items = await self.lookups.list_objects(
+                path, caller.headers, label_selector or None, field_selector or None
+            )
+        except UpstreamStatusError as e:
+            raise Refusal(lookup_failure(f"what {path} would delete", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        inputs = [
+            AdmissionInput(
+                operation=Operation.DELETE,
+                namespace=info.namespace,
+                resource=info.ref,
+                name=str(object_meta(item).get("name", "")),
+                user=_NOBODY,
+                old_labels=labels_of(item),
+                dry_run=info.dry_run,
+            )
+            for item in items
+        ]
+        return _Plan(inputs, "")
+
+    # ------------------------------------------------------------------------------------
+    # Consequences: what else a deletion deletes
+
+    async def _check_namespace_delete(self, info: RequestInfo, caller: Caller) -> None:
+        """Deleting a namespace deletes every object in it, behind the proxy's back.
+
+        The namespace controller's deletions never pass the proxy, so any DELETE lock in the
+        namespace that applies to the caller refuses the namespace's deletion (even when it
+        matches no object right now: listing every resource type would be the alternative).
+        """
+        locks = [
+            lk
+            for lk in self.engine.locks
+            if lk.namespace == info.name and Operation.DELETE in lk.operations
+        ]
+        if not locks:
+            return
+        user = await self._resolve(caller) if any(lk.has_exclusive for lk in locks) else _NOBODY
+        applying = [lk for lk in locks if not is_exempt(lk, user)]
+        if not applying:
+            return
+        texts = [
+            f"{lk.matcher_text()} (Lock {lk.key} forbids DELETE in namespace {info.name}, and "
+            f"deleting the namespace deletes every object in it; {who_may(lk)})"
+            for lk in applying
+        ]
+        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+
+    async def _check_crd_delete(self, subject: Subject, caller: Caller) -> None:
+        """Deleting a CustomResourceDefinition deletes every object of that kind, behind the
+        proxy's back: refuse when a lock would refuse deleting one of them."""
+        info = subject.info
+        if info.verb == "deletecollection":
+            raise Refusal(
+                failure(
+                    403,
+                    "klockproxy: deleting CustomResourceDefinitions by collection is refused "
+                    "while DELETE locks exist; delete them one by one",
+                )
+            )
+        crd = subject.old
+        if crd is None:
+            return
+        raw_spec = crd.get("spec")
+        spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+        raw_names = spec.get("names")
+        group, plural = (
+            spec.get("group"),
+            raw_names.get("plural") if isinstance(raw_names, dict) else None,
+        )
+        versions = [
+            str(v["name"])
+            for v in spec.get("versions") or []
+            if isinstance(v, dict) and v.get("served") and isinstance(v.get("name"), str)
+        ]
+        if group == GROUP and plural == "locks":
+            return  # Lock objects are never locked: deleting them all unlocks, by design.
+        if not (isinstance(group, str) and isinstance(plural, str) and versions):
+            # Its objects cannot be listed (say, every version unserved first): fail closed.
+            raise Refusal(
+                failure(
+                    403,
+                    f"klockproxy: DELETE locks exist and the objects that deleting {info.name} "
+                    "would delete cannot be listed (no served version); serve a version first",
+                )
+            )
+        version = versions[0]
+        path = "/apis/" + "/".join(quote(part, safe="") for part in (group, version, plural))
+        try:
+            items = await self.lookups.list_objects(path, caller.headers)
+        except UpstreamStatusError as e:
+            raise Refusal(lookup_failure(f"what deleting {info.name} deletes", e)) from e
+        except UpstreamError as e:
+            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        ref = ResourceRef(group, version, plural)
+        inputs = [
+            AdmissionInput(
+                operation=Operation.DELETE,
+                namespace=str(object_meta(item).get("namespace") or ""),
+                resource=ref,
+                name=str(object_meta(item).get("name") or ""),
+                user=_NOBODY,
+                old_labels=labels_of(item),
+            )
+            for item in items
+        ]
+        decisions = await self._decide(inputs, caller)
+        locked = [(inp, d) for inp, d in zip(inputs, decisions, strict=True) if not d.allowed]
+        if not locked:
+            return
+        texts = [den.text for _, d in locked[:MAX_NAMED_OBJECTS] for den in d.denials]
+        listed = ", ".join(f"{inp.namespace}/{inp.name}" for inp, _ in locked[:MAX_NAMED_OBJECTS])
+        if len(locked) > MAX_NAMED_OBJECTS:
+            listed += f" and {len(locked) - MAX_NAMED_OBJECTS} more"
+        message = (
+            DENIAL_PREFIX
+            + ", and a lock: ".join(texts)
+            + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
+        )
+        raise Refusal(forbidden(info, info.name, message))
+
+    async def _dependent_inputs(
+        self, info: RequestInfo, current: Mapping[str, Any], headers: AuthHeaders
+    ) -> list[tuple[AdmissionInput, bool]]:
+        """DELETE judgements for what the garbage collector deletes after this object, each
+        with whether the caller may not see it (listed with the proxy's credentials only).
+
+        Dependents are found (transitively, by owner uid) among the kinds controllers and
+        operators commonly create (``DEPENDENT_KINDS``) in the same namespace, listed as
+        metadata only. As the caller first; when RBAC does not let the caller list a kind, with
+        the proxy's own credentials if it has some, else the DELETE is refused (fail closed).
+        A kind the API server does not serve is skipped.
+        """
+        root = str(object_meta(current).get("uid") or "")
+        if not root or not info.namespace:
+            return []
+        listed: list[tuple[ResourceRef, dict[str, Any], bool]] = []
+        for ref in DEPENDENT_KINDS:
+            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
+            path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
+            items, hidden = await self._list_dependents(info, ref, path, headers)
+            listed.extend((ref, item, hidden) for item in items)
+        owners = {root}
+        dependents: list[tuple[ResourceRef, dict[str, Any], bool]] = []
+        grew = True
+        while grew:
+            grew = False
+            for ref, item, hidden in listed:
+                uid = str(object_meta(item).get("uid") or "")
+                if uid and uid not in owners and owner_uids(item) & owners:
+                    owners.add(uid)
+                    dependents.append((ref, item, hidden))
+                    grew = True
+        return [
+            (
+                AdmissionInput(
+                    operation=Operation.DELETE,
+                    namespace=info.namespace,
+                    resource=ref,
+                    name=str(object_meta(item).get("name") or ""),
+                    user=_NOBODY,
+                    old_labels=labels_of(item),
+                    dry_run=info.dry_run,
+                    kind=kind_of(item),
+                ),
+                hidden,
+            )
+            for ref, item, hidden in dependents
+        ]
+
+    async def _list_dependents(
+        self,
+        info: RequestInfo,
+        ref: ResourceRef,
+        path: str,
+        headers: AuthHeaders,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The items, and whether only the proxy's own credentials could list them (then the
+        caller must not learn their names)."""
+        attempts: list[AuthHeaders] = [headers]
+        if self.lookups.has_own_credentials:
+            attempts.append({})
+        for attempt in attempts:
+            try:
+                items = await self.lookups.list_objects(path, attempt, metadata_only=True)
+                return items, attempt is not headers
+            except UpstreamStatusError as e:
+                if e.code == 404:
+                    return [], False
+                if e.code not in (401, 403) or attempt is attempts[-1]:
+                    raise Refusal(
+                        failure(
+                            403 if e.code in (401, 403) else 503,
+                            f"klockproxy: DELETE locks exist in namespace {info.namespace} and "
+                            f"the proxy cannot tell which {ref.resource} the garbage collector "
+                            f"would delete after {info.name} ({e.message}); delete it with "
+                            "propagationPolicy=Orphan (kubectl delete --cascade=orphan)",
+                        )
+                    ) from e
+            except UpstreamError as e:
+                raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        return [], False
+
+
+def lookup_failure(what: str, e: UpstreamStatusError) -> Status:
+    """The Status for a lookup the API server answered with an error."""
+    if e.code in (401, 403):
+        return failure(
+            e.code,
+            f"klockproxy: a lock covers this request and the API server refused to tell "
+            f"{what}: {e.message}",
+        )
+    return failure(503, f"klockproxy: cannot check locks: reading {what} failed: {e}")
