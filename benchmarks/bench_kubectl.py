@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -49,11 +50,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_proxy import (  # noqa: E402  (the benchmarks are scripts, not a package)
+# The benchmarks are scripts, not a package: bench_proxy is imported from beside this file.
+from bench_proxy import (
     BARE_CHILD,
     LOCK_FILE,
     LOCKED_NS,
@@ -72,7 +73,7 @@ from bench_proxy import (  # noqa: E402  (the benchmarks are scripts, not a pack
 WATCH_NS = "bench-watch"
 WATCH_OBJECTS = 100
 # ~1 kB of data per configmap: the LIST of the namespace is ~108 kB, as in issue 12.
-WATCH_PAYLOAD = "x" * 880
+WATCH_PAYLOAD = "x" * 680
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +106,9 @@ def write_kubeconfig(
         "kind": "Config",
         "clusters": [{"name": "c", "cluster": cluster}],
         "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": namespace}}],
+        "contexts": [
+            {"name": "x", "context": {"cluster": "c", "user": "u", "namespace": namespace}}
+        ],
         "current-context": "x",
     }
     path.write_text(json.dumps(cfg))
@@ -233,9 +236,7 @@ def run_table(title: str, stats: RunStats, baseline: str, names: list[str]) -> l
     ]
     for name in names:
         wall = stats.wall[name]
-        ratio_kp = statistics.median(
-            a / b for a, b in zip(wall, stats.wall[baseline], strict=True)
-        )
+        ratio_kp = statistics.median(a / b for a, b in zip(wall, stats.wall[baseline], strict=True))
         ratio_d = statistics.median(a / b for a, b in zip(wall, stats.wall["direct"], strict=True))
         cpu = stats.cpu[name]
         cpu_text = "—" if name == "direct" else f"{statistics.mean(cpu) * 1000:.1f}"
@@ -324,27 +325,94 @@ async def open_watches_h1(target: KubeTarget, n: int) -> tuple[list[Any], int]:
     return handles, size
 
 
+class H2Kubectl:
+    """One HTTP/2 connection the way kubectl (Go's http2 transport) opens one: h2 by ALPN,
+    4 MB stream and 1 GB connection flow-control windows."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+        import h2.settings
+
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20})
+        self.conn.increment_flow_control_window((1 << 30) - 65535)
+        self.writer.write(self.conn.data_to_send())
+        self.status: dict[int, int] = {}
+        self.body: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+
+    @classmethod
+    async def connect(cls, target: KubeTarget) -> H2Kubectl:
+        if target.ssl is None:
+            raise RuntimeError(f"{target.name}: no TLS, no HTTP/2")
+        ctx = target.ssl
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        host, port = target.url.removeprefix("https://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+        if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+            writer.close()
+            raise RuntimeError(f"{target.name}: h2 not negotiated")
+        return cls(reader, writer)
+
+    def get(self, target: KubeTarget, path: str) -> int:
+        sid: int = self.conn.get_next_available_stream_id()
+        authority = target.url.split("://", 1)[1]
+        headers = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", authority),
+            (":path", path),
+            ("authorization", f"Bearer {target.token}"),
+            ("accept", "application/json"),
+        ]
+        self.conn.send_headers(sid, headers, end_stream=True)
+        self.body[sid] = bytearray()
+        self.writer.write(self.conn.data_to_send())
+        return sid
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        import h2.events
+
+        while not done():
+            data = await self.reader.read(65536)
+            if not data:
+                raise RuntimeError("connection closed")
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    self.status[event.stream_id] = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    self.body[event.stream_id] += event.data
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended.add(event.stream_id)
+            self.writer.write(self.conn.data_to_send())
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def open_watches_h2(target: KubeTarget, n: int) -> tuple[list[Any], int]:
     """As open_watches_h1, over HTTP/2: one connection per kubectl, LIST and watch as two
     streams of it."""
     handles: list[Any] = []
     size = 0
-    base = f"{target.url}/api/v1/namespaces/{WATCH_NS}/configmaps"
-    headers = {"Authorization": f"Bearer {target.token}"}
+    base = f"/api/v1/namespaces/{WATCH_NS}/configmaps"
     for _ in range(n):
-        client = httpx.AsyncClient(
-            http2=True, verify=target.ssl or False, headers=headers, timeout=None
-        )
-        listed = await client.get(base)
-        if listed.http_version != "HTTP/2":
-            raise RuntimeError(f"{target.name}: no HTTP/2 ({listed.http_version})")
-        size = len(listed.content)
-        version = listed.json()["metadata"]["resourceVersion"]
-        request = client.build_request("GET", f"{base}?watch=true&resourceVersion={version}")
-        response = await client.send(request, stream=True)
-        if response.status_code != 200:
-            raise RuntimeError(f"{target.name}: watch: HTTP {response.status_code}")
-        handles.append((client, response))
+        client = await H2Kubectl.connect(target)
+        handles.append(client)
+        listed = client.get(target, base)
+        await client.until(lambda c=client, s=listed: s in c.ended)
+        size = len(client.body[listed])
+        version = json.loads(bytes(client.body[listed]))["metadata"]["resourceVersion"]
+        watch = client.get(target, f"{base}?watch=true&resourceVersion={version}")
+        await client.until(lambda c=client, s=watch: s in c.status)
+        if client.status[watch] != 200:
+            raise RuntimeError(f"{target.name}: watch: HTTP {client.status[watch]}")
     return handles, size
 
 
@@ -352,9 +420,6 @@ async def close_watches(handles: list[Any]) -> None:
     for h in handles:
         if isinstance(h, aiohttp.ClientSession):
             continue
-        if isinstance(h, tuple):
-            await h[1].aclose()
-            await h[0].aclose()
         else:
             h.close()
     for h in handles:
@@ -387,6 +452,9 @@ def main() -> int:
     parser.add_argument("--watches", type=int, default=300, help="watches per memory row")
     parser.add_argument("--first-byte", type=int, default=200, help="fresh connections timed")
     parser.add_argument("--only", default="", help="runs|first-byte|watches (default: all)")
+    parser.add_argument(
+        "--targets", default="", help="comma-separated target names for the watch rows"
+    )
     parser.add_argument(
         "--hold", action="store_true", help="print the targets and wait (for profiling)"
     )
@@ -490,18 +558,14 @@ def main() -> int:
             for t in targets:
                 print(f"{t.name}: {t.url} kubeconfig={t.kubeconfig} pid={t.pid}", flush=True)
             print(f"cache dirs under {work / 'cache'}", flush=True)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
             return 0
 
         report: list[str] = []
         names = [t.name for t in targets]
         if args.only in ("", "runs"):
-            get = paired_runs(
-                targets, lambda i: ["get", "configmaps", "-n", OPEN_NS], args.runs
-            )
+            get = paired_runs(targets, lambda i: ["get", "configmaps", "-n", OPEN_NS], args.runs)
             label = paired_runs(
                 targets,
                 lambda i: [
@@ -531,23 +595,27 @@ def main() -> int:
                 report.append(f"| {t.name} | {first_byte_ms(t, path, args.first_byte):.2f} |")
             report.append("")
         if args.only in ("", "watches"):
-            mitm_child, mitm_url = start_mitmdump(sandbox_url, ca_file, pem, work / "mitmdump")
-            children["stock mitmdump"] = mitm_child
-            stock = KubeTarget(
-                "stock mitmdump",
-                work / "unused",
-                mitm_url,
-                mitm_child.proc.pid,
-                token,
-                ssl_for(ca.cert_pem),
-            )
+            wanted = args.targets.split(",") if args.targets else []
+            watch_targets = [t for t in (kubeproxy, bare, klock) if not wanted or t.name in wanted]
+            if not wanted or "stock mitmdump" in wanted:
+                mitm_child, mitm_url = start_mitmdump(sandbox_url, ca_file, pem, work / "mitmdump")
+                children["stock mitmdump"] = mitm_child
+                stock = KubeTarget(
+                    "stock mitmdump",
+                    work / "unused",
+                    mitm_url,
+                    mitm_child.proc.pid,
+                    token,
+                    ssl_for(ca.cert_pem),
+                )
+                watch_targets.insert(1 if kubeproxy in watch_targets else 0, stock)
             report += [
                 f"| process | idle RSS | per watch after a LIST, HTTP/1.1 | per watch after a "
                 f"LIST, HTTP/2 | RSS with {args.watches} watches (HTTP/1.1) |",
                 "|---|---|---|---|---|",
             ]
             size = 0
-            for t in (kubeproxy, stock, bare, klock):
+            for t in watch_targets:
                 child = children[t.name]
                 idle = child.rss_kb()
                 h1, size = asyncio.run(watch_memory(child, t, args.watches, http2=False))
