@@ -62,7 +62,6 @@ from bench_proxy import (
     SANDBOX_CHILD,
     Child,
     Target,
-    cpu_seconds,
     kubeconfig_token_and_ca,
     machine,
     seed,
@@ -202,17 +201,31 @@ def kubectl_run(target: KubeTarget, args: list[str]) -> float:
     return elapsed
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of every thread of a process so far, from /proc/<pid>/task/*/schedstat
+    (nanoseconds, unlike /proc/<pid>/stat's 10 ms ticks); 0 when unknown."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError):
+            total += int(stat.read_text().split()[0])
+    return total / 1e9
+
+
 @dataclass
 class RunStats:
     wall: dict[str, list[float]]
     cpu: dict[str, list[float]]
+    upstream_cpu: dict[str, list[float]]
 
 
 def paired_runs(
-    targets: list[KubeTarget], make_args: Callable[[int], list[str]], runs: int
+    targets: list[KubeTarget], make_args: Callable[[int], list[str]], runs: int, upstream: int
 ) -> RunStats:
     wall: dict[str, list[float]] = {t.name: [] for t in targets}
     cpu: dict[str, list[float]] = {t.name: [] for t in targets}
+    upstream_cpu: dict[str, list[float]] = {t.name: [] for t in targets}
     # Warm-up: discovery caches filled, proxies' identity caches and code paths warm.
     for t in targets:
         for i in range(3):
@@ -222,27 +235,29 @@ def paired_runs(
         order = list(targets)
         rng.shuffle(order)
         for t in order:
-            c0 = cpu_seconds(t.pid)
+            c0, u0 = cpu_seconds(t.pid), cpu_seconds(upstream)
             wall[t.name].append(kubectl_run(t, make_args(i)))
             cpu[t.name].append(cpu_seconds(t.pid) - c0)
-    return RunStats(wall, cpu)
+            upstream_cpu[t.name].append(cpu_seconds(upstream) - u0)
+    return RunStats(wall, cpu, upstream_cpu)
 
 
 def run_table(title: str, stats: RunStats, baseline: str, names: list[str]) -> list[str]:
     lines = [
         f"| {title} | median wall (ms) | / kubectl proxy (median of paired ratios) "
-        "| / direct | proxy CPU per run (ms) |",
-        "|---|---|---|---|---|",
+        "| / direct | proxy CPU per run (ms) | API server CPU per run (ms) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in names:
         wall = stats.wall[name]
         ratio_kp = statistics.median(a / b for a, b in zip(wall, stats.wall[baseline], strict=True))
         ratio_d = statistics.median(a / b for a, b in zip(wall, stats.wall["direct"], strict=True))
         cpu = stats.cpu[name]
-        cpu_text = "—" if name == "direct" else f"{statistics.mean(cpu) * 1000:.1f}"
+        cpu_text = "—" if name == "direct" else f"{statistics.median(cpu) * 1000:.2f}"
+        up = statistics.median(stats.upstream_cpu[name]) * 1000
         lines.append(
             f"| {name} | {statistics.median(wall) * 1000:.1f} | {ratio_kp:.2f} | {ratio_d:.2f} "
-            f"| {cpu_text} |"
+            f"| {cpu_text} | {up:.2f} |"
         )
     return lines
 
@@ -517,6 +532,44 @@ def main() -> int:
             "klockproxy", out, kp.first_line.split()[3], kp.proc.pid, kp_token, ssl_for(kp_ca)
         )
 
+        extra: list[KubeTarget] = []
+        if before := os.environ.get("BENCH_KLOCKPROXY_BEFORE"):
+            # A/B: the same command from another source tree (e.g. the previous commit).
+            out_before = work / "before.kubeconfig"
+            kb = start_child(
+                [
+                    sys.executable,
+                    "-m",
+                    "klockproxy",
+                    "--log-level",
+                    "WARNING",
+                    "serve",
+                    "--kubeconfig",
+                    admin_kc,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--locks",
+                    str(lock_file),
+                    "--write-kubeconfig",
+                    str(out_before),
+                    "--state-dir",
+                    str(work / "state-before"),
+                ],
+                env={**os.environ, "PYTHONPATH": before},
+            )
+            children["klockproxy (before)"] = kb
+            kb_token, kb_ca = kubeconfig_token_and_ca(out_before)
+            extra.append(
+                KubeTarget(
+                    "klockproxy (before)",
+                    out_before,
+                    kb.first_line.split()[3],
+                    kb.proc.pid,
+                    kb_token,
+                    ssl_for(kb_ca),
+                )
+            )
+
         kubeproxy_child, kubeproxy_url = start_kubectl_proxy(admin_kc)
         children["kubectl proxy"] = kubeproxy_child
         kubeproxy = KubeTarget(
@@ -550,7 +603,7 @@ def main() -> int:
             token,
             ssl_for(ca.cert_pem),
         )
-        targets = [direct, kubeproxy, bare, klock]
+        targets = [direct, kubeproxy, bare, klock, *extra]
         for t in targets:
             t.cache_dir = work / "cache" / t.name.replace(" ", "-")
         print(f"# bench_kubectl — {machine()}; load {load_before}", file=sys.stderr)
@@ -565,7 +618,9 @@ def main() -> int:
         report: list[str] = []
         names = [t.name for t in targets]
         if args.only in ("", "runs"):
-            get = paired_runs(targets, lambda i: ["get", "configmaps", "-n", OPEN_NS], args.runs)
+            get = paired_runs(
+                targets, lambda i: ["get", "configmaps", "-n", OPEN_NS], args.runs, sb.proc.pid
+            )
             label = paired_runs(
                 targets,
                 lambda i: [
@@ -578,6 +633,7 @@ def main() -> int:
                     "--overwrite",
                 ],
                 args.runs,
+                sb.proc.pid,
             )
             report += run_table("`kubectl get configmaps` (100)", get, "kubectl proxy", names)
             report.append("")

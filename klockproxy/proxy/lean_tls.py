@@ -114,6 +114,10 @@ class LeanTls:
         conn = getattr(data, "conn", None)
         if conn is not None:
             conn.certificate_list = []
+            ssl_conn = getattr(data, "ssl_conn", None)
+            if ssl_conn is not None:
+                # Verified: its session may be kept once the server's tickets were read.
+                self._unharvested[conn.id] = (ssl_conn.get_context(), conn.sni, conn.address)
 
     def tls_start_server(self, data: Any) -> None:
         """mitmproxy hook: an upstream TLS connection is being set up: offer the last session."""
@@ -125,9 +129,7 @@ class LeanTls:
         server = getattr(data, "conn", None)
         if server is None:
             return
-        key = (conn.get_context(), server.sni, server.address)
-        self._unharvested[server.id] = key
-        session = self._sessions.get(key)
+        session = self._sessions.get((conn.get_context(), server.sni, server.address))
         if session is not None:
             conn.set_session(session)
 
@@ -147,17 +149,20 @@ class LeanTls:
         conns = self._conns.get(client.id) if client is not None else None
         if not conns:
             return
-        for conn_id, conn in conns.items():
-            key = self._unharvested.pop(conn_id, None)
-            if key is not None:
-                self._harvest(key, conn)
+        # The upstream connection that carried this response (mitmproxy points the flow at
+        # it): the session tickets a TLS 1.3 server sends after the handshake were read
+        # before the response.
+        server = getattr(flow, "server_conn", None)
+        if server is not None:
+            key = self._unharvested.pop(server.id, None)
+            upstream = conns.get(server.id)
+            if key is not None and upstream is not None:
+                self._harvest(key, upstream)
         if _large_body(flow):
             for conn in conns.values():
                 renew_bios(conn)
 
     def _harvest(self, key: tuple[Any, ...], conn: Any) -> None:
-        # Taken after a response, not at the end of the handshake: a TLS 1.3 server sends its
-        # session tickets after the handshake, and they are read with the response.
         session = conn.get_session()
         if session is None:
             return
@@ -177,11 +182,14 @@ class LeanTls:
         self._conns.setdefault(context.client.id, {})[tls_conn.id] = conn
 
     def server_disconnected(self, data: Any) -> None:
-        """mitmproxy hook: an upstream connection closed."""
+        """mitmproxy hook: an upstream connection closed (keep its session if not done yet:
+        mitmproxy closes an HTTP/1.1 upstream connection of an HTTP/2 client as soon as its
+        response is in, before the ``response`` hook)."""
         conns = self._conns.get(data.client.id)
-        if conns is not None:
-            conns.pop(data.server.id, None)
-        self._unharvested.pop(data.server.id, None)
+        conn = conns.pop(data.server.id, None) if conns is not None else None
+        key = self._unharvested.pop(data.server.id, None)
+        if key is not None and conn is not None:
+            self._harvest(key, conn)
 
     def client_disconnected(self, client: Any) -> None:
         """mitmproxy hook: a client connection closed."""

@@ -24,6 +24,7 @@ from OpenSSL import SSL, crypto
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.lean_tls import LeanTls, renew_bios
 from klockproxy.proxy.master import start_master
+from tests.rawh2 import RawH2, h2_request
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +283,10 @@ async def test_later_upstream_connections_resume_the_first_ones_tls_session(
     upstream_pem = _pem(tmp_path, ca, "upstream.pem")
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(upstream_pem)
+    # An HTTP/1.1 API server asking for client certificates, as the sandbox does.
+    server_ctx.set_alpn_protocols(["http/1.1"])
+    server_ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    server_ctx.verify_mode = ssl.CERT_OPTIONAL
     reused: list[bool] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -311,22 +316,20 @@ async def test_later_upstream_connections_resume_the_first_ones_tls_session(
             "ssl_verify_upstream_trusted_ca": str(ca_file),
         },
     )
-    client_ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
-    host, proxy_port = running.url.removeprefix("https://").rsplit(":", 1)
     try:
         for _ in range(3):
-            # A new client connection each time, as every kubectl run makes.
-            reader, writer = await asyncio.open_connection(host, int(proxy_port), ssl=client_ctx)
-            writer.write(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200")
-            assert await reader.readexactly(2) == b"ok"
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
+            # A new HTTP/2 client connection each time, as every kubectl run makes; two
+            # requests on it (mitmproxy opens an HTTP/1.1 upstream connection for each).
+            client = await RawH2.connect(running.url, ca.cert_pem)
+            for _ in range(2):
+                sid = client.send(h2_request(running.url, "t", "GET", "/"))
+                await client.until(lambda c=client, s=sid: s in c.ended)
+                assert client.status[sid] == 200
+                assert bytes(client.body[sid]) == b"ok"
+            client.close()
     finally:
         await running.stop()
         upstream.close()
         await upstream.wait_closed()
-    # One full handshake with the API server; the later connections resume its session.
-    assert reused == [False, True, True]
+    # One full handshake with the API server; every later connection resumes a session.
+    assert reused == [False] + [True] * 5
