@@ -115,8 +115,12 @@ class LeanTls:
         if conn is not None:
             conn.certificate_list = []
             ssl_conn = getattr(data, "ssl_conn", None)
-            if ssl_conn is not None:
-                # Verified: its session may be kept once the server's tickets were read.
+            if ssl_conn is not None and not _resumed(ssl_conn):
+                # A full, verified handshake: its session is kept once the server's tickets
+                # were read. Resumed connections are not harvested: a TLS 1.3 session copied
+                # at resumption is not resumable until the server's new ticket is in, and
+                # taking it too early would replace a good session with a useless one. When
+                # the kept session stops working (expired), the next full handshake renews it.
                 self._unharvested[conn.id] = (ssl_conn.get_context(), conn.sni, conn.address)
 
     def tls_start_server(self, data: Any) -> None:
@@ -195,6 +199,17 @@ class LeanTls:
         """mitmproxy hook: a client connection closed."""
         for conn_id in self._conns.pop(client.id, {}):
             self._unharvested.pop(conn_id, None)
+
+
+def _resumed(conn: Any) -> bool:
+    """Whether a pyOpenSSL connection's handshake resumed a session."""
+    from OpenSSL import SSL
+
+    lib = getattr(SSL, "_lib", None)
+    ssl = getattr(conn, "_ssl", None)
+    if lib is None or ssl is None or not hasattr(lib, "SSL_session_reused"):
+        return False
+    return bool(lib.SSL_session_reused(ssl))
 
 
 def _large_body(flow: Any) -> bool:
