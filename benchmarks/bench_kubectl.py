@@ -6,8 +6,9 @@ Processes (each its own interpreter): the sandbox API server; ``klockproxy serve
 file (under ``python -O``, as for every user); ``kubectl proxy`` (plain HTTP on loopback, the
 baseline a user would otherwise reach for); a bare mitmproxy ``Master`` with a no-op addon (the
 same embedded mitmproxy as ``klockproxy serve``, tuned the same way: the floor every mitmproxy
-addon stands on); and stock ``mitmdump`` (``DumpMaster``, all default addons) for the memory
-rows.
+addon stands on); and stock ``mitmdump`` (``DumpMaster``, all default addons,
+``stream_large_bodies`` set so that watches flow). ``BENCH_KLOCKPROXY_BEFORE=<source tree>``
+adds ``klockproxy serve`` from another checkout (A/B against an earlier commit).
 
 1. Whole kubectl runs, process start to exit, paired: every repetition runs the same command
    against every target in a shuffled order, so load from elsewhere on the machine hits them
@@ -67,6 +68,7 @@ from bench_proxy import (
     seed,
     ssl_for,
     start_child,
+    start_mitmdump,
 )
 
 WATCH_NS = "bench-watch"
@@ -114,12 +116,6 @@ def write_kubeconfig(
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_kubectl_proxy(admin_kc: str) -> tuple[Child, str]:
     proc = subprocess.Popen(
         ["kubectl", "--kubeconfig", admin_kc, "proxy", "--port", "0"],
@@ -133,50 +129,6 @@ def start_kubectl_proxy(admin_kc: str) -> tuple[Child, str]:
         proc.kill()
         raise RuntimeError(f"kubectl proxy did not start: {line!r}")
     return Child(proc, line), "http://" + line.rsplit(" ", 1)[1]
-
-
-def start_mitmdump(upstream: str, ca_file: Path, pem: Path, confdir: Path) -> tuple[Child, str]:
-    """Stock mitmdump (DumpMaster, every default addon). ``stream_large_bodies`` is set: without
-    it mitmdump buffers every response and an idle watch never gets its headers."""
-    exe = Path(sys.executable).parent / "mitmdump"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(exe if exe.exists() else shutil.which("mitmdump")),
-            "--mode",
-            f"reverse:{upstream}",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--set",
-            f"confdir={confdir}",
-            "--set",
-            f"certs=*={pem}",
-            "--set",
-            f"ssl_verify_upstream_trusted_ca={ca_file}",
-            "--set",
-            "stream_large_bodies=1",
-            "--set",
-            "termlog_verbosity=warn",
-            "--set",
-            "flow_detail=0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return Child(proc, ""), f"https://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("mitmdump did not start")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,12 +223,16 @@ def first_byte_ms(target: KubeTarget, path: str, n: int) -> float:
     scheme, rest = target.url.split("://", 1)
     host, port = rest.rsplit(":", 1)
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {target.token}\r\n"
-        "Accept: application/json\r\nConnection: close\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        + (f"Authorization: Bearer {target.token}\r\n" if target.token else "")
+        + "Accept: application/json\r\nConnection: close\r\n\r\n"
     ).encode()
     times = []
     for _ in range(n):
         raw = socket.create_connection((host, int(port)))
+        # As Go (kubectl) does: without it Nagle holds the request back until the server
+        # ACKs the TLS Finished, up to the 40 ms delayed-ACK timeout.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock: socket.socket = raw
         if scheme == "https":
             assert target.ssl is not None
@@ -320,7 +276,8 @@ async def open_watches_h1(target: KubeTarget, n: int) -> tuple[list[Any], int]:
     left, so LIST i and watch i share a connection. Returns (handles, LIST size)."""
     connector = aiohttp.TCPConnector(limit=0, ssl=target.ssl if target.ssl else False)
     session = aiohttp.ClientSession(
-        connector=connector, headers={"Authorization": f"Bearer {target.token}"}
+        connector=connector,
+        headers={"Authorization": f"Bearer {target.token}"} if target.token else {},
     )
     base = f"{target.url}/api/v1/namespaces/{WATCH_NS}/configmaps"
     handles: list[Any] = [session]
@@ -329,7 +286,10 @@ async def open_watches_h1(target: KubeTarget, n: int) -> tuple[list[Any], int]:
         async with session.get(base) as listed:
             body = await listed.read()
         size = len(body)
-        version = json.loads(body)["metadata"]["resourceVersion"]
+        listed_obj = json.loads(body)
+        if "resourceVersion" not in listed_obj.get("metadata", {}):
+            raise RuntimeError(f"{target.name}: LIST: {body[:300]!r}")
+        version = listed_obj["metadata"]["resourceVersion"]
         r = await session.get(
             f"{base}?watch=true&resourceVersion={version}",
             timeout=aiohttp.ClientTimeout(total=None),
@@ -442,20 +402,40 @@ async def close_watches(handles: list[Any]) -> None:
             await h.close()
 
 
-async def watch_memory(child: Child, target: KubeTarget, n: int, http2: bool) -> tuple[int, int]:
-    """(RSS growth per watch in bytes, LIST size). Measured above a first batch of watches,
-    so one-time allocations (contexts, code paths warming up) are not counted."""
-    opener = open_watches_h2 if http2 else open_watches_h1
-    warm, _ = await opener(target, max(20, n // 5))
+@dataclass
+class WatchMemory:
+    h1: int  # RSS growth per watch, bytes
+    h2: int | None  # the same over HTTP/2 (None: the target serves HTTP/1.1 only)
+    rss_kb: int  # RSS measured with every watch open
+    list_size: int
+
+
+async def watch_memory(child: Child, target: KubeTarget, n: int) -> WatchMemory:
+    """Per-watch RSS growth over ``n`` watches after a LIST over HTTP/1.1, then ``n`` more
+    over HTTP/2, stacked (nothing is closed in between, so the second batch cannot reuse
+    memory the first one freed). Measured above a first batch of watches, so one-time
+    allocations (contexts, code paths warming up) are not counted."""
+    # A target that cannot serve an idle watch (no event yet) raises TimeoutError.
+    warm, _ = await asyncio.wait_for(open_watches_h1(target, max(20, n // 5)), 120)
     await asyncio.sleep(1)
     before = child.rss_kb()
-    handles, size = await opener(target, n)
+    h1_handles, size = await open_watches_h1(target, n)
     await asyncio.sleep(2)
+    middle = child.rss_kb()
+    h2_handles: list[Any] = []
+    if target.ssl is not None:
+        h2_handles, _ = await open_watches_h2(target, n)
+        await asyncio.sleep(2)
     after = child.rss_kb()
-    await close_watches(handles)
-    await close_watches(warm)
+    for handles in (h2_handles, h1_handles, warm):
+        await close_watches(handles)
     await asyncio.sleep(1)
-    return (after - before) * 1024 // n, size
+    return WatchMemory(
+        h1=(middle - before) * 1024 // n,
+        h2=(after - middle) * 1024 // n if h2_handles else None,
+        rss_kb=after,
+        list_size=size,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,10 +554,11 @@ def main() -> int:
         children["kubectl proxy"] = kubeproxy_child
         kubeproxy = KubeTarget(
             "kubectl proxy",
+            # kubectl proxy attaches the credentials itself.
             write_kubeconfig(work / "kproxy.kc", kubeproxy_url, "unused", None),
             kubeproxy_url,
             kubeproxy_child.proc.pid,
-            "unused",
+            "",
             None,
         )
 
@@ -603,7 +584,17 @@ def main() -> int:
             token,
             ssl_for(ca.cert_pem),
         )
-        targets = [direct, kubeproxy, bare, klock, *extra]
+        mitm_child, mitm_url = start_mitmdump(sandbox_url, ca_file, pem, work / "mitmdump")
+        children["stock mitmdump"] = mitm_child
+        stock = KubeTarget(
+            "stock mitmdump",
+            write_kubeconfig(work / "stock.kc", mitm_url, token, ca.cert_pem),
+            mitm_url,
+            mitm_child.proc.pid,
+            token,
+            ssl_for(ca.cert_pem),
+        )
+        targets = [direct, kubeproxy, stock, bare, klock, *extra]
         for t in targets:
             t.cache_dir = work / "cache" / t.name.replace(" ", "-")
         print(f"# bench_kubectl — {machine()}; load {load_before}", file=sys.stderr)
@@ -652,36 +643,32 @@ def main() -> int:
             report.append("")
         if args.only in ("", "watches"):
             wanted = args.targets.split(",") if args.targets else []
-            watch_targets = [t for t in (kubeproxy, bare, klock) if not wanted or t.name in wanted]
-            if not wanted or "stock mitmdump" in wanted:
-                mitm_child, mitm_url = start_mitmdump(sandbox_url, ca_file, pem, work / "mitmdump")
-                children["stock mitmdump"] = mitm_child
-                stock = KubeTarget(
-                    "stock mitmdump",
-                    work / "unused",
-                    mitm_url,
-                    mitm_child.proc.pid,
-                    token,
-                    ssl_for(ca.cert_pem),
-                )
-                watch_targets.insert(1 if kubeproxy in watch_targets else 0, stock)
             report += [
-                f"| process | idle RSS | per watch after a LIST, HTTP/1.1 | per watch after a "
-                f"LIST, HTTP/2 | RSS with {args.watches} watches (HTTP/1.1) |",
+                "| process | idle RSS | per watch after a LIST, HTTP/1.1 | per watch after a "
+                f"LIST, HTTP/2 | RSS measured with {args.watches // 5} + {args.watches} (HTTP/1.1)"
+                f" + {args.watches} (HTTP/2) watches open |",
                 "|---|---|---|---|---|",
             ]
             size = 0
-            for t in watch_targets:
+            for t in targets[1:]:
+                if wanted and t.name not in wanted:
+                    continue
                 child = children[t.name]
                 idle = child.rss_kb()
-                h1, size = asyncio.run(watch_memory(child, t, args.watches, http2=False))
-                h2_text = "— (HTTP/1.1 only)"
-                if t.ssl is not None:
-                    h2, _ = asyncio.run(watch_memory(child, t, args.watches, http2=True))
-                    h2_text = f"{h2 / 1024:.0f} kB"
+                try:
+                    mem = asyncio.run(watch_memory(child, t, args.watches))
+                except TimeoutError:
+                    # Stock mitmdump: the headers of a watch with no event yet never arrive.
+                    report.append(
+                        f"| {t.name} | {idle / 1024:.1f} MB | — (an idle watch gets no response "
+                        "headers) | — | — |"
+                    )
+                    continue
+                size = mem.list_size
+                h2_text = "— (HTTP/1.1 only)" if mem.h2 is None else f"{mem.h2 / 1024:.0f} kB"
                 report.append(
-                    f"| {t.name} | {idle / 1024:.1f} MB | {h1 / 1024:.0f} kB | {h2_text} "
-                    f"| {(idle * 1024 + h1 * args.watches) / 2**20:.1f} MB |"
+                    f"| {t.name} | {idle / 1024:.1f} MB | {mem.h1 / 1024:.0f} kB | {h2_text} "
+                    f"| {mem.rss_kb / 1024:.1f} MB |"
                 )
                 print(report[-1], file=sys.stderr)
             report.append(f"\n(LIST body: {size / 1000:.0f} kB)")
