@@ -39,6 +39,18 @@ def _serve() -> Subcommand:
     return serve
 
 
+def _gateway() -> Subcommand:
+    from klockproxy.proxy import gateway
+
+    return gateway
+
+
+def _webhook() -> Subcommand:
+    from klockproxy.webhook import command
+
+    return command
+
+
 def _demo() -> Subcommand:
     from klockproxy import demo
 
@@ -61,6 +73,14 @@ def _sandbox() -> Subcommand:
 SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
     "check": (_check, "decide offline whether Locks allow an operation on objects"),
     "serve": (_serve, "local mode: a Lock-enforcing proxy in front of a kubeconfig context"),
+    "gateway": (
+        _gateway,
+        "shared gateway: one Lock-enforcing proxy for a team, each caller with own credentials",
+    ),
+    "webhook": (
+        _webhook,
+        "webhook mode: the same Locks enforced by a validating admission webhook",
+    ),
     "demo": (
         _demo,
         "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
@@ -75,7 +95,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
 # tenth of the proxy's CPU per request (see README, Measured performance). The package itself
 # has no assert statements (ruff S101), so -O changes nothing of klockproxy's own behaviour.
 # KLOCKPROXY_OPTIMIZE=0 keeps the interpreter as started.
-OPTIMIZED_SUBCOMMANDS = frozenset({"serve"})
+OPTIMIZED_SUBCOMMANDS = frozenset({"serve", "gateway"})
 
 
 def reexec_argv(argv: Sequence[str]) -> list[str] | None:
@@ -92,6 +112,15 @@ def reexec_argv(argv: Sequence[str]) -> list[str] | None:
     return [sys.executable, *options, "-O", "-m", "klockproxy", *argv]
 
 
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO); credentials and bodies are never logged",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every subcommand configured)."""
     parser = argparse.ArgumentParser(
@@ -99,16 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Enforce Klock Locks on the way to the Kubernetes API server.",
     )
     parser.add_argument("--version", action="version", version=f"klockproxy {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default INFO); credentials and bodies are never logged",
-    )
+    _add_log_level(parser, "INFO")
+    # Also accepted after the subcommand (``klockproxy serve --log-level DEBUG``); SUPPRESS
+    # keeps a value given before it unless it is given again.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_log_level(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (load, help_text) in SUBCOMMANDS.items():
         module = load()
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         module.configure_parser(sub_parser)
         sub_parser.set_defaults(_run=module.run)
     return parser

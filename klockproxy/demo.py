@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
+import fcntl
 import logging
-import ssl
-from collections.abc import Mapping
+import os
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from klockproxy.core.errors import ConfigError, KlockProxyError
+from klockproxy.cluster.upstream import Upstream, UpstreamStatusError
+from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -109,76 +114,52 @@ def scenario_objects() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-class ApiClient:
-    """A minimal async JSON client for the sandbox's API, authenticated as the admin."""
-
-    def __init__(self, server: str, ca_pem: bytes, token: str) -> None:
-        self.server = server.rstrip("/")
-        self._ssl = ssl.create_default_context(cadata=ca_pem.decode())
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-
-    async def __aenter__(self) -> ApiClient:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            headers=self._headers, timeout=aiohttp.ClientTimeout(total=30)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._session.close()
-
-    async def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """Send one request; (status, decoded JSON body or {})."""
-        import aiohttp
-
-        try:
-            async with self._session.request(
-                method, self.server + path, json=body, ssl=self._ssl
-            ) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except ValueError:
-                    data = {}
-                return resp.status, data if isinstance(data, dict) else {}
-        except aiohttp.ClientError as e:
-            raise ConfigError(f"{method} {path}: {e}") from e
-
-    async def create(self, collection: str, obj: Mapping[str, Any]) -> None:
-        """POST ``obj``; an object that already exists is fine (the demo may be re-run)."""
-        status, data = await self.request("POST", collection, obj)
-        if status in (200, 201, 202, 409):
-            return
-        raise ConfigError(
-            f"creating {obj['kind']} {obj['metadata']['name']} failed: "
-            f"HTTP {status} {data.get('message', '')}"
-        )
+async def _create(api: Upstream, collection: str, obj: Mapping[str, Any]) -> None:
+    """POST ``obj``; an object that already exists is fine (the demo may be re-run)."""
+    try:
+        await api.create_object(collection, obj, {})
+    except UpstreamStatusError as e:
+        if e.code != 409:
+            raise ConfigError(
+                f"creating {obj['kind']} {obj['metadata']['name']} failed: HTTP {e.code} "
+                f"{e.message}"
+            ) from e
+    except UpstreamError as e:
+        raise ConfigError(str(e)) from e
 
 
-async def install_scenario(api: ApiClient, *, timeout: float = 15.0) -> None:
-    """Create the Lock CRD (if missing), the founding scenario's objects, and ``lockred``."""
+async def install_scenario(api: Upstream, *, timeout: float = 15.0) -> None:
+    """Create the Lock CRD (if missing), the founding scenario's objects, and ``lockred``.
+
+    ``api`` is the proxy's own API client, holding the sandbox admin's credentials.
+    """
     from klockproxy.crd import CRD_NAME, crd_object
 
     crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    status, _ = await api.request("GET", f"{crd_path}/{CRD_NAME}")
-    if status == 404:
-        await api.create(crd_path, crd_object())
+    try:
+        if await api.get_object(f"{crd_path}/{CRD_NAME}", {}) is None:
+            await _create(api, crd_path, crd_object())
+    except UpstreamError as e:
+        raise ConfigError(str(e)) from e
     for collection, obj in scenario_objects():
-        await api.create(collection, obj)
+        await _create(api, collection, obj)
     # The new group is served once the CRD is established.
     locks_path = f"/apis/klock.rnemet.dev/v1/namespaces/{NAMESPACE}/locks"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        status, _ = await api.request("GET", locks_path)
-        if status == 200:
+        try:
+            await api.list_objects(locks_path, {})
             break
-        if loop.time() > deadline:
-            raise ConfigError(f"the Lock CRD was not served after {timeout:.0f} s (HTTP {status})")
+        except UpstreamStatusError as e:
+            if loop.time() > deadline:
+                raise ConfigError(
+                    f"the Lock CRD was not served after {timeout:.0f} s (HTTP {e.code})"
+                ) from e
+        except UpstreamError as e:
+            raise ConfigError(str(e)) from e
         await asyncio.sleep(0.1)
-    await api.create(locks_path, LOCKRED)
+    await _create(api, locks_path, LOCKRED)
 
 
 def try_these(kubeconfig: Path) -> str:
@@ -216,16 +197,74 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def _only_demo_in(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir/demo.lock`` while the demo runs: a second demo on the same state
+    directory would overwrite the running one's kubeconfigs, CA and sandbox state."""
+    fd = os.open(state_dir / "demo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            raise ConfigError(
+                f"another klockproxy demo is running with the state directory {state_dir} "
+                "(stop it, or choose another --state-dir)"
+            ) from e
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_listen(host: str, port: int) -> None:
+    """ConfigError when ``host:port`` is taken, before anything is started or written."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the proxy's own listener does: a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            reason = "address already in use" if e.errno == errno.EADDRINUSE else str(e)
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {reason} (is another klockproxy demo "
+                "running? choose another address with --listen)"
+            ) from e
+
+
 async def run_demo(listen: str, state_dir: Path) -> int:
-    """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
+    """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM.
+
+    Refused before anything is written when the listen address is taken or another demo
+    uses ``state_dir``.
+    """
+    from klockproxy.proxy.master import parse_listen
+
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _only_demo_in(state_dir):
+        _check_listen(*parse_listen(listen))
+        return await _run_demo(listen, state_dir)
+
+
+async def _run_demo(listen: str, state_dir: Path) -> int:
+    from klockproxy.cluster.kubeconfig import write_private
+    from klockproxy.cluster.upstream import UpstreamConfig
     from klockproxy.proxy.serve import LocalProxy, ServeSettings, serve_until_signal
     from klockproxy.sandbox.server import Sandbox
 
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with Sandbox(state_dir=state_dir / "sandbox") as sandbox:
         admin_kubeconfig = sandbox.write_kubeconfig(state_dir / "sandbox-admin.kubeconfig")
-        async with ApiClient(sandbox.url, sandbox.ca_pem, sandbox.admin_token) as api:
+        ca_file, token_file = state_dir / "sandbox-ca.crt", state_dir / "sandbox-admin.token"
+        write_private(ca_file, sandbox.ca_pem)
+        write_private(token_file, sandbox.admin_token.encode())
+        api = Upstream(
+            UpstreamConfig(server=sandbox.url, ca_file=str(ca_file), token_file=str(token_file))
+        )
+        try:
             await install_scenario(api)
+        finally:
+            await api.close()
         out = state_dir / "kubeconfig"
         proxy = LocalProxy(
             ServeSettings(

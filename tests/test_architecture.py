@@ -46,6 +46,7 @@ def test_import_contracts_hold() -> None:
         ("judge/deciding.py", "mitmproxy.http"),  # the judge must serve the webhook too
         ("sandbox/store.py", "klockproxy.judge"),  # the oracle shares the code under test
         ("proxy/addon.py", "klockproxy.sandbox.server"),  # the proxy starts a sandbox
+        ("metrics.py", "klockproxy.proxy.addon"),  # a shared piece knows a mode
     ],
 )
 def test_import_contracts_catch_a_violation(tmp_path: Path, module: str, imported: str) -> None:

@@ -111,3 +111,43 @@ def test_check_gives_the_same_verdicts_under_python_O(tmp_path: Path) -> None:
     assert plain == optimized
     assert plain[0][0] != 0 and "lockred" in plain[0][1] + plain[0][2]
     assert plain[1][0] == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "DEBUG", "crd"],
+        ["crd", "--log-level", "DEBUG"],
+    ],
+)
+def test_log_level_is_accepted_before_and_after_the_subcommand(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    levels: list[object] = []
+    monkeypatch.setattr(cli.logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    assert cli.main(argv) == 0
+    assert levels == ["DEBUG"]
+
+
+def test_log_level_after_the_subcommand_wins_and_the_default_stays_info(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    levels: list[object] = []
+    monkeypatch.setattr(cli.logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    assert cli.main(["crd"]) == 0
+    assert cli.main(["--log-level", "ERROR", "crd", "--log-level", "WARNING"]) == 0
+    assert levels == ["INFO", "WARNING"]
+
+
+def test_serve_log_level_after_the_subcommand_from_the_shell(tmp_path: Path) -> None:
+    # The real command line (re-executed under -O): the flag is not refused, and the run
+    # fails further on, at the missing kubeconfig it names.
+    missing = tmp_path / "nope.kubeconfig"
+    result = subprocess.run(
+        [sys.executable, "-m", "klockproxy", "serve", "--log-level", "DEBUG",
+         "--kubeconfig", str(missing), "--write-kubeconfig", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "unrecognized arguments" not in result.stderr
+    assert result.returncode != 0, result.stderr
+    assert f"kubeconfig {missing}: the file does not exist" in result.stderr

@@ -6,11 +6,19 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from klockproxy.cluster.identity import IdentityResolver
+from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.core import guards
 from klockproxy.core.engine import Engine
+from klockproxy.core.errors import Refusal, UpstreamError
+from klockproxy.core.guards import ABSENT_UID
 from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.ownership import Graph, node_of
 from klockproxy.core.requests import classify
-from klockproxy.core.types import UserInfo
+from klockproxy.core.status import failure
+from klockproxy.core.types import ResourceRef, UserInfo
 from klockproxy.judge import (
     Caller,
     Judge,
@@ -19,6 +27,7 @@ from klockproxy.judge import (
     is_crd_delete,
     needs_judgement,
 )
+from tests.fakes import FakeUpstream, pod
 
 LOCK = """
 apiVersion: klock.rnemet.dev/v1
@@ -31,56 +40,17 @@ spec:
 HEADERS = {"Authorization": ["Bearer caller-token"]}
 
 
-def pod(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "uid": f"uid-{name}",
-            "resourceVersion": "42",
-            "labels": dict(labels),
-        },
+def fake() -> FakeUpstream:
+    lookups = FakeUpstream()
+    lookups.objects = {
+        "/api/v1/namespaces/default/pods/red": pod("red", {"aura": "red"}),
+        "/api/v1/namespaces/default/pods/plain": pod("plain", {}),
     }
-
-
-class Lookups:
-    server = "https://api.example:6443"
-    has_own_credentials = False
-
-    def __init__(self) -> None:
-        self.objects = {
-            "/api/v1/namespaces/default/pods/red": pod("red", {"aura": "red"}),
-            "/api/v1/namespaces/default/pods/plain": pod("plain", {}),
-        }
-        self.lists: dict[str, list[dict[str, Any]]] = {}
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        return self.objects.get(path)
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        return self.lists.get(path, [])
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        return UserInfo("admin")
-
-    async def close(self) -> None:
-        pass
+    return lookups
 
 
 def judge() -> Judge:
-    lookups = Lookups()
+    lookups = fake()
     engine = Engine(load_locks_from_text(LOCK, source="test"))
     return Judge(lookups, IdentityResolver(lookups), engine)
 
@@ -161,7 +131,9 @@ def test_needs_judgement_for_what_a_write_can_also_do() -> None:
     # Any update may add an owner reference (the garbage collector deletes later).
     delete_lock = _locks("shop", "DELETE")
     assert needs_judgement(classify("PATCH", POD_PATH), delete_lock, "application/json-patch+json")
-    assert not needs_judgement(classify("PATCH", POD_PATH + "/status"), delete_lock, "")
+    # So may a write through the status subresource (item 8 of issue 13: the status
+    # strategies reset spec and labels, not metadata.ownerReferences).
+    assert needs_judgement(classify("PATCH", POD_PATH + "/status"), delete_lock, "")
     # Deleting a CRD deletes custom resources in every namespace.
     crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/things.example.com"
     assert needs_judgement(classify("DELETE", crd), delete_lock, "")
@@ -186,7 +158,7 @@ async def test_decide_uses_a_known_caller_for_exemptions() -> None:
     exempting = LOCK.replace(
         "matcher: {aura: red}", "matcher: {aura: red}\n  exclusive: {name: alice}"
     )
-    lookups = Lookups()
+    lookups = fake()
 
     async def no_review(headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         raise AssertionError("a known caller needs no SelfSubjectReview")
@@ -202,7 +174,7 @@ async def test_decide_uses_a_known_caller_for_exemptions() -> None:
 
 
 async def test_decide_judges_a_cascade_unless_the_options_orphan() -> None:
-    lookups = Lookups()
+    lookups = fake()
     owner = pod("plain", {})
     dependent = pod("child", {"aura": "red"})
     dependent["metadata"]["ownerReferences"] = [{"uid": "uid-plain", "kind": "Pod", "name": "p"}]
@@ -217,3 +189,474 @@ async def test_decide_judges_a_cascade_unless_the_options_orphan() -> None:
     assert "garbage collector" in cascade.status["message"]
     orphan = {"propagationPolicy": "Orphan"}
     assert (await decider.decide(Subject(info, owner, None, orphan), caller)).allowed
+
+
+# ----------------------------------------------------------------------------------------
+# Patches are judged on the object the API server computes (a dry run of the same request)
+
+SMP = "application/strategic-merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+PLAIN = "/api/v1/namespaces/default/pods/plain"
+
+
+def judge_with(lookups: FakeUpstream, locks: str = LOCK) -> Judge:
+    return Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(locks, source="t"))
+    )
+
+
+def hpa(labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": "web",
+            "namespace": "default",
+            "uid": "uid-web",
+            "resourceVersion": "7",
+            "labels": dict(labels),
+        },
+        "spec": {"minReplicas": 1, "maxReplicas": 3, "metrics": []},
+    }
+
+
+async def test_a_patch_is_judged_on_the_api_server_s_own_result() -> None:
+    """A strategic-merge directive the proxy's engine reads differently from the API server
+    (``$patch: delete`` in the labels) cannot move an object into a Lock: the server's dry
+    run says what it would store, and that is judged."""
+    lookups = fake()
+    lookups.dry_run_answers[PLAIN] = pod("plain", {"aura": "red"})
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    body = b'{"metadata":{"labels":{"$patch":"delete","aura":"red"}}}'
+    verdict = await decider.judge(classify("PATCH", PLAIN), HEADERS, body, SMP)
+    assert verdict.status is not None
+    assert verdict.status["code"] == 403
+    assert "Lock default/lockred forbids UPDATE" in verdict.status["message"]
+
+
+async def test_the_dry_run_is_the_real_write_made_conditional_and_dry() -> None:
+    lookups = fake()
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    info = classify("PATCH", PLAIN + "?fieldManager=kubectl-patch&dryRun=All")
+    verdict = await decider.judge(info, HEADERS, b'{"metadata":{"labels":{"a":"b"}}}', SMP)
+    assert verdict.allowed
+    (call,) = [c for c in lookups.calls if c[0] == "dry_run"]
+    _, path, sent = call
+    assert path == PLAIN
+    assert ("fieldManager", "kubectl-patch") in sent["query"]
+    # The same body as the real write: conditional on the version the proxy read.
+    assert sent["body"] == verdict.body
+    assert json.loads(verdict.body or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_a_strategic_merge_patch_of_a_kind_without_a_local_schema_is_judged() -> None:
+    """No more 415 for HorizontalPodAutoscaler, Ingress, NetworkPolicy... under a Lock."""
+    lookups = fake()
+    path = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web"
+    lookups.objects[path] = hpa({})
+    lookups.dry_run_answers[path] = {**hpa({}), "spec": {"minReplicas": 2, "maxReplicas": 3}}
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    body = b'{"spec":{"minReplicas":2}}'
+    verdict = await decider.judge(classify("PATCH", path), HEADERS, body, SMP)
+    assert verdict.allowed, verdict.status
+    assert json.loads(verdict.body or b"")["metadata"]["resourceVersion"] == "7"
+    # The server's result is judged: relabelling it into the Lock is refused.
+    lookups.dry_run_answers[path] = hpa({"aura": "red"})
+    relabel = b'{"metadata":{"labels":{"aura":"red"}}}'
+    denied = await decider.judge(classify("PATCH", path), HEADERS, relabel, SMP)
+    assert denied.status is not None
+    assert denied.status["code"] == 403
+
+
+async def test_server_side_apply_keeps_labels_another_manager_owns() -> None:
+    """Leaving out a label another field manager owns keeps it (the server says so): no
+    false denial from judging the configuration's labels alone."""
+    lookups = fake()
+    path = "/api/v1/namespaces/default/pods/web"
+    lookups.objects[path] = pod("web", {"aura": "red", "override": "yes"})
+    lookups.dry_run_answers[path] = pod("web", {"aura": "red", "override": "yes", "team": "a"})
+    lock = LOCK.replace("operations: [UPDATE, DELETE]", "operations: [UPDATE]").replace(
+        "matcher: {aura: red}", "matcher: {aura: red, override: ^yes}"
+    )
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(lock, source="t"))
+    )
+    config = b"apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {aura: red, team: a}}\n"
+    info = classify("PATCH", path + "?fieldManager=ops")
+    verdict = await decider.judge(info, HEADERS, config, APPLY)
+    assert verdict.allowed, verdict.status
+
+
+async def test_a_refused_dry_run_answers_the_api_server_s_own_status() -> None:
+    lookups = fake()
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'Pod "plain" is invalid: spec.containers[0].image: Required value',
+        "reason": "Invalid",
+        "details": {"name": "plain", "kind": "Pod", "causes": [{"field": "spec"}]},
+        "code": 422,
+    }
+    lookups.dry_run_answers[PLAIN] = UpstreamStatusError.from_answer(
+        "PATCH", 422, json.dumps(status).encode()
+    )
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    body = b'{"spec":{"containers":[{"name":"c","image":null}]}}'
+    verdict = await decider.judge(classify("PATCH", PLAIN), HEADERS, body, SMP)
+    assert verdict.status == status
+
+
+async def test_without_a_dry_run_the_local_engine_judges_and_fails_closed() -> None:
+    """An admission webhook that does not support dry run makes the server unable to answer:
+    the proxy's own engine judges, and refuses (415) what it cannot compute."""
+    lookups = fake()
+    unsupported = UpstreamStatusError(
+        "PATCH", 400, 'admission webhook "legacy.example.com" does not support dry run'
+    )
+    hpa_path = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web"
+    lookups.objects[hpa_path] = hpa({})
+    for path in (PLAIN, hpa_path):
+        lookups.dry_run_answers[path] = unsupported
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    relabel = b'{"metadata":{"labels":{"aura":"red"}}}'
+    denied = await decider.judge(classify("PATCH", PLAIN), HEADERS, relabel, SMP)
+    assert denied.status is not None
+    assert denied.status["code"] == 403
+    allowed = await decider.judge(classify("PATCH", PLAIN), HEADERS, b'{"x":{"a":"b"}}', SMP)
+    assert allowed.allowed
+    unknown = await decider.judge(classify("PATCH", hpa_path), HEADERS, b"{}", SMP)
+    assert unknown.status is not None
+    assert unknown.status["code"] == 415
+
+
+async def test_server_side_apply_creating_an_object_is_guarded_against_one_appearing() -> None:
+    lookups = fake()
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    config = b"apiVersion: v1\nkind: Pod\nmetadata: {name: new, labels: {a: b}}\n"
+    info = classify("PATCH", "/api/v1/namespaces/default/pods/new?fieldManager=ops")
+    verdict = await decider.judge(info, HEADERS, config, APPLY)
+    assert verdict.allowed
+    assert json.loads(verdict.body or b"")["metadata"]["uid"] == ABSENT_UID
+
+
+# ----------------------------------------------------------------------------------------
+# One error boundary: every failure is a Status
+
+
+YAML = "application/yaml"
+CREATE_LOCK = LOCK.replace("operations: [UPDATE, DELETE]", "operations: [CREATE]")
+
+
+async def test_a_label_that_is_not_a_string_is_a_400_naming_the_field() -> None:
+    info = classify("POST", "/api/v1/namespaces/default/pods")
+    decider = judge_with(fake(), CREATE_LOCK)
+    for body, ctype, kind in (
+        (b"apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {aura: yes}}\n", YAML, "boolean"),
+        (
+            b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x","labels":{"aura":1}}}',
+            "",
+            "number",
+        ),
+    ):
+        verdict = await decider.judge(info, HEADERS, body, ctype)
+        assert verdict.status is not None
+        assert verdict.status["code"] == 400
+        assert "metadata.labels['aura'] must be a string" in verdict.status["message"]
+        assert kind in verdict.status["message"]
+        # The log never quotes the body.
+        assert verdict.log_message is not None
+        assert "aura" not in verdict.log_message
+
+
+async def test_upstream_trouble_is_a_503_and_a_refused_lookup_passes_on() -> None:
+    lookups = fake()
+    decider = judge_with(lookups)
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/red")
+    lookups.fail = UpstreamError("GET x: the API server cannot be reached: refused")
+    down = await decider.judge(info, HEADERS, b"", "")
+    assert down.status is not None
+    assert down.status["code"] == 503
+    assert "cannot be reached" in down.status["message"]
+    lookups.fail = UpstreamStatusError("GET /api/v1/namespaces/default/pods/red", 403, "no")
+    refused = await decider.judge(info, HEADERS, b"", "")
+    assert refused.status is not None
+    assert refused.status["code"] == 403
+    assert "refused GET /api/v1/namespaces/default/pods/red: no" in refused.status["message"]
+
+
+async def test_an_unreadable_object_from_the_api_server_is_upstream_trouble() -> None:
+    lookups = fake()
+    lookups.objects["/api/v1/namespaces/default/pods/plain"]["metadata"]["labels"] = {"a": 1}
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/plain")
+    verdict = await judge_with(lookups).judge(info, HEADERS, b"", "")
+    assert verdict.status is not None
+    assert verdict.status["code"] == 503
+
+
+async def test_a_judged_body_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard reuses the document the judgement decoded (update, DeleteOptions)."""
+
+    def again(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(guards, "load_document", again)
+    decider = judge_with(fake())
+    update = json.dumps(pod("plain", {"a": "b"})).encode()
+    put = await decider.judge(classify("PUT", PLAIN), HEADERS, update, "application/json")
+    assert put.allowed, put.status
+    assert json.loads(put.body or b"")["metadata"]["resourceVersion"] == "42"
+    options = b'{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Orphan"}'
+    delete = await decider.judge(classify("DELETE", PLAIN), HEADERS, options, "application/json")
+    assert delete.allowed, delete.status
+    sent = json.loads(delete.body or b"")
+    assert sent["preconditions"] == {"resourceVersion": "42", "uid": "uid-plain"}
+    assert sent["propagationPolicy"] == "Orphan"
+
+
+# ---------------------------------------------------------------------------------------
+# What the cluster does next (issue 13), decided on the ownership index
+
+
+class StaticOwnership:
+    """An ownership index already synced on a fixed graph (or never synced)."""
+
+    def __init__(self, *objects: dict[str, Any], synced: bool = True) -> None:
+        self.graph = Graph()
+        for obj in objects:
+            group, _, version = obj["apiVersion"].rpartition("/")
+            plural = obj["kind"].lower() + "s"
+            found = node_of(obj, ResourceRef(group, version, plural), obj["kind"])
+            assert found is not None
+            self.graph.upsert(found)
+        self.synced = synced
+        self.followed: list[Engine] = []
+
+    def follow(self, engine: Engine) -> None:
+        self.followed.append(engine)
+
+    async def graph_when_synced(self) -> Graph:
+        if not self.synced:
+            raise Refusal(failure(503, "klockproxy: the ownership index is not synced yet"))
+        return self.graph
+
+
+DELETE_LOCK = _locks("shop", "DELETE")
+
+
+def obj(
+    kind: str, name: str, *owners: dict[str, Any], api: str = "v1", **labels: str
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "shop", "uid": f"uid-{name}",
+                            "labels": labels, "resourceVersion": "1"}  # fmt: skip
+    if owners:
+        meta["ownerReferences"] = [
+            {"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["metadata"]["name"],
+             "uid": o["metadata"]["uid"]}
+            for o in owners
+        ]  # fmt: skip
+    return {"apiVersion": api, "kind": kind, "metadata": meta}
+
+
+async def decide(
+    index: StaticOwnership, method: str, path: str, old: Any, new: Any = None, **kw: Any
+) -> Any:
+    engine = kw.pop("engine", DELETE_LOCK)
+    decider = Judge(fake(), None, engine, index)
+    info = classify(method, path)
+    caller = kw.pop("caller", Caller.known(UserInfo("someone")))
+    return await decider.decide(Subject(info, old, new, kw.pop("options", None)), caller)
+
+
+async def test_deletion_follows_any_kind_and_keeps_dependents_with_another_owner() -> None:
+    top = obj("ConfigMap", "top")
+    other = obj("ConfigMap", "other")
+    sa = obj("ServiceAccount", "middle", top)
+    locked = obj("Pod", "locked", sa, aura="red")
+    shared = obj("ConfigMap", "shared", other, top, aura="red")
+    index = StaticOwnership(top, other, sa, locked, shared)
+    # Item 7: ConfigMap -> ServiceAccount -> locked pod.
+    verdict = await decide(index, "DELETE", "/api/v1/namespaces/shop/configmaps/top", top)
+    assert verdict.status is not None
+    assert 'forbids DELETE of pods "locked"' in verdict.status["message"]
+    assert "the garbage collector deletes the dependents" in verdict.status["message"]
+    assert index.followed == [DELETE_LOCK]
+    # Item 11: "shared" keeps its other owner.
+    index = StaticOwnership(top, other, shared)
+    assert (await decide(index, "DELETE", "/api/v1/namespaces/shop/configmaps/top", top)).allowed
+    # Orphaning keeps everything.
+    index = StaticOwnership(top, sa, locked)
+    orphan = {"propagationPolicy": "Orphan"}
+    path = "/api/v1/namespaces/shop/configmaps/top"
+    assert (await decide(index, "DELETE", path, top, options=orphan)).allowed
+
+
+async def test_a_batch_v1_job_deleted_without_a_policy_orphans_its_pods() -> None:
+    job = obj("Job", "j", api="batch/v1")
+    pod_ = obj("Pod", "j-x", job, aura="red")
+    index = StaticOwnership(job, pod_)
+    path = "/apis/batch/v1/namespaces/shop/jobs/j"
+    assert (await decide(index, "DELETE", path, job, options={})).allowed
+    background = {"propagationPolicy": "Background"}
+    assert not (await decide(index, "DELETE", path, job, options=background)).allowed
+
+
+async def test_eviction_and_owner_writes_through_status_are_judged() -> None:
+    driver = obj("Pod", "driver")
+    executor = obj("Pod", "executor", driver, aura="red")
+    index = StaticOwnership(driver, executor)
+    eviction = "/api/v1/namespaces/shop/pods/driver/eviction"
+    assert not (await decide(index, "POST", eviction, driver)).allowed
+    # Item 8: a dangling owner written through pods/status.
+    ghost = {"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "nobody"}
+    patched = json.loads(json.dumps(driver))
+    patched["metadata"]["ownerReferences"] = [ghost]
+    status = "/api/v1/namespaces/shop/pods/driver/status"
+    verdict = await decide(index, "PATCH", status, driver, patched)
+    assert verdict.status is not None
+    assert 'forbids DELETE of pods "executor"' in verdict.status["message"]
+
+
+async def test_the_index_not_synced_refuses_with_503() -> None:
+    top = obj("ConfigMap", "top")
+    index = StaticOwnership(top, synced=False)
+    verdict = await decide(index, "DELETE", "/api/v1/namespaces/shop/configmaps/top", top)
+    assert verdict.status is not None and verdict.status["code"] == 503
+    # Where no DELETE lock can be reached, the index is not needed.
+    free = "/api/v1/namespaces/elsewhere/configmaps/top"
+    assert (await decide(index, "DELETE", free, top)).allowed
+
+
+async def test_scale_down_through_the_scale_subresource_is_a_delete_of_locked_pods() -> None:
+    dep = obj("Deployment", "web", api="apps/v1")
+    dep["spec"] = {"replicas": 2}
+    rs = obj("ReplicaSet", "web-1", dep, api="apps/v1")
+    pod_ = obj("Pod", "web-1-a", rs, aura="red")
+    index = StaticOwnership(dep, rs, pod_)
+    scale = {"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 1}}
+    path = "/apis/apps/v1/namespaces/shop/deployments/web/scale"
+    verdict = await decide(index, "PATCH", path, dep, scale)
+    assert verdict.status is not None
+    assert "scaling down deletes pods" in verdict.status["message"]
+    scale["spec"]["replicas"] = 3
+    assert (await decide(index, "PATCH", path, dep, scale)).allowed
+
+
+async def test_debug_is_a_connect_and_the_exempt_account_is_not_handed_out() -> None:
+    locked = obj("Pod", "p", aura="red")
+    connect_lock = _locks("shop", "CONNECT")
+    path = "/api/v1/namespaces/shop/pods/p/ephemeralcontainers"
+    verdict = await decide(StaticOwnership(), "PATCH", path, locked, locked, engine=connect_lock)
+    assert verdict.status is not None and "forbids CONNECT" in verdict.status["message"]
+    exempting = Engine(
+        load_locks_from_text(
+            "apiVersion: klock.rnemet.dev/v1\nkind: Lock\n"
+            "metadata: {name: l, namespace: shop}\n"
+            "spec: {operations: [DELETE], matcher: {aura: red}, exclusive: {name: jonny-op}}\n",
+            source="test",
+        )
+    )
+    sa = obj("ServiceAccount", "jonny-op")
+    token = "/api/v1/namespaces/shop/serviceaccounts/jonny-op/token"
+    verdict = await decide(StaticOwnership(), "POST", token, sa, engine=exempting)
+    assert verdict.status is not None
+    assert "minting a token for service account jonny-op" in verdict.status["message"]
+    itself = Caller.known(UserInfo("system:serviceaccount:shop:jonny-op"))
+    assert (
+        await decide(StaticOwnership(), "POST", token, sa, engine=exempting, caller=itself)
+    ).allowed
+
+
+async def test_a_consequence_the_caller_may_not_read_is_not_named() -> None:
+    db = obj("Database", "prod", api="db.example.com/v1")
+    secret = obj("Secret", "top-secret-name", db, aura="red")
+    index = StaticOwnership(db, secret)
+
+    class NoSecrets(FakeUpstream):
+        async def get_object(
+            self, path: str, headers: Mapping[str, str | Sequence[str]]
+        ) -> dict[str, Any] | None:
+            if "/secrets/" in path:
+                raise UpstreamStatusError(f"GET {path}", 403, "secrets is forbidden")
+            return await super().get_object(path, headers)
+
+    decider = Judge(NoSecrets(), None, DELETE_LOCK, index)
+    info = classify("DELETE", "/apis/db.example.com/v1/namespaces/shop/databases/prod")
+    verdict = await decider.decide(Subject(info, db, None), Caller.known(UserInfo("someone")))
+    assert verdict.status is not None
+    message = verdict.status["message"]
+    assert "top-secret-name" not in message
+    assert "one of the secrets that the garbage collector would delete" in message
+    assert "Lock shop/l" in message
+
+
+async def test_deletecollection_follows_owners_unless_it_orphans() -> None:
+    owner = obj("ConfigMap", "owner", role="owner")
+    locked = obj("ConfigMap", "locked", owner, aura="red")
+    index = StaticOwnership(owner, locked)
+    lookups = FakeUpstream()
+    lookups.lists["/api/v1/namespaces/shop/configmaps"] = [owner]
+    decider = Judge(lookups, None, DELETE_LOCK, index)
+    caller = Caller.known(UserInfo("someone"))
+    path = "/api/v1/namespaces/shop/configmaps?labelSelector=role%3Downer"
+    verdict = await decider.decide(Subject(classify("DELETE", path), None, None), caller)
+    assert verdict.status is not None
+    assert "deletecollection would delete locked objects: locked" in verdict.status["message"]
+    orphaning = classify("DELETE", path + "&propagationPolicy=Orphan")
+    assert (await decider.decide(Subject(orphaning, None, None), caller)).allowed
+
+
+# A body the core decodes only in part (protobuf of a kind without a schema: metadata only)
+# is judged on the object the API server itself makes of it, like a patch.
+
+EXEMPT_DELETE_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: l, namespace: shop}
+spec: {operations: [DELETE], matcher: {aura: red}, exclusive: {name: jonny-op}}
+"""
+
+
+def protobuf_pod(service_account: str) -> bytes:
+    from klockproxy.core.protobuf import encode_len_field, encode_string_field, encode_unknown
+
+    # ObjectMeta{name: runner} and a PodSpec{serviceAccountName} the core has no schema for.
+    meta = encode_string_field(1, "runner")
+    spec = encode_string_field(8, service_account)
+    raw = encode_len_field(1, meta) + encode_len_field(2, spec)
+    return encode_unknown("v1", "Pod", raw)
+
+
+async def test_a_partly_decodable_protobuf_create_is_judged_on_the_server_s_result() -> None:
+    lookups = FakeUpstream()
+    collection = "/api/v1/namespaces/shop/pods"
+    lookups.dry_run_answers[collection] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "runner", "namespace": "shop"},
+        "spec": {"serviceAccountName": "jonny-op", "containers": [{"name": "c"}]},
+    }
+    engine = Engine(load_locks_from_text(EXEMPT_DELETE_LOCK, source="test"))
+    decider = Judge(lookups, IdentityResolver(lookups), engine)
+    info = classify("POST", collection)
+    body = protobuf_pod("jonny-op")
+    verdict = await decider.judge(info, HEADERS, body, "application/vnd.kubernetes.protobuf")
+    # The pod would run as the exempt account: whoever creates it acts as jonny-op.
+    assert verdict.status is not None
+    assert "jonny-op" in verdict.status["message"]
+    # Asked of the API server: the very body, to the collection, as a dry run.
+    dry = [c for c in lookups.calls if c[0] == "dry_run"]
+    assert dry and dry[0][1] == collection and dry[0][2]["body"] == body

@@ -63,8 +63,10 @@ class CertificateAuthority:
     private_key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, common_name: str) -> CertificateAuthority:
-        """A fresh CA named ``common_name``."""
+    def create(
+        cls, common_name: str, validity: datetime.timedelta = _CA_VALIDITY
+    ) -> CertificateAuthority:
+        """A fresh CA named ``common_name``, valid for ``validity``."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = _now()
@@ -75,7 +77,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _CA_VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -94,6 +96,18 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
+        return cls(cert, key)
+
+    @classmethod
+    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> CertificateAuthority:
+        """A CA from its PEM certificate and EC key; ConfigError if unusable."""
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            key = serialization.load_pem_private_key(key_pem, None)
+        except ValueError as e:
+            raise ConfigError(f"cannot load the CA: {e}") from e
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError("the CA key is not an EC key")
         return cls(cert, key)
 
     @classmethod
@@ -139,6 +153,7 @@ class CertificateAuthority:
         subject: x509.Name,
         usage: x509.ObjectIdentifier,
         san: list[x509.GeneralName] | None,
+        validity: datetime.timedelta = _LEAF_VALIDITY,
     ) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
@@ -149,7 +164,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _LEAF_VALIDITY)
+            .not_valid_after(min(now + validity, self.certificate.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -176,8 +191,12 @@ class CertificateAuthority:
         cert = builder.sign(self.private_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
-    def issue_server(self, hosts: list[str]) -> tuple[bytes, bytes]:
-        """A server certificate for ``hosts`` (DNS names or IP addresses): (cert PEM, key PEM)."""
+    def issue_server(
+        self, hosts: list[str], validity: datetime.timedelta = _LEAF_VALIDITY
+    ) -> tuple[bytes, bytes]:
+        """A server certificate for ``hosts`` (DNS names or IP addresses): (cert PEM, key PEM).
+
+        It expires after ``validity``, or with the CA if that comes first."""
         if not hosts:
             raise ConfigError("a server certificate needs at least one host")
         san: list[x509.GeneralName] = []
@@ -187,7 +206,7 @@ class CertificateAuthority:
             except ValueError:
                 san.append(x509.DNSName(host))
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-        return self._leaf(subject, ExtendedKeyUsageOID.SERVER_AUTH, san)
+        return self._leaf(subject, ExtendedKeyUsageOID.SERVER_AUTH, san, validity)
 
     def issue_client(self, common_name: str, organizations: list[str]) -> tuple[bytes, bytes]:
         """A client certificate: CN = user name, O = groups (the API server's convention)."""

@@ -149,6 +149,9 @@ def load_upstream(kubeconfig: str | None, context: str | None, files_dir: Path) 
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
     if path is None:
         path = os.path.expanduser("~/.kube/config")
+    if not os.path.exists(path):
+        # The client would call a missing file "Invalid kube-config file".
+        raise ConfigError(f"cannot use kubeconfig {path}: the file does not exist")
     try:
         config.load_kube_config(
             config_file=path, context=context, client_configuration=cfg, persist_config=False
@@ -248,3 +251,28 @@ def _bearer_token(cfg: Any) -> str | None:
     if rest and scheme.lower() == "basic":
         raise ConfigError("basic authentication (username/password) is not supported")
     return value
+
+
+# Where a pod finds its service account's credentials (the kubelet mounts them there).
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def in_cluster_upstream(
+    environ: Mapping[str, str] | None = None, account_dir: Path = SERVICE_ACCOUNT_DIR
+) -> UpstreamConfig | None:
+    """The API server and the pod's own service account, when running in a pod with neither
+    $KUBECONFIG nor ~/.kube/config (None otherwise). The token file is re-read when the
+    kubelet rotates it."""
+    from klockproxy.cluster.upstream import UpstreamConfig
+
+    env = os.environ if environ is None else environ
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port or env.get("KUBECONFIG"):
+        return None
+    if Path(os.path.expanduser("~/.kube/config")).exists():
+        return None
+    token, ca = account_dir / "token", account_dir / "ca.crt"
+    if not token.exists() or not ca.exists():
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return UpstreamConfig(server=f"https://{shown}:{port}", ca_file=str(ca), token_file=str(token))

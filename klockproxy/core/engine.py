@@ -30,7 +30,7 @@ cost, not what the whole set costs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from klockproxy.core.locks import GROUP, InvalidLock, Lock
@@ -119,7 +119,7 @@ ALLOWED = Decision(allowed=True)
 
 @dataclass(frozen=True, slots=True)
 class _Bucket:
-    """The locks of one (namespace, operation), as positions into Engine._locks."""
+    """The locks of one (namespace, operation), as positions into its namespace's locks."""
 
     # Locks nothing can rule out (empty matcher, or expressions true for every value).
     always: frozenset[int]
@@ -192,39 +192,118 @@ def _describe(inp: AdmissionInput) -> str:
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class _Namespace:
+    """The locks of one namespace, sorted by name, with their buckets and denial texts."""
+
+    locks: tuple[Lock, ...]
+    # Each lock's fixed parts of its denial text, built once rather than per denial.
+    texts: tuple[tuple[str, str], ...]
+    buckets: Mapping[Operation, _Bucket]
+
+
+# How many locks a build step handles before it yields (see ``Engine.build``).
+BUILD_STEP = 64
+
+
+def _namespace_steps(locks: list[Lock]) -> Generator[None, None, _Namespace]:
+    """Build one namespace, yielding every ``BUILD_STEP`` locks."""
+    ordered = tuple(sorted(locks, key=lambda lk: lk.name))
+    texts: list[tuple[str, str]] = []
+    builders: dict[Operation, _BucketBuilder] = {}
+    for pos, lock in enumerate(ordered):
+        texts.append((f"{lock.matcher_text()} (Lock {lock.key} forbids ", f"; {who_may(lock)})"))
+        for op in lock.operations:
+            builder = builders.get(op)
+            if builder is None:
+                builder = builders[op] = _BucketBuilder()
+            builder.add(pos, lock)
+        if pos % BUILD_STEP == BUILD_STEP - 1:
+            yield
+    buckets = {op: builder.build() for op, builder in builders.items()}
+    return _Namespace(ordered, tuple(texts), buckets)
+
+
 class Engine:
     """An immutable, indexed set of Locks answering admission questions.
 
     ``invalid`` are the Lock objects that failed validation: each refuses every mutation in
     its namespace (see the module docstring). Build a new Engine when the locks change (lock
-    sources do); ``decide`` is safe to call from any thread.
+    sources do), in one go (``Engine(locks)``) or step by step from the previous one, where
+    only the namespaces whose locks changed are rebuilt (``Engine.build``); ``decide`` is safe
+    to call from any thread.
     """
 
-    __slots__ = ("_buckets", "_invalid", "_locks", "_refusals", "_texts")
+    __slots__ = ("_all", "_invalid", "_namespaces", "_refusals")
+    _namespaces: dict[str, _Namespace]
+    _invalid: tuple[InvalidLock, ...]
+    _refusals: dict[tuple[str, Operation], Decision]
+    # Every lock sorted by namespace then name, made on first use of ``locks``.
+    _all: tuple[Lock, ...] | None
 
-    def __init__(self, locks: Iterable[Lock], invalid: Iterable[InvalidLock] = ()) -> None:
-        # Sorted so that decisions (and denial messages) never depend on load order.
-        self._locks: tuple[Lock, ...] = tuple(sorted(locks, key=lambda lk: (lk.namespace, lk.name)))
-        # Each lock's fixed parts of its denial text, built once rather than per denial.
-        self._texts: tuple[tuple[str, str], ...] = tuple(
-            (f"{lk.matcher_text()} (Lock {lk.key} forbids ", f"; {who_may(lk)})")
-            for lk in self._locks
-        )
-        builders: dict[tuple[str, Operation], _BucketBuilder] = {}
-        for pos, lock in enumerate(self._locks):
-            for op in lock.operations:
-                builders.setdefault((lock.namespace, op), _BucketBuilder()).add(pos, lock)
-        self._buckets: dict[tuple[str, Operation], _Bucket] = {
-            bucket_key: builder.build() for bucket_key, builder in builders.items()
-        }
-        self._invalid: tuple[InvalidLock, ...] = tuple(
+    def __init__(self, locks: Iterable[Lock] = (), invalid: Iterable[InvalidLock] = ()) -> None:
+        by_namespace: dict[str, list[Lock]] = {}
+        for lock in locks:
+            by_namespace.setdefault(lock.namespace, []).append(lock)
+        steps = self._steps(None, by_namespace, invalid)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                self._adopt(done.value)
+                return
+
+    def _adopt(self, other: Engine) -> None:
+        self._namespaces = other._namespaces
+        self._invalid = other._invalid
+        self._refusals = other._refusals
+        self._all = other._all
+
+    @classmethod
+    def build(
+        cls,
+        base: Engine | None,
+        changed: Mapping[str, Iterable[Lock]],
+        invalid: Iterable[InvalidLock] = (),
+    ) -> Generator[None, None, Engine]:
+        """Build an engine step by step: a generator that yields between bounded steps of
+        work (``BUILD_STEP`` locks) and returns the engine.
+
+        ``changed`` maps each namespace whose locks changed to ALL its locks now (none: the
+        namespace has no locks any more); the other namespaces are taken from ``base`` as
+        they are (every namespace when ``base`` is None means ``changed`` is everything).
+        ``invalid`` is always the whole set. The caller drives the generator and may let
+        other work run between steps (the proxy's event loop does); the result is the same
+        as ``Engine(all locks, invalid)``.
+        """
+        return cls._steps(base, {ns: list(locks) for ns, locks in changed.items()}, invalid)
+
+    @classmethod
+    def _steps(
+        cls,
+        base: Engine | None,
+        changed: dict[str, list[Lock]],
+        invalid: Iterable[InvalidLock],
+    ) -> Generator[None, None, Engine]:
+        namespaces: dict[str, _Namespace] = dict(base._namespaces) if base is not None else {}
+        for namespace in sorted(changed):
+            locks = changed[namespace]
+            if not locks:
+                namespaces.pop(namespace, None)
+                continue
+            namespaces[namespace] = yield from _namespace_steps(locks)
+            yield
+        engine = cls.__new__(cls)
+        engine._namespaces = namespaces
+        engine._all = None
+        engine._invalid = tuple(
             sorted(set(invalid), key=lambda lk: (lk.namespace, lk.name, lk.reason))
         )
         # The whole answer for every operation in a namespace holding an invalid Lock.
         per_namespace: dict[str, list[InvalidLock]] = {}
-        for bad in self._invalid:
+        for bad in engine._invalid:
             per_namespace.setdefault(bad.namespace, []).append(bad)
-        self._refusals: dict[tuple[str, Operation], Decision] = {}
+        engine._refusals = {}
         for namespace, bad_locks in per_namespace.items():
             texts = [invalid_text(bad) for bad in bad_locks]
             message = INVALID_PREFIX + "; ".join(texts)
@@ -233,17 +312,27 @@ class Engine:
                     Denial(bad, op, False, False, text)
                     for bad, text in zip(bad_locks, texts, strict=True)
                 )
-                self._refusals[(namespace, op)] = Decision(False, denials, message)
+                engine._refusals[(namespace, op)] = Decision(False, denials, message)
+        return engine
 
     @property
     def lock_count(self) -> int:
         """How many locks this engine holds."""
-        return len(self._locks)
+        return sum(len(ns.locks) for ns in self._namespaces.values())
 
     @property
     def locks(self) -> tuple[Lock, ...]:
         """The (valid) locks, sorted by namespace then name."""
-        return self._locks
+        if self._all is None:
+            self._all = tuple(
+                lock for name in sorted(self._namespaces) for lock in self._namespaces[name].locks
+            )
+        return self._all
+
+    def namespace_locks(self, namespace: str) -> tuple[Lock, ...]:
+        """The (valid) locks of one namespace, sorted by name."""
+        ns = self._namespaces.get(namespace)
+        return ns.locks if ns is not None else ()
 
     @property
     def invalid(self) -> tuple[InvalidLock, ...]:
@@ -255,8 +344,10 @@ class Engine:
 
         True for every operation of a namespace that holds an invalid Lock.
         """
-        key = (namespace, operation)
-        return key in self._buckets or key in self._refusals
+        ns = self._namespaces.get(namespace)
+        if ns is not None and operation in ns.buckets:
+            return True
+        return (namespace, operation) in self._refusals
 
     def decide(self, inp: AdmissionInput) -> Decision:
         """Judge one operation on one object; see the module docstring for the rules."""
@@ -273,7 +364,10 @@ class Engine:
                         inp.name,
                     )
                 return refusal
-        bucket = self._buckets.get((inp.namespace, inp.operation))
+        ns = self._namespaces.get(inp.namespace)
+        if ns is None:
+            return ALLOWED
+        bucket = ns.buckets.get(inp.operation)
         if bucket is None:
             return ALLOWED
 
@@ -296,8 +390,9 @@ class Engine:
         denials: list[Denial] = []
         exempted: list[Lock] = []
         target = ""
+        locks, texts = ns.locks, ns.texts
         for pos in candidates:
-            lock = self._locks[pos]
+            lock = locks[pos]
             matched_old = old is not None and lock.matches(old)
             matched_new = new is not None and lock.matches(new)
             if not (matched_old or matched_new):
@@ -307,7 +402,7 @@ class Engine:
                 continue
             if not target:
                 target = f"{op.value} of {_describe(inp)}"
-            head, tail = self._texts[pos]
+            head, tail = texts[pos]
             text = head + target + tail
             denials.append(Denial(lock, op, matched_old, matched_new, text))
         if not denials:

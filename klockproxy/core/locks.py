@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from klockproxy.core.codec import MalformedDocument, load_json, load_yaml_documents
+from klockproxy.core.codec import (
+    MalformedDocument,
+    iter_yaml_documents,
+    load_json,
+    load_yaml_documents,
+)
 from klockproxy.core.errors import DecodeError, ExpressionError, LockValidationError
 from klockproxy.core.expressions import CompiledExpression, compile_expression
 from klockproxy.core.types import Operation
@@ -351,9 +356,34 @@ def load_locks_from_objects(
     the source, the document index, the lock and the field; two locks with the same
     namespace/name are an error too (one would silently replace the other).
     """
+    return _drive(_objects_steps(iter(objs), source, default_namespace, lambda e: e))
+
+
+# How many Locks a loading step validates before it yields (see ``lock_file_steps``).
+LOAD_STEP = 16
+
+# A lock file that defines no Lock must say so: an empty or cut-short file is far more often
+# a file being rewritten (``gen > locks.yaml`` truncates it first) than a wish to unlock.
+NO_LOCKS_MARKER = "# no locks"
+
+
+def _objects_steps(
+    docs: Iterator[object],
+    source: str,
+    default_namespace: str,
+    on_decode_error: Callable[[DecodeError], Exception],
+) -> Generator[None, None, list[Lock]]:
     locks: list[Lock] = []
     seen: dict[str, int] = {}
-    for index, doc in enumerate(objs):
+    index = -1
+    while True:
+        index += 1
+        try:
+            doc = next(docs)
+        except StopIteration:
+            return locks
+        except DecodeError as e:
+            raise on_decode_error(e) from e
         if doc is None:
             continue
         for item, ctx in _expand(doc, source, index):
@@ -362,7 +392,64 @@ def load_locks_from_objects(
                 raise ctx.error(f"duplicate lock {lock.key} (also in document {seen[lock.key]})")
             seen[lock.key] = index
             locks.append(lock)
+            if len(locks) % LOAD_STEP == 0:
+                yield
+        yield
+
+
+def _drive(steps: Generator[None, None, list[Lock]]) -> list[Lock]:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def lock_file_steps(
+    text: str, *, source: str, default_namespace: str = "default", json: bool = False
+) -> Generator[None, None, list[Lock]]:
+    """Load the Locks of one lock file's text in bounded steps (a generator that yields
+    between steps of ``LOAD_STEP`` Locks or one document, and returns the Locks).
+
+    YAML (``json=False``: one or many documents, parsed one at a time) or JSON (one
+    document). Raises LockValidationError as ``load_locks_from_text`` does, and also when
+    the file defines no Lock at all unless it says so: a line ``# no locks`` (YAML), or an
+    empty ``LockList``/``List`` (``items: []``). An empty or half-written file is refused
+    (the proxy keeps its last good set) rather than read as "unlock everything".
+    """
+    listed: list[bool] = []
+
+    def noting_lists(inner: Iterator[object]) -> Iterator[object]:
+        for doc in inner:
+            if isinstance(doc, dict) and doc.get("kind") in LIST_KINDS:
+                listed.append(True)
+            yield doc
+
+    docs: Iterator[object]
+    try:
+        if json:
+            docs = iter([load_json(text, "JSON")] if text.strip() else [])
+        else:
+            docs = iter_yaml_documents(text, "YAML")
+        locks = yield from _objects_steps(
+            noting_lists(docs),
+            source,
+            default_namespace,
+            lambda e: _document_error(e, source),
+        )
+    except DecodeError as e:
+        raise _document_error(e, source) from e
+    if not locks and not listed and not _says_no_locks(text):
+        raise LockValidationError(
+            "the file defines no Lock (empty, or cut short while it was being written?); "
+            f"to mean no locks, write a line '{NO_LOCKS_MARKER}' or an empty LockList",
+            source=source,
+        )
     return locks
+
+
+def _says_no_locks(text: str) -> bool:
+    return any(line.strip().lower() == NO_LOCKS_MARKER for line in text.splitlines())
 
 
 def _document_error(e: DecodeError, source: str) -> LockValidationError:
@@ -426,16 +513,14 @@ def load_locks_from_path(path: str | Path, default_namespace: str = "default") -
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise LockValidationError(f"cannot read: {e}", source=source) from e
-        if file.suffix == ".json":
-            try:
-                docs: list[object] = [load_json(text, "JSON")] if text.strip() else []
-            except DecodeError as e:
-                raise _document_error(e, source) from e
-            found = load_locks_from_objects(
-                docs, source=source, default_namespace=default_namespace
+        found = _drive(
+            lock_file_steps(
+                text,
+                source=source,
+                default_namespace=default_namespace,
+                json=file.suffix == ".json",
             )
-        else:
-            found = load_locks_from_text(text, source=source, default_namespace=default_namespace)
+        )
         for lock in found:
             if lock.key in origin:
                 raise LockValidationError(

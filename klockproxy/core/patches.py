@@ -15,8 +15,8 @@ Simplifications (documented, deliberate):
   applied configuration for built-in kinds and as a JSON merge patch for the others. Field
   ownership is not tracked, so a field the applier owned and dropped from its configuration
   is NOT removed. For labels this means apply can only add or change labels here.
-* ``$setElementOrder`` only reorders: elements it names come first in its order, the others
-  follow in their merged order (the API server interleaves server-only elements instead).
+* Merged lists get the API server's order: the patch's items in the patch's (or
+  ``$setElementOrder``'s) order, interleaved with the server-only items by their live order.
 
 No function here mutates its inputs: every result is a fresh copy.
 """
@@ -227,14 +227,23 @@ def parse_pointer(pointer: str) -> list[str]:
 
 
 def _array_index(token: str, length: int, pointer: str, *, allow_end: bool) -> int:
+    """The index ``token`` names in an array of ``length`` (``allow_end``: where to insert).
+
+    Negative indices count from the end, as in the API server's JSON patch library
+    (evanphx/json-patch v4, ``SupportNegativeIndices``): ``-1`` is the last element, and for
+    an insertion the place after it. Leading zeros and ``+`` are refused (RFC 6901).
+    """
     if token == "-" and allow_end:
         return length
-    if not token.isdigit() or not token.isascii() or (len(token) > 1 and token[0] == "0"):
+    digits = token[1:] if token.startswith("-") else token
+    if not digits.isdigit() or not digits.isascii() or (len(digits) > 1 and digits[0] == "0"):
         raise PatchError(f"path {pointer!r}: {token!r} is not a valid array index")
     index = int(token)
     limit = length if allow_end else length - 1
-    if index > limit:
-        raise PatchError(f"path {pointer!r}: index {index} out of range (length {length})")
+    if index < 0:
+        index += limit + 1
+    if index > limit or index < 0 or token == "-0":
+        raise PatchError(f"path {pointer!r}: index {token} out of range (length {length})")
     return index
 
 
@@ -271,7 +280,9 @@ def _get(doc: JSON, pointer: str) -> JSON:
 def _add(doc: JSON, pointer: str, value: JSON) -> JSON:
     tokens = parse_pointer(pointer)
     if not tokens:
-        return value
+        # RFC 6902 lets "add" replace the whole document; the API server's library does not
+        # (it finds no parent for the empty path), so neither does the core.
+        raise PatchError("cannot add at the root of the document: use replace")
     parent = _parent(doc, tokens, pointer)
     last = tokens[-1]
     if isinstance(parent, dict):
@@ -390,22 +401,27 @@ def merge_patch(doc: JSON, patch: JSON) -> JSON:
 # --------------------------------------------------------------------------------------------
 
 
+def _has_patch_directive(value: JSON) -> bool:
+    return isinstance(value, dict) and _PATCH in value
+
+
 def _strip(value: JSON) -> JSON:
-    """A copy of a patch value without directives or nulls: how a new field is stored."""
+    """A copy of a patch value without directives or nulls: how a new field is stored.
+
+    As the API server's ``removeDirectives``: a map inside it that carries ``$patch`` (any
+    value) is dropped whole, as a field or as a list item.
+    """
     if isinstance(value, dict):
         return {
             k: _strip(v)
             for k, v in value.items()
             if v is not None
+            and not _has_patch_directive(v)
             and k not in (_PATCH, _RETAIN_KEYS)
             and not k.startswith((_DELETE_FROM_PRIMITIVE, _SET_ORDER))
         }
     if isinstance(value, list):
-        return [
-            _strip(v)
-            for v in value
-            if not (isinstance(v, dict) and v.get(_PATCH) in ("delete", "replace"))
-        ]
+        return [_strip(v) for v in value if not _has_patch_directive(v)]
     return value
 
 
@@ -434,9 +450,19 @@ def _merge_map(
             if key not in retain:
                 del original[key]
 
-    orders: dict[str, list[JSON]] = {}
+    # $setElementOrder lists first, as the API server does: each merges its list and fixes
+    # the order, and the list is not merged a second time below.
+    ordered: set[str] = set()
     for key, value in patch.items():
-        if key in (_PATCH, _RETAIN_KEYS):
+        if key.startswith(_SET_ORDER):
+            name = key[len(_SET_ORDER) :]
+            if not isinstance(value, list):
+                raise PatchError(f"{where}: {key} must be a list")
+            if _set_element_order(original, patch, name, value, schema, f"{where}.{name}"):
+                ordered.add(name)
+
+    for key, value in patch.items():
+        if key in (_PATCH, _RETAIN_KEYS) or key.startswith(_SET_ORDER) or key in ordered:
             continue
         if key.startswith(_DELETE_FROM_PRIMITIVE):
             name = key[len(_DELETE_FROM_PRIMITIVE) :]
@@ -446,11 +472,6 @@ def _merge_map(
             if isinstance(current, list):
                 original[name] = [v for v in current if not any(json_equal(v, d) for d in value)]
             continue
-        if key.startswith(_SET_ORDER):
-            if not isinstance(value, list):
-                raise PatchError(f"{where}: {key} must be a list")
-            orders[key[len(_SET_ORDER) :]] = value
-            continue
         path = f"{where}.{key}"
         if value is None:
             original.pop(key, None)
@@ -459,80 +480,193 @@ def _merge_map(
         current = original.get(key)
         if isinstance(value, dict) and isinstance(current, dict):
             original[key] = _merge_map(current, value, sub.fields, path)
-        elif isinstance(value, dict) and value.get(_PATCH) == "delete":
+        elif _has_patch_directive(value):
+            # A map with $patch where the live value is not a map: the API server drops it.
             original.pop(key, None)
         elif isinstance(value, list) and isinstance(current, list):
             original[key] = _merge_list(current, value, sub, path)
         else:
             original[key] = _strip(value)
-
-    for name, order in orders.items():
-        current = original.get(name)
-        if isinstance(current, list):
-            original[name] = _reorder(current, order, schema.get(name, _NO_SCHEMA).merge_key)
     return original
 
 
 _NO_SCHEMA = FieldSchema()
 
 
+def _identity(item: JSON, merge_key: str) -> JSON:
+    """What identifies a list item: its merge key's value in a keyed list, else itself."""
+    if merge_key:
+        return item.get(merge_key) if isinstance(item, dict) else None
+    return item
+
+
+def _position(items: list[JSON], item: JSON, merge_key: str) -> int | None:
+    """Index of the first element of ``items`` with the identity of ``item``."""
+    want = _identity(item, merge_key)
+    for index, candidate in enumerate(items):
+        if json_equal(_identity(candidate, merge_key), want):
+            return index
+    return None
+
+
+def _in_order(items: list[JSON], order: list[JSON], merge_key: str) -> list[JSON]:
+    """``items`` stably sorted by their position in ``order`` (all of them are in it)."""
+    return sorted(items, key=lambda i: _position(order, i, merge_key) or 0)
+
+
+def _server_order(
+    patched: list[JSON],
+    patch_order: list[JSON],
+    live_order: list[JSON],
+    merge_key: str,
+) -> list[JSON]:
+    """The order the API server gives a merged list.
+
+    The items the patch names come in the patch's order; the others (server-only) keep their
+    live order and are interleaved with them: a server-only item goes before the next patch
+    item only if both are in the live list and it came first there. A new item therefore
+    lands before the server-only items that follow it nowhere in the live list.
+    """
+    named = [i for i in patched if _position(patch_order, i, merge_key) is not None]
+    server = [i for i in patched if _position(patch_order, i, merge_key) is None]
+    named = _in_order(named, patch_order, merge_key)
+    server = _in_order(server, live_order, merge_key)
+    result: list[JSON] = []
+    while named and server:
+        left = _position(live_order, server[0], merge_key)
+        right = _position(live_order, named[0], merge_key)
+        if left is not None and right is not None and left < right:
+            result.append(server.pop(0))
+        else:
+            result.append(named.pop(0))
+    return result + named + server
+
+
+def _check_order(patch_list: list[JSON], order: list[JSON], merge_key: str, where: str) -> None:
+    """The items of the patch list must appear in $setElementOrder, in the same order."""
+    items = [i for i in patch_list if not (isinstance(i, dict) and _PATCH in i)]
+    at = 0
+    for item in items:
+        while at < len(order) and not json_equal(
+            _identity(order[at], merge_key), _identity(item, merge_key)
+        ):
+            at += 1
+        if at == len(order):
+            raise PatchError(f"{where}: the order in the patch list doesn't match $setElementOrder")
+        at += 1
+
+
+def _set_element_order(
+    original: dict[str, JSON],
+    patch: Mapping[str, JSON],
+    name: str,
+    order: list[JSON],
+    schema: Schema,
+    where: str,
+) -> bool:
+    """Apply ``$setElementOrder/name``; True when it merged (consumed) the patch list."""
+    sub = schema.get(name, _NO_SCHEMA)
+    key = sub.merge_key
+    current = original.get(name)
+    listed = patch.get(name)
+    if current is not None and not isinstance(current, list):
+        raise PatchError(f"{where}: $setElementOrder for a field that is not a list")
+    if listed is not None and not isinstance(listed, list):
+        raise PatchError(f"{where}: $setElementOrder for a patch value that is not a list")
+    if listed and order:
+        _check_order(listed, order, key, where)
+    if current is None and listed is None:
+        return False
+    if listed is None:
+        merged = list(current or [])
+    elif current is None:
+        merged = _strip(listed)
+    else:
+        merged = _merge_list(current, listed, sub, where)
+    if key and not all(isinstance(i, dict) and key in i for i in merged + order):
+        raise PatchError(f"{where}: does not contain declared merge key {key!r}")
+    live = current or []
+    if key and current and listed:
+        live = _reused_live_list(current, listed, key)
+    original[name] = _server_order(merged, order, live, key)
+    return True
+
+
+def _reused_live_list(current: list[JSON], listed: list[JSON], key: str) -> list[JSON]:
+    """The live list as the API server's $setElementOrder step sees it.
+
+    The API server merges a keyed list inside the live list's own storage: deleting an item
+    shifts the rest left (the freed places at the end keep the last item), and new items are
+    appended into the freed places. The ordering step then reads that reused storage, not
+    the list as it was received (the upstream vectors "add map and delete map from merging
+    list" pin this down).
+    """
+    deleted = [
+        i[key] for i in listed if isinstance(i, dict) and i.get(_PATCH) == "delete" and key in i
+    ]
+    remaining = [
+        r
+        for r in current
+        if not (isinstance(r, dict) and any(json_equal(r.get(key), d) for d in deleted))
+    ]
+    appended: list[JSON] = []
+    replaced = any(isinstance(i, dict) and i.get(_PATCH) == "replace" for i in listed)
+    for item in [] if replaced else listed:
+        new = isinstance(item, dict) and _PATCH not in item and key in item
+        if new and _position(remaining + appended, item, key) is None:
+            appended.append(item)
+    return (remaining + appended + current[-1:] * len(current))[: len(current)]
+
+
 def _merge_list(original: list[JSON], patch: list[JSON], schema: FieldSchema, where: str) -> JSON:
-    for item in patch:
-        if isinstance(item, dict) and item.get(_PATCH) == "replace":
-            # {"$patch": "replace"} inside a list: the list becomes exactly the other items.
-            return _strip([i for i in patch if i is not item])
     if schema.merge_primitives:
-        result = list(original)
-        for item in patch:
-            if isinstance(item, dict) and _PATCH in item:
-                raise PatchError(f"{where}: $patch in a list of scalars")
-            if not any(json_equal(item, r) for r in result):
-                result.append(_clone(item))
-        return result
+        if any(isinstance(item, dict) and _PATCH in item for item in patch):
+            raise PatchError(f"{where}: $patch in a list of scalars")
+        merged: list[JSON] = []
+        for item in original + patch:
+            if not any(json_equal(item, m) for m in merged):
+                merged.append(_clone(item))
+        return _server_order(merged, patch, original, "")
     if not schema.merge_key:
         return _strip(patch)
 
     key = schema.merge_key
-    result = list(original)
     for position, item in enumerate(patch):
         if not isinstance(item, dict):
             raise PatchError(f"{where}[{position}]: expected a map merged on {key!r}")
+    # Directive items first, as the API server does: deletions, then a replace.
+    result = list(original)
+    replace = False
+    for position, item in enumerate(patch):
+        if _PATCH not in item:
+            continue
+        directive = _directive(item, f"{where}[{position}]")
+        if directive == "merge":
+            raise PatchError(f"{where}[{position}]: $patch: merge is not allowed in a list")
+        if directive == "replace":
+            replace = True
+            continue
         if key not in item:
             raise PatchError(f"{where}[{position}]: does not contain declared merge key {key!r}")
-        match = next(
-            (
-                i
-                for i, r in enumerate(result)
-                if isinstance(r, dict) and json_equal(r.get(key), item[key])
-            ),
-            None,
-        )
-        directive = _directive(item, f"{where}[{position}]")
-        if directive == "delete":
-            result = [
-                r for r in result if not (isinstance(r, dict) and json_equal(r.get(key), item[key]))
-            ]
-        elif match is None:
+        result = [
+            r for r in result if not (isinstance(r, dict) and json_equal(r.get(key), item[key]))
+        ]
+    items = [i for i in patch if _PATCH not in i]
+    if replace:
+        # {"$patch": "replace"} in a list: the list becomes exactly the other items.
+        return _strip(items)
+    live = list(result)
+    for position, item in enumerate(items):
+        if key not in item:
+            raise PatchError(f"{where}[{position}]: does not contain declared merge key {key!r}")
+        match = _position(result, item, key)
+        if match is None or not isinstance(result[match], dict):
             result.append(_strip(item))
         else:
             result[match] = _merge_map(
                 result[match], item, schema.fields, f"{where}[{key}={item[key]}]"
             )
-    return result
-
-
-def _reorder(items: list[JSON], order: list[JSON], merge_key: str) -> list[JSON]:
-    def identity(item: JSON) -> JSON:
-        if merge_key and isinstance(item, dict):
-            return item.get(merge_key)
-        return item
-
-    wanted = [identity(o) for o in order]
-    first: list[JSON] = []
-    for want in wanted:
-        first.extend(i for i in items if json_equal(identity(i), want))
-    rest = [i for i in items if not any(json_equal(identity(i), w) for w in wanted)]
-    return first + rest
+    return _server_order(result, items, live, key)
 
 
 def strategic_merge_patch(

@@ -94,6 +94,21 @@ def _kubelet_target(info: RequestInfo, raw_path: str) -> RequestInfo | None:
     )
 
 
+def _refuse_dot_segments(raw_path: str) -> None:
+    """A ``.`` or ``..`` segment (escaped or not) in a proxied path: refused.
+
+    The kubelet cleans the path it is handed (``nodes/N/proxy/x/../exec/NS/POD`` is exec on
+    that pod there), and other backends may too; the proxy would have to guess which object
+    is reached.
+    """
+    segments = unquote(raw_path.partition("?")[0]).split("/")
+    bad = [part for part in segments if part in (".", "..")]
+    if bad:
+        raise ClassificationError(
+            f"a {bad[0]!r} segment in a proxied path would reach another path than the one judged"
+        )
+
+
 def classify_request(method: str, raw_path: str) -> RequestInfo:
     """``classify``, plus the connect subresources whose tail ``classify`` refuses, and the
     kubelet's pod actions reached through ``nodes/NAME/proxy`` (a CONNECT on that pod).
@@ -112,6 +127,8 @@ def classify_request(method: str, raw_path: str) -> RequestInfo:
         if not readings:
             raise
         info = readings[0]
+        if info.subresource == "proxy":
+            _refuse_dot_segments(raw_path)
     info = check_route(info)
     return check_route(_kubelet_target(info, raw_path) or info)
 

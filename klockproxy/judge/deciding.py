@@ -8,10 +8,13 @@ server words admission denials.
 
 Deletions that delete other objects are judged on what they would delete: a namespace (any
 DELETE lock in it that applies to the caller refuses it), a CustomResourceDefinition (its
-objects are listed and judged), deletecollection (the listed objects are judged), a cascading
-DELETE (the dependents the garbage collector would delete among ``DEPENDENT_KINDS`` of the
-namespace, found by owner uid). A write that adds or changes an owner reference, or sets a
-Job's ttlSecondsAfterFinished, is judged as a DELETE of that object too (core.owners).
+objects are listed and judged), deletecollection (the listed objects are judged). What the
+cluster does next because of a request - the garbage collector's deletions after a delete,
+eviction or deletecollection, after owner references written by any verb or subresource or a
+Job's TTL; what the workload controllers delete, adopt and create; the exempt identity handed
+out - comes from ``core.consequences`` on the ownership index (``cluster.ownership``).
+Without an index (lookups that cannot watch, a pass-through proxy without credentials of its
+own) cascading DELETEs are searched per request among ``DEPENDENT_KINDS`` as before.
 
 What the objects are is the gathering's business (``klockproxy.judge.gathering`` for the
 proxy; the webhook reads them from the AdmissionReview). Lookups the consequence checks make
@@ -20,29 +23,42 @@ proxy; the webhook reads them from the AdmissionReview). Lookups the consequence
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.codec import media_type
+from klockproxy.core.consequences import (
+    Implied,
+    deletion_consequences,
+    identity_locks,
+    needs_consequence_judgement,
+    options_of_query,
+    scaled,
+    write_consequences,
+)
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
-from klockproxy.core.errors import Refusal, UpstreamError
-from klockproxy.core.locks import GROUP
+from klockproxy.core.errors import DecodeError, KlockProxyError, Refusal, UpstreamError
+from klockproxy.core.locks import GROUP, Lock
 from klockproxy.core.metadata import kind_of, labels_of, object_meta
 from klockproxy.core.owners import (
     DEPENDENT_KINDS,
     DEPENDENTS_NOTE,
     OWNER_NOTE,
+    being_deleted,
+    finishes_deletion,
     owner_inputs,
     owner_uids,
 )
+from klockproxy.core.ownership import Graph
 from klockproxy.core.patches import APPLY_PATCH
 from klockproxy.core.paths import collection_path
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, forbidden
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+from klockproxy.judge.boundary import refusal_of
 
 # How many locked objects a deletecollection refusal names before summarising.
 MAX_NAMED_OBJECTS = 10
@@ -88,12 +104,36 @@ class Lookups(Protocol):
         """Whether lookups can be made with the proxy's own credentials."""
         ...
 
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller: the object it would store."""
+        ...
+
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Who these headers act as."""
         ...
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class Ownership(Protocol):
+    """The ownership index (``cluster.ownership.OwnershipIndex``): who owns what."""
+
+    def follow(self, engine: Engine) -> None:
+        """Watch the namespaces of ``engine``'s DELETE Locks."""
+        ...
+
+    async def graph_when_synced(self) -> Graph:
+        """The graph once synced (a short wait at most); else a 503 Refusal."""
         ...
 
 
@@ -111,6 +151,9 @@ class Verdict:
     log_message: str | None = None
     body: bytes | None = None
     content_type: str | None = None
+    # The Locks that decided a denial (``namespace/name``); empty when allowed or refused for
+    # another reason (audit log, metrics).
+    locks: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -209,6 +252,9 @@ def needs_judgement(info: RequestInfo, engine: Engine, content_type: str) -> boo
     ns = info.namespace
     if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
         return True
+    # What the garbage collector and controllers do next (core.consequences).
+    if needs_consequence_judgement(info, engine):
+        return True
     if info.subresource or info.verb not in ("update", "patch"):
         return False
     if engine.covers(ns, Operation.CREATE) and (
@@ -242,21 +288,43 @@ class _Plan:
     note: str = ""
     # Inputs about objects the caller may not see: a denial names the lock, not the object.
     hidden: frozenset[int] = frozenset()
+    # What a deletecollection deletes (the listed objects), for its consequences.
+    targets: list[dict[str, Any]] | None = None
+    # Per-input notes (index -> why) for the inputs the consequences added.
+    notes: dict[int, str] = field(default_factory=dict)
+
+
+class LockDenial(Refusal):
+    """A refusal decided by Locks: ``locks`` names them (``namespace/name``)."""
+
+    def __init__(self, status: Status, locks: Iterable[str]) -> None:
+        super().__init__(status)
+        self.locks = tuple(sorted(set(locks)))
+
+
+def _lock_keys(decisions: Iterable[Decision]) -> list[str]:
+    return [den.lock.key for d in decisions if not d.allowed for den in d.denials]
 
 
 class Decider:
-    """Decides mutations against ``engine``; lists what deletions delete with ``lookups``."""
+    """Decides mutations against ``engine``; lists what deletions delete with ``lookups``;
+    follows owner references in ``ownership`` (the index) when there is one."""
 
-    def __init__(self, lookups: Lookups, engine: Engine) -> None:
+    def __init__(
+        self, lookups: Lookups, engine: Engine, ownership: Ownership | None = None
+    ) -> None:
         self.lookups = lookups
         self.engine = engine
+        self.ownership = ownership
+        if ownership is not None:
+            ownership.follow(engine)
 
     async def decide(self, subject: Subject, caller: Caller) -> Verdict:
         """The verdict on one mutation: its own operation and every consequence check."""
         try:
             await self._check(subject, caller)
-        except Refusal as r:
-            return Verdict(status=r.status, log_message=r.log_message)
+        except KlockProxyError as e:
+            return refused(e)
         return Verdict()
 
     async def _check(self, subject: Subject, caller: Caller) -> None:
@@ -268,7 +336,12 @@ class Decider:
         plan = await self._plan(subject, caller)
         decisions = await self._decide(plan.inputs, caller)
         if any(not d.allowed for d in decisions):
-            raise Refusal(self._denial(info, plan, decisions))
+            raise LockDenial(self._denial(info, plan, decisions), _lock_keys(decisions))
+        if await self._add_consequences(subject, plan, caller):
+            decisions = await self._decide(plan.inputs, caller)
+            if any(not d.allowed for d in decisions):
+                await self._hide_unseen(plan, decisions, caller)
+                raise LockDenial(self._denial(info, plan, decisions), _lock_keys(decisions))
 
     def _denial(self, info: RequestInfo, plan: _Plan, decisions: list[Decision]) -> Status:
         if info.verb != "deletecollection":
@@ -276,6 +349,8 @@ class Decider:
             note = ""
             if plan.note and plan.own is not None and index >= plan.own:
                 note = f"; {plan.note}"
+            if index in plan.notes:
+                note = f"; {plan.notes[index]}"
             if index in plan.hidden:
                 unseen = plan.inputs[index].resource.group_resource
                 locks = ", ".join(sorted({d.lock.key for d in first.denials}))
@@ -287,10 +362,17 @@ class Decider:
             return forbidden(info, plan.name, first.message + note)
         texts: list[str] = []
         names: list[str] = []
-        for inp, decision in zip(plan.inputs, decisions, strict=True):
-            if not decision.allowed:
-                names.append(inp.name)
-                texts.extend(d.text for d in decision.denials)
+        for index, (inp, decision) in enumerate(zip(plan.inputs, decisions, strict=True)):
+            if decision.allowed:
+                continue
+            if index in plan.hidden:
+                # A consequence the caller may not read: the Lock, not the object.
+                names.append(f"one of the {inp.resource.group_resource}")
+                locks = ", ".join(sorted({d.lock.key for d in decision.denials}))
+                texts.append(f"a locked object (Lock {locks})")
+                continue
+            names.append(inp.name)
+            texts.extend(d.text for d in decision.denials)
         message = DENIAL_PREFIX + ", and a lock: ".join(texts[:MAX_NAMED_OBJECTS])
         listed = ", ".join(names[:MAX_NAMED_OBJECTS])
         if len(names) > MAX_NAMED_OBJECTS:
@@ -300,22 +382,21 @@ class Decider:
 
     async def _decide(self, inputs: list[AdmissionInput], caller: Caller) -> list[Decision]:
         engine = self.engine
+        known = caller.user
+        if known is not None:
+            # A known caller (the webhook's userInfo): one pass, as who it is.
+            return [
+                engine.decide(inp if inp.user is known else replace(inp, user=known))
+                for inp in inputs
+            ]
         decisions = [engine.decide(inp) for inp in inputs]
         caller_matters = any(
             d.exempted or any(den.lock.has_exclusive for den in d.denials) for d in decisions
         )
         if not caller_matters:
             return decisions
-        user = await self._resolve(caller)
+        user = await caller.user_info()
         return [engine.decide(replace(inp, user=user)) for inp in inputs]
-
-    async def _resolve(self, caller: Caller) -> UserInfo:
-        try:
-            return await caller.user_info()
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure("who is calling (SelfSubjectReview)", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
 
     # ------------------------------------------------------------------------------------
     # The operation's own inputs
@@ -327,6 +408,7 @@ class Decider:
         if op is None:
             # needs_judgement() only lets mutations through; never forward one unjudged.
             raise Refusal(failure(403, "klockproxy: cannot classify this request's operation"))
+        user = caller.user or _NOBODY
 
         def inp(
             operation: Operation,
@@ -340,7 +422,7 @@ class Decider:
                 namespace=info.namespace,
                 resource=info.ref,
                 name=name,
-                user=_NOBODY,
+                user=user,
                 old_labels=old,
                 new_labels=new,
                 dry_run=info.dry_run,
@@ -368,6 +450,10 @@ class Decider:
         old_labels = labels_of(old)
         if op is Operation.UPDATE and info.subresource in LABEL_SUBRESOURCES:
             after = new if new is not None else old
+            if finishes_deletion(old, after, info.subresource):
+                # Finalizers removed, or the status of an object being deleted: the DELETE
+                # was judged; the object cannot be saved, only left stuck.
+                return _Plan([], info.name)
             inputs = [inp(op, info.name, old_labels, labels_of(after), kind)]
             inputs += [inp(op, info.name, old_labels, labels_of(o), kind) for o in subject.also_new]
             owners = owner_inputs(old, after, inp, info.name, kind)
@@ -381,17 +467,23 @@ class Decider:
             return _Plan([inp(op, info.name, None, old_labels, kind)], info.name)
         if op is Operation.CONNECT:
             return _Plan([inp(op, info.name, old_labels, None, kind)], info.name)
-        # DELETE, and pods/eviction (a DELETE of the pod).
-        inputs = [inp(op, info.name, old_labels, None, kind)]
+        # DELETE, and pods/eviction (a DELETE of the pod). An object already being deleted
+        # (its DELETE was judged) is not deleted again by this one - the kubelet's final
+        # DELETE of a terminating pod, a shorter grace period - but the dependents are judged
+        # again: a repeated DELETE may change the propagation policy.
+        inputs = [] if being_deleted(old) else [inp(op, info.name, old_labels, None, kind)]
         hidden: set[int] = set()
         # A namespace is judged as a whole (_check_namespace_delete).
         whole = info.group == "" and info.resource == "namespaces"
-        if verb == "delete" and not whole and not orphans(subject.options):
+        # With an index, _add_consequences judges the cascade.
+        legacy = self.ownership is None
+        if legacy and verb == "delete" and not whole and not orphans(subject.options):
             for dependent, unseen in await self._dependent_inputs(info, old, caller.headers):
                 if unseen:
                     hidden.add(len(inputs))
                 inputs.append(dependent)
-        return _Plan(inputs, info.name, own=1, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
+        own = 0 if being_deleted(old) else 1
+        return _Plan(inputs, info.name, own=own, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
 
     async def _plan_deletecollection(self, info: RequestInfo, caller: Caller) -> _Plan:
         engine = self.engine
@@ -410,7 +502,7 @@ class Decider:
                 )
             )
             if not decision.allowed:
-                raise Refusal(forbidden(info, "", decision.message))
+                raise LockDenial(forbidden(info, "", decision.message), _lock_keys([decision]))
         for param in ("resourceVersion", "resourceVersionMatch", "continue"):
             if info.query.get(param):
                 # The API server would delete what it lists at that (possibly old) version -
@@ -425,14 +517,9 @@ class Decider:
         path = collection_path(info)
         label_selector = (info.query.get("labelSelector") or ("",))[0]
         field_selector = (info.query.get("fieldSelector") or ("",))[0]
-        try:
-            items = await self.lookups.list_objects(
-                path, caller.headers, label_selector or None, field_selector or None
-            )
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure(f"what {path} would delete", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        items = await self.lookups.list_objects(
+            path, caller.headers, label_selector or None, field_selector or None
+        )
         inputs = [
             AdmissionInput(
                 operation=Operation.DELETE,
@@ -440,12 +527,93 @@ class Decider:
                 resource=info.ref,
                 name=str(object_meta(item).get("name", "")),
                 user=_NOBODY,
-                old_labels=labels_of(item),
+                old_labels=upstream_labels(item),
                 dry_run=info.dry_run,
             )
             for item in items
         ]
-        return _Plan(inputs, "")
+        return _Plan(inputs, "", targets=items)
+
+    # ------------------------------------------------------------------------------------
+    # Consequences: what the cluster does next (core.consequences, the ownership index)
+
+    async def _add_consequences(self, subject: Subject, plan: _Plan, caller: Caller) -> bool:
+        """Add to ``plan`` what the cluster does next because of the request, and refuse
+        handing out a Lock's exempt identity. True when inputs were added."""
+        info, old, new = subject.info, subject.old, subject.new
+        label, locks = identity_locks(self.engine.locks, info, old, new)
+        if locks:
+            await self._check_identity(info, plan, label, locks, caller)
+        engine = self.engine
+        graph = Graph()
+        in_scope = not info.namespace or engine.covers(info.namespace, Operation.DELETE)
+        if self.ownership is not None and has_delete_locks(engine) and in_scope:
+            graph = await self.ownership.graph_when_synced()
+        if info.subresource == "scale" and old is not None and new is not None:
+            # A Scale (the webhook's object, the proxy's computed one): the parent as scaled.
+            spec = new.get("spec")
+            replicas = spec.get("replicas") if isinstance(spec, dict) else None
+            new = scaled(old, replicas)
+        implied: list[Implied] = []
+        if info.verb == "deletecollection":
+            if self.ownership is not None and plan.targets:
+                options = subject.options or options_of_query(info)
+                implied = deletion_consequences(graph, info, plan.targets, options)
+        elif info.verb == "delete" or info.subresource == "eviction":
+            if self.ownership is not None and old is not None:
+                implied = deletion_consequences(graph, info, [old], subject.options)
+        elif new is not None:
+            implied = write_consequences(graph, info, old, new)
+        if not implied:
+            return False
+        for item in implied:
+            plan.notes[len(plan.inputs)] = item.note
+            plan.inputs.append(item.input)
+        return True
+
+    async def _hide_unseen(self, plan: _Plan, decisions: list[Decision], caller: Caller) -> None:
+        """Mark the denied consequences the caller may not read (the index saw them with the
+        proxy's credentials): the denial then names the Lock, not the object. One GET as the
+        caller per object the message would name."""
+        denied = [i for i, d in enumerate(decisions) if not d.allowed]
+        if plan.targets is None:
+            denied = denied[:1]  # only the first denial is named (deletecollection: ten)
+        named = [i for i in denied if i in plan.notes]
+        hidden = set(plan.hidden)
+        for index in named[:MAX_NAMED_OBJECTS]:
+            inp = plan.inputs[index]
+            ref = inp.resource
+            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
+            if inp.namespace:
+                prefix += f"/namespaces/{quote(inp.namespace, safe='')}"
+            path = f"{prefix}/{quote(ref.resource, safe='')}/{quote(inp.name, safe='')}"
+            try:
+                await self.lookups.get_object(path, caller.headers)
+            except UpstreamStatusError as e:
+                if e.code in (401, 403):
+                    hidden.add(index)
+            except UpstreamError:
+                hidden.add(index)  # cannot tell: do not name it
+        plan.hidden = frozenset(hidden)
+
+    async def _check_identity(
+        self, info: RequestInfo, plan: _Plan, label: str, locks: list[Lock], caller: Caller
+    ) -> None:
+        """Refuse handing a Lock's exempt service account to a caller it does not exempt."""
+        user = await caller.user_info()
+        applying = [lk for lk in locks if not is_exempt(lk, user)]
+        if not applying:
+            return
+        texts = [
+            f"{lk.matcher_text()} (Lock {lk.key} exempts that service account, and {label} "
+            f"lets the caller act as it; {who_may(lk)})"
+            for lk in applying
+        ]
+        name = plan.name or info.name
+        raise LockDenial(
+            forbidden(info, name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
     # ------------------------------------------------------------------------------------
     # Consequences: what else a deletion deletes
@@ -464,7 +632,7 @@ class Decider:
         ]
         if not locks:
             return
-        user = await self._resolve(caller) if any(lk.has_exclusive for lk in locks) else _NOBODY
+        user = await caller.user_info() if any(lk.has_exclusive for lk in locks) else _NOBODY
         applying = [lk for lk in locks if not is_exempt(lk, user)]
         if not applying:
             return
@@ -473,7 +641,10 @@ class Decider:
             f"deleting the namespace deletes every object in it; {who_may(lk)})"
             for lk in applying
         ]
-        raise Refusal(forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)))
+        raise LockDenial(
+            forbidden(info, info.name, DENIAL_PREFIX + ", and a lock: ".join(texts)),
+            [lk.key for lk in applying],
+        )
 
     async def _check_crd_delete(self, subject: Subject, caller: Caller) -> None:
         """Deleting a CustomResourceDefinition deletes every object of that kind, behind the
@@ -515,12 +686,7 @@ class Decider:
             )
         version = versions[0]
         path = "/apis/" + "/".join(quote(part, safe="") for part in (group, version, plural))
-        try:
-            items = await self.lookups.list_objects(path, caller.headers)
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure(f"what deleting {info.name} deletes", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        items = await self.lookups.list_objects(path, caller.headers)
         ref = ResourceRef(group, version, plural)
         inputs = [
             AdmissionInput(
@@ -529,7 +695,7 @@ class Decider:
                 resource=ref,
                 name=str(object_meta(item).get("name") or ""),
                 user=_NOBODY,
-                old_labels=labels_of(item),
+                old_labels=upstream_labels(item),
             )
             for item in items
         ]
@@ -546,7 +712,7 @@ class Decider:
             + ", and a lock: ".join(texts)
             + f"; deleting the CustomResourceDefinition deletes locked objects: {listed}"
         )
-        raise Refusal(forbidden(info, info.name, message))
+        raise LockDenial(forbidden(info, info.name, message), _lock_keys(d for _, d in locked))
 
     async def _dependent_inputs(
         self, info: RequestInfo, current: Mapping[str, Any], headers: AuthHeaders
@@ -588,7 +754,7 @@ class Decider:
                     resource=ref,
                     name=str(object_meta(item).get("name") or ""),
                     user=_NOBODY,
-                    old_labels=labels_of(item),
+                    old_labels=upstream_labels(item),
                     dry_run=info.dry_run,
                     kind=kind_of(item),
                 ),
@@ -626,17 +792,20 @@ class Decider:
                             "propagationPolicy=Orphan (kubectl delete --cascade=orphan)",
                         )
                     ) from e
-            except UpstreamError as e:
-                raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
         return [], False
 
 
-def lookup_failure(what: str, e: UpstreamStatusError) -> Status:
-    """The Status for a lookup the API server answered with an error."""
-    if e.code in (401, 403):
-        return failure(
-            e.code,
-            f"klockproxy: a lock covers this request and the API server refused to tell "
-            f"{what}: {e.message}",
-        )
-    return failure(503, f"klockproxy: cannot check locks: reading {what} failed: {e}")
+def upstream_labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of an object the API server answered; one that cannot be read is upstream
+    trouble (503), not the caller's mistake."""
+    try:
+        return labels_of(obj)
+    except DecodeError as e:
+        raise UpstreamError(f"the API server answered an object that cannot be read: {e}") from e
+
+
+def refused(error: KlockProxyError) -> Verdict:
+    """The verdict for a failure of the judge: the Status of the one error boundary."""
+    refusal = refusal_of(error)
+    locks = refusal.locks if isinstance(refusal, LockDenial) else ()
+    return Verdict(status=refusal.status, log_message=refusal.log_message, locks=locks)

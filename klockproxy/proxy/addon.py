@@ -71,12 +71,18 @@ from typing import Any
 
 import mitmproxy.proxy.server
 from mitmproxy import connection, ctx, exceptions, http, tcp
-from mitmproxy.proxy import mode_specs
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer, mode_specs
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from klockproxy.cluster.identity import IdentityResolver, is_auth_header
+from klockproxy.audit import AuditLog
+from klockproxy.cluster.discovery import ResourceScopes
+from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth_header
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
-from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
+from klockproxy.cluster.ownership import OwnershipIndex
+from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig, UpstreamStatusError
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
     ClassificationError,
@@ -85,13 +91,19 @@ from klockproxy.core.errors import (
     LockValidationError,
     MalformedRequestError,
     Refusal,
+    UnservedRouteError,
+    UpstreamError,
 )
 from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
 from klockproxy.core.requests import RequestInfo, check_header_fields, check_method, check_target
+from klockproxy.core.routes import check_route, needs_discovery
 from klockproxy.core.status import Status, failure, to_bytes
-from klockproxy.judge import Judge, Lookups, needs_judgement
+from klockproxy.core.types import UserInfo
+from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
+from klockproxy.metrics import Metrics
+from klockproxy.proxy.body_limit import limit_body
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +114,7 @@ PROBE_TIMEOUT = 5.0
 # A successful upstream connect this recent (seconds) stands in for the reachability probe.
 PROBE_FRESH = 2.0
 
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MARK = "klockproxy"
 # The request's one classification (classify_request runs once per request): the fast path,
 # the namespace checks and the judgement all read this object.
@@ -109,6 +122,13 @@ _INFO = "klockproxy.request"
 _PASS = "pass"
 _JUDGE = "judge"
 _ANSWERED = "answered"
+# A Lock write whose 2xx answer is applied to the lock set before it is returned.
+_LOCK_WRITE = "klockproxy-lock-write"
+_VERB = "klockproxy-verb"
+# Flow metadata a front addon (the gateway) may set: who the request runs as, and who asked
+# for that when it is an impersonation (UserInfo). Used for the audit log.
+USER_METADATA = "klockproxy-user"
+IMPERSONATED_BY_METADATA = "klockproxy-impersonated-by"
 
 # mitmproxy options the addon reads: what the lookups default to (upstream address, CA,
 # client certificate), and stream_large_bodies (refused, see _parse_options).
@@ -227,7 +247,12 @@ class KlockProxy:
         identity: IdentityResolver | None = None,
         *,
         probe_timeout: float = PROBE_TIMEOUT,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
+        ownership: OwnershipIndex | None = None,
     ) -> None:
+        self.audit = audit
+        self.metrics = metrics
         self._injected_lock_set = lock_set is not None
         self._injected_upstream = upstream is not None
         self.lock_set: LockSet | None = lock_set
@@ -235,6 +260,9 @@ class KlockProxy:
         self.identity: IdentityResolver | None = identity
         if identity is None and upstream is not None:
             self.identity = IdentityResolver(upstream)
+        # The ownership index (what the garbage collector would delete), on the proxy's own
+        # upstream only: injected lookups that cannot watch keep the per-request search.
+        self.ownership: OwnershipIndex | None = ownership or _ownership_index(upstream)
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -249,6 +277,9 @@ class KlockProxy:
         # Upstream address -> time.monotonic() of its last successful connect (probe cache);
         # an address is dropped when a connect to it fails.
         self._connected_at: dict[tuple[str, int], float] = {}
+        # Scopes of kinds the static route table does not know (discovery, cached).
+        self._scopes: ResourceScopes | None = None
+        self._scopes_client: Lookups | None = None
         # mitmproxy's own idle timeout, restored when the addon is done.
         self._saved_tcp_timeout: int | None = None
 
@@ -353,6 +384,19 @@ class KlockProxy:
                 self._spawn(self.upstream.close())
             self.upstream = Upstream(settings.upstream) if settings.upstream else None
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
+            if self.ownership is not None:
+                self._spawn(self.ownership.stop())
+            self.ownership = _ownership_index(self.upstream)
+            if self._running and self.ownership is not None:
+                self._spawn(self._start_ownership(self.ownership))
+        elif self._injected_upstream and self.ownership is None:
+            # An upstream handed in (local mode shares one client between the lock watch and
+            # the lookups) gets the index too when it carries the proxy's own credentials.
+            up = self.upstream
+            if isinstance(up, Upstream) and up.has_own_credentials:
+                self.ownership = OwnershipIndex(up)
+                if self._running:
+                    self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
             old is None
             or (old.locks, old.default_namespace, old.upstream)
@@ -376,7 +420,9 @@ class KlockProxy:
             # (An injected lock set is its owner's choice.)
             raise ConfigError("klock_locks is empty: name 'cluster' and/or lock files")
         for spec in locks:
-            if spec != CLUSTER_SPEC:
+            # An injected lock set was loaded (and its files validated) by its owner: parsing
+            # 10,000 Locks again here would stall the event loop for a second.
+            if spec != CLUSTER_SPEC and not self._injected_lock_set:
                 # Validate lock files now: a broken file must stop the start, not leave every
                 # mutation refused with 503.
                 try:
@@ -451,10 +497,47 @@ class KlockProxy:
             opts.connection_strategy = "lazy"
         if self.lock_set is not None:
             await self._start_lock_set(self.lock_set)
+        if self.ownership is not None:
+            await self._start_ownership(self.ownership)
+
+    async def _start_ownership(self, index: OwnershipIndex) -> None:
+        reason = await index.permitted()
+        if reason:
+            # Fail closed would refuse every judged write for good: keep the per-request
+            # search instead, and say so loudly (README, "Deletions, by consequence").
+            logger.warning(
+                "klockproxy: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            if self.ownership is index:
+                self.ownership = None
+            await index.stop()
+            return
+        await index.start()
+        engine = self._engine()
+        if engine is not None:
+            index.follow(engine)
+        lock_set = self.lock_set
+        if lock_set is None:
+            return
+        # Follow the lock set's namespaces as they change, not only when a request comes.
+        previous = lock_set.on_change
+
+        def changed() -> None:
+            if previous is not None:
+                previous()
+            current = lock_set.engine
+            if current is not None and self.ownership is index:
+                index.follow(current)
+
+        lock_set.on_change = changed
 
     async def done(self) -> None:
         """Stop the lock sources and close upstream connections."""
         self._running = False
+        if self.ownership is not None:
+            await self.ownership.stop()
         if self._started_lock_set is not None and not self._injected_lock_set:
             await self._started_lock_set.stop()
         self._started_lock_set = None
@@ -495,10 +578,42 @@ class KlockProxy:
             await previous.stop()
 
     # ------------------------------------------------------------------------------------
+    # Per-connection hooks
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered.
+
+        mitmproxy's reverse mode serves a client that does not start with a TLS record as
+        plain HTTP on the same port; kubectl never does that, and the bearer token would
+        cross the network in the clear (issue 10 item 10).
+        """
+        context = nextlayer.context
+        mode = context.client.proxy_mode
+        if (
+            isinstance(mode, mode_specs.ReverseMode)
+            and mode.scheme == "https"
+            and context.client.transport_protocol == "tcp"
+            and not context.client.tls
+            # The connection's first decision (NextLayer may have stacked its choice already):
+            # no client TLS layer in it, and the client's first bytes are not a TLS record.
+            and isinstance(context.layers[0], modes.ReverseProxy)
+            and not any(isinstance(each, ClientTLSLayer) for each in context.layers)
+            and not starts_like_tls_record(nextlayer.data_client())
+        ):
+            logger.info(
+                "klockproxy: closed a connection from %s that does not start with TLS",
+                context.client.peername[0] if context.client.peername else "?",
+            )
+            nextlayer.layer = _CloseClient(context)
+
+    # ------------------------------------------------------------------------------------
     # Per-request hooks
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Authenticate (local mode), classify, pick the fast path or mark for judging."""
+        if flow.response is not None:
+            # A front addon (the gateway's caller authentication) already answered.
+            return
         req = flow.request
         try:
             check_message(req)
@@ -527,25 +642,31 @@ class KlockProxy:
                 req.headers["Authorization"] = f"Bearer {token}"
 
         mark = self._triage(flow)
+        if mark != _ANSWERED:
+            mark = await self._check_scope(flow, mark)
         if mark == _ANSWERED:
             return
         flow.metadata[_MARK] = mark
         if (err := await self._probe(flow)) is not None:
             self._answer(flow, err)
             return
+        if mark == _PASS:
+            self._count(flow, "passed")
         if mark == _PASS and self._streamable(req):
             req.stream = True
         elif mark == _JUDGE:
             # Another addon (StreamBodies) may have asked for streaming: a covered write must
-            # be complete before it is judged.
+            # be complete before it is judged; and never bigger than the API server accepts.
             req.stream = False
+            limit_body(flow)
 
     def _triage(self, flow: http.HTTPFlow) -> str:
         """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
         req = flow.request
         method = req.method.upper()
         try:
-            info = classify_request(method, req.path)
+            info = classification(flow)
+            flow.metadata[_VERB] = info.verb
         except MalformedRequestError as e:
             # check_message refused these already; kept for a target rewritten by another addon.
             self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
@@ -559,7 +680,6 @@ class KlockProxy:
                 failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
             )
             return _ANSWERED
-        flow.metadata[_INFO] = info
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
         if len(req.headers.get_all("content-type")) > 1:
@@ -572,6 +692,46 @@ class KlockProxy:
             return _ANSWERED
         covered = needs_judgement(info, engine, req.headers.get("content-type", ""))
         return _JUDGE if covered else _PASS
+
+    async def _check_scope(self, flow: http.HTTPFlow, mark: str) -> str:
+        """A mutation of a kind the route table does not know, addressed without a namespace:
+        its scope comes from discovery, and a namespaced kind is refused (not served).
+
+        Returns the mark (PASS when the kind turns out not to have the subresource: the API
+        server answers 404) or ANSWERED.
+        """
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo) or not needs_discovery(info):
+            return mark
+        method, path = flow.request.method.upper(), flow.request.path.split("?")[0]
+        upstream = self.upstream
+        if upstream is None:
+            self._answer(flow, failure(503, "klockproxy: no API server configured for lookups"))
+            return _ANSWERED
+        if self._scopes is None or self._scopes_client is not upstream:
+            self._scopes, self._scopes_client = ResourceScopes(upstream), upstream
+        try:
+            kind = await self._scopes.kind(
+                info.group, info.version, info.resource, auth_headers(flow.request.headers)
+            )
+            checked = check_route(info, kind)
+        except UnservedRouteError as e:
+            self._answer(flow, failure(400, f"klockproxy: refusing {method} {path!r}: {e}"))
+            return _ANSWERED
+        except UpstreamStatusError as e:
+            code = e.code if e.code in (401, 403) else 503
+            self._answer(
+                flow, failure(code, f"klockproxy: cannot read the API server's discovery: {e}")
+            )
+            return _ANSWERED
+        except UpstreamError as e:
+            self._answer(flow, failure(503, f"klockproxy: cannot check the request: {e}"))
+            return _ANSWERED
+        if checked is not info:
+            flow.metadata[_INFO] = checked
+            if not checked.served:
+                return _PASS
+        return mark
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Judge covered mutations; fix HTTP/2 body framing of what is forwarded."""
@@ -587,8 +747,39 @@ class KlockProxy:
         resp = flow.response
         if resp is None or flow.metadata.get(_MARK) == _ANSWERED:
             return
+        if self.metrics is not None and flow.request.timestamp_end and resp.timestamp_start:
+            self.metrics.upstream_latency.observe(
+                max(0.0, resp.timestamp_start - flow.request.timestamp_end)
+            )
+        if self._lock_write(flow, resp.status_code):
+            # Buffered, not streamed: response() applies it before the client sees it.
+            return
         if resp.status_code != 101:
             resp.stream = True
+
+    def _lock_write(self, flow: http.HTTPFlow, status_code: int) -> bool:
+        """Mark a successful, real (not dry-run) write of Lock objects (read your own writes)."""
+        if not 200 <= status_code < 300 or flow.request.method.upper() not in _WRITE_METHODS:
+            return False
+        if self.lock_set is None or not self.lock_set.watches_cluster:
+            return False
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo):
+            return False
+        if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
+            return False
+        # Plain strings: flow metadata may be saved with the flow.
+        flow.metadata[_LOCK_WRITE] = (info.verb, info.namespace, info.name)
+        return True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """A Lock written through the proxy is in force before its answer is returned."""
+        write = flow.metadata.pop(_LOCK_WRITE, None)
+        if write is None or flow.response is None or self.lock_set is None:
+            return
+        verb, namespace, name = write
+        body = flow.response.get_content(strict=False) or b""
+        await self.lock_set.apply_write_response(verb, namespace, name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
@@ -671,6 +862,10 @@ class KlockProxy:
         if req.raw_content and "content-length" not in req.headers:
             req.headers["content-length"] = str(len(req.raw_content))
 
+    def _count(self, flow: http.HTTPFlow, verdict: str) -> None:
+        if self.metrics is not None:
+            self.metrics.request(flow.metadata.get(_VERB) or flow.request.method, verdict)
+
     def _answer(
         self,
         flow: http.HTTPFlow,
@@ -678,7 +873,10 @@ class KlockProxy:
         log_message: str | None = None,
         *,
         quiet: bool = False,
+        verdict: str = "refused",
     ) -> None:
+        if flow.metadata.get(_MARK) != _ANSWERED:
+            self._count(flow, verdict)
         flow.metadata[_MARK] = _ANSWERED
         flow.response = http.Response.make(
             status["code"], to_bytes(status), {"Content-Type": "application/json"}
@@ -747,14 +945,19 @@ class KlockProxy:
                 raise Refusal(self._not_ready())
             if self.upstream is None or self.identity is None:
                 raise Refusal(failure(503, "klockproxy: no API server configured for lookups"))
-            verdict = await Judge(self.upstream, self.identity, engine).judge(
+            verdict = await Judge(self.upstream, self.identity, engine, self.ownership).judge(
                 info,
                 auth_headers(req.headers),
                 lambda: _body(req),
                 req.headers.get("content-type", ""),
             )
+            await self._record(flow, info, verdict)
             if verdict.status is not None:
+                if verdict.locks:
+                    self._answer(flow, verdict.status, verdict.log_message, verdict="denied")
+                    return
                 raise Refusal(verdict.status, verdict.log_message)
+            self._count(flow, "allowed")
             if verdict.body is not None:
                 # Re-encoded with the request's Content-Encoding by mitmproxy.
                 req.content = verdict.body
@@ -770,6 +973,60 @@ class KlockProxy:
                 "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
             )
             self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+
+    async def _record(self, flow: http.HTTPFlow, info: RequestInfo, verdict: Verdict) -> None:
+        """Metrics and the audit line of a judged mutation (never a credential or a body)."""
+        if self.metrics is not None and verdict.locks:
+            self.metrics.denied_by(verdict.locks)
+        if self.audit is None:
+            return
+        user = flow.metadata.get(USER_METADATA)
+        if not isinstance(user, UserInfo) and self.identity is not None:
+            try:
+                user = await self.identity.resolve(auth_headers(flow.request.headers))
+            except (ReviewRefused, KlockProxyError):
+                user = None
+        by = flow.metadata.get(IMPERSONATED_BY_METADATA)
+        if verdict.locks:
+            outcome = "denied"
+        elif verdict.status is not None:
+            outcome = "refused"
+        else:
+            outcome = "allowed"
+        self.audit.record(
+            user=user if isinstance(user, UserInfo) else None,
+            impersonated_by=by if isinstance(by, UserInfo) else None,
+            verb=info.verb,
+            api_group=info.group,
+            resource=info.resource,
+            subresource=info.subresource,
+            namespace=info.namespace,
+            name=info.name,
+            dry_run=info.dry_run,
+            verdict=outcome,
+            locks=verdict.locks,
+            code=verdict.status["code"] if verdict.status is not None else 200,
+        )
+
+
+class _CloseClient(layer.Layer):
+    """A layer that closes the client connection and ignores whatever else arrives."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+
+
+def classification(flow: http.HTTPFlow) -> RequestInfo:
+    """``classify_request`` of this flow's request, computed once and kept in
+    ``flow.metadata``: every check of the request (a front addon's, the fast path, the
+    namespace checks, the judgement) reads the same object. Raises ClassificationError."""
+    info = flow.metadata.get(_INFO)
+    if isinstance(info, RequestInfo):
+        return info
+    info = classify_request(flow.request.method.upper(), flow.request.path)
+    flow.metadata[_INFO] = info
+    return info
 
 
 def check_message(req: http.Request) -> None:
@@ -800,6 +1057,24 @@ def check_message(req: http.Request) -> None:
 
 def _addr(address: tuple[Any, ...]) -> tuple[str, int]:
     return str(address[0]), int(address[1])
+
+
+def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
+    """The ownership index over ``upstream`` when it can watch with credentials of its own.
+
+    A pass-through proxy without any searches each cascade as the caller (ten common kinds
+    only, see the README); injected stand-ins that cannot watch likewise.
+    """
+    if not isinstance(upstream, Upstream):
+        return None
+    if not upstream.has_own_credentials:
+        logger.warning(
+            "klockproxy: no credentials of the proxy's own (klock_upstream_token_file or a "
+            "client certificate): no ownership index; cascades are searched per request "
+            "among common kinds only (see README)"
+        )
+        return None
+    return OwnershipIndex.over(upstream.config)
 
 
 def _body(req: http.Request) -> bytes:

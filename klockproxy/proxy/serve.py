@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klockproxy.audit import AuditLog
 from klockproxy.cluster.kubeconfig import (
     KubeconfigTarget,
     load_upstream,
@@ -34,6 +35,7 @@ from klockproxy.cluster.kubeconfig import (
     write_private,
 )
 from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
+from klockproxy.cluster.upstream import Upstream
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError
 from klockproxy.loop_thread import LoopThread
 from klockproxy.proxy.master import (
@@ -76,6 +78,7 @@ class ServeSettings:
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     default_namespace: str = "default"
     locks_ready_timeout: float = LOCKS_READY_TIMEOUT
+    audit_log: str | None = None
 
 
 class LocalProxy:
@@ -91,6 +94,9 @@ class LocalProxy:
         self._run_dir: Path | None = None
         self._master: RunningMaster | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        # One client to the API server for the lock watch and the proxy's lookups.
+        self._upstream: Upstream | None = None
+        self._audit: AuditLog | None = None
 
     @property
     def client_token(self) -> str:
@@ -156,7 +162,10 @@ class LocalProxy:
         token_file = run_dir / "client-token"
         write_private(token_file, self._token.encode())
 
-        self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
+        if s.audit_log:
+            self._audit = AuditLog(s.audit_log)
+        self._upstream = Upstream(upstream)
+        self.lock_set = create_lock_sources(s.locks, self._upstream, s.default_namespace)
         await self.lock_set.start()
 
         await self._start_master(
@@ -225,7 +234,10 @@ class LocalProxy:
             port=port,
             upstream_server=upstream.server,
             confdir=confdir,
-            addons=[KlockProxy(lock_set=self.lock_set), LeanTls(proxy_pem)],
+            addons=[
+                KlockProxy(lock_set=self.lock_set, upstream=self._upstream, audit=self._audit),
+                LeanTls(proxy_pem),
+            ],
             options=update,
         )
         self.url = self._master.url
@@ -260,6 +272,12 @@ class LocalProxy:
             await master.stop()
         if self.lock_set is not None:
             await self.lock_set.stop()
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            await upstream.close()
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
@@ -335,6 +353,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"where the proxy keeps its CA (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
+        "--audit-log",
+        metavar="PATH|-",
+        help="append one JSON line per judged mutation here ('-': standard output)",
+    )
+    parser.add_argument(
         "--default-namespace",
         default="default",
         help="namespace of lock-file Locks that name none (default 'default')",
@@ -351,6 +374,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         locks=tuple(args.locks or ("cluster",)),
         state_dir=Path(args.state_dir).expanduser(),
         default_namespace=args.default_namespace,
+        audit_log=args.audit_log,
     )
 
 

@@ -29,6 +29,7 @@ Obj = dict[str, Any]
 _GROUP_PACKAGE = {
     "": "io.k8s.api.core",
     "apps": "io.k8s.api.apps",
+    "batch": "io.k8s.api.batch",
     "rbac.authorization.k8s.io": "io.k8s.api.rbac",
     "authentication.k8s.io": "io.k8s.api.authentication",
     "authorization.k8s.io": "io.k8s.api.authorization",

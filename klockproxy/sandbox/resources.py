@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from klockproxy.core.patches import DEFAULT_MERGE_KEYS, FieldSchema, KindKey, Schema
+
 logger = logging.getLogger(__name__)
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -78,6 +80,7 @@ _POD_SUBRESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 RBAC = "rbac.authorization.k8s.io"
+AUTOSCALING = "autoscaling"
 APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
@@ -155,6 +158,88 @@ BUILTIN: tuple[ResourceType, ...] = (
         },
         categories=("all",),
     ),
+    # A built-in kind klockproxy's own patch engine has no schema for: strategic merge patches
+    # of it are the API server's to compute (the proxy judges the server's dry run).
+    ResourceType(
+        AUTOSCALING,
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        True,
+        short_names=("hpa",),
+        subresources={"status": ("HorizontalPodAutoscaler", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
+    # Workload kinds: stored and served only (the sandbox runs no controllers; see
+    # docs/sandbox.md), so the proxy's controller rules can be exercised with real kubectl.
+    ResourceType(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        True,
+        short_names=("rs",),
+        subresources={
+            "status": ("ReplicaSet", ("get", "patch", "update")),
+            "scale": ("Scale", ("get", "patch", "update")),
+        },
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        True,
+        short_names=("sts",),
+        subresources={
+            "status": ("StatefulSet", ("get", "patch", "update")),
+            "scale": ("Scale", ("get", "patch", "update")),
+        },
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        True,
+        short_names=("ds",),
+        subresources={"status": ("DaemonSet", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "replicationcontrollers",
+        "ReplicationController",
+        True,
+        short_names=("rc",),
+        subresources={
+            "status": ("ReplicationController", ("get", "patch", "update")),
+            "scale": ("Scale", ("get", "patch", "update")),
+        },
+        categories=("all",),
+    ),
+    ResourceType(
+        "batch",
+        "v1",
+        "jobs",
+        "Job",
+        True,
+        subresources={"status": ("Job", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
+    ResourceType(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        True,
+        short_names=("cj",),
+        subresources={"status": ("CronJob", ("get", "patch", "update"))},
+        categories=("all",),
+    ),
     ResourceType(
         POLICY,
         "v1",
@@ -215,12 +300,24 @@ BUILTIN: tuple[ResourceType, ...] = (
     ),
 )
 
+# Strategic merge schemas of the served built-in kinds: the core's, and those of kinds the
+# core has none for (Go: lists without a patchStrategy are replaced, maps merged).
+MERGE_KEYS: dict[KindKey, Schema] = {
+    **DEFAULT_MERGE_KEYS,
+    (AUTOSCALING, "HorizontalPodAutoscaler"): {
+        "metadata": DEFAULT_MERGE_KEYS[("", "ConfigMap")]["metadata"],
+        "status": FieldSchema(fields={"conditions": FieldSchema(merge_key="type")}),
+    },
+}
+
 # Group -> preferred version, in the order /apis lists them.
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
+    ("batch", "v1"),
     (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
+    (AUTOSCALING, "v2"),
     (POLICY, "v1"),
     (RBAC, "v1"),
     (APIEXT, "v1"),
@@ -310,6 +407,11 @@ class Registry:
         self.generation += 1
         logger.info("registered %s (%d versions)", name, len(added))
         return added
+
+    def of_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
+        """The resource types registered now for this CRD (by its name)."""
+        name = (crd.get("metadata") or {}).get("name")
+        return [rt for rt in self._types.values() if rt.crd_name == name]
 
     def unregister_crd(self, crd_name: str) -> list[ResourceType]:
         removed = [rt for rt in self._types.values() if rt.crd_name == crd_name]

@@ -24,21 +24,21 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
+import yaml
 from aiohttp import web
 
 from klockproxy import __version__
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.core import protobuf
-from klockproxy.core.codec import load_json_object, load_yaml_object
 from klockproxy.core.errors import DecodeError, PatchError
-from klockproxy.core.patches import APPLY_PATCH, PATCH_CONTENT_TYPES, UnsupportedPatchError
-from klockproxy.core.patches import apply_patch as core_apply_patch
+from klockproxy.core.patches import UnsupportedPatchError, strategic_merge_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.loop_thread import LoopThread
 from klockproxy.sandbox import (
     admission,
+    bodies,
     discovery,
     escalation,
     objects,
@@ -58,7 +58,7 @@ from klockproxy.sandbox.errors import (
 )
 from klockproxy.sandbox.h2front import H2Front, backend_context
 from klockproxy.sandbox.rbac import Attributes, Authorizer, bootstrap_policy, forbidden_error
-from klockproxy.sandbox.resources import APIEXT, RBAC, Registry, ResourceType
+from klockproxy.sandbox.resources import APIEXT, MERGE_KEYS, RBAC, Registry, ResourceType
 from klockproxy.sandbox.selectors import field_matcher, label_matcher
 from klockproxy.sandbox.store import DELETED, Event, Obj, Store, TooOldError
 
@@ -66,6 +66,11 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 3 * 1024 * 1024
 JSON_TYPE = "application/json"
+JSON_PATCH_TYPE = "application/json-patch+json"
+MERGE_PATCH_TYPE = "application/merge-patch+json"
+SMP_TYPE = "application/strategic-merge-patch+json"
+APPLY_TYPE = "application/apply-patch+yaml"
+PATCH_TYPES = (JSON_PATCH_TYPE, MERGE_PATCH_TYPE, SMP_TYPE, APPLY_TYPE)
 PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 YAML_TYPE = "application/yaml"
 ADMIN_USER = UserInfo("admin", uid="admin", groups=("system:masters", "system:authenticated"))
@@ -212,6 +217,11 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+def _strict(request: web.Request) -> bool:
+    """``fieldValidation=Strict``: duplicate (and unknown) fields are refused with 400."""
+    return request.query.get("fieldValidation", "") == "Strict"
+
+
 def _json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(obj, separators=(",", ":")).encode(),
@@ -247,6 +257,44 @@ def _wants_table(request: web.Request) -> bool:
         if "as=Table" in params and "g=meta.k8s.io" in params:
             return True
     return False
+
+
+PARTIAL = "PartialObjectMetadata"
+PARTIAL_LIST = "PartialObjectMetadataList"
+
+
+def _partial_target(request: web.Request) -> str | None:
+    """``PartialObjectMetadata``/``...List`` when the first Accept clause the sandbox can
+    serve asks for metadata only (``application/json;as=...;g=meta.k8s.io;v=v1``)."""
+    for part in request.headers.get("Accept", "").split(","):
+        fields = [p.strip() for p in part.split(";")]
+        params = dict(p.split("=", 1) for p in fields[1:] if "=" in p)
+        if fields[0] not in ("application/json", "*/*", "application/*"):
+            continue
+        target = params.get("as")
+        if target is None:
+            return None
+        if target not in (PARTIAL, PARTIAL_LIST):
+            return None  # a Table, or a form the sandbox does not serve: not metadata-only
+        if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return target
+    return None
+
+
+def _as_partial(obj: Obj) -> Obj:
+    return {"kind": PARTIAL, "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
+
+
+def _check_partial(target: str | None, want: str, rt: ResourceType) -> None:
+    """Like the API server: asking for the list form on a single object (or the reverse) is
+    406 NotAcceptable."""
+    if target is not None and target != want:
+        what = "a list" if want == PARTIAL_LIST else "not a list"
+        raise ApiError(
+            f"you requested {target}, but the requested object is {what} ({rt.kind})",
+            code=406,
+            reason="NotAcceptable",
+        )
 
 
 def _is_watch(request: web.Request) -> bool:
@@ -315,6 +363,9 @@ class SandboxServer:
         )
         self.server_address = "127.0.0.1:6443"
         self.stopping = asyncio.Event()
+        # Seconds every watch event is held back (0: none): a real API server's watch lags
+        # behind its write answers (etcd, watch cache); tests of read-your-writes set it.
+        self.watch_delay = 0.0
         self._seed()
 
     # ------------------------------------------------------------------ seeding
@@ -504,22 +555,22 @@ class SandboxServer:
                 raise TooLargeError()
         return bytes(data)
 
-    def _decode(self, raw: bytes, content_type: str, rt: ResourceType | None) -> Obj:
+    def _decode(
+        self, raw: bytes, content_type: str, rt: ResourceType | None, *, strict: bool = False
+    ) -> Obj:
         mtype = _media_type(content_type) or JSON_TYPE
-        # The core's loaders, not plain json/yaml.safe_load: they read YAML the way the API
-        # server's go-yaml does (an unquoted 2024-01-01 stays a string), and refuse what Go
-        # and Python would decode differently (duplicate keys, YAML merge keys) with a 400
-        # rather than store something a real API server would not.
+        # The sandbox's own decoding (bodies.py), not the core's: it reads bodies as the API
+        # server does (duplicate keys, YAML merge keys and all), so the tests of the proxy,
+        # whose strict decoding is the code under test, have an independent oracle.
         if mtype == JSON_TYPE:
             try:
-                value = load_json_object(raw, "request body")
-            except DecodeError as e:
+                value = bodies.decode_json(raw, typed=rt is None or rt.builtin, strict=strict)
+            except bodies.DuplicateFieldError as e:
+                raise BadRequestError(f"strict decoding error: {e}") from e
+            except (ValueError, RecursionError) as e:
                 raise BadRequestError(f"couldn't get version/kind; json parse error: {e}") from e
         elif mtype in (YAML_TYPE, "application/x-yaml", "text/yaml"):
-            try:
-                value = load_yaml_object(raw, "request body")
-            except DecodeError as e:
-                raise BadRequestError(f"error converting YAML to JSON: {e}") from e
+            value = self._decode_yaml(raw, strict=strict)
         elif mtype == PROTOBUF_TYPE:
             if rt is not None and not rt.builtin:
                 raise UnsupportedMediaTypeError(
@@ -532,6 +583,26 @@ class SandboxServer:
                 f"the body of the request was in an unknown format - accepted media types "
                 f"include: application/json, application/yaml, {PROTOBUF_TYPE}"
             )
+        if not isinstance(value, dict):
+            raise BadRequestError("the body of the request must be a JSON object")
+        return value
+
+    @staticmethod
+    def _decode_yaml(raw: bytes, *, strict: bool = False) -> Obj:
+        try:
+            if raw.lstrip()[:1] == b"{":
+                # JSON is YAML, but PyYAML trips on some valid JSON (tabs between tokens).
+                with contextlib.suppress(ValueError):
+                    return SandboxServer._object(bodies.decode_json(raw, strict=strict))
+            value = bodies.decode_yaml(raw, strict=strict)
+        except bodies.DuplicateFieldError as e:
+            raise BadRequestError(f"strict decoding error: {e}") from e
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
+            raise BadRequestError(f"error converting YAML to JSON: {e}") from e
+        return SandboxServer._object(value)
+
+    @staticmethod
+    def _object(value: Any) -> Obj:
         if not isinstance(value, dict):
             raise BadRequestError("the body of the request must be a JSON object")
         return value
@@ -585,11 +656,13 @@ class SandboxServer:
         if verb == "watch":
             return await self._watch(request, rt, namespace or None)
         if verb == "create":
-            body = self._decode(await self._read_body(request), request.content_type, rt)
+            raw = await self._read_body(request)
+            body = self._decode(raw, request.content_type, rt, strict=_strict(request))
             created = await self._create(request, rt, namespace, body)
             return self._respond_object(request, rt, created, 201)
         if verb == "update":
-            body = self._decode(await self._read_body(request), request.content_type, rt)
+            raw = await self._read_body(request)
+            body = self._decode(raw, request.content_type, rt, strict=_strict(request))
             updated, was_created = await self._update(request, rt, namespace, route.name, body)
             return self._respond_object(request, rt, updated, 201 if was_created else 200)
         if verb == "patch":
@@ -613,6 +686,10 @@ class SandboxServer:
     def _respond_object(
         self, request: web.Request, rt: ResourceType, obj: Obj, status: int = 200
     ) -> web.Response:
+        partial = _partial_target(request)
+        if partial is not None and request.method == "GET":
+            _check_partial(partial, PARTIAL, rt)
+            return _json_response(_as_partial(obj), status)
         if _wants_table(request) and request.method == "GET":
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
@@ -655,6 +732,17 @@ class SandboxServer:
             include = request.query.get("includeObject", "Metadata")
             return _json_response(
                 tables.table(rt, items, include_object=include, list_metadata=meta)
+            )
+        partial = _partial_target(request)
+        if partial is not None:
+            _check_partial(partial, PARTIAL_LIST, rt)
+            return _json_response(
+                {
+                    "kind": PARTIAL_LIST,
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": [_as_partial(o) for o in items],
+                }
             )
         return _json_response(
             {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta, "items": items}
@@ -700,6 +788,8 @@ class SandboxServer:
         timeout_text = request.query.get("timeoutSeconds", "")
         deadline = time.monotonic() + int(timeout_text) if timeout_text.isdigit() else None
         as_table = _wants_table(request)
+        partial = _partial_target(request)
+        _check_partial(partial, PARTIAL, rt)
         include = request.query.get("includeObject", "Metadata")
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON_TYPE})
         response.enable_chunked_encoding()
@@ -716,7 +806,9 @@ class SandboxServer:
 
         def encode(ev_type: str, obj: Obj) -> bytes:
             payload: Obj = obj
-            if as_table and ev_type != "BOOKMARK":
+            if partial is not None and ev_type != "BOOKMARK":
+                payload = _as_partial(obj)
+            elif as_table and ev_type != "BOOKMARK":
                 payload = tables.table(
                     rt,
                     [obj],
@@ -768,6 +860,8 @@ class SandboxServer:
                 seen = item.as_seen_by(match)
                 if seen is None:
                     continue
+                if self.watch_delay:
+                    await asyncio.sleep(self.watch_delay)
                 await response.write(encode(seen, item.obj))
         except (ConnectionResetError, ConnectionError):
             logger.debug("watch client of %s went away", rt.resource)
@@ -1027,7 +1121,12 @@ class SandboxServer:
 
     def _after_write(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
         if rt.group == APIEXT and rt.resource == "customresourcedefinitions":
-            self.registry.register_crd(obj)
+            before = {(t.group, t.version, t.resource) for t in self.registry.of_crd(obj)}
+            after = {(t.group, t.version, t.resource) for t in self.registry.register_crd(obj)}
+            for group, _, resource in before - after:
+                # A version no longer served: the API server ends the watches of it (they
+                # relist and find it gone), as it does when it replaces a CRD's storage.
+                self.store.close_watchers_of(group, resource)
         elif rt.group == "" and rt.resource == "namespaces" and old is None:
             sa_rt = self._rt("", "serviceaccounts")
             name = obj["metadata"]["name"]
@@ -1205,7 +1304,7 @@ class SandboxServer:
             for m in old["metadata"].get("managedFields") or []
             if m.get("manager") != (request.query.get("fieldManager") or "unknown")
         ]
-        op = "Apply" if _media_type(request.content_type) == APPLY_PATCH else "Update"
+        op = "Apply" if _media_type(request.content_type) == APPLY_TYPE else "Update"
         managed.extend(self._managed(request, rt, op))
         if meta.get("managedFields") is None or op == "Apply" or request.method != "PATCH":
             meta["managedFields"] = managed
@@ -1232,16 +1331,16 @@ class SandboxServer:
     ) -> tuple[Obj, bool]:
         content_type = request.headers.get("Content-Type", "")
         mtype = _media_type(content_type)
-        if mtype not in PATCH_CONTENT_TYPES:
+        if mtype not in PATCH_TYPES:
             raise UnsupportedMediaTypeError(
                 f"the body of the request was in an unknown format - accepted media types "
-                f"include: {', '.join(PATCH_CONTENT_TYPES)}"
+                f"include: {', '.join(PATCH_TYPES)}"
             )
         old = self.store.get(rt.group, rt.resource, namespace, name)
         if old is None:
-            if mtype != APPLY_PATCH:
+            if mtype != APPLY_TYPE:
                 raise not_found(rt, name)
-            body = self._decode(raw, YAML_TYPE, rt)
+            body = self._decode_yaml(raw, strict=_strict(request))
             self._check_type(rt, body)
             body_name = (body.get("metadata") or {}).get("name")
             if body_name not in (None, name):
@@ -1260,25 +1359,67 @@ class SandboxServer:
                 review_namespace=name if rt.resource == "namespaces" and not rt.group else None,
             )
             return created, True
-        patched = self._apply_patch(rt, old, raw, content_type)
+        patched = self._apply_patch(rt, old, raw, content_type, strict=_strict(request))
         return await self._merge_update(request, rt, old, patched), False
 
-    def _apply_patch(self, rt: ResourceType, old: Obj, raw: bytes, content_type: str) -> Obj:
-        if not rt.builtin and _media_type(content_type) == "application/strategic-merge-patch+json":
+    def _apply_patch(
+        self, rt: ResourceType, old: Obj, raw: bytes, content_type: str, *, strict: bool = False
+    ) -> Obj:
+        return self._patched(
+            old, raw, content_type, (rt.group, rt.kind), builtin=rt.builtin, strict=strict
+        )
+
+    def _patched(
+        self,
+        old: Obj,
+        raw: bytes,
+        content_type: str,
+        kind_key: tuple[str, str],
+        *,
+        builtin: bool,
+        strict: bool = False,
+    ) -> Obj:
+        """``raw`` of patch type ``content_type`` applied to ``old``.
+
+        JSON and merge patches are the sandbox's own (bodies.py). Strategic merge (and apply,
+        which the sandbox treats as a strategic merge of the applied configuration) is the
+        core's engine: no independent implementation exists in Python, and the golden vectors
+        of tests/core/test_patches_golden.py check it against Kubernetes' own test cases.
+        """
+        mtype = _media_type(content_type)
+        if mtype in (JSON_PATCH_TYPE, MERGE_PATCH_TYPE):
+            result = bodies.apply_json_or_merge_patch(old, raw, mtype == JSON_PATCH_TYPE)
+        elif mtype == SMP_TYPE and builtin:
+            try:
+                patch = bodies.decode_json(raw)
+            except ValueError as e:
+                raise BadRequestError(str(e)) from e
+            result = self._strategic(old, patch, kind_key)
+        elif mtype == APPLY_TYPE:
+            applied = self._decode_yaml(raw, strict=strict)
+            if builtin and kind_key in MERGE_KEYS:
+                result = self._strategic(old, applied, kind_key)
+            else:
+                result = bodies.merge_patch(old, applied)
+        else:
             raise UnsupportedMediaTypeError(
                 "the body of the request was in an unknown format - accepted media types include: "
-                "application/json-patch+json, application/merge-patch+json, "
-                "application/apply-patch+yaml"
+                f"{', '.join(t for t in PATCH_TYPES if builtin or t != SMP_TYPE)}"
             )
+        if not isinstance(result, dict):
+            raise BadRequestError("the patched object is not a JSON object")
+        return result
+
+    @staticmethod
+    def _strategic(old: Obj, patch: Any, kind_key: tuple[str, str]) -> Obj:
+        if not isinstance(patch, dict):
+            raise BadRequestError("a strategic merge patch must be a JSON object")
         try:
-            result = core_apply_patch(old, raw, content_type, kind_key=(rt.group, rt.kind))
+            return strategic_merge_patch(old, patch, kind_key, merge_keys=MERGE_KEYS)
         except UnsupportedPatchError as e:
             raise UnsupportedMediaTypeError(str(e)) from e
         except PatchError as e:
-            if "test" in str(e) and _media_type(content_type) == "application/json-patch+json":
-                raise ApiError(str(e), code=422, reason="Invalid") from e
             raise BadRequestError(str(e)) from e
-        return result
 
     async def _delete(
         self,
@@ -1491,7 +1632,9 @@ class SandboxServer:
             new = body
         else:
             raw = await self._read_body(request)
-            new = self._apply_patch(rt, obj, raw, request.headers.get("Content-Type", ""))
+            new = self._apply_patch(
+                rt, obj, raw, request.headers.get("Content-Type", ""), strict=_strict(request)
+            )
         if sub == "ephemeralcontainers":
             if not isinstance(new.get("spec") or {}, dict) or not isinstance(
                 new.get("metadata") or {}, dict
@@ -1545,17 +1688,14 @@ class SandboxServer:
         if verb == "update":
             new_scale = self._decode(raw, request.content_type, rt)
         else:
-            try:
-                new_scale = core_apply_patch(
-                    scale,
-                    raw,
-                    request.headers.get("Content-Type", ""),
-                    kind_key=("autoscaling", "Scale"),
-                )
-            except UnsupportedPatchError as e:
-                raise UnsupportedMediaTypeError(str(e)) from e
-            except PatchError as e:
-                raise BadRequestError(str(e)) from e
+            new_scale = self._patched(
+                scale,
+                raw,
+                request.headers.get("Content-Type", ""),
+                ("autoscaling", "Scale"),
+                builtin=True,
+                strict=_strict(request),
+            )
         scale_spec = new_scale.get("spec") or {}
         scale_meta = new_scale.get("metadata") or {}
         if not isinstance(scale_spec, dict) or not isinstance(scale_meta, dict):

@@ -226,6 +226,13 @@ class Store:
     def unwatch(self, w: Watcher) -> None:
         self._watchers.discard(w)
 
+    def close_watchers_of(self, group: str, resource: str) -> None:
+        """End every watch of one resource (its watchers see the stream end)."""
+        for w in list(self._watchers):
+            if (w.group, w.resource) == (group, resource):
+                self._watchers.discard(w)
+                w.queue.put_nowait(None)
+
     def close_watchers(self) -> None:
         for w in list(self._watchers):
             w.queue.put_nowait(None)

@@ -147,3 +147,85 @@ async def test_a_cancelled_leader_does_not_fail_its_waiters() -> None:
     reviewer.gate.set()
     assert await waiter == UserInfo("admin")
     assert leader.cancelled()
+
+
+class Refused(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"HTTP {code}")
+        self.code = code
+        self.message = "Unauthorized" if code == 401 else "nope"
+
+
+async def test_refusals_are_kept_briefly_and_errors_never() -> None:
+    from klockproxy.cluster.identity import ReviewRefused
+
+    reviewer, clock = FakeReviewer(), Clock()
+    resolver = IdentityResolver(reviewer, failure_ttl=5, clock=clock)
+    reviewer.fail = Refused(401)
+    bad = {"Authorization": "Bearer bad"}
+    for _ in range(3):
+        with pytest.raises((Refused, ReviewRefused)):
+            await resolver.resolve(bad)
+    assert len(reviewer.calls) == 1  # the refusal was remembered
+    clock.now += 5.1
+    with pytest.raises(Refused):
+        await resolver.resolve(bad)
+    assert len(reviewer.calls) == 2
+    reviewer.fail = UpstreamError("unreachable")
+    other = {"Authorization": "Bearer other"}
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            await resolver.resolve(other)
+    assert len(reviewer.calls) == 4  # errors are never cached
+
+
+async def test_a_flood_of_bad_tokens_neither_evicts_good_callers_nor_reaches_the_server() -> None:
+    from klockproxy.cluster.identity import ReviewRefused
+
+    reviewer, clock = FakeReviewer(), Clock()
+    resolver = IdentityResolver(
+        reviewer, max_entries=10, max_failures=10, miss_rate=1.0, miss_burst=20, clock=clock
+    )
+    good = {"Authorization": "Bearer good"}
+    assert (await resolver.resolve(good)).username == "admin"
+    reviewer.fail = Refused(401)
+    limited = 0
+    for i in range(500):
+        try:
+            await resolver.resolve({"Authorization": f"Bearer bad-{i}"})
+        except ReviewRefused as e:
+            limited += e.code == 429
+        except Refused:
+            pass
+    # Only the burst reached the API server; the rest were refused with 429.
+    assert len(reviewer.calls) <= 21
+    assert limited >= 479
+    assert resolver.failures <= 10
+    # The good caller is still known: no review needed.
+    reviewer.fail = None
+    calls = len(reviewer.calls)
+    assert (await resolver.resolve(good)).username == "admin"
+    assert len(reviewer.calls) == calls
+
+
+async def test_an_unauthenticated_answer_is_never_a_user() -> None:
+    from klockproxy.cluster.identity import ReviewRefused
+
+    class Anonymous(FakeReviewer):
+        async def self_subject_review(self, headers):  # type: ignore[no-untyped-def]
+            self.calls.append(dict(headers))
+            return UserInfo(username="")
+
+    resolver = IdentityResolver(Anonymous())
+    with pytest.raises(ReviewRefused) as e:
+        await resolver.resolve({"Authorization": "Bearer x"})
+    assert e.value.code == 401
+
+
+async def test_keys_are_keyed_per_resolver() -> None:
+    """The cache key of a token differs per process key (no offline guessing)."""
+    from klockproxy.cluster.identity import cache_key as key_of
+
+    headers = {"Authorization": "Bearer secret"}
+    assert key_of(headers, b"a" * 32) != key_of(headers, b"b" * 32)
+    assert key_of(headers, b"a" * 32) != key_of(headers)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from klockproxy.cli import main as cli_main
 from klockproxy.core.codec import (
+    DEFAULT_YAML_PARSER,
     MalformedDocument,
     load_document,
     load_json,
@@ -101,3 +106,117 @@ def test_check_manifests_refuse_duplicate_keys(
 def test_unsupported_type_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="unsupported content type"):
         load_document(b"x", "text/plain")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML on libyaml (PyYAML's C parser), with the strictness of the pure-Python one.
+
+
+def test_yaml_is_parsed_by_libyaml() -> None:
+    assert yaml.__with_libyaml__, "PyYAML without libyaml: lock files load ~7x slower"
+    assert DEFAULT_YAML_PARSER == "libyaml"
+
+
+@pytest.mark.parametrize("parser", ["libyaml", "python"])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("metadata:\n  labels:\n    aura: red\n    aura: blue\n", "duplicate key 'aura'"),
+        ("{a: 1, b: 2, a: 3}\n", "duplicate key 'a'"),
+        ("base: &b {aura: red}\nlabels:\n  <<: *b\n", "merge keys"),
+        ("labels: {aura: blue, <<: {aura: red}}\n", "merge keys"),
+        ("- a: 1\n---\nb: 1\nb: 2\n", "duplicate key 'b'"),
+    ],
+)
+def test_both_yaml_parsers_refuse_duplicate_and_merge_keys(
+    parser: str, text: str, problem: str
+) -> None:
+    with pytest.raises(MalformedDocument, match=problem):
+        load_yaml_documents(text, parser=parser)
+
+
+# Documents whose reading depends on the parser's details: scalars YAML 1.1 resolves
+# (booleans, octal, dates kept as strings), anchors, block styles, flow styles, comments,
+# several documents, explicit tags, and malformed ones (both must refuse).
+CORPUS = [
+    "a: yes\nb: No\nc: on\nd: ~\ne: 0o17\nf: 017\ng: 0x1F\nh: 1_000\ni: .inf\nj: 2024-01-01\n",
+    "a: &x [1, 2, {b: c}]\nd: *x\n",
+    "text: |\n  line one\n  line two\nfolded: >-\n  a\n  b\n",
+    '{"flow": [1, "two", {"three": 3.0}], "empty": {}, "null": null}\n',
+    "# comment only\n",
+    "",
+    "---\n---\na: 1\n...\n---\n- x\n",
+    "a: !!str 1\nb: !!int '2'\n",
+    "key with spaces: 'single ''quoted'''\nunicode: \"caf\\u00e9 \\U0001F600\"\n",
+    "a: 1\n b: 2\n",
+    "a: [1, 2\n",
+    "a: !!python/object:os.system ls\n",
+    "? [complex, key]\n: value\n",
+    "\ufeffa: bom\n",
+    'a: "\\x41\\t\\n"\n',
+    "- &a 1\n- *b\n",
+    "a: @reserved\n",
+]
+
+
+# Where the two differ, libyaml reads the text as go-yaml (the API server's YAML parser, a
+# port of libyaml) does; the pure-Python parser refuses it.
+LIBYAML_LIKE_GO = [
+    ('a: "\\ud83d\\ude00"\n', None),  # a surrogate escape: refused by libyaml and go-yaml
+    ("a: 1\t# a tab before a comment\n", [{"a": 1}]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LIBYAML_LIKE_GO)
+def test_where_the_parsers_differ_libyaml_reads_as_go_yaml(
+    text: str, expected: list[Any] | None
+) -> None:
+    libyaml, python = _both(text)
+    assert libyaml == (("ok", expected) if expected is not None else ("refused", None))
+    assert python != libyaml
+
+
+def _both(text: str) -> list[Any]:
+    results: list[Any] = []
+    for parser in ("libyaml", "python"):
+        try:
+            results.append(("ok", load_yaml_documents(text, parser=parser)))
+        except DecodeError:
+            results.append(("refused", None))
+    return results
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_both_yaml_parsers_agree_on_a_corpus(text: str) -> None:
+    libyaml, python = _both(text)
+    assert libyaml == python
+
+
+def test_both_yaml_parsers_agree_on_the_lock_files_of_the_tests() -> None:
+    data = Path(__file__).resolve().parent.parent / "data"
+    files = sorted(data.rglob("*.yaml")) + sorted(data.rglob("*.yml"))
+    assert files
+    for path in files:
+        libyaml, python = _both(path.read_text(encoding="utf-8"))
+        assert libyaml == python, path.name
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_json_values, flow=st.sampled_from([None, True, False]))
+def test_both_yaml_parsers_agree_on_what_pyyaml_writes(value: Any, flow: bool | None) -> None:
+    text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
+    libyaml, python = _both(text)
+    assert libyaml == python

@@ -601,3 +601,86 @@ def test_an_invalid_lock_exempts_nobody_and_outranks_valid_locks() -> None:
     fixed = Engine([freeze, elsewhere])
     assert delete(fixed, {}, user=jonny, namespace="shop").allowed
     assert not fixed.covers("shop", Operation.CREATE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step-by-step, incremental builds: only the namespaces that changed are rebuilt.
+
+_NAMESPACES = ["a", "b", "c"]
+_EXPRESSIONS = ["red", "red|blue", "^red", "^red|blue", ".*"]
+
+
+def _drive(steps: Any) -> tuple[Engine, int]:
+    """Run an Engine.build generator to the end; the engine and how many steps it yielded."""
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, count
+        count += 1
+
+
+_lock_spec = st.tuples(
+    st.sampled_from(_NAMESPACES),
+    st.integers(0, 5),
+    st.sets(st.sampled_from(["CREATE", "UPDATE", "DELETE"]), min_size=1),
+    st.sampled_from(_EXPRESSIONS),
+)
+
+
+def _locks(specs: list[tuple[str, int, set[str], str]]) -> dict[str, Lock]:
+    out: dict[str, Lock] = {}
+    for namespace, n, ops, expr in specs:
+        lock = make_lock(f"l{n}", sorted(ops), {"aura": expr}, namespace=namespace)
+        out[lock.key] = lock
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=st.lists(_lock_spec, max_size=8), after=st.lists(_lock_spec, max_size=8))
+def test_an_incremental_build_decides_as_a_full_build(
+    before: list[tuple[str, int, set[str], str]], after: list[tuple[str, int, set[str], str]]
+) -> None:
+    old_locks, new_locks = _locks(before), _locks(after)
+    base = Engine(old_locks.values())
+    # Only namespaces whose locks differ are handed over, each with all its locks now.
+    changed = {
+        ns: [lk for lk in new_locks.values() if lk.namespace == ns]
+        for ns in _NAMESPACES
+        if {k: v for k, v in old_locks.items() if v.namespace == ns}
+        != {k: v for k, v in new_locks.items() if v.namespace == ns}
+    }
+    incremental, _ = _drive(Engine.build(base, changed))
+    full = Engine(new_locks.values())
+    assert incremental.locks == full.locks
+    for ns in _NAMESPACES:
+        for op in Operation:
+            assert incremental.covers(ns, op) == full.covers(ns, op)
+            for aura in ("red", "blue", "green"):
+                inp = AdmissionInput(
+                    operation=op,
+                    namespace=ns,
+                    resource=PODS,
+                    name="p",
+                    user=ADMIN,
+                    old_labels={"aura": aura},
+                    new_labels={"aura": aura},
+                )
+                assert incremental.decide(inp) == full.decide(inp)
+
+
+def test_a_build_yields_in_bounded_steps_and_reuses_unchanged_namespaces() -> None:
+    many = [make_lock(f"l{i}", ["DELETE"], {"app": f"a{i}"}, namespace="big") for i in range(600)]
+    base = Engine([*many, make_lock("other", ["DELETE"], namespace="small")])
+    engine, steps = _drive(
+        Engine.build(base, {"small": [make_lock("new", ["CREATE"], namespace="small")]})
+    )
+    # Only "small" was rebuilt (one step); "big" is the very same object.
+    assert steps == 1
+    assert engine._namespaces["big"] is base._namespaces["big"]
+    assert [lk.key for lk in engine.namespace_locks("small")] == ["small/new"]
+    _, full_steps = _drive(Engine.build(None, {"big": many}))
+    assert full_steps >= 600 // 64
+    gone, _ = _drive(Engine.build(engine, {"small": []}))
+    assert not gone.covers("small", Operation.CREATE) and gone.lock_count == 600

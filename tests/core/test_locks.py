@@ -14,6 +14,7 @@ from klockproxy.core.locks import (
     load_locks_from_objects,
     load_locks_from_path,
     load_locks_from_text,
+    lock_file_steps,
     lock_from_object,
 )
 from klockproxy.core.types import Operation
@@ -345,3 +346,40 @@ def test_yaml_text_document_index_counts_empty_documents() -> None:
         "s.yaml, document 1, lock default/x, field spec.matcher.aura: invalid expression "
         "'red&' at position 3: dangling operator '&' (no operand after it)"
     )
+
+
+def test_a_lock_file_that_defines_no_lock_must_say_so(tmp_path: Path) -> None:
+    """An empty file is more often a file being rewritten than a wish to unlock everything."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n")
+    with pytest.raises(LockValidationError, match="defines no Lock") as info:
+        load_locks_from_path(empty)
+    assert info.value.source == str(empty)
+    said = tmp_path / "said.yaml"
+    said.write_text("# no locks\n")
+    assert load_locks_from_path(said) == []
+    listed = tmp_path / "listed.json"
+    listed.write_text('{"apiVersion": "v1", "kind": "List", "items": []}')
+    assert load_locks_from_path(listed) == []
+    # A directory without files has no locks: nothing was cut short.
+    (tmp_path / "none").mkdir()
+    assert load_locks_from_path(tmp_path / "none") == []
+
+
+def test_lock_file_steps_yield_between_documents() -> None:
+    text = "---\n".join(
+        f"apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {{name: l{i}}}\n"
+        "spec: {operations: [DELETE]}\n"
+        for i in range(3)
+    )
+    steps = lock_file_steps(text, source="t.yaml")
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            locks = done.value
+            break
+        count += 1
+    assert count >= 3
+    assert [lock.name for lock in locks] == ["l0", "l1", "l2"]

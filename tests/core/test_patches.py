@@ -98,7 +98,24 @@ def test_rfc6902_examples() -> None:
         "/": 9,
         "~": 8,
     }
-    assert json_patch({"a": 1}, [{"op": "add", "path": "", "value": [1]}]) == [1]
+    # RFC 6902 lets "add" replace the root; the API server's library refuses it, so does the core.
+    with pytest.raises(PatchError, match="root"):
+        json_patch({"a": 1}, [{"op": "add", "path": "", "value": [1]}])
+    assert json_patch({"a": 1}, [{"op": "replace", "path": "", "value": {"b": 2}}]) == {"b": 2}
+
+
+def test_negative_array_indices_count_from_the_end_as_the_api_server_does() -> None:
+    doc = {"l": ["a", "b", "c"]}
+    assert json_patch(doc, [{"op": "remove", "path": "/l/-1"}]) == {"l": ["a", "b"]}
+    assert json_patch(doc, [{"op": "replace", "path": "/l/-3", "value": "z"}]) == {
+        "l": ["z", "b", "c"]
+    }
+    # For an insertion -1 is the place after the last element, -4 the first place.
+    assert json_patch(doc, [{"op": "add", "path": "/l/-1", "value": "d"}])["l"][-1] == "d"
+    assert json_patch(doc, [{"op": "add", "path": "/l/-4", "value": "d"}])["l"][0] == "d"
+    for op in ("remove", "test"):
+        with pytest.raises(PatchError, match="out of range"):
+            json_patch(doc, [{"op": op, "path": "/l/-4", "value": "a"}])
 
 
 def test_labels_via_json_patch_with_escaped_key() -> None:
@@ -123,7 +140,8 @@ def test_labels_via_json_patch_with_escaped_key() -> None:
         [{"op": "add", "path": "/missing/deeper", "value": 1}],
         [{"op": "add", "path": "/l/5", "value": 1}],
         [{"op": "add", "path": "/l/01", "value": 1}],
-        [{"op": "add", "path": "/l/-1", "value": 1}],
+        [{"op": "add", "path": "/l/-3", "value": 1}],
+        [{"op": "remove", "path": "/l/-0"}],
         [{"op": "remove", "path": "/l/-"}],
         [{"op": "add", "path": "/a/x", "value": 1}],
         [{"op": "move", "from": "/o", "path": "/o/inner"}],
@@ -215,9 +233,11 @@ def test_smp_merges_containers_by_name_and_ports_by_container_port() -> None:
     }
     out = strategic_merge_patch(pod(), patch, POD)
     containers = out["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["app", "sidecar", "new"]
+    # The API server's order: the patch's items in its order; a server-only item goes before a
+    # patch item only when both are in the live list and it came first there.
+    assert [c["name"] for c in containers] == ["app", "new", "sidecar"]
     assert containers[0]["image"] == "nginx:2"
-    assert [p["containerPort"] for p in containers[0]["ports"]] == [80, 443, 8080]
+    assert [p["containerPort"] for p in containers[0]["ports"]] == [8080, 80, 443]
     assert containers[0]["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
 
 
@@ -319,7 +339,8 @@ def test_smp_deployment_template_is_a_pod_spec_and_conditions_merge_by_type() ->
     ]
     status_patch = {"status": {"conditions": [{"type": "Progressing", "status": "True"}]}}
     out = strategic_merge_patch(doc, status_patch, DEPLOYMENT)
-    assert [c["type"] for c in out["status"]["conditions"]] == ["Available", "Progressing"]
+    # A new item goes before the server-only ones (the API server's order).
+    assert [c["type"] for c in out["status"]["conditions"]] == ["Progressing", "Available"]
 
 
 def test_smp_service_ports_and_owner_references() -> None:
@@ -335,12 +356,25 @@ def test_smp_service_ports_and_owner_references() -> None:
     out = strategic_merge_patch(svc, patch, ("", "Service"))
     assert out["spec"]["ports"][0] == {"port": 80, "name": "http", "targetPort": 8080}
     assert len(out["spec"]["ports"]) == 2
-    assert [r["uid"] for r in out["metadata"]["ownerReferences"]] == ["1", "2"]
+    assert [r["uid"] for r in out["metadata"]["ownerReferences"]] == ["2", "1"]
+
+
+def test_smp_a_new_map_carrying_a_patch_directive_is_dropped_as_the_api_server_drops_it() -> None:
+    # strategicpatch's removeDirectives: a new value that is a map with $patch (whatever its
+    # value) is not stored, nor is such a map nested in a new value or listed in a new list.
+    patch = {
+        "metadata": {"labels": {"$patch": "replace", "aura": "red"}},
+        "spec": {"new": {"keep": 1, "inner": {"$patch": "merge", "x": 1}, "l": [{"$patch": "x"}]}},
+    }
+    out = strategic_merge_patch({"kind": "Pod", "metadata": {"name": "p"}}, patch, POD)
+    assert out == {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"new": {"keep": 1, "l": []}}}
 
 
 def test_smp_new_values_are_stored_without_directives_or_nulls() -> None:
     out = strategic_merge_patch(
-        {"kind": "Pod"}, {"metadata": {"labels": {"a": "1", "b": None, "$patch": "merge"}}}, POD
+        {"kind": "Pod"},
+        {"metadata": {"labels": {"a": "1", "b": None, "$retainKeys": ["a"]}}},
+        POD,
     )
     assert out["metadata"] == {"labels": {"a": "1"}}
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e import test_proxy_support as support
+from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl
+from tests.e2e.proxy_support import Locks, Proxy
 from tests.e2e.raw_clients import Endpoint, h2_headers
-from tests.e2e.test_proxy_support import Locks, Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -237,3 +237,22 @@ def test_http11_targets_outside_origin_form_change_nothing(
     reply = endpoint.http11(head.encode())
     assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
     assert pod_state(kubectl, namespace) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain HTTP on the HTTPS port (issue 10 item 10): the connection gets nothing.
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_plain_http_on_the_https_port_gets_nothing_and_changes_nothing(
+    endpoint: Endpoint, kubectl: Kubectl, namespace: str, method: str
+) -> None:
+    kubectl("run", "plain", "--image", "nginx", namespace=namespace, check=True)
+    head = (
+        f"{method} /api/v1/namespaces/{namespace}/pods/plain HTTP/1.1\r\n"
+        f"Host: {endpoint.authority}\r\nAuthorization: Bearer {endpoint.token}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    reply = endpoint.http11(head.encode(), tls=False)
+    assert reply == b""
+    assert kubectl.exists("pod", "plain", namespace=namespace)

@@ -35,6 +35,7 @@ from klockproxy.core.protobuf import (
     unwrap_unknown,
 )
 from klockproxy.core.types import UserInfo
+from klockproxy.proxy import addon as addon_module
 from klockproxy.proxy.addon import DEFAULT_IDLE_TIMEOUT, KlockProxy
 from tests.fakes import JONNY, FakeUpstream, StaticLocks, pod
 from tests.proxy.support import (
@@ -308,12 +309,13 @@ async def test_server_side_apply_is_guarded_and_keeps_its_content_type(
 
 
 async def test_server_side_apply_dropping_a_label_cannot_slip_past_a_negated_matcher(
-    addon: KlockProxy,
+    addon: KlockProxy, upstream: FakeUpstream
 ) -> None:
     # Lock "notprod" (prod namespace) matches objects whose env is NOT prod. Pod db has
-    # env=prod; an apply configuration without env would make the API server drop the label
-    # (field ownership), which the merged view alone would not show.
+    # env=prod; an apply configuration without env makes the API server drop the label when
+    # this manager owned it (field ownership): its dry run says so, and that is judged.
     config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "labels": {}}}
+    upstream.dry_run_answers["/api/v1/namespaces/prod/pods/db"] = pod("db", {}, ns="prod")
     flow = make_flow(
         "PATCH", "/api/v1/namespaces/prod/pods/db", yaml.safe_dump(config).encode(), APPLY
     )
@@ -1446,3 +1448,23 @@ async def test_running_starts_file_locks_and_done_stops_them(tmp_path: Path) -> 
         if "connection_strategy" in tctx.options:
             assert tctx.options.connection_strategy == "lazy"
         await proxy.done()
+
+
+def test_an_injected_lock_set_is_not_parsed_again_at_configure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve.py loads the lock files; parsing 10,000 Locks again in configure() would stall
+    the event loop (and double the start time)."""
+    lock_file = tmp_path / "locks.yaml"
+    lock_file.write_text(LOCKS)
+    parsed: list[object] = []
+    monkeypatch.setattr(addon_module, "load_locks_from_path", lambda *a: parsed.append(a))
+    injected = KlockProxy(lock_set=StaticLocks(Engine(())), upstream=FakeUpstream())  # type: ignore[arg-type]
+    with taddons.context(injected) as tctx:
+        tctx.configure(injected, klock_locks=[str(lock_file)])
+    assert parsed == []
+    # Without an injected lock set, a broken file still stops the start at once.
+    own = KlockProxy(upstream=FakeUpstream())  # type: ignore[arg-type]
+    with taddons.context(own) as tctx:
+        tctx.configure(own, klock_locks=[str(lock_file)])
+    assert len(parsed) == 1

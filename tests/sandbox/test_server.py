@@ -174,16 +174,35 @@ async def test_yaml_bodies_are_read_like_the_api_server(client: Client) -> None:
     status, created = await client.request("POST", CMS, raw=body, content_type="application/yaml")
     assert status == 201, created
     assert created["data"] == {"when": "2024-01-01"}
-    # What Go and Python decode differently is refused rather than stored the Python way.
+    # go-yaml applies a merge key in document order: after an explicit key, it overwrites it.
     merge = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m, labels: {a: b, <<: {a: c}}}\n"
-    status, refused = await client.request("POST", CMS, raw=merge, content_type="application/yaml")
-    assert (status, refused["reason"]) == (400, "BadRequest")
-    dup = (
-        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d"},"data":{},"data":{"a":"b"}}'
+    status, created = await client.request("POST", CMS, raw=merge, content_type="application/yaml")
+    assert status == 201, created
+    assert created["metadata"]["labels"] == {"a": "c"}
+    # JSON is YAML, tabs between tokens included (PyYAML alone refuses them).
+    tabbed = b'{"apiVersion":\t"v1", "kind": "ConfigMap",\t"metadata": {"name": "tabs"}}'
+    status, created = await client.request("POST", CMS, raw=tabbed, content_type="application/yaml")
+    assert status == 201, created
+
+
+async def test_repeated_json_keys_are_stored_as_the_api_server_stores_them(client: Client) -> None:
+    """What the proxy refuses as ambiguous, the sandbox stores as a real API server would:
+    a repeated object decodes into the first one (Go structs), so aura=red stays."""
+    body = (
+        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d","labels":{"aura":"red"},'
+        b'"labels":{"app":"x"}},"data":{},"data":{"a":"b"}}'
     )
-    status, refused = await client.request("POST", CMS, raw=dup)
+    status, created = await client.request("POST", CMS, raw=body)
+    assert status == 201, created
+    assert created["metadata"]["labels"] == {"aura": "red", "app": "x"}
+    assert created["data"] == {"a": "b"}
+    # kubectl's default, fieldValidation=Strict, refuses them.
+    strict = body.replace(b'"d"', b'"e"')
+    status, refused = await client.request("POST", f"{CMS}?fieldValidation=Strict", raw=strict)
     assert (status, refused["reason"]) == (400, "BadRequest")
-    assert "duplicate key" in refused["message"]
+    assert 'duplicate field "labels"' in refused["message"]
+    status, _ = await client.request("GET", f"{CMS}/e")
+    assert status == 404
 
 
 async def test_bad_input_statuses(client: Client) -> None:
@@ -635,3 +654,60 @@ def test_parse_path_routes() -> None:
     assert (ns.resource, ns.name, ns.namespace) == ("namespaces", "ns", "ns")
     assert parse_path("/api/v1/namespaces/ns/status").subresource == "status"
     assert parse_path("/apis/").kind == "discovery"
+
+
+PARTIAL_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+PARTIAL_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+async def test_metadata_only_get_list_and_watch(client: Client) -> None:
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-o"}
+    body = _cm("meta", {"aura": "red"}, secret="value")
+    body["metadata"]["ownerReferences"] = [owner]
+    _, created = await client.request("POST", CMS, body)
+    rv = created["metadata"]["resourceVersion"]
+    status, page = await client.request(
+        "GET", f"{CMS}?labelSelector=aura%3Dred", headers={"Accept": PARTIAL_LIST_ACCEPT}
+    )
+    assert status == 200 and page["kind"] == "PartialObjectMetadataList"
+    [item] = page["items"]
+    assert item["kind"] == "PartialObjectMetadata" and "data" not in item
+    assert item["metadata"]["ownerReferences"] == [owner]
+    assert page["metadata"]["resourceVersion"]
+    status, one = await client.request(
+        "GET", f"{CMS}/meta", headers={"Accept": PARTIAL_ACCEPT + ",application/json"}
+    )
+    assert (status, one["kind"], "data" in one) == (200, "PartialObjectMetadata", False)
+    # The list form on one object (and the reverse) is 406, as from the API server.
+    status, refused = await client.request(
+        "GET", f"{CMS}/meta", headers={"Accept": PARTIAL_LIST_ACCEPT}
+    )
+    assert (status, refused["reason"]) == (406, "NotAcceptable")
+    status, refused = await client.request("GET", CMS, headers={"Accept": PARTIAL_ACCEPT})
+    assert status == 406
+    headers = {"Authorization": f"Bearer {client.token}", "Accept": PARTIAL_ACCEPT}
+    url = f"{client.sb.url}{CMS}?watch=true&resourceVersion={rv}"
+    async with client.session.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        await client.request("DELETE", f"{CMS}/meta")
+        [event] = await asyncio.wait_for(_read_events(resp, 1), 30)
+    assert event["type"] == "DELETED"
+    assert event["object"]["kind"] == "PartialObjectMetadata" and "data" not in event["object"]
+
+
+async def test_workload_kinds_are_served_and_scaled(client: Client) -> None:
+    rs = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "rs"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}}},
+    }
+    status, _ = await client.request("POST", "/apis/apps/v1/namespaces/default/replicasets", rs)
+    assert status == 201
+    status, scale = await client.request(
+        "GET", "/apis/apps/v1/namespaces/default/replicasets/rs/scale"
+    )
+    assert (status, scale["spec"]["replicas"]) == (200, 2)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {}}
+    status, _ = await client.request("POST", "/apis/batch/v1/namespaces/default/jobs", job)
+    assert status == 201

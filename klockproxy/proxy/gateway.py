@@ -1,0 +1,1121 @@
+"""``klockproxy gateway``: one shared, Lock-enforcing proxy for a whole team.
+
+Engineers and pipelines point their kubeconfig at the gateway with THEIR OWN credentials;
+every mutation is judged against the Locks as the caller who made it (the same ``KlockProxy``
+addon and judge as local mode). The gateway holds no user's credentials:
+
+* **bearer token** callers: the request is forwarded with the token unchanged, so the API
+  server authenticates and authorises the caller itself. The identity for the lock decision
+  comes from a SelfSubjectReview sent with that token and the caller's ``Impersonate-*``
+  headers (see README, "Shared gateway", for why not a TokenReview), cached
+  (``cluster.identity``); a token the API server rejects gets its 401.
+* **client certificate** callers (only with ``--client-ca``): verified in the TLS handshake
+  and again once it is done (``proxy.client_certs``), then forwarded with the gateway's OWN
+  credentials and ``Impersonate-User`` / ``Impersonate-Group`` set (never appended) to the
+  certificate's identity. Caller-sent impersonation is allowed only when a
+  SubjectAccessReview (verb ``impersonate``) allows it to the certificate's identity.
+* **no credentials**: 401, nothing forwarded.
+
+Header hygiene happens before anything else: headers named in ``Connection`` are dropped
+(except ``Upgrade``, which exec/attach/port-forward need), ``X-Remote-*`` are dropped,
+requests naming another host (absolute-form targets, ``CONNECT``, a ``Host`` the serving
+certificate does not cover) get 400.
+
+The gateway's own credentials (``--kubeconfig``/``--context``, or the pod's service account)
+serve the lock watch, reviews and certificate callers only. A client certificate of its own
+is presented upstream only on connections of certificate callers: the API server tries x509
+before bearer tokens, so presenting it on a token caller's connection would run the caller's
+request as the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fnmatch
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from klockproxy.audit import AuditLog
+from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
+from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write_private
+from klockproxy.cluster.lock_sources import (
+    ClusterLockSource,
+    FileLockSource,
+    LockSet,
+    create_lock_sources,
+)
+from klockproxy.cluster.ownership import OwnershipIndex
+from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
+from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
+from klockproxy.core.status import Status, failure, to_bytes
+from klockproxy.core.types import UserInfo
+from klockproxy.loop_thread import LoopThread
+from klockproxy.proxy.master import (
+    RunningMaster,
+    cert_hosts,
+    parse_listen,
+    quiet_mitmproxy_logging,
+    start_master,
+)
+
+if TYPE_CHECKING:
+    # Imported where used: `klockproxy --help` and `klockproxy check` build every
+    # subcommand's parser and must not pay for prometheus-client.
+    from klockproxy.health import HealthServer
+    from klockproxy.metrics import LockState, Metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "0.0.0.0:8443"
+DEFAULT_STATE_DIR = "~/.klockproxy-gateway"
+GATEWAY_CA_NAME = "klockproxy gateway CA"
+LOCKS_READY_TIMEOUT = 10.0
+# The longest bearer token accepted (service-account JWTs and OIDC id tokens are a few kB).
+MAX_TOKEN_BYTES = 16 * 1024
+# Reviews of credentials the cache does not know yet, per second (burst: MISS_BURST): a flood
+# of made-up tokens is refused with 429 past that, instead of reaching the API server.
+MISS_RATE = 50.0
+MISS_BURST = 200
+# Where a pod finds its service account.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+TOKEN_REFRESH_INTERVAL = 30.0
+
+AUTHENTICATED_GROUP = "system:authenticated"
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+_WS_TOKEN_PROTOCOL = "base64url.bearer.authorization.k8s.io."
+_CALLER = "klockproxy-gateway-caller"  # flow metadata: "token" or "cert"
+# Connection options that are not header names, or that must survive (WebSocket upgrades).
+_CONNECTION_KEEP = frozenset({"upgrade", "keep-alive", "close"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookups: as the caller (no client certificate of the gateway's) or as the gateway
+
+
+class GatewayLookups:
+    """The judge's lookups, routed by who they are made as.
+
+    Headers with ``Authorization`` are a token caller's: sent on a session that never
+    presents the gateway's client certificate. Without it they are the gateway's own (a
+    certificate caller, impersonated): sent with the gateway's credentials.
+    """
+
+    def __init__(self, own: UpstreamConfig) -> None:
+        self.own = Upstream(own)
+        # Same server and CA; no client certificate, no token of the gateway's.
+        self.caller = Upstream(UpstreamConfig(server=own.server, ca_file=own.ca_file,
+                                              insecure=own.insecure))  # fmt: skip
+
+    def _for(self, headers: Mapping[str, str | Sequence[str]]) -> Upstream:
+        has_auth = any(name.lower() == "authorization" for name in headers)
+        return self.caller if has_auth else self.own
+
+    @property
+    def server(self) -> str:
+        """The API server URL, for messages."""
+        return self.own.server
+
+    @property
+    def has_own_credentials(self) -> bool:
+        """The gateway always has credentials of its own."""
+        return True
+
+    async def get_object(
+        self, path: str, headers: Mapping[str, str | Sequence[str]]
+    ) -> dict[str, Any] | None:
+        """GET as the caller; None on 404."""
+        return await self._for(headers).get_object(path, headers)
+
+    async def list_objects(
+        self,
+        path: str,
+        headers: Mapping[str, str | Sequence[str]],
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        """LIST as the caller."""
+        return await self._for(headers).list_objects(
+            path, headers, label_selector, field_selector, metadata_only=metadata_only
+        )
+
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller (impersonated for certificate
+        callers): the object it would store."""
+        return await self._for(headers).dry_run(method, path, query, headers, body, content_type)
+
+    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
+        """Who these headers act as."""
+        return await self._for(headers).self_subject_review(headers)
+
+    async def subject_access_review(
+        self, user: UserInfo, attributes: Mapping[str, str]
+    ) -> tuple[bool, str]:
+        """A SubjectAccessReview, asked as the gateway."""
+        return await self.own.subject_access_review(user, attributes)
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self.own.close()
+        await self.caller.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Caller authentication (a mitmproxy addon in front of KlockProxy)
+
+
+@dataclass(frozen=True)
+class Impersonation:
+    """What a caller asked to act as (``Impersonate-*`` headers)."""
+
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def requested(self) -> bool:
+        """Whether any impersonation header was sent."""
+        return bool(self.user or self.groups or self.uid or self.extra)
+
+
+class BadImpersonation(KlockProxyError):
+    """Impersonation headers the API server would refuse as malformed (400)."""
+
+
+def parse_impersonation(headers: Any) -> Impersonation:
+    """Every ``Impersonate-*`` header (any letter case), or BadImpersonation."""
+    user: list[str] = []
+    uid: list[str] = []
+    groups: list[str] = []
+    extra: dict[str, list[str]] = {}
+    for name in list(headers.keys()):
+        lower = name.lower()
+        if not lower.startswith("impersonate-"):
+            continue
+        values = headers.get_all(name)
+        if lower == "impersonate-user":
+            user.extend(values)
+        elif lower == "impersonate-group":
+            groups.extend(values)
+        elif lower == "impersonate-uid":
+            uid.extend(values)
+        elif lower.startswith("impersonate-extra-") and len(lower) > len("impersonate-extra-"):
+            key = unquote(lower[len("impersonate-extra-") :])
+            extra.setdefault(key, []).extend(values)
+        else:
+            raise BadImpersonation(f"unknown impersonation header {name!r}")
+    if len(set(user)) > 1 or len(set(uid)) > 1:
+        raise BadImpersonation("more than one Impersonate-User or Impersonate-Uid value")
+    result = Impersonation(
+        user=user[0] if user else "",
+        groups=tuple(dict.fromkeys(groups)),
+        uid=uid[0] if uid else "",
+        extra=tuple(sorted((k, tuple(v)) for k, v in extra.items())),
+    )
+    if result.requested and not result.user:
+        raise BadImpersonation("impersonating groups, a uid or extras needs Impersonate-User")
+    return result
+
+
+def impersonation_checks(imp: Impersonation) -> list[dict[str, str]]:
+    """The SubjectAccessReview resourceAttributes the API server checks for ``imp``."""
+    checks: list[dict[str, str]] = []
+    if imp.user.startswith(SERVICE_ACCOUNT_PREFIX) and imp.user.count(":") == 3:
+        _, _, namespace, name = imp.user.split(":")
+        checks.append(
+            {"verb": "impersonate", "resource": "serviceaccounts", "namespace": namespace,
+             "name": name}
+        )  # fmt: skip
+    elif imp.user:
+        checks.append({"verb": "impersonate", "resource": "users", "name": imp.user})
+    for group in imp.groups:
+        checks.append({"verb": "impersonate", "resource": "groups", "name": group})
+    for key, values in imp.extra:
+        for value in values:
+            checks.append(
+                {"verb": "impersonate", "group": "authentication.k8s.io",
+                 "resource": "userextras", "subresource": key, "name": value}
+            )  # fmt: skip
+    if imp.uid:
+        checks.append(
+            {"verb": "impersonate", "group": "authentication.k8s.io", "resource": "uids",
+             "name": imp.uid}
+        )  # fmt: skip
+    return checks
+
+
+def _forbidden_impersonation(user: str, attrs: Mapping[str, str]) -> Status:
+    resource = attrs["resource"]
+    group = attrs.get("group", "")
+    scope = (
+        f'in the namespace "{attrs["namespace"]}"'
+        if attrs.get("namespace")
+        else ("at the cluster scope")
+    )
+    shown = f"{resource}.{group}" if group else resource
+    if attrs.get("subresource"):
+        shown += f"/{attrs['subresource']}"
+    return failure(
+        403,
+        f'{shown} "{attrs.get("name", "")}" is forbidden: User "{user}" cannot impersonate '
+        f'resource "{resource}" in API group "{group}" {scope}',
+    )
+
+
+def _host_of(authority: str) -> str:
+    """The host of ``host[:port]`` / ``[v6][:port]``, lower-cased."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    if authority.count(":") > 1:
+        return authority  # a bare IPv6 address
+    return authority.rsplit(":", 1)[0] if ":" in authority else authority
+
+
+def certificate_hosts(pem: bytes) -> list[str]:
+    """The names a serving certificate covers (subjectAltName DNS and IP, else its CN)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return [str(cns[0].value).lower()] if cns else []
+    names = [str(n).lower() for n in san.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return names
+
+
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    """Whether ``host`` is one of ``allowed`` (``*.example.com`` covers one label)."""
+    host = host.lower().rstrip(".")
+    with contextlib.suppress(ValueError):
+        host = str(ipaddress.ip_address(host))
+    for name in allowed:
+        if name.startswith("*."):
+            if fnmatch.fnmatchcase(host, name) and host.count(".") == name.count("."):
+                return True
+        elif host == name:
+            return True
+    return False
+
+
+class GatewayAuth:
+    """mitmproxy addon in front of ``KlockProxy``: who is calling, header hygiene."""
+
+    def __init__(
+        self,
+        *,
+        lookups: GatewayLookups,
+        identity: IdentityResolver,
+        upstream: UpstreamConfig,
+        allowed_hosts: Sequence[str],
+        verifier: Any | None = None,
+        metrics: Metrics | None = None,
+        miss_rate: float | None = MISS_RATE,
+        miss_burst: int = MISS_BURST,
+    ) -> None:
+        from yarl import URL
+
+        self.lookups = lookups
+        self.identity = identity
+        self.verifier = verifier
+        self.metrics = metrics
+        self.allowed_hosts = tuple(allowed_hosts)
+        url = URL(upstream.server)
+        self.upstream_host = url.host or ""
+        self.upstream_port = url.port or 443
+        self.upstream_authority = (
+            f"[{self.upstream_host}]" if ":" in self.upstream_host else self.upstream_host
+        ) + ("" if self.upstream_port == 443 else f":{self.upstream_port}")
+        self.own_token = TokenFile(upstream.token_file) if upstream.token_file else None
+        self.own_cert: tuple[Any, Any] | None = None
+        if upstream.client_cert_file:
+            self.own_cert = _load_openssl_pair(
+                upstream.client_cert_file, upstream.client_key_file or upstream.client_cert_file
+            )
+        self._sar_key = os.urandom(32)
+        self._sar_cache: ReviewCache[tuple[bool, str]] = ReviewCache(
+            miss_rate=miss_rate, miss_burst=miss_burst, on_event=self._cache_event
+        )
+        # client connection id -> verified identity, or None when a certificate was refused.
+        self.cert_identities: dict[str, Any] = {}
+        # client connection ids whose TLS handshake presented a certificate.
+        self._presented: set[str] = set()
+
+    def _cache_event(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cache(name)
+
+    # ---- TLS: verify client certificates --------------------------------------------------
+
+    def tls_start_client(self, data: Any) -> None:
+        """Verify the client certificate in the handshake (when a CA is configured).
+
+        Embedded, this hook runs after mitmproxy's tlsconfig (``data.ssl_conn`` exists) and
+        replaces its accept-everything verification on this connection. Loaded before
+        tlsconfig (``mitmdump -s``) there is no connection yet: the certificate is then
+        verified after the handshake (``tls_established_client``), which holds in both orders.
+        """
+        if self.verifier is None:
+            return
+        conn = getattr(data, "ssl_conn", None)
+        if conn is None:
+            return
+        from OpenSSL import SSL
+
+        seen: dict[int, Any] = {}
+        verifier = self.verifier
+
+        def verify(_conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+            # OpenSSL calls this for every certificate of the chain, the leaf (depth 0) last.
+            seen[depth] = cert
+            if depth > 0:
+                return True
+            chain = [seen[d] for d in sorted(seen) if d > 0]
+            try:
+                verifier.verify_openssl(cert, chain)
+            except Exception as e:
+                logger.warning("client certificate refused in the handshake: %s", e)
+                return False
+            return True
+
+        conn.set_verify(SSL.VERIFY_PEER, verify)
+
+    def tls_established_client(self, data: Any) -> None:
+        """Record who the connection's certificate names (verified again, whatever the order)."""
+        client = data.conn
+        conn = getattr(data, "ssl_conn", None)
+        if conn is None:
+            return
+        leaf = conn.get_peer_certificate()
+        if leaf is None:
+            return
+        self._presented.add(client.id)
+        if self.verifier is None:
+            # Without --client-ca no certificate is an identity (the connection is a token
+            # caller's or nobody's).
+            return
+        chain = [c for c in (conn.get_peer_cert_chain() or []) if c.digest("sha256") !=
+                 leaf.digest("sha256")]  # fmt: skip
+        try:
+            self.cert_identities[client.id] = self.verifier.verify_openssl(leaf, chain)
+        except Exception as e:
+            logger.warning("client certificate refused: %s", e)
+            self.cert_identities[client.id] = None
+
+    def client_disconnected(self, client: Any) -> None:
+        """Forget the connection's certificate identity."""
+        self.cert_identities.pop(client.id, None)
+        self._presented.discard(client.id)
+
+    def server_connect(self, data: Any) -> None:
+        """The API server's own name as SNI (``keep_host_header`` would send the client's)."""
+        server = data.server
+        try:
+            ipaddress.ip_address(self.upstream_host)
+        except ValueError:
+            server.sni = self.upstream_host
+
+    def tls_start_server(self, data: Any) -> None:
+        """Present the gateway's client certificate upstream, on certificate callers'
+        connections only (the API server tries x509 before bearer tokens)."""
+        conn = getattr(data, "ssl_conn", None)
+        if conn is None or self.own_cert is None:
+            return
+        client = data.context.client
+        if self.cert_identities.get(client.id) is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            conn.use_certificate(self.own_cert[0])
+            conn.use_privatekey(self.own_cert[1])
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def http_connect(self, flow: Any) -> None:
+        """CONNECT names another host: refused (and the target kept on the API server)."""
+        flow.request.host = self.upstream_host
+        flow.request.port = self.upstream_port
+        self._refuse(flow, failure(400, "klockproxy gateway: CONNECT is not served"))
+
+    async def requestheaders(self, flow: Any) -> None:
+        """Hygiene, target checks, caller authentication and the forwarded identity."""
+        if flow.response is not None:
+            return
+        req = flow.request
+        if req.method.upper() == "CONNECT":
+            self._refuse(flow, failure(400, "klockproxy gateway: CONNECT is not served"))
+            return
+        if req.http_version.startswith("HTTP/1") and req.authority:
+            self._refuse(
+                flow,
+                failure(400, "klockproxy gateway: absolute-form request targets are refused"),
+            )
+            return
+        host = _host_of(req.host_header or "")
+        if (
+            len(req.headers.get_all("host")) > 1
+            or not host
+            or not host_allowed(host, self.allowed_hosts)
+        ):
+            self._refuse(
+                flow,
+                failure(400, "klockproxy gateway: the request names a host this gateway is not"),
+            )
+            return
+        # The API server sees its own name, as with any client.
+        req.host_header = self.upstream_authority
+        _drop_connection_headers(req.headers)
+        for name in list(req.headers.keys()):
+            if name.lower().startswith("x-remote-"):
+                del req.headers[name]
+
+        client_id = flow.client_conn.id
+        if client_id in self.cert_identities:
+            cert = self.cert_identities[client_id]
+            if cert is None:
+                self._refuse(flow, failure(401, "Unauthorized"))
+                return
+            await self._certificate_caller(flow, cert)
+            return
+        if client_id in self._presented and self.verifier is not None:
+            # A certificate was presented but never verified: fail closed.
+            self._refuse(flow, failure(401, "Unauthorized"))
+            return
+        await self._token_caller(flow)
+
+    async def _token_caller(self, flow: Any) -> None:
+        req = flow.request
+        values = req.headers.get_all("authorization")
+        if not values:
+            token = _websocket_token(req.headers)
+            if token is None:
+                self._refuse(flow, failure(401, "Unauthorized"))
+                return
+            values = [f"Bearer {token}"]
+        reason = _bad_authorization(values)
+        if reason is not None:
+            self._refuse(flow, failure(401, "Unauthorized"), f"refused Authorization: {reason}")
+            return
+        flow.metadata[_CALLER] = "token"
+        from klockproxy.proxy.addon import classification
+
+        try:
+            info = classification(flow)
+        except KlockProxyError:
+            return  # KlockProxy answers (or passes a read) as in local mode.
+        if not info.is_mutation:
+            return
+        # Mutations: who is calling, as the API server says (cached). A rejected token gets
+        # the API server's 401 here, and the audit log knows the user.
+        from klockproxy.proxy.addon import IMPERSONATED_BY_METADATA, USER_METADATA, auth_headers
+
+        headers = auth_headers(req.headers)
+        try:
+            user = await self.identity.resolve(headers)
+            if any(n.lower().startswith("impersonate-") for n in headers):
+                plain = {k: v for k, v in headers.items() if k.lower() == "authorization"}
+                flow.metadata[IMPERSONATED_BY_METADATA] = await self.identity.resolve(plain)
+        except ReviewRefused as e:
+            self._refuse(flow, _review_status(e))
+            return
+        except UpstreamError as e:
+            self._refuse(flow, failure(503, f"klockproxy gateway: cannot tell who is calling: {e}"))
+            return
+        flow.metadata[USER_METADATA] = user
+
+    async def _certificate_caller(self, flow: Any, cert: Any) -> None:
+        from klockproxy.proxy.addon import IMPERSONATED_BY_METADATA, _drop_websocket_token
+
+        req = flow.request
+        try:
+            imp = parse_impersonation(req.headers)
+        except BadImpersonation as e:
+            self._refuse(flow, failure(400, f"klockproxy gateway: {e}"))
+            return
+        caller = UserInfo(cert.user, groups=(*cert.groups, AUTHENTICATED_GROUP))
+        if imp.requested:
+            for attrs in impersonation_checks(imp):
+                try:
+                    allowed, _ = await self._may(caller, attrs)
+                except ReviewRefused as e:
+                    self._refuse(flow, _review_status(e))
+                    return
+                except UpstreamError as e:
+                    self._refuse(
+                        flow, failure(503, f"klockproxy gateway: cannot check impersonation: {e}")
+                    )
+                    return
+                if not allowed:
+                    self._refuse(flow, _forbidden_impersonation(cert.user, attrs))
+                    return
+            flow.metadata[IMPERSONATED_BY_METADATA] = UserInfo(cert.user, groups=cert.groups)
+            target = imp
+        else:
+            target = Impersonation(user=cert.user, groups=cert.groups)
+        # The caller's own credentials never travel on the certificate path.
+        for name in list(req.headers.keys()):
+            if name.lower() == "authorization" or name.lower().startswith("impersonate-"):
+                del req.headers[name]
+        _drop_websocket_token(req.headers)
+        # SET, never appended: exactly the identity decided above.
+        req.headers["Impersonate-User"] = target.user
+        if target.groups:
+            req.headers.set_all("Impersonate-Group", list(target.groups))
+        if target.uid:
+            req.headers["Impersonate-Uid"] = target.uid
+        for key, values in target.extra:
+            req.headers.set_all(f"Impersonate-Extra-{quote(key, safe='')}", list(values))
+        flow.metadata[_CALLER] = "cert"
+        # The gateway's own credentials: its bearer token here (a request forwarded without
+        # judgement is streamed right after these hooks), or its client certificate, which
+        # tls_start_server presents on this caller's upstream connections.
+        if self.own_token is not None:
+            try:
+                req.headers["Authorization"] = f"Bearer {self.own_token.token()}"
+            except ConfigError as e:
+                self._refuse(flow, failure(503, f"klockproxy gateway: {e}"))
+
+    async def _may(self, user: UserInfo, attrs: Mapping[str, str]) -> tuple[bool, str]:
+        key_parts = {
+            "authorization": f"x509 {user.username}",
+            "impersonate-group": list(user.groups),
+            **{f"impersonate-check-{k}": v for k, v in sorted(attrs.items())},
+        }
+        key = cache_key(key_parts, self._sar_key)
+
+        async def review() -> tuple[bool, str]:
+            try:
+                answer = await self.lookups.subject_access_review(user, attrs)
+            except Exception:
+                if self.metrics is not None:
+                    self.metrics.review("subjectaccessreview", "error")
+                raise
+            if self.metrics is not None:
+                self.metrics.review("subjectaccessreview", "ok" if answer[0] else "rejected")
+            return answer
+
+        return await self._sar_cache.get(key, review)
+
+    def _refuse(self, flow: Any, status: Status, log_message: str | None = None) -> None:
+        from mitmproxy import http
+
+        flow.metadata["klockproxy"] = "answered"
+        flow.response = http.Response.make(
+            status["code"], to_bytes(status), {"Content-Type": "application/json"}
+        )
+        if self.metrics is not None:
+            self.metrics.request(flow.request.method, "refused")
+        logger.info(
+            "klockproxy gateway: refused %s %s with %d: %s",
+            flow.request.method,
+            flow.request.path.split("?")[0][:200],
+            status["code"],
+            log_message or status["message"],
+        )
+
+
+def _review_status(e: ReviewRefused) -> Status:
+    if e.code == 401:
+        return failure(401, "Unauthorized")
+    if e.code in (400, 403, 429):
+        return failure(e.code, e.message)
+    return failure(503, f"klockproxy gateway: cannot tell who is calling: {e}")
+
+
+def _drop_connection_headers(headers: Any) -> None:
+    """Drop every header named in ``Connection`` (any case, any spacing) but Upgrade."""
+    named: set[str] = set()
+    kept: list[str] = []
+    for value in headers.get_all("connection"):
+        for token in value.split(","):
+            token = token.strip().lower()
+            if not token:
+                continue
+            if token in _CONNECTION_KEEP:
+                kept.append(token)
+            else:
+                named.add(token)
+    for name in list(headers.keys()):
+        if name.strip().lower() in named:
+            del headers[name]
+    if "connection" in headers:
+        del headers["connection"]
+        if kept:
+            headers["Connection"] = ", ".join(dict.fromkeys(kept))
+
+
+def _websocket_token(headers: Any) -> str | None:
+    from klockproxy.proxy.addon import _websocket_token as ws_token
+
+    return ws_token(headers)
+
+
+def _bad_authorization(values: Sequence[str]) -> str | None:
+    """Why these Authorization values are no bearer token (None when they are one)."""
+    if len(values) != 1:
+        return "more than one Authorization header"
+    value = values[0]
+    if len(value) > MAX_TOKEN_BYTES:
+        return "too long"
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return "not a bearer token"
+    if any(not 0x21 <= ord(c) <= 0x7E for c in token):
+        return "the token has characters no token has"
+    return None
+
+
+def _load_openssl_pair(cert_file: str, key_file: str) -> tuple[Any, Any]:
+    from OpenSSL import crypto
+
+    try:
+        cert = crypto.load_certificate(crypto.FILETYPE_PEM, Path(cert_file).read_bytes())
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, Path(key_file).read_bytes())
+    except (OSError, crypto.Error) as e:
+        raise ConfigError(f"cannot load the gateway's client certificate: {e}") from e
+    return cert, key
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+
+
+@dataclass
+class GatewaySettings:
+    """Everything ``klockproxy gateway`` is told."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    listen: str = DEFAULT_LISTEN
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
+    client_ca: Sequence[str] = ()
+    locks: Sequence[str] = ("cluster",)
+    health_listen: str | None = None
+    audit_log: str | None = None
+    default_namespace: str = "default"
+    locks_ready_timeout: float = LOCKS_READY_TIMEOUT
+    miss_rate: float | None = MISS_RATE
+    miss_burst: int = MISS_BURST
+    identity_ttl: float = 60.0
+    failure_ttl: float = 5.0
+
+
+def in_cluster_upstream(directory: Path = SERVICE_ACCOUNT_DIR) -> UpstreamConfig | None:
+    """The pod's service account as the gateway's credentials, when running in a cluster."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    token = directory / "token"
+    if not host or not token.exists():
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    ca = directory / "ca.crt"
+    return UpstreamConfig(
+        server=f"https://{host}:{port}",
+        ca_file=str(ca) if ca.exists() else None,
+        token_file=str(token),
+    )
+
+
+class Gateway:
+    """The shared gateway: ``await start()`` (ready when it returns), ``await stop()``."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.url = ""
+        self.health_url = ""
+        self.ca_path: Path | None = None
+        self.lock_set: LockSet | None = None
+        from klockproxy.metrics import Metrics
+
+        self.metrics = Metrics()
+        self.audit: AuditLog | None = None
+        self.auth: GatewayAuth | None = None
+        self.identity: IdentityResolver | None = None
+        self.lookups: GatewayLookups | None = None
+        self.target: KubeconfigTarget | None = None
+        self._upstream: UpstreamConfig | None = None
+        self._run_dir: Path | None = None
+        self._master: RunningMaster | None = None
+        self._health: HealthServer | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._upstream_ok = False
+
+    def ready_line(self) -> str:
+        """The line ``gateway`` prints once it accepts connections."""
+        locks = self.lock_set.describe() if self.lock_set is not None else "no locks"
+        line = f"klockproxy gateway serving on {self.url} ({locks})"
+        if self.ca_path is not None:
+            line += f"; clients must trust the CA {self.ca_path}"
+        if self.health_url:
+            line += f"; health on {self.health_url}"
+        return line
+
+    async def start(self) -> None:
+        """Load credentials, locks and TLS material; start mitmproxy and the health port."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _own_upstream(self, files_dir: Path) -> UpstreamConfig:
+        s = self.settings
+        if s.kubeconfig is None and s.context is None:
+            pod = in_cluster_upstream()
+            if pod is not None:
+                return pod
+        self.target = await asyncio.to_thread(load_upstream, s.kubeconfig, s.context, files_dir)
+        return self.target.upstream
+
+    async def _start(self) -> None:
+        s = self.settings
+        host, port = parse_listen(s.listen)
+        state_dir = Path(s.state_dir).expanduser()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=state_dir))
+        except OSError as e:
+            raise ConfigError(f"cannot use state directory {state_dir}: {e}") from e
+        run_dir = self._run_dir
+        upstream = await self._own_upstream(run_dir / "upstream")
+        self._upstream = upstream
+        if self.target is not None and self.target.refresh is not None and upstream.token_file:
+            self._refresh_task = asyncio.create_task(
+                self._refresh_token(self.target.refresh, Path(upstream.token_file))
+            )
+
+        serving_pem = run_dir / "serving.pem"
+        if s.tls_cert or s.tls_key:
+            if not (s.tls_cert and s.tls_key):
+                raise ConfigError("--tls-cert and --tls-key go together")
+            try:
+                cert_pem = Path(s.tls_cert).read_bytes()
+                key_pem = Path(s.tls_key).read_bytes()
+            except OSError as e:
+                raise ConfigError(f"cannot read the serving certificate: {e}") from e
+        else:
+            from klockproxy.cluster.certs import CertificateAuthority
+
+            ca = await asyncio.to_thread(
+                CertificateAuthority.load_or_create, state_dir, GATEWAY_CA_NAME
+            )
+            hosts = cert_hosts(host)
+            for name in (socket.gethostname(), socket.getfqdn()):
+                if name and name not in hosts:
+                    hosts.append(name)
+            cert_pem, key_pem = ca.issue_server(hosts)
+            self.ca_path = state_dir / "ca.crt"
+            if not self.ca_path.exists():
+                write_private(self.ca_path, ca.cert_pem)
+        write_private(serving_pem, cert_pem + b"\n" + key_pem)
+        try:
+            allowed_hosts = certificate_hosts(cert_pem)
+        except ValueError as e:
+            raise ConfigError(f"the serving certificate does not parse: {e}") from e
+
+        verifier = None
+        if s.client_ca:
+            from klockproxy.proxy.client_certs import ClientCertVerifier
+
+            verifier = ClientCertVerifier(list(s.client_ca))
+        if s.audit_log:
+            self.audit = AuditLog(s.audit_log)
+
+        self.lookups = GatewayLookups(upstream)
+        metrics = self.metrics
+        self.identity = IdentityResolver(
+            self.lookups,
+            ttl=s.identity_ttl,
+            failure_ttl=s.failure_ttl,
+            miss_rate=s.miss_rate,
+            miss_burst=s.miss_burst,
+            on_event=metrics.cache,
+            on_review=lambda result: metrics.review("selfsubjectreview", result),
+        )
+        self.auth = GatewayAuth(
+            lookups=self.lookups,
+            identity=self.identity,
+            upstream=upstream,
+            allowed_hosts=allowed_hosts,
+            verifier=verifier,
+            metrics=metrics,
+            miss_rate=s.miss_rate,
+            miss_burst=s.miss_burst,
+        )
+        # The lock watch shares the gateway's own client (its credentials, one pool).
+        self.lock_set = create_lock_sources(s.locks, self.lookups.own, s.default_namespace)
+        metrics.track_locks(self._lock_state)
+        await self.lock_set.start()
+
+        from klockproxy.proxy.addon import KlockProxy
+        from klockproxy.proxy.lean_tls import LeanTls
+
+        options: dict[str, Any] = {
+            "certs": [f"*={serving_pem}"],
+            "upstream_cert": False,
+            "connection_strategy": "lazy",
+            # Callers come from other machines.
+            "block_global": False,
+            "http2": True,
+            # Checked against the serving certificate's names, then set to the API server's.
+            "keep_host_header": True,
+            "request_client_cert": verifier is not None,
+            "ssl_insecure": upstream.insecure,
+            "klock_locks": list(s.locks),
+            "klock_default_namespace": s.default_namespace,
+            "klock_upstream": upstream.server,
+        }
+        if upstream.ca_file:
+            options["ssl_verify_upstream_trusted_ca"] = upstream.ca_file
+        klock = KlockProxy(
+            lock_set=self.lock_set,
+            upstream=self.lookups,
+            identity=self.identity,
+            audit=self.audit,
+            metrics=metrics,
+            # What the garbage collector would delete, watched with the gateway's own
+            # credentials (cluster.ownership).
+            ownership=OwnershipIndex.over(self.lookups.own.config),
+        )
+        self._master = await start_master(
+            host=host,
+            port=port,
+            upstream_server=upstream.server,
+            confdir=run_dir / "mitmproxy",
+            addons=[self.auth, klock, LeanTls(serving_pem)],
+            options=options,
+        )
+        self.url = self._master.url
+        if not await self.lock_set.wait_ready(s.locks_ready_timeout):
+            logger.warning(
+                "lock sources not ready after %.0f s: mutations are refused until they are",
+                s.locks_ready_timeout,
+            )
+        if s.health_listen:
+            from klockproxy.health import HealthServer
+
+            hhost, hport = parse_listen(s.health_listen)
+            self._health = HealthServer(hhost, hport, self.reasons_not_ready, metrics.registry)
+            self.health_url = await self._health.start()
+
+    def _lock_state(self) -> LockState:
+        from klockproxy.metrics import LockState
+
+        sources: dict[str, bool] = {}
+        if self.lock_set is not None:
+            for source in self.lock_set.sources:
+                kind = (
+                    "cluster"
+                    if isinstance(source, ClusterLockSource)
+                    else ("files" if isinstance(source, FileLockSource) else type(source).__name__)
+                )
+                sources[kind] = bool(source.ready)
+        count = self.lock_set.lock_count if self.lock_set is not None else 0
+        return LockState(loaded=count, sources=sources)
+
+    async def reasons_not_ready(self) -> list[str]:
+        """Why the gateway should take no traffic yet (empty: ready)."""
+        reasons: list[str] = []
+        if self.lock_set is None or not self.lock_set.ready:
+            detail = self.lock_set.describe() if self.lock_set is not None else "none"
+            reasons.append(f"lock sources have not synced ({detail})")
+        if not self._upstream_ok and self.lookups is not None:
+            try:
+                await self.lookups.own.get_object("/version", {})
+                self._upstream_ok = True
+            except KlockProxyError as e:
+                reasons.append(f"the API server does not answer: {e}")
+        return reasons
+
+    async def _refresh_token(self, refresh: Any, path: Path) -> None:
+        current = path.read_text().strip()
+        while True:
+            await asyncio.sleep(TOKEN_REFRESH_INTERVAL)
+            try:
+                token = await asyncio.to_thread(refresh)
+            except Exception as e:
+                logger.warning("refreshing the gateway's credentials failed: %s", type(e).__name__)
+                continue
+            if token and token != current:
+                write_private(path, token.encode())
+                current = token
+
+    async def stop(self) -> None:
+        """Stop serving; remove the per-run credential copies."""
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        health, self._health = self._health, None
+        if health is not None:
+            await health.stop()
+        master, self._master = self._master, None
+        if master is not None:
+            await master.stop()
+        if self.lock_set is not None:
+            await self.lock_set.stop()
+        if self.lookups is not None:
+            await self.lookups.close()
+        if self.audit is not None:
+            self.audit.close()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+
+class GatewayThread(LoopThread[Gateway]):
+    """A Gateway on its own event loop in a daemon thread (tests, benchmarks)."""
+
+    thread_name = "klockproxy-gateway"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__(Gateway(settings))
+
+    @property
+    def gateway(self) -> Gateway:
+        """The running gateway."""
+        return self.service
+
+    @property
+    def url(self) -> str:
+        """``https://HOST:PORT`` the gateway listens on."""
+        return self.gateway.url
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``klockproxy gateway``."""
+    parser.add_argument(
+        "--kubeconfig",
+        help="the gateway's own credentials (default: the pod's service account in a cluster, "
+        "else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="where a generated CA and serving certificate are kept without --tls-cert "
+        f"(default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--client-ca",
+        action="append",
+        metavar="FILE",
+        help="CA (PEM) whose client certificates are identities (CN = user, O = groups); "
+        "repeatable. Without it no certificate is an identity",
+    )
+    parser.add_argument(
+        "--locks",
+        nargs="+",
+        action="extend",
+        metavar="cluster|PATH",
+        help="where Locks come from: 'cluster' and/or lock files or directories (default: cluster)",
+    )
+    parser.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="serve /healthz, /readyz and /metrics over plain HTTP here",
+    )
+    parser.add_argument(
+        "--audit-log",
+        metavar="PATH|-",
+        help="append one JSON line per judged mutation here ('-': standard output)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    """GatewaySettings from parsed ``gateway`` arguments."""
+    return GatewaySettings(
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        state_dir=Path(args.state_dir).expanduser(),
+        client_ca=tuple(args.client_ca or ()),
+        locks=tuple(args.locks or ("cluster",)),
+        health_listen=args.health_listen,
+        audit_log=args.audit_log,
+    )
+
+
+async def _serve(gateway: Gateway) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await gateway.start()
+        except (KlockProxyError, OSError) as e:
+            print(f"klockproxy: {e}", file=sys.stderr)
+            return 1
+        # With --audit-log - standard output carries audit lines: the ready line goes to
+        # standard error then.
+        out = sys.stderr if gateway.settings.audit_log == "-" else sys.stdout
+        print(gateway.ready_line(), file=out, flush=True)
+        await stop.wait()
+        await gateway.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``klockproxy gateway``; returns the exit code."""
+    quiet_mitmproxy_logging()
+    try:
+        settings = settings_from_args(args)
+        parse_listen(settings.listen)
+        if settings.health_listen:
+            parse_listen(settings.health_listen)
+    except ConfigError as e:
+        print(f"klockproxy: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(Gateway(settings)))
+    except LockValidationError as e:
+        print(f"klockproxy: {e}", file=sys.stderr)
+        return 1

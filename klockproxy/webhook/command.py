@@ -1,0 +1,148 @@
+"""``klockproxy webhook``: the same Locks enforced as a validating admission webhook.
+
+```
+klockproxy webhook [--kubeconfig PATH] [--context NAME] [--listen 0.0.0.0:9443]
+                   [--tls-cert FILE --tls-key FILE | --cert-secret NAMESPACE/NAME]
+                   [--webhook-config NAME] [--locks cluster|PATH ...]
+                   [--health-listen HOST:PORT] [--audit-log PATH|-]
+```
+
+Without ``--kubeconfig``/``--context`` in a pod, the pod's service account is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from klockproxy.core.errors import ConfigError, KlockProxyError
+from klockproxy.webhook.server import DEFAULT_LISTEN, WebhookServer, WebhookSettings, parse_listen
+
+logger = logging.getLogger(__name__)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``klockproxy webhook``."""
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="kubeconfig to read (default $KUBECONFIG, ~/.kube/config, or in a pod its "
+        "service account)",
+    )
+    parser.add_argument("--context", metavar="NAME", help="context to use (default: current)")
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where to serve HTTPS POST /validate (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    parser.add_argument(
+        "--cert-secret",
+        metavar="NAMESPACE/NAME",
+        help="keep a CA and the serving certificate in this Secret (created if missing, "
+        "renewed before expiry) instead of --tls-cert/--tls-key",
+    )
+    parser.add_argument(
+        "--webhook-config",
+        metavar="NAME",
+        help="ValidatingWebhookConfiguration whose caBundle gets the CA of --cert-secret",
+    )
+    parser.add_argument(
+        "--locks",
+        nargs="+",
+        action="extend",
+        metavar="cluster|PATH",
+        help="where Locks come from: 'cluster' (watch Lock objects) and/or lock files or "
+        "directories; default: cluster",
+    )
+    parser.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="serve /healthz, /readyz (ready once the Locks synced and the CA is injected) "
+        "and /metrics over plain HTTP here",
+    )
+    parser.add_argument(
+        "--audit-log",
+        metavar="PATH|-",
+        help="append one JSON line per judged review (- for standard output)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
+    """WebhookSettings from parsed arguments; ConfigError for a contradictory combination."""
+    has_files = bool(args.tls_cert or args.tls_key)
+    if has_files and not (args.tls_cert and args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if has_files and args.cert_secret:
+        raise ConfigError("give either --tls-cert/--tls-key or --cert-secret, not both")
+    if not has_files and not args.cert_secret:
+        raise ConfigError("a webhook serves HTTPS: give --tls-cert/--tls-key or --cert-secret")
+    if args.cert_secret:
+        namespace, slash, name = args.cert_secret.partition("/")
+        if not slash or not namespace or not name or "/" in name:
+            raise ConfigError(f"--cert-secret {args.cert_secret!r}: expected NAMESPACE/NAME")
+    if args.webhook_config and not args.cert_secret:
+        raise ConfigError(
+            "--webhook-config names where --cert-secret injects its CA; with --tls-cert, "
+            "whoever issued the certificate sets the caBundle (cert-manager: the "
+            "cert-manager.io/inject-ca-from annotation)"
+        )
+    parse_listen(args.listen)
+    if args.health_listen:
+        parse_listen(args.health_listen, "--health-listen")
+    return WebhookSettings(
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        listen=args.listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        cert_secret=args.cert_secret,
+        webhook_config=args.webhook_config,
+        locks=tuple(args.locks or ("cluster",)),
+        health_listen=args.health_listen,
+        audit_log=args.audit_log,
+    )
+
+
+async def serve_until_signal(server: WebhookServer) -> int:
+    """Start ``server``, print the ready line, serve until SIGINT/SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await server.start()
+        except (KlockProxyError, OSError) as e:
+            print(f"klockproxy: {e}", file=sys.stderr)
+            return 1
+        line = f"klockproxy webhook serving on {server.url}/validate"
+        if server.health_url:
+            line += f" (health: {server.health_url})"
+        print(line, flush=True)
+        await stop.wait()
+        logger.info("stopping")
+        await server.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``klockproxy webhook``; returns the exit code."""
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as e:
+        print(f"klockproxy: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve_until_signal(WebhookServer(settings)))
+    except KlockProxyError as e:
+        print(f"klockproxy: {e}", file=sys.stderr)
+        return 1

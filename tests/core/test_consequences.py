@@ -1,0 +1,323 @@
+"""Controller rules: the deletions, creations and identities a workload write implies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from klockproxy.core.consequences import (
+    adoptions,
+    exempt_service_accounts,
+    selector_matches,
+    service_account_of,
+    template_creations,
+    workload_deletions,
+)
+from klockproxy.core.locks import load_locks_from_text
+from klockproxy.core.ownership import Graph, Node, OwnerRef
+from klockproxy.core.types import Operation, ResourceRef
+
+DEPLOY = ResourceRef("apps", "v1", "deployments")
+RS = ResourceRef("apps", "v1", "replicasets")
+STS = ResourceRef("apps", "v1", "statefulsets")
+JOB = ResourceRef("batch", "v1", "jobs")
+CRONJOB = ResourceRef("batch", "v1", "cronjobs")
+RC = ResourceRef("", "v1", "replicationcontrollers")
+POD = ResourceRef("", "v1", "pods")
+CM = ResourceRef("", "v1", "configmaps")
+KIND = {DEPLOY: "Deployment", RS: "ReplicaSet", STS: "StatefulSet", JOB: "Job", POD: "Pod"}
+KIND |= {CRONJOB: "CronJob", RC: "ReplicationController", CM: "ConfigMap"}
+RED = {"aura": "red"}
+
+
+def node(name: str, res: ResourceRef, owner: Node | None = None, **labels: str) -> Node:
+    refs = (
+        (OwnerRef(owner.resource.group, owner.kind, owner.name, owner.uid, True),) if owner else ()
+    )
+    return Node(f"uid-{name}", res, KIND[res], "t", name, labels, refs)
+
+
+def graph(*nodes: Node) -> Graph:
+    g = Graph()
+    for n in nodes:
+        g.upsert(n)
+    return g
+
+
+def workload(
+    replicas: int = 2, image: str = "nginx", labels: dict[str, str] | None = None, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": labels or {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": image}]},
+            },
+            **spec,
+        },
+    }
+
+
+def deleted(implied: list[Any]) -> list[str]:
+    assert all(i.input.operation is Operation.DELETE for i in implied)
+    return sorted(i.input.name for i in implied)
+
+
+# A Deployment -> ReplicaSet -> pod chain whose pod is locked.
+DEP = node("web", DEPLOY)
+RSET = node("web-1", RS, DEP)
+POD1 = node("web-1-a", POD, RSET, aura="red")
+OWNED_CM = node("web-1-a-cm", CM, POD1)  # owned by the pod: the GC deletes it after the pod
+CHAIN = graph(DEP, RSET, POD1, OWNED_CM)
+
+
+def test_item14_scale_down_deletes_the_pods_and_what_they_own() -> None:
+    out = workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(2), workload(1))
+    assert deleted(out) == ["web-1-a", "web-1-a-cm"]
+    assert "scaling down deletes pods" in out[0].note
+    # Scaling up deletes nothing.
+    assert workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(2), workload(3)) == []
+
+
+def test_item14_rollout_restart_and_set_image_replace_pods_and_may_drop_replicasets() -> None:
+    restarted = workload()
+    restarted["spec"]["template"]["metadata"]["annotations"] = {"kubectl.kubernetes.io/r": "1"}
+    assert deleted(workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(), restarted)) == [
+        "web-1",
+        "web-1-a",
+        "web-1-a-cm",
+    ]
+    out = workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(), workload(image="nginx:2"))
+    assert "rollout" in out[0].note
+    # Relabeling the Deployment itself changes nothing the controller does.
+    relabeled = workload()
+    relabeled["metadata"]["labels"] = {"x": "y"}
+    assert workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(), relabeled) == []
+
+
+def test_item14_statefulset_scale_down_deletes_the_highest_ordinals_only() -> None:
+    sts = node("db", STS)
+    pods = [node(f"db-{i}", POD, sts, aura="red") for i in range(3)]
+    g = graph(sts, *pods)
+    old, new = workload(3), workload(1)
+    old["metadata"]["name"] = new["metadata"]["name"] = "db"
+    assert deleted(workload_deletions(g, STS, sts.uid, old, new)) == [
+        "db-1",
+        "db-2",
+    ]
+
+
+def test_item14_suspending_a_job_and_cronjob_history_limits() -> None:
+    job = node("j", JOB)
+    pod = node("j-x", POD, job, aura="red")
+    g = graph(job, pod)
+    running: dict[str, Any] = {"spec": {"suspend": False}}
+    assert deleted(workload_deletions(g, JOB, job.uid, running, {"spec": {"suspend": True}})) == [
+        "j-x"
+    ]
+    cron = node("nightly", CRONJOB)
+    old_job = node("nightly-1", JOB, cron, aura="red")
+    old_pod = node("nightly-1-p", POD, old_job)
+    g = graph(cron, old_job, old_pod)
+    before = {"spec": {"successfulJobsHistoryLimit": 3}}
+    after = {"spec": {"successfulJobsHistoryLimit": 0}}
+    out = workload_deletions(g, CRONJOB, cron.uid, before, after)
+    assert deleted(out) == ["nightly-1", "nightly-1-p"]
+    assert "successfulJobsHistoryLimit" in out[0].note
+
+
+def test_item15_a_new_selector_adopts_orphans_only() -> None:
+    bare = node("bare", POD, None, aura="red", app="web")
+    owned = node("owned", POD, node("other", RS), aura="red", app="web")
+    g = graph(bare, owned)
+    rs = workload(0, labels={"app": "web"})
+    out = adoptions(g, RS, "t", None, rs)
+    assert deleted(out) == ["bare"]
+    assert "adopts 1 pods" in out[0].note
+    # Unchanged selector: no new adoption. A Job's generated selector adopts nothing.
+    assert adoptions(g, RS, "t", rs, rs) == []
+    assert adoptions(g, JOB, "t", None, rs) == []
+    # A ReplicationController's selector is a plain map.
+    rc = {"spec": {"selector": {"app": "web"}}}
+    assert deleted(adoptions(g, RC, "t", None, rc)) == ["bare"]
+
+
+def test_item15_a_deployment_adopts_orphan_replicasets_and_their_pods() -> None:
+    orphan_rs = node("old", RS, None, app="web")
+    pod = node("old-p", POD, orphan_rs, aura="red")
+    out = adoptions(graph(orphan_rs, pod), DEPLOY, "t", None, workload())
+    assert deleted(out) == ["old", "old-p"]
+
+
+def test_item16_a_pod_template_is_a_create_of_its_pods() -> None:
+    out = template_creations(DEPLOY, "t", "web", None, workload(labels=RED))
+    assert [(i.input.operation, i.input.resource.resource, i.input.new_labels) for i in out] == [
+        (Operation.CREATE, "pods", RED),
+        (Operation.CREATE, "replicasets", RED),
+    ]
+    cron = {
+        "spec": {
+            "jobTemplate": {
+                "metadata": {"labels": {"kind": "job"}},
+                "spec": {"template": {"metadata": {"labels": RED}}},
+            }
+        }
+    }
+    out = template_creations(CRONJOB, "t", "nightly", None, cron)
+    assert [(i.input.resource.resource, i.input.new_labels) for i in out] == [
+        ("pods", RED),
+        ("jobs", {"kind": "job"}),
+    ]
+    # An update that creates no pod (a label on the workload itself) implies no creation.
+    relabeled = workload(labels=RED)
+    relabeled["metadata"]["labels"] = {"x": "y"}
+    assert template_creations(DEPLOY, "t", "web", workload(labels=RED), relabeled) == []
+    assert template_creations(DEPLOY, "t", "web", workload(1, labels=RED), workload(2)) != []
+
+
+LOCKS = load_locks_from_text(
+    """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: short, namespace: t}
+spec: {operations: [DELETE], matcher: {aura: red}, exclusive: {name: jonny-op}}
+---
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: full, namespace: other}
+spec: {operations: [UPDATE], exclusive: {name: "system:serviceaccount:t:robot"}}
+""",
+    source="test",
+)
+
+
+def test_item18_the_exempt_service_account_by_name_or_full_username() -> None:
+    assert [lk.key for lk in exempt_service_accounts(LOCKS, "t", "jonny-op")] == ["t/short"]
+    assert exempt_service_accounts(LOCKS, "elsewhere", "jonny-op") == []
+    assert [lk.key for lk in exempt_service_accounts(LOCKS, "t", "robot")] == ["other/full"]
+    assert exempt_service_accounts(LOCKS, "t", "default") == []
+
+
+def test_item18_the_service_account_a_pod_or_template_runs_as() -> None:
+    assert service_account_of(POD, {"spec": {"serviceAccountName": "jonny-op"}}) == "jonny-op"
+    assert service_account_of(POD, {"spec": {"serviceAccount": "legacy"}}) == "legacy"
+    assert service_account_of(POD, {"spec": {}}) == "default"
+    tmpl = workload()
+    tmpl["spec"]["template"]["spec"]["serviceAccountName"] = "jonny-op"
+    assert service_account_of(DEPLOY, tmpl) == "jonny-op"
+
+
+LABELS = st.dictionaries(st.sampled_from("abc"), st.sampled_from("xy"), max_size=3)
+
+
+@given(LABELS, LABELS)
+def test_selector_matchlabels_and_the_equivalent_expressions_agree(
+    selector: dict[str, str], labels: dict[str, str]
+) -> None:
+    exprs = [{"key": k, "operator": "In", "values": [v]} for k, v in selector.items()]
+    expected = bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    assert selector_matches({"matchLabels": selector}, labels) is expected
+    assert selector_matches({"matchExpressions": exprs}, labels) is expected
+    assert selector_matches(selector, labels, plain=True) is expected
+
+
+def test_selector_operators() -> None:
+    def sel(op: str, *values: str) -> dict[str, Any]:
+        return {"matchExpressions": [{"key": "a", "operator": op, "values": list(values)}]}
+
+    assert selector_matches(sel("NotIn", "x"), {"a": "y"})
+    assert selector_matches(sel("NotIn", "x"), {})
+    assert not selector_matches(sel("NotIn", "x"), {"a": "x"})
+    assert selector_matches(sel("Exists"), {"a": ""}) and not selector_matches(sel("Exists"), {})
+    assert selector_matches(sel("DoesNotExist"), {}) and not selector_matches(sel("Bogus"), {})
+    assert not selector_matches({}, {"a": "x"})  # an empty selector selects nothing here
+
+
+# ---------------------------------------------------------------------------------------
+# One request
+
+
+def info(method: str, path: str) -> Any:
+    from klockproxy.core.requests import classify
+
+    return classify(method, path)
+
+
+def engine(text: str) -> Any:
+    from klockproxy.core.engine import Engine
+
+    return Engine(load_locks_from_text(text, source="test"))
+
+
+DELETE_LOCK_T = engine(
+    "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: l, namespace: t}\n"
+    "spec: {operations: [DELETE], matcher: {aura: red}}\n"
+)
+
+
+def test_the_fast_path_question() -> None:
+    from klockproxy.core.consequences import needs_consequence_judgement as needs
+
+    # Cluster-scoped objects may own anything: judged while DELETE locks exist.
+    assert needs(info("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterroles/x"), DELETE_LOCK_T)
+    assert needs(info("PATCH", "/api/v1/namespaces/t"), DELETE_LOCK_T)
+    # Namespaced objects own only their namespace's: elsewhere, nothing to judge.
+    assert not needs(info("DELETE", "/api/v1/namespaces/free/configmaps/x"), DELETE_LOCK_T)
+    assert needs(info("POST", "/api/v1/namespaces/t/pods/p/eviction"), DELETE_LOCK_T)
+    assert needs(info("PATCH", "/apis/apps/v1/namespaces/t/deployments/d/scale"), DELETE_LOCK_T)
+    assert needs(info("POST", "/apis/apps/v1/namespaces/t/replicasets"), DELETE_LOCK_T)
+    assert not needs(info("POST", "/api/v1/namespaces/t/configmaps"), DELETE_LOCK_T)
+    # The exempt identity: token requests and pods where a Lock exempts an account.
+    exempting = engine(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: l, namespace: t}\n"
+        "spec: {operations: [UPDATE], exclusive: {name: jonny-op}}\n"
+    )
+    assert needs(info("POST", "/api/v1/namespaces/t/serviceaccounts/x/token"), exempting)
+    assert needs(info("POST", "/api/v1/namespaces/t/pods"), exempting)
+    assert not needs(info("POST", "/api/v1/namespaces/other/pods"), exempting)
+    assert not needs(info("GET", "/api/v1/namespaces/t/pods"), exempting)
+
+
+def test_an_owner_on_a_namespace_puts_its_objects_at_stake() -> None:
+    from klockproxy.core.consequences import write_consequences
+
+    ns_node = Node("uid-t", ResourceRef("", "v1", "namespaces"), "Namespace", "", "t", {})
+    inside = node("locked", CM, None, **RED)
+    g = graph(ns_node, inside)
+    old = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t", "uid": "uid-t"}}
+    new = {**old, "metadata": {**old["metadata"], "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "nobody"}]}}  # fmt: skip
+    out = write_consequences(g, info("PATCH", "/api/v1/namespaces/t"), old, new)
+    assert deleted(out) == ["locked", "t"]
+    # Created with an owner that resolves: nothing at stake; with a dangling one: itself.
+    created = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n", "labels": RED,
+               "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                                    "name": "locked", "uid": "uid-locked"}]}}  # fmt: skip
+    assert (
+        write_consequences(g, info("POST", "/api/v1/namespaces/t/configmaps"), None, created) == []
+    )
+    created["metadata"]["ownerReferences"][0]["uid"] = "nobody"
+    out = write_consequences(g, info("POST", "/api/v1/namespaces/t/configmaps"), None, created)
+    assert deleted(out) == ["n"]
+
+
+def test_deleting_a_crd_puts_its_custom_resources_and_their_dependents_at_stake() -> None:
+    from klockproxy.core.consequences import deletion_consequences
+
+    widget_ref = ResourceRef("example.com", "v1", "widgets")
+    widget = Node("uid-w", widget_ref, "Widget", "t", "w", {})
+    secret = node("made", CM, widget, **RED)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com", "uid": "uid-crd"},
+        "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}},
+    }
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com"
+    out = deletion_consequences(graph(widget, secret), info("DELETE", path), [crd], None)
+    assert deleted(out) == ["made", "w"]
