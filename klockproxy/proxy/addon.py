@@ -25,9 +25,11 @@ Streams and long connections: WebSocket and raw TCP messages are not kept in mem
 timeout mitmproxy hard-codes (``mitmproxy.proxy.server.TCP_TIMEOUT``, 600 s) is raised when
 the addon is configured (``klock_idle_timeout``), because an idle ``exec -it``, ``logs -f`` or
 watch must not be cut. mitmproxy answers an unreachable upstream with an HTML 502 that no hook
-can replace (it is written by the protocol layer after the ``error`` hook), so before a flow
-opens a new upstream connection the addon checks that the API server accepts TCP connections
-and otherwise answers a 503 Status naming it. That needs ``connection_strategy=lazy`` (with
+can replace (it is written by the protocol layer after the ``error`` hook): the addon's
+``next_layer`` hook gives the HTTP layer a subclass that sends a Status instead
+(klockproxy.proxy.upstream_errors), and before a flow opens a new upstream connection the
+addon checks that the API server accepts TCP connections and otherwise answers a 503 Status
+naming it. That needs ``connection_strategy=lazy`` (with
 ``eager`` mitmproxy resets the client's TLS handshake before any hook runs), which the addon
 sets when the proxy starts.
 
@@ -95,6 +97,7 @@ from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
 from klockproxy.metrics import Metrics
+from klockproxy.proxy.upstream_errors import answer_with_status, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -560,7 +563,9 @@ class KlockProxy:
     # Per-connection hooks
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered.
+        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered;
+        the HTTP layer of every other connection answers upstream failures with a Status
+        (klockproxy.proxy.upstream_errors).
 
         mitmproxy's reverse mode serves a client that does not start with a TLS record as
         plain HTTP on the same port; kubectl never does that, and the bearer token would
@@ -584,6 +589,10 @@ class KlockProxy:
                 context.client.peername[0] if context.client.peername else "?",
             )
             nextlayer.layer = _CloseClient(context)
+            return
+        # mitmproxy's HTML error pages (upstream down, TLS verification failed, reset) become
+        # a Status kubectl prints readably.
+        answer_with_status(nextlayer)
 
     # ------------------------------------------------------------------------------------
     # Per-request hooks
@@ -626,6 +635,8 @@ class KlockProxy:
         flow.metadata[_MARK] = mark
         if (err := await self._probe(flow)) is not None:
             self._answer(flow, err)
+            # On discovery paths kubectl prints a text answer, not a Status (upstream_errors).
+            flow.response = error_response(req.path, err["code"], err["message"])
             return
         if mark == _PASS:
             self._count(flow, "passed")
