@@ -17,7 +17,8 @@ judged in full (parsed, mapped, the engine run on old and new labels, owner refe
 compared) and allowed, like the floor's answer. No review needs an API server lookup.
 
 The load comes from a separate process (aiohttp client, keep-alive, N concurrent clients,
-a warm-up second, then S seconds measured). Goals (issue 9): at least 0.8x the floor's
+a warm-up second, then S seconds measured), floor and webhook alternating for R rounds;
+each figure is the median of its rounds. Goals (issue 9): at least 0.8x the floor's
 throughput, and a p50 decision overhead (webhook p50 - floor p50, one client) under 1 ms for
 the small Pod.
 """
@@ -272,6 +273,11 @@ def big_configmap() -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
+def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds."""
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
 @dataclass
 class Row:
     review: str
@@ -286,6 +292,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--locks", type=int, nargs="+", default=[100, 10_000])
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     from klockproxy.cluster.certs import CertificateAuthority
@@ -324,10 +331,16 @@ def main() -> None:
                 for name in bodies:
                     body_file = work / f"{len(name)}.json"
                     for clients in args.clients:
-                        f = measure(floor.service.url + "/validate", work / "ca.crt", body_file,
-                                    clients, args.seconds)  # fmt: skip
-                        w = measure(server.url + "/validate", work / "ca.crt", body_file,
-                                    clients, args.seconds)  # fmt: skip
+                        # Alternating rounds, each figure the median of its rounds: load on
+                        # a shared machine shifts over time and hits both alike.
+                        floors, hooks = [], []
+                        for _ in range(args.rounds):
+                            floors.append(measure(floor.service.url + "/validate",
+                                                  work / "ca.crt", body_file, clients,
+                                                  args.seconds))  # fmt: skip
+                            hooks.append(measure(server.url + "/validate", work / "ca.crt",
+                                                 body_file, clients, args.seconds))  # fmt: skip
+                        f, w = median_of(floors), median_of(hooks)
                         rows.append(Row(name, f"{count:,}", clients, f, w))
                         print(f"  {name}, {clients} clients: floor {f['rps']:.0f}/s "
                               f"p50 {f['p50_ms']:.2f} ms; webhook {w['rps']:.0f}/s "

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
+import fcntl
 import logging
-from collections.abc import Mapping
+import os
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +197,62 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def _only_demo_in(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir/demo.lock`` while the demo runs: a second demo on the same state
+    directory would overwrite the running one's kubeconfigs, CA and sandbox state."""
+    fd = os.open(state_dir / "demo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            raise ConfigError(
+                f"another klockproxy demo is running with the state directory {state_dir} "
+                "(stop it, or choose another --state-dir)"
+            ) from e
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_listen(host: str, port: int) -> None:
+    """ConfigError when ``host:port`` is taken, before anything is started or written."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the proxy's own listener does: a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            reason = "address already in use" if e.errno == errno.EADDRINUSE else str(e)
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {reason} (is another klockproxy demo "
+                "running? choose another address with --listen)"
+            ) from e
+
+
 async def run_demo(listen: str, state_dir: Path) -> int:
-    """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM."""
+    """Start the sandbox and the proxy, install the scenario, serve until SIGINT/SIGTERM.
+
+    Refused before anything is written when the listen address is taken or another demo
+    uses ``state_dir``.
+    """
+    from klockproxy.proxy.master import parse_listen
+
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _only_demo_in(state_dir):
+        _check_listen(*parse_listen(listen))
+        return await _run_demo(listen, state_dir)
+
+
+async def _run_demo(listen: str, state_dir: Path) -> int:
     from klockproxy.cluster.kubeconfig import write_private
     from klockproxy.cluster.upstream import UpstreamConfig
     from klockproxy.proxy.serve import LocalProxy, ServeSettings, serve_until_signal
     from klockproxy.sandbox.server import Sandbox
 
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with Sandbox(state_dir=state_dir / "sandbox") as sandbox:
         admin_kubeconfig = sandbox.write_kubeconfig(state_dir / "sandbox-admin.kubeconfig")
         ca_file, token_file = state_dir / "sandbox-ca.crt", state_dir / "sandbox-admin.token"

@@ -94,3 +94,55 @@ def test_demo_prints_commands_that_do_what_they_say(
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
+
+
+def _demo_command(listen: str, state_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "klockproxy", "demo", f"--listen={listen}",
+            f"--state-dir={state_dir}"]  # fmt: skip
+
+
+def _state(state_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(state_dir.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("same_state_dir", [True, False], ids=["same-state", "other-state"])
+@pytest.mark.parametrize("same_port", [True, False], ids=["same-port", "other-port"])
+def test_a_second_demo_that_cannot_start_leaves_the_first_alone(
+    demo: tuple[subprocess.Popen[str], list[str]],
+    tmp_path: Path,
+    same_state_dir: bool,
+    same_port: bool,
+) -> None:
+    if not same_state_dir and not same_port:
+        pytest.skip("two independent demos may both run")
+    proc, lines = demo
+    url = lines[0].removeprefix("klockproxy serving on ").split()[0]
+    port = url.rsplit(":", 1)[1]
+    first_state = tmp_path / "state"
+    before = _state(first_state)
+    state_dir = first_state if same_state_dir else tmp_path / "second"
+    second = subprocess.run(
+        _demo_command(f"127.0.0.1:{port}" if same_port else "127.0.0.1:0", state_dir),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = second.stdout + second.stderr
+    assert second.returncode != 0, output
+    assert "--mode" not in output and "reverse:" not in output, output
+    if same_state_dir:
+        assert "another klockproxy demo" in output, output
+    else:
+        assert f"127.0.0.1:{port}" in output and "in use" in output, output
+    # The running demo's files (admin kubeconfig, CA, token, proxy kubeconfig) are untouched,
+    # and it still serves.
+    assert _state(first_state) == before
+    assert proc.poll() is None
+    kubectl = find_kubectl()
+    assert kubectl is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["HOME"] = str(tmp_path / "home")
+    for kubeconfig in ("kubeconfig", "sandbox-admin.kubeconfig"):
+        got = subprocess.run(
+            [kubectl, "--kubeconfig", str(first_state / kubeconfig), "get", "pod", "my-pod"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr

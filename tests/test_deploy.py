@@ -32,7 +32,7 @@ import klockproxy
 from klockproxy.core.owners import DEPENDENT_KINDS
 from klockproxy.sandbox.schema import prune_and_validate
 from klockproxy.sandbox.server import SandboxThread
-from klockproxy.webhook.server import CONTROLLER_USERS
+from klockproxy.webhook.server import NAMESPACE_CONTROLLER
 from tests.e2e.kube import Kubectl, find_kubectl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,13 +336,13 @@ def test_validating_webhook_configuration() -> None:
     }
     assert cluster[("", "namespaces")] >= {"UPDATE", "DELETE"}
     assert cluster[("apiextensions.k8s.io", "customresourcedefinitions")] == {"DELETE"}
-    # The garbage collector's and the namespace controller's DELETEs are not sent (they carry
-    # out deletions judged already); the webhook exempts exactly the same accounts.
+    # The namespace controller's DELETEs are not sent (it carries out a namespace deletion
+    # judged already); the webhook exempts the same account itself.
     (condition,) = hook["matchConditions"]
     expression_text = " ".join(condition["expression"].split())
     assert expression_text.startswith("!(request.operation == 'DELETE' && ")
     named = set(re.findall(r"'(system:serviceaccount:[^']+)'", expression_text))
-    assert named == CONTROLLER_USERS
+    assert named == {NAMESPACE_CONTROLLER}
     (expression,) = hook["namespaceSelector"]["matchExpressions"]
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"

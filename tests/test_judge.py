@@ -6,10 +6,14 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.core import guards
 from klockproxy.core.engine import Engine
-from klockproxy.core.errors import Refusal
+from klockproxy.core.errors import Refusal, UpstreamError
+from klockproxy.core.guards import ABSENT_UID
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.ownership import Graph, node_of
 from klockproxy.core.requests import classify
@@ -23,6 +27,7 @@ from klockproxy.judge import (
     is_crd_delete,
     needs_judgement,
 )
+from tests.fakes import FakeUpstream, pod
 
 LOCK = """
 apiVersion: klock.rnemet.dev/v1
@@ -35,56 +40,17 @@ spec:
 HEADERS = {"Authorization": ["Bearer caller-token"]}
 
 
-def pod(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "uid": f"uid-{name}",
-            "resourceVersion": "42",
-            "labels": dict(labels),
-        },
+def fake() -> FakeUpstream:
+    lookups = FakeUpstream()
+    lookups.objects = {
+        "/api/v1/namespaces/default/pods/red": pod("red", {"aura": "red"}),
+        "/api/v1/namespaces/default/pods/plain": pod("plain", {}),
     }
-
-
-class Lookups:
-    server = "https://api.example:6443"
-    has_own_credentials = False
-
-    def __init__(self) -> None:
-        self.objects = {
-            "/api/v1/namespaces/default/pods/red": pod("red", {"aura": "red"}),
-            "/api/v1/namespaces/default/pods/plain": pod("plain", {}),
-        }
-        self.lists: dict[str, list[dict[str, Any]]] = {}
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        return self.objects.get(path)
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        return self.lists.get(path, [])
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        return UserInfo("admin")
-
-    async def close(self) -> None:
-        pass
+    return lookups
 
 
 def judge() -> Judge:
-    lookups = Lookups()
+    lookups = fake()
     engine = Engine(load_locks_from_text(LOCK, source="test"))
     return Judge(lookups, IdentityResolver(lookups), engine)
 
@@ -192,7 +158,7 @@ async def test_decide_uses_a_known_caller_for_exemptions() -> None:
     exempting = LOCK.replace(
         "matcher: {aura: red}", "matcher: {aura: red}\n  exclusive: {name: alice}"
     )
-    lookups = Lookups()
+    lookups = fake()
 
     async def no_review(headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         raise AssertionError("a known caller needs no SelfSubjectReview")
@@ -208,7 +174,7 @@ async def test_decide_uses_a_known_caller_for_exemptions() -> None:
 
 
 async def test_decide_judges_a_cascade_unless_the_options_orphan() -> None:
-    lookups = Lookups()
+    lookups = fake()
     owner = pod("plain", {})
     dependent = pod("child", {"aura": "red"})
     dependent["metadata"]["ownerReferences"] = [{"uid": "uid-plain", "kind": "Pod", "name": "p"}]
@@ -223,6 +189,242 @@ async def test_decide_judges_a_cascade_unless_the_options_orphan() -> None:
     assert "garbage collector" in cascade.status["message"]
     orphan = {"propagationPolicy": "Orphan"}
     assert (await decider.decide(Subject(info, owner, None, orphan), caller)).allowed
+
+
+# ----------------------------------------------------------------------------------------
+# Patches are judged on the object the API server computes (a dry run of the same request)
+
+SMP = "application/strategic-merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+PLAIN = "/api/v1/namespaces/default/pods/plain"
+
+
+def judge_with(lookups: FakeUpstream, locks: str = LOCK) -> Judge:
+    return Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(locks, source="t"))
+    )
+
+
+def hpa(labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": "web",
+            "namespace": "default",
+            "uid": "uid-web",
+            "resourceVersion": "7",
+            "labels": dict(labels),
+        },
+        "spec": {"minReplicas": 1, "maxReplicas": 3, "metrics": []},
+    }
+
+
+async def test_a_patch_is_judged_on_the_api_server_s_own_result() -> None:
+    """A strategic-merge directive the proxy's engine reads differently from the API server
+    (``$patch: delete`` in the labels) cannot move an object into a Lock: the server's dry
+    run says what it would store, and that is judged."""
+    lookups = fake()
+    lookups.dry_run_answers[PLAIN] = pod("plain", {"aura": "red"})
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    body = b'{"metadata":{"labels":{"$patch":"delete","aura":"red"}}}'
+    verdict = await decider.judge(classify("PATCH", PLAIN), HEADERS, body, SMP)
+    assert verdict.status is not None
+    assert verdict.status["code"] == 403
+    assert "Lock default/lockred forbids UPDATE" in verdict.status["message"]
+
+
+async def test_the_dry_run_is_the_real_write_made_conditional_and_dry() -> None:
+    lookups = fake()
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    info = classify("PATCH", PLAIN + "?fieldManager=kubectl-patch&dryRun=All")
+    verdict = await decider.judge(info, HEADERS, b'{"metadata":{"labels":{"a":"b"}}}', SMP)
+    assert verdict.allowed
+    (call,) = [c for c in lookups.calls if c[0] == "dry_run"]
+    _, path, sent = call
+    assert path == PLAIN
+    assert ("fieldManager", "kubectl-patch") in sent["query"]
+    # The same body as the real write: conditional on the version the proxy read.
+    assert sent["body"] == verdict.body
+    assert json.loads(verdict.body or b"")["metadata"]["resourceVersion"] == "42"
+
+
+async def test_a_strategic_merge_patch_of_a_kind_without_a_local_schema_is_judged() -> None:
+    """No more 415 for HorizontalPodAutoscaler, Ingress, NetworkPolicy... under a Lock."""
+    lookups = fake()
+    path = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web"
+    lookups.objects[path] = hpa({})
+    lookups.dry_run_answers[path] = {**hpa({}), "spec": {"minReplicas": 2, "maxReplicas": 3}}
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    body = b'{"spec":{"minReplicas":2}}'
+    verdict = await decider.judge(classify("PATCH", path), HEADERS, body, SMP)
+    assert verdict.allowed, verdict.status
+    assert json.loads(verdict.body or b"")["metadata"]["resourceVersion"] == "7"
+    # The server's result is judged: relabelling it into the Lock is refused.
+    lookups.dry_run_answers[path] = hpa({"aura": "red"})
+    relabel = b'{"metadata":{"labels":{"aura":"red"}}}'
+    denied = await decider.judge(classify("PATCH", path), HEADERS, relabel, SMP)
+    assert denied.status is not None
+    assert denied.status["code"] == 403
+
+
+async def test_server_side_apply_keeps_labels_another_manager_owns() -> None:
+    """Leaving out a label another field manager owns keeps it (the server says so): no
+    false denial from judging the configuration's labels alone."""
+    lookups = fake()
+    path = "/api/v1/namespaces/default/pods/web"
+    lookups.objects[path] = pod("web", {"aura": "red", "override": "yes"})
+    lookups.dry_run_answers[path] = pod("web", {"aura": "red", "override": "yes", "team": "a"})
+    lock = LOCK.replace("operations: [UPDATE, DELETE]", "operations: [UPDATE]").replace(
+        "matcher: {aura: red}", "matcher: {aura: red, override: ^yes}"
+    )
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(lock, source="t"))
+    )
+    config = b"apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {aura: red, team: a}}\n"
+    info = classify("PATCH", path + "?fieldManager=ops")
+    verdict = await decider.judge(info, HEADERS, config, APPLY)
+    assert verdict.allowed, verdict.status
+
+
+async def test_a_refused_dry_run_answers_the_api_server_s_own_status() -> None:
+    lookups = fake()
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'Pod "plain" is invalid: spec.containers[0].image: Required value',
+        "reason": "Invalid",
+        "details": {"name": "plain", "kind": "Pod", "causes": [{"field": "spec"}]},
+        "code": 422,
+    }
+    lookups.dry_run_answers[PLAIN] = UpstreamStatusError.from_answer(
+        "PATCH", 422, json.dumps(status).encode()
+    )
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    body = b'{"spec":{"containers":[{"name":"c","image":null}]}}'
+    verdict = await decider.judge(classify("PATCH", PLAIN), HEADERS, body, SMP)
+    assert verdict.status == status
+
+
+async def test_without_a_dry_run_the_local_engine_judges_and_fails_closed() -> None:
+    """An admission webhook that does not support dry run makes the server unable to answer:
+    the proxy's own engine judges, and refuses (415) what it cannot compute."""
+    lookups = fake()
+    unsupported = UpstreamStatusError(
+        "PATCH", 400, 'admission webhook "legacy.example.com" does not support dry run'
+    )
+    hpa_path = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web"
+    lookups.objects[hpa_path] = hpa({})
+    for path in (PLAIN, hpa_path):
+        lookups.dry_run_answers[path] = unsupported
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    relabel = b'{"metadata":{"labels":{"aura":"red"}}}'
+    denied = await decider.judge(classify("PATCH", PLAIN), HEADERS, relabel, SMP)
+    assert denied.status is not None
+    assert denied.status["code"] == 403
+    allowed = await decider.judge(classify("PATCH", PLAIN), HEADERS, b'{"x":{"a":"b"}}', SMP)
+    assert allowed.allowed
+    unknown = await decider.judge(classify("PATCH", hpa_path), HEADERS, b"{}", SMP)
+    assert unknown.status is not None
+    assert unknown.status["code"] == 415
+
+
+async def test_server_side_apply_creating_an_object_is_guarded_against_one_appearing() -> None:
+    lookups = fake()
+    decider = Judge(
+        lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
+    )
+    config = b"apiVersion: v1\nkind: Pod\nmetadata: {name: new, labels: {a: b}}\n"
+    info = classify("PATCH", "/api/v1/namespaces/default/pods/new?fieldManager=ops")
+    verdict = await decider.judge(info, HEADERS, config, APPLY)
+    assert verdict.allowed
+    assert json.loads(verdict.body or b"")["metadata"]["uid"] == ABSENT_UID
+
+
+# ----------------------------------------------------------------------------------------
+# One error boundary: every failure is a Status
+
+
+YAML = "application/yaml"
+CREATE_LOCK = LOCK.replace("operations: [UPDATE, DELETE]", "operations: [CREATE]")
+
+
+async def test_a_label_that_is_not_a_string_is_a_400_naming_the_field() -> None:
+    info = classify("POST", "/api/v1/namespaces/default/pods")
+    decider = judge_with(fake(), CREATE_LOCK)
+    for body, ctype, kind in (
+        (b"apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {aura: yes}}\n", YAML, "boolean"),
+        (
+            b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x","labels":{"aura":1}}}',
+            "",
+            "number",
+        ),
+    ):
+        verdict = await decider.judge(info, HEADERS, body, ctype)
+        assert verdict.status is not None
+        assert verdict.status["code"] == 400
+        assert "metadata.labels['aura'] must be a string" in verdict.status["message"]
+        assert kind in verdict.status["message"]
+        # The log never quotes the body.
+        assert verdict.log_message is not None
+        assert "aura" not in verdict.log_message
+
+
+async def test_upstream_trouble_is_a_503_and_a_refused_lookup_passes_on() -> None:
+    lookups = fake()
+    decider = judge_with(lookups)
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/red")
+    lookups.fail = UpstreamError("GET x: the API server cannot be reached: refused")
+    down = await decider.judge(info, HEADERS, b"", "")
+    assert down.status is not None
+    assert down.status["code"] == 503
+    assert "cannot be reached" in down.status["message"]
+    lookups.fail = UpstreamStatusError("GET /api/v1/namespaces/default/pods/red", 403, "no")
+    refused = await decider.judge(info, HEADERS, b"", "")
+    assert refused.status is not None
+    assert refused.status["code"] == 403
+    assert "refused GET /api/v1/namespaces/default/pods/red: no" in refused.status["message"]
+
+
+async def test_an_unreadable_object_from_the_api_server_is_upstream_trouble() -> None:
+    lookups = fake()
+    lookups.objects["/api/v1/namespaces/default/pods/plain"]["metadata"]["labels"] = {"a": 1}
+    info = classify("DELETE", "/api/v1/namespaces/default/pods/plain")
+    verdict = await judge_with(lookups).judge(info, HEADERS, b"", "")
+    assert verdict.status is not None
+    assert verdict.status["code"] == 503
+
+
+async def test_a_judged_body_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard reuses the document the judgement decoded (update, DeleteOptions)."""
+
+    def again(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(guards, "load_document", again)
+    decider = judge_with(fake())
+    update = json.dumps(pod("plain", {"a": "b"})).encode()
+    put = await decider.judge(classify("PUT", PLAIN), HEADERS, update, "application/json")
+    assert put.allowed, put.status
+    assert json.loads(put.body or b"")["metadata"]["resourceVersion"] == "42"
+    options = b'{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Orphan"}'
+    delete = await decider.judge(classify("DELETE", PLAIN), HEADERS, options, "application/json")
+    assert delete.allowed, delete.status
+    sent = json.loads(delete.body or b"")
+    assert sent["preconditions"] == {"resourceVersion": "42", "uid": "uid-plain"}
+    assert sent["propagationPolicy"] == "Orphan"
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,7 +475,7 @@ async def decide(
     index: StaticOwnership, method: str, path: str, old: Any, new: Any = None, **kw: Any
 ) -> Any:
     engine = kw.pop("engine", DELETE_LOCK)
-    decider = Judge(Lookups(), None, engine, index)
+    decider = Judge(fake(), None, engine, index)
     info = classify(method, path)
     caller = kw.pop("caller", Caller.known(UserInfo("someone")))
     return await decider.decide(Subject(info, old, new, kw.pop("options", None)), caller)
@@ -383,7 +585,7 @@ async def test_a_consequence_the_caller_may_not_read_is_not_named() -> None:
     secret = obj("Secret", "top-secret-name", db, aura="red")
     index = StaticOwnership(db, secret)
 
-    class NoSecrets(Lookups):
+    class NoSecrets(FakeUpstream):
         async def get_object(
             self, path: str, headers: Mapping[str, str | Sequence[str]]
         ) -> dict[str, Any] | None:
@@ -399,3 +601,62 @@ async def test_a_consequence_the_caller_may_not_read_is_not_named() -> None:
     assert "top-secret-name" not in message
     assert "one of the secrets that the garbage collector would delete" in message
     assert "Lock shop/l" in message
+
+
+async def test_deletecollection_follows_owners_unless_it_orphans() -> None:
+    owner = obj("ConfigMap", "owner", role="owner")
+    locked = obj("ConfigMap", "locked", owner, aura="red")
+    index = StaticOwnership(owner, locked)
+    lookups = FakeUpstream()
+    lookups.lists["/api/v1/namespaces/shop/configmaps"] = [owner]
+    decider = Judge(lookups, None, DELETE_LOCK, index)
+    caller = Caller.known(UserInfo("someone"))
+    path = "/api/v1/namespaces/shop/configmaps?labelSelector=role%3Downer"
+    verdict = await decider.decide(Subject(classify("DELETE", path), None, None), caller)
+    assert verdict.status is not None
+    assert "deletecollection would delete locked objects: locked" in verdict.status["message"]
+    orphaning = classify("DELETE", path + "&propagationPolicy=Orphan")
+    assert (await decider.decide(Subject(orphaning, None, None), caller)).allowed
+
+
+# A body the core decodes only in part (protobuf of a kind without a schema: metadata only)
+# is judged on the object the API server itself makes of it, like a patch.
+
+EXEMPT_DELETE_LOCK = """
+apiVersion: klock.rnemet.dev/v1
+kind: Lock
+metadata: {name: l, namespace: shop}
+spec: {operations: [DELETE], matcher: {aura: red}, exclusive: {name: jonny-op}}
+"""
+
+
+def protobuf_pod(service_account: str) -> bytes:
+    from klockproxy.core.protobuf import encode_len_field, encode_string_field, encode_unknown
+
+    # ObjectMeta{name: runner} and a PodSpec{serviceAccountName} the core has no schema for.
+    meta = encode_string_field(1, "runner")
+    spec = encode_string_field(8, service_account)
+    raw = encode_len_field(1, meta) + encode_len_field(2, spec)
+    return encode_unknown("v1", "Pod", raw)
+
+
+async def test_a_partly_decodable_protobuf_create_is_judged_on_the_server_s_result() -> None:
+    lookups = FakeUpstream()
+    collection = "/api/v1/namespaces/shop/pods"
+    lookups.dry_run_answers[collection] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "runner", "namespace": "shop"},
+        "spec": {"serviceAccountName": "jonny-op", "containers": [{"name": "c"}]},
+    }
+    engine = Engine(load_locks_from_text(EXEMPT_DELETE_LOCK, source="test"))
+    decider = Judge(lookups, IdentityResolver(lookups), engine)
+    info = classify("POST", collection)
+    body = protobuf_pod("jonny-op")
+    verdict = await decider.judge(info, HEADERS, body, "application/vnd.kubernetes.protobuf")
+    # The pod would run as the exempt account: whoever creates it acts as jonny-op.
+    assert verdict.status is not None
+    assert "jonny-op" in verdict.status["message"]
+    # Asked of the API server: the very body, to the collection, as a dry run.
+    dry = [c for c in lookups.calls if c[0] == "dry_run"]
+    assert dry and dry[0][1] == collection and dry[0][2]["body"] == body

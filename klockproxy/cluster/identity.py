@@ -70,6 +70,7 @@ class ReviewRefused(UpstreamError):
     """
 
     def __init__(self, what: str, code: int, message: str) -> None:
+        self.what = what
         self.code = code
         self.message = message
         super().__init__(f"{what}: HTTP {code}: {message}")

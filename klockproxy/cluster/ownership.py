@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from klockproxy.cluster.upstream import UpstreamStatusError, WatchEvent
+from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError, WatchEvent
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import Refusal, UpstreamError
 from klockproxy.core.ownership import Graph, node_of
@@ -108,6 +108,7 @@ class OwnershipIndex:
 
     def __init__(self, client: WatchClient) -> None:
         self.client = client
+        self._own_client: Upstream | None = None
         self.graph = Graph()
         self._kinds: tuple[Kind, ...] | None = None
         self._namespaces: frozenset[str] = frozenset()
@@ -117,6 +118,31 @@ class OwnershipIndex:
         self._running = False
         self._engine: Engine | None = None
         self._changed = asyncio.Event()
+
+    @classmethod
+    def over(cls, config: UpstreamConfig) -> OwnershipIndex:
+        """An index with a client of its own to the API server of ``config``: its watches
+        (one per kind and namespace) must never take the connections the judge's lookups
+        need, so they get their own pool, without a limit."""
+        client = Upstream(config, connection_limit=0)
+        index = cls(client)
+        index._own_client = client
+        return index
+
+    async def permitted(self) -> str:
+        """Why the index cannot run with these credentials (empty when it can): it lists and
+        watches every kind, so it needs ``list`` and ``watch`` on every resource of every
+        group (it asks for metadata only, but RBAC cannot grant only that)."""
+        review = getattr(self.client, "self_access_review", None)
+        if review is None:
+            return ""
+        try:
+            for verb in ("list", "watch"):
+                if not await review({"verb": verb, "group": "*", "resource": "*"}):
+                    return f"the proxy's own credentials may not {verb} every resource"
+        except UpstreamError as e:
+            return f"cannot ask what the proxy's own credentials may do: {e}"
+        return ""
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -140,6 +166,8 @@ class OwnershipIndex:
                 await task
         self._streams.clear()
         self._discovery = None
+        if self._own_client is not None:
+            await self._own_client.close()
 
     def follow(self, engine: Engine) -> None:
         """Watch the namespaces where ``engine``'s Locks may refuse a DELETE (cheap when the
@@ -323,6 +351,8 @@ class OwnershipIndex:
                     if is_crd and (event.type != "LISTED" or listed):
                         self._schedule_discovery()
                     listed = listed or event.type == "LISTED"
+                    # A LISTED event holds a whole collection: not kept until the next event.
+                    del event
             except UpstreamStatusError as e:
                 if e.code == 404:
                     # The kind is gone (its CRD deleted): nothing of it exists any more.

@@ -26,6 +26,7 @@ from yarl import URL
 
 from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.core.errors import ConfigError, UpstreamError
+from klockproxy.core.status import REASON_FOR_CODE, Status, failure
 from klockproxy.core.types import UserInfo
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,20 @@ class UpstreamConfig:
 class UpstreamStatusError(ReviewRefused):
     """The API server answered, but not with what was asked for (``code`` is its HTTP code).
 
-    ``message`` is the Status message of the API server when it sent one: it is the API
-    server's own words (e.g. an RBAC refusal) and safe to show to the caller.
+    ``status`` is the whole Status the API server sent (one is made up from the code when the
+    answer was not a Status), ``message`` its message: the API server's own words (e.g. an
+    RBAC refusal), safe to show to the caller.
     """
+
+    def __init__(self, what: str, code: int, message: str, status: Status | None = None) -> None:
+        super().__init__(what, code, message)
+        self.status: Status = status if status is not None else failure(code, message)
+
+    @classmethod
+    def from_answer(cls, what: str, code: int, body: bytes) -> UpstreamStatusError:
+        """The error for an answer ``code`` with ``body`` (a Status, usually)."""
+        status = _status_of(body, code)
+        return cls(what, code, status["message"] if status else _status_message(body), status)
 
 
 class WatchExpired(UpstreamStatusError):
@@ -147,6 +159,30 @@ def build_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
     return ctx
 
 
+def _status_of(body: bytes, code: int) -> Status | None:
+    """The API server's Status in ``body`` (kind Status, a message), None for anything else."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not (
+        isinstance(data, dict)
+        and data.get("kind") == "Status"
+        and isinstance(data.get("message"), str)
+    ):
+        return None
+    reason = data.get("reason")
+    status = failure(
+        code,
+        data["message"],
+        reason if isinstance(reason, str) else REASON_FOR_CODE.get(code, ""),
+    )
+    details = data.get("details")
+    if isinstance(details, dict):
+        status["details"] = details  # type: ignore[typeddict-item]
+    return status
+
+
 def _status_message(body: bytes) -> str:
     """The ``message`` of a Kubernetes Status body, or a short neutral description."""
     try:
@@ -161,8 +197,12 @@ def _status_message(body: bytes) -> str:
 class Upstream:
     """One pooled aiohttp session to the API server, created lazily inside the running loop."""
 
-    def __init__(self, config: UpstreamConfig, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, config: UpstreamConfig, *, timeout: float = 10.0, connection_limit: int = 100
+    ) -> None:
         self.config = config
+        # 0 = no limit (a client that keeps one watch per collection open).
+        self._connection_limit = connection_limit
         self._base = URL(config.server.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ConfigError(f"upstream server must be an http(s) URL, got {config.server!r}")
@@ -186,7 +226,7 @@ class Upstream:
                 if self._ssl is None:
                     self._ssl = build_ssl_context(self.config)
                 tls = self._ssl
-            connector = aiohttp.TCPConnector(ssl=tls, limit=100)
+            connector = aiohttp.TCPConnector(ssl=tls, limit=self._connection_limit)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
             self._loop = loop
         return self._session
@@ -215,7 +255,9 @@ class Upstream:
             out.append(("Authorization", f"Bearer {self._token.token()}"))
         return out
 
-    def _url(self, path: str, query: Mapping[str, str] | None = None) -> URL:
+    def _url(
+        self, path: str, query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
+    ) -> URL:
         url = self._base.with_path(self._base.path.rstrip("/") + path, encoded=True)
         return url.with_query(query) if query else url
 
@@ -225,16 +267,20 @@ class Upstream:
         path: str,
         caller: Mapping[str, str | Sequence[str]],
         *,
-        query: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         body: bytes | None = None,
         accept: str = "application/json",
         content_type: str = "application/json",
     ) -> tuple[int, bytes]:
         url = self._url(path, query)
-        headers = self._headers(caller, accept)
+        what = f"{method} {path} on {self.server}"
+        try:
+            headers = self._headers(caller, accept)
+        except ConfigError as e:
+            # The proxy's own token file is unreadable: upstream trouble, not a bug.
+            raise UpstreamError(f"{what}: {e}") from e
         if body is not None:
             headers.append(("Content-Type", content_type))
-        what = f"{method} {path} on {self.server}"
         try:
             session = self._get_session()
             # Never follow redirects: the answer must be about the object asked for.
@@ -260,7 +306,7 @@ class Upstream:
         if status == 404:
             return None
         if status != 200:
-            raise UpstreamStatusError(f"GET {path}", status, _status_message(body))
+            raise UpstreamStatusError.from_answer(f"GET {path}", status, body)
         return self._json_object(body, f"GET {path}")
 
     async def create_object(
@@ -275,7 +321,7 @@ class Upstream:
         """
         status, body = await self._request("POST", path, headers, body=json.dumps(obj).encode())
         if status not in (200, 201, 202):
-            raise UpstreamStatusError(f"POST {path}", status, _status_message(body))
+            raise UpstreamStatusError.from_answer(f"POST {path}", status, body)
         return self._json_object(body, f"POST {path}")
 
     async def list_objects(
@@ -321,7 +367,7 @@ class Upstream:
                 query["continue"] = cont
             status, body = await self._request("GET", path, headers, query=query, accept=accept)
             if status != 200:
-                raise UpstreamStatusError(f"LIST {path}", status, _status_message(body))
+                raise UpstreamStatusError.from_answer(f"LIST {path}", status, body)
             page = self._json_object(body, f"LIST {path}")
             raw_items = page.get("items") or []
             if not isinstance(raw_items, list):
@@ -382,6 +428,8 @@ class Upstream:
                         )
                         down, retries, backoff = None, 0, min_backoff
                     yield WatchEvent("LISTED", items=tuple(items), resource_version=rv)
+                    # Not kept alive for as long as the watch runs (a whole collection).
+                    items = []
                 query = {
                     "watch": "true",
                     "resourceVersion": rv,
@@ -503,6 +551,29 @@ class Upstream:
             reason = str(e) or type(e).__name__
             raise UpstreamError(f"{where}: the watch connection failed: {reason}") from e
 
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """Send a write with ``dryRun=All`` as the caller: the object the API server would store.
+
+        ``path`` is already URL-encoded; ``query`` are the request's own parameters (any
+        ``dryRun`` among them is replaced). Raises UpstreamStatusError carrying the API
+        server's Status when it refuses (what the real write would answer).
+        """
+        params = [(k, v) for k, v in query if k != "dryRun"] + [("dryRun", "All")]
+        status, answer = await self._request(
+            method, path, headers, query=params, body=body, content_type=content_type
+        )
+        if status not in (200, 201):
+            raise UpstreamStatusError.from_answer(f"{method} {path} (dry run)", status, answer)
+        return self._json_object(answer, f"{method} {path} (dry run)")
+
     async def _write(
         self, method: str, path: str, body: Any, content_type: str = "application/json"
     ) -> dict[str, Any] | None:
@@ -518,8 +589,8 @@ class Upstream:
         return self._json_object(answer, f"{method} {path}")
 
     async def create_if_absent(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        """POST ``obj`` to the collection ``path`` with the proxy's own credentials; None when
-        it already exists (409: someone else created it first)."""
+        """POST ``obj`` to the collection ``path`` with the client's own credentials; None
+        when it already exists (409: someone created it first)."""
         return await self._write("POST", path, obj)
 
     async def replace_object(self, path: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -543,10 +614,10 @@ class Upstream:
                 "POST", path, headers, body=json.dumps(review).encode()
             )
             if status == 404:
-                last = UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
+                last = UpstreamStatusError.from_answer("SelfSubjectReview", status, body)
                 continue
             if status not in (200, 201):
-                raise UpstreamStatusError("SelfSubjectReview", status, _status_message(body))
+                raise UpstreamStatusError.from_answer("SelfSubjectReview", status, body)
             return _user_info(self._json_object(body, "SelfSubjectReview"))
         raise last or UpstreamError("SelfSubjectReview: the API server offers no version of it")
 
@@ -575,13 +646,28 @@ class Upstream:
         path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
         status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
         if status not in (200, 201):
-            raise UpstreamStatusError("SubjectAccessReview", status, _status_message(body))
+            raise UpstreamStatusError.from_answer("SubjectAccessReview", status, body)
         answer = self._json_object(body, "SubjectAccessReview").get("status")
         if not isinstance(answer, dict):
             raise UpstreamError("SubjectAccessReview: the answer has no status")
         reason = answer.get("reason")
         # Only an explicit true allows (denied, missing or malformed: not allowed).
         return answer.get("allowed") is True, reason if isinstance(reason, str) else ""
+
+    async def self_access_review(self, attributes: Mapping[str, str]) -> bool:
+        """May the proxy's own credentials do what ``attributes`` (resourceAttributes) say?
+        (SelfSubjectAccessReview; only an explicit true allows.)"""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": dict(attributes)},
+        }
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        if status not in (200, 201):
+            raise UpstreamStatusError("SelfSubjectAccessReview", status, _status_message(body))
+        answer = self._json_object(body, "SelfSubjectAccessReview").get("status")
+        return isinstance(answer, dict) and answer.get("allowed") is True
 
     def _json_object(self, body: bytes, what: str) -> dict[str, Any]:
         try:

@@ -44,6 +44,7 @@ from klockproxy.core.ownership import (
     collected,
     collected_now,
     node_of,
+    owner_refs_of,
 )
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
@@ -447,6 +448,18 @@ def orphans(resource: ResourceRef, options: Mapping[str, Any] | None) -> bool:
     return orphans_by_default(resource)
 
 
+def options_of_query(info: RequestInfo) -> dict[str, Any] | None:
+    """The propagation options a request's query carries (a deletecollection's), or None."""
+    out: dict[str, Any] = {}
+    policy = (info.query.get("propagationPolicy") or ("",))[0]
+    orphan = (info.query.get("orphanDependents") or ("",))[0]
+    if policy:
+        out["propagationPolicy"] = policy
+    if orphan:
+        out["orphanDependents"] = orphan == "true"
+    return out or None
+
+
 def contained(graph: Graph, obj: Mapping[str, Any], resource: ResourceRef) -> list[Node]:
     """What goes with an object besides its dependents: a namespace's objects, a CRD's
     custom resources (as far as the graph holds them)."""
@@ -484,8 +497,17 @@ def _target(info: RequestInfo, old: Mapping[str, Any] | None, new: Mapping[str, 
     node = node_of({**new, "metadata": meta}, parent_ref(info), kind)
     if node is not None:
         return node
-    # Not stored yet (a create): a placeholder uid nobody owns.
-    return Node("", parent_ref(info), kind, info.namespace, str(meta.get("name") or ""), {})
+    # Not stored yet (a create): no uid, so nobody can own it yet.
+    labels = meta.get("labels")
+    return Node(
+        "",
+        parent_ref(info),
+        kind,
+        info.namespace,
+        str(meta.get("name") or meta.get("generateName") or ""),
+        {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        owner_refs_of(new),
+    )
 
 
 def _ttl_set(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

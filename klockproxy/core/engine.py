@@ -203,7 +203,7 @@ class _Namespace:
 
 
 # How many locks a build step handles before it yields (see ``Engine.build``).
-BUILD_STEP = 256
+BUILD_STEP = 64
 
 
 def _namespace_steps(locks: list[Lock]) -> Generator[None, None, _Namespace]:

@@ -152,7 +152,14 @@ def _json(value: Any) -> bytes:
 
 
 def add_precondition(
-    body: bytes, ctype: str, info: RequestInfo, rv: str, uid: str, *, absent: bool = False
+    body: bytes,
+    ctype: str,
+    info: RequestInfo,
+    rv: str,
+    uid: str,
+    *,
+    absent: bool = False,
+    document: Any = None,
 ) -> tuple[bytes, str | None] | None:
     """Make the write conditional on the checked object version (409 if it changed).
 
@@ -167,15 +174,24 @@ def add_precondition(
     no object can have (``ABSENT_UID``) then makes the write fail with 409 instead if a
     (possibly locked) object of that name is created before the write lands; a uid the client
     set already does the same and is kept.
+
+    ``document``: the JSON or YAML body already decoded (it is not parsed again; it is not
+    modified either: the parts the guard changes are copied).
     """
     verb = info.verb
     mtype = media_type(ctype)
+
+    def load(what: str) -> Any:
+        if document is not None and (is_json_type(mtype) or is_yaml_type(mtype)):
+            return document
+        return load_document(body, ctype, what)
+
     if mtype == PROTOBUF_CONTENT_TYPE and verb in ("delete", "create", "update"):
         return protobuf_guard(body, info, rv, uid, absent=absent), None
     if verb == "delete" or (verb == "create" and info.subresource == "eviction"):
         what = "Eviction body" if verb == "create" else "DeleteOptions body"
         if body.strip():
-            doc = load_document(body, ctype, what)
+            doc = load(what)
         elif verb == "create":
             doc = {
                 "apiVersion": "policy/v1",
@@ -186,19 +202,21 @@ def add_precondition(
             doc = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if not isinstance(doc, dict):
             raise Refusal(failure(400, f"klockproxy: the {what} is not an object"))
+        doc = dict(doc)
         target = doc
         if verb == "create":
             opts = doc.get("deleteOptions")
             if opts is None:
-                opts = doc["deleteOptions"] = {}
+                opts = {}
             if not isinstance(opts, dict):
                 raise Refusal(failure(400, "klockproxy: Eviction.deleteOptions is not an object"))
-            target = opts
+            target = doc["deleteOptions"] = dict(opts)
         pre = target.get("preconditions")
         if pre is None:
-            pre = target["preconditions"] = {}
+            pre = {}
         if not isinstance(pre, dict):
             raise Refusal(failure(400, "klockproxy: DeleteOptions.preconditions is not an object"))
+        pre = target["preconditions"] = dict(pre)
         if rv:
             check_client_value(info, pre.get("resourceVersion"), rv)
             pre["resourceVersion"] = rv
@@ -208,7 +226,7 @@ def add_precondition(
             check_client_value(info, pre.get("uid"), uid)
         return _json(doc), "application/json"
     if verb == "patch" and mtype == JSON_PATCH:
-        ops = load_document(body, ctype, "JSON patch")
+        ops = load("JSON patch")
         if not isinstance(ops, list):
             raise Refusal(failure(400, "klockproxy: a JSON patch must be a list of operations"))
         if absent:
@@ -218,14 +236,16 @@ def add_precondition(
         return _json([test, *ops]), ctype
     if verb in ("update", "patch"):
         what = "request body" if verb == "update" else "patch"
-        doc = load_document(body, ctype, what)
+        doc = load(what)
         if not isinstance(doc, dict):
             raise Refusal(failure(400, f"klockproxy: the {what} is not an object"))
         meta = doc.get("metadata")
         if meta is None:
-            meta = doc["metadata"] = {}
+            meta = {}
         if not isinstance(meta, dict):
             raise Refusal(failure(400, f"klockproxy: metadata in the {what} is not an object"))
+        doc = {**doc, "metadata": dict(meta)}
+        meta = doc["metadata"]
         if absent:
             if not meta.get("uid"):
                 meta["uid"] = uid

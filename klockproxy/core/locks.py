@@ -360,7 +360,7 @@ def load_locks_from_objects(
 
 
 # How many Locks a loading step validates before it yields (see ``lock_file_steps``).
-LOAD_STEP = 64
+LOAD_STEP = 16
 
 # A lock file that defines no Lock must say so: an empty or cut-short file is far more often
 # a file being rewritten (``gen > locks.yaml`` truncates it first) than a wish to unlock.

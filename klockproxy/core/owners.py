@@ -105,3 +105,41 @@ def ttl_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
     after = ttl(new)
     return after is not None and after != ttl(current)
+
+
+# What the API server changes on every write; not a change the writer made.
+_VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields", "generation", "finalizers"})
+
+
+def being_deleted(obj: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` is already being deleted (``metadata.deletionTimestamp`` is set: a
+    DELETE was accepted, and only finalizers or a grace period keep it)."""
+    return bool(object_meta(obj).get("deletionTimestamp"))
+
+
+def finishes_deletion(current: Mapping[str, Any], new: Mapping[str, Any], subresource: str) -> bool:
+    """Whether an UPDATE of an object being deleted only helps that deletion complete.
+
+    Controllers remove their finalizers, and the kubelet reports the status of a terminating
+    pod before it removes the pod; refusing them leaves the object Terminating forever, and it
+    cannot be saved anyway. Allowed: a write that changes no labels and adds no owner, and
+    that either goes to ``status`` or changes nothing but removes finalizers.
+    """
+    if not being_deleted(current):
+        return False
+    old_meta, new_meta = object_meta(current), object_meta(new)
+    if labels_of(dict(current)) != labels_of(dict(new)) or owner_keys(new) - owner_keys(current):
+        return False
+    if subresource == "status":
+        return True
+    old_finalizers, new_finalizers = old_meta.get("finalizers"), new_meta.get("finalizers")
+    if not isinstance(old_finalizers, list | None) or not isinstance(new_finalizers, list | None):
+        return False
+    if not set(map(str, new_finalizers or ())) <= set(map(str, old_finalizers or ())):
+        return False
+
+    def rest(obj: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in meta.items() if k not in _VOLATILE_METADATA}
+        return {**obj, "metadata": kept}
+
+    return rest(current, old_meta) == rest(new, new_meta)

@@ -775,6 +775,27 @@ KIND_SCHEMAS: Mapping[tuple[str, str], MessageSchema] = {
 }
 _METADATA_ONLY: MessageSchema = {1: _msg("metadata", OBJECT_META)}
 
+# meta/v1 DeleteOptions (k8s.io/apimachinery generated.proto).
+DELETE_OPTIONS: MessageSchema = {
+    1: F("gracePeriodSeconds", "int", pointer=True),
+    2: _msg("preconditions", {1: _s("uid"), 2: _s("resourceVersion")}),
+    3: F("orphanDependents", "bool", pointer=True),
+    4: _s("propagationPolicy"),
+    5: F("dryRun", "strings"),
+}
+
+
+def decode_delete_options(body: bytes) -> dict[str, JSON]:
+    """A protobuf DeleteOptions body (in its ``k8s\\0`` envelope) as its JSON form would read:
+    ``propagationPolicy``, ``orphanDependents``, ``preconditions``, ``gracePeriodSeconds``,
+    ``dryRun`` (the fields present; the last occurrence of a field wins, as protobuf merges)."""
+    unknown = unwrap_unknown(body)
+    if unknown.content_encoding:
+        raise UnsupportedProtobufError(
+            f"protobuf content encoding {unknown.content_encoding!r} is not supported"
+        )
+    return _decode_message(unknown.raw, DELETE_OPTIONS, "DeleteOptions", False)
+
 
 def decode_object_meta(buf: bytes, *, strict: bool = False) -> dict[str, JSON]:
     """Decode a serialized ObjectMeta into its JSON shape (``labels``, ``annotations``...)."""
@@ -799,6 +820,13 @@ def decode_object(
         schema = _METADATA_ONLY
     body = _decode_message(raw, schema, kind, strict)
     return {"apiVersion": api_version, "kind": kind, **body}
+
+
+def fully_decoded(body: bytes) -> bool:
+    """Whether ``decode_k8s_protobuf`` reads the whole object of this body, not only its
+    metadata (its kind has a schema here). Raises ``DecodeError`` for a malformed envelope."""
+    unknown = unwrap_unknown(body)
+    return (unknown.api_version, unknown.kind) in KIND_SCHEMAS
 
 
 def decode_k8s_protobuf(body: bytes, *, strict: bool = False) -> dict[str, JSON]:

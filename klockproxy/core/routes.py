@@ -16,8 +16,12 @@ server serves, and refused otherwise (``UnservedRouteError``):
   namespace).
 
 For kinds this table does not know (custom resources, aggregated APIs, kinds newer than the
-table) the scope is not known here: only the last rule applies, and the request is judged as
-it reads (a wrong scope makes a real API server answer 404 itself).
+table), a mutation that names no namespace needs the kind from the API server's discovery
+(``needs_discovery``; ``kinds_from_discovery`` reads it, klockproxy.cluster.discovery caches
+it) and is then checked the same way: a namespaced custom kind has no cluster-wide
+deletecollection either. Under ``namespaces/NS/`` the scope is in the path; only the last
+rule applies there (a cluster-scoped kind addressed that way is a 404 of a real API server,
+and Locks only ever cover namespaced objects).
 
 A subresource the (known) kind does not have is not a shape to judge either: the API server
 answers 404 (``kubectl scale pod/x``). Such a request is classified with ``served=False``, so
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from klockproxy.core.errors import UnservedRouteError
 from klockproxy.core.requests import RequestInfo
@@ -164,9 +169,22 @@ def builtin_kind(group: str, resource: str) -> Kind | None:
     return BUILTIN.get(group, {}).get(resource)
 
 
-def check_route(info: RequestInfo) -> RequestInfo:
+def needs_discovery(info: RequestInfo) -> bool:
+    """Whether the scope of the kind must come from the API server's discovery: a mutation
+    of a kind the table does not know, addressed without a namespace. If that kind is
+    namespaced, a lenient server could act in every namespace while the proxy judged none."""
+    return (
+        info.is_mutation and not info.namespace and builtin_kind(info.group, info.resource) is None
+    )
+
+
+def check_route(info: RequestInfo, kind: Kind | None = None) -> RequestInfo:
     """``info``, with ``served=False`` for a subresource the kind does not have; raises
-    UnservedRouteError for a shape the API server does not serve (see the module doc)."""
+    UnservedRouteError for a shape the API server does not serve (see the module doc).
+
+    ``kind`` describes the resource when it is not in the table (from discovery); without
+    it, a resource the table does not know is only checked for what no kind can be.
+    """
     if not info.is_resource_request:
         return info
     where = f"{info.path!r}"
@@ -174,7 +192,7 @@ def check_route(info: RequestInfo) -> RequestInfo:
         raise UnservedRouteError(
             f"the API server does not serve a namespace inside a namespace ({where})"
         )
-    kind = builtin_kind(info.group, info.resource)
+    kind = builtin_kind(info.group, info.resource) or kind
     if kind is None:
         return info
     resource = f"{info.resource}.{info.group}" if info.group else info.resource
@@ -197,3 +215,26 @@ def check_route(info: RequestInfo) -> RequestInfo:
             f"the API server does not serve {info.verb} of {resource} ({where})"
         )
     return info
+
+
+def kinds_from_discovery(doc: Mapping[str, Any]) -> dict[str, Kind]:
+    """The resources of an ``APIResourceList`` (``GET /apis/GROUP/VERSION``) as Kinds:
+    scope, verbs, and the subresources listed as ``resource/subresource``."""
+    entries = [r for r in doc.get("resources") or () if isinstance(r, Mapping)]
+    subresources: dict[str, set[str]] = {}
+    for entry in entries:
+        parent, slash, sub = str(entry.get("name") or "").partition("/")
+        if slash and sub:
+            subresources.setdefault(parent, set()).add(sub)
+    kinds = {}
+    for entry in entries:
+        name = str(entry.get("name") or "")
+        if not name or "/" in name:
+            continue
+        verbs = frozenset(str(v) for v in entry.get("verbs") or ())
+        kinds[name] = Kind(
+            namespaced=bool(entry.get("namespaced")),
+            subresources=frozenset(subresources.get(name, ())),
+            verbs=verbs,
+        )
+    return kinds

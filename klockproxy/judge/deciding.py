@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from klockproxy.cluster.identity import ReviewRefused
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.codec import media_type
 from klockproxy.core.consequences import (
@@ -36,17 +35,20 @@ from klockproxy.core.consequences import (
     deletion_consequences,
     identity_locks,
     needs_consequence_judgement,
+    options_of_query,
     scaled,
     write_consequences,
 )
 from klockproxy.core.engine import DENIAL_PREFIX, Decision, Engine, is_exempt, who_may
-from klockproxy.core.errors import Refusal, UpstreamError
+from klockproxy.core.errors import DecodeError, KlockProxyError, Refusal, UpstreamError
 from klockproxy.core.locks import GROUP, Lock
 from klockproxy.core.metadata import kind_of, labels_of, object_meta
 from klockproxy.core.owners import (
     DEPENDENT_KINDS,
     DEPENDENTS_NOTE,
     OWNER_NOTE,
+    being_deleted,
+    finishes_deletion,
     owner_inputs,
     owner_uids,
 )
@@ -56,6 +58,7 @@ from klockproxy.core.paths import collection_path
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, forbidden
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
+from klockproxy.judge.boundary import refusal_of
 
 # How many locked objects a deletecollection refusal names before summarising.
 MAX_NAMED_OBJECTS = 10
@@ -99,6 +102,18 @@ class Lookups(Protocol):
     @property
     def has_own_credentials(self) -> bool:
         """Whether lookups can be made with the proxy's own credentials."""
+        ...
+
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller: the object it would store."""
         ...
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
@@ -308,10 +323,8 @@ class Decider:
         """The verdict on one mutation: its own operation and every consequence check."""
         try:
             await self._check(subject, caller)
-        except LockDenial as r:
-            return Verdict(status=r.status, log_message=r.log_message, locks=r.locks)
-        except Refusal as r:
-            return Verdict(status=r.status, log_message=r.log_message)
+        except KlockProxyError as e:
+            return refused(e)
         return Verdict()
 
     async def _check(self, subject: Subject, caller: Caller) -> None:
@@ -382,16 +395,8 @@ class Decider:
         )
         if not caller_matters:
             return decisions
-        user = await self._resolve(caller)
+        user = await caller.user_info()
         return [engine.decide(replace(inp, user=user)) for inp in inputs]
-
-    async def _resolve(self, caller: Caller) -> UserInfo:
-        try:
-            return await caller.user_info()
-        except ReviewRefused as e:
-            raise Refusal(lookup_failure("who is calling (SelfSubjectReview)", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
 
     # ------------------------------------------------------------------------------------
     # The operation's own inputs
@@ -445,6 +450,10 @@ class Decider:
         old_labels = labels_of(old)
         if op is Operation.UPDATE and info.subresource in LABEL_SUBRESOURCES:
             after = new if new is not None else old
+            if finishes_deletion(old, after, info.subresource):
+                # Finalizers removed, or the status of an object being deleted: the DELETE
+                # was judged; the object cannot be saved, only left stuck.
+                return _Plan([], info.name)
             inputs = [inp(op, info.name, old_labels, labels_of(after), kind)]
             inputs += [inp(op, info.name, old_labels, labels_of(o), kind) for o in subject.also_new]
             owners = owner_inputs(old, after, inp, info.name, kind)
@@ -458,8 +467,11 @@ class Decider:
             return _Plan([inp(op, info.name, None, old_labels, kind)], info.name)
         if op is Operation.CONNECT:
             return _Plan([inp(op, info.name, old_labels, None, kind)], info.name)
-        # DELETE, and pods/eviction (a DELETE of the pod).
-        inputs = [inp(op, info.name, old_labels, None, kind)]
+        # DELETE, and pods/eviction (a DELETE of the pod). An object already being deleted
+        # (its DELETE was judged) is not deleted again by this one - the kubelet's final
+        # DELETE of a terminating pod, a shorter grace period - but the dependents are judged
+        # again: a repeated DELETE may change the propagation policy.
+        inputs = [] if being_deleted(old) else [inp(op, info.name, old_labels, None, kind)]
         hidden: set[int] = set()
         # A namespace is judged as a whole (_check_namespace_delete).
         whole = info.group == "" and info.resource == "namespaces"
@@ -470,7 +482,8 @@ class Decider:
                 if unseen:
                     hidden.add(len(inputs))
                 inputs.append(dependent)
-        return _Plan(inputs, info.name, own=1, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
+        own = 0 if being_deleted(old) else 1
+        return _Plan(inputs, info.name, own=own, note=DEPENDENTS_NOTE, hidden=frozenset(hidden))
 
     async def _plan_deletecollection(self, info: RequestInfo, caller: Caller) -> _Plan:
         engine = self.engine
@@ -504,14 +517,9 @@ class Decider:
         path = collection_path(info)
         label_selector = (info.query.get("labelSelector") or ("",))[0]
         field_selector = (info.query.get("fieldSelector") or ("",))[0]
-        try:
-            items = await self.lookups.list_objects(
-                path, caller.headers, label_selector or None, field_selector or None
-            )
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure(f"what {path} would delete", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        items = await self.lookups.list_objects(
+            path, caller.headers, label_selector or None, field_selector or None
+        )
         inputs = [
             AdmissionInput(
                 operation=Operation.DELETE,
@@ -519,7 +527,7 @@ class Decider:
                 resource=info.ref,
                 name=str(object_meta(item).get("name", "")),
                 user=_NOBODY,
-                old_labels=labels_of(item),
+                old_labels=upstream_labels(item),
                 dry_run=info.dry_run,
             )
             for item in items
@@ -549,7 +557,8 @@ class Decider:
         implied: list[Implied] = []
         if info.verb == "deletecollection":
             if self.ownership is not None and plan.targets:
-                implied = deletion_consequences(graph, info, plan.targets, subject.options)
+                options = subject.options or options_of_query(info)
+                implied = deletion_consequences(graph, info, plan.targets, options)
         elif info.verb == "delete" or info.subresource == "eviction":
             if self.ownership is not None and old is not None:
                 implied = deletion_consequences(graph, info, [old], subject.options)
@@ -591,7 +600,7 @@ class Decider:
         self, info: RequestInfo, plan: _Plan, label: str, locks: list[Lock], caller: Caller
     ) -> None:
         """Refuse handing a Lock's exempt service account to a caller it does not exempt."""
-        user = await self._resolve(caller)
+        user = await caller.user_info()
         applying = [lk for lk in locks if not is_exempt(lk, user)]
         if not applying:
             return
@@ -623,7 +632,7 @@ class Decider:
         ]
         if not locks:
             return
-        user = await self._resolve(caller) if any(lk.has_exclusive for lk in locks) else _NOBODY
+        user = await caller.user_info() if any(lk.has_exclusive for lk in locks) else _NOBODY
         applying = [lk for lk in locks if not is_exempt(lk, user)]
         if not applying:
             return
@@ -677,12 +686,7 @@ class Decider:
             )
         version = versions[0]
         path = "/apis/" + "/".join(quote(part, safe="") for part in (group, version, plural))
-        try:
-            items = await self.lookups.list_objects(path, caller.headers)
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure(f"what deleting {info.name} deletes", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        items = await self.lookups.list_objects(path, caller.headers)
         ref = ResourceRef(group, version, plural)
         inputs = [
             AdmissionInput(
@@ -691,7 +695,7 @@ class Decider:
                 resource=ref,
                 name=str(object_meta(item).get("name") or ""),
                 user=_NOBODY,
-                old_labels=labels_of(item),
+                old_labels=upstream_labels(item),
             )
             for item in items
         ]
@@ -750,7 +754,7 @@ class Decider:
                     resource=ref,
                     name=str(object_meta(item).get("name") or ""),
                     user=_NOBODY,
-                    old_labels=labels_of(item),
+                    old_labels=upstream_labels(item),
                     dry_run=info.dry_run,
                     kind=kind_of(item),
                 ),
@@ -788,19 +792,20 @@ class Decider:
                             "propagationPolicy=Orphan (kubectl delete --cascade=orphan)",
                         )
                     ) from e
-            except UpstreamError as e:
-                raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
         return [], False
 
 
-def lookup_failure(what: str, e: ReviewRefused) -> Status:
-    """The Status for a lookup the API server (or the identity cache) answered with an error."""
-    if e.code == 429:
-        return failure(429, e.message)
-    if e.code in (401, 403):
-        return failure(
-            e.code,
-            f"klockproxy: a lock covers this request and the API server refused to tell "
-            f"{what}: {e.message}",
-        )
-    return failure(503, f"klockproxy: cannot check locks: reading {what} failed: {e}")
+def upstream_labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of an object the API server answered; one that cannot be read is upstream
+    trouble (503), not the caller's mistake."""
+    try:
+        return labels_of(obj)
+    except DecodeError as e:
+        raise UpstreamError(f"the API server answered an object that cannot be read: {e}") from e
+
+
+def refused(error: KlockProxyError) -> Verdict:
+    """The verdict for a failure of the judge: the Status of the one error boundary."""
+    refusal = refusal_of(error)
+    locks = refusal.locks if isinstance(refusal, LockDenial) else ()
+    return Verdict(status=refusal.status, log_message=refusal.log_message, locks=locks)

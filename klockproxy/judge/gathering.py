@@ -11,29 +11,38 @@ nothing about mitmproxy: the addon hands it the request and acts on the verdict.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
 from klockproxy.core.codec import media_type
 from klockproxy.core.engine import Engine
-from klockproxy.core.errors import DecodeError, PatchError, Refusal, UpstreamError
+from klockproxy.core.errors import DecodeError, KlockProxyError, Refusal, UpstreamError
 from klockproxy.core.guards import (
     ABSENT_UID,
     add_precondition,
     body_refusal,
-    last_string,
     load_document,
 )
 from klockproxy.core.metadata import decode_body, object_meta
-from klockproxy.core.patches import APPLY_PATCH, UnsupportedPatchError, apply_patch, kind_key_of
-from klockproxy.core.paths import object_path
-from klockproxy.core.protobuf import PROTOBUF_CONTENT_TYPE, decode_fields, unwrap_unknown
+from klockproxy.core.patches import (
+    APPLY_PATCH,
+    PATCH_CONTENT_TYPES,
+    apply_patch,
+    kind_key_of,
+)
+from klockproxy.core.paths import collection_path, object_path
+from klockproxy.core.protobuf import (
+    PROTOBUF_CONTENT_TYPE,
+    decode_delete_options,
+    fully_decoded,
+)
 from klockproxy.core.requests import RequestInfo
-from klockproxy.core.status import failure
 from klockproxy.core.types import UserInfo
 from klockproxy.judge.deciding import (
     LABEL_SUBRESOURCES,
@@ -43,7 +52,8 @@ from klockproxy.judge.deciding import (
     Ownership,
     Subject,
     Verdict,
-    lookup_failure,
+    refused,
+    upstream_labels,
 )
 
 # The request body, or how to read it (decoding its Content-Encoding; may raise Refusal):
@@ -67,6 +77,46 @@ class _Guard:
     rv: str
     uid: str
     absent: bool = False  # the object did not exist when checked
+
+
+_ABSENT = _Guard("", ABSENT_UID, absent=True)
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    """What the proxy found: the subject to decide on, the version the write is made
+    conditional on, the conditional body when it was already built (for a dry run), and the
+    request body as decoded for the judgement (the guard reuses it instead of parsing again).
+    """
+
+    subject: Subject
+    guard: _Guard | None = None
+    guarded: tuple[bytes, str | None] | None = None
+    document: Any = None
+
+
+# What the API server answers when it cannot do a dry run: an admission webhook without
+# dry-run support in the chain ("admission webhook \"x\" does not support dry run"), or an
+# aggregated API server without it.
+_DRY_RUN_UNSUPPORTED = re.compile(
+    r"does not support dry ?run|dry ?run (alpha )?feature is disabled|dry ?run is not supported",
+    re.IGNORECASE,
+)
+
+
+def dry_run_unsupported(e: UpstreamStatusError) -> bool:
+    """Whether the API server refused a dry run because it cannot do one (not the write)."""
+    return e.code == 400 and bool(_DRY_RUN_UNSUPPORTED.search(e.message))
+
+
+def _write_path(info: RequestInfo) -> str:
+    """The URL path of the write itself (the subresource included)."""
+    path = object_path(info)
+    return f"{path}/{quote(info.subresource, safe='')}" if info.subresource else path
+
+
+def _query_pairs(info: RequestInfo) -> list[tuple[str, str]]:
+    return [(k, v) for k, values in info.query.items() for v in values]
 
 
 class Judge(Decider):
@@ -97,18 +147,27 @@ class Judge(Decider):
         read = body if callable(body) else (lambda: body)
         req = _Request(content_type, read)
         try:
-            subject, guard = await self._gather(req, info, headers)
-        except Refusal as r:
-            return Verdict(status=r.status, log_message=r.log_message)
-        verdict = await self.decide(subject, self._caller(headers))
-        if not verdict.allowed or guard is None:
+            gathered = await self._gather(req, info, headers)
+        except KlockProxyError as e:
+            return refused(e)
+        verdict = await self.decide(gathered.subject, self._caller(headers))
+        if not verdict.allowed:
             return verdict
-        try:
-            rewrite = add_precondition(
-                req.body(), content_type, info, guard.rv, guard.uid, absent=guard.absent
-            )
-        except Refusal as r:
-            return Verdict(status=r.status, log_message=r.log_message)
+        rewrite = gathered.guarded
+        guard = gathered.guard
+        if rewrite is None and guard is not None:
+            try:
+                rewrite = add_precondition(
+                    req.body(),
+                    content_type,
+                    info,
+                    guard.rv,
+                    guard.uid,
+                    absent=guard.absent,
+                    document=gathered.document,
+                )
+            except KlockProxyError as e:
+                return refused(e)
         if rewrite is None:
             return verdict
         return Verdict(body=rewrite[0], content_type=rewrite[1])
@@ -125,13 +184,13 @@ class Judge(Decider):
 
     async def _gather(
         self, req: _Request, info: RequestInfo, headers: Mapping[str, Sequence[str]]
-    ) -> tuple[Subject, _Guard | None]:
+    ) -> _Gathered:
         """The objects the request is about, and the version to make the write conditional on."""
         verb = info.verb
         if info.operation is None or verb == "deletecollection":
-            return Subject(info, None, None), None
+            return _Gathered(Subject(info, None, None))
         if verb == "create" and not info.subresource:
-            return Subject(info, None, _decode(req)), None
+            return _Gathered(Subject(info, None, await self._new_object(req, info, headers)))
         if verb == "patch" and info.subresource in LABEL_SUBRESOURCES:
             return await self._gather_patch(req, info, headers)
         current = await self._get(info, headers)
@@ -140,42 +199,127 @@ class Judge(Decider):
             # the write lands: guard deletes (and evictions) against that. A PUT of a missing
             # object may create it: judged as a creation.
             if verb == "delete" or info.subresource == "eviction":
-                return Subject(info, None, None), _Guard("", ABSENT_UID, absent=True)
+                return _Gathered(Subject(info, None, None), _ABSENT)
             if verb == "update" and not info.subresource:
-                return Subject(info, None, _decode(req)), None
-            return Subject(info, None, None), None
+                return _Gathered(Subject(info, None, await self._new_object(req, info, headers)))
+            return _Gathered(Subject(info, None, None))
         guard = _version(current)
         if verb == "update" and info.subresource in LABEL_SUBRESOURCES:
-            return Subject(info, current, _decode(req)), guard
+            new = _decode(req)
+            return _Gathered(Subject(info, current, new), guard, document=new)
         if verb in ("update", "patch") and info.subresource == "scale":
             # The parent decides; the Scale asked for says what the controller does next.
-            return Subject(info, current, _scale(req, info, current)), guard
+            return _Gathered(Subject(info, current, _scale(req, info, current)), guard)
         if verb in ("update", "patch"):
             # ephemeralcontainers: the parent decides.
-            return Subject(info, current, current), guard
+            return _Gathered(Subject(info, current, current), guard)
         if verb == "delete" or info.subresource == "eviction":
-            options = _delete_options(req, info) if verb == "delete" else None
-            return Subject(info, current, None, options), guard
+            if verb != "delete":
+                return _Gathered(Subject(info, current, None), guard)
+            options, document = _delete_options(req, info)
+            return _Gathered(Subject(info, current, None, options), guard, document=document)
         # connect, and creates on other subresources (serviceaccounts/token, pods/binding).
-        return Subject(info, current, None), None
+        return _Gathered(Subject(info, current, None))
+
+    async def _new_object(
+        self, req: _Request, info: RequestInfo, headers: Mapping[str, Sequence[str]]
+    ) -> dict[str, Any]:
+        """The object a create (or a PUT that creates) would store. Read from the body, unless
+        the body is protobuf of a kind the core decodes only the metadata of: then the spec
+        (a pod's service account, a workload's template) is what the API server makes of it,
+        asked for with the same request sent with ``dryRun=All`` as the caller."""
+        if media_type(req.content_type) != PROTOBUF_CONTENT_TYPE or fully_decoded(req.body()):
+            return _decode(req)
+        method = "POST" if info.verb == "create" else "PUT"
+        path = collection_path(info) if info.verb == "create" else _write_path(info)
+        try:
+            new = await self.lookups.dry_run(
+                method, path, _query_pairs(info), headers, req.body(), req.content_type
+            )
+        except UpstreamStatusError as e:
+            if dry_run_unsupported(e):
+                raise body_refusal(
+                    415,
+                    f"klockproxy: a lock covers this {info.resource} and the proxy cannot read "
+                    "all of its protobuf body; send JSON (kubectl does with -o json or apply)",
+                ) from e
+            raise Refusal(
+                e.status,
+                log_message=f"the API server refused the dry run of the write (HTTP {e.code})",
+            ) from e
+        upstream_labels(new)
+        return new
 
     async def _gather_patch(
         self, req: _Request, info: RequestInfo, headers: Mapping[str, Sequence[str]]
-    ) -> tuple[Subject, _Guard | None]:
+    ) -> _Gathered:
+        """A patch is judged on the object the API server itself computes from it: the same
+        request, made conditional on the version just read, sent with ``dryRun=All`` as the
+        caller; the real write then carries the same condition (see ``_server_result``)."""
         ctype = req.content_type
-        is_apply = media_type(ctype) == APPLY_PATCH
+        mtype = media_type(ctype)
+        if mtype not in PATCH_CONTENT_TYPES:
+            # The API server answers 415 too; no need to ask it.
+            raise body_refusal(
+                415,
+                f"klockproxy: the body of the request was in an unknown format - accepted media "
+                f"types include: {', '.join(PATCH_CONTENT_TYPES)} (got {ctype!r})",
+            )
+        is_apply = mtype == APPLY_PATCH
         body = req.body()
         current = await self._get(info, headers)
         if current is None:
             if info.subresource:
-                return Subject(info, None, None), None
+                return _Gathered(Subject(info, None, None))
             if not is_apply:
                 # The API server answers 404, or 409 thanks to the guard if an object of that
                 # name was created meanwhile.
-                return Subject(info, None, None), _Guard("", ABSENT_UID, absent=True)
+                return _Gathered(Subject(info, None, None), _ABSENT)
+            # Server-side apply creates the object; guarded like a missing object, so that an
+            # object of that name created meanwhile makes it a 409 rather than an unjudged
+            # update.
+            guard: _Guard | None = _ABSENT
+        else:
+            guard = _version(current)
+        guarded = (
+            add_precondition(body, ctype, info, guard.rv, guard.uid, absent=guard.absent)
+            if guard is not None
+            else None
+        )
+        sent, sent_type = (guarded[0], guarded[1] or ctype) if guarded else (body, ctype)
+        try:
+            new = await self.lookups.dry_run(
+                "PATCH", _write_path(info), _query_pairs(info), headers, sent, sent_type
+            )
+        except UpstreamStatusError as e:
+            if not dry_run_unsupported(e):
+                # What the real write would answer: the API server's own Status.
+                raise Refusal(
+                    e.status,
+                    log_message=f"the API server refused the dry run of the write (HTTP {e.code})",
+                ) from e
+            return self._local_patch(info, current, body, ctype, is_apply, guard, guarded)
+        upstream_labels(new)
+        return _Gathered(Subject(info, current, new), guard, guarded)
+
+    def _local_patch(
+        self,
+        info: RequestInfo,
+        current: Mapping[str, Any] | None,
+        body: bytes,
+        ctype: str,
+        is_apply: bool,
+        guard: _Guard | None,
+        guarded: tuple[bytes, str | None] | None,
+    ) -> _Gathered:
+        """The proxy's own patch engine, where the API server cannot do a dry run (an admission
+        webhook without dry-run support in the way): exact for JSON and merge patches, for
+        strategic merge patches of the kinds it has a schema for (others: 415, fail closed),
+        and for server-side apply judged three ways (see below)."""
+        if current is None:
             # The kind comes from the configuration.
             applied = _apply({}, body, ctype, (info.group, ""))
-            return Subject(info, None, applied), None
+            return _Gathered(Subject(info, None, applied), guard, guarded)
         patched = _apply(current, body, ctype, kind_key_of(current))
         also: tuple[Mapping[str, Any], ...] = ()
         if is_apply:
@@ -187,18 +331,15 @@ class Judge(Decider):
             manager = (info.query.get("fieldManager") or ("",))[0]
             ssa = ssa_result_labels(current, applied, manager, info.subresource)
             also = ({"metadata": {"labels": dict(ssa)}}, applied)
-        return Subject(info, current, patched, also_new=also), _version(current)
+        return _Gathered(Subject(info, current, patched, also_new=also), guard, guarded)
 
     async def _get(
         self, info: RequestInfo, headers: Mapping[str, Sequence[str]]
     ) -> dict[str, Any] | None:
-        path = object_path(info)
-        try:
-            return await self.lookups.get_object(path, headers)
-        except UpstreamStatusError as e:
-            raise Refusal(lookup_failure(f"the current object {path}", e)) from e
-        except UpstreamError as e:
-            raise Refusal(failure(503, f"klockproxy: cannot check locks: {e}")) from e
+        current = await self.lookups.get_object(object_path(info), headers)
+        if current is not None:
+            upstream_labels(current)
+        return current
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,30 +347,20 @@ class Judge(Decider):
 
 
 def _decode(req: _Request) -> dict[str, Any]:
-    try:
-        return decode_body(req.body(), req.content_type)
-    except DecodeError as e:
-        raise body_refusal(
-            400, f"klockproxy: a lock covers this request and its body cannot be read: {e}"
-        ) from e
+    # DecodeError: 400 at the boundary (the API server would reject the body too).
+    return decode_body(req.body(), req.content_type)
 
 
 def _apply(
     obj: Mapping[str, Any], body: bytes, ctype: str, kind_key: tuple[str, str]
 ) -> dict[str, Any]:
-    try:
-        return apply_patch(obj, body, ctype, kind_key=kind_key)
-    except UnsupportedPatchError as e:
-        raise body_refusal(415, f"klockproxy: {e}") from e
-    except PatchError as e:
-        raise body_refusal(
-            400, f"klockproxy: a lock covers this request and its patch fails: {e}"
-        ) from e
+    # PatchError: 400, UnsupportedPatchError: 415 at the boundary.
+    return apply_patch(obj, body, ctype, kind_key=kind_key)
 
 
-def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
+def _delete_options(req: _Request, info: RequestInfo) -> tuple[dict[str, Any], Any]:
     """The DeleteOptions fields deciding the cascade (``propagationPolicy``,
-    ``orphanDependents``).
+    ``orphanDependents``), and the JSON or YAML body as decoded (None when there is none).
 
     The body's DeleteOptions win over the query, as on the API server; anything unreadable
     counts as a cascade (``Background``: no options would mean the kind's default, which
@@ -244,16 +375,18 @@ def _delete_options(req: _Request, info: RequestInfo) -> dict[str, Any]:
             out["propagationPolicy"] = policy
         if orphan:
             out["orphanDependents"] = orphan == "true"
-        return out
+        return out, None
     ctype = req.content_type
     try:
         if media_type(ctype) == PROTOBUF_CONTENT_TYPE:
-            raw = unwrap_unknown(body).raw
-            orphan_flag = any(n == 3 and v == 1 for n, _, v in decode_fields(raw))
-            return {"propagationPolicy": last_string(raw, 4), "orphanDependents": orphan_flag}
+            return _cascade(decode_delete_options(body)), None
         doc = load_document(body, ctype, "DeleteOptions body")
     except (Refusal, DecodeError):
-        return {"propagationPolicy": "Background"}
+        return {"propagationPolicy": "Background"}, None
+    return _cascade(doc), doc
+
+
+def _cascade(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         return {"propagationPolicy": "Background"}
     return {k: doc[k] for k in ("propagationPolicy", "orphanDependents") if k in doc}

@@ -76,10 +76,11 @@ from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from klockproxy.audit import AuditLog
+from klockproxy.cluster.discovery import ResourceScopes
 from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth_header
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
 from klockproxy.cluster.ownership import OwnershipIndex
-from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
+from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig, UpstreamStatusError
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
     ClassificationError,
@@ -88,15 +89,19 @@ from klockproxy.core.errors import (
     LockValidationError,
     MalformedRequestError,
     Refusal,
+    UnservedRouteError,
+    UpstreamError,
 )
 from klockproxy.core.guards import body_refusal
 from klockproxy.core.locks import load_locks_from_path
 from klockproxy.core.paths import classify_request, may_be_connect
 from klockproxy.core.requests import RequestInfo, check_header_fields, check_method, check_target
+from klockproxy.core.routes import check_route, needs_discovery
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
 from klockproxy.metrics import Metrics
+from klockproxy.proxy.body_limit import limit_body
 from klockproxy.proxy.upstream_errors import answer_with_status, error_response
 
 logger = logging.getLogger(__name__)
@@ -241,6 +246,7 @@ class KlockProxy:
         probe_timeout: float = PROBE_TIMEOUT,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        ownership: OwnershipIndex | None = None,
     ) -> None:
         self.audit = audit
         self.metrics = metrics
@@ -253,7 +259,7 @@ class KlockProxy:
             self.identity = IdentityResolver(upstream)
         # The ownership index (what the garbage collector would delete), on the proxy's own
         # upstream only: injected lookups that cannot watch keep the per-request search.
-        self.ownership: OwnershipIndex | None = None
+        self.ownership: OwnershipIndex | None = ownership or _ownership_index(upstream)
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None
@@ -265,6 +271,9 @@ class KlockProxy:
         # client has one, the API server is known to be reachable and the probe is skipped.
         # Per connection, not per flow; dropped when the client disconnects.
         self._upstream_open: dict[str, int] = {}
+        # Scopes of kinds the static route table does not know (discovery, cached).
+        self._scopes: ResourceScopes | None = None
+        self._scopes_client: Lookups | None = None
         # mitmproxy's own idle timeout, restored when the addon is done.
         self._saved_tcp_timeout: int | None = None
 
@@ -371,17 +380,7 @@ class KlockProxy:
             self.identity = IdentityResolver(self.upstream) if self.upstream else None
             if self.ownership is not None:
                 self._spawn(self.ownership.stop())
-            self.ownership = None
-            if self.upstream is not None and self.upstream.has_own_credentials:
-                self.ownership = OwnershipIndex(self.upstream)
-            elif self.upstream is not None:
-                # The index watches with the proxy's own credentials; a pass-through proxy
-                # without any searches each cascade as the caller (ten common kinds only).
-                logger.warning(
-                    "klockproxy: no credentials of the proxy's own (klock_upstream_token_file "
-                    "or a client certificate): no ownership index; cascades are searched per "
-                    "request among common kinds only (see README)"
-                )
+            self.ownership = _ownership_index(self.upstream)
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
         elif self._injected_upstream and self.ownership is None:
@@ -496,6 +495,19 @@ class KlockProxy:
             await self._start_ownership(self.ownership)
 
     async def _start_ownership(self, index: OwnershipIndex) -> None:
+        reason = await index.permitted()
+        if reason:
+            # Fail closed would refuse every judged write for good: keep the per-request
+            # search instead, and say so loudly (README, "Deletions, by consequence").
+            logger.warning(
+                "klockproxy: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            if self.ownership is index:
+                self.ownership = None
+            await index.stop()
+            return
         await index.start()
         engine = self._engine()
         if engine is not None:
@@ -630,6 +642,8 @@ class KlockProxy:
                 req.headers["Authorization"] = f"Bearer {token}"
 
         mark = self._triage(flow)
+        if mark != _ANSWERED:
+            mark = await self._check_scope(flow, mark)
         if mark == _ANSWERED:
             return
         flow.metadata[_MARK] = mark
@@ -644,15 +658,16 @@ class KlockProxy:
             req.stream = True
         elif mark == _JUDGE:
             # Another addon (StreamBodies) may have asked for streaming: a covered write must
-            # be complete before it is judged.
+            # be complete before it is judged; and never bigger than the API server accepts.
             req.stream = False
+            limit_body(flow)
 
     def _triage(self, flow: http.HTTPFlow) -> str:
         """PASS (forward untouched), JUDGE (needs the body and a decision) or ANSWERED."""
         req = flow.request
         method = req.method.upper()
         try:
-            info = classify_request(method, req.path)
+            info = classification(flow)
             flow.metadata[_VERB] = info.verb
         except MalformedRequestError as e:
             # check_message refused these already; kept for a target rewritten by another addon.
@@ -667,7 +682,6 @@ class KlockProxy:
                 failure(400, f"klockproxy: refusing {method} {req.path.split('?')[0]!r}: {e}"),
             )
             return _ANSWERED
-        flow.metadata[_INFO] = info
         if not info.is_mutation or is_lock_resource(info.ref):
             return _PASS
         if len(req.headers.get_all("content-type")) > 1:
@@ -680,6 +694,46 @@ class KlockProxy:
             return _ANSWERED
         covered = needs_judgement(info, engine, req.headers.get("content-type", ""))
         return _JUDGE if covered else _PASS
+
+    async def _check_scope(self, flow: http.HTTPFlow, mark: str) -> str:
+        """A mutation of a kind the route table does not know, addressed without a namespace:
+        its scope comes from discovery, and a namespaced kind is refused (not served).
+
+        Returns the mark (PASS when the kind turns out not to have the subresource: the API
+        server answers 404) or ANSWERED.
+        """
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo) or not needs_discovery(info):
+            return mark
+        method, path = flow.request.method.upper(), flow.request.path.split("?")[0]
+        upstream = self.upstream
+        if upstream is None:
+            self._answer(flow, failure(503, "klockproxy: no API server configured for lookups"))
+            return _ANSWERED
+        if self._scopes is None or self._scopes_client is not upstream:
+            self._scopes, self._scopes_client = ResourceScopes(upstream), upstream
+        try:
+            kind = await self._scopes.kind(
+                info.group, info.version, info.resource, auth_headers(flow.request.headers)
+            )
+            checked = check_route(info, kind)
+        except UnservedRouteError as e:
+            self._answer(flow, failure(400, f"klockproxy: refusing {method} {path!r}: {e}"))
+            return _ANSWERED
+        except UpstreamStatusError as e:
+            code = e.code if e.code in (401, 403) else 503
+            self._answer(
+                flow, failure(code, f"klockproxy: cannot read the API server's discovery: {e}")
+            )
+            return _ANSWERED
+        except UpstreamError as e:
+            self._answer(flow, failure(503, f"klockproxy: cannot check the request: {e}"))
+            return _ANSWERED
+        if checked is not info:
+            flow.metadata[_INFO] = checked
+            if not checked.served:
+                return _PASS
+        return mark
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Judge covered mutations; fix HTTP/2 body framing of what is forwarded."""
@@ -711,22 +765,23 @@ class KlockProxy:
             return False
         if self.lock_set is None or not self.lock_set.watches_cluster:
             return False
-        try:
-            info = classify_request(flow.request.method.upper(), flow.request.path)
-        except ClassificationError:
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo):
             return False
         if not info.is_mutation or info.dry_run or not is_lock_resource(info.ref):
             return False
-        flow.metadata[_LOCK_WRITE] = info
+        # Plain strings: flow metadata may be saved with the flow.
+        flow.metadata[_LOCK_WRITE] = (info.verb, info.namespace, info.name)
         return True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """A Lock written through the proxy is in force before its answer is returned."""
-        info = flow.metadata.pop(_LOCK_WRITE, None)
-        if info is None or flow.response is None or self.lock_set is None:
+        write = flow.metadata.pop(_LOCK_WRITE, None)
+        if write is None or flow.response is None or self.lock_set is None:
             return
+        verb, namespace, name = write
         body = flow.response.get_content(strict=False) or b""
-        await self.lock_set.apply_write_response(info.verb, info.namespace, info.name, body)
+        await self.lock_set.apply_write_response(verb, namespace, name, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
@@ -954,6 +1009,18 @@ class _CloseClient(layer.Layer):
             yield commands.CloseConnection(self.context.client)
 
 
+def classification(flow: http.HTTPFlow) -> RequestInfo:
+    """``classify_request`` of this flow's request, computed once and kept in
+    ``flow.metadata``: every check of the request (a front addon's, the fast path, the
+    namespace checks, the judgement) reads the same object. Raises ClassificationError."""
+    info = flow.metadata.get(_INFO)
+    if isinstance(info, RequestInfo):
+        return info
+    info = classify_request(flow.request.method.upper(), flow.request.path)
+    flow.metadata[_INFO] = info
+    return info
+
+
 def check_message(req: http.Request) -> None:
     """MalformedRequestError unless the method, target, HTTP/2 pseudo-header fields and every
     header field keep to HTTP's grammar (klockproxy.core.requests), for HTTP/1.1 and HTTP/2
@@ -978,6 +1045,24 @@ def check_message(req: http.Request) -> None:
         raise MalformedRequestError(
             "the absolute-form request target names another host than the Host header"
         )
+
+
+def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
+    """The ownership index over ``upstream`` when it can watch with credentials of its own.
+
+    A pass-through proxy without any searches each cascade as the caller (ten common kinds
+    only, see the README); injected stand-ins that cannot watch likewise.
+    """
+    if not isinstance(upstream, Upstream):
+        return None
+    if not upstream.has_own_credentials:
+        logger.warning(
+            "klockproxy: no credentials of the proxy's own (klock_upstream_token_file or a "
+            "client certificate): no ownership index; cascades are searched per request "
+            "among common kinds only (see README)"
+        )
+        return None
+    return OwnershipIndex.over(upstream.config)
 
 
 def _body(req: http.Request) -> bytes:

@@ -58,9 +58,9 @@ from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
 )
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, LockValidationError, UpstreamError
-from klockproxy.core.paths import classify_request
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.loop_thread import LoopThread
@@ -153,6 +153,19 @@ class GatewayLookups:
         return await self._for(headers).list_objects(
             path, headers, label_selector, field_selector, metadata_only=metadata_only
         )
+
+    async def dry_run(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """The write sent with ``dryRun=All`` as the caller (impersonated for certificate
+        callers): the object it would store."""
+        return await self._for(headers).dry_run(method, path, query, headers, body, content_type)
 
     async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
         """Who these headers act as."""
@@ -512,8 +525,10 @@ class GatewayAuth:
             self._refuse(flow, failure(401, "Unauthorized"), f"refused Authorization: {reason}")
             return
         flow.metadata[_CALLER] = "token"
+        from klockproxy.proxy.addon import classification
+
         try:
-            info = classify_request(req.method.upper(), req.path)
+            info = classification(flow)
         except KlockProxyError:
             return  # KlockProxy answers (or passes a read) as in local mode.
         if not info.is_mutation:
@@ -890,6 +905,9 @@ class Gateway:
             identity=self.identity,
             audit=self.audit,
             metrics=metrics,
+            # What the garbage collector would delete, watched with the gateway's own
+            # credentials (cluster.ownership).
+            ownership=OwnershipIndex.over(self.lookups.own.config),
         )
         self._master = await start_master(
             host=host,

@@ -65,6 +65,17 @@ def quiet_mitmproxy_logging() -> None:
         logging.getLogger("mitmproxy").setLevel(logging.WARNING)
 
 
+class _DropListenFailures(logging.Filter):
+    """mitmproxy logs a failed listen with a hint to use ``--mode reverse:...@PORT``, a flag
+    klockproxy does not have; ``start_master`` reports the failure itself (ConfigError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to listen" not in record.getMessage()
+
+
+_LISTEN_FILTER = _DropListenFailures()
+
+
 def _bind_error(exc: BaseException | None) -> str:
     # mitmproxy's own message suggests a `--mode ...@PORT` flag klockproxy does not have.
     if isinstance(exc, OSError) and exc.errno:
@@ -122,6 +133,9 @@ async def start_master(
     from mitmproxy.master import Master
 
     confdir.mkdir(mode=0o700, exist_ok=True)
+    proxyserver_log = logging.getLogger("mitmproxy.addons.proxyserver")
+    if _LISTEN_FILTER not in proxyserver_log.filters:
+        proxyserver_log.addFilter(_LISTEN_FILTER)
     opts = mitm_options.Options(
         mode=[f"reverse:{upstream_server}"],
         listen_host=host,

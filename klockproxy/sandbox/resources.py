@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from klockproxy.core.patches import DEFAULT_MERGE_KEYS, FieldSchema, KindKey, Schema
+
 logger = logging.getLogger(__name__)
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -78,6 +80,7 @@ _POD_SUBRESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 RBAC = "rbac.authorization.k8s.io"
+AUTOSCALING = "autoscaling"
 APIEXT = "apiextensions.k8s.io"
 AUTHN = "authentication.k8s.io"
 AUTHZ = "authorization.k8s.io"
@@ -153,6 +156,18 @@ BUILTIN: tuple[ResourceType, ...] = (
             "status": ("Deployment", ("get", "patch", "update")),
             "scale": ("Scale", ("get", "patch", "update")),
         },
+        categories=("all",),
+    ),
+    # A built-in kind klockproxy's own patch engine has no schema for: strategic merge patches
+    # of it are the API server's to compute (the proxy judges the server's dry run).
+    ResourceType(
+        AUTOSCALING,
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        True,
+        short_names=("hpa",),
+        subresources={"status": ("HorizontalPodAutoscaler", ("get", "patch", "update"))},
         categories=("all",),
     ),
     # Workload kinds: stored and served only (the sandbox runs no controllers; see
@@ -285,6 +300,16 @@ BUILTIN: tuple[ResourceType, ...] = (
     ),
 )
 
+# Strategic merge schemas of the served built-in kinds: the core's, and those of kinds the
+# core has none for (Go: lists without a patchStrategy are replaced, maps merged).
+MERGE_KEYS: dict[KindKey, Schema] = {
+    **DEFAULT_MERGE_KEYS,
+    (AUTOSCALING, "HorizontalPodAutoscaler"): {
+        "metadata": DEFAULT_MERGE_KEYS[("", "ConfigMap")]["metadata"],
+        "status": FieldSchema(fields={"conditions": FieldSchema(merge_key="type")}),
+    },
+}
+
 # Group -> preferred version, in the order /apis lists them.
 BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
@@ -292,6 +317,7 @@ BUILTIN_GROUPS: tuple[tuple[str, str], ...] = (
     (ADMISSIONREG, "v1"),
     (AUTHN, "v1"),
     (AUTHZ, "v1"),
+    (AUTOSCALING, "v2"),
     (POLICY, "v1"),
     (RBAC, "v1"),
     (APIEXT, "v1"),

@@ -32,7 +32,7 @@ from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.cluster.kubeconfig import write_kubeconfig
 from klockproxy.core import protobuf
 from klockproxy.core.errors import DecodeError, PatchError
-from klockproxy.core.patches import DEFAULT_MERGE_KEYS, UnsupportedPatchError, strategic_merge_patch
+from klockproxy.core.patches import UnsupportedPatchError, strategic_merge_patch
 from klockproxy.core.status import StatusDetails, failure, success, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.loop_thread import LoopThread
@@ -58,7 +58,7 @@ from klockproxy.sandbox.errors import (
 )
 from klockproxy.sandbox.h2front import H2Front, backend_context
 from klockproxy.sandbox.rbac import Attributes, Authorizer, bootstrap_policy, forbidden_error
-from klockproxy.sandbox.resources import APIEXT, RBAC, Registry, ResourceType
+from klockproxy.sandbox.resources import APIEXT, MERGE_KEYS, RBAC, Registry, ResourceType
 from klockproxy.sandbox.selectors import field_matcher, label_matcher
 from klockproxy.sandbox.store import DELETED, Event, Obj, Store, TooOldError
 
@@ -1407,7 +1407,7 @@ class SandboxServer:
             result = self._strategic(old, patch, kind_key)
         elif mtype == APPLY_TYPE:
             applied = self._decode_yaml(raw, strict=strict)
-            if builtin and kind_key in DEFAULT_MERGE_KEYS:
+            if builtin and kind_key in MERGE_KEYS:
                 result = self._strategic(old, applied, kind_key)
             else:
                 result = bodies.merge_patch(old, applied)
@@ -1425,7 +1425,7 @@ class SandboxServer:
         if not isinstance(patch, dict):
             raise BadRequestError("a strategic merge patch must be a JSON object")
         try:
-            return strategic_merge_patch(old, patch, kind_key)
+            return strategic_merge_patch(old, patch, kind_key, merge_keys=MERGE_KEYS)
         except UnsupportedPatchError as e:
             raise UnsupportedMediaTypeError(str(e)) from e
         except PatchError as e:

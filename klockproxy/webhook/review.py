@@ -302,17 +302,6 @@ def _shown(value: Any) -> str:
     return f"a JSON {type(value).__name__}"
 
 
-def review_uid(body: bytes) -> str | None:
-    """The ``request.uid`` of a body that failed later than parsing, for an answer."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    request = doc.get("request") if isinstance(doc, dict) else None
-    uid = request.get("uid") if isinstance(request, dict) else None
-    return uid if isinstance(uid, str) and uid else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Answers
 

@@ -7,8 +7,8 @@ loaded yet, a lookup that fails, a decision that takes too long, any error at al
 ``allowed: false`` with the reason. A body that is not an AdmissionReview v1 gets 400 with the
 reason, one over 3 MiB 413 (both as a Kubernetes Status).
 
-Deletions by the garbage collector and the namespace controller are allowed (see
-``controller_cleanup``): they only carry out a deletion that was itself judged.
+The namespace controller's deletions, and the garbage collector's where the deletion that
+caused them was judged on them, are allowed (see ``controller_cleanup``).
 
 ``WebhookServer`` is the service (``await start()`` / ``await stop()``); ``WebhookThread``
 runs it in a thread for tests and benchmarks.
@@ -32,11 +32,13 @@ from aiohttp import web
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.lock_sources import ClusterLockSource, LockSet, create_lock_sources
+from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
+from klockproxy.core.consequences import needs_consequence_judgement
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import ConfigError, DecodeError, Refusal, UpstreamError
 from klockproxy.core.metadata import labels_of
-from klockproxy.core.owners import owner_keys
+from klockproxy.core.owners import DEPENDENT_KINDS, owner_keys, owner_refs
 from klockproxy.core.paths import object_path
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, to_bytes
@@ -67,41 +69,79 @@ DECISION_TIMEOUT = 4.0
 # How often certificate files given with --tls-cert/--tls-key are checked for a renewal.
 CERT_FILE_POLL = 10.0
 
-# Their deletions carry out a deletion that was judged already: the garbage collector deletes
-# the dependents of a deleted owner (the owner's DELETE was judged on its dependents too, and
-# any write that gives an object a new owner is judged as its DELETE), the namespace
-# controller the content of a deleted namespace (refused while a DELETE Lock in it applies to
-# whoever deleted it). Refusing them would leave namespaces stuck in Terminating.
-CONTROLLER_USERS = frozenset(
+# Controllers that carry out deletions judged already (see ``controller_cleanup``).
+GARBAGE_COLLECTOR = "system:serviceaccount:kube-system:generic-garbage-collector"
+NAMESPACE_CONTROLLER = "system:serviceaccount:kube-system:namespace-controller"
+CONTROLLER_USERS = frozenset({GARBAGE_COLLECTOR, NAMESPACE_CONTROLLER})
+# The kinds a judged DELETE searches for the dependents the garbage collector deletes after it.
+_SEARCHED_KINDS = frozenset((ref.group, ref.resource) for ref in DEPENDENT_KINDS)
+# Owner kinds known to be namespaced: deleting one passes the webhook (its configuration
+# covers every namespaced resource), and that judged DELETE searched its dependents. A
+# cluster-scoped owner's DELETE is not sent to the webhook, a custom kind's scope is unknown.
+NAMESPACED_OWNER_KINDS = frozenset(
     {
-        "system:serviceaccount:kube-system:generic-garbage-collector",
-        "system:serviceaccount:kube-system:namespace-controller",
+        ("", "Pod"),
+        ("", "ConfigMap"),
+        ("", "Secret"),
+        ("", "Service"),
+        ("", "PersistentVolumeClaim"),
+        ("", "ServiceAccount"),
+        ("", "ReplicationController"),
+        ("apps", "ReplicaSet"),
+        ("apps", "Deployment"),
+        ("apps", "StatefulSet"),
+        ("apps", "DaemonSet"),
+        ("batch", "Job"),
+        ("batch", "CronJob"),
     }
 )
 
 # Operations judged on the objects a review carries, without reading anything.
 _LOCAL_OPERATIONS = frozenset({Operation.CREATE, Operation.UPDATE})
-_LOCK_KEY = re.compile(r"\(Lock (\S+?) (?:forbids|is invalid)")
 _FORBIDDEN_PREFIX = re.compile(r'^[^\s"]+(?: "[^"]*")? is forbidden: ')
 
 
 def controller_cleanup(review: Review) -> bool:
-    """Whether this is the garbage collector or the namespace controller finishing a judged
-    deletion: a DELETE, or an UPDATE that changes neither labels nor adds owners (removing
-    finalizers and orphaned owner references)."""
-    if review.user.username not in CONTROLLER_USERS:
-        return False
-    if review.operation is Operation.DELETE:
-        return True
-    if review.operation is not Operation.UPDATE or not review.carries_parent:
+    """Whether the garbage collector or the namespace controller is carrying out a deletion
+    that was judged already (then it is allowed without judging it again).
+
+    - The namespace controller's DELETEs: the namespace's DELETE was refused while any DELETE
+      Lock in it applied to whoever deleted it.
+    - The garbage collector's DELETE of an object whose owners are all of kinds known to be
+      namespaced, when the object is of a kind a judged DELETE searches
+      (``DEPENDENT_KINDS``): the owner's DELETE (or its own owner's, up the chain) was judged
+      on this object. Anything else it deletes is judged like any request: an object with a
+      cluster-scoped or custom owner, or of a kind no search covers, might never have been
+      judged.
+    - UPDATEs by either that change no labels and add no owner (removing finalizers and
+      orphaned owner references): they delete nothing.
+    """
+    user = review.user.username
+    if user not in CONTROLLER_USERS:
         return False
     old, new = review.old_object, review.object
+    if review.operation is Operation.DELETE:
+        if user == NAMESPACE_CONTROLLER:
+            return True
+        ref = review.resource
+        if ref.subresource or (ref.group, ref.resource) not in _SEARCHED_KINDS or old is None:
+            return False
+        refs = owner_refs(old)
+        return bool(refs) and all(_owner_kind(r) in NAMESPACED_OWNER_KINDS for r in refs)
+    if review.operation is not Operation.UPDATE or not review.carries_parent:
+        return False
     if old is None or new is None:
         return False
     try:
         return labels_of(old) == labels_of(new) and owner_keys(new) <= owner_keys(old)
     except DecodeError:
         return False
+
+
+def _owner_kind(ref: Mapping[str, Any]) -> tuple[str, str]:
+    api_version = str(ref.get("apiVersion", ""))
+    group = api_version.split("/", 1)[0] if "/" in api_version else ""
+    return group, str(ref.get("kind", ""))
 
 
 def covered(engine: Engine, review: Review) -> bool:
@@ -117,6 +157,9 @@ def covered(engine: Engine, review: Review) -> bool:
     ns = info.namespace
     if engine.covers(ns, op) or (is_crd_delete(info) and has_delete_locks(engine)):
         return True
+    # What the garbage collector and the controllers do next (core.consequences).
+    if needs_consequence_judgement(info, engine):
+        return True
     return op is Operation.UPDATE and review.carries_parent and engine.covers(ns, Operation.DELETE)
 
 
@@ -127,11 +170,6 @@ def webhook_message(status: Status) -> str:
     if status["code"] == 403:
         return _FORBIDDEN_PREFIX.sub("", message, count=1)
     return message
-
-
-def denying_locks(message: str) -> list[str]:
-    """The ``namespace/name`` of the Locks a denial names."""
-    return _LOCK_KEY.findall(message)
 
 
 def _status_response(code: int, message: str) -> web.Response:
@@ -280,6 +318,9 @@ class WebhookServer:
         self._run_dir: Path | None = None
         self._own_lookups = False
         self._counters: dict[tuple[str, str], Any] = {}
+        # What the garbage collector would delete (cluster.ownership), watched with the
+        # webhook's own credentials; None with injected lookups that cannot watch.
+        self.ownership: OwnershipIndex | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -309,6 +350,8 @@ class WebhookServer:
             self.lock_set = create_lock_sources(s.locks, upstream, s.default_namespace)
         await self.lock_set.start()
         self.metrics.track_locks(self._lock_state)
+        if isinstance(self.lookups, Upstream) and self.lookups.has_own_credentials:
+            await self._start_ownership(self.lookups.config, self.lock_set)
         if self.certs is None:
             self.certs = await self._cert_source(upstream, host)
         await self.certs.start()
@@ -324,6 +367,33 @@ class WebhookServer:
                 "lock sources not ready after %.0f s: every review is refused until they are",
                 s.locks_ready_timeout,
             )
+
+    async def _start_ownership(self, config: UpstreamConfig, lock_set: LockSet) -> None:
+        index = OwnershipIndex.over(config)
+        reason = await index.permitted()
+        if reason:
+            # As shipped (deploy/webhook), the webhook's RBAC lists only the kinds the
+            # per-request search needs: keep that search, and say how to enable the index.
+            logger.warning(
+                "webhook: no ownership index (%s): cascades are searched per request among "
+                "common kinds only; grant list and watch on every resource to enable it",
+                reason,
+            )
+            await index.stop()
+            return
+        self.ownership = index
+        await index.start()
+        previous = lock_set.on_change
+
+        def changed() -> None:
+            if previous is not None:
+                previous()
+            if lock_set.engine is not None:
+                index.follow(lock_set.engine)
+
+        lock_set.on_change = changed
+        if lock_set.engine is not None:
+            index.follow(lock_set.engine)
 
     async def _upstream_config(self) -> UpstreamConfig:
         from klockproxy.cluster.kubeconfig import in_cluster_upstream, load_upstream
@@ -384,6 +454,9 @@ class WebhookServer:
             await self.certs.stop()
         if self.lock_set is not None:
             await self.lock_set.stop()
+        ownership, self.ownership = self.ownership, None
+        if ownership is not None:
+            await ownership.stop()
         if self._own_lookups and self.lookups is not None:
             await self.lookups.close()
         if self.audit is not None:
@@ -486,7 +559,8 @@ class WebhookServer:
             return self._refuse_status(review, r.status)
         try:
             # The webhook's own lookups (no caller headers): its service account reads.
-            verdict = await Decider(lookups, engine).decide(subject, Caller.known(review.user))
+            decider = Decider(lookups, engine, self.ownership)
+            verdict = await decider.decide(subject, Caller.known(review.user))
         except DecodeError as e:
             # Labels that are not strings: the API server would not have stored them.
             return self._refuse_status(
@@ -496,7 +570,7 @@ class WebhookServer:
             self._count(info.verb, "allowed")
             self._audit(review, "allowed", 200)
             return allow(review.uid)
-        return self._refuse_status(review, verdict.status)
+        return self._refuse_status(review, verdict.status, verdict.locks)
 
     def _reader(self, lookups: Lookups) -> Any:
         async def read(info: RequestInfo) -> Mapping[str, Any] | None:
@@ -517,15 +591,18 @@ class WebhookServer:
 
         return read
 
-    def _refuse_status(self, review: Review, status: Status) -> AdmissionReviewWire:
+    def _refuse_status(
+        self, review: Review, status: Status, locks: Sequence[str] = ()
+    ) -> AdmissionReviewWire:
+        """Answer a refusal: ``locks`` are the Locks that decided a denial (none: refused
+        for another reason, such as a failed lookup)."""
         message = webhook_message(status)
         code = status["code"]
-        locks = denying_locks(message) if code == 403 else []
         verdict = "denied" if locks else "refused"
         self._count(review.info.verb, verdict)
         if locks:
-            self.metrics.denied_by(locks)
-        self._audit(review, "denied" if locks else "refused", code, locks)
+            self.metrics.denied_by(list(locks))
+        self._audit(review, verdict, code, locks)
         return deny(review.uid, code, status["reason"], message)
 
     def _refuse(self, review: Review, code: int, reason: str, message: str) -> AdmissionReviewWire:

@@ -174,3 +174,26 @@ def test_a_missing_kubeconfig_file_is_named_as_missing(
     monkeypatch.setenv("KUBECONFIG", str(missing))
     with pytest.raises(ConfigError, match="does not exist"):
         load_upstream(None, None, tmp_path / "files")
+
+
+def test_in_cluster_upstream_uses_the_pods_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from klockproxy.cluster.kubeconfig import in_cluster_upstream
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config there
+    account = tmp_path / "sa"
+    account.mkdir()
+    (account / "token").write_text("t")
+    (account / "ca.crt").write_text("ca")
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    config = in_cluster_upstream(env, account)
+    assert config is not None
+    assert config.server == "https://10.96.0.1:443"
+    assert (config.ca_file, config.token_file) == (str(account / "ca.crt"), str(account / "token"))
+    v6 = in_cluster_upstream({**env, "KUBERNETES_SERVICE_HOST": "fd00::1"}, account)
+    assert v6 is not None and v6.server == "https://[fd00::1]:443"
+    # Not in a pod, or told otherwise: no in-cluster configuration.
+    assert in_cluster_upstream({}, account) is None
+    assert in_cluster_upstream({**env, "KUBECONFIG": "/x"}, account) is None
+    assert in_cluster_upstream(env, tmp_path / "missing") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import gc
 import logging
 import os
 import subprocess
@@ -796,6 +797,7 @@ async def test_a_cut_lock_watch_refuses_mutations_until_it_resumes(
         await api.events.put(WatchEvent("DOWN", error="the watch connection failed: reset"))
         await _until(lambda: lockset.engine is None, "the lock set to fail closed")
         assert "Lock watch is cut: the watch connection failed: reset" in lockset.describe()
+        assert not await lockset.wait_ready(0.05)
 
         # Back from where it was: nothing missed, nothing listed again.
         await api.events.put(WatchEvent("RESUMED", resource_version="5"))
@@ -805,3 +807,22 @@ async def test_a_cut_lock_watch_refuses_mutations_until_it_resumes(
         await _until(lambda: names(lockset) == ["default/a", "default/b"], "the new lock")
     finally:
         await lockset.stop()
+
+
+def test_quiet_gc_holds_full_collections_while_many_locks_are_made() -> None:
+    """A full collection walks every object of the process at once (0.4-1.4 s measured with
+    10,000 Locks loaded): none runs while many Locks are made, and what they leave is moved
+    out of the collector's way afterwards."""
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        with lock_sources.quiet_gc(10):
+            assert gc.get_threshold() == before  # a few Locks: nothing changes
+        with lock_sources.quiet_gc(lock_sources.QUIET_GC_LOCKS):
+            assert gc.get_threshold()[:2] == before[:2]  # young collections still run
+            assert gc.get_threshold()[2] > 1_000_000
+            kept = [[i] for i in range(1000)]
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.unfreeze()

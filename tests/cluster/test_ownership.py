@@ -133,6 +133,8 @@ async def test_lists_lock_namespaces_and_cluster_scoped_kinds(
     await api.cm("t", "red", ref(owner), ref(role), aura="red")
     await api.cm("free", "elsewhere")
     index.follow(engine("t"))
+    # The sandbox's admin may list and watch everything: the index may run.
+    assert await index.permitted() == ""
     await index.start()
     assert await index.wait_synced(WAIT)
     seen = names(index)
@@ -247,5 +249,24 @@ async def test_a_kind_it_may_not_list_refuses_at_once_and_says_which(
         message = caught.value.status["message"]
         assert caught.value.status["code"] == 503
         assert "/api/v1/namespaces/t/secrets (HTTP 403: secrets is forbidden)" in message
+    finally:
+        await index.stop()
+
+
+async def test_credentials_that_may_not_list_everything_cannot_run_it(
+    sandbox: Sandbox, api: Api, tmp_path: Path
+) -> None:
+    await api.ns("t")
+    await api.call("POST", "/api/v1/namespaces/t/serviceaccounts", {"metadata": {"name": "nobody"}})
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    answer = await api.call("POST", "/api/v1/namespaces/t/serviceaccounts/nobody/token", review)
+    (tmp_path / "nobody").write_text(answer["status"]["token"])
+    (tmp_path / "ca.pem").write_bytes(sandbox.ca_pem)
+    config = UpstreamConfig(
+        sandbox.url, ca_file=str(tmp_path / "ca.pem"), token_file=str(tmp_path / "nobody")
+    )
+    index = OwnershipIndex.over(config)
+    try:
+        assert await index.permitted() == "the proxy's own credentials may not list every resource"
     finally:
         await index.stop()

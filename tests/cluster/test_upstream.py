@@ -169,13 +169,65 @@ async def test_token_file_is_attached_only_when_the_caller_sends_no_authorizatio
     assert api.seen[2].headers["Authorization"] == "Bearer rotated-token-longer"
 
 
-async def test_missing_token_file_is_a_config_error(api: FakeApi, tmp_path: Path) -> None:
+async def test_missing_token_file_is_upstream_trouble(api: FakeApi, tmp_path: Path) -> None:
+    """A token file gone at request time cannot be asked with: an UpstreamError (503 at the
+    boundary), never an exception the caller does not expect."""
     up = Upstream(UpstreamConfig(server=api.url, token_file=str(tmp_path / "absent")))
     try:
-        with pytest.raises(ConfigError, match="token file"):
+        with pytest.raises(UpstreamError, match="token file"):
             await up.get_object("/x", {})
     finally:
         await up.close()
+
+
+async def test_dry_run_sends_the_write_dry_as_the_caller(api: FakeApi) -> None:
+    async def patched(request: web.Request) -> web.StreamResponse:
+        return web.json_response({**POD, "metadata": {"name": "p", "labels": {"a": "b"}}})
+
+    api.routes["PATCH", "/api/v1/namespaces/default/pods/p"] = patched
+    up = Upstream(UpstreamConfig(server=api.url))
+    try:
+        result = await up.dry_run(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/p",
+            [("fieldManager", "kubectl"), ("dryRun", "bogus")],
+            {"Authorization": ["Bearer caller"]},
+            b'{"metadata":{"labels":{"a":"b"}}}',
+            "application/merge-patch+json",
+        )
+    finally:
+        await up.close()
+    assert result["metadata"]["labels"] == {"a": "b"}
+    (request,) = api.seen
+    assert request.query.getall("dryRun") == ["All"]
+    assert request.query["fieldManager"] == "kubectl"
+    assert request.headers["Authorization"] == "Bearer caller"
+    assert request.headers["Content-Type"] == "application/merge-patch+json"
+    assert api.bodies == [b'{"metadata":{"labels":{"a":"b"}}}']
+
+
+async def test_a_refused_dry_run_carries_the_api_server_s_whole_status(api: FakeApi) -> None:
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'Pod "p" is invalid: metadata.labels: Invalid value: "-x"',
+        "reason": "Invalid",
+        "details": {"name": "p", "kind": "Pod", "causes": [{"field": "metadata.labels"}]},
+        "code": 422,
+    }
+    api.routes["PATCH", "/api/v1/namespaces/default/pods/p"] = _json(status, 422)
+    up = Upstream(UpstreamConfig(server=api.url))
+    try:
+        with pytest.raises(UpstreamStatusError) as info:
+            await up.dry_run(
+                "PATCH", "/api/v1/namespaces/default/pods/p", [], {}, b"{}", "application/json"
+            )
+    finally:
+        await up.close()
+    assert info.value.code == 422
+    assert info.value.status == status
 
 
 async def test_list_objects_pages_and_passes_selectors(api: FakeApi) -> None:

@@ -236,3 +236,88 @@ def test_selector_operators() -> None:
     assert selector_matches(sel("Exists"), {"a": ""}) and not selector_matches(sel("Exists"), {})
     assert selector_matches(sel("DoesNotExist"), {}) and not selector_matches(sel("Bogus"), {})
     assert not selector_matches({}, {"a": "x"})  # an empty selector selects nothing here
+
+
+# ---------------------------------------------------------------------------------------
+# One request
+
+
+def info(method: str, path: str) -> Any:
+    from klockproxy.core.requests import classify
+
+    return classify(method, path)
+
+
+def engine(text: str) -> Any:
+    from klockproxy.core.engine import Engine
+
+    return Engine(load_locks_from_text(text, source="test"))
+
+
+DELETE_LOCK_T = engine(
+    "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: l, namespace: t}\n"
+    "spec: {operations: [DELETE], matcher: {aura: red}}\n"
+)
+
+
+def test_the_fast_path_question() -> None:
+    from klockproxy.core.consequences import needs_consequence_judgement as needs
+
+    # Cluster-scoped objects may own anything: judged while DELETE locks exist.
+    assert needs(info("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterroles/x"), DELETE_LOCK_T)
+    assert needs(info("PATCH", "/api/v1/namespaces/t"), DELETE_LOCK_T)
+    # Namespaced objects own only their namespace's: elsewhere, nothing to judge.
+    assert not needs(info("DELETE", "/api/v1/namespaces/free/configmaps/x"), DELETE_LOCK_T)
+    assert needs(info("POST", "/api/v1/namespaces/t/pods/p/eviction"), DELETE_LOCK_T)
+    assert needs(info("PATCH", "/apis/apps/v1/namespaces/t/deployments/d/scale"), DELETE_LOCK_T)
+    assert needs(info("POST", "/apis/apps/v1/namespaces/t/replicasets"), DELETE_LOCK_T)
+    assert not needs(info("POST", "/api/v1/namespaces/t/configmaps"), DELETE_LOCK_T)
+    # The exempt identity: token requests and pods where a Lock exempts an account.
+    exempting = engine(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: l, namespace: t}\n"
+        "spec: {operations: [UPDATE], exclusive: {name: jonny-op}}\n"
+    )
+    assert needs(info("POST", "/api/v1/namespaces/t/serviceaccounts/x/token"), exempting)
+    assert needs(info("POST", "/api/v1/namespaces/t/pods"), exempting)
+    assert not needs(info("POST", "/api/v1/namespaces/other/pods"), exempting)
+    assert not needs(info("GET", "/api/v1/namespaces/t/pods"), exempting)
+
+
+def test_an_owner_on_a_namespace_puts_its_objects_at_stake() -> None:
+    from klockproxy.core.consequences import write_consequences
+
+    ns_node = Node("uid-t", ResourceRef("", "v1", "namespaces"), "Namespace", "", "t", {})
+    inside = node("locked", CM, None, **RED)
+    g = graph(ns_node, inside)
+    old = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t", "uid": "uid-t"}}
+    new = {**old, "metadata": {**old["metadata"], "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "nobody"}]}}  # fmt: skip
+    out = write_consequences(g, info("PATCH", "/api/v1/namespaces/t"), old, new)
+    assert deleted(out) == ["locked", "t"]
+    # Created with an owner that resolves: nothing at stake; with a dangling one: itself.
+    created = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n", "labels": RED,
+               "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                                    "name": "locked", "uid": "uid-locked"}]}}  # fmt: skip
+    assert (
+        write_consequences(g, info("POST", "/api/v1/namespaces/t/configmaps"), None, created) == []
+    )
+    created["metadata"]["ownerReferences"][0]["uid"] = "nobody"
+    out = write_consequences(g, info("POST", "/api/v1/namespaces/t/configmaps"), None, created)
+    assert deleted(out) == ["n"]
+
+
+def test_deleting_a_crd_puts_its_custom_resources_and_their_dependents_at_stake() -> None:
+    from klockproxy.core.consequences import deletion_consequences
+
+    widget_ref = ResourceRef("example.com", "v1", "widgets")
+    widget = Node("uid-w", widget_ref, "Widget", "t", "w", {})
+    secret = node("made", CM, widget, **RED)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com", "uid": "uid-crd"},
+        "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}},
+    }
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com"
+    out = deletion_consequences(graph(widget, secret), info("DELETE", path), [crd], None)
+    assert deleted(out) == ["made", "w"]

@@ -681,6 +681,6 @@ def test_a_build_yields_in_bounded_steps_and_reuses_unchanged_namespaces() -> No
     assert engine._namespaces["big"] is base._namespaces["big"]
     assert [lk.key for lk in engine.namespace_locks("small")] == ["small/new"]
     _, full_steps = _drive(Engine.build(None, {"big": many}))
-    assert full_steps >= 600 // 256
+    assert full_steps >= 600 // 64
     gone, _ = _drive(Engine.build(engine, {"small": []}))
     assert not gone.covers("small", Operation.CREATE) and gone.lock_count == 600

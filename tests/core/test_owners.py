@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from klockproxy.core.owners import owner_inputs, owner_keys, owner_uids, ttl_changed
+from klockproxy.core.owners import (
+    being_deleted,
+    finishes_deletion,
+    owner_inputs,
+    owner_keys,
+    owner_uids,
+    ttl_changed,
+)
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
 
 
@@ -56,3 +63,19 @@ def test_a_job_ttl_set_or_changed() -> None:
     assert ttl_changed(job, with_ttl)
     assert not ttl_changed(with_ttl, with_ttl)
     assert not ttl_changed({"kind": "Job", "apiVersion": "example.com/v1"}, with_ttl)
+
+
+def test_finishes_deletion_only_for_objects_being_deleted() -> None:
+    def obj(**meta: object) -> dict[str, object]:
+        return {"kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "b"}, **meta},
+                "data": {"k": "v"}}  # fmt: skip
+
+    gone = {"deletionTimestamp": "2026-12-02T07:00:00Z"}
+    held = obj(finalizers=["x", "y"], resourceVersion="1", **gone)
+    assert being_deleted(held) and not being_deleted(obj())
+    assert finishes_deletion(held, obj(finalizers=["y"], resourceVersion="2", **gone), "")
+    assert not finishes_deletion(held, obj(finalizers=["x", "y", "z"], **gone), "")
+    assert not finishes_deletion(held, {**obj(**gone), "data": {"k": "w"}}, "")
+    assert not finishes_deletion(held, {**held, "metadata": {**held["metadata"], "labels": {}}}, "")
+    assert finishes_deletion(held, {**held, "status": {"phase": "Done"}}, "status")
+    assert not finishes_deletion(obj(finalizers=["x"]), obj(), "")

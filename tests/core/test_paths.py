@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from klockproxy.core.errors import ClassificationError, UnservedRouteError
 from klockproxy.core.paths import (
@@ -12,7 +16,7 @@ from klockproxy.core.paths import (
     may_be_connect,
     object_path,
 )
-from klockproxy.core.requests import classify
+from klockproxy.core.requests import RequestInfo, check_target, classify
 from klockproxy.core.types import Operation
 
 
@@ -202,3 +206,84 @@ def test_dot_segments_after_a_proxy_subresource_are_refused(path: str) -> None:
 def test_a_proxy_tail_without_dot_segments_classifies() -> None:
     info = classify_request("GET", "/api/v1/namespaces/default/pods/my-pod/proxy/a.b/..c/")
     assert (info.verb, info.name, info.subresource) == ("connect", "my-pod", "proxy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing: classification never crashes, raises only ClassificationError, and whatever it
+# accepts names the same resource when re-encoded from what it understood.
+
+_words = st.sampled_from(
+    ["api", "apis", "v1", "apps", "example.com", "namespaces", "default", "team", "pods",
+     "nodes", "n1", "deployments", "configmaps", "widgets", "my-pod", "my%2Dpod", "status",
+     "scale", "eviction", "exec", "proxy", "attach", "portforward", "finalize", "watch",
+     "https:my-pod:8443", "%2F", "%2E%2E", ".", "..", "", "a#b", "a b", "\u00e9", "%zz", "%C3",
+     "x\r\ny", "\x00", "a\\b", "a:b", "@", "log"]
+)  # fmt: skip
+_query_pairs = st.lists(
+    st.tuples(
+        st.sampled_from(["dryRun", "labelSelector", "fieldSelector", "watch", "x", "a;b"]),
+        st.sampled_from(["All", "aura=red", "metadata.name=my-pod", "1", "", "%", "#", "a b"])
+        | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=4),
+    ),
+    max_size=3,
+)
+
+
+def _reencode(info: RequestInfo) -> str:
+    path = object_path(info) if info.name else collection_path(info)
+    if info.subresource:
+        path += "/" + quote(info.subresource, safe="")
+    pairs = [(key, value) for key, values in info.query.items() for value in values]
+    return path + ("?" + urlencode(pairs) if pairs else "")
+
+
+def _shape(info: RequestInfo) -> tuple[object, ...]:
+    return (info.verb, info.group, info.version, info.resource, info.subresource,
+            info.namespace, info.name, info.dry_run, info.served, info.operation)  # fmt: skip
+
+
+_good_words = st.sampled_from(
+    ["pods", "my-pod", "deployments", "web", "configmaps", "c", "status", "scale", "eviction",
+     "exec", "proxy", "nodes", "n1", "widgets", "w", "namespaces", "team", "default"]
+)  # fmt: skip
+# Mostly words that make routable paths, so that accepted mutations are common.
+_word = st.one_of(
+    _good_words,
+    _good_words,
+    _good_words,
+    _good_words,
+    _words,
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=5),
+)
+_segments = st.tuples(
+    st.sampled_from([["api", "v1"], ["apis", "apps", "v1"], ["apis", "example.com", "v1"]])
+    | st.lists(_word, max_size=3),
+    st.sampled_from([[], ["namespaces", "default"]]) | st.lists(_word, max_size=2),
+    st.lists(_word, min_size=1, max_size=5),
+).map(lambda parts: [*parts[0], *parts[1], *parts[2]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["GET", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "DELETE"]),
+    _segments,
+    _query_pairs,
+    st.booleans(),
+)
+def test_classify_request_fuzz_raises_only_classification_errors_and_round_trips(
+    method: str, segments: list[str], pairs: list[tuple[str, str]], raw_query: bool
+) -> None:
+    query = "&".join(f"{k}={v}" for k, v in pairs) if raw_query else urlencode(pairs)
+    target = "/" + "/".join(segments) + ("?" + query if query else "")
+    try:
+        info = classify_request(method, target)
+    except ClassificationError:
+        return
+    # Accepted: the target keeps to the grammar, and what was understood, written back as a
+    # path, is understood the same way (the object judged is the object addressed).
+    check_target(target)
+    if not info.is_mutation:
+        return
+    event(f"round-trip {info.verb}")
+    again = classify_request(method, _reencode(info))
+    assert _shape(again) == _shape(info), (target, _reencode(info))

@@ -6,7 +6,7 @@ import re
 from urllib.parse import urlencode
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klockproxy.core.errors import ClassificationError, MalformedRequestError
@@ -469,3 +469,77 @@ def test_header_fields_with_control_bytes_or_bad_names_are_malformed(
 ) -> None:
     with pytest.raises(MalformedRequestError, match="header"):
         check_header_fields([(b"accept", b"*/*"), (name, value)])
+
+
+# Fuzzing the grammar against an independent model of it (RFC 9112 / RFC 9110).
+_MODEL_TARGET_CHARS = set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/?%"
+)
+_MODEL_TCHARS = set(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _model_target_ok(target: str) -> bool:
+    if not target.startswith("/") or any(c not in _MODEL_TARGET_CHARS for c in target):
+        return False
+    hexdigits = set("0123456789abcdefABCDEF")
+    return all(
+        len(target[i + 1 : i + 3]) == 2 and set(target[i + 1 : i + 3]) <= hexdigits
+        for i, c in enumerate(target)
+        if c == "%"
+    )
+
+
+_target_pieces = st.sampled_from(
+    ["/", "api", "v1", "pods", "namespaces", "default", "my-pod", "%2F", "%zz", "%4", "%41",
+     "#", "#x", "?", "&", "=", " ", "\t", "\r", "\n", "\r\n", "\x00", "\x7f", "\\", "é", "[",
+     "|", "\"", "..", ".", ":", "@", "+", "%00", "~", "HTTP/1.1"]
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        _target_pieces | st.text(st.characters(codec="utf-8"), max_size=4),
+        max_size=12,
+    )
+)
+def test_check_target_accepts_exactly_the_origin_form_grammar(pieces: list[str]) -> None:
+    target = "".join(pieces)
+    try:
+        check_target(target)
+    except MalformedRequestError as e:
+        assert not _model_target_ok(target), target
+        assert "\r" not in str(e) and "\n" not in str(e)
+        return
+    assert _model_target_ok(target), target
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.binary(max_size=6) | st.sampled_from([b"x-a", b"Content-Type", b"x a", b"x:a"]),
+            st.binary(max_size=8) | st.sampled_from([b"a\r\nb", b"a\tb", b"\xff", b"a b"]),
+        ),
+        max_size=4,
+    )
+)
+def test_check_header_fields_accepts_exactly_tokens_and_values_without_controls(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    def ok(name: bytes, value: bytes) -> bool:
+        return (
+            bool(name)
+            and all(b in _MODEL_TCHARS for b in name)
+            and all(b == 0x09 or (b >= 0x20 and b != 0x7F) for b in value)
+        )
+
+    expected = all(ok(name, value) for name, value in fields)
+    try:
+        check_header_fields(fields)
+    except MalformedRequestError:
+        assert not expected
+        return
+    assert expected

@@ -125,3 +125,13 @@ def test_dot_segments_under_a_node_proxy_are_refused(
     code, status = request(endpoint, "POST", path)
     assert code == 400, status
     assert "'.'" in str(status["message"]) or "'..'" in str(status["message"])
+
+
+def test_cluster_wide_deletecollection_of_a_namespaced_custom_kind_is_refused(
+    endpoint: Endpoint, kubectl: Kubectl, namespace: str, red_pod: str
+) -> None:
+    # Locks are a namespaced custom resource: their scope comes from discovery.
+    code, status = request(endpoint, "DELETE", "/apis/klock.rnemet.dev/v1/locks")
+    assert code == 400, status
+    assert "namespaced" in str(status["message"])
+    assert kubectl.exists("lock", "lockred", namespace=namespace)

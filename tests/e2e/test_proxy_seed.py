@@ -91,3 +91,26 @@ def test_an_invalid_lock_file_edit_keeps_the_lock(
     path.write_text(path.read_text().replace("UPDAET", "UPDATE"))
     proxy.wait(lambda _: source.last_error is None, "the fixed file")
     assert_denied(proxy.kubectl("label", "pod", "my-pod", "x=y", namespace=namespace))
+
+
+def test_a_lock_file_emptied_by_shell_redirection_keeps_the_lock(
+    proxy: Proxy, locks: Locks, kubectl: Kubectl, namespace: str
+) -> None:
+    """``gen > locks.yaml`` empties the file before gen writes it: that window must not
+    unlock anything. Only a file that says ``# no locks`` means no locks."""
+    setup_scenario(kubectl, namespace)
+    add_lockred(locks, "file")
+    path = proxy.lock_dir / f"{namespace}-lockred.yaml"
+    lock_set = proxy.thread.proxy.lock_set
+    assert lock_set is not None
+    source = next(s for s in lock_set.sources if isinstance(s, FileLockSource))
+    path.write_text("")  # what `>` leaves until the generator writes
+    proxy.wait(lambda _: source.last_error is not None, "the emptied file refused")
+    assert source.last_error is not None and "defines no Lock" in source.last_error
+    assert_denied(proxy.kubectl("label", "pod", "my-pod", "x=y", namespace=namespace))
+    assert "x" not in labels(kubectl, namespace, "pod", "my-pod")
+    # Said on purpose: the lock goes.
+    path.write_text("# no locks\n")
+    key = f"{namespace}/lockred"
+    proxy.wait(lambda held: key not in held, "the lock lifted")
+    assert_ok(proxy.kubectl("label", "pod", "my-pod", "x=y", namespace=namespace))

@@ -309,12 +309,13 @@ async def test_server_side_apply_is_guarded_and_keeps_its_content_type(
 
 
 async def test_server_side_apply_dropping_a_label_cannot_slip_past_a_negated_matcher(
-    addon: KlockProxy,
+    addon: KlockProxy, upstream: FakeUpstream
 ) -> None:
     # Lock "notprod" (prod namespace) matches objects whose env is NOT prod. Pod db has
-    # env=prod; an apply configuration without env would make the API server drop the label
-    # (field ownership), which the merged view alone would not show.
+    # env=prod; an apply configuration without env makes the API server drop the label when
+    # this manager owned it (field ownership): its dry run says so, and that is judged.
     config = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "labels": {}}}
+    upstream.dry_run_answers["/api/v1/namespaces/prod/pods/db"] = pod("db", {}, ns="prod")
     flow = make_flow(
         "PATCH", "/api/v1/namespaces/prod/pods/db", yaml.safe_dump(config).encode(), APPLY
     )

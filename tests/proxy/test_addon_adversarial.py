@@ -928,7 +928,10 @@ async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result
     with taddons.context(proxy) as tctx:
         tctx.configure(proxy)
         # "ops" applies without its override label: the API server removes it and the pod
-        # ends up {aura: red, team: a}, which the lock matches.
+        # ends up {aura: red, team: a} (its dry run says so), which the lock matches.
+        upstream.dry_run_answers["/api/v1/namespaces/ssa/pods/web"] = pod(
+            "web", {"aura": "red", "team": "a"}, ns="ssa"
+        )
         config = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -944,6 +947,9 @@ async def test_server_side_apply_removing_an_owned_label_is_judged_on_the_result
         denied(flow, "map[aura:red override:^yes]")
 
         # Another manager applying the same configuration removes nothing: allowed.
+        upstream.dry_run_answers["/api/v1/namespaces/ssa/pods/web"] = pod(
+            "web", {"aura": "red", "override": "yes", "team": "a"}, ns="ssa"
+        )
         other = make_flow(
             "PATCH",
             "/api/v1/namespaces/ssa/pods/web?fieldManager=someone",
@@ -1709,3 +1715,94 @@ async def test_a_request_is_classified_once(
     await run(addon, flow)
     denied(flow)
     assert calls == [MY_POD]
+
+
+def _discovery(*resources: tuple[str, bool, list[str]]) -> dict[str, Any]:
+    return {
+        "kind": "APIResourceList",
+        "groupVersion": "example.com/v1",
+        "resources": [
+            {"name": name, "namespaced": namespaced, "kind": "Widget", "verbs": verbs}
+            for name, namespaced, verbs in resources
+        ],
+    }
+
+
+ALL = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/apis/example.com/v1/widgets?labelSelector=aura%3Dred"),
+        ("DELETE", "/apis/example.com/v1/widgets/w"),
+        ("POST", "/apis/example.com/v1/widgets"),
+    ],
+)
+async def test_unscoped_mutations_of_a_namespaced_custom_kind_are_refused(
+    addon: KlockProxy, upstream: WhoAmI, method: str, path: str
+) -> None:
+    upstream.objects["/apis/example.com/v1"] = _discovery(("widgets", True, ALL))
+    flow = make_flow(method, path, b"{}" if method == "POST" else b"", "application/json")
+    await run(addon, flow)
+    assert "widgets.example.com are namespaced" in refused(flow, 400)["message"]
+    assert [c[1] for c in upstream.calls] == ["/apis/example.com/v1"]
+
+
+async def test_the_cluster_wide_deletecollection_of_locks_is_refused(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    upstream.objects["/apis/klock.rnemet.dev/v1"] = {
+        "kind": "APIResourceList",
+        "resources": [{"name": "locks", "namespaced": True, "kind": "Lock", "verbs": ALL}],
+    }
+    flow = make_flow("DELETE", "/apis/klock.rnemet.dev/v1/locks")
+    await run(addon, flow)
+    refused(flow, 400)
+
+
+async def test_cluster_scoped_custom_kinds_and_unknown_ones_are_forwarded(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    upstream.objects["/apis/example.com/v1"] = _discovery(
+        ("clusterwidgets", False, ALL), ("clusterwidgets/status", False, ["get", "patch"])
+    )
+    for path in (
+        "/apis/example.com/v1/clusterwidgets/w",
+        "/apis/example.com/v1/clusterwidgets/w/status",
+        "/apis/example.com/v1/nothere/x",  # the API server answers 404 itself
+        "/apis/other.example/v1/things/x",  # the group is not served (404)
+    ):
+        flow = make_flow("DELETE" if "status" not in path else "PATCH", path, b"{}", MERGE)
+        await run(addon, flow)
+        assert forwarded(flow), path
+    # Namespaced paths need no discovery: the scope is in the path.
+    upstream.calls.clear()
+    flow = make_flow("DELETE", "/apis/example.com/v1/namespaces/default/widgets/w")
+    await run(addon, flow)
+    assert ("/apis/example.com/v1") not in [c[1] for c in upstream.calls]
+
+
+async def test_a_subresource_a_custom_kind_lacks_is_forwarded_unjudged(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    upstream.objects["/apis/example.com/v1"] = _discovery(("clusterwidgets", False, ALL))
+    flow = make_flow("PATCH", "/apis/example.com/v1/clusterwidgets/w/scale", b"{}", MERGE)
+    await run(addon, flow)
+    assert forwarded(flow)
+    assert addon_info(flow).served is False
+
+
+async def test_discovery_failure_refuses_the_unscoped_mutation(
+    addon: KlockProxy, upstream: WhoAmI
+) -> None:
+    upstream.fail = UpstreamStatusError("GET /apis/example.com/v1", 500, "etcd is down")
+    flow = make_flow("DELETE", "/apis/example.com/v1/widgets")
+    await run(addon, flow)
+    assert "discovery" in refused(flow, 503)["message"]
+
+
+def addon_info(flow: Any) -> Any:
+    from klockproxy.proxy.addon import classification
+
+    return classification(flow)

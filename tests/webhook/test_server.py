@@ -351,30 +351,70 @@ async def test_a_new_owner_reference_is_judged_as_a_delete(tmp_path: Path) -> No
     assert "forbids DELETE of pods" in response["status"]["message"]
 
 
-@pytest.mark.parametrize(
-    "controller",
-    [
-        "system:serviceaccount:kube-system:generic-garbage-collector",
-        "system:serviceaccount:kube-system:namespace-controller",
-    ],
-)
-async def test_the_garbage_collector_and_namespace_controller_finish_judged_deletions(
-    tmp_path: Path, controller: str
+GC = {"username": "system:serviceaccount:kube-system:generic-garbage-collector"}
+NS_CONTROLLER = {"username": "system:serviceaccount:kube-system:namespace-controller"}
+
+
+def owned_by(api_version: str, kind: str) -> dict[str, Any]:
+    ref = {"apiVersion": api_version, "kind": kind, "name": "owner", "uid": "u-owner"}
+    return pod("my-pod", RED, ownerReferences=[ref])
+
+
+async def test_the_namespace_controller_finishes_a_judged_namespace_deletion(
+    tmp_path: Path,
 ) -> None:
-    user = {"username": controller, "groups": ["system:serviceaccounts"]}
-    finalizing = pod("my-pod", RED, finalizers=["foregroundDeletion"])
+    finalizing = pod("my-pod", RED, finalizers=["example.com/x"])
     async with served(tmp_path) as s:
-        delete = await s.answer(review("DELETE", old=pod("my-pod", RED), user=user))
+        delete = await s.answer(review("DELETE", old=pod("my-pod", RED), user=NS_CONTROLLER))
         unfinalize = await s.answer(
-            review("UPDATE", old=finalizing, obj=pod("my-pod", RED), user=user)
+            review("UPDATE", old=finalizing, obj=pod("my-pod", RED), user=NS_CONTROLLER)
         )
         relabel = await s.answer(
-            review("UPDATE", old=pod("my-pod", RED), obj=pod("my-pod", {}), user=user)
+            review("UPDATE", old=pod("my-pod", RED), obj=pod("my-pod", {}), user=NS_CONTROLLER)
         )
     assert delete["allowed"] is True
     assert unfinalize["allowed"] is True
     # Anything beyond finishing a deletion is judged as for anybody.
     assert_denied(relabel, "UPDATE")
+
+
+async def test_the_garbage_collector_finishes_deletions_judged_on_their_dependents(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path) as s:
+        # The owner's DELETE searched pods: judged then, carried out now.
+        by_replicaset = await s.answer(
+            review("DELETE", old=owned_by("apps/v1", "ReplicaSet"), user=GC)
+        )
+        # Not searched, or the owner's DELETE may never have reached the webhook: judged.
+        cluster_owner = await s.answer(
+            review("DELETE", old=owned_by("rbac.authorization.k8s.io/v1", "ClusterRole"),
+                   user=GC)
+        )  # fmt: skip
+        custom_owner = await s.answer(
+            review("DELETE", old=owned_by("example.com/v1", "Widget"), user=GC)
+        )
+        ownerless = await s.answer(review("DELETE", old=pod("my-pod", RED), user=GC))
+        finalizer = await s.answer(
+            review("UPDATE", old=pod("my-pod", RED, finalizers=["foregroundDeletion"]),
+                   obj=pod("my-pod", RED), user=GC)
+        )  # fmt: skip
+        unsearched_kind = await s.answer(
+            review(
+                "DELETE",
+                resource=("apps", "v1", "controllerrevisions"),
+                kind="ControllerRevision",
+                name="my-pod",
+                old={**owned_by("apps/v1", "StatefulSet"), "kind": "ControllerRevision"},
+                user=GC,
+            )
+        )
+    assert by_replicaset["allowed"] is True
+    assert_denied(cluster_owner, "DELETE")
+    assert_denied(custom_owner, "DELETE")
+    assert_denied(ownerless, "DELETE")
+    assert finalizer["allowed"] is True
+    assert unsearched_kind["allowed"] is False
 
 
 async def test_a_same_named_account_elsewhere_is_not_the_garbage_collector(
@@ -447,3 +487,77 @@ async def test_metrics_and_audit_record_verdicts(tmp_path: Path) -> None:
     assert lines[0]["locks"] == ["shop/lockred"]
     assert 'klockproxy_lock_denials_total{lock="shop/lockred"} 1.0' in metrics
     assert ready == 200
+
+
+# ------------------------------------------------------------------ deletions being completed
+
+TERMINATING = "2026-12-02T07:00:00Z"
+
+
+async def test_a_pod_being_deleted_can_be_finished(tmp_path: Path) -> None:
+    """jonny-op deleted a locked pod: the kubelet reports its containers stopping and then
+    removes it (refusing either would leave it Terminating forever)."""
+    node = {"username": "system:node:worker-1", "groups": ["system:nodes"]}
+    terminating = pod("my-pod", RED, deletionTimestamp=TERMINATING)
+    stopped = {**terminating, "status": {"phase": "Succeeded"}}
+    async with served(tmp_path) as s:
+        status = await s.answer(
+            review("UPDATE", sub="status", old=terminating, obj=stopped, user=node)
+        )
+        final = await s.answer(review("DELETE", old=terminating, user=node))
+        # Not being deleted: the same status write is an UPDATE of the locked pod.
+        live = await s.answer(
+            review("UPDATE", sub="status", old=pod("my-pod", RED),
+                   obj={**pod("my-pod", RED), "status": {"phase": "Running"}}, user=node)
+        )  # fmt: skip
+    assert status["allowed"] is True
+    assert final["allowed"] is True
+    assert_denied(live, "UPDATE", 'pods "my-pod" through status')
+
+
+async def test_finalizers_of_an_object_being_deleted_can_be_removed(tmp_path: Path) -> None:
+    held = pod("my-pod", RED, deletionTimestamp=TERMINATING, finalizers=["example.com/x"])
+    released = pod("my-pod", RED, deletionTimestamp=TERMINATING)
+    changed = {**released, "spec": {"nodeName": "elsewhere"}}
+    relabelled = pod("my-pod", {}, deletionTimestamp=TERMINATING)
+    async with served(tmp_path) as s:
+        release = await s.answer(review("UPDATE", old=held, obj=released))
+        more = await s.answer(review("UPDATE", old=held, obj=changed))
+        relabel = await s.answer(review("UPDATE", old=held, obj=relabelled))
+        alive = await s.answer(
+            review("UPDATE", old=pod("my-pod", RED, finalizers=["example.com/x"]),
+                   obj=pod("my-pod", RED))
+        )  # fmt: skip
+    assert release["allowed"] is True
+    assert_denied(more, "UPDATE")
+    assert_denied(relabel, "UPDATE")
+    assert_denied(alive, "UPDATE")
+
+
+async def test_deleting_again_still_judges_the_dependents(tmp_path: Path) -> None:
+    api = FakeUpstream()
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "rs", "uid": "u1", "deletionTimestamp": TERMINATING},
+    }
+    child = pod(
+        "my-pod",
+        RED,
+        ownerReferences=[
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1"}
+        ],
+    )
+    api.lists["/api/v1/namespaces/shop/pods"] = [child]
+    body = review(
+        "DELETE",
+        resource=("apps", "v1", "replicasets"),
+        kind="ReplicaSet",
+        name="rs",
+        old=owner,
+        options={"propagationPolicy": "Background"},
+    )
+    async with served(tmp_path, api=api) as s:
+        response = await s.answer(body)
+    assert response["allowed"] is False
+    assert "the garbage collector deletes the dependents" in response["status"]["message"]

@@ -1,0 +1,95 @@
+"""Writes judged on the object the API server itself computes (a dry run of the same request,
+conditional on the version read), with real kubectl through the proxy.
+
+A kind the proxy's own patch engine has no schema for (HorizontalPodAutoscaler here; Ingress,
+NetworkPolicy... on a real cluster) is patched and applied normally under a Lock, and a
+server-side apply that leaves out a label another field manager owns is judged on what the
+server keeps. Each was refused by the proxy's local engine before.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e import proxy_support as support
+from tests.e2e.kube import Kubectl
+from tests.e2e.proxy_support import Locks, Proxy, assert_denied, assert_ok, labels
+
+pytestmark = pytest.mark.e2e
+
+proxy = support.proxy
+locks = support.locks
+
+
+def hpa(name: str, aura: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "labels": {"aura": aura}},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+            },
+        }
+    )
+
+
+def test_a_kind_without_a_local_schema_is_patched_and_applied_under_a_lock(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    k = support.in_ns(kubectl, namespace)
+    p = support.in_ns(proxy.kubectl, namespace)
+    if k("api-resources", "--api-group=autoscaling", "-o", "name").stdout.find("horizontal") < 0:
+        pytest.skip("the API server serves no HorizontalPodAutoscaler")
+    assert_ok(k("apply", "-f", "-", input=hpa("free", "blue")))
+    assert_ok(k("apply", "-f", "-", input=hpa("held", "red")))
+    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"})
+
+    # Strategic merge (kubectl patch's default) of an unlocked one: no 415, and it lands.
+    assert_ok(p("patch", "hpa", "free", "-p", '{"spec":{"minReplicas":2}}'))
+    assert kubectl.json("get", "hpa", "free", namespace=namespace)["spec"]["minReplicas"] == 2
+    # Client-side apply sends a strategic merge patch too.
+    changed = json.loads(hpa("free", "blue"))
+    changed["spec"]["maxReplicas"] = 5
+    assert_ok(p("apply", "-f", "-", input=json.dumps(changed)))
+    assert kubectl.json("get", "hpa", "free", namespace=namespace)["spec"]["maxReplicas"] == 5
+
+    # The server's result is judged: the locked one stays, and nothing moves into the lock.
+    assert_denied(p("patch", "hpa", "held", "-p", '{"spec":{"minReplicas":2}}'))
+    assert_denied(p("patch", "hpa", "free", "-p", '{"metadata":{"labels":{"aura":"red"}}}'))
+    assert kubectl.json("get", "hpa", "held", namespace=namespace)["spec"]["minReplicas"] == 1
+    assert labels(kubectl, namespace, "hpa", "free") == {"aura": "blue"}
+
+
+def test_server_side_apply_keeps_a_label_another_manager_owns(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    """The manifest leaves out ``override``, which ``kubectl label`` owns: the server keeps
+    it, so the applied pod is still exempt from the lock (no false denial)."""
+    k = support.in_ns(kubectl, namespace)
+    p = support.in_ns(proxy.kubectl, namespace)
+    assert_ok(k("create", "configmap", "web"))
+    assert_ok(k("label", "configmap", "web", "aura=red", "override=yes"))
+    locks.add("red-unless-override", ["UPDATE"], {"aura": "red", "override": "^yes"})
+    manifest = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "web", "labels": {"aura": "red", "team": "a"}},
+            "data": {"k": "v"},
+        }
+    )
+    assert_ok(p("apply", "--server-side", "--field-manager=ops", "-f", "-", input=manifest))
+    assert labels(kubectl, namespace, "configmap", "web") == {
+        "aura": "red",
+        "override": "yes",
+        "team": "a",
+    }
+    # Removing the override (it makes the lock match) is still refused.
+    assert_denied(
+        p("label", "configmap", "web", "override-"), matcher="map[aura:red override:^yes]"
+    )
