@@ -49,7 +49,10 @@ Known limits (documented, deliberate):
 * deletecollection carries no precondition (an object relabelled between the list and the
   delete is deleted); one carrying resourceVersion(Match) is refused;
 * the reachability probe is a TCP connect: an API server going down between the probe and
-  mitmproxy's own connect, or a TLS failure, still gives mitmproxy's HTML 502;
+  mitmproxy's own connect, or a TLS failure, still gives mitmproxy's HTML 502; so does one
+  going down within ``PROBE_FRESH`` seconds of a successful upstream connect to it (no probe
+  is made then: a whole kubectl run would otherwise pay a connect for it; the first failed
+  connect makes the next request probe again);
 * server-side apply is judged on the merged result, on the configuration alone and on the
   result computed from managedFields, not by a full field-ownership implementation.
 """
@@ -62,6 +65,7 @@ import contextlib
 import hmac
 import logging
 import os.path
+import time
 import traceback
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +114,8 @@ logger = logging.getLogger(__name__)
 # still noticed by TCP itself. mitmproxy's own value is 600 s.
 DEFAULT_IDLE_TIMEOUT = 7 * 24 * 3600
 PROBE_TIMEOUT = 5.0
+# A successful upstream connect this recent (seconds) stands in for the reachability probe.
+PROBE_FRESH = 2.0
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MARK = "klockproxy"
@@ -271,6 +277,9 @@ class KlockProxy:
         # client has one, the API server is known to be reachable and the probe is skipped.
         # Per connection, not per flow; dropped when the client disconnects.
         self._upstream_open: dict[str, int] = {}
+        # Upstream address -> time.monotonic() of its last successful connect (probe cache);
+        # an address is dropped when a connect to it fails.
+        self._connected_at: dict[tuple[str, int], float] = {}
         # Scopes of kinds the static route table does not know (discovery, cached).
         self._scopes: ResourceScopes | None = None
         self._scopes_client: Lookups | None = None
@@ -810,6 +819,13 @@ class KlockProxy:
         """Remember that this client has a live upstream connection (no probe needed)."""
         key = data.client.id
         self._upstream_open[key] = self._upstream_open.get(key, 0) + 1
+        if data.server.address is not None:
+            self._connected_at[_addr(data.server.address)] = time.monotonic()
+
+    def server_connect_error(self, data: ServerConnectionHookData) -> None:
+        """An upstream connect failed: the next new connection probes first again."""
+        if data.server.address is not None:
+            self._connected_at.pop(_addr(data.server.address), None)
 
     def server_disconnected(self, data: ServerConnectionHookData) -> None:
         """Forget a closed upstream connection."""
@@ -905,6 +921,9 @@ class KlockProxy:
             # per-client count from server_connected/server_disconnected tells instead.
             return None
         host, port = conn.address[0], conn.address[1]
+        connected_at = self._connected_at.get((host, port))
+        if connected_at is not None and time.monotonic() - connected_at < PROBE_FRESH:
+            return None
         logger.debug("klockproxy: probing the API server %s:%s", host, port)
         try:
             _, writer = await asyncio.wait_for(
@@ -1045,6 +1064,10 @@ def check_message(req: http.Request) -> None:
         raise MalformedRequestError(
             "the absolute-form request target names another host than the Host header"
         )
+
+
+def _addr(address: tuple[Any, ...]) -> tuple[str, int]:
+    return str(address[0]), int(address[1])
 
 
 def _ownership_index(upstream: Lookups | None) -> OwnershipIndex | None:
