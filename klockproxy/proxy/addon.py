@@ -48,11 +48,12 @@ Known limits (documented, deliberate):
   taints, preemption, dependents of kinds outside ``DEPENDENT_KINDS`` (custom resources);
 * deletecollection carries no precondition (an object relabelled between the list and the
   delete is deleted); one carrying resourceVersion(Match) is refused;
-* the reachability probe is a TCP connect: an API server going down between the probe and
-  mitmproxy's own connect, or a TLS failure, still gives mitmproxy's HTML 502; so does one
-  going down within ``PROBE_FRESH`` seconds of a successful upstream connect to it (no probe
-  is made then: a whole kubectl run would otherwise pay a connect for it; the first failed
-  connect makes the next request probe again);
+* the reachability probe is a TCP connect, skipped within ``PROBE_FRESH`` seconds of a
+  successful upstream connect (a whole kubectl run would otherwise pay a connect for it; the
+  first failed connect makes the next request probe again). What it misses (an API server
+  going down after it, a TLS failure, a reset) is answered by mitmproxy's own error path,
+  which the HTTP layer turns into a 503 Status (upstream_errors) with mitmproxy's cause;
+  a response already streaming when the API server goes away is cut (its headers are sent);
 * server-side apply is judged on the merged result, on the configuration alone and on the
   result computed from managedFields, not by a full field-ownership implementation.
 """
