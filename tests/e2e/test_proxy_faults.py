@@ -13,6 +13,8 @@ every mutation before any lookup is tried, and the lookup path is what is under 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import socket
 import ssl
@@ -318,6 +320,26 @@ def test_an_api_server_with_another_ca_gets_a_status_naming_tls_verification(
         for args in (("get", "pods"), ("label", "pod", "other-pod", "ca=new")):
             result = setup.through(*args, namespace=NS)
             assert_readable_failure(result, "the API server", "verify failed")
+        # An HTTP/1.1 client (kubectl speaks HTTP/2) gets the Status too.
+        host, _, port = setup.proxy.url.removeprefix("https://").rpartition(":")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=HANG_GUARD)
+        try:
+            conn.request(
+                "GET",
+                f"/api/v1/namespaces/{NS}/pods",
+                headers={"Authorization": f"Bearer {setup.proxy.client_token}"},
+            )
+            answer = conn.getresponse()
+            status = json.loads(answer.read())
+        finally:
+            conn.close()
+        assert answer.status == 503
+        assert answer.getheader("content-type") == "application/json"
+        assert status["kind"] == "Status" and status["reason"] == "ServiceUnavailable"
+        assert "verify failed" in status["message"]
     finally:
         setup.sandbox.stop()
         setup.sandbox.start()
