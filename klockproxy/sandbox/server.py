@@ -297,6 +297,22 @@ def _check_partial(target: str | None, want: str, rt: ResourceType) -> None:
         )
 
 
+# Built-in kinds whose status strategy (PrepareForUpdate) resets spec and labels but stores
+# the other metadata of a status write; the rest (pods keep their owner references: old
+# kubelets corrupted them) keep all their metadata.
+STATUS_KEEPS_METADATA = frozenset(
+    {
+        "Deployment",
+        "ReplicaSet",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicationController",
+        "Job",
+        "CronJob",
+    }
+)
+
+
 def _is_watch(request: web.Request) -> bool:
     return _query_bool(request, "watch")
 
@@ -1250,8 +1266,17 @@ class SandboxServer:
                 meta.pop(k, None)
         has_status = "status" in rt.subresources
         if subresource == "status":
+            written = obj["metadata"]
             obj = {**_copy(old), "status": obj.get("status")}
             meta = obj["metadata"]
+            if rt.builtin and rt.kind in STATUS_KEEPS_METADATA:
+                # These kinds' status strategies reset only spec and labels: the rest of the
+                # metadata written (owner references, annotations) is stored.
+                for key in ("ownerReferences", "annotations"):
+                    if key in written:
+                        meta[key] = written[key]
+                    else:
+                        meta.pop(key, None)
         elif has_status:
             if "status" in old:
                 obj["status"] = _copy(old["status"])

@@ -321,3 +321,21 @@ def test_deleting_a_crd_puts_its_custom_resources_and_their_dependents_at_stake(
     path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com"
     out = deletion_consequences(graph(widget, secret), info("DELETE", path), [crd], None)
     assert deleted(out) == ["made", "w"]
+
+
+def test_item18_a_workload_template_running_as_the_exempt_account() -> None:
+    from klockproxy.core.consequences import identity_locks
+
+    tmpl = workload()
+    tmpl["spec"]["template"]["spec"]["serviceAccountName"] = "jonny-op"
+    path = "/apis/apps/v1/namespaces/t/deployments"
+    how, found = identity_locks(LOCKS, info("POST", path), None, tmpl)
+    assert how == "a pod template that runs as service account jonny-op"
+    assert [lk.key for lk in found] == ["t/short"]
+    # An update that leaves the pod template alone hands out nothing new.
+    relabeled = {**tmpl, "metadata": {"name": "web", "labels": {"x": "y"}}}
+    assert identity_locks(LOCKS, info("PATCH", path + "/web"), tmpl, relabeled) == ("", [])
+    # exec into a pod that runs as it.
+    pod_ = {"spec": {"serviceAccountName": "jonny-op"}}
+    how, found = identity_locks(LOCKS, info("POST", "/api/v1/namespaces/t/pods/p/exec"), pod_, None)
+    assert found and "running code in a pod" in how

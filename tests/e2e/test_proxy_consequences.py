@@ -280,11 +280,16 @@ def test_item7_a_chain_through_any_kind(
 def test_item8_owner_references_through_the_status_subresource_are_judged(
     delete_lock: Locks, world: World, through: Callable[..., Any]
 ) -> None:
-    world.pod("locked", **RED)
-    result = through("patch", "pod", "locked", "--subresource=status", "--type=merge", "-p",
+    # The status strategies of the workload kinds reset spec and labels only: owner
+    # references written through deployments/status are stored (pods/status keeps them).
+    manifest = deployment_manifest("web")
+    manifest["metadata"]["labels"] = RED
+    world.make(manifest)
+    result = through("patch", "deployment", "web", "--subresource=status", "--type=merge", "-p",
                      patch_owners([ghost()]))  # fmt: skip
     assert_denied(result)
-    assert not world.get("pod", "locked")["metadata"].get("ownerReferences")
+    assert 'deployments.apps "web"' in result.stderr
+    assert not world.get("deployment", "web")["metadata"].get("ownerReferences")
 
 
 # ---------------------------------------------------------------------------------------

@@ -711,3 +711,42 @@ async def test_workload_kinds_are_served_and_scaled(client: Client) -> None:
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {}}
     status, _ = await client.request("POST", "/apis/batch/v1/namespaces/default/jobs", job)
     assert status == 201
+
+
+async def test_a_status_write_stores_owner_references_where_the_api_server_does(
+    client: Client,
+) -> None:
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "labels": {"a": "b"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            },
+        },
+    }
+    path = "/apis/apps/v1/namespaces/default/deployments"
+    assert (await client.request("POST", path, dep))[0] == 201
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u"}
+    patch = {"metadata": {"ownerReferences": [owner], "labels": {"a": "changed"}}}
+    status, stored = await client.request(
+        "PATCH", path + "/web/status", patch, content_type="application/merge-patch+json"
+    )
+    # Spec and labels are reset, owner references stored (deployments' status strategy).
+    assert status == 200
+    assert stored["metadata"]["ownerReferences"] == [owner]
+    assert stored["metadata"]["labels"] == {"a": "b"}
+    # pods/status keeps the pod's owner references.
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    assert (await client.request("POST", "/api/v1/namespaces/default/pods", pod))[0] == 201
+    status, stored = await client.request(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/p/status",
+        {"metadata": {"ownerReferences": [owner]}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200 and not stored["metadata"].get("ownerReferences")
