@@ -222,12 +222,39 @@ def test_mutations_while_the_api_server_is_down_get_a_status_then_work_again(
     assert labels.get("x") == "1"
 
 
+# The first PATCH of my-pod the API server sees is the proxy's own lookup (the patch sent
+# with dryRun=All, whose result is judged); kubectl sends its PATCH only to the proxy.
+LOOKUP = ("PATCH", f"/api/v1/namespaces/{NS}/pods/my-pod")
+MERGE = ("patch", "pod", "my-pod", "--type=merge", "-p")
+
+
+def test_the_api_server_going_down_during_a_lookup_gives_a_status(
+    setup: Setup, running: list[subprocess.Popen[str]]
+) -> None:
+    gate = setup.sandbox.hold(*LOOKUP)
+    try:
+        patch = setup.through.popen(
+            *MERGE, '{"metadata":{"labels":{"mid":"yes"}}}', as_user=JONNY, namespace=NS
+        )
+        running.append(patch)
+        wait_held(setup, *LOOKUP)
+        setup.sandbox.stop()  # the held lookup's connection goes down with it
+        out, err = patch.communicate(timeout=HANG_GUARD)
+    finally:
+        setup.sandbox.start()
+        seed(setup.admin)
+    assert_readable_failure(subprocess.CompletedProcess(patch.args, patch.returncode, out, err))
+    # The judgement says it could not be made, and why.
+    assert "ServiceUnavailable" in err and "cannot check locks" in err, err
+    assert not gate.is_set()
+
+
 def test_a_slow_lookup_does_not_stall_other_callers(
     setup: Setup, running: list[subprocess.Popen[str]]
 ) -> None:
-    """The old object of a covered PATCH is held back by the API server; meanwhile reads,
-    uncovered writes and other covered writes of other callers complete."""
-    held = ("GET", f"/api/v1/namespaces/{NS}/pods/my-pod")
+    """The proxy's lookup for a covered PATCH is held back by the API server; meanwhile
+    reads, uncovered writes and other covered writes of other callers complete."""
+    held = LOOKUP
     gate = setup.sandbox.hold(*held)
     try:
         patch = (
