@@ -393,14 +393,6 @@ class KlockProxy:
             self.ownership = _ownership_index(self.upstream)
             if self._running and self.ownership is not None:
                 self._spawn(self._start_ownership(self.ownership))
-        elif self._injected_upstream and self.ownership is None:
-            # An upstream handed in (local mode shares one client between the lock watch and
-            # the lookups) gets the index too when it carries the proxy's own credentials.
-            up = self.upstream
-            if isinstance(up, Upstream) and up.has_own_credentials:
-                self.ownership = OwnershipIndex(up)
-                if self._running:
-                    self._spawn(self._start_ownership(self.ownership))
         if not self._injected_lock_set and (
             old is None
             or (old.locks, old.default_namespace, old.upstream)
