@@ -109,9 +109,10 @@ async def test_an_outage_logs_one_line_per_change_of_state(
 
         await until(retried, "a minute's worth of retries")
         outage = lines(caplog, logging.INFO)
-        # One line from the index, one from the Lock watch (and, at most, its lock source
-        # saying that the watch is cut): not one per watch or retry.
-        assert len(outage) <= 3, "\n".join(outage)
+        # One line from the index; from the Lock watch one, and one more if its failure
+        # changes ("Server disconnected", then "Cannot connect"); its lock source saying the
+        # watch is cut: not one per watch or retry.
+        assert len(outage) <= 4, "\n".join(outage)
         assert sum("ownership index" in line for line in outage) == 1, outage
 
         caplog.clear()
@@ -120,9 +121,11 @@ async def test_an_outage_logs_one_line_per_change_of_state(
         await install_crd(sb)
         await until(lambda: index.synced, "the index synced again")
         back = lines(caplog, logging.INFO)
-        assert sum("ownership index" in line for line in back) == 1, back
-        # The index, the Lock watch, its source (resumed, ready): one line each at most.
-        assert len(back) <= 4, "\n".join(back)
+        assert sum("every watch has listed again" in line for line in back) == 1, back
+        # The index, the Lock watch, its source (resumed, ready): one line each at most; and
+        # the in-memory sandbox comes back without the Lock CRD until it is installed again,
+        # which the index may see (and say) once.
+        assert len(back) <= 5, "\n".join(back)
     finally:
         await lock_set.stop()
         await index.stop()
