@@ -7,7 +7,9 @@ load generator): the sandbox API server, a bare mitmproxy reverse proxy in front
 (the same embedded ``Master`` and addons as ``klockproxy serve``, with a no-op addon: the floor
 every mitmproxy addon stands on; run as mitmdump runs it, or under ``python -O`` with
 ``--optimize-bare``), and ``klockproxy serve`` with a lock file (which re-executes itself under
-``python -O``, as it does for every user). One client
+``python -O``, as it does for every user); beside them stock ``mitmdump`` (``DumpMaster`` with
+all its default addons, ``stream_large_bodies`` set so that watches flow; ``--no-stock`` leaves
+it out), which is what "mitmproxy" means to most people. One client
 process (aiohttp, HTTP/1.1 keep-alive) measures, for each target:
 
 - GET of one object, LIST of 100 configmaps,
@@ -18,8 +20,8 @@ with 1 client and with 16 concurrent clients: req/s and p50/p99 latency; "added"
 the proxied p50/p99 minus the direct one at the same concurrency. Also the CPU time each proxy
 process spent per request (from /proc): on a shared machine it moves much less than req/s,
 which depends on what else got the cores. Memory: RSS of each proxy idle, with 500 watches
-opened as kubectl opens them, and with 500 more that each start with 100 ADDED events.
-Prints markdown tables.
+opened as kubectl opens them, and with 500 more that each start with 100 ADDED events (RSS as
+measured with the watches open, not a sum). Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -137,6 +141,56 @@ def start_child(argv: list[str], env: dict[str, str] | None = None) -> Child:
         proc.kill()
         raise RuntimeError(f"{argv[:3]} did not start")
     return Child(proc, line)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_mitmdump(upstream: str, ca_file: Path, pem: Path, confdir: Path) -> tuple[Child, str]:
+    """Stock mitmdump (DumpMaster, every default addon). ``stream_large_bodies`` is set: without
+    it mitmdump buffers every response and an idle watch never gets its headers."""
+    exe = Path(sys.executable).parent / "mitmdump"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(exe if exe.exists() else shutil.which("mitmdump")),
+            "--mode",
+            f"reverse:{upstream}",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            f"certs=*={pem}",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={ca_file}",
+            "--set",
+            "stream_large_bodies=1",
+            "--set",
+            "termlog_verbosity=warn",
+            "--set",
+            "flow_detail=0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return Child(proc, ""), f"https://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("mitmdump did not start")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,12 +415,15 @@ async def measure(
 
 
 def table(targets: list[Target], results: dict[tuple[str, str, int], Result]) -> str:
+    stock = any(t.name == "stock mitmdump" for t in targets)
     lines = [
-        "| operation | clients | direct req/s | mitmproxy req/s | klockproxy req/s "
+        "| operation | clients | direct req/s "
+        + ("| stock mitmdump req/s " if stock else "")
+        + "| mitmproxy req/s | klockproxy req/s "
         "| klockproxy / mitmproxy | added p50 mitmproxy / klockproxy (ms) "
         "| added p99 mitmproxy / klockproxy (ms) | proxy CPU per request mitmproxy / klockproxy "
         "(µs) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|" + ("---|" if stock else "") + "---|---|---|---|---|---|",
     ]
     ops = sorted({k[0] for k in results}, key=lambda o: list(results).index((o, "direct", 1)))
     for op in ops:
@@ -374,8 +431,9 @@ def table(targets: list[Target], results: dict[tuple[str, str, int], Result]) ->
             d = results[(op, "direct", conc)]
             m = results[(op, "mitmproxy", conc)]
             k = results[(op, "klockproxy", conc)]
+            st = f"| {results[(op, 'stock mitmdump', conc)].rps:.0f} " if stock else ""
             lines.append(
-                f"| {op} | {conc} | {d.rps:.0f} | {m.rps:.0f} | {k.rps:.0f} "
+                f"| {op} | {conc} | {d.rps:.0f} {st}| {m.rps:.0f} | {k.rps:.0f} "
                 f"| {k.rps / m.rps:.2f} "
                 f"| {m.p50_ms - d.p50_ms:.2f} / {k.p50_ms - d.p50_ms:.2f} "
                 f"| {m.p99_ms - d.p99_ms:.2f} / {k.p99_ms - d.p99_ms:.2f} "
@@ -391,15 +449,24 @@ async def memory(children: dict[str, Child], targets: dict[str, Target]) -> list
     paths warming up) are not counted; the two kinds are stacked (nothing is closed in
     between), so the second cannot reuse memory freed by the first."""
     rows = [
-        f"| process | idle RSS | RSS with {WATCHES} watches | per watch, as kubectl watches "
+        f"| process | idle RSS | RSS measured with {WARM_WATCHES} + {WATCHES} watches open "
+        "| per watch, as kubectl watches "
         "| per watch, starting with 100 ADDED events |",
         "|---|---|---|---|---|",
     ]
-    for name in ("mitmproxy", "klockproxy"):
+    for name in ("stock mitmdump", "mitmproxy", "klockproxy"):
+        if name not in children:
+            continue
         child, target = children[name], targets[name]
         await asyncio.sleep(1)
         idle = child.rss_kb()
-        warm_session, warm = await open_watches(target, WARM_WATCHES)
+        try:
+            warm_session, warm = await asyncio.wait_for(open_watches(target, WARM_WATCHES), 120)
+        except TimeoutError:
+            # Stock mitmdump relays no response headers of a watch that has no event yet.
+            rows.append(f"| {name} | {idle / 1024:.1f} MB | — (an idle watch never gets its "
+                        "response headers) | — | — |")  # fmt: skip
+            continue
         await asyncio.sleep(1)
         base = child.rss_kb()
         session, responses = await open_watches(target, WATCHES)
@@ -413,7 +480,7 @@ async def memory(children: dict[str, Child], targets: dict[str, Target]) -> list
         for s in (session, warm_session, burst_session):
             await s.close()
         rows.append(
-            f"| {name} | {idle / 1024:.1f} MB | {(busy - base + idle) / 1024:.1f} MB "
+            f"| {name} | {idle / 1024:.1f} MB | {busy / 1024:.1f} MB "
             f"| {(busy - base) / WATCHES:.0f} kB | {(busier - busy) / WATCHES:.0f} kB |"
         )
     return rows
@@ -439,6 +506,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="turns the targets take")
     parser.add_argument("--only", default="", help="only operations whose name contains this")
     parser.add_argument("--no-memory", action="store_true", help="skip the watch memory test")
+    parser.add_argument(
+        "--no-stock", action="store_true", help="leave out stock mitmdump (DumpMaster)"
+    )
     parser.add_argument(
         "--optimize-bare",
         action="store_true",
@@ -511,6 +581,15 @@ def main() -> int:
         klock = Target("klockproxy", kp_url, kp_token, ssl_for(kp_ca), kp.proc.pid)
 
         targets = [direct, mitm, klock]
+        if not args.no_stock:
+            (work / "mitmdump").mkdir()
+            stock_child, stock_url = start_mitmdump(sandbox_url, ca_file, pem, work / "mitmdump")
+            children["stock mitmdump"] = stock_child
+            targets.append(
+                Target(
+                    "stock mitmdump", stock_url, token, ssl_for(ca.cert_pem), stock_child.proc.pid
+                )
+            )
         print(f"# klockproxy benchmark — {machine()}", file=sys.stderr)
         results = asyncio.run(measure(targets, args.seconds, args.rounds, args.only))
         mem = [] if args.no_memory else asyncio.run(memory(children, {t.name: t for t in targets}))

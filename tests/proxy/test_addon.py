@@ -1025,6 +1025,45 @@ async def test_probe_is_skipped_while_the_client_has_an_upstream_connection(
     assert addon._upstream_open == {}
 
 
+async def test_probe_is_skipped_right_after_a_successful_connect_to_that_address(
+    addon: KlockProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = ("127.0.0.1", _free_port())  # a probe would fail
+
+    def flow_to_dead() -> http.HTTPFlow:
+        # A new client connection each time, as every kubectl run makes.
+        flow = make_flow("GET", "/api/v1/namespaces/default/pods")
+        flow.server_conn.state = ConnectionState.CLOSED
+        flow.server_conn.address = dead
+        return flow
+
+    other = make_flow("GET", "/")
+    server = tflow.tserver_conn()
+    server.address = dead
+    data = ServerConnectionHookData(server=server, client=other.client_conn)
+    addon.server_connected(data)
+    addon.server_disconnected(data)
+    addon.client_disconnected(other.client_conn)
+    # Another client connected to this address a moment ago: no probe, the flow goes on.
+    fresh = flow_to_dead()
+    await run(addon, fresh)
+    assert fresh.response is None
+
+    # A failed connect to it makes the next new connection probe again.
+    addon.server_connect_error(data)
+    after_error = flow_to_dead()
+    await run(addon, after_error)
+    assert status_of(after_error)["code"] == 503
+
+    # So does the passing of time.
+    addon.server_connected(data)
+    addon.client_disconnected(other.client_conn)
+    monkeypatch.setattr("klockproxy.proxy.addon.PROBE_FRESH", 0.0)
+    stale = flow_to_dead()
+    await run(addon, stale)
+    assert status_of(stale)["code"] == 503
+
+
 async def test_reachable_api_server_passes_the_probe(addon: KlockProxy) -> None:
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -1429,3 +1468,33 @@ def test_an_injected_lock_set_is_not_parsed_again_at_configure(
     with taddons.context(own) as tctx:
         tctx.configure(own, klock_locks=[str(lock_file)])
     assert len(parsed) == 1
+
+
+def test_other_options_do_not_parse_the_lock_files_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parsing 10,000 Locks on the event loop stalls every request: done when the files are
+    # named, not whenever any klock_ option changes.
+    monkeypatch.setattr(mitmproxy.proxy.server, "TCP_TIMEOUT", 600)
+    lock_file = tmp_path / "locks.yaml"
+    lock_file.write_text(LOCKS)
+    proxy = KlockProxy()
+    parsed: list[str] = []
+    real = addon_module.load_locks_from_path
+
+    def counting(path: Any, default_namespace: str = "default") -> Any:
+        parsed.append(str(path))
+        return real(path, default_namespace)
+
+    monkeypatch.setattr(addon_module, "load_locks_from_path", counting)
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"])
+        tctx.configure(proxy, klock_locks=[str(lock_file)])
+        assert parsed == [str(lock_file)]
+        tctx.configure(proxy, klock_idle_timeout=1234)
+        assert parsed == [str(lock_file)]
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 1234
+        other = tmp_path / "other.yaml"
+        other.write_text(LOCKS)
+        tctx.configure(proxy, klock_locks=[str(other)])
+        assert parsed == [str(lock_file), str(other)]
