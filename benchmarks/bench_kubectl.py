@@ -456,7 +456,7 @@ def main() -> int:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="klockproxy-bench-kubectl-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-kubectl-"))
     children: dict[str, Child] = {}
     try:
         sb = start_child([sys.executable, "-c", SANDBOX_CHILD, str(work / "sandbox")])
