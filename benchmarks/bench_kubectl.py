@@ -153,6 +153,19 @@ def kubectl_run(target: KubeTarget, args: list[str]) -> float:
     return elapsed
 
 
+def start_child_in(cwd: str, argv: list[str], env: dict[str, str]) -> Child:
+    """As bench_proxy.start_child, in the working directory ``cwd``."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"{argv[:3]} did not start in {cwd}")
+    return Child(proc, line)
+
+
 def cpu_seconds(pid: int | None) -> float:
     """CPU time of every thread of a process so far, from /proc/<pid>/task/*/schedstat
     (nanoseconds, unlike /proc/<pid>/stat's 10 ms ticks); 0 when unknown."""
@@ -456,7 +469,7 @@ def main() -> int:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="klockproxy-bench-kubectl-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-kubectl-"))
     children: dict[str, Child] = {}
     try:
         sb = start_child([sys.executable, "-c", SANDBOX_CHILD, str(work / "sandbox")])
@@ -516,7 +529,10 @@ def main() -> int:
         if before := os.environ.get("BENCH_KLOCKPROXY_BEFORE"):
             # A/B: the same command from another source tree (e.g. the previous commit).
             out_before = work / "before.kubeconfig"
-            kb = start_child(
+            # Started from inside that tree: ``python -m`` puts the working directory first on
+            # sys.path, ahead of PYTHONPATH.
+            kb = start_child_in(
+                before,
                 [
                     sys.executable,
                     "-m",
@@ -535,7 +551,7 @@ def main() -> int:
                     "--state-dir",
                     str(work / "state-before"),
                 ],
-                env={**os.environ, "PYTHONPATH": before},
+                {**os.environ, "PYTHONPATH": before},
             )
             children["klockproxy (before)"] = kb
             kb_token, kb_ca = kubeconfig_token_and_ca(out_before)

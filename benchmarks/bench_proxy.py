@@ -517,7 +517,7 @@ def main() -> int:
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="klockproxy-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     children: dict[str, Child] = {}
     try:
         sb = start_child([sys.executable, "-c", SANDBOX_CHILD, str(work / "sandbox")])
