@@ -64,8 +64,9 @@ class WatchClient(Protocol):
         label_selector: str | None = None,
         field_selector: str | None = None,
         metadata_only: bool = False,
+        quiet: bool = False,
     ) -> AsyncIterator[WatchEvent]:
-        """List, then watch (``LISTED`` first)."""
+        """List, then watch (``LISTED`` first); ``quiet``: state changes logged at DEBUG."""
         ...
 
 
@@ -118,6 +119,9 @@ class OwnershipIndex:
         self._running = False
         self._engine: Engine | None = None
         self._changed = asyncio.Event()
+        # Why the watches are cut, while they are (one log line per outage, not one per watch
+        # and retry: the index runs dozens of watches, each retrying with backoff).
+        self._outage: str | None = None
 
     @classmethod
     def over(cls, config: UpstreamConfig) -> OwnershipIndex:
@@ -247,6 +251,19 @@ class OwnershipIndex:
 
     def _notify(self) -> None:
         self._changed.set()
+        if self._outage is not None and self.synced:
+            self._outage = None
+            logger.info("ownership index: every watch has listed again (%s)", self.progress())
+
+    def _cut(self, error: str) -> None:
+        """A watch is down: logged once until every watch has listed again."""
+        if self._outage is None:
+            self._outage = error
+            logger.warning(
+                "ownership index: watches cut (%s); writes that need the index are refused "
+                "until every watch has listed again (logged when they have)",
+                error,
+            )
 
     # ----------------------------------------------------------------------- discovery
 
@@ -255,7 +272,8 @@ class OwnershipIndex:
             try:
                 kinds = await self._discover()
             except UpstreamError as e:
-                logger.warning("ownership index: discovery failed: %s; retrying", e)
+                logger.debug("ownership index: discovery failed: %s; retrying", e)
+                self._cut(f"discovery: {e}")
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             self._kinds = kinds
@@ -334,12 +352,13 @@ class OwnershipIndex:
         backoff = RETRY_SECONDS
         while self._running:
             try:
-                async for event in self.client.watch(path, metadata_only=True):
+                async for event in self.client.watch(path, metadata_only=True, quiet=True):
                     if event.type == "DOWN":
                         # Events may have been missed: list afresh once the API server is back
-                        # (the watch logged why; a lasting failure is retried less often).
+                        # (a lasting failure is retried less often).
                         stream.synced = False
                         stream.error = event.error
+                        self._cut(event.error)
                         self._notify()
                         break
                     if event.type == "LISTED":
@@ -361,11 +380,11 @@ class OwnershipIndex:
                     stream.synced = True
                     self._schedule_discovery()
                     return
-                logger.warning("ownership index: %s failed: %s", path, e)
                 stream.error = f"HTTP {e.code}: {e.message}"
+                self._cut(f"{path}: {stream.error}")
             except UpstreamError as e:
-                logger.warning("ownership index: %s failed: %s", path, e)
                 stream.error = str(e)
+                self._cut(f"{path}: {e}")
             stream.synced = False
             self._notify()
             await asyncio.sleep(backoff)

@@ -393,6 +393,7 @@ class Upstream:
         timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
         min_backoff: float = 0.25,
         max_backoff: float = 5.0,
+        quiet: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         """Follow the collection at ``path`` for as long as the caller iterates.
 
@@ -408,7 +409,11 @@ class Upstream:
         The one answer not retried: 404 to the list (the resource is not served, e.g. its
         CRD is not installed) raises ``UpstreamStatusError`` (code 404) and ends the
         iteration. ``headers`` are the caller's (default: the proxy's own credentials).
+        ``quiet`` logs the changes of state at DEBUG: for a caller running many watches that
+        logs one line for all of them itself (the ownership index).
         """
+        # Levels of the lines about the API server's state (down, back up, expired).
+        warn, info = (logging.DEBUG, logging.DEBUG) if quiet else (logging.WARNING, logging.INFO)
         caller: Mapping[str, str | Sequence[str]] = headers or {}
         rv = resource_version or None
         backoff = min_backoff
@@ -423,8 +428,11 @@ class Upstream:
                         path, caller, label_selector, field_selector, metadata_only=metadata_only
                     )
                     if down is not None:
-                        logger.info(
-                            "%s: the API server answers again (after %d retries)", what, retries
+                        logger.log(
+                            info,
+                            "%s: the API server answers again (after %d retries)",
+                            what,
+                            retries,
                         )
                         down, retries, backoff = None, 0, min_backoff
                     yield WatchEvent("LISTED", items=tuple(items), resource_version=rv)
@@ -448,7 +456,8 @@ class Upstream:
                 ):
                     if event is _OPENED:
                         if down is not None:
-                            logger.info(
+                            logger.log(
+                                info,
                                 "%s: the API server answers again (after %d retries)",
                                 what,
                                 retries,
@@ -468,7 +477,9 @@ class Upstream:
                     await asyncio.sleep(min_backoff)
                 continue
             except WatchExpired:
-                logger.info("%s: resourceVersion %s expired (410 Gone): listing again", what, rv)
+                logger.log(
+                    info, "%s: resourceVersion %s expired (410 Gone): listing again", what, rv
+                )
                 rv = None
                 continue
             except UpstreamStatusError as e:
@@ -482,7 +493,8 @@ class Upstream:
             except UpstreamError as e:
                 failure = str(e)
             if down is None:
-                logger.warning(
+                logger.log(
+                    warn,
                     "%s: %s; retrying every %.2g-%.2g s (logged again when the state changes)",
                     what,
                     failure,
@@ -491,7 +503,7 @@ class Upstream:
                 )
                 yield WatchEvent("DOWN", resource_version=rv or "", error=failure)
             elif failure != down:
-                logger.warning("%s: still down, now: %s", what, failure)
+                logger.log(warn, "%s: still down, now: %s", what, failure)
             else:
                 logger.debug("%s: retry %d failed: %s", what, retries + 1, failure)
             down = failure

@@ -23,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import yaml
@@ -85,9 +86,27 @@ class _PythonYamlLoader(_StrictConstructor, yaml.SafeLoader):
 # libyaml; the pure-Python parser accepts it (then joined or replaced, see below).
 _CYamlLoader: type[_StrictConstructor] | None = None
 if getattr(yaml, "__with_libyaml__", False):
+    import yaml.cyaml
+
+    _CParser: Any = yaml.cyaml.CParser  # type: ignore[attr-defined]
 
     class _CLoader(_StrictConstructor, yaml.CSafeLoader):
         """The strict loader on libyaml."""
+
+    class _CEventLoader(
+        yaml.composer.Composer,
+        _CParser,
+        _StrictConstructor,
+        yaml.resolver.Resolver,
+    ):
+        """libyaml's events composed in Python (``iter_yaml_documents(stream_items=True)``):
+        a document can then be composed and constructed one list item at a time."""
+
+        def __init__(self, stream: str | bytes) -> None:
+            _CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            _StrictConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
 
     _CYamlLoader = _CLoader
 
@@ -95,7 +114,10 @@ _NO_TIMESTAMPS = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-for _loader in (_PythonYamlLoader, _CYamlLoader):
+_CEventYamlLoader: type[_StrictConstructor] | None = (
+    _CEventLoader if _CYamlLoader is not None else None
+)
+for _loader in (_PythonYamlLoader, _CYamlLoader, _CEventYamlLoader):
     if _loader is not None:
         _loader.yaml_implicit_resolvers = _NO_TIMESTAMPS  # type: ignore[attr-defined]
 
@@ -222,6 +244,142 @@ def iter_yaml_documents(
             index += 1
     finally:
         loader.dispose()  # type: ignore[attr-defined]
+
+
+@dataclass
+class StreamedMapping:
+    """A document whose root is a mapping, read by ``iter_yaml_documents(stream_items=True)``.
+
+    ``items`` yields the elements of its ``items`` sequence one at a time, each composed and
+    constructed only when asked for (a ``kind: List`` of 10,000 objects is never built in
+    one piece); ``head`` is the rest of the mapping, complete once ``items`` is exhausted
+    (it may come after ``items`` in the text). ``has_items`` tells whether ``items`` was a
+    sequence that was streamed (otherwise it is in ``head``, if present at all). The same
+    refusals as ``load_yaml_documents`` apply, to the head too (duplicate keys, ``items``
+    twice, merge keys).
+    """
+
+    head: dict[str, JSON]
+    items: Iterator[JSON]
+    has_items: bool = False
+
+
+def iter_yaml_documents_streaming(
+    data: bytes | str, what: str = "YAML", *, parser: str = DEFAULT_YAML_PARSER
+) -> Iterator[JSON | StreamedMapping]:
+    """Like ``iter_yaml_documents``, but a document whose root is a mapping comes as a
+    ``StreamedMapping`` whose ``items`` must be consumed before the next document."""
+    loader_class = _CEventYamlLoader if parser == "libyaml" else YAML_PARSERS[parser]
+    if loader_class is None:
+        loader_class = YAML_PARSERS[parser]
+    loader: Any = loader_class(data)  # type: ignore[call-arg]
+    events = yaml.events
+    index = 0
+    try:
+        with _YamlErrors(what):
+            loader.get_event()  # StreamStart
+        while True:
+            with _YamlErrors(what):
+                if loader.check_event(events.StreamEndEvent):
+                    return
+                loader.get_event()  # DocumentStart
+                streamed = loader.check_event(events.MappingStartEvent)
+                if not streamed:
+                    node = loader.compose_node(None, None)
+                    doc = _construct(loader, node, what, index)
+            if streamed:
+                mapping = StreamedMapping({}, iter(()))
+                mapping.items = _stream_mapping(loader, mapping, what, index)
+                yield mapping
+                for _ in mapping.items:
+                    raise DecodeError(f"{what}: the items of a document were not all read")
+            else:
+                yield doc
+            with _YamlErrors(what):
+                loader.get_event()  # DocumentEnd
+                loader.anchors = {}
+            index += 1
+    finally:
+        loader.dispose()
+
+
+class _YamlErrors:
+    """Map PyYAML's errors to DecodeError, as ``iter_yaml_documents`` does."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        if isinstance(e, yaml.YAMLError):
+            raise _syntax_error(e, self.what) from e
+        if isinstance(e, RecursionError):
+            raise MalformedDocument("YAML", self.what, "nested too deeply", None, None) from e
+        if isinstance(e, UnicodeDecodeError):
+            raise DecodeError(f"invalid {self.what}: {e}") from e
+
+
+def _construct(loader: Any, node: Any, what: str, index: int) -> JSON:
+    doc = loader.construct_document(node)
+    if isinstance(doc, str):
+        doc = _fix_surrogates(doc)
+    check_json_values(doc, f"{what} document {index}")
+    return doc
+
+
+def _stream_mapping(loader: Any, mapping: StreamedMapping, what: str, index: int) -> Iterator[JSON]:
+    events = yaml.events
+    with _YamlErrors(what):
+        start = loader.get_event()
+        tag = start.tag
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.MappingNode, None, start.implicit)
+        pairs: list[tuple[Any, Any]] = []
+        root = yaml.MappingNode(tag, pairs, start.start_mark, None, flow_style=start.flow_style)
+        if start.anchor is not None:
+            loader.anchors[start.anchor] = root
+    items_key = None
+    while True:
+        with _YamlErrors(what):
+            if loader.check_event(events.MappingEndEvent):
+                loader.get_event()
+                break
+            key = loader.compose_node(root, None)
+            stream = (
+                isinstance(key, yaml.ScalarNode)
+                and key.tag == "tag:yaml.org,2002:str"
+                and key.value == "items"
+                and items_key is None
+                and loader.check_event(events.SequenceStartEvent)
+            )
+            if not stream:
+                pairs.append((key, loader.compose_node(root, key)))
+                continue
+            items_key = key
+            seq = loader.get_event()
+        mapping.has_items = True
+        position = 0
+        while True:
+            with _YamlErrors(what):
+                if loader.check_event(events.SequenceEndEvent):
+                    loader.get_event()
+                    break
+                node = loader.compose_node(None, position)
+                item = _construct(loader, node, f"{what} items[{position}]", index)
+            yield item
+            position += 1
+        # In the head, the streamed sequence stands as an empty one: a second ``items``
+        # key is then a duplicate like any other.
+        empty = yaml.SequenceNode("tag:yaml.org,2002:seq", [], seq.start_mark, seq.end_mark)
+        pairs.append((items_key, empty))
+    with _YamlErrors(what):
+        head = _construct(loader, root, what, index)
+    if isinstance(head, dict):
+        if mapping.has_items:
+            del head["items"]  # the empty stand-in
+        mapping.head.update(head)
 
 
 def load_yaml_object(data: bytes | str, what: str = "YAML body") -> dict[str, JSON]:

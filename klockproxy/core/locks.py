@@ -22,7 +22,8 @@ from pathlib import Path
 
 from klockproxy.core.codec import (
     MalformedDocument,
-    iter_yaml_documents,
+    StreamedMapping,
+    iter_yaml_documents_streaming,
     load_json,
     load_yaml_documents,
 )
@@ -386,7 +387,12 @@ def _objects_steps(
             raise on_decode_error(e) from e
         if doc is None:
             continue
-        for item, ctx in _expand(doc, source, index):
+        candidates: Iterator[tuple[object, _Ctx]]
+        if isinstance(doc, StreamedMapping):
+            candidates = _streamed(doc, source, index, on_decode_error)
+        else:
+            candidates = _expand(doc, source, index)
+        for item, ctx in candidates:
             lock = _validate(item, ctx, default_namespace)
             if lock.key in seen:
                 raise ctx.error(f"duplicate lock {lock.key} (also in document {seen[lock.key]})")
@@ -395,6 +401,33 @@ def _objects_steps(
             if len(locks) % LOAD_STEP == 0:
                 yield
         yield
+
+
+def _streamed(
+    doc: StreamedMapping,
+    source: str,
+    index: int,
+    on_decode_error: Callable[[DecodeError], Exception],
+) -> Iterator[tuple[object, _Ctx]]:
+    """The Lock candidates of a document read item by item (a LockList or ``kind: List``
+    of thousands is never parsed in one piece); anything else as ``_expand`` reads it."""
+    items = iter(doc.items)
+    position = 0
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except DecodeError as e:
+            raise on_decode_error(e) from e
+        yield item, _Ctx(source, index, f"items[{position}].")
+        position += 1
+    head = doc.head
+    if not doc.has_items:
+        yield from _expand(head, source, index)
+    elif head.get("kind") not in LIST_KINDS:
+        # ``kind`` may follow ``items`` in the text: only now is it known not to be a list.
+        yield {**head, "items": []}, _Ctx(source, index, "")
 
 
 def _drive(steps: Generator[None, None, list[Lock]]) -> list[Lock]:
@@ -421,16 +454,18 @@ def lock_file_steps(
 
     def noting_lists(inner: Iterator[object]) -> Iterator[object]:
         for doc in inner:
-            if isinstance(doc, dict) and doc.get("kind") in LIST_KINDS:
-                listed.append(True)
             yield doc
+            # A streamed document's head is complete once its items were read.
+            head = doc.head if isinstance(doc, StreamedMapping) else doc
+            if isinstance(head, dict) and head.get("kind") in LIST_KINDS:
+                listed.append(True)
 
     docs: Iterator[object]
     try:
         if json:
             docs = iter([load_json(text, "JSON")] if text.strip() else [])
         else:
-            docs = iter_yaml_documents(text, "YAML")
+            docs = iter_yaml_documents_streaming(text, "YAML")
         locks = yield from _objects_steps(
             noting_lists(docs),
             source,

@@ -25,9 +25,11 @@ Streams and long connections: WebSocket and raw TCP messages are not kept in mem
 timeout mitmproxy hard-codes (``mitmproxy.proxy.server.TCP_TIMEOUT``, 600 s) is raised when
 the addon is configured (``klock_idle_timeout``), because an idle ``exec -it``, ``logs -f`` or
 watch must not be cut. mitmproxy answers an unreachable upstream with an HTML 502 that no hook
-can replace (it is written by the protocol layer after the ``error`` hook), so before a flow
-opens a new upstream connection the addon checks that the API server accepts TCP connections
-and otherwise answers a 503 Status naming it. That needs ``connection_strategy=lazy`` (with
+can replace (it is written by the protocol layer after the ``error`` hook): the addon's
+``next_layer`` hook gives the HTTP layer a subclass that sends a Status instead
+(klockproxy.proxy.upstream_errors), and before a flow opens a new upstream connection the
+addon checks that the API server accepts TCP connections and otherwise answers a 503 Status
+naming it. That needs ``connection_strategy=lazy`` (with
 ``eager`` mitmproxy resets the client's TLS handshake before any hook runs), which the addon
 sets when the proxy starts.
 
@@ -46,11 +48,12 @@ Known limits (documented, deliberate):
   taints, preemption, dependents of kinds outside ``DEPENDENT_KINDS`` (custom resources);
 * deletecollection carries no precondition (an object relabelled between the list and the
   delete is deleted); one carrying resourceVersion(Match) is refused;
-* the reachability probe is a TCP connect: an API server going down between the probe and
-  mitmproxy's own connect, or a TLS failure, still gives mitmproxy's HTML 502; so does one
-  going down within ``PROBE_FRESH`` seconds of a successful upstream connect to it (no probe
-  is made then: a whole kubectl run would otherwise pay a connect for it; the first failed
-  connect makes the next request probe again);
+* the reachability probe is a TCP connect, skipped within ``PROBE_FRESH`` seconds of a
+  successful upstream connect (a whole kubectl run would otherwise pay a connect for it; the
+  first failed connect makes the next request probe again). What it misses (an API server
+  going down after it, a TLS failure, a reset) is answered by mitmproxy's own error path,
+  which the HTTP layer turns into a 503 Status (upstream_errors) with mitmproxy's cause;
+  a response already streaming when the API server goes away is cut (its headers are sent);
 * server-side apply is judged on the merged result, on the configuration alone and on the
   result computed from managedFields, not by a full field-ownership implementation.
 """
@@ -104,6 +107,7 @@ from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
 from klockproxy.metrics import Metrics
 from klockproxy.proxy.body_limit import limit_body
+from klockproxy.proxy.upstream_errors import answer_with_status, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -365,8 +369,13 @@ class KlockProxy:
         relevant = any(n.startswith("klock_") or n in _FOREIGN_OPTIONS for n in updated)
         if not relevant and self.settings is not None:
             return
+        # Lock files are validated when they are named (first configure, or klock_locks /
+        # klock_default_namespace changed), not again for every other klock_ option: parsing
+        # 10,000 Locks on the event loop stalls every request for a second.
+        lock_options = {"klock_locks", "klock_default_namespace"}
+        validate = self.settings is None or bool(lock_options & set(updated))
         try:
-            settings = self._parse_options()
+            settings = self._parse_options(validate_lock_files=validate)
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
         old = self.settings
@@ -404,7 +413,7 @@ class KlockProxy:
             if self._running:
                 self._spawn(self._start_lock_set(lock_set))
 
-    def _parse_options(self) -> Settings:
+    def _parse_options(self, *, validate_lock_files: bool = True) -> Settings:
         opts = ctx.options
         locks = tuple(s.strip() for s in opts.klock_locks if s.strip())
         if not locks and not self._injected_lock_set:
@@ -414,7 +423,7 @@ class KlockProxy:
         for spec in locks:
             # An injected lock set was loaded (and its files validated) by its owner: parsing
             # 10,000 Locks again here would stall the event loop for a second.
-            if spec != CLUSTER_SPEC and not self._injected_lock_set:
+            if spec != CLUSTER_SPEC and not self._injected_lock_set and validate_lock_files:
                 # Validate lock files now: a broken file must stop the start, not leave every
                 # mutation refused with 503.
                 try:
@@ -573,7 +582,9 @@ class KlockProxy:
     # Per-connection hooks
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered.
+        """Plain HTTP on the HTTPS port gets nothing: the connection is closed unanswered;
+        the HTTP layer of every other connection answers upstream failures with a Status
+        (klockproxy.proxy.upstream_errors).
 
         mitmproxy's reverse mode serves a client that does not start with a TLS record as
         plain HTTP on the same port; kubectl never does that, and the bearer token would
@@ -597,6 +608,10 @@ class KlockProxy:
                 context.client.peername[0] if context.client.peername else "?",
             )
             nextlayer.layer = _CloseClient(context)
+            return
+        # mitmproxy's HTML error pages (upstream down, TLS verification failed, reset) become
+        # a Status kubectl prints readably.
+        answer_with_status(nextlayer)
 
     # ------------------------------------------------------------------------------------
     # Per-request hooks
@@ -641,6 +656,8 @@ class KlockProxy:
         flow.metadata[_MARK] = mark
         if (err := await self._probe(flow)) is not None:
             self._answer(flow, err)
+            # On discovery paths kubectl prints a text answer, not a Status (upstream_errors).
+            flow.response = error_response(req.path, err["code"], err["message"])
             return
         if mark == _PASS:
             self._count(flow, "passed")

@@ -382,6 +382,11 @@ class SandboxServer:
         # Seconds every watch event is held back (0: none): a real API server's watch lags
         # behind its write answers (etcd, watch cache); tests of read-your-writes set it.
         self.watch_delay = 0.0
+        # Requests held back until their event is set, by (method, path): a slow API server
+        # for one request, for tests that other callers are not stalled behind it.
+        self.held: dict[tuple[str, str], asyncio.Event] = {}
+        # How many requests have been held back so far, by (method, path).
+        self.held_count: dict[tuple[str, str], int] = {}
         self._seed()
 
     # ------------------------------------------------------------------ seeding
@@ -410,6 +415,11 @@ class SandboxServer:
     # ------------------------------------------------------------------ entry point
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        gate = self.held.get((request.method, request.path))
+        if gate is not None and not gate.is_set():
+            key = (request.method, request.path)
+            self.held_count[key] = self.held_count.get(key, 0) + 1
+            await gate.wait()
         try:
             return await self._handle(request)
         except ApiError as e:

@@ -14,6 +14,8 @@ from klockproxy.cli import main as cli_main
 from klockproxy.core.codec import (
     DEFAULT_YAML_PARSER,
     MalformedDocument,
+    StreamedMapping,
+    iter_yaml_documents_streaming,
     load_document,
     load_json,
     load_yaml_documents,
@@ -220,3 +222,65 @@ def test_both_yaml_parsers_agree_on_what_pyyaml_writes(value: Any, flow: bool | 
     text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
     libyaml, python = _both(text)
     assert libyaml == python
+
+
+def _streamed_in_full(text: str, parser: str) -> list[Any]:
+    out: list[Any] = []
+    for doc in iter_yaml_documents_streaming(text, parser=parser):
+        if isinstance(doc, StreamedMapping):
+            items = list(doc.items)
+            head = dict(doc.head)
+            if doc.has_items:
+                head["items"] = items
+            out.append(head)
+        else:
+            out.append(doc)
+    return out
+
+
+@pytest.mark.parametrize("parser", ["libyaml", "python"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *CORPUS,
+        "kind: List\nitems:\n- a: 1\n- b: [1, 2]\napiVersion: v1\n",
+        "{items: [1, {a: b}], k: v}\n",
+        "items: 5\nkind: x\n",
+        "a: &A {b: 1}\nitems:\n- *A\n- c\n",
+    ],
+)
+def test_streamed_documents_read_as_whole_ones(parser: str, text: str) -> None:
+    try:
+        whole: Any = load_yaml_documents(text, parser=parser)
+    except DecodeError:
+        whole = "refused"
+    try:
+        streamed: Any = _streamed_in_full(text, parser)
+    except DecodeError:
+        streamed = "refused"
+    assert streamed == whole
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("items: [1]\nitems: [2]\n", "duplicate key 'items'"),
+        ("base: &b {x: 1}\n<<: *b\nitems: [1]\n", "merge keys"),
+        ("items:\n- a: 1\n  a: 2\n", "duplicate key 'a'"),
+        # An alias of the streamed sequence: it was never built whole, so it is refused.
+        ("items: &x [1]\nother: *x\n", "undefined alias"),
+    ],
+)
+def test_streamed_documents_keep_the_refusals(text: str, problem: str) -> None:
+    with pytest.raises(DecodeError, match=problem):
+        _streamed_in_full(text, "libyaml")
+
+
+def test_streamed_items_are_read_one_at_a_time() -> None:
+    # The second item is malformed: the first is handed out before that is found.
+    docs = iter_yaml_documents_streaming("kind: List\nitems:\n- {a: 1}\n- {a: [}\n")
+    doc = next(docs)
+    assert isinstance(doc, StreamedMapping)
+    assert next(doc.items) == {"a": 1}
+    with pytest.raises(MalformedDocument):
+        next(doc.items)

@@ -10,6 +10,7 @@ import pytest
 
 from klockproxy.core.errors import LockValidationError
 from klockproxy.core.locks import (
+    Lock,
     is_valid_label_key,
     load_locks_from_objects,
     load_locks_from_path,
@@ -383,3 +384,37 @@ def test_lock_file_steps_yield_between_documents() -> None:
         count += 1
     assert count >= 3
     assert [lock.name for lock in locks] == ["l0", "l1", "l2"]
+
+
+def test_a_lock_list_file_is_validated_item_by_item() -> None:
+    """A ``kind: List`` of thousands (kubectl get -o yaml) is read in steps too, with
+    ``kind`` after ``items`` as kubectl and PyYAML write it."""
+    items = "".join(
+        f"- apiVersion: klock.rnemet.dev/v1\n  kind: Lock\n  metadata: {{name: l{i}}}\n"
+        "  spec: {operations: [DELETE]}\n"
+        for i in range(100)
+    )
+    steps = lock_file_steps(f"apiVersion: v1\nitems:\n{items}kind: List\n", source="t.yaml")
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            locks = done.value
+            break
+        count += 1
+    assert count >= 100 // 16
+    assert [lock.name for lock in locks] == [f"l{i}" for i in range(100)]
+    # ``items`` in anything but a list is still an unknown field.
+    lock = "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: a}\n"
+    with pytest.raises(LockValidationError, match="unknown field 'items'"):
+        load_locks_from_text_file(lock + "spec: {operations: [DELETE]}\nitems: []\n")
+
+
+def load_locks_from_text_file(text: str) -> list[Lock]:
+    steps = lock_file_steps(text, source="t.yaml")
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return list(done.value)

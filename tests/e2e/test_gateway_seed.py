@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import gateway_support as support
+from tests.e2e import scenario
 from tests.e2e.gateway_support import Gateway, create_token
-from tests.e2e.kube import Kubectl, wait_can_i
+from tests.e2e.kube import Kubectl
 
 gateway = support.gateway
 
@@ -32,25 +33,8 @@ spec:
 
 
 def setup_scenario(admin: Kubectl, gw: Gateway, namespace: str) -> None:
-    def k(*args: str, **kw: str) -> None:
-        admin(*args, namespace=namespace, check=True, **kw)
-
-    k("run", "my-pod", "--image", "nginx", "--labels", "aura=red")
-    k("create", "configmap", "my-cm", "--from-literal", "nikola=tesla")
-    k("label", "cm", "my-cm", "aura=red")
-    k("run", "other-pod", "--image", "nginx")
-    k("create", "serviceaccount", JONNY)
-    k(
-        "create", "role", "app-op",
-        "--verb", "list", "--verb", "get", "--verb", "create", "--verb", "update",
-        "--verb", "delete", "--verb", "patch", "--resource", "pods,configmaps",
-    )  # fmt: skip
-    k("create", "rolebinding", "jonny-app", "--role", "app-op", "--serviceaccount",
-      f"{namespace}:{JONNY}")  # fmt: skip
-    wait_can_i(
-        admin, "delete", "configmaps",
-        as_user=f"system:serviceaccount:{namespace}:{JONNY}", namespace=namespace,
-    )  # fmt: skip
+    """The founding scenario's objects (shared with every mode), then the Lock."""
+    scenario.setup_scenario(admin, namespace)
     admin("apply", "-f", "-", input=LOCKRED, namespace=namespace, check=True)
     gw.wait_lock(f"{namespace}/lockred")
 
@@ -141,6 +125,12 @@ def test_several_users_at_once(gateway: Gateway, kubectl: Kubectl, namespace: st
 
     with concurrent.futures.ThreadPoolExecutor(len(callers)) as pool:
         results = list(pool.map(act, [n for n in callers for _ in range(2)]))
+    # Concurrent writes judged on the same version may all meet the guard (409) for one
+    # caller; such a caller writes once more alone, and must then get through.
+    for name, (_, allowed) in callers.items():
+        if allowed and not any(n == name and rc == 0 for n, rc, _ in results):
+            results.append(act(name))
+            assert results[-1][1] == 0, results[-1][2]
     final = labels(kubectl, namespace, "pod", "my-pod")
     for name, rc, err in results:
         allowed = callers[name][1]

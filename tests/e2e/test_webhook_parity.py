@@ -246,15 +246,22 @@ def test_same_verdict_and_message_through_proxy_and_webhook(
     case = CASES[name]
     via_proxy, via_webhook = namespace, second_namespace
     webhook.enrol(via_webhook)
-    for ns in (via_proxy, via_webhook):
-        setup(kubectl, ns)
-        add_lock(kubectl, ns)
-        key = f"{ns}/{LOCK}"
-        proxy.wait(lambda locks, key=key: key in locks, key)  # type: ignore[misc]
-        webhook.wait(lambda locks, key=key: key in locks, key)  # type: ignore[misc]
-
-    by_proxy = run_case(case, proxy.kubectl, kubectl, via_proxy)
-    by_webhook = run_case(case, kubectl, kubectl, via_webhook)
+    try:
+        for ns in (via_proxy, via_webhook):
+            setup(kubectl, ns)
+            add_lock(kubectl, ns)
+            key = f"{ns}/{LOCK}"
+            proxy.wait(lambda locks, key=key: key in locks, key)  # type: ignore[misc]
+            webhook.wait(lambda locks, key=key: key in locks, key)  # type: ignore[misc]
+        by_proxy = run_case(case, proxy.kubectl, kubectl, via_proxy)
+        by_webhook = run_case(case, kubectl, kubectl, via_webhook)
+    finally:
+        # Each DELETE Lock makes the proxy watch every kind of its namespace (the ownership
+        # index): lift them now rather than when the namespaces are gone.
+        for ns in (via_proxy, via_webhook):
+            kubectl("delete", "lock", LOCK, "--ignore-not-found", namespace=ns)
+            key = f"{ns}/{LOCK}"
+            proxy.wait(lambda locks, key=key: key not in locks, f"{key} removed")  # type: ignore[misc]
 
     # The same verdict, and the one the table expects.
     assert by_proxy.denied is by_webhook.denied is (not case.allowed), (by_proxy, by_webhook)

@@ -1468,3 +1468,33 @@ def test_an_injected_lock_set_is_not_parsed_again_at_configure(
     with taddons.context(own) as tctx:
         tctx.configure(own, klock_locks=[str(lock_file)])
     assert len(parsed) == 1
+
+
+def test_other_options_do_not_parse_the_lock_files_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parsing 10,000 Locks on the event loop stalls every request: done when the files are
+    # named, not whenever any klock_ option changes.
+    monkeypatch.setattr(mitmproxy.proxy.server, "TCP_TIMEOUT", 600)
+    lock_file = tmp_path / "locks.yaml"
+    lock_file.write_text(LOCKS)
+    proxy = KlockProxy()
+    parsed: list[str] = []
+    real = addon_module.load_locks_from_path
+
+    def counting(path: Any, default_namespace: str = "default") -> Any:
+        parsed.append(str(path))
+        return real(path, default_namespace)
+
+    monkeypatch.setattr(addon_module, "load_locks_from_path", counting)
+    with taddons.context(proxy) as tctx:
+        tctx.options.update(mode=["reverse:https://127.0.0.1:6443"])
+        tctx.configure(proxy, klock_locks=[str(lock_file)])
+        assert parsed == [str(lock_file)]
+        tctx.configure(proxy, klock_idle_timeout=1234)
+        assert parsed == [str(lock_file)]
+        assert mitmproxy.proxy.server.TCP_TIMEOUT == 1234
+        other = tmp_path / "other.yaml"
+        other.write_text(LOCKS)
+        tctx.configure(proxy, klock_locks=[str(other)])
+        assert parsed == [str(lock_file), str(other)]
