@@ -81,7 +81,11 @@ class _StatusErrorsHttpLayer(HttpLayer):
         elif isinstance(event, ResponseEndOfMessage):
             started.discard(event.stream_id)
         elif isinstance(event, ResponseProtocolError):
-            if event.stream_id in started or event.code == status_codes.NO_RESPONSE:
+            # 499: the stream is being ended on purpose after an answer of ours (a judged
+            # body over the limit gets its 413, then the rest of the body is cut off); it
+            # is no upstream failure and must not get a second answer.
+            not_upstream = (status_codes.NO_RESPONSE, status_codes.CLIENT_CLOSED_REQUEST)
+            if event.stream_id in started or event.code in not_upstream:
                 started.discard(event.stream_id)
             else:
                 yield from self._answer(client, event)

@@ -254,6 +254,17 @@ def test_a_slow_lookup_does_not_stall_other_callers(
 ) -> None:
     """The proxy's lookup for a covered PATCH is held back by the API server; meanwhile
     reads, uncovered writes and other covered writes of other callers complete."""
+    # A test before may have restarted the API server: first let the proxy catch up (its
+    # ownership index refuses covered writes with a 503 until it has listed again).
+    wait_until(
+        lambda: (
+            setup.through(
+                "label", "pod", "other-pod", "warm=yes", "--overwrite", namespace=NS
+            ).returncode
+            == 0
+        ),
+        "the proxy caught up with the API server",
+    )
     held = LOOKUP
     gate = setup.sandbox.hold(*held)
     try:
