@@ -121,7 +121,7 @@ class LeanTls:
                 # at resumption is not resumable until the server's new ticket is in, and
                 # taking it too early would replace a good session with a useless one. When
                 # the kept session stops working (expired), the next full handshake renews it.
-                self._unharvested[conn.id] = (ssl_conn.get_context(), conn.sni, conn.address)
+                self._unharvested[conn.id] = _session_key(ssl_conn, conn)
 
     def tls_start_server(self, data: Any) -> None:
         """mitmproxy hook: an upstream TLS connection is being set up: offer the last session."""
@@ -133,7 +133,11 @@ class LeanTls:
         server = getattr(data, "conn", None)
         if server is None:
             return
-        session = self._sessions.get((conn.get_context(), server.sni, server.address))
+        # Keyed by the client certificate this connection presents too: the gateway sets its
+        # own certificate per connection (certificate callers only), so one context serves
+        # connections of different TLS identities, and a session carries the identity it was
+        # made with. (The gateway's tls_start_server runs before this one.)
+        session = self._sessions.get(_session_key(conn, server))
         if session is not None:
             conn.set_session(session)
 
@@ -199,6 +203,15 @@ class LeanTls:
         """mitmproxy hook: a client connection closed."""
         for conn_id in self._conns.pop(client.id, {}):
             self._unharvested.pop(conn_id, None)
+
+
+def _session_key(ssl_conn: Any, server: Any) -> tuple[Any, ...]:
+    """What an upstream TLS session may be reused under: the SSL context (trust anchors, the
+    context's client certificate), the certificate set on the connection itself, the server's
+    name and address."""
+    own = ssl_conn.get_certificate()
+    presented = own.digest("sha256") if own is not None else None
+    return (ssl_conn.get_context(), presented, server.sni, server.address)
 
 
 def _resumed(conn: Any) -> bool:
