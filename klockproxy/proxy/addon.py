@@ -128,7 +128,6 @@ _JUDGE = "judge"
 _ANSWERED = "answered"
 # A Lock write whose 2xx answer is applied to the lock set before it is returned.
 _LOCK_WRITE = "klockproxy-lock-write"
-_VERB = "klockproxy-verb"
 # Flow metadata a front addon (the gateway) may set: who the request runs as, and who asked
 # for that when it is an impersonation (UserInfo). Used for the audit log.
 USER_METADATA = "klockproxy-user"
@@ -675,7 +674,6 @@ class KlockProxy:
         method = req.method.upper()
         try:
             info = classification(flow)
-            flow.metadata[_VERB] = info.verb
         except MalformedRequestError as e:
             # check_message refused these already; kept for a target rewritten by another addon.
             self._answer(flow, failure(400, f"klockproxy: malformed request: {e}"), quiet=True)
@@ -873,7 +871,10 @@ class KlockProxy:
 
     def _count(self, flow: http.HTTPFlow, verdict: str) -> None:
         if self.metrics is not None:
-            self.metrics.request(flow.metadata.get(_VERB) or flow.request.method, verdict)
+            # The verb of the one classification (the HTTP method for what was not classified).
+            info = flow.metadata.get(_INFO)
+            verb = info.verb if isinstance(info, RequestInfo) else flow.request.method
+            self.metrics.request(verb, verdict)
 
     def _answer(
         self,
