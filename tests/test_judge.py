@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -236,21 +237,127 @@ async def test_a_patch_is_judged_on_the_api_server_s_own_result() -> None:
     assert "Lock default/lockred forbids UPDATE" in verdict.status["message"]
 
 
-async def test_the_dry_run_is_the_real_write_made_conditional_and_dry() -> None:
+async def test_the_dry_run_is_the_write_itself_and_the_real_write_is_conditional() -> None:
     lookups = fake()
     decider = Judge(
         lookups, IdentityResolver(lookups), Engine(load_locks_from_text(LOCK, source="t"))
     )
     info = classify("PATCH", PLAIN + "?fieldManager=kubectl-patch&dryRun=All")
-    verdict = await decider.judge(info, HEADERS, b'{"metadata":{"labels":{"a":"b"}}}', SMP)
+    patch = b'{"metadata":{"labels":{"a":"b"}}}'
+    verdict = await decider.judge(info, HEADERS, patch, SMP)
     assert verdict.allowed
+    # One dry run, of the caller's own patch, sent beside the read: its result carries the
+    # version read, so it was computed from the object the guard pins.
     (call,) = [c for c in lookups.calls if c[0] == "dry_run"]
     _, path, sent = call
     assert path == PLAIN
     assert ("fieldManager", "kubectl-patch") in sent["query"]
-    # The same body as the real write: conditional on the version the proxy read.
-    assert sent["body"] == verdict.body
+    assert sent["body"] == patch
+    # The real write is conditional on the version the proxy read.
     assert json.loads(verdict.body or b"")["metadata"]["resourceVersion"] == "42"
+
+
+class _Sequenced(FakeUpstream):
+    """Answers dry runs from a list, in order (a write landing between two of them)."""
+
+    def __init__(self, answers: list[dict[str, Any] | Exception]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    async def dry_run(
+        self, method: str, path: str, query: Any, headers: Any, body: bytes, content_type: str
+    ) -> dict[str, Any]:
+        self.calls.append(("dry_run", path, {"query": list(query), "body": body}))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _at(obj: dict[str, Any], rv: str) -> dict[str, Any]:
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": rv}}
+
+
+async def test_a_dry_run_of_another_version_is_not_judged_the_conditional_one_is() -> None:
+    """Someone relabelled the object between the read and the early dry run: that result
+    (version 43, unlocked) says nothing about the version read (42); the conditional dry run
+    is sent, and its answer decides."""
+    lookups = _Sequenced(
+        [
+            _at(pod("plain", {"team": "a"}), "43"),
+            _at(pod("plain", {"aura": "red"}), "42"),
+        ]
+    )
+    lookups.objects = {PLAIN: pod("plain", {})}
+    decider = judge_with(lookups)
+    verdict = await decider.judge(classify("PATCH", PLAIN), HEADERS, b'{"x":{"a":"b"}}', SMP)
+    assert verdict.status is not None
+    assert verdict.status["code"] == 403
+    early, conditional = [c[2]["body"] for c in lookups.calls if c[0] == "dry_run"]
+    assert early == b'{"x":{"a":"b"}}'
+    assert json.loads(conditional)["metadata"]["resourceVersion"] == "42"
+
+
+async def test_a_refused_early_dry_run_is_asked_again_conditionally() -> None:
+    """An early refusal may be about another version: the conditional dry run answers."""
+    lookups = _Sequenced(
+        [
+            UpstreamStatusError("PATCH", 409, "the object has been modified"),
+            _at(pod("plain", {"team": "a"}), "42"),
+        ]
+    )
+    lookups.objects = {PLAIN: pod("plain", {})}
+    verdict = await judge_with(lookups).judge(
+        classify("PATCH", PLAIN), HEADERS, b'{"x":{"a":"b"}}', SMP
+    )
+    assert verdict.allowed, verdict.status
+    assert [c[0] for c in lookups.calls].count("dry_run") == 2
+
+
+async def test_the_read_and_the_dry_run_are_in_flight_together() -> None:
+    """The read only answers once the dry run has been sent: sequential would never end."""
+    sent = asyncio.Event()
+
+    class Together(FakeUpstream):
+        async def get_object(self, path: str, headers: Any) -> dict[str, Any] | None:
+            await asyncio.wait_for(sent.wait(), 5)
+            return await super().get_object(path, headers)
+
+        async def dry_run(self, *args: Any) -> dict[str, Any]:
+            sent.set()
+            return await super().dry_run(*args)
+
+    lookups = Together()
+    lookups.objects = {PLAIN: pod("plain", {})}
+    verdict = await judge_with(lookups).judge(
+        classify("PATCH", PLAIN), HEADERS, b'{"x":{"a":"b"}}', SMP
+    )
+    assert verdict.allowed, verdict.status
+
+
+async def test_a_failed_read_abandons_the_dry_run_and_refuses() -> None:
+    cancelled = asyncio.Event()
+
+    class SlowDryRun(FakeUpstream):
+        async def get_object(self, path: str, headers: Any) -> dict[str, Any] | None:
+            await asyncio.sleep(0)
+            raise UpstreamError("connection reset")
+
+        async def dry_run(self, *args: Any) -> dict[str, Any]:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            raise AssertionError("not cancelled")
+
+    verdict = await judge_with(SlowDryRun()).judge(
+        classify("PATCH", PLAIN), HEADERS, b'{"x":{"a":"b"}}', SMP
+    )
+    assert not verdict.allowed
+    assert verdict.status is not None
+    assert "connection reset" in verdict.status["message"]
+    await asyncio.wait_for(cancelled.wait(), 5)
 
 
 async def test_a_strategic_merge_patch_of_a_kind_without_a_local_schema_is_judged() -> None:

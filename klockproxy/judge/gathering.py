@@ -11,6 +11,7 @@ nothing about mitmproxy: the addon hands it the request and acts on the verdict.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -255,7 +256,15 @@ class Judge(Decider):
     ) -> _Gathered:
         """A patch is judged on the object the API server itself computes from it: the same
         request, made conditional on the version just read, sent with ``dryRun=All`` as the
-        caller; the real write then carries the same condition (see ``_server_result``)."""
+        caller; the real write then carries the same condition.
+
+        To save a round trip the dry run is first sent unconditionally, at the same time as
+        the read. A dry run is computed from the stored object and answers its
+        ``resourceVersion`` unchanged, so when that equals the version read (and the uid the
+        uid read) it was computed from exactly the object the guard pins, and is the answer
+        the conditional dry run would give. Otherwise (a write in between, an error, an
+        object without a version) the conditional dry run is sent after the read, as before.
+        """
         ctype = req.content_type
         mtype = media_type(ctype)
         if mtype not in PATCH_CONTENT_TYPES:
@@ -267,7 +276,7 @@ class Judge(Decider):
             )
         is_apply = mtype == APPLY_PATCH
         body = req.body()
-        current = await self._get(info, headers)
+        current, early = await self._get_and_dry_run(info, headers, body, ctype)
         if current is None:
             if info.subresource:
                 return _Gathered(Subject(info, None, None))
@@ -286,21 +295,59 @@ class Judge(Decider):
             if guard is not None
             else None
         )
-        sent, sent_type = (guarded[0], guarded[1] or ctype) if guarded else (body, ctype)
-        try:
-            new = await self.lookups.dry_run(
-                "PATCH", _write_path(info), _query_pairs(info), headers, sent, sent_type
-            )
-        except UpstreamStatusError as e:
-            if not dry_run_unsupported(e):
-                # What the real write would answer: the API server's own Status.
-                raise Refusal(
-                    e.status,
-                    log_message=f"the API server refused the dry run of the write (HTTP {e.code})",
-                ) from e
+        if current is not None and isinstance(early, dict) and _same_version(early, guard):
+            new = early
+        elif (
+            current is not None
+            and isinstance(early, UpstreamStatusError)
+            and dry_run_unsupported(early)
+        ):
             return self._local_patch(info, current, body, ctype, is_apply, guard, guarded)
+        else:
+            sent, sent_type = (guarded[0], guarded[1] or ctype) if guarded else (body, ctype)
+            try:
+                new = await self.lookups.dry_run(
+                    "PATCH", _write_path(info), _query_pairs(info), headers, sent, sent_type
+                )
+            except UpstreamStatusError as e:
+                if not dry_run_unsupported(e):
+                    # What the real write would answer: the API server's own Status.
+                    raise Refusal(
+                        e.status,
+                        log_message=(
+                            f"the API server refused the dry run of the write (HTTP {e.code})"
+                        ),
+                    ) from e
+                return self._local_patch(info, current, body, ctype, is_apply, guard, guarded)
         upstream_labels(new)
         return _Gathered(Subject(info, current, new), guard, guarded)
+
+    async def _get_and_dry_run(
+        self,
+        info: RequestInfo,
+        headers: Mapping[str, Sequence[str]],
+        body: bytes,
+        ctype: str,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | UpstreamStatusError]:
+        """The object as the caller reads it, and the unconditional dry run of the patch sent
+        at the same time (its result, or the API server's refusal of it). A failed read
+        propagates, and the dry run is then abandoned."""
+        dry = asyncio.ensure_future(
+            self.lookups.dry_run(
+                "PATCH", _write_path(info), _query_pairs(info), headers, body, ctype
+            )
+        )
+        try:
+            current = await self._get(info, headers)
+        except BaseException:
+            dry.cancel()
+            # Its outcome no longer matters; retrieved so that it is not reported as lost.
+            dry.add_done_callback(_forget)
+            raise
+        try:
+            return current, await dry
+        except UpstreamStatusError as e:
+            return current, e
 
     def _local_patch(
         self,
@@ -405,6 +452,20 @@ def _scale(req: _Request, info: RequestInfo, parent: Mapping[str, Any]) -> dict[
         "spec": {"replicas": spec.get("replicas", 1) if isinstance(spec, dict) else 1},
     }
     return _apply(view, req.body(), req.content_type, ("autoscaling", "Scale"))
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _same_version(result: Mapping[str, Any], guard: _Guard | None) -> bool:
+    """Whether a dry run's result was computed from the version the guard pins (an object
+    without a version pins nothing: the read and the dry run are then simply both taken)."""
+    if guard is None:
+        return True
+    meta = object_meta(result)
+    return meta.get("resourceVersion") == guard.rv and meta.get("uid", "") == guard.uid
 
 
 def _version(obj: Mapping[str, Any]) -> _Guard | None:
