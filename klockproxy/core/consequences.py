@@ -577,7 +577,9 @@ def write_consequences(
     handed = False
     if old is None:
         # Created with owners that do not resolve: collected at once.
-        handed = bool(target.owners) and collected_now(graph, target)
+        # Without a graph to look in, owners are taken to exist (a controller creating its
+        # children); the collector would only delete what the caller has just created.
+        handed = bool(target.owners) and graph.known and collected_now(graph, target)
     else:
         handed = bool(after_owner_write(graph, before, target)) or _ttl_set(old, new)
     if handed:

@@ -102,9 +102,15 @@ def node_of(obj: Mapping[str, Any], resource: ResourceRef, kind: str = "") -> No
 
 
 class Graph:
-    """Objects by uid, with the reverse edges (owner uid -> dependent uids)."""
+    """Objects by uid, with the reverse edges (owner uid -> dependent uids).
 
-    def __init__(self) -> None:
+    ``known=False`` marks a stand-in for a graph nobody consulted (no ownership index, or a
+    namespace it does not follow): it holds nothing, and an owner it does not hold may well
+    exist, so nothing is concluded from an owner's absence from it.
+    """
+
+    def __init__(self, *, known: bool = True) -> None:
+        self.known = known
         self._nodes: dict[str, Node] = {}
         self._dependents: dict[str, set[str]] = {}
 
@@ -245,14 +251,19 @@ def after_owner_write(graph: Graph, old: Node | None, new: Node) -> list[Node]:
     """What the collector deletes, now or later, because ``old`` is stored as ``new``.
 
     A new or retargeted owner reference hands the object to that owner's fate (or, when it
-    dangles, to the collector at once); removing references can leave only dangling ones.
-    Either way the object itself and everything its deletion collects are at stake; a write
-    that adds no reference and leaves the object with a resolving owner (or none) puts
-    nothing at stake. The object itself comes first in the answer.
+    dangles, to the collector at once); removing references can leave only dangling ones
+    (assumed so when the graph is not known). Either way the object itself and everything
+    its deletion collects are at stake; the object itself comes first in the answer. A write
+    that leaves the references as they were puts nothing at stake: whatever the collector
+    does with the object (its owner gone) it does with or without the write - refusing the
+    write would protect nothing, and would stop the kubelet and controllers writing to
+    objects whose owner is being deleted.
     """
     old_refs = set(old.owners) if old is not None else set()
-    added = set(new.owners) - old_refs
-    dying = bool(new.owners) and collected_now(graph, new)
-    if not added and not dying:
-        return []
+    new_refs = set(new.owners)
+    if not new_refs - old_refs:
+        if new_refs == old_refs or not new_refs:
+            return []
+        if graph.known and not collected_now(graph, new):
+            return []
     return [new, *collected(graph, [new.uid])]

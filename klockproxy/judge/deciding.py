@@ -570,7 +570,7 @@ class Decider:
         if locks:
             await self._check_identity(info, plan, label, locks, caller)
         engine = self.engine
-        graph = Graph()
+        graph = Graph(known=False)
         in_scope = not info.namespace or engine.covers(info.namespace, Operation.DELETE)
         if self.ownership is not None and has_delete_locks(engine) and in_scope:
             graph = await self.ownership.graph_when_synced()

@@ -306,6 +306,25 @@ def test_an_owner_on_a_namespace_puts_its_objects_at_stake() -> None:
     assert deleted(out) == ["n"]
 
 
+def test_without_a_graph_a_child_created_by_its_controller_is_not_a_deletion() -> None:
+    """No ownership index (the least-privilege RBAC): a ReplicaSet creating its pods or a
+    kubelet updating one must not be judged as deleting it because its owner is unknown."""
+    from klockproxy.core.consequences import write_consequences
+
+    unknown = Graph(known=False)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "labels": RED,
+           "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                                "uid": "uid-rs", "controller": True}]}}  # fmt: skip
+    create = info("POST", "/api/v1/namespaces/t/pods")
+    assert write_consequences(unknown, create, None, pod) == []
+    stored = {**pod, "metadata": {**pod["metadata"], "uid": "uid-web-1", "namespace": "t"}}
+    status = {**stored, "status": {"phase": "Running"}}
+    update = info("PUT", "/api/v1/namespaces/t/pods/web-1/status")
+    assert write_consequences(unknown, update, stored, status) == []
+    # The same graph known and empty: the owner is really gone, the create is collected.
+    assert deleted(write_consequences(Graph(), create, None, pod)) == ["web-1"]
+
+
 def test_deleting_a_crd_puts_its_custom_resources_and_their_dependents_at_stake() -> None:
     from klockproxy.core.consequences import deletion_consequences
 

@@ -117,6 +117,35 @@ def test_removing_the_only_resolving_owner_leaves_a_dangling_one() -> None:
     assert names(after_owner_write(g, pod, only_ghost)) == ["pod"]
 
 
+def test_a_write_that_keeps_dangling_owners_puts_nothing_at_stake() -> None:
+    """The owner is gone (being deleted): the collector deletes the pod with or without this
+    write (a kubelet's status update, an annotation), so refusing it protects nothing."""
+    ghost = Node("uid-ghost", CM, "ConfigMap", "t", "ghost", {})
+    pod = node("pod", POD, ghost)
+    g = graph(pod)
+    assert collected_now(g, pod)
+    relabelled = Node(pod.uid, POD, "Pod", "t", "pod", {"a": "b"}, pod.owners)
+    assert after_owner_write(g, pod, relabelled) == []
+
+
+def test_an_unknown_graph_assumes_owners_exist_except_where_references_are_removed() -> None:
+    """No index consulted: nothing follows from an owner's absence from the graph, but a
+    write that removes owner references may leave only dangling ones: still at stake."""
+    a, b = node("a"), node("b")
+    pod = node("pod", POD, a, b)
+    unknown = Graph(known=False)
+    same = Node(pod.uid, POD, "Pod", "t", "pod", {"x": "y"}, pod.owners)
+    assert after_owner_write(unknown, pod, same) == []
+    only_b = Node(pod.uid, POD, "Pod", "t", "pod", {}, pod.owners[1:])
+    assert names(after_owner_write(unknown, pod, only_b)) == ["pod"]
+    # Known, and b resolves: nothing at stake.
+    assert after_owner_write(graph(a, b, pod), pod, only_b) == []
+    # A new reference hands the object over whatever the graph knows.
+    c = node("c")
+    more = Node(pod.uid, POD, "Pod", "t", "pod", {}, (*pod.owners, *node("d", CM, c).owners))
+    assert names(after_owner_write(unknown, pod, more)) == ["pod"]
+
+
 def test_graph_upsert_and_remove_keep_the_reverse_edges() -> None:
     a, b = node("a"), node("b")
     pod = node("pod", POD, a)

@@ -561,3 +561,42 @@ async def test_deleting_again_still_judges_the_dependents(tmp_path: Path) -> Non
         response = await s.answer(body)
     assert response["allowed"] is False
     assert "the garbage collector deletes the dependents" in response["status"]["message"]
+
+
+# ------------------------------------------------------------------ no ownership index
+
+DELETE_LOCK = {
+    **LOCKRED,
+    "spec": {"operations": ["DELETE"], "matcher": {"aura": "red"}},
+}
+OWNED = {
+    "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "uid-rs",
+         "controller": True, "blockOwnerDeletion": True}
+    ]
+}  # fmt: skip
+
+
+async def test_without_an_ownership_index_controllers_keep_writing_owned_objects(
+    tmp_path: Path,
+) -> None:
+    """As shipped (no index: the least-privilege RBAC), a DELETE Lock must not stop the
+    ReplicaSet controller creating its pods nor the kubelet reporting their status: the
+    owner is unknown to the webhook, not gone."""
+    kubelet = {"username": "system:node:n1", "groups": ["system:nodes"]}
+    rs_controller = {"username": "system:serviceaccount:kube-system:replicaset-controller"}
+    stored = pod("my-pod", RED, **OWNED)
+    async with served(tmp_path, (DELETE_LOCK,)) as s:
+        created = await s.answer(review("CREATE", obj=stored, user=rs_controller))
+        status = {**stored, "status": {"phase": "Running"}}
+        reported = await s.answer(
+            review("UPDATE", sub="status", obj=status, old=stored, user=kubelet)
+        )
+        # Handing the pod to another owner still puts it at stake.
+        other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "uid-x"}
+        handed = pod("my-pod", RED, ownerReferences=[*OWNED["ownerReferences"], other])
+        refused = await s.answer(review("UPDATE", obj=handed, old=stored, user=ADMIN))
+    assert created["allowed"] is True, created
+    assert reported["allowed"] is True, reported
+    assert refused["allowed"] is False
+    assert "garbage collector" in refused["status"]["message"]
