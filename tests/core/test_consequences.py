@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -358,3 +359,59 @@ def test_item18_a_workload_template_running_as_the_exempt_account() -> None:
     pod_ = {"spec": {"serviceAccountName": "jonny-op"}}
     how, found = identity_locks(LOCKS, info("POST", "/api/v1/namespaces/t/pods/p/exec"), pod_, None)
     assert found and "running code in a pod" in how
+
+
+OWNERS = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "uid-rs"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "old_meta", "new_meta", "new_extra"),
+    [
+        # A plain update, owners kept: nothing follows (the shortcut).
+        (
+            "/api/v1/namespaces/t/pods/p",
+            {"ownerReferences": OWNERS},
+            {"ownerReferences": OWNERS},
+            {},
+        ),
+        # The shortcut must not swallow what the full rules find:
+        ("/api/v1/namespaces/t/pods/p", {}, {"ownerReferences": OWNERS}, {}),
+        (
+            "/api/v1/namespaces/t/pods/p",
+            {"uid": 5, "ownerReferences": OWNERS},
+            {"ownerReferences": OWNERS},
+            {},
+        ),
+        ("/apis/batch/v1/namespaces/t/jobs/p", {}, {}, {"spec": {"ttlSecondsAfterFinished": 0}}),
+        ("/apis/apps/v1/namespaces/t/deployments/p", {}, {}, {"spec": {"replicas": 0}}),
+        ("/api/v1/namespaces/t/pods/p/ephemeralcontainers", {}, {}, {}),
+    ],
+)
+def test_the_shortcut_answers_as_the_full_rules(
+    path: str, old_meta: dict[str, Any], new_meta: dict[str, Any], new_extra: dict[str, Any]
+) -> None:
+    """The answer with the shortcut equals the answer of the rules it skips (computed on a
+    copy whose metadata the shortcut does not accept)."""
+    from klockproxy.core import consequences
+    from klockproxy.core.consequences import write_consequences
+
+    kind = "Job" if "jobs" in path else "Deployment" if "deployments" in path else "Pod"
+    api = "batch/v1" if kind == "Job" else "apps/v1" if kind == "Deployment" else "v1"
+    base = {"name": "p", "namespace": "t", "uid": "uid-p", "labels": RED}
+    old = {"apiVersion": api, "kind": kind, "metadata": {**base, **old_meta}, "spec": {}}
+    new = {"apiVersion": api, "kind": kind, "metadata": {**base, **new_meta}, **new_extra}
+    new.setdefault("spec", {})
+    request = info("PUT", path)
+    fast = write_consequences(graph(), request, old, new)
+    original = consequences._nothing_follows
+    consequences._nothing_follows = lambda *a: False  # type: ignore[assignment]
+    try:
+        full = write_consequences(graph(), request, old, new)
+    finally:
+        consequences._nothing_follows = original  # type: ignore[assignment]
+    assert fast == full
+    # Only the plain update with its owners kept takes the shortcut.
+    shortcut = path.endswith("/pods/p") and old_meta == new_meta
+    assert original(request, consequences.parent_ref(request), old, new) is shortcut
+    if not shortcut and "deployments" not in path:
+        assert fast, "the full rules find something here"
