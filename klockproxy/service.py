@@ -29,6 +29,28 @@ logger = logging.getLogger(__name__)
 
 # How often to ask the kubeconfig's credential plugin whether its token needs renewing.
 TOKEN_REFRESH_INTERVAL = 30.0
+# Where a listen address that names no host listens: local mode and the gateway on loopback
+# (a proxy holding credentials is not offered to the network unless asked), the webhook on
+# every interface (the API server calls it from elsewhere).
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+
+
+def parse_listen(
+    value: str, option: str = "--listen", *, default_host: str = LOOPBACK
+) -> tuple[str, int]:
+    """``HOST:PORT`` / ``[::1]:PORT`` / ``:PORT`` / ``PORT`` -> (host, port); a missing host is
+    ``default_host``. Raises ConfigError naming ``option``."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "", value
+    host = host.strip("[]") or default_host
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"{option} {value!r}: expected HOST:PORT (the port is not a number)")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"{option} {value!r}: expected HOST:PORT (the port is out of range)")
+    return host, port
 
 
 class Service(Protocol):

@@ -49,7 +49,7 @@ from urllib.parse import quote, unquote
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
-from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream
+from klockproxy.cluster.kubeconfig import KubeconfigTarget, in_cluster_upstream, load_upstream
 from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
@@ -64,7 +64,6 @@ from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
-    parse_listen,
     quiet_mitmproxy_logging,
     start_master,
 )
@@ -73,6 +72,7 @@ from klockproxy.service import (
     add_audit_log_option,
     add_locks_option,
     make_run_dir,
+    parse_listen,
     refresh_token_file,
     run_service,
     wait_for_locks,
@@ -96,8 +96,6 @@ MAX_TOKEN_BYTES = 16 * 1024
 # of made-up tokens is refused with 429 past that, instead of reaching the API server.
 MISS_RATE = 50.0
 MISS_BURST = 200
-# Where a pod finds its service account.
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 AUTHENTICATED_GROUP = "system:authenticated"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -736,23 +734,6 @@ class GatewaySettings:
     failure_ttl: float = 5.0
 
 
-def in_cluster_upstream(directory: Path = SERVICE_ACCOUNT_DIR) -> UpstreamConfig | None:
-    """The pod's service account as the gateway's credentials, when running in a cluster."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token = directory / "token"
-    if not host or not token.exists():
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    ca = directory / "ca.crt"
-    return UpstreamConfig(
-        server=f"https://{host}:{port}",
-        ca_file=str(ca) if ca.exists() else None,
-        token_file=str(token),
-    )
-
-
 class Gateway(StartedOrStopped):
     """The shared gateway: ``await start()`` (ready when it returns), ``await stop()``."""
 
@@ -790,7 +771,7 @@ class Gateway(StartedOrStopped):
     async def _own_upstream(self, files_dir: Path) -> UpstreamConfig:
         s = self.settings
         if s.kubeconfig is None and s.context is None:
-            pod = in_cluster_upstream()
+            pod = in_cluster_upstream(before_kubeconfig=True)
             if pod is not None:
                 return pod
         self.target = await asyncio.to_thread(load_upstream, s.kubeconfig, s.context, files_dir)
@@ -921,7 +902,7 @@ class Gateway(StartedOrStopped):
         if s.health_listen:
             from klockproxy.health import HealthServer
 
-            hhost, hport = parse_listen(s.health_listen)
+            hhost, hport = parse_listen(s.health_listen, "--health-listen")
             self._health = HealthServer(hhost, hport, self.reasons_not_ready, metrics.registry)
             self.health_url = await self._health.start()
 
@@ -1039,7 +1020,7 @@ def checked_settings(args: argparse.Namespace) -> GatewaySettings:
     settings = settings_from_args(args)
     parse_listen(settings.listen)
     if settings.health_listen:
-        parse_listen(settings.health_listen)
+        parse_listen(settings.health_listen, "--health-listen")
     return settings
 
 

@@ -21,21 +21,6 @@ from klockproxy.core.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` / ``[::1]:PORT`` / ``PORT`` -> (host, port). Raises ConfigError."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = "127.0.0.1", value
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError as e:
-        raise ConfigError(f"--listen {value!r}: the port is not a number") from e
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--listen {value!r}: the port is out of range")
-    return host, port
-
-
 def cert_hosts(host: str) -> list[str]:
     """The names a serving certificate for ``host`` must cover (plus the loopback names)."""
     hosts = [host] if host not in ("0.0.0.0", "::", "") else []

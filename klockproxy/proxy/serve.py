@@ -33,7 +33,6 @@ from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
-    parse_listen,
     quiet_mitmproxy_logging,
     start_master,
 )
@@ -42,6 +41,7 @@ from klockproxy.service import (
     add_audit_log_option,
     add_locks_option,
     make_run_dir,
+    parse_listen,
     refresh_token_file,
     run_service,
     wait_for_locks,

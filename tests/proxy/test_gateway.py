@@ -331,20 +331,23 @@ def test_hosts_are_those_of_the_serving_certificate() -> None:
     assert not host_allowed("evil.example", allowed)
 
 
-def test_in_a_pod_the_service_account_is_the_gateways_credential(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from klockproxy.proxy.gateway import in_cluster_upstream
+def test_in_a_pod_the_service_account_is_the_gateways_credential(tmp_path: Path) -> None:
+    from klockproxy.cluster.kubeconfig import in_cluster_upstream
 
     (tmp_path / "token").write_text("t")
     (tmp_path / "ca.crt").write_text("ca")
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert in_cluster_upstream(tmp_path) is None
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    config = in_cluster_upstream(tmp_path)
+    assert in_cluster_upstream({}, tmp_path, before_kubeconfig=True) is None
+    # In a pod, the service account is the gateway's credential even where a kubeconfig is
+    # around (the webhook would read the kubeconfig instead).
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "KUBECONFIG": str(tmp_path / "kc"),
+    }
+    config = in_cluster_upstream(env, tmp_path, before_kubeconfig=True)
     assert config is not None
     assert config.server == "https://10.96.0.1:443"
     assert config.token_file == str(tmp_path / "token")
     assert config.ca_file == str(tmp_path / "ca.crt")
-    assert in_cluster_upstream(tmp_path / "missing") is None
+    assert in_cluster_upstream(env, tmp_path) is None
+    assert in_cluster_upstream(env, tmp_path / "missing", before_kubeconfig=True) is None
