@@ -106,87 +106,6 @@ _CONNECTION_KEEP = frozenset({"upgrade", "keep-alive", "close"})
 
 
 # ---------------------------------------------------------------------------------------------
-# Lookups: as the caller (no client certificate of the gateway's) or as the gateway
-
-
-class GatewayLookups:
-    """The judge's lookups, routed by who they are made as.
-
-    Headers with ``Authorization`` are a token caller's: sent on a session that never
-    presents the gateway's client certificate. Without it they are the gateway's own (a
-    certificate caller, impersonated): sent with the gateway's credentials.
-    """
-
-    def __init__(self, own: UpstreamConfig) -> None:
-        self.own = Upstream(own)
-        # Same server and CA; no client certificate, no token of the gateway's.
-        self.caller = Upstream(UpstreamConfig(server=own.server, ca_file=own.ca_file,
-                                              insecure=own.insecure))  # fmt: skip
-
-    def _for(self, headers: Mapping[str, str | Sequence[str]]) -> Upstream:
-        has_auth = any(name.lower() == "authorization" for name in headers)
-        return self.caller if has_auth else self.own
-
-    @property
-    def server(self) -> str:
-        """The API server URL, for messages."""
-        return self.own.server
-
-    @property
-    def has_own_credentials(self) -> bool:
-        """The gateway always has credentials of its own."""
-        return True
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        """GET as the caller; None on 404."""
-        return await self._for(headers).get_object(path, headers)
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        """LIST as the caller."""
-        return await self._for(headers).list_objects(
-            path, headers, label_selector, field_selector, metadata_only=metadata_only
-        )
-
-    async def dry_run(
-        self,
-        method: str,
-        path: str,
-        query: Sequence[tuple[str, str]],
-        headers: Mapping[str, str | Sequence[str]],
-        body: bytes,
-        content_type: str,
-    ) -> dict[str, Any]:
-        """The write sent with ``dryRun=All`` as the caller (impersonated for certificate
-        callers): the object it would store."""
-        return await self._for(headers).dry_run(method, path, query, headers, body, content_type)
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        """Who these headers act as."""
-        return await self._for(headers).self_subject_review(headers)
-
-    async def subject_access_review(
-        self, user: UserInfo, attributes: Mapping[str, str]
-    ) -> tuple[bool, str]:
-        """A SubjectAccessReview, asked as the gateway."""
-        return await self.own.subject_access_review(user, attributes)
-
-    async def close(self) -> None:
-        """Release connections."""
-        await self.own.close()
-        await self.caller.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # Caller authentication (a mitmproxy addon in front of KlockProxy)
 
 
@@ -335,7 +254,7 @@ class GatewayAuth:
     def __init__(
         self,
         *,
-        lookups: GatewayLookups,
+        lookups: Upstream,
         identity: IdentityResolver,
         upstream: UpstreamConfig,
         allowed_hosts: Sequence[str],
@@ -749,7 +668,7 @@ class Gateway(StartedOrStopped):
         self.audit: AuditLog | None = None
         self.auth: GatewayAuth | None = None
         self.identity: IdentityResolver | None = None
-        self.lookups: GatewayLookups | None = None
+        self.lookups: Upstream | None = None
         self.target: KubeconfigTarget | None = None
         self._upstream: UpstreamConfig | None = None
         self._run_dir: Path | None = None
@@ -829,7 +748,10 @@ class Gateway(StartedOrStopped):
         if s.audit_log:
             self.audit = AuditLog(s.audit_log)
 
-        self.lookups = GatewayLookups(upstream)
+        # One client for the judge's lookups, the reviews and the lock watch. A token caller's
+        # lookups never present the gateway's client certificate (certificate callers'
+        # lookups carry no Authorization: they go as the gateway, impersonating).
+        self.lookups = Upstream(upstream, certificate_for_callers=False)
         metrics = self.metrics
         self.identity = IdentityResolver(
             self.lookups,
@@ -853,7 +775,7 @@ class Gateway(StartedOrStopped):
             miss_burst=s.miss_burst,
         )
         # The lock watch shares the gateway's own client (its credentials, one pool).
-        self.lock_set = create_lock_sources(s.locks, self.lookups.own, s.default_namespace)
+        self.lock_set = create_lock_sources(s.locks, self.lookups, s.default_namespace)
         from klockproxy.metrics import lock_state
 
         metrics.track_locks(lambda: lock_state(self.lock_set))
@@ -887,7 +809,7 @@ class Gateway(StartedOrStopped):
             metrics=metrics,
             # What the garbage collector would delete, watched with the gateway's own
             # credentials (cluster.ownership).
-            ownership=OwnershipIndex.over(self.lookups.own.config),
+            ownership=OwnershipIndex.over(self.lookups.config),
         )
         self._master = await start_master(
             host=host,
@@ -914,7 +836,7 @@ class Gateway(StartedOrStopped):
             reasons.append(f"lock sources have not synced ({detail})")
         if not self._upstream_ok and self.lookups is not None:
             try:
-                await self.lookups.own.get_object("/version", {})
+                await self.lookups.get_object("/version", {})
                 self._upstream_ok = True
             except KlockProxyError as e:
                 reasons.append(f"the API server does not answer: {e}")

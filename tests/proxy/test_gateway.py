@@ -19,12 +19,11 @@ from OpenSSL import SSL, crypto
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.cluster.identity import IdentityResolver
-from klockproxy.cluster.upstream import UpstreamConfig
+from klockproxy.cluster.upstream import Upstream, UpstreamConfig
 from klockproxy.proxy.client_certs import ClientCertificateError, ClientCertVerifier
 from klockproxy.proxy.gateway import (
     BadImpersonation,
     GatewayAuth,
-    GatewayLookups,
     Impersonation,
     _bad_authorization,
     _drop_connection_headers,
@@ -149,7 +148,7 @@ def test_an_intermediate_the_client_sends_completes_the_chain(
 
 def _gateway_auth(verifier: ClientCertVerifier | None) -> GatewayAuth:
     upstream = UpstreamConfig(server="https://127.0.0.1:1")
-    lookups = GatewayLookups(upstream)
+    lookups = Upstream(upstream, certificate_for_callers=False)
     return GatewayAuth(
         lookups=lookups,
         identity=IdentityResolver(lookups),
