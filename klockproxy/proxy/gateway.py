@@ -37,7 +37,6 @@ import fnmatch
 import ipaddress
 import logging
 import os
-import shutil
 import socket
 import sys
 import warnings
@@ -60,10 +59,11 @@ from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
-from klockproxy.loop_thread import LoopThread, cancel
+from klockproxy.loop_thread import LoopThread
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
+    klock_options,
     quiet_mitmproxy_logging,
     start_master,
 )
@@ -71,9 +71,7 @@ from klockproxy.service import (
     StartedOrStopped,
     add_audit_log_option,
     add_locks_option,
-    make_run_dir,
     parse_listen,
-    refresh_token_file,
     run_service,
     wait_for_locks,
 )
@@ -671,10 +669,8 @@ class Gateway(StartedOrStopped):
         self.lookups: Upstream | None = None
         self.target: KubeconfigTarget | None = None
         self._upstream: UpstreamConfig | None = None
-        self._run_dir: Path | None = None
         self._master: RunningMaster | None = None
         self._health: HealthServer | None = None
-        self._refresh_task: asyncio.Task[None] | None = None
         self._upstream_ok = False
 
     def ready_line(self) -> str:
@@ -701,14 +697,12 @@ class Gateway(StartedOrStopped):
         s = self.settings
         host, port = parse_listen(s.listen)
         state_dir = Path(s.state_dir).expanduser()
-        self._run_dir = run_dir = make_run_dir(state_dir)
+        run_dir = self.private_run_dir(state_dir)
         upstream = await self._own_upstream(run_dir / "upstream")
         self._upstream = upstream
-        if self.target is not None and self.target.refresh is not None and upstream.token_file:
-            self._refresh_task = asyncio.create_task(
-                refresh_token_file(
-                    self.target.refresh, Path(upstream.token_file), "the gateway's credentials"
-                )
+        if self.target is not None:
+            self.keep_token_fresh(
+                self.target.refresh, upstream.token_file, "the gateway's credentials"
             )
 
         serving_pem = run_dir / "serving.pem"
@@ -747,11 +741,13 @@ class Gateway(StartedOrStopped):
             verifier = ClientCertVerifier(list(s.client_ca))
         if s.audit_log:
             self.audit = AuditLog(s.audit_log)
+            self.releases.callback(self.audit.close)
 
         # One client for the judge's lookups, the reviews and the lock watch. A token caller's
         # lookups never present the gateway's client certificate (certificate callers'
         # lookups carry no Authorization: they go as the gateway, impersonating).
         self.lookups = Upstream(upstream, certificate_for_callers=False)
+        self.releases.push_async_callback(self.lookups.close)
         metrics = self.metrics
         self.identity = IdentityResolver(
             self.lookups,
@@ -779,28 +775,19 @@ class Gateway(StartedOrStopped):
         from klockproxy.metrics import lock_state
 
         metrics.track_locks(lambda: lock_state(self.lock_set))
+        self.releases.push_async_callback(self.lock_set.stop)
         await self.lock_set.start()
 
         from klockproxy.proxy.addon import KlockProxy
         from klockproxy.proxy.lean_tls import LeanTls
 
-        options: dict[str, Any] = {
-            "certs": [f"*={serving_pem}"],
-            "upstream_cert": False,
-            "connection_strategy": "lazy",
-            # Callers come from other machines.
-            "block_global": False,
-            "http2": True,
-            # Checked against the serving certificate's names, then set to the API server's.
-            "keep_host_header": True,
-            "request_client_cert": verifier is not None,
-            "ssl_insecure": upstream.insecure,
-            "klock_locks": list(s.locks),
-            "klock_default_namespace": s.default_namespace,
-            "klock_upstream": upstream.server,
-        }
-        if upstream.ca_file:
-            options["ssl_verify_upstream_trusted_ca"] = upstream.ca_file
+        options = klock_options(serving_pem, upstream, s.locks, s.default_namespace)
+        # Callers come from other machines.
+        options["block_global"] = False
+        options["http2"] = True
+        # Checked against the serving certificate's names, then set to the API server's.
+        options["keep_host_header"] = True
+        options["request_client_cert"] = verifier is not None
         klock = KlockProxy(
             lock_set=self.lock_set,
             upstream=self.lookups,
@@ -819,6 +806,7 @@ class Gateway(StartedOrStopped):
             addons=[self.auth, klock, LeanTls(serving_pem)],
             options=options,
         )
+        self.releases.push_async_callback(self._master.stop)
         self.url = self._master.url
         await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
         if s.health_listen:
@@ -827,6 +815,7 @@ class Gateway(StartedOrStopped):
             hhost, hport = parse_listen(s.health_listen, "--health-listen")
             self._health = HealthServer(hhost, hport, self.reasons_not_ready, metrics.registry)
             self.health_url = await self._health.start()
+            self.releases.push_async_callback(self._health.stop)
 
     async def reasons_not_ready(self) -> list[str]:
         """Why the gateway should take no traffic yet (empty: ready)."""
@@ -842,26 +831,6 @@ class Gateway(StartedOrStopped):
                 reasons.append(f"the API server does not answer: {e}")
         return reasons
 
-    async def stop(self) -> None:
-        """Stop serving; remove the per-run credential copies."""
-        task, self._refresh_task = self._refresh_task, None
-        await cancel(task)
-        health, self._health = self._health, None
-        if health is not None:
-            await health.stop()
-        master, self._master = self._master, None
-        if master is not None:
-            await master.stop()
-        if self.lock_set is not None:
-            await self.lock_set.stop()
-        if self.lookups is not None:
-            await self.lookups.close()
-        if self.audit is not None:
-            self.audit.close()
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
-
 
 class GatewayThread(LoopThread[Gateway]):
     """A Gateway on its own event loop in a daemon thread (tests, benchmarks)."""
@@ -875,11 +844,6 @@ class GatewayThread(LoopThread[Gateway]):
     def gateway(self) -> Gateway:
         """The running gateway."""
         return self.service
-
-    @property
-    def url(self) -> str:
-        """``https://HOST:PORT`` the gateway listens on."""
-        return self.gateway.url
 
 
 # ---------------------------------------------------------------------------------------------

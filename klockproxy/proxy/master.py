@@ -14,11 +14,34 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klockproxy.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from klockproxy.cluster.upstream import UpstreamConfig
+
 logger = logging.getLogger(__name__)
+
+
+def klock_options(
+    serving_pem: Path, upstream: UpstreamConfig, locks: Sequence[str], default_namespace: str
+) -> dict[str, Any]:
+    """The options local mode and the gateway both set: serve ``serving_pem``, reach the API
+    server of ``upstream`` (its CA verified), judge by ``locks``."""
+    options: dict[str, Any] = {
+        "certs": [f"*={serving_pem}"],
+        # We serve our own certificate: no need to peek at the upstream one first.
+        "upstream_cert": False,
+        "connection_strategy": "lazy",
+        "ssl_insecure": upstream.insecure,
+        "klock_locks": list(locks),
+        "klock_default_namespace": default_namespace,
+        "klock_upstream": upstream.server,
+    }
+    if upstream.ca_file:
+        options["ssl_verify_upstream_trusted_ca"] = upstream.ca_file
+    return options
 
 
 def cert_hosts(host: str) -> list[str]:

@@ -619,11 +619,6 @@ class WebhookThread(LoopThread[WebhookServer]):
         """The running server."""
         return self.service
 
-    @property
-    def url(self) -> str:
-        """``https://HOST:PORT`` (known once started)."""
-        return self.service.url
-
     def engine(self) -> Engine | None:
         """The webhook's current engine (read on its loop)."""
         lock_set = self.service.lock_set
