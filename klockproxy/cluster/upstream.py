@@ -445,19 +445,22 @@ class Upstream:
         retries = 0
         what = f"watch of {path}"
         selectors = _selector_query(label_selector, field_selector)
+
+        def back_up() -> bool:
+            """After an outage: say so once and reset the backoff (False: there was none)."""
+            nonlocal down, retries, backoff
+            if down is None:
+                return False
+            logger.log(info, "%s: the API server answers again (after %d retries)", what, retries)
+            down, retries, backoff = None, 0, min_backoff
+            return True
+
         while True:
             failure: str
             try:
                 if rv is None:
                     items, rv = await self._list(path, caller, selectors, metadata_only)
-                    if down is not None:
-                        logger.log(
-                            info,
-                            "%s: the API server answers again (after %d retries)",
-                            what,
-                            retries,
-                        )
-                        down, retries, backoff = None, 0, min_backoff
+                    back_up()
                     yield WatchEvent("LISTED", items=tuple(items), resource_version=rv)
                     # Not kept alive for as long as the watch runs (a whole collection).
                     items = []
@@ -475,14 +478,7 @@ class Upstream:
                     path, query, caller, accept, timeout_seconds + WATCH_READ_GRACE
                 ):
                     if event is _OPENED:
-                        if down is not None:
-                            logger.log(
-                                info,
-                                "%s: the API server answers again (after %d retries)",
-                                what,
-                                retries,
-                            )
-                            down, retries, backoff = None, 0, min_backoff
+                        if back_up():
                             yield WatchEvent("RESUMED", resource_version=rv)
                         continue
                     events += 1
