@@ -13,11 +13,12 @@ credentials (local mode, ``token_file`` / client certificate) and the headers ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -204,6 +205,18 @@ def _selector_query(label_selector: str | None, field_selector: str | None) -> d
     return query
 
 
+@contextlib.contextmanager
+def _connection_errors(what: str, lost: str) -> Iterator[None]:
+    """aiohttp's and the socket's errors as UpstreamError: TLS trouble, or ``lost``."""
+    try:
+        yield
+    except (aiohttp.ClientSSLError, ssl.SSLError) as e:
+        raise UpstreamError(f"{what}: TLS with the API server failed: {e}") from e
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        reason = str(e) or type(e).__name__
+        raise UpstreamError(f"{what}: {lost}: {reason}") from e
+
+
 def _has_authorization(caller: Mapping[str, str | Sequence[str]]) -> bool:
     return any(name.lower() == "authorization" for name in caller)
 
@@ -312,18 +325,13 @@ class Upstream:
             raise UpstreamError(f"{what}: {e}") from e
         if body is not None:
             headers.append(("Content-Type", content_type))
-        try:
+        with _connection_errors(what, "the API server cannot be reached"):
             session = self._get_session(caller)
             # Never follow redirects: the answer must be about the object asked for.
             async with session.request(
                 method, url, headers=headers, data=body, allow_redirects=False
             ) as resp:
                 return resp.status, await resp.read()
-        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
-            raise UpstreamError(f"{what}: TLS with the API server failed: {e}") from e
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            reason = str(e) or type(e).__name__
-            raise UpstreamError(f"{what}: the API server cannot be reached: {reason}") from e
 
     async def get_object(
         self, path: str, headers: Mapping[str, str | Sequence[str]]
@@ -543,7 +551,7 @@ class Upstream:
         url = self._url(path, query)
         where = f"WATCH {path} on {self.server}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_timeout)
-        try:
+        with _connection_errors(where, "the watch connection failed"):
             session = self._get_session(caller)
             async with session.request(
                 "GET",
@@ -573,11 +581,6 @@ class Upstream:
                         )
                 if buffer.strip():
                     yield _parse_event(bytes(buffer), where)
-        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
-            raise UpstreamError(f"{where}: TLS with the API server failed: {e}") from e
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            reason = str(e) or type(e).__name__
-            raise UpstreamError(f"{where}: the watch connection failed: {reason}") from e
 
     async def dry_run(
         self,
