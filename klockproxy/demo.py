@@ -239,7 +239,7 @@ async def run_demo(listen: str, state_dir: Path) -> int:
     Refused before anything is written when the listen address is taken or another demo
     uses ``state_dir``.
     """
-    from klockproxy.proxy.master import parse_listen
+    from klockproxy.service import parse_listen
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _only_demo_in(state_dir):
@@ -281,7 +281,8 @@ async def _run_demo(listen: str, state_dir: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy demo``; returns the exit code."""
-    from klockproxy.proxy.master import parse_listen, quiet_mitmproxy_logging
+    from klockproxy.proxy.master import quiet_mitmproxy_logging
+    from klockproxy.service import parse_listen
 
     quiet_mitmproxy_logging()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:

@@ -17,7 +17,9 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 
 class Service(Protocol):
-    """What a :class:`LoopThread` runs."""
+    """What a :class:`LoopThread` runs: ``url`` is where it listens (known once started)."""
+
+    url: str
 
     async def start(self) -> None: ...
 
@@ -51,6 +53,11 @@ class LoopThread(Generic[S]):
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        """``https://HOST:PORT`` the service listens on (known once started)."""
+        return self.service.url
 
     def start(self, timeout: float = 30.0) -> Self:
         """Start the service and wait until it is ready."""

@@ -117,31 +117,33 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+
+        def counter(name: str, documentation: str, *labels: str) -> Counter:
+            return Counter(name, documentation, labels, registry=r)
+
+        self.requests = counter(
             "klockproxy_requests",
             "Requests by Kubernetes verb and verdict (passed, allowed, denied, refused).",
-            ["verb", "verdict"],
-            registry=r,
+            "verb",
+            "verdict",
         )
-        self.denials = Counter(
+        self.denials = counter(
             "klockproxy_lock_denials",
             "Operations denied, by deciding Lock (namespace/name).",
-            ["lock"],
-            registry=r,
+            "lock",
         )
-        self.identity_reviews = Counter(
+        self.identity_reviews = counter(
             "klockproxy_identity_reviews",
             "Reviews sent to the API server to learn or check who is calling, by kind and result.",
-            ["kind", "result"],
-            registry=r,
+            "kind",
+            "result",
         )
-        self.identity_cache = Counter(
+        self.identity_cache = counter(
             "klockproxy_identity_cache_lookups",
             "Identity cache lookups: hit (answered from the cache), miss (a review was needed), "
             "shared (waited for a review another request had sent), limited (refused by the "
             "miss rate limit).",
-            ["result"],
-            registry=r,
+            "result",
         )
         self.upstream_latency = Histogram(
             "klockproxy_upstream_latency_seconds",

@@ -11,16 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from klockproxy.cluster.private_files import write_private
 from klockproxy.core.errors import ConfigError, KlockProxyError
+from klockproxy.loop_thread import cancel
 
 if TYPE_CHECKING:
     from klockproxy.cluster.lock_sources import LockSet
@@ -29,6 +32,28 @@ logger = logging.getLogger(__name__)
 
 # How often to ask the kubeconfig's credential plugin whether its token needs renewing.
 TOKEN_REFRESH_INTERVAL = 30.0
+# Where a listen address that names no host listens: local mode and the gateway on loopback
+# (a proxy holding credentials is not offered to the network unless asked), the webhook on
+# every interface (the API server calls it from elsewhere).
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+
+
+def parse_listen(
+    value: str, option: str = "--listen", *, default_host: str = LOOPBACK
+) -> tuple[str, int]:
+    """``HOST:PORT`` / ``[::1]:PORT`` / ``:PORT`` / ``PORT`` -> (host, port); a missing host is
+    ``default_host``. Raises ConfigError naming ``option``."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "", value
+    host = host.strip("[]") or default_host
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"{option} {value!r}: expected HOST:PORT (the port is not a number)")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"{option} {value!r}: expected HOST:PORT (the port is out of range)")
+    return host, port
 
 
 class Service(Protocol):
@@ -45,7 +70,21 @@ class Service(Protocol):
 
 class StartedOrStopped(ABC):
     """``start()`` runs ``_start()``; if that fails, ``stop()`` releases whatever it had
-    started (ports, tasks, per-run files) before the error goes on."""
+    started (ports, tasks, per-run files) before the error goes on.
+
+    ``_start`` hands each thing it starts to ``releases`` (an AsyncExitStack) as it goes:
+    ``stop()`` releases them the last first, so the teardown order is the start order
+    reversed, by construction, and a half-done start is undone as far as it got.
+    """
+
+    _releases: AsyncExitStack | None = None
+
+    @property
+    def releases(self) -> AsyncExitStack:
+        """What ``stop()`` will release (``callback``, ``push_async_callback``)."""
+        if self._releases is None:
+            self._releases = AsyncExitStack()
+        return self._releases
 
     async def start(self) -> None:
         """Start serving (ready when it returns); raises ConfigError (or another
@@ -59,9 +98,30 @@ class StartedOrStopped(ABC):
     @abstractmethod
     async def _start(self) -> None: ...
 
-    @abstractmethod
     async def stop(self) -> None:
-        """Stop serving and release everything (safe to call after a failed start)."""
+        """Stop serving and release everything (safe to call after a failed start, and
+        twice)."""
+        releases, self._releases = self._releases, None
+        if releases is not None:
+            await releases.aclose()
+
+    def private_run_dir(self, state_dir: Path) -> Path:
+        """``make_run_dir(state_dir)``, removed again by ``stop()``."""
+        run_dir = make_run_dir(state_dir)
+        self.releases.callback(shutil.rmtree, run_dir, ignore_errors=True)
+        return run_dir
+
+    def keep_token_fresh(
+        self, refresh: Callable[[], str | None] | None, token_file: str | None, whose: str
+    ) -> None:
+        """Where an exec plugin (``refresh``) hands out expiring tokens kept in
+        ``token_file``, keep the file current until ``stop()`` (``refresh_token_file``)."""
+        if refresh is None or not token_file:
+            return
+        task = asyncio.create_task(
+            refresh_token_file(refresh, Path(token_file), whose), name="klockproxy-token-refresh"
+        )
+        self.releases.push_async_callback(cancel, task)
 
 
 async def wait_for_locks(lock_set: LockSet, timeout: float, meanwhile: str) -> None:

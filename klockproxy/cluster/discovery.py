@@ -14,26 +14,20 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from klockproxy.core.routes import Kind, kinds_from_discovery
+
+if TYPE_CHECKING:
+    # Imported for its type only: the cache asks it ``get_object`` (tests give stand-ins).
+    from klockproxy.cluster.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
 TTL_SECONDS = 60.0
 # A resource missing from a cached list is looked up again after this long.
 MISS_RETRY_SECONDS = 1.0
-
-
-class DiscoveryClient(Protocol):
-    """What the cache needs from ``cluster.upstream.Upstream``."""
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        """GET as the caller (None on 404); raises UpstreamError / UpstreamStatusError."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class ResourceScopes:
 
     def __init__(
         self,
-        client: DiscoveryClient,
+        client: Upstream,
         *,
         ttl: float = TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,

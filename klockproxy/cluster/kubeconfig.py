@@ -222,18 +222,28 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def in_cluster_upstream(
-    environ: Mapping[str, str] | None = None, account_dir: Path = SERVICE_ACCOUNT_DIR
+    environ: Mapping[str, str] | None = None,
+    account_dir: Path = SERVICE_ACCOUNT_DIR,
+    *,
+    before_kubeconfig: bool = False,
 ) -> UpstreamConfig | None:
-    """The API server and the pod's own service account, when running in a pod with neither
-    $KUBECONFIG nor ~/.kube/config (None otherwise). The token file is re-read when the
-    kubelet rotates it."""
+    """The API server and the pod's own service account when running in a pod (None
+    otherwise, or when the token or the CA is missing). The token file is re-read when the
+    kubelet rotates it.
+
+    Where a pod also has $KUBECONFIG or ~/.kube/config, that kubeconfig wins (None here)
+    unless ``before_kubeconfig``: the webhook reads a kubeconfig first, the gateway's own
+    credentials in a pod are its service account's (its ``--kubeconfig`` help says so).
+    """
     from klockproxy.cluster.upstream import UpstreamConfig
 
     env = os.environ if environ is None else environ
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port or env.get("KUBECONFIG"):
+    if not host or not port:
         return None
-    if Path(os.path.expanduser("~/.kube/config")).exists():
+    if not before_kubeconfig and (
+        env.get("KUBECONFIG") or Path(os.path.expanduser("~/.kube/config")).exists()
+    ):
         return None
     token, ca = account_dir / "token", account_dir / "ca.crt"
     if not token.exists() or not ca.exists():

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError, WatchEvent
@@ -44,30 +44,6 @@ RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 # How long a request that needs the index waits for it to sync before it is refused.
 SYNC_WAIT_SECONDS = 10.0
-
-
-class WatchClient(Protocol):
-    """What the index needs from ``cluster.upstream.Upstream``."""
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        """GET (None on 404)."""
-        ...
-
-    def watch(
-        self,
-        path: str,
-        resource_version: str | None = None,
-        *,
-        headers: Mapping[str, str | Sequence[str]] | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        metadata_only: bool = False,
-        quiet: bool = False,
-    ) -> AsyncIterator[WatchEvent]:
-        """List, then watch (``LISTED`` first); ``quiet``: state changes logged at DEBUG."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +83,7 @@ def delete_lock_namespaces(engine: Engine) -> frozenset[str]:
 class OwnershipIndex:
     """Watches what the garbage collector follows (see the module docstring)."""
 
-    def __init__(self, client: WatchClient) -> None:
+    def __init__(self, client: Upstream) -> None:
         self.client = client
         self._own_client: Upstream | None = None
         self.graph = Graph()

@@ -13,12 +13,13 @@ credentials (local mode, ``token_file`` / client certificate) and the headers ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -194,13 +195,51 @@ def _status_message(body: bytes) -> str:
     return "no Status message"
 
 
+def _selector_query(label_selector: str | None, field_selector: str | None) -> dict[str, str]:
+    """The query parameters of a list's or a watch's selectors (none when empty)."""
+    query = {}
+    if label_selector:
+        query["labelSelector"] = label_selector
+    if field_selector:
+        query["fieldSelector"] = field_selector
+    return query
+
+
+@contextlib.contextmanager
+def _connection_errors(what: str, lost: str) -> Iterator[None]:
+    """aiohttp's and the socket's errors as UpstreamError: TLS trouble, or ``lost``."""
+    try:
+        yield
+    except (aiohttp.ClientSSLError, ssl.SSLError) as e:
+        raise UpstreamError(f"{what}: TLS with the API server failed: {e}") from e
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        reason = str(e) or type(e).__name__
+        raise UpstreamError(f"{what}: {lost}: {reason}") from e
+
+
+def _has_authorization(caller: Mapping[str, str | Sequence[str]]) -> bool:
+    return any(name.lower() == "authorization" for name in caller)
+
+
 class Upstream:
-    """One pooled aiohttp session to the API server, created lazily inside the running loop."""
+    """One pooled aiohttp session to the API server, created lazily inside the running loop.
+
+    With ``certificate_for_callers=False`` (the gateway) a request carrying the caller's own
+    ``Authorization`` goes on a second pool that never presents this client's certificate:
+    the API server tries x509 before bearer tokens, so presenting it would run the caller's
+    request as this client. Requests without one (this client's own) present it.
+    """
 
     def __init__(
-        self, config: UpstreamConfig, *, timeout: float = 10.0, connection_limit: int = 100
+        self,
+        config: UpstreamConfig,
+        *,
+        timeout: float = 10.0,
+        connection_limit: int = 100,
+        certificate_for_callers: bool = True,
     ) -> None:
         self.config = config
+        self._split = not certificate_for_callers and bool(config.client_cert_file)
         # 0 = no limit (a client that keeps one watch per collection open).
         self._connection_limit = connection_limit
         self._base = URL(config.server.rstrip("/"))
@@ -208,34 +247,41 @@ class Upstream:
             raise ConfigError(f"upstream server must be an http(s) URL, got {config.server!r}")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._token = TokenFile(config.token_file) if config.token_file else None
-        self._ssl: ssl.SSLContext | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Keyed by whether the pool presents the client certificate; each session is bound
+        # to the loop it was created in.
+        self._ssl: dict[bool, ssl.SSLContext] = {}
+        self._sessions: dict[bool, tuple[aiohttp.ClientSession, asyncio.AbstractEventLoop]] = {}
 
     @property
     def server(self) -> str:
         """The API server URL, for messages."""
         return str(self._base)
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _get_session(self, caller: Mapping[str, str | Sequence[str]]) -> aiohttp.ClientSession:
+        with_cert = not (self._split and _has_authorization(caller))
         loop = asyncio.get_running_loop()
+        session, session_loop = self._sessions.get(with_cert, (None, None))
         # A session is bound to the loop it was created in; tests and restarts may change it.
-        if self._session is None or self._session.closed or self._loop is not loop:
+        if session is None or session.closed or session_loop is not loop:
             tls: ssl.SSLContext | bool = False
             if self._base.scheme == "https":
-                if self._ssl is None:
-                    self._ssl = build_ssl_context(self.config)
-                tls = self._ssl
+                if with_cert not in self._ssl:
+                    config = self.config
+                    if not with_cert:
+                        config = replace(config, client_cert_file=None, client_key_file=None)
+                    self._ssl[with_cert] = build_ssl_context(config)
+                tls = self._ssl[with_cert]
             connector = aiohttp.TCPConnector(ssl=tls, limit=self._connection_limit)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-            self._loop = loop
-        return self._session
+            session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._sessions[with_cert] = (session, loop)
+        return session
 
     async def close(self) -> None:
-        """Close the pooled session (call from the loop that used it)."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        """Close the pooled sessions (call from the loop that used them)."""
+        sessions, self._sessions = self._sessions, {}
+        for session, _ in sessions.values():
+            if not session.closed:
+                await session.close()
 
     @property
     def has_own_credentials(self) -> bool:
@@ -246,12 +292,10 @@ class Upstream:
         self, caller: Mapping[str, str | Sequence[str]], accept: str = "application/json"
     ) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = [("Accept", accept)]
-        has_auth = False
         for name, value in caller.items():
             values = [value] if isinstance(value, str) else list(value)
-            has_auth = has_auth or name.lower() == "authorization"
             out.extend((name, v) for v in values)
-        if not has_auth and self._token is not None:
+        if self._token is not None and not _has_authorization(caller):
             out.append(("Authorization", f"Bearer {self._token.token()}"))
         return out
 
@@ -281,18 +325,13 @@ class Upstream:
             raise UpstreamError(f"{what}: {e}") from e
         if body is not None:
             headers.append(("Content-Type", content_type))
-        try:
-            session = self._get_session()
+        with _connection_errors(what, "the API server cannot be reached"):
+            session = self._get_session(caller)
             # Never follow redirects: the answer must be about the object asked for.
             async with session.request(
                 method, url, headers=headers, data=body, allow_redirects=False
             ) as resp:
                 return resp.status, await resp.read()
-        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
-            raise UpstreamError(f"{what}: TLS with the API server failed: {e}") from e
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            reason = str(e) or type(e).__name__
-            raise UpstreamError(f"{what}: the API server cannot be reached: {reason}") from e
 
     async def get_object(
         self, path: str, headers: Mapping[str, str | Sequence[str]]
@@ -338,19 +377,16 @@ class Upstream:
         ``metadata_only`` asks for PartialObjectMetadata (no spec, no Secret data) where the
         API server supports it; a plain list is accepted too.
         """
-        items, _ = await self.list_collection(
-            path, headers, label_selector, field_selector, metadata_only=metadata_only
-        )
+        selectors = _selector_query(label_selector, field_selector)
+        items, _ = await self._list(path, headers, selectors, metadata_only)
         return items
 
-    async def list_collection(
+    async def _list(
         self,
         path: str,
         headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
+        selectors: Mapping[str, str],
+        metadata_only: bool,
     ) -> tuple[list[dict[str, Any]], str]:
         """``list_objects`` and the list's resourceVersion (where a watch of it starts)."""
         accept = METADATA_ONLY_ACCEPT if metadata_only else "application/json"
@@ -358,11 +394,7 @@ class Upstream:
         cont = ""
         resource_version = ""
         while True:
-            query = {"limit": str(LIST_PAGE_SIZE)}
-            if label_selector:
-                query["labelSelector"] = label_selector
-            if field_selector:
-                query["fieldSelector"] = field_selector
+            query = {"limit": str(LIST_PAGE_SIZE), **selectors}
             if cont:
                 query["continue"] = cont
             status, body = await self._request("GET", path, headers, query=query, accept=accept)
@@ -420,21 +452,23 @@ class Upstream:
         down: str | None = None
         retries = 0
         what = f"watch of {path}"
+        selectors = _selector_query(label_selector, field_selector)
+
+        def back_up() -> bool:
+            """After an outage: say so once and reset the backoff (False: there was none)."""
+            nonlocal down, retries, backoff
+            if down is None:
+                return False
+            logger.log(info, "%s: the API server answers again (after %d retries)", what, retries)
+            down, retries, backoff = None, 0, min_backoff
+            return True
+
         while True:
             failure: str
             try:
                 if rv is None:
-                    items, rv = await self.list_collection(
-                        path, caller, label_selector, field_selector, metadata_only=metadata_only
-                    )
-                    if down is not None:
-                        logger.log(
-                            info,
-                            "%s: the API server answers again (after %d retries)",
-                            what,
-                            retries,
-                        )
-                        down, retries, backoff = None, 0, min_backoff
+                    items, rv = await self._list(path, caller, selectors, metadata_only)
+                    back_up()
                     yield WatchEvent("LISTED", items=tuple(items), resource_version=rv)
                     # Not kept alive for as long as the watch runs (a whole collection).
                     items = []
@@ -443,11 +477,8 @@ class Upstream:
                     "resourceVersion": rv,
                     "allowWatchBookmarks": "true",
                     "timeoutSeconds": str(timeout_seconds),
+                    **selectors,
                 }
-                if label_selector:
-                    query["labelSelector"] = label_selector
-                if field_selector:
-                    query["fieldSelector"] = field_selector
                 accept = METADATA_ONLY_WATCH_ACCEPT if metadata_only else "application/json"
                 events = 0
                 started = asyncio.get_running_loop().time()
@@ -455,14 +486,7 @@ class Upstream:
                     path, query, caller, accept, timeout_seconds + WATCH_READ_GRACE
                 ):
                     if event is _OPENED:
-                        if down is not None:
-                            logger.log(
-                                info,
-                                "%s: the API server answers again (after %d retries)",
-                                what,
-                                retries,
-                            )
-                            down, retries, backoff = None, 0, min_backoff
+                        if back_up():
                             yield WatchEvent("RESUMED", resource_version=rv)
                         continue
                     events += 1
@@ -527,8 +551,8 @@ class Upstream:
         url = self._url(path, query)
         where = f"WATCH {path} on {self.server}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_timeout)
-        try:
-            session = self._get_session()
+        with _connection_errors(where, "the watch connection failed"):
+            session = self._get_session(caller)
             async with session.request(
                 "GET",
                 url,
@@ -557,11 +581,6 @@ class Upstream:
                         )
                 if buffer.strip():
                     yield _parse_event(bytes(buffer), where)
-        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
-            raise UpstreamError(f"{where}: TLS with the API server failed: {e}") from e
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            reason = str(e) or type(e).__name__
-            raise UpstreamError(f"{where}: the watch connection failed: {reason}") from e
 
     async def dry_run(
         self,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from klockproxy.cluster.upstream import UpstreamStatusError
+from klockproxy.cluster.upstream import Upstream, UpstreamStatusError
 from klockproxy.core.codec import media_type
 from klockproxy.core.consequences import (
     Implied,
@@ -73,56 +73,9 @@ _NOBODY = UserInfo(username="")
 AuthHeaders = Mapping[str, Sequence[str]]
 
 
-class Lookups(Protocol):
-    """What the judge needs from the upstream client (``cluster.upstream.Upstream``)."""
-
-    @property
-    def server(self) -> str:
-        """The API server URL, for messages."""
-        ...
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        """GET as the caller; None on 404."""
-        ...
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        """LIST as the caller."""
-        ...
-
-    @property
-    def has_own_credentials(self) -> bool:
-        """Whether lookups can be made with the proxy's own credentials."""
-        ...
-
-    async def dry_run(
-        self,
-        method: str,
-        path: str,
-        query: Sequence[tuple[str, str]],
-        headers: Mapping[str, str | Sequence[str]],
-        body: bytes,
-        content_type: str,
-    ) -> dict[str, Any]:
-        """The write sent with ``dryRun=All`` as the caller: the object it would store."""
-        ...
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        """Who these headers act as."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
+# What the judge's lookups go through: the one upstream client (it routes each request by
+# who it is made as); tests inject stand-ins with the methods the judge calls.
+Lookups = Upstream
 
 
 class Ownership(Protocol):

@@ -37,7 +37,6 @@ import fnmatch
 import ipaddress
 import logging
 import os
-import shutil
 import socket
 import sys
 import warnings
@@ -49,7 +48,7 @@ from urllib.parse import quote, unquote
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
-from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream
+from klockproxy.cluster.kubeconfig import KubeconfigTarget, in_cluster_upstream, load_upstream
 from klockproxy.cluster.lock_sources import (
     LockSet,
     create_lock_sources,
@@ -60,11 +59,11 @@ from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
 from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
-from klockproxy.loop_thread import LoopThread, cancel
+from klockproxy.loop_thread import LoopThread
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
-    parse_listen,
+    klock_options,
     quiet_mitmproxy_logging,
     start_master,
 )
@@ -72,8 +71,7 @@ from klockproxy.service import (
     StartedOrStopped,
     add_audit_log_option,
     add_locks_option,
-    make_run_dir,
-    refresh_token_file,
+    parse_listen,
     run_service,
     wait_for_locks,
 )
@@ -96,8 +94,6 @@ MAX_TOKEN_BYTES = 16 * 1024
 # of made-up tokens is refused with 429 past that, instead of reaching the API server.
 MISS_RATE = 50.0
 MISS_BURST = 200
-# Where a pod finds its service account.
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 AUTHENTICATED_GROUP = "system:authenticated"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -105,87 +101,6 @@ _WS_TOKEN_PROTOCOL = "base64url.bearer.authorization.k8s.io."
 _CALLER = "klockproxy-gateway-caller"  # flow metadata: "token" or "cert"
 # Connection options that are not header names, or that must survive (WebSocket upgrades).
 _CONNECTION_KEEP = frozenset({"upgrade", "keep-alive", "close"})
-
-
-# ---------------------------------------------------------------------------------------------
-# Lookups: as the caller (no client certificate of the gateway's) or as the gateway
-
-
-class GatewayLookups:
-    """The judge's lookups, routed by who they are made as.
-
-    Headers with ``Authorization`` are a token caller's: sent on a session that never
-    presents the gateway's client certificate. Without it they are the gateway's own (a
-    certificate caller, impersonated): sent with the gateway's credentials.
-    """
-
-    def __init__(self, own: UpstreamConfig) -> None:
-        self.own = Upstream(own)
-        # Same server and CA; no client certificate, no token of the gateway's.
-        self.caller = Upstream(UpstreamConfig(server=own.server, ca_file=own.ca_file,
-                                              insecure=own.insecure))  # fmt: skip
-
-    def _for(self, headers: Mapping[str, str | Sequence[str]]) -> Upstream:
-        has_auth = any(name.lower() == "authorization" for name in headers)
-        return self.caller if has_auth else self.own
-
-    @property
-    def server(self) -> str:
-        """The API server URL, for messages."""
-        return self.own.server
-
-    @property
-    def has_own_credentials(self) -> bool:
-        """The gateway always has credentials of its own."""
-        return True
-
-    async def get_object(
-        self, path: str, headers: Mapping[str, str | Sequence[str]]
-    ) -> dict[str, Any] | None:
-        """GET as the caller; None on 404."""
-        return await self._for(headers).get_object(path, headers)
-
-    async def list_objects(
-        self,
-        path: str,
-        headers: Mapping[str, str | Sequence[str]],
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        *,
-        metadata_only: bool = False,
-    ) -> list[dict[str, Any]]:
-        """LIST as the caller."""
-        return await self._for(headers).list_objects(
-            path, headers, label_selector, field_selector, metadata_only=metadata_only
-        )
-
-    async def dry_run(
-        self,
-        method: str,
-        path: str,
-        query: Sequence[tuple[str, str]],
-        headers: Mapping[str, str | Sequence[str]],
-        body: bytes,
-        content_type: str,
-    ) -> dict[str, Any]:
-        """The write sent with ``dryRun=All`` as the caller (impersonated for certificate
-        callers): the object it would store."""
-        return await self._for(headers).dry_run(method, path, query, headers, body, content_type)
-
-    async def self_subject_review(self, headers: Mapping[str, str | Sequence[str]]) -> UserInfo:
-        """Who these headers act as."""
-        return await self._for(headers).self_subject_review(headers)
-
-    async def subject_access_review(
-        self, user: UserInfo, attributes: Mapping[str, str]
-    ) -> tuple[bool, str]:
-        """A SubjectAccessReview, asked as the gateway."""
-        return await self.own.subject_access_review(user, attributes)
-
-    async def close(self) -> None:
-        """Release connections."""
-        await self.own.close()
-        await self.caller.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +252,7 @@ class GatewayAuth:
     def __init__(
         self,
         *,
-        lookups: GatewayLookups,
+        lookups: Upstream,
         identity: IdentityResolver,
         upstream: UpstreamConfig,
         allowed_hosts: Sequence[str],
@@ -736,23 +651,6 @@ class GatewaySettings:
     failure_ttl: float = 5.0
 
 
-def in_cluster_upstream(directory: Path = SERVICE_ACCOUNT_DIR) -> UpstreamConfig | None:
-    """The pod's service account as the gateway's credentials, when running in a cluster."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token = directory / "token"
-    if not host or not token.exists():
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    ca = directory / "ca.crt"
-    return UpstreamConfig(
-        server=f"https://{host}:{port}",
-        ca_file=str(ca) if ca.exists() else None,
-        token_file=str(token),
-    )
-
-
 class Gateway(StartedOrStopped):
     """The shared gateway: ``await start()`` (ready when it returns), ``await stop()``."""
 
@@ -768,13 +666,11 @@ class Gateway(StartedOrStopped):
         self.audit: AuditLog | None = None
         self.auth: GatewayAuth | None = None
         self.identity: IdentityResolver | None = None
-        self.lookups: GatewayLookups | None = None
+        self.lookups: Upstream | None = None
         self.target: KubeconfigTarget | None = None
         self._upstream: UpstreamConfig | None = None
-        self._run_dir: Path | None = None
         self._master: RunningMaster | None = None
         self._health: HealthServer | None = None
-        self._refresh_task: asyncio.Task[None] | None = None
         self._upstream_ok = False
 
     def ready_line(self) -> str:
@@ -790,7 +686,7 @@ class Gateway(StartedOrStopped):
     async def _own_upstream(self, files_dir: Path) -> UpstreamConfig:
         s = self.settings
         if s.kubeconfig is None and s.context is None:
-            pod = in_cluster_upstream()
+            pod = in_cluster_upstream(before_kubeconfig=True)
             if pod is not None:
                 return pod
         self.target = await asyncio.to_thread(load_upstream, s.kubeconfig, s.context, files_dir)
@@ -801,14 +697,12 @@ class Gateway(StartedOrStopped):
         s = self.settings
         host, port = parse_listen(s.listen)
         state_dir = Path(s.state_dir).expanduser()
-        self._run_dir = run_dir = make_run_dir(state_dir)
+        run_dir = self.private_run_dir(state_dir)
         upstream = await self._own_upstream(run_dir / "upstream")
         self._upstream = upstream
-        if self.target is not None and self.target.refresh is not None and upstream.token_file:
-            self._refresh_task = asyncio.create_task(
-                refresh_token_file(
-                    self.target.refresh, Path(upstream.token_file), "the gateway's credentials"
-                )
+        if self.target is not None:
+            self.keep_token_fresh(
+                self.target.refresh, upstream.token_file, "the gateway's credentials"
             )
 
         serving_pem = run_dir / "serving.pem"
@@ -847,8 +741,13 @@ class Gateway(StartedOrStopped):
             verifier = ClientCertVerifier(list(s.client_ca))
         if s.audit_log:
             self.audit = AuditLog(s.audit_log)
+            self.releases.callback(self.audit.close)
 
-        self.lookups = GatewayLookups(upstream)
+        # One client for the judge's lookups, the reviews and the lock watch. A token caller's
+        # lookups never present the gateway's client certificate (certificate callers'
+        # lookups carry no Authorization: they go as the gateway, impersonating).
+        self.lookups = Upstream(upstream, certificate_for_callers=False)
+        self.releases.push_async_callback(self.lookups.close)
         metrics = self.metrics
         self.identity = IdentityResolver(
             self.lookups,
@@ -872,32 +771,23 @@ class Gateway(StartedOrStopped):
             miss_burst=s.miss_burst,
         )
         # The lock watch shares the gateway's own client (its credentials, one pool).
-        self.lock_set = create_lock_sources(s.locks, self.lookups.own, s.default_namespace)
+        self.lock_set = create_lock_sources(s.locks, self.lookups, s.default_namespace)
         from klockproxy.metrics import lock_state
 
         metrics.track_locks(lambda: lock_state(self.lock_set))
+        self.releases.push_async_callback(self.lock_set.stop)
         await self.lock_set.start()
 
         from klockproxy.proxy.addon import KlockProxy
         from klockproxy.proxy.lean_tls import LeanTls
 
-        options: dict[str, Any] = {
-            "certs": [f"*={serving_pem}"],
-            "upstream_cert": False,
-            "connection_strategy": "lazy",
-            # Callers come from other machines.
-            "block_global": False,
-            "http2": True,
-            # Checked against the serving certificate's names, then set to the API server's.
-            "keep_host_header": True,
-            "request_client_cert": verifier is not None,
-            "ssl_insecure": upstream.insecure,
-            "klock_locks": list(s.locks),
-            "klock_default_namespace": s.default_namespace,
-            "klock_upstream": upstream.server,
-        }
-        if upstream.ca_file:
-            options["ssl_verify_upstream_trusted_ca"] = upstream.ca_file
+        options = klock_options(serving_pem, upstream, s.locks, s.default_namespace)
+        # Callers come from other machines.
+        options["block_global"] = False
+        options["http2"] = True
+        # Checked against the serving certificate's names, then set to the API server's.
+        options["keep_host_header"] = True
+        options["request_client_cert"] = verifier is not None
         klock = KlockProxy(
             lock_set=self.lock_set,
             upstream=self.lookups,
@@ -906,7 +796,7 @@ class Gateway(StartedOrStopped):
             metrics=metrics,
             # What the garbage collector would delete, watched with the gateway's own
             # credentials (cluster.ownership).
-            ownership=OwnershipIndex.over(self.lookups.own.config),
+            ownership=OwnershipIndex.over(self.lookups.config),
         )
         self._master = await start_master(
             host=host,
@@ -916,14 +806,16 @@ class Gateway(StartedOrStopped):
             addons=[self.auth, klock, LeanTls(serving_pem)],
             options=options,
         )
+        self.releases.push_async_callback(self._master.stop)
         self.url = self._master.url
         await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
         if s.health_listen:
             from klockproxy.health import HealthServer
 
-            hhost, hport = parse_listen(s.health_listen)
+            hhost, hport = parse_listen(s.health_listen, "--health-listen")
             self._health = HealthServer(hhost, hport, self.reasons_not_ready, metrics.registry)
             self.health_url = await self._health.start()
+            self.releases.push_async_callback(self._health.stop)
 
     async def reasons_not_ready(self) -> list[str]:
         """Why the gateway should take no traffic yet (empty: ready)."""
@@ -933,31 +825,11 @@ class Gateway(StartedOrStopped):
             reasons.append(f"lock sources have not synced ({detail})")
         if not self._upstream_ok and self.lookups is not None:
             try:
-                await self.lookups.own.get_object("/version", {})
+                await self.lookups.get_object("/version", {})
                 self._upstream_ok = True
             except KlockProxyError as e:
                 reasons.append(f"the API server does not answer: {e}")
         return reasons
-
-    async def stop(self) -> None:
-        """Stop serving; remove the per-run credential copies."""
-        task, self._refresh_task = self._refresh_task, None
-        await cancel(task)
-        health, self._health = self._health, None
-        if health is not None:
-            await health.stop()
-        master, self._master = self._master, None
-        if master is not None:
-            await master.stop()
-        if self.lock_set is not None:
-            await self.lock_set.stop()
-        if self.lookups is not None:
-            await self.lookups.close()
-        if self.audit is not None:
-            self.audit.close()
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
 
 
 class GatewayThread(LoopThread[Gateway]):
@@ -972,11 +844,6 @@ class GatewayThread(LoopThread[Gateway]):
     def gateway(self) -> Gateway:
         """The running gateway."""
         return self.service
-
-    @property
-    def url(self) -> str:
-        """``https://HOST:PORT`` the gateway listens on."""
-        return self.gateway.url
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1039,7 +906,7 @@ def checked_settings(args: argparse.Namespace) -> GatewaySettings:
     settings = settings_from_args(args)
     parse_listen(settings.listen)
     if settings.health_listen:
-        parse_listen(settings.health_listen)
+        parse_listen(settings.health_listen, "--health-listen")
     return settings
 
 

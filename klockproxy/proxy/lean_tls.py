@@ -85,14 +85,19 @@ class LeanTls:
         # from it starts with the mode (OpenSSL copies the context's mode at SSL_new).
         conn.get_context().set_mode(SSL.MODE_RELEASE_BUFFERS)
 
+    def _starting(self, data: Any) -> Any:
+        """What both TLS start hooks do first: the connection (None: not TLS) with its
+        buffers released and tracked."""
+        conn = getattr(data, "ssl_conn", None)
+        if conn is not None:
+            self._release_buffers(conn)
+            self._track(data, conn)
+        return conn
+
     def tls_start_client(self, data: Any) -> None:
         """mitmproxy hook: a client TLS connection is being set up."""
-        conn = getattr(data, "ssl_conn", None)
-        if conn is None:
-            return
-        self._release_buffers(conn)
-        self._track(data, conn)
-        if self._cert is None:
+        conn = self._starting(data)
+        if conn is None or self._cert is None:
             return
         current = conn.get_certificate()
         if current is None or current.digest("sha256") != self._digest:
@@ -125,13 +130,9 @@ class LeanTls:
 
     def tls_start_server(self, data: Any) -> None:
         """mitmproxy hook: an upstream TLS connection is being set up: offer the last session."""
-        conn = getattr(data, "ssl_conn", None)
-        if conn is None:
-            return
-        self._release_buffers(conn)
-        self._track(data, conn)
+        conn = self._starting(data)
         server = getattr(data, "conn", None)
-        if server is None:
+        if conn is None or server is None:
             return
         # Keyed by the client certificate this connection presents too: the gateway sets its
         # own certificate per connection (certificate callers only), so one context serves

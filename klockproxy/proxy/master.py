@@ -14,26 +14,34 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klockproxy.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from klockproxy.cluster.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` / ``[::1]:PORT`` / ``PORT`` -> (host, port). Raises ConfigError."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = "127.0.0.1", value
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError as e:
-        raise ConfigError(f"--listen {value!r}: the port is not a number") from e
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--listen {value!r}: the port is out of range")
-    return host, port
+def klock_options(
+    serving_pem: Path, upstream: UpstreamConfig, locks: Sequence[str], default_namespace: str
+) -> dict[str, Any]:
+    """The options local mode and the gateway both set: serve ``serving_pem``, reach the API
+    server of ``upstream`` (its CA verified), judge by ``locks``."""
+    options: dict[str, Any] = {
+        "certs": [f"*={serving_pem}"],
+        # We serve our own certificate: no need to peek at the upstream one first.
+        "upstream_cert": False,
+        "connection_strategy": "lazy",
+        "ssl_insecure": upstream.insecure,
+        "klock_locks": list(locks),
+        "klock_default_namespace": default_namespace,
+        "klock_upstream": upstream.server,
+    }
+    if upstream.ca_file:
+        options["ssl_verify_upstream_trusted_ca"] = upstream.ca_file
+    return options
 
 
 def cert_hosts(host: str) -> list[str]:

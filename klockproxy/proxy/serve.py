@@ -17,23 +17,20 @@ import argparse
 import asyncio
 import logging
 import secrets
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write_kubeconfig
 from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import Upstream
-from klockproxy.core.errors import ConfigError
-from klockproxy.loop_thread import LoopThread, cancel
+from klockproxy.loop_thread import LoopThread
 from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
-    parse_listen,
+    klock_options,
     quiet_mitmproxy_logging,
     start_master,
 )
@@ -41,15 +38,10 @@ from klockproxy.service import (
     StartedOrStopped,
     add_audit_log_option,
     add_locks_option,
-    make_run_dir,
-    refresh_token_file,
+    parse_listen,
     run_service,
     wait_for_locks,
 )
-
-if TYPE_CHECKING:
-    # Imported where used: `klockproxy --help` must not pay for aiohttp and cryptography.
-    from klockproxy.cluster.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +83,7 @@ class LocalProxy(StartedOrStopped):
         self.lock_set: LockSet | None = None
         self.target: KubeconfigTarget | None = None
         self._token = secrets.token_urlsafe(32)
-        self._run_dir: Path | None = None
         self._master: RunningMaster | None = None
-        self._refresh_task: asyncio.Task[None] | None = None
-        # One client to the API server for the lock watch and the proxy's lookups.
         self._upstream: Upstream | None = None
         self._audit: AuditLog | None = None
 
@@ -116,30 +105,41 @@ class LocalProxy(StartedOrStopped):
         host, port = parse_listen(s.listen)
         state_dir = Path(s.state_dir).expanduser()
         # Per-run copies of credentials live in a private directory removed at exit.
-        self._run_dir = run_dir = make_run_dir(state_dir)
+        run_dir = self.private_run_dir(state_dir)
 
         self.target = await asyncio.to_thread(
             load_upstream, s.kubeconfig, s.context, run_dir / "upstream"
         )
         upstream = self.target.upstream
-        if self.target.refresh is not None and upstream.token_file:
-            # Exec plugins hand out expiring tokens; the forwarding addon and the lock watch
-            # re-read the file when it changes.
-            self._refresh_task = asyncio.create_task(
-                refresh_token_file(
-                    self.target.refresh, Path(upstream.token_file), "the upstream token"
-                ),
-                name="klockproxy-token-refresh",
-            )
+        # The forwarding addon and the lock watch re-read the file when it changes.
+        self.keep_token_fresh(self.target.refresh, upstream.token_file, "the upstream token")
 
         from klockproxy.cluster.certs import CertificateAuthority
 
         ca = await asyncio.to_thread(CertificateAuthority.load_or_create, state_dir, PROXY_CA_NAME)
-        hosts = cert_hosts(host)
-        cert_pem, key_pem = ca.issue_server(hosts)
+        cert_pem, key_pem = ca.issue_server(cert_hosts(host))
         proxy_pem = run_dir / "proxy.pem"
         write_private(proxy_pem, cert_pem + key_pem)
-        client_pem: Path | None = None
+        token_file = run_dir / "client-token"
+        write_private(token_file, self._token.encode())
+
+        if s.audit_log:
+            self._audit = AuditLog(s.audit_log)
+            self.releases.callback(self._audit.close)
+        # One client to the API server for the lock watch and the proxy's lookups.
+        self._upstream = Upstream(upstream)
+        self.releases.push_async_callback(self._upstream.close)
+        self.lock_set = create_lock_sources(s.locks, self._upstream, s.default_namespace)
+        self.releases.push_async_callback(self.lock_set.stop)
+        await self.lock_set.start()
+
+        from klockproxy.proxy.addon import KlockProxy
+        from klockproxy.proxy.lean_tls import LeanTls
+
+        options = klock_options(proxy_pem, upstream, s.locks, s.default_namespace)
+        options["klock_client_token_file"] = str(token_file)
+        if upstream.ca_file:
+            options["klock_upstream_ca"] = upstream.ca_file
         if upstream.client_cert_file and upstream.client_key_file:
             client_pem = run_dir / "upstream-client.pem"
             write_private(
@@ -148,26 +148,25 @@ class LocalProxy(StartedOrStopped):
                 + b"\n"
                 + Path(upstream.client_key_file).read_bytes(),
             )
-        token_file = run_dir / "client-token"
-        write_private(token_file, self._token.encode())
-
-        if s.audit_log:
-            self._audit = AuditLog(s.audit_log)
-        self._upstream = Upstream(upstream)
-        self.lock_set = create_lock_sources(s.locks, self._upstream, s.default_namespace)
-        await self.lock_set.start()
-
-        await self._start_master(
+            options["client_certs"] = str(client_pem)
+            options["klock_upstream_client_cert"] = upstream.client_cert_file
+            options["klock_upstream_client_key"] = upstream.client_key_file
+        if upstream.token_file:
+            options["klock_upstream_token_file"] = upstream.token_file
+        self._master = await start_master(
             host=host,
             port=port,
-            upstream=upstream,
-            proxy_pem=proxy_pem,
-            client_pem=client_pem,
-            token_file=token_file,
+            upstream_server=upstream.server,
             confdir=run_dir / "mitmproxy",
+            addons=[
+                KlockProxy(lock_set=self.lock_set, upstream=self._upstream, audit=self._audit),
+                LeanTls(proxy_pem),
+            ],
+            options=options,
         )
+        self.releases.push_async_callback(self._master.stop)
+        self.url = self._master.url
         await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
-        namespace = self.target.namespace
         write_kubeconfig(
             self.kubeconfig_path,
             server=self.url,
@@ -175,76 +174,8 @@ class LocalProxy(StartedOrStopped):
             users={"klockproxy": {"token": self._token}},
             current_user="klockproxy",
             cluster_name="klockproxy",
-            namespace=namespace,
+            namespace=self.target.namespace,
         )
-
-    async def _start_master(
-        self,
-        *,
-        host: str,
-        port: int,
-        upstream: UpstreamConfig,
-        proxy_pem: Path,
-        client_pem: Path | None,
-        token_file: Path,
-        confdir: Path,
-    ) -> None:
-        from klockproxy.proxy.addon import KlockProxy
-        from klockproxy.proxy.lean_tls import LeanTls
-
-        if self.lock_set is None:
-            raise ConfigError("the proxy was started before its locks were set up")
-        update: dict[str, Any] = {
-            "certs": [f"*={proxy_pem}"],
-            # We serve our own certificate: no need to peek at the upstream one first.
-            "upstream_cert": False,
-            "connection_strategy": "lazy",
-            "ssl_insecure": upstream.insecure,
-            "klock_locks": list(self.settings.locks),
-            "klock_default_namespace": self.settings.default_namespace,
-            "klock_upstream": upstream.server,
-            "klock_client_token_file": str(token_file),
-        }
-        if upstream.ca_file:
-            update["ssl_verify_upstream_trusted_ca"] = upstream.ca_file
-            update["klock_upstream_ca"] = upstream.ca_file
-        if client_pem is not None:
-            update["client_certs"] = str(client_pem)
-            update["klock_upstream_client_cert"] = upstream.client_cert_file
-            update["klock_upstream_client_key"] = upstream.client_key_file
-        if upstream.token_file:
-            update["klock_upstream_token_file"] = upstream.token_file
-        self._master = await start_master(
-            host=host,
-            port=port,
-            upstream_server=upstream.server,
-            confdir=confdir,
-            addons=[
-                KlockProxy(lock_set=self.lock_set, upstream=self._upstream, audit=self._audit),
-                LeanTls(proxy_pem),
-            ],
-            options=update,
-        )
-        self.url = self._master.url
-
-    async def stop(self) -> None:
-        """Stop mitmproxy and the lock sources; remove the per-run credential copies."""
-        refresh, self._refresh_task = self._refresh_task, None
-        await cancel(refresh)
-        master, self._master = self._master, None
-        if master is not None:
-            await master.stop()
-        if self.lock_set is not None:
-            await self.lock_set.stop()
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            await upstream.close()
-        if self._audit is not None:
-            self._audit.close()
-            self._audit = None
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,11 +198,6 @@ class ProxyThread(LoopThread[LocalProxy]):
     def proxy(self) -> LocalProxy:
         """The running proxy."""
         return self.service
-
-    @property
-    def url(self) -> str:
-        """``https://HOST:PORT`` the proxy listens on (known once started)."""
-        return self.proxy.url
 
     @property
     def kubeconfig_path(self) -> Path:

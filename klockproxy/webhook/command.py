@@ -16,8 +16,14 @@ import argparse
 import logging
 
 from klockproxy.core.errors import ConfigError
-from klockproxy.service import add_audit_log_option, add_locks_option, run_service
-from klockproxy.webhook.server import DEFAULT_LISTEN, WebhookServer, WebhookSettings, parse_listen
+from klockproxy.service import (
+    ALL_INTERFACES,
+    add_audit_log_option,
+    add_locks_option,
+    parse_listen,
+    run_service,
+)
+from klockproxy.webhook.server import DEFAULT_LISTEN, WebhookServer, WebhookSettings
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +85,9 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
             "whoever issued the certificate sets the caBundle (cert-manager: the "
             "cert-manager.io/inject-ca-from annotation)"
         )
-    parse_listen(args.listen)
+    parse_listen(args.listen, default_host=ALL_INTERFACES)
     if args.health_listen:
-        parse_listen(args.health_listen, "--health-listen")
+        parse_listen(args.health_listen, "--health-listen", default_host=ALL_INTERFACES)
     return WebhookSettings(
         kubeconfig=args.kubeconfig,
         context=args.context,

@@ -50,7 +50,7 @@ from klockproxy.judge import (
 )
 from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.metrics import Metrics, lock_state, verb_label
-from klockproxy.service import StartedOrStopped, wait_for_locks
+from klockproxy.service import ALL_INTERFACES, StartedOrStopped, parse_listen, wait_for_locks
 from klockproxy.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReviewWire,
@@ -180,14 +180,6 @@ def _status_response(code: int, message: str) -> web.Response:
     return web.Response(
         status=code, body=to_bytes(failure(code, message)), content_type="application/json"
     )
-
-
-def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
-    """``HOST:PORT`` / ``[::1]:PORT`` -> (host, port). Raises ConfigError."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"{option} {value!r}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +328,7 @@ class WebhookServer(StartedOrStopped):
         """Load the upstream, the Locks and the certificates, then listen. Raises
         ConfigError (or LockValidationError) with a message fit for the user."""
         s = self.settings
-        host, port = parse_listen(s.listen)
+        host, port = parse_listen(s.listen, default_host=ALL_INTERFACES)
         upstream: UpstreamConfig | None = None
         if self.lookups is None or self.lock_set is None or self.certs is None:
             upstream = await self._upstream_config()
@@ -357,7 +349,9 @@ class WebhookServer(StartedOrStopped):
             self.certs = await self._cert_source(upstream, host)
         await self.certs.start()
         if s.health_listen:
-            h_host, h_port = parse_listen(s.health_listen, "--health-listen")
+            h_host, h_port = parse_listen(
+                s.health_listen, "--health-listen", default_host=ALL_INTERFACES
+            )
             self._health = HealthServer(
                 h_host, h_port, self.reasons_not_ready, self.metrics.registry
             )
@@ -624,11 +618,6 @@ class WebhookThread(LoopThread[WebhookServer]):
     def server(self) -> WebhookServer:
         """The running server."""
         return self.service
-
-    @property
-    def url(self) -> str:
-        """``https://HOST:PORT`` (known once started)."""
-        return self.service.url
 
     def engine(self) -> Engine | None:
         """The webhook's current engine (read on its loop)."""

@@ -19,12 +19,11 @@ from OpenSSL import SSL, crypto
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.cluster.identity import IdentityResolver
-from klockproxy.cluster.upstream import UpstreamConfig
+from klockproxy.cluster.upstream import Upstream, UpstreamConfig
 from klockproxy.proxy.client_certs import ClientCertificateError, ClientCertVerifier
 from klockproxy.proxy.gateway import (
     BadImpersonation,
     GatewayAuth,
-    GatewayLookups,
     Impersonation,
     _bad_authorization,
     _drop_connection_headers,
@@ -149,7 +148,7 @@ def test_an_intermediate_the_client_sends_completes_the_chain(
 
 def _gateway_auth(verifier: ClientCertVerifier | None) -> GatewayAuth:
     upstream = UpstreamConfig(server="https://127.0.0.1:1")
-    lookups = GatewayLookups(upstream)
+    lookups = Upstream(upstream, certificate_for_callers=False)
     return GatewayAuth(
         lookups=lookups,
         identity=IdentityResolver(lookups),
@@ -331,20 +330,23 @@ def test_hosts_are_those_of_the_serving_certificate() -> None:
     assert not host_allowed("evil.example", allowed)
 
 
-def test_in_a_pod_the_service_account_is_the_gateways_credential(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from klockproxy.proxy.gateway import in_cluster_upstream
+def test_in_a_pod_the_service_account_is_the_gateways_credential(tmp_path: Path) -> None:
+    from klockproxy.cluster.kubeconfig import in_cluster_upstream
 
     (tmp_path / "token").write_text("t")
     (tmp_path / "ca.crt").write_text("ca")
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert in_cluster_upstream(tmp_path) is None
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    config = in_cluster_upstream(tmp_path)
+    assert in_cluster_upstream({}, tmp_path, before_kubeconfig=True) is None
+    # In a pod, the service account is the gateway's credential even where a kubeconfig is
+    # around (the webhook would read the kubeconfig instead).
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "KUBECONFIG": str(tmp_path / "kc"),
+    }
+    config = in_cluster_upstream(env, tmp_path, before_kubeconfig=True)
     assert config is not None
     assert config.server == "https://10.96.0.1:443"
     assert config.token_file == str(tmp_path / "token")
     assert config.ca_file == str(tmp_path / "ca.crt")
-    assert in_cluster_upstream(tmp_path / "missing") is None
+    assert in_cluster_upstream(env, tmp_path) is None
+    assert in_cluster_upstream(env, tmp_path / "missing", before_kubeconfig=True) is None
