@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -58,6 +59,14 @@ class LoopThread(Generic[S]):
     def url(self) -> str:
         """``https://HOST:PORT`` the service listens on (known once started)."""
         return self.service.url
+
+    def cpu_seconds(self) -> float:
+        """CPU time the service's thread has used so far (benchmarks: what the service
+        itself costs, whatever else the machine runs)."""
+        thread = self._thread
+        if thread is None or thread.ident is None:
+            return 0.0
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
     def start(self, timeout: float = 30.0) -> Self:
         """Start the service and wait until it is ready."""
