@@ -1,8 +1,7 @@
 """The ``klockproxy`` command: the front door to every mode.
 
 Each subcommand lives in its own module, which provides ``configure_parser(parser)`` and
-``run(args) -> int`` (the exit code). Modules are imported only when their subcommand runs,
-so ``klockproxy check`` does not pay for importing mitmproxy or aiohttp.
+``run(args) -> int`` (the exit code); ``subcommands`` lists them.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from klockproxy import __version__
@@ -25,69 +24,34 @@ class Subcommand(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-# Each loader imports its module only when called (``klockproxy check`` does not pay for
-# mitmproxy or aiohttp), with a plain import statement so the import-linter sees the edge.
-def _check() -> Subcommand:
-    from klockproxy import check
+def subcommands() -> dict[str, tuple[Subcommand, str]]:
+    """name -> (module, one-line help). The modules are imported here, when the parser is
+    built, not when ``klockproxy.cli`` is; plain import statements, so the import-linter sees
+    each edge. Each module imports what is heavy (mitmproxy, aiohttp) only where it is used,
+    so ``klockproxy check`` does not pay for it."""
+    from klockproxy import check, crd, demo
+    from klockproxy.proxy import gateway, serve
+    from klockproxy.sandbox import cli as sandbox
+    from klockproxy.webhook import command as webhook
 
-    return check
-
-
-def _serve() -> Subcommand:
-    from klockproxy.proxy import serve
-
-    return serve
-
-
-def _gateway() -> Subcommand:
-    from klockproxy.proxy import gateway
-
-    return gateway
-
-
-def _webhook() -> Subcommand:
-    from klockproxy.webhook import command
-
-    return command
-
-
-def _demo() -> Subcommand:
-    from klockproxy import demo
-
-    return demo
-
-
-def _crd() -> Subcommand:
-    from klockproxy import crd
-
-    return crd
-
-
-def _sandbox() -> Subcommand:
-    from klockproxy.sandbox import cli
-
-    return cli
-
-
-# name -> (loader, one-line help).
-SUBCOMMANDS: dict[str, tuple[Callable[[], Subcommand], str]] = {
-    "check": (_check, "decide offline whether Locks allow an operation on objects"),
-    "serve": (_serve, "local mode: a Lock-enforcing proxy in front of a kubeconfig context"),
-    "gateway": (
-        _gateway,
-        "shared gateway: one Lock-enforcing proxy for a team, each caller with own credentials",
-    ),
-    "webhook": (
-        _webhook,
-        "webhook mode: the same Locks enforced by a validating admission webhook",
-    ),
-    "demo": (
-        _demo,
-        "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
-    ),
-    "crd": (_crd, "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
-    "sandbox": (_sandbox, "run the in-memory sandbox Kubernetes API server"),
-}
+    return {
+        "check": (check, "decide offline whether Locks allow an operation on objects"),
+        "serve": (serve, "local mode: a Lock-enforcing proxy in front of a kubeconfig context"),
+        "gateway": (
+            gateway,
+            "shared gateway: one Lock-enforcing proxy for a team, each caller with own credentials",
+        ),
+        "webhook": (
+            webhook,
+            "webhook mode: the same Locks enforced by a validating admission webhook",
+        ),
+        "demo": (
+            demo,
+            "the founding scenario on a sandbox behind the proxy, ready to try with kubectl",
+        ),
+        "crd": (crd, "print the Lock CustomResourceDefinition (kubectl apply -f -)"),
+        "sandbox": (sandbox, "run the in-memory sandbox Kubernetes API server"),
+    }
 
 
 # Subcommands that serve traffic run under ``python -O``. mitmproxy type-checks every HTTP
@@ -134,8 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_log_level(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (load, help_text) in SUBCOMMANDS.items():
-        module = load()
+    for name, (module, help_text) in subcommands().items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         module.configure_parser(sub_parser)
         sub_parser.set_defaults(_run=module.run)

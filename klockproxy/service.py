@@ -16,10 +16,11 @@ import signal
 import sys
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar, get_origin, get_type_hints
 
 from klockproxy.cluster.private_files import write_private
 from klockproxy.core.errors import ConfigError, KlockProxyError
@@ -37,6 +38,9 @@ TOKEN_REFRESH_INTERVAL = 30.0
 # every interface (the API server calls it from elsewhere).
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
+# How long to wait for the lock sources before announcing readiness anyway (what the Locks
+# guard is refused until they are ready: fail closed).
+LOCKS_READY_TIMEOUT = 10.0
 
 
 def parse_listen(
@@ -209,8 +213,62 @@ def run_service(make: Callable[[], Service], *, out: TextIO | None = None) -> in
         return 1
 
 
-def add_locks_option(parser: argparse.ArgumentParser) -> None:
-    """``--locks cluster|PATH ...``: where the Locks come from (default: cluster)."""
+# ---------------------------------------------------------------------------------------------
+# The options every long-running command shares, and its settings from them
+
+
+@dataclass(kw_only=True)
+class ServiceSettings:
+    """What every long-running command is told (``add_service_options`` declares the
+    options); each mode's settings add their own fields."""
+
+    listen: str  # each mode has its own default
+    kubeconfig: str | None = None
+    context: str | None = None
+    locks: Sequence[str] = ("cluster",)
+    audit_log: str | None = None
+    default_namespace: str = "default"
+    locks_ready_timeout: float = LOCKS_READY_TIMEOUT
+
+
+@dataclass(kw_only=True)
+class ServedSettings(ServiceSettings):
+    """A service other machines call (the gateway, the webhook): its serving certificate and
+    health port (``add_served_options``)."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    health_listen: str | None = None
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def add_service_options(
+    parser: argparse.ArgumentParser,
+    settings: type[ServiceSettings],
+    *,
+    serves: str,
+    credentials: str,
+    judged: str,
+    ready: str = "",
+) -> None:
+    """The options of ``settings``'s fields that every service shares: ``--kubeconfig``
+    (``credentials``: where they come from without it), ``--context``, ``--listen`` (serving
+    ``serves``; default: the field's), ``--locks``, ``--audit-log`` (one line per ``judged``
+    thing: "mutation", "review"); for ServedSettings also ``--tls-cert``, ``--tls-key`` and
+    ``--health-listen`` (``ready``: when /readyz says so)."""
+    listen = next(f.default for f in fields(settings) if f.name == "listen")
+    parser.add_argument(
+        "--kubeconfig", metavar="PATH", help=f"kubeconfig to read (default: {credentials})"
+    )
+    parser.add_argument("--context", metavar="NAME", help="context to use (default: current)")
+    parser.add_argument(
+        "--listen",
+        default=listen,
+        metavar="HOST:PORT",
+        help=f"where to serve {serves} (default {listen})",
+    )
     parser.add_argument(
         "--locks",
         nargs="+",
@@ -219,12 +277,49 @@ def add_locks_option(parser: argparse.ArgumentParser) -> None:
         help="where Locks come from: 'cluster' (watch Lock objects) and/or lock files or "
         "directories (reloaded on change); default: cluster",
     )
-
-
-def add_audit_log_option(parser: argparse.ArgumentParser, judged: str) -> None:
-    """``--audit-log PATH|-``: one JSON line per ``judged`` thing ("mutation", "review")."""
     parser.add_argument(
         "--audit-log",
         metavar="PATH|-",
         help=f"append one JSON line per judged {judged} here ('-': standard output)",
     )
+    if issubclass(settings, ServedSettings):
+        parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
+        parser.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert (PEM)")
+        parser.add_argument(
+            "--health-listen",
+            metavar="HOST:PORT",
+            help=f"serve /healthz, /readyz (ready {ready}) and /metrics over plain HTTP here",
+        )
+
+
+def add_state_dir_option(parser: argparse.ArgumentParser, default: str, keeps: str) -> None:
+    """``--state-dir DIR`` (default ``default``): where the command keeps ``keeps``."""
+    parser.add_argument(
+        "--state-dir", default=default, metavar="DIR", help=f"where {keeps} (default {default})"
+    )
+
+
+def settings_from_options(cls: type[S], args: argparse.Namespace, **given: Any) -> S:
+    """``cls`` from parsed arguments: each field from the option of its name (an option not
+    given keeps the field's default, a Path field is expanded, a Sequence made a tuple);
+    ``given`` names what a mode converts itself. ConfigError for a listen address that does
+    not parse."""
+    types = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in given:
+            values[f.name] = given[f.name]
+            continue
+        value = getattr(args, f.name, None)
+        if value is None:  # not an option of this mode, or not given
+            continue
+        if types[f.name] is Path:
+            value = Path(value).expanduser()
+        elif get_origin(types[f.name]) is Sequence:
+            value = tuple(value)
+        values[f.name] = value
+    settings = cls(**values)
+    parse_listen(settings.listen)
+    if isinstance(settings, ServedSettings) and settings.health_listen:
+        parse_listen(settings.health_listen, "--health-listen")
+    return settings

@@ -217,17 +217,25 @@ class CertificateAuthority:
         now = _now()
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise CertificateError("client certificate is expired or not yet valid")
-        try:
-            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            eku = None
-        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-            raise CertificateError("certificate is not valid for client authentication")
-        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if not cns:
-            raise CertificateError("client certificate has no common name")
-        cn = str(cns[0].value)
-        orgs = [
-            str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        ]
-        return cn, orgs
+        cn, orgs = client_identity(cert)
+        return cn, list(orgs)
+
+
+def client_identity(
+    cert: x509.Certificate, error: type[KlockProxyError] = CertificateError
+) -> tuple[str, tuple[str, ...]]:
+    """(common name, organizations) of a certificate whose chain is already verified: the
+    user and groups, as the API server reads them. ``error`` (a caller's own kind) when the
+    certificate is not for client authentication or names no user (an empty common name
+    is none: the API server refuses it too)."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise error("certificate is not valid for client authentication")
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cns or not str(cns[0].value):
+        raise error("certificate has no common name (the user name)")
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(cns[0].value), tuple(str(a.value) for a in orgs)

@@ -33,6 +33,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from klockproxy.core.errors import UpstreamError
@@ -119,6 +120,7 @@ def _code(e: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+@dataclass(kw_only=True, eq=False)
 class ReviewCache(Generic[T]):
     """A bounded, single-flight TTL cache of review answers (see the module docstring).
 
@@ -126,28 +128,18 @@ class ReviewCache(Generic[T]):
     for each lookup (metrics).
     """
 
-    def __init__(
-        self,
-        *,
-        ttl: float = DEFAULT_TTL,
-        failure_ttl: float = DEFAULT_FAILURE_TTL,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        max_failures: int = DEFAULT_MAX_FAILURES,
-        miss_rate: float | None = DEFAULT_MISS_RATE,
-        miss_burst: int = DEFAULT_MISS_BURST,
-        clock: Callable[[], float] = time.monotonic,
-        on_event: Callable[[str], None] | None = None,
-    ) -> None:
-        self._ttl = ttl
-        self._failure_ttl = failure_ttl
-        self._max_entries = max_entries
-        self._max_failures = max_failures
-        self._miss_rate = miss_rate
-        self._miss_burst = float(miss_burst)
-        self._tokens = float(miss_burst)
-        self._clock = clock
-        self._refilled = clock()
-        self._on_event = on_event
+    ttl: float = DEFAULT_TTL
+    failure_ttl: float = DEFAULT_FAILURE_TTL
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_failures: int = DEFAULT_MAX_FAILURES
+    miss_rate: float | None = DEFAULT_MISS_RATE
+    miss_burst: int = DEFAULT_MISS_BURST
+    clock: Callable[[], float] = time.monotonic
+    on_event: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._tokens = float(self.miss_burst)
+        self._refilled = self.clock()
         self._cache: OrderedDict[str, tuple[float, T]] = OrderedDict()
         self._failures: OrderedDict[str, tuple[float, ReviewRefused]] = OrderedDict()
         self._pending: dict[str, asyncio.Future[T]] = {}
@@ -166,16 +158,16 @@ class ReviewCache(Generic[T]):
         self._failures.clear()
 
     def _event(self, name: str) -> None:
-        if self._on_event is not None:
-            self._on_event(name)
+        if self.on_event is not None:
+            self.on_event(name)
 
     def _take_token(self) -> bool:
-        if self._miss_rate is None:
+        if self.miss_rate is None:
             return True
-        now = self._clock()
+        now = self.clock()
         elapsed = max(0.0, now - self._refilled)
         self._refilled = now
-        self._tokens = min(self._miss_burst, self._tokens + elapsed * self._miss_rate)
+        self._tokens = min(float(self.miss_burst), self._tokens + elapsed * self.miss_rate)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
@@ -184,7 +176,7 @@ class ReviewCache(Generic[T]):
     async def get(self, key: str, review: Callable[[], Awaitable[T]]) -> T:
         """The cached answer for ``key``, else ``await review()`` (shared by concurrent
         callers). Refusals are re-raised from the cache while they last; errors propagate."""
-        now = self._clock()
+        now = self.clock()
         hit = self._cache.get(key)
         if hit is not None:
             expires, value = hit
@@ -235,22 +227,22 @@ class ReviewCache(Generic[T]):
             # Nobody else may be waiting: mark the exception as retrieved.
             future.exception()
             code = _code(e)
-            if code in DEFINITIVE_CODES and self._failure_ttl > 0:
+            if code in DEFINITIVE_CODES and self.failure_ttl > 0:
                 message = str(getattr(e, "message", "")) or "refused"
                 self._failures[key] = (
-                    self._clock() + self._failure_ttl,
+                    self.clock() + self.failure_ttl,
                     ReviewRefused("cached answer", code, message),
                 )
-                while len(self._failures) > self._max_failures:
+                while len(self._failures) > self.max_failures:
                     self._failures.popitem(last=False)
             raise
         finally:
             if self._pending.get(key) is future:
                 del self._pending[key]
         future.set_result(value)
-        self._cache[key] = (self._clock() + self._ttl, value)
+        self._cache[key] = (self.clock() + self.ttl, value)
         self._failures.pop(key, None)
-        while len(self._cache) > self._max_entries:
+        while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return value
 

@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import UnionType
 from typing import Any, TypeAlias
 
 import yaml
@@ -329,6 +330,17 @@ def _construct(loader: Any, node: Any, what: str, index: int) -> JSON:
     return doc
 
 
+def _until_end(loader: Any, end: type, what: str) -> Iterator[None]:
+    """Once per child of the open mapping or sequence, until its ``end`` event (consumed);
+    a YAML error on the way is a DecodeError naming ``what``."""
+    while True:
+        with _YamlErrors(what):
+            if loader.check_event(end):
+                loader.get_event()
+                return
+        yield
+
+
 def _stream_mapping(loader: Any, mapping: StreamedMapping, what: str, index: int) -> Iterator[JSON]:
     events = yaml.events
     with _YamlErrors(what):
@@ -341,11 +353,8 @@ def _stream_mapping(loader: Any, mapping: StreamedMapping, what: str, index: int
         if start.anchor is not None:
             loader.anchors[start.anchor] = root
     items_key = None
-    while True:
+    for _ in _until_end(loader, events.MappingEndEvent, what):
         with _YamlErrors(what):
-            if loader.check_event(events.MappingEndEvent):
-                loader.get_event()
-                break
             key = loader.compose_node(root, None)
             stream = (
                 isinstance(key, yaml.ScalarNode)
@@ -360,16 +369,11 @@ def _stream_mapping(loader: Any, mapping: StreamedMapping, what: str, index: int
             items_key = key
             seq = loader.get_event()
         mapping.has_items = True
-        position = 0
-        while True:
+        for position, _ in enumerate(_until_end(loader, events.SequenceEndEvent, what)):
             with _YamlErrors(what):
-                if loader.check_event(events.SequenceEndEvent):
-                    loader.get_event()
-                    break
                 node = loader.compose_node(None, position)
                 item = _construct(loader, node, f"{what} items[{position}]", index)
             yield item
-            position += 1
         # In the head, the streamed sequence stands as an empty one: a second ``items``
         # key is then a duplicate like any other.
         empty = yaml.SequenceNode("tag:yaml.org,2002:seq", [], seq.start_mark, seq.end_mark)
@@ -482,20 +486,25 @@ def load_document(data: bytes, content_type: str, what: str = "body") -> JSON:
     raise DecodeError(f"unsupported content type {content_type!r} for the {what}")
 
 
-def json_type_name(value: JSON) -> str:
-    """How a message names the JSON type of ``value`` ("a string", "an array", ...)."""
+# How a message names a value's type: in JSON's words, or in the YAML words lock files are
+# written in. bool before int: True is an int to isinstance.
+_TYPE_WORDS: tuple[tuple[type | UnionType, str, str], ...] = (
+    (bool, "a boolean", "boolean"),
+    (int | float, "a number", "number"),
+    (str, "a string", "string"),
+    (list, "an array", "list"),
+    (dict, "an object", "mapping"),
+)
+
+
+def json_type_name(value: object, *, yaml: bool = False) -> str:
+    """How a message names the type of ``value``: JSON's words ("a string", "an array", "an
+    object"), or with ``yaml`` a lock file's ("string", "list", "mapping")."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
+    for kind, json_word, yaml_word in _TYPE_WORDS:
+        if isinstance(value, kind):
+            return yaml_word if yaml else json_word
     return type(value).__name__
 
 

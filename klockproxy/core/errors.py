@@ -6,6 +6,7 @@ convert these into a Kubernetes ``Status`` (or an exit code) at theirs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class ExpressionError(KlockProxyError):
         super().__init__(f"invalid expression {expression!r} at position {position}: {reason}")
 
 
+@dataclasses.dataclass(eq=False)
 class LockValidationError(KlockProxyError):
     """A Lock object (or a lock file) is invalid.
 
@@ -33,21 +35,18 @@ class LockValidationError(KlockProxyError):
     (0-based), the lock (``namespace/name``) and the field (``spec.matcher.aura``).
     """
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        source: str | None = None,
-        document: int | None = None,
-        lock: str | None = None,
-        field: str | None = None,
-    ) -> None:
-        self.reason = reason
-        self.source = source
-        self.document = document
-        self.lock = lock
-        self.field = field
+    reason: str
+    _: dataclasses.KW_ONLY
+    source: str | None = None
+    document: int | None = None
+    lock: str | None = None
+    field: str | None = None
+
+    def __post_init__(self) -> None:
         super().__init__(self._render())
+
+    # An exception's own repr and str (its message), not the dataclass's field dump.
+    __repr__ = Exception.__repr__
 
     def _render(self) -> str:
         where = []

@@ -24,6 +24,7 @@ from klockproxy.core.codec import (
     MalformedDocument,
     StreamedMapping,
     iter_yaml_documents_streaming,
+    json_type_name,
     load_json,
     load_yaml_documents,
 )
@@ -141,19 +142,7 @@ def _is_dns_label(value: str) -> bool:
 
 
 def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
+    return json_type_name(value, yaml=True)
 
 
 class _Ctx:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
+from klockproxy.cluster.certs import client_identity
 from klockproxy.core.errors import ConfigError, KlockProxyError
 
 logger = logging.getLogger(__name__)
@@ -88,20 +88,9 @@ class ClientCertVerifier:
             context.verify_certificate()
         except crypto.X509StoreContextError as e:
             raise ClientCertificateError(f"certificate not accepted: {e}") from e
-        try:
-            eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            eku = None
-        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-            raise ClientCertificateError("certificate is not valid for client authentication")
-        cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if not cns or not str(cns[0].value):
-            raise ClientCertificateError("certificate has no common name (the user name)")
-        groups = tuple(
-            str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        )
+        user, groups = client_identity(leaf, ClientCertificateError)
         fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-        return CertIdentity(user=str(cns[0].value), groups=groups, fingerprint=fingerprint)
+        return CertIdentity(user=user, groups=groups, fingerprint=fingerprint)
 
     def verify_openssl(self, leaf: crypto.X509, chain: Sequence[crypto.X509] = ()) -> CertIdentity:
         """``verify`` for pyOpenSSL objects (what a TLS connection hands over)."""

@@ -64,15 +64,15 @@ from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
     klock_options,
-    quiet_mitmproxy_logging,
+    run_proxy,
     start_master,
 )
 from klockproxy.service import (
+    ServedSettings,
     StartedOrStopped,
-    add_audit_log_option,
-    add_locks_option,
+    add_service_options,
+    add_state_dir_option,
     parse_listen,
-    run_service,
     wait_for_locks,
 )
 
@@ -87,7 +87,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_LISTEN = "0.0.0.0:8443"
 DEFAULT_STATE_DIR = "~/.klockproxy-gateway"
 GATEWAY_CA_NAME = "klockproxy gateway CA"
-LOCKS_READY_TIMEOUT = 10.0
 # The longest bearer token accepted (service-account JWTs and OIDC id tokens are a few kB).
 MAX_TOKEN_BYTES = 16 * 1024
 # Reviews of credentials the cache does not know yet, per second (burst: MISS_BURST): a flood
@@ -629,22 +628,13 @@ def _load_openssl_pair(cert_file: str, key_file: str) -> tuple[Any, Any]:
 # The service
 
 
-@dataclass
-class GatewaySettings:
-    """Everything ``klockproxy gateway`` is told."""
+@dataclass(kw_only=True)
+class GatewaySettings(ServedSettings):
+    """Everything ``klockproxy gateway`` is told (besides what every service is)."""
 
-    kubeconfig: str | None = None
-    context: str | None = None
     listen: str = DEFAULT_LISTEN
-    tls_cert: str | None = None
-    tls_key: str | None = None
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     client_ca: Sequence[str] = ()
-    locks: Sequence[str] = ("cluster",)
-    health_listen: str | None = None
-    audit_log: str | None = None
-    default_namespace: str = "default"
-    locks_ready_timeout: float = LOCKS_READY_TIMEOUT
     miss_rate: float | None = MISS_RATE
     miss_burst: int = MISS_BURST
     identity_ttl: float = 60.0
@@ -833,17 +823,12 @@ class Gateway(StartedOrStopped):
 
 
 class GatewayThread(LoopThread[Gateway]):
-    """A Gateway on its own event loop in a daemon thread (tests, benchmarks)."""
+    """A Gateway (``service``) on its own event loop in a daemon thread (tests, benchmarks)."""
 
     thread_name = "klockproxy-gateway"
 
     def __init__(self, settings: GatewaySettings) -> None:
         super().__init__(Gateway(settings))
-
-    @property
-    def gateway(self) -> Gateway:
-        """The running gateway."""
-        return self.service
 
 
 # ---------------------------------------------------------------------------------------------
@@ -852,22 +837,18 @@ class GatewayThread(LoopThread[Gateway]):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy gateway``."""
-    parser.add_argument(
-        "--kubeconfig",
-        help="the gateway's own credentials (default: the pod's service account in a cluster, "
-        "else $KUBECONFIG or ~/.kube/config)",
+    add_service_options(
+        parser,
+        GatewaySettings,
+        serves="the Kubernetes API",
+        credentials="in a pod its service account, else $KUBECONFIG or ~/.kube/config",
+        judged="mutation",
+        ready="once the Locks synced and the API server answers",
     )
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
-    )
-    parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
-    parser.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert (PEM)")
-    parser.add_argument(
-        "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help="where a generated CA and serving certificate are kept without --tls-cert "
-        f"(default {DEFAULT_STATE_DIR})",
+    add_state_dir_option(
+        parser,
+        DEFAULT_STATE_DIR,
+        "a generated CA and serving certificate are kept without --tls-cert",
     )
     parser.add_argument(
         "--client-ca",
@@ -876,44 +857,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="CA (PEM) whose client certificates are identities (CN = user, O = groups); "
         "repeatable. Without it no certificate is an identity",
     )
-    add_locks_option(parser)
-    parser.add_argument(
-        "--health-listen",
-        metavar="HOST:PORT",
-        help="serve /healthz, /readyz and /metrics over plain HTTP here",
-    )
-    add_audit_log_option(parser, "mutation")
-
-
-def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
-    """GatewaySettings from parsed ``gateway`` arguments."""
-    return GatewaySettings(
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        listen=args.listen,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        state_dir=Path(args.state_dir).expanduser(),
-        client_ca=tuple(args.client_ca or ()),
-        locks=tuple(args.locks or ("cluster",)),
-        health_listen=args.health_listen,
-        audit_log=args.audit_log,
-    )
-
-
-def checked_settings(args: argparse.Namespace) -> GatewaySettings:
-    """``settings_from_args`` with the listen addresses checked (ConfigError)."""
-    settings = settings_from_args(args)
-    parse_listen(settings.listen)
-    if settings.health_listen:
-        parse_listen(settings.health_listen, "--health-listen")
-    return settings
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy gateway``; returns the exit code."""
-    quiet_mitmproxy_logging()
     # With --audit-log - standard output carries audit lines: the ready line goes to
     # standard error then.
-    out = sys.stderr if args.audit_log == "-" else None
-    return run_service(lambda: Gateway(checked_settings(args)), out=out)
+    return run_proxy(
+        Gateway, GatewaySettings, args, out=sys.stderr if args.audit_log == "-" else None
+    )

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,15 +30,15 @@ from klockproxy.proxy.master import (
     RunningMaster,
     cert_hosts,
     klock_options,
-    quiet_mitmproxy_logging,
+    run_proxy,
     start_master,
 )
 from klockproxy.service import (
+    ServiceSettings,
     StartedOrStopped,
-    add_audit_log_option,
-    add_locks_option,
+    add_service_options,
+    add_state_dir_option,
     parse_listen,
-    run_service,
     wait_for_locks,
 )
 
@@ -48,28 +47,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_STATE_DIR = "~/.klockproxy"
 PROXY_CA_NAME = "klockproxy local CA"
-# How long to wait for the lock sources before announcing readiness anyway (mutations are
-# refused until they are ready: fail closed).
-LOCKS_READY_TIMEOUT = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
 # The proxy
 
 
-@dataclass
-class ServeSettings:
-    """Everything ``klockproxy serve`` is told."""
+@dataclass(kw_only=True)
+class ServeSettings(ServiceSettings):
+    """Everything ``klockproxy serve`` is told (besides what every service is)."""
 
     write_kubeconfig: Path
-    kubeconfig: str | None = None
-    context: str | None = None
     listen: str = DEFAULT_LISTEN
-    locks: Sequence[str] = ("cluster",)
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
-    default_namespace: str = "default"
-    locks_ready_timeout: float = LOCKS_READY_TIMEOUT
-    audit_log: str | None = None
 
 
 class LocalProxy(StartedOrStopped):
@@ -195,19 +185,14 @@ class ProxyThread(LoopThread[LocalProxy]):
         super().__init__(LocalProxy(settings))
 
     @property
-    def proxy(self) -> LocalProxy:
-        """The running proxy."""
-        return self.service
-
-    @property
     def kubeconfig_path(self) -> Path:
         """The kubeconfig the proxy wrote (cluster = the proxy, user = its token)."""
-        return self.proxy.kubeconfig_path
+        return self.service.kubeconfig_path
 
     @property
     def client_token(self) -> str:
         """The token the proxy demands from every client."""
-        return self.proxy.client_token
+        return self.service.client_token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,26 +201,20 @@ class ProxyThread(LoopThread[LocalProxy]):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy serve``."""
-    parser.add_argument(
-        "--kubeconfig", help="kubeconfig to read (default $KUBECONFIG or ~/.kube/config)"
+    add_service_options(
+        parser,
+        ServeSettings,
+        serves="the proxy",
+        credentials="$KUBECONFIG or ~/.kube/config",
+        judged="mutation",
     )
-    parser.add_argument("--context", help="context to use (default: the current context)")
-    parser.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
-    )
-    add_locks_option(parser)
     parser.add_argument(
         "--write-kubeconfig",
         required=True,
         metavar="OUT",
         help="write a kubeconfig pointing at the proxy here (it holds the proxy's token)",
     )
-    parser.add_argument(
-        "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help=f"where the proxy keeps its CA (default {DEFAULT_STATE_DIR})",
-    )
-    add_audit_log_option(parser, "mutation")
+    add_state_dir_option(parser, DEFAULT_STATE_DIR, "the proxy keeps its CA")
     parser.add_argument(
         "--default-namespace",
         default="default",
@@ -243,28 +222,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    """ServeSettings from parsed ``serve`` arguments."""
-    return ServeSettings(
-        write_kubeconfig=Path(args.write_kubeconfig).expanduser(),
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        listen=args.listen,
-        locks=tuple(args.locks or ("cluster",)),
-        state_dir=Path(args.state_dir).expanduser(),
-        default_namespace=args.default_namespace,
-        audit_log=args.audit_log,
-    )
-
-
-def checked_settings(args: argparse.Namespace) -> ServeSettings:
-    """``settings_from_args`` with the listen address checked (ConfigError)."""
-    settings = settings_from_args(args)
-    parse_listen(settings.listen)
-    return settings
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``klockproxy serve``; returns the exit code."""
-    quiet_mitmproxy_logging()
-    return run_service(lambda: LocalProxy(checked_settings(args)))
+    return run_proxy(LocalProxy, ServeSettings, args)

@@ -17,34 +17,25 @@ import logging
 
 from klockproxy.core.errors import ConfigError
 from klockproxy.service import (
-    ALL_INTERFACES,
-    add_audit_log_option,
-    add_locks_option,
-    parse_listen,
+    add_service_options,
     run_service,
+    settings_from_options,
 )
-from klockproxy.webhook.server import DEFAULT_LISTEN, WebhookServer, WebhookSettings
+from klockproxy.webhook.server import WebhookServer, WebhookSettings
 
 logger = logging.getLogger(__name__)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy webhook``."""
-    parser.add_argument(
-        "--kubeconfig",
-        metavar="PATH",
-        help="kubeconfig to read (default $KUBECONFIG, ~/.kube/config, or in a pod its "
-        "service account)",
+    add_service_options(
+        parser,
+        WebhookSettings,
+        serves="HTTPS POST /validate",
+        credentials="$KUBECONFIG, ~/.kube/config, or in a pod its service account",
+        judged="review",
+        ready="once the Locks synced and the CA is injected",
     )
-    parser.add_argument("--context", metavar="NAME", help="context to use (default: current)")
-    parser.add_argument(
-        "--listen",
-        default=DEFAULT_LISTEN,
-        metavar="HOST:PORT",
-        help=f"where to serve HTTPS POST /validate (default {DEFAULT_LISTEN})",
-    )
-    parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
-    parser.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     parser.add_argument(
         "--cert-secret",
         metavar="NAMESPACE/NAME",
@@ -56,14 +47,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="ValidatingWebhookConfiguration whose caBundle gets the CA of --cert-secret",
     )
-    add_locks_option(parser)
-    parser.add_argument(
-        "--health-listen",
-        metavar="HOST:PORT",
-        help="serve /healthz, /readyz (ready once the Locks synced and the CA is injected) "
-        "and /metrics over plain HTTP here",
-    )
-    add_audit_log_option(parser, "review")
 
 
 def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
@@ -85,21 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
             "whoever issued the certificate sets the caBundle (cert-manager: the "
             "cert-manager.io/inject-ca-from annotation)"
         )
-    parse_listen(args.listen, default_host=ALL_INTERFACES)
-    if args.health_listen:
-        parse_listen(args.health_listen, "--health-listen", default_host=ALL_INTERFACES)
-    return WebhookSettings(
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        listen=args.listen,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        cert_secret=args.cert_secret,
-        webhook_config=args.webhook_config,
-        locks=tuple(args.locks or ("cluster",)),
-        health_listen=args.health_listen,
-        audit_log=args.audit_log,
-    )
+    return settings_from_options(WebhookSettings, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,7 +50,13 @@ from klockproxy.judge import (
 )
 from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.metrics import Metrics, lock_state, verb_label
-from klockproxy.service import ALL_INTERFACES, StartedOrStopped, parse_listen, wait_for_locks
+from klockproxy.service import (
+    ALL_INTERFACES,
+    ServedSettings,
+    StartedOrStopped,
+    parse_listen,
+    wait_for_locks,
+)
 from klockproxy.webhook.review import (
     MAX_REVIEW_BYTES,
     AdmissionReviewWire,
@@ -265,22 +271,13 @@ class FileCerts:
 # The server
 
 
-@dataclass
-class WebhookSettings:
-    """Everything ``klockproxy webhook`` is told."""
+@dataclass(kw_only=True)
+class WebhookSettings(ServedSettings):
+    """Everything ``klockproxy webhook`` is told (besides what every service is)."""
 
-    kubeconfig: str | None = None
-    context: str | None = None
     listen: str = DEFAULT_LISTEN
-    tls_cert: str | None = None
-    tls_key: str | None = None
     cert_secret: str | None = None  # NAMESPACE/NAME
     webhook_config: str | None = None
-    locks: Sequence[str] = ("cluster",)
-    health_listen: str | None = None
-    audit_log: str | None = None
-    default_namespace: str = "default"
-    locks_ready_timeout: float = 10.0
 
 
 class WebhookServer(StartedOrStopped):

@@ -44,7 +44,7 @@ class Gateway:
 
     @property
     def serving_ca_pem(self) -> bytes:
-        ca_path = self.thread.gateway.ca_path
+        ca_path = self.thread.service.ca_path
         assert ca_path is not None
         return ca_path.read_bytes()
 
@@ -78,7 +78,7 @@ class Gateway:
     def wait_lock(self, key: str, present: bool = True) -> None:
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
-            lock_set = self.thread.gateway.lock_set
+            lock_set = self.thread.service.lock_set
             engine = lock_set.engine if lock_set is not None else None
             keys = {lk.key for lk in engine.locks} if engine is not None else set()
             if (key in keys) == present:

@@ -43,7 +43,7 @@ class Proxy:
     lock_dir: Path
 
     def locks(self) -> dict[str, Lock]:
-        lock_set = self.thread.proxy.lock_set
+        lock_set = self.thread.service.lock_set
         engine = lock_set.engine if lock_set is not None else None
         return {lock.key: lock for lock in engine.locks} if engine is not None else {}
 

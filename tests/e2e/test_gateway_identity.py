@@ -111,7 +111,7 @@ def test_a_certificate_caller_impersonates_only_what_rbac_allows(
 
 
 def _metrics(gw: Gateway) -> str:
-    url = gw.thread.gateway.health_url
+    url = gw.thread.service.health_url
     with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
         return str(resp.read().decode())
 
@@ -124,7 +124,7 @@ def _value(text: str, series: str) -> float:
 def test_health_port_and_one_review_per_token(
     gateway: Gateway, kubectl: Kubectl, namespace: str
 ) -> None:
-    url = gateway.thread.gateway.health_url
+    url = gateway.thread.service.health_url
     for path in ("/healthz", "/readyz"):
         with urllib.request.urlopen(url + path, timeout=30) as resp:
             assert resp.status == 200

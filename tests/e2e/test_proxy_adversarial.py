@@ -372,7 +372,7 @@ def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
 def stale_view(proxy: Proxy) -> Iterator[dict[str, dict[str, Any]]]:
     """Make the proxy's lookups of some paths answer an old copy of the object: the state of
     the check-then-write race right after a concurrent relabel (path -> object served)."""
-    running = proxy.thread.proxy._master
+    running = proxy.thread.service._master
     assert running is not None
     addon = running.master.addons.get("klockproxy")
     upstream = addon.upstream

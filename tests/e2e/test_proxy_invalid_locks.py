@@ -52,7 +52,7 @@ INVALID = {
 
 def wait_engine(proxy: Proxy, predicate: Callable[[Engine], bool], what: str) -> None:
     """Wait until the proxy's engine satisfies ``predicate`` (fails after a long while)."""
-    lock_set = proxy.thread.proxy.lock_set
+    lock_set = proxy.thread.service.lock_set
     assert lock_set is not None
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:

@@ -79,7 +79,7 @@ def test_an_invalid_lock_file_edit_keeps_the_lock(
     setup_scenario(kubectl, namespace)
     add_lockred(locks, "file")
     path = proxy.lock_dir / f"{namespace}-lockred.yaml"
-    lock_set = proxy.thread.proxy.lock_set
+    lock_set = proxy.thread.service.lock_set
     assert lock_set is not None
     source = next(s for s in lock_set.sources if isinstance(s, FileLockSource))
     path.write_text(path.read_text().replace("UPDATE", "UPDAET"))
@@ -101,7 +101,7 @@ def test_a_lock_file_emptied_by_shell_redirection_keeps_the_lock(
     setup_scenario(kubectl, namespace)
     add_lockred(locks, "file")
     path = proxy.lock_dir / f"{namespace}-lockred.yaml"
-    lock_set = proxy.thread.proxy.lock_set
+    lock_set = proxy.thread.service.lock_set
     assert lock_set is not None
     source = next(s for s in lock_set.sources if isinstance(s, FileLockSource))
     path.write_text("")  # what `>` leaves until the generator writes

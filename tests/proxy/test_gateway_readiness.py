@@ -39,7 +39,7 @@ def test_not_ready_without_synced_locks_and_an_answering_api_server(tmp_path: Pa
         )
     ).start()
     try:
-        health = thread.gateway.health_url
+        health = thread.service.health_url
         with urllib.request.urlopen(health + "/healthz", timeout=30) as resp:
             assert resp.status == 200
         try:

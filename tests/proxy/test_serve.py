@@ -196,7 +196,7 @@ def test_proxy_thread_forwards_with_a_client_certificate(
         state_dir=tmp_path / "state",
     )
     with ProxyThread(settings) as proxy:
-        assert proxy.proxy.ready_line().endswith(
+        assert proxy.service.ready_line().endswith(
             "(kubeconfig: " + str(proxy.kubeconfig_path) + ", no lock source)"
         )
         home = tmp_path / "home"
