@@ -112,6 +112,15 @@ def reexec_argv(argv: Sequence[str]) -> list[str] | None:
     return [sys.executable, *options, "-O", "-m", "klockproxy", *argv]
 
 
+def _reexec(argv: Sequence[str]) -> None:
+    """Replace this process with ``reexec_argv(argv)``, if wanted."""
+    command = reexec_argv(argv)
+    if command is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
+
+
 def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "--log-level",
@@ -121,8 +130,27 @@ def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (every subcommand configured)."""
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand a command line names, found without building the parser (which
+    imports every subcommand's module): the first word that is neither an option nor the
+    value of ``--log-level``. None when unsure (help, version, an unknown option): then the
+    full parser decides."""
+    words = iter(argv)
+    for word in words:
+        if word.startswith("--log"):
+            if "=" not in word:
+                next(words, None)  # its value (argparse accepts any prefix of --log-level)
+        elif word.startswith("-"):
+            return None
+        else:
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full argument parser (every subcommand configured); with ``only``, just that
+    subcommand's module is imported and configured (the others are listed, without their
+    options): ``klockproxy serve`` does not pay for importing the webhook or the sandbox."""
     parser = argparse.ArgumentParser(
         prog="klockproxy",
         description="Enforce Klock Locks on the way to the Kubernetes API server.",
@@ -135,28 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_level(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (load, help_text) in SUBCOMMANDS.items():
-        module = load()
         sub_parser = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
-        module.configure_parser(sub_parser)
-        sub_parser.set_defaults(_run=module.run)
+        if only is None or name == only:
+            module = load()
+            module.configure_parser(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    only = command_in(words)
+    # Only a real command line is re-executed: main(argv) called from Python (tests, other
+    # programs) runs in place. Re-executed before the parser is built: building it imports
+    # the subcommand's modules (a third of a second for serve), which the re-executed
+    # interpreter imports again; it parses the arguments (and reports their errors) itself.
+    if argv is None and only in OPTIMIZED_SUBCOMMANDS:
+        _reexec(words)
+    parser = build_parser(only)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    # Only a real command line is re-executed: main(argv) called from Python (tests, other
-    # programs) runs in place.
+    if not hasattr(args, "_run"):
+        # ``command_in`` read another subcommand than argparse did: parse with all of them.
+        parser = build_parser()
+        args = parser.parse_args(argv)
     if argv is None and args.command in OPTIMIZED_SUBCOMMANDS:
-        command = reexec_argv(sys.argv[1:])
-        if command is not None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.execv(command[0], command)
+        _reexec(words)  # a command line ``command_in`` could not read
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
