@@ -113,6 +113,12 @@ if getattr(yaml, "__with_libyaml__", False):
             self.replay: list[Any] = []
             # Anchors ``_fast_value`` built, with their events (the composer's: ``anchors``).
             self.fast_anchors: dict[str, list[Any]] = {}
+            # The tags plain scalars resolved to, by their text.
+            self.fast_tags: dict[str, str] = {}
+            # Whether the text has no surrogate: then neither have the values libyaml
+            # reads from it (it refuses surrogate escapes), and ``_fast_value``'s values
+            # need no ``check_json_values`` (see ``_node_value``).
+            self.no_surrogates = isinstance(stream, str) and not _SURROGATE.search(stream)
 
         # The parser's own ``get_event`` (``_fast_value`` reads events without replay).
         parser_get_event = _CParser.get_event
@@ -319,7 +325,7 @@ def iter_yaml_documents_streaming(
             if streamed:
                 mapping = StreamedMapping({}, iter(()))
                 if head is not None:
-                    mapping.items = _checked_head(mapping, head, what, index)
+                    mapping.items = _checked_head(loader, mapping, head, what, index)
                 else:
                     mapping.items = _stream_mapping(loader, mapping, what, index)
                 yield mapping
@@ -376,6 +382,7 @@ def _fast_value(loader: Any, *, stream_items: bool = False) -> JSON:
     end_events = (events.MappingEndEvent, events.SequenceEndEvent)
     get_event = type(loader).parser_get_event
     resolve = loader.resolve
+    tags: dict[str, str] = loader.fast_tags
     constructors = loader.yaml_constructors
     # The parser's events this call read (handed back if it gives up).
     read: list[Any] = []
@@ -431,7 +438,10 @@ def _fast_value(loader: Any, *, stream_items: bool = False) -> JSON:
                     continue
                 value = event.value
                 if event.implicit[0]:
-                    tag = resolve(yaml.ScalarNode, value, event.implicit)
+                    # A plain scalar: its tag depends on its text alone (no path resolvers).
+                    tag = tags.get(value)
+                    if tag is None:
+                        tag = tags[value] = resolve(yaml.ScalarNode, value, event.implicit)
                     if tag != _STR_TAG:
                         if tag not in _FAST_SCALAR_TAGS:
                             raise _Unusual
@@ -439,6 +449,8 @@ def _fast_value(loader: Any, *, stream_items: bool = False) -> JSON:
                             tag, value, event.start_mark, event.end_mark, style=event.style
                         )
                         value = constructors[tag](loader, node)
+                        if type(value) is float and not math.isfinite(value):
+                            raise _Unusual  # refused by check_json_values
                 if anchor is not None:
                     defined[anchor] = (len(read) - 1, [event])
             elif kind is alias_event:
@@ -473,6 +485,11 @@ def _fast_value(loader: Any, *, stream_items: bool = False) -> JSON:
         read.reverse()
         loader.replay.extend(read)
         raise
+    if len(read) + _FAST_EXPANSION - budget > MAX_YAML_NODES:
+        # More events than check_json_values lets values through: it says so.
+        read.reverse()
+        loader.replay.extend(read)
+        raise _Unusual
     if defined:
         _compose_anchors(loader, defined)
     return value
@@ -512,20 +529,32 @@ def _node_value(loader: Any, position: int | None, what: str, index: int) -> JSO
         except _Unusual:
             pass
         else:
-            if isinstance(value, str):
-                value = _fix_surrogates(value)
-            check_json_values(value, f"{what} document {index}")
-            return value
+            return _check_fast(loader, value, f"{what} document {index}")
     node = loader.compose_node(None, position)
     return _construct(loader, node, what, index)
 
 
+def _check_fast(loader: Any, value: JSON, what: str) -> JSON:
+    """``check_json_values`` for a value ``_fast_value`` built, where it can find anything.
+
+    It cannot when the text has no surrogate: ``_fast_value`` gives up on non-string keys,
+    on NaN and infinities and on more values than the check allows, and builds nothing but
+    dicts, lists, strings, None, booleans, integers and floats.
+    """
+    if loader.no_surrogates:
+        return value
+    if isinstance(value, str):
+        value = _fix_surrogates(value)
+    check_json_values(value, what)
+    return value
+
+
 def _checked_head(
-    mapping: StreamedMapping, head: dict[str, JSON], what: str, index: int
+    loader: Any, mapping: StreamedMapping, head: dict[str, JSON], what: str, index: int
 ) -> Iterator[JSON]:
     """The (empty) ``items`` of a root mapping ``_fast_value`` built whole: its head checked
     where ``_stream_mapping`` checks it, once the items were read."""
-    check_json_values(head, f"{what} document {index}")
+    _check_fast(loader, head, f"{what} document {index}")
     mapping.head.update(head)
     yield from ()
 
