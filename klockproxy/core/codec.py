@@ -115,10 +115,12 @@ if getattr(yaml, "__with_libyaml__", False):
             self.fast_anchors: dict[str, list[Any]] = {}
             # The tags plain scalars resolved to, by their text.
             self.fast_tags: dict[str, str] = {}
-            # Whether the text has no surrogate: then neither have the values libyaml
-            # reads from it (it refuses surrogate escapes), and ``_fast_value``'s values
-            # need no ``check_json_values`` (see ``_node_value``).
-            self.no_surrogates = isinstance(stream, str) and not _SURROGATE.search(stream)
+            # libyaml hands out no surrogate: a text with one cannot be encoded for it
+            # (UnicodeEncodeError above), bytes with one are refused (ReaderError), and so
+            # are surrogate escapes. So ``_fast_value``'s values need no
+            # ``check_json_values`` (see ``_check_fast``); searching a 1.5 MB text for them
+            # would hold the event loop for some 7 ms.
+            self.no_surrogates = True
 
         # The parser's own ``get_event`` (``_fast_value`` reads events without replay).
         parser_get_event = _CParser.get_event
