@@ -151,3 +151,24 @@ def test_serve_log_level_after_the_subcommand_from_the_shell(tmp_path: Path) -> 
     assert "unrecognized arguments" not in result.stderr
     assert result.returncode != 0, result.stderr
     assert f"kubeconfig {missing}: the file does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["serve", "--listen", "x"], "serve"),
+        (["--log-level", "DEBUG", "serve"], "serve"),
+        (["--log-level=DEBUG", "gateway"], "gateway"),
+        (["--log", "INFO", "crd"], "crd"),
+        (["--help", "serve"], None),
+        (["--version"], None),
+        (["nonsense"], None),
+        ([], None),
+    ],
+)
+def test_the_subcommand_is_found_before_the_parser_is_built(
+    argv: list[str], command: str | None
+) -> None:
+    """``serve`` is re-executed under -O before its modules are imported; when unsure, the
+    full parser decides (and still re-executes)."""
+    assert cli.command_in(argv) == command
