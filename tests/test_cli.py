@@ -151,3 +151,62 @@ def test_serve_log_level_after_the_subcommand_from_the_shell(tmp_path: Path) -> 
     assert "unrecognized arguments" not in result.stderr
     assert result.returncode != 0, result.stderr
     assert f"kubeconfig {missing}: the file does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["serve", "--listen", "x"], "serve"),
+        (["--log-level", "DEBUG", "serve"], "serve"),
+        (["--log-level=DEBUG", "gateway"], "gateway"),
+        (["--log", "INFO", "crd"], "crd"),
+        (["--help", "serve"], None),
+        (["--version"], None),
+        (["nonsense"], None),
+        ([], None),
+    ],
+)
+def test_the_subcommand_is_found_before_the_parser_is_built(
+    argv: list[str], command: str | None
+) -> None:
+    """``serve`` is re-executed under -O before its modules are imported; when unsure, the
+    full parser decides (and still re-executes)."""
+    assert cli.command_in(argv) == command
+
+
+def test_every_subcommand_module_is_an_import_the_linter_sees() -> None:
+    """The table ``load`` imports from names exactly the modules cli.py imports for the
+    import-linter (under TYPE_CHECKING), and each provides configure_parser and run."""
+    import ast
+    import inspect
+
+    from klockproxy import cli
+
+    tree = ast.parse(inspect.getsource(cli))
+    seen: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom)
+                seen |= {f"{imp.module}.{alias.name}" for alias in imp.names}
+    assert seen == {module for module, _ in cli.SUBCOMMANDS.values()}
+    for name in cli.SUBCOMMANDS:
+        module = cli.load(name)
+        assert callable(module.configure_parser)
+        assert callable(module.run)
+
+
+def test_a_serving_command_imports_only_its_own_module() -> None:
+    """``klockproxy serve`` builds its parser without importing the webhook or the sandbox."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from klockproxy import cli; cli.build_parser(only='serve'); "
+        "print(sorted(m for m in sys.modules if m.startswith(('klockproxy.webhook', "
+        "'klockproxy.sandbox', 'klockproxy.demo'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

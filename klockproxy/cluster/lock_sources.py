@@ -175,6 +175,8 @@ class FileLockSource:
         self._by_ns: dict[str, dict[str, tuple[Lock, ...]]] = {}
         self._changed: set[str] | None = None
         self._locks: tuple[Lock, ...] | None = ()
+        # Locks a reload replaced, released by the LockSet a few at a time (``take_retired``).
+        self._retired: list[Lock] = []
         # The scan a failed load saw: the same failure is not retried (or logged) again.
         self._failed: object = None
         # What the previous poll saw (a file is read once it held still for one poll).
@@ -206,6 +208,12 @@ class FileLockSource:
         """The namespaces whose Locks changed since the last call (None: all of them)."""
         changed, self._changed = self._changed, set()
         return changed
+
+    def take_retired(self) -> list[Lock]:
+        """The Locks reloads replaced since the last call (see ``LockSet``: released in
+        slices, not all at once)."""
+        retired, self._retired = self._retired, []
+        return retired
 
     def describe(self) -> str:
         """``2 locks from locks.yaml`` (for the ready line)."""
@@ -248,7 +256,14 @@ class FileLockSource:
         if scan == self._failed:
             return False  # the same broken state: reported already
         with quiet_gc(sum(files[f].size for f in changed) // (QUIET_GC_BYTES // QUIET_GC_LOCKS)):
-            return await self._load_changed(files, changed, removed, scan, raise_errors)
+            replaced = await self._load_changed(files, changed, removed, scan, raise_errors)
+        if not replaced or self.on_change is None:
+            # No engine build follows to release them (see LockSet): the Locks just read
+            # when they equal those held, or every Lock dropped when nobody builds.
+            await release_slowly(
+                self.take_retired(), Slicer(pause=SLICE_PAUSE if self.ready else 0.0)
+            )
+        return replaced
 
     async def _load_changed(
         self,
@@ -319,13 +334,21 @@ class FileLockSource:
             _, new = loaded.get(f, (None, ()))
             old_by_ns = await _by_namespace(old, slicer)
             new_by_ns = await _by_namespace(new, slicer)
+            file_changed = False
             for namespace in old_by_ns.keys() | new_by_ns.keys():
+                old_locks = old_by_ns.get(namespace)
                 ns_locks = new_by_ns.get(namespace)
-                if old_by_ns.get(namespace) != ns_locks:
+                # The Locks dropped are retired: released a few at a time (see LockSet).
+                if old_locks == ns_locks:
+                    # The engine holds the Locks read before: they stay, those just read go.
+                    self._retired.extend(ns_locks or ())
+                    ns_locks = old_locks
+                else:
                     # Only namespaces whose Locks differ are rebuilt in the engine (a touched
                     # or identically rewritten file rebuilds nothing).
                     self._touch(namespace)
-                    changed = True
+                    changed = file_changed = True
+                    self._retired.extend(old_locks or ())
                 if ns_locks is not None:
                     self._by_ns.setdefault(namespace, {})[f] = ns_locks
                 else:
@@ -334,6 +357,8 @@ class FileLockSource:
                     if not per_file:
                         del self._by_ns[namespace]
                 await slicer.tick()
+            if not file_changed and f in loaded:
+                loaded[f] = (loaded[f][0], old)
         for f in removed:
             del self._files[f]
         for f, entry in loaded.items():
@@ -406,6 +431,10 @@ SLICE_SECONDS = 0.002
 SLICE_PAUSE = 0.002
 
 
+# How many replaced Locks are dropped between two looks at the slice's clock (well under a
+# millisecond's worth).
+RELEASE_STEP = 128
+
 # From how many Locks on, loading or building runs under ``quiet_gc``.
 QUIET_GC_LOCKS = 1000
 # About how many bytes of a lock file make that many Locks (a short Lock is ~150 bytes).
@@ -443,6 +472,14 @@ def quiet_gc(locks: int) -> Iterator[None]:
         if _quiet_gc_depth == 0:
             gc.freeze()
             gc.set_threshold(*_quiet_gc_threshold)
+
+
+async def release_slowly(objects: list[Any], slicer: Slicer) -> None:
+    """Drop ``objects`` (the caller's references to them: the list is emptied) a few at a
+    time between slices: freeing thousands of Locks at once is a stall of its own."""
+    while objects:
+        del objects[-RELEASE_STEP:]
+        await slicer.tick()
 
 
 class Slicer:
@@ -1102,6 +1139,9 @@ class LockSet:
             invalid = [bad for s in self.sources for bad in s.invalid]
             with quiet_gc(sum(len(locks) for locks in changed.values())):
                 engine = await slicer.drive(Engine.build(base, changed, invalid))
+            # The engine replaced must go with the swap below, not with this function's end:
+            # until ``_release_retired`` has dropped its Locks a few at a time, they die with it.
+            base = None
             self._built = engine
             # Changes made during the build are in the sources' change sets: the next turn
             # of this loop rebuilds their namespaces on top of this engine.
@@ -1112,6 +1152,18 @@ class LockSet:
             if self._ready_event is not None:
                 self._ready_event.set()
             self._notify()
+            await self._release_retired(slicer)
+
+    async def _release_retired(self, slicer: Slicer) -> None:
+        """Drop the Locks reloads replaced, a slice at a time. Held by nothing else once the
+        engine that used them is gone, 10,000 Locks freed at once (their expressions, sets,
+        strings) hold the event loop for some 15 ms: the one long stall of a reload."""
+        retired: list[Lock] = []
+        for source in self.sources:
+            take = getattr(source, "take_retired", None)
+            if callable(take):
+                retired.extend(take())
+        await release_slowly(retired, slicer)
 
     def _notify(self) -> None:
         if self.on_change is not None:

@@ -826,3 +826,29 @@ def test_quiet_gc_holds_full_collections_while_many_locks_are_made() -> None:
         assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         gc.unfreeze()
+
+
+async def test_replaced_locks_are_released_and_unchanged_ones_kept(tmp_path: Path) -> None:
+    """A reload frees the Locks it replaced (a few at a time, after the engine swap) and
+    keeps nothing else alive; a rewrite with the same Locks keeps the ones the engine holds."""
+    f = tmp_path / "locks.yaml"
+    write(f, lock_yaml("lockred") + "---\n" + lock_yaml("lockblue", namespace="other"))
+    src = FileLockSource([f], poll_interval=60)
+    lock_set = LockSet([src])
+    await lock_set.start()
+    try:
+        assert lock_set.engine is not None
+        held = {lock.key: lock for lock in lock_set.engine.locks}
+        os.utime(f, ns=(1, 1))  # the same text, another stamp: read again
+        assert not await src.reload_if_changed()
+        # The very objects the engine holds, not equal copies (those are released).
+        assert all(held[lock.key] is lock for lock in src.locks)
+        assert src.take_retired() == []
+        write(f, lock_yaml("lockred") + "---\n" + lock_yaml("lockgreen", namespace="other"))
+        assert await src.reload_if_changed()
+        await lock_set.settled()
+        assert names(lock_set) == ["default/lockred", "other/lockgreen"]
+        assert src.take_retired() == []  # released by the build that replaced them
+        assert src.namespace_locks("default")[0] is held["default/lockred"]
+    finally:
+        await lock_set.stop()

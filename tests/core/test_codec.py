@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klockproxy.cli import main as cli_main
+from klockproxy.core import codec
 from klockproxy.core.codec import (
     DEFAULT_YAML_PARSER,
     MalformedDocument,
@@ -284,3 +285,92 @@ def test_streamed_items_are_read_one_at_a_time() -> None:
     assert next(doc.items) == {"a": 1}
     with pytest.raises(MalformedDocument):
         next(doc.items)
+
+
+def _outcome(text: str, fast: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What streaming ``text`` gives: the documents, or the exact error (its text)."""
+    monkeypatch.setattr(codec, "_FAST_EVENTS", fast)
+    try:
+        return ("ok", _streamed_in_full(text, "libyaml"))
+    except DecodeError as e:
+        return ("refused", type(e).__name__, str(e))
+
+
+_UNUSUAL = [
+    *CORPUS,
+    "a: &x {b: &x 1}\n",  # an anchor defined twice inside itself
+    "a: &x [1, *x]\n",  # an alias inside its own anchor
+    "a: &x 1\nb: &x 2\n",
+    "a: &x {k: v}\nb: *x\nc: *x\nitems:\n- *x\n- &y [1]\n- *y\n",
+    "kind: List\nitems:\n- &i {a: 1}\n- *i\n- {<<: *i}\n",
+    "kind: List\nitems:\n- {a: 1, a: 2}\n- [}\n",
+    "kind: List\nitems:\n- {a: 1}\n- {b: 1, b: 2}\n- {c: [\n",
+    "a: {b: 1, b: 2\n",  # a duplicate key, then a syntax error: which is reported
+    "a: {b: 1}\n<<: {c: 2}\n",
+    "? [a, b]\n: c\n",
+    "1: a\n",
+    "a: = \n",
+    "a: !foo x\n",
+    "a: &x !!str 1\nb: *x\n",
+    "items: &s [1, 2]\nkind: List\n",
+    "items: *undefined\n",
+    "- " * 200 + "x\n",
+    "a: " + "[" * 300 + "]" * 300 + "\n",
+    'a: "\\ud83d\\ude00"\nb: "\\ud83d"\n',
+    "a: .nan\n",
+    "a: 2001-12-14t21:59:43.10-05:00\n",
+    "lol: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"l{i}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6)),
+]
+
+
+@pytest.mark.parametrize("text", _UNUSUAL)
+def test_fast_yaml_reading_gives_what_the_composer_gives(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lock files are read from libyaml's events without composing nodes where that is
+    plain; anything else (and every error) must come out exactly as the composer has it."""
+    assert _outcome(text, True, monkeypatch) == _outcome(text, False, monkeypatch)
+
+
+_FRAGMENTS = [
+    "a",
+    "b",
+    "items",
+    "kind",
+    "List",
+    ": ",
+    "- ",
+    "\n",
+    "  ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ", ",
+    "&x ",
+    "&y ",
+    "*x",
+    "*y",
+    "<<",
+    "!!str ",
+    "1",
+    "'q'",
+    '"\\ud83d"',
+    "null",
+    "yes",
+    "---\n",
+    "? ",
+    "#",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=30),
+    value=_json_values,
+)
+def test_fast_yaml_reading_agrees_on_random_texts(parts: list[str], value: Any) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for text in ("".join(parts), yaml.safe_dump({"items": [value, value], "k": value})):
+            assert _outcome(text, True, monkeypatch) == _outcome(text, False, monkeypatch)
