@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar, get_origin, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Protocol,
+    TextIO,
+    TypeVar,
+    get_origin,
+    get_type_hints,
+)
 
 from klockproxy.cluster.private_files import write_private
 from klockproxy.core.errors import ConfigError, KlockProxyError
@@ -217,11 +226,23 @@ def run_service(make: Callable[[], Service], *, out: TextIO | None = None) -> in
 # The options every long-running command shares, and its settings from them
 
 
+@dataclass(frozen=True)
+class OptionTexts:
+    """How the shared options describe one mode in its ``--help`` (``add_service_options``)."""
+
+    serves: str  # what --listen serves
+    credentials: str  # where the credentials come from without --kubeconfig
+    judged: str  # what --audit-log writes one line per ("mutation", "review")
+    ready: str = ""  # when /readyz says ready (ServedSettings only)
+
+
 @dataclass(kw_only=True)
 class ServiceSettings:
     """What every long-running command is told (``add_service_options`` declares the
-    options); each mode's settings add their own fields."""
+    options); each mode's settings add their own fields, a default for ``listen`` and
+    ``option_texts``."""
 
+    option_texts: ClassVar[OptionTexts]
     listen: str  # each mode has its own default
     kubeconfig: str | None = None
     context: str | None = None
@@ -244,30 +265,23 @@ class ServedSettings(ServiceSettings):
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def add_service_options(
-    parser: argparse.ArgumentParser,
-    settings: type[ServiceSettings],
-    *,
-    serves: str,
-    credentials: str,
-    judged: str,
-    ready: str = "",
-) -> None:
-    """The options of ``settings``'s fields that every service shares: ``--kubeconfig``
-    (``credentials``: where they come from without it), ``--context``, ``--listen`` (serving
-    ``serves``; default: the field's), ``--locks``, ``--audit-log`` (one line per ``judged``
-    thing: "mutation", "review"); for ServedSettings also ``--tls-cert``, ``--tls-key`` and
-    ``--health-listen`` (``ready``: when /readyz says so)."""
+def add_service_options(parser: argparse.ArgumentParser, settings: type[ServiceSettings]) -> None:
+    """The options of ``settings``'s fields that every service shares, worded by its
+    ``option_texts``: ``--kubeconfig`` (where the credentials come from without it),
+    ``--context``, ``--listen`` (what it serves; default: the field's), ``--locks``,
+    ``--audit-log`` (one line per judged thing); for ServedSettings also ``--tls-cert``,
+    ``--tls-key`` and ``--health-listen`` (when /readyz says ready)."""
+    texts = settings.option_texts
     listen = next(f.default for f in fields(settings) if f.name == "listen")
     parser.add_argument(
-        "--kubeconfig", metavar="PATH", help=f"kubeconfig to read (default: {credentials})"
+        "--kubeconfig", metavar="PATH", help=f"kubeconfig to read (default: {texts.credentials})"
     )
     parser.add_argument("--context", metavar="NAME", help="context to use (default: current)")
     parser.add_argument(
         "--listen",
         default=listen,
         metavar="HOST:PORT",
-        help=f"where to serve {serves} (default {listen})",
+        help=f"where to serve {texts.serves} (default {listen})",
     )
     parser.add_argument(
         "--locks",
@@ -280,7 +294,7 @@ def add_service_options(
     parser.add_argument(
         "--audit-log",
         metavar="PATH|-",
-        help=f"append one JSON line per judged {judged} here ('-': standard output)",
+        help=f"append one JSON line per judged {texts.judged} here ('-': standard output)",
     )
     if issubclass(settings, ServedSettings):
         parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
@@ -288,7 +302,7 @@ def add_service_options(
         parser.add_argument(
             "--health-listen",
             metavar="HOST:PORT",
-            help=f"serve /healthz, /readyz (ready {ready}) and /metrics over plain HTTP here",
+            help=f"serve /healthz, /readyz (ready {texts.ready}) and /metrics over plain HTTP here",
         )
 
 

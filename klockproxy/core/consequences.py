@@ -77,6 +77,20 @@ class Implied:
     note: str
 
 
+@dataclass(frozen=True, slots=True)
+class WorkloadWrite:
+    """One write of a workload as the controller rules read it: ``old`` stored as ``new``
+    (``old`` None and ``uid`` empty for a create)."""
+
+    resource: ResourceRef
+    namespace: str
+    name: str
+    old: Mapping[str, Any] | None
+    new: Mapping[str, Any]
+    uid: str = ""
+    dry_run: bool = False
+
+
 def is_workload(resource: ResourceRef) -> bool:
     """Whether the rules know this kind."""
     return (resource.group, resource.resource) in WORKLOADS
@@ -225,27 +239,21 @@ def _reasons(resource: ResourceRef, old: Mapping[str, Any], new: Mapping[str, An
     return out
 
 
-def workload_deletions(
-    graph: Graph,
-    resource: ResourceRef,
-    uid: str,
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
-    *,
-    dry_run: bool = False,
-) -> list[Implied]:
-    """DELETEs a workload's controller performs because ``old`` is stored as ``new``.
+def workload_deletions(graph: Graph, write: WorkloadWrite) -> list[Implied]:
+    """DELETEs a workload's controller performs because ``old`` is stored as ``new`` (none
+    for a create: it has nothing yet).
 
     The objects at stake are the workload's descendants in ``graph`` (its ReplicaSets, Jobs,
     pods, and what they own) that the controller may delete, plus what the garbage collector
     deletes after them.
     """
-    if not is_workload(resource):
+    resource, old, new = write.resource, write.old, write.new
+    if not is_workload(resource) or old is None or not write.uid:
         return []
     reasons = _reasons(resource, old, new)
     if not reasons:
         return []
-    descendants = graph.descendants(uid)
+    descendants = graph.descendants(write.uid)
     kind = resource.resource
     victims: list[Node]
     if kind == "statefulsets" and len(reasons) == 1 and reasons[0].startswith("scaling"):
@@ -267,36 +275,29 @@ def workload_deletions(
     else:
         victims = _of(descendants, "pods")
     note = "; ".join(reasons) + " (the controller deletes them, the garbage collector after it)"
-    return [Implied(_delete(n, dry_run), note) for n in _with_cascade(graph, victims)]
+    return [Implied(_delete(n, write.dry_run), note) for n in _with_cascade(graph, victims)]
 
 
-def adoptions(
-    graph: Graph,
-    resource: ResourceRef,
-    namespace: str,
-    old: Mapping[str, Any] | None,
-    new: Mapping[str, Any],
-    *,
-    dry_run: bool = False,
-) -> list[Implied]:
+def adoptions(graph: Graph, write: WorkloadWrite) -> list[Implied]:
     """DELETEs of the orphans a new workload (or a new selector) adopts.
 
     A ReplicaSet, ReplicationController, StatefulSet, DaemonSet or Job with a manual selector
     adopts the pods its selector matches that have no controlling owner, and deletes those it
     does not want; a Deployment adopts ReplicaSets (and through them their pods).
     """
+    resource = write.resource
     if not is_workload(resource):
         return []
-    selector = _selector(resource, new)
+    selector = _selector(resource, write.new)
     if selector is None:
         return []
-    if old is not None and _selector(resource, old) == selector:
+    if write.old is not None and _selector(resource, write.old) == selector:
         return []
     plain = resource.resource == "replicationcontrollers"
     target = "replicasets" if resource.resource == "deployments" else "pods"
     orphans = [
         n
-        for n in graph.in_namespace(namespace, target)
+        for n in graph.in_namespace(write.namespace, target)
         if not any(ref.controller for ref in n.owners)
         and selector_matches(selector, n.labels, plain=plain)
     ]
@@ -310,7 +311,7 @@ def adoptions(
         f"its selector adopts {len(orphans)} {target} that no controller owns, and the "
         "controller deletes the ones it does not want"
     )
-    return [Implied(_delete(n, dry_run), note) for n in _with_cascade(graph, at_stake)]
+    return [Implied(_delete(n, write.dry_run), note) for n in _with_cascade(graph, at_stake)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -333,19 +334,12 @@ def _template_changed_or_grows(
     return _get(old, "spec", "suspend") is True and _get(new, "spec", "suspend") is not True
 
 
-def template_creations(
-    resource: ResourceRef,
-    namespace: str,
-    name: str,
-    old: Mapping[str, Any] | None,
-    new: Mapping[str, Any],
-    *,
-    dry_run: bool = False,
-) -> list[Implied]:
+def template_creations(write: WorkloadWrite) -> list[Implied]:
     """CREATEs the workload's controller performs: pods with its template's labels (and the
     ReplicaSets of a Deployment, the Jobs of a CronJob), when the write may create them (a new
     workload, a changed template or selector, more replicas, a resumed Job)."""
-    if not is_workload(resource) or not _template_changed_or_grows(resource, old, new):
+    resource, new = write.resource, write.new
+    if not is_workload(resource) or not _template_changed_or_grows(resource, write.old, new):
         return []
     pod_labels = _labels(_get(_template(resource, new), "metadata", "labels"))
     made = [(POD, "Pod", pod_labels)]
@@ -359,12 +353,12 @@ def template_creations(
         Implied(
             AdmissionInput(
                 operation=Operation.CREATE,
-                namespace=namespace,
+                namespace=write.namespace,
                 resource=ref,
-                name=f"{name}-",  # generated names
+                name=f"{write.name}-",  # generated names
                 user=_NOBODY,
                 new_labels=labels,
-                dry_run=dry_run,
+                dry_run=write.dry_run,
                 kind=kind,
             ),
             note,
@@ -609,10 +603,11 @@ def write_consequences(
         stored = {**new, "metadata": {**(_get(new, "metadata") or {}), "uid": target.uid}}
         out += _deletes([target, *removal(graph, stored, resource)], OWNER_NOTE, dry)
     if is_workload(resource) and info.subresource in ("", "scale"):
-        if old is not None and target.uid:
-            out += workload_deletions(graph, resource, target.uid, old, new, dry_run=dry)
-        out += adoptions(graph, resource, info.namespace, old, new, dry_run=dry)
-        out += template_creations(resource, info.namespace, target.name, old, new, dry_run=dry)
+        write = WorkloadWrite(
+            resource, info.namespace, target.name, old, new, uid=target.uid, dry_run=dry
+        )
+        out += workload_deletions(graph, write) + adoptions(graph, write)
+        out += template_creations(write)
     if info.subresource == "ephemeralcontainers" and old is not None:
         connect = AdmissionInput(
             operation=Operation.CONNECT,

@@ -68,6 +68,7 @@ from klockproxy.proxy.master import (
     start_master,
 )
 from klockproxy.service import (
+    OptionTexts,
     ServedSettings,
     StartedOrStopped,
     add_service_options,
@@ -632,6 +633,12 @@ def _load_openssl_pair(cert_file: str, key_file: str) -> tuple[Any, Any]:
 class GatewaySettings(ServedSettings):
     """Everything ``klockproxy gateway`` is told (besides what every service is)."""
 
+    option_texts = OptionTexts(
+        serves="the Kubernetes API",
+        credentials="in a pod its service account, else $KUBECONFIG or ~/.kube/config",
+        judged="mutation",
+        ready="once the Locks synced and the API server answers",
+    )
     listen: str = DEFAULT_LISTEN
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     client_ca: Sequence[str] = ()
@@ -837,14 +844,7 @@ class GatewayThread(LoopThread[Gateway]):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy gateway``."""
-    add_service_options(
-        parser,
-        GatewaySettings,
-        serves="the Kubernetes API",
-        credentials="in a pod its service account, else $KUBECONFIG or ~/.kube/config",
-        judged="mutation",
-        ready="once the Locks synced and the API server answers",
-    )
+    add_service_options(parser, GatewaySettings)
     add_state_dir_option(
         parser,
         DEFAULT_STATE_DIR,

@@ -34,6 +34,7 @@ from klockproxy.proxy.master import (
     start_master,
 )
 from klockproxy.service import (
+    OptionTexts,
     ServiceSettings,
     StartedOrStopped,
     add_service_options,
@@ -57,6 +58,9 @@ PROXY_CA_NAME = "klockproxy local CA"
 class ServeSettings(ServiceSettings):
     """Everything ``klockproxy serve`` is told (besides what every service is)."""
 
+    option_texts = OptionTexts(
+        serves="the proxy", credentials="$KUBECONFIG or ~/.kube/config", judged="mutation"
+    )
     write_kubeconfig: Path
     listen: str = DEFAULT_LISTEN
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
@@ -201,13 +205,7 @@ class ProxyThread(LoopThread[LocalProxy]):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy serve``."""
-    add_service_options(
-        parser,
-        ServeSettings,
-        serves="the proxy",
-        credentials="$KUBECONFIG or ~/.kube/config",
-        judged="mutation",
-    )
+    add_service_options(parser, ServeSettings)
     parser.add_argument(
         "--write-kubeconfig",
         required=True,

@@ -28,14 +28,7 @@ logger = logging.getLogger(__name__)
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy webhook``."""
-    add_service_options(
-        parser,
-        WebhookSettings,
-        serves="HTTPS POST /validate",
-        credentials="$KUBECONFIG, ~/.kube/config, or in a pod its service account",
-        judged="review",
-        ready="once the Locks synced and the CA is injected",
-    )
+    add_service_options(parser, WebhookSettings)
     parser.add_argument(
         "--cert-secret",
         metavar="NAMESPACE/NAME",

@@ -52,6 +52,7 @@ from klockproxy.loop_thread import LoopThread, cancel
 from klockproxy.metrics import Metrics, lock_state, verb_label
 from klockproxy.service import (
     ALL_INTERFACES,
+    OptionTexts,
     ServedSettings,
     StartedOrStopped,
     parse_listen,
@@ -275,6 +276,12 @@ class FileCerts:
 class WebhookSettings(ServedSettings):
     """Everything ``klockproxy webhook`` is told (besides what every service is)."""
 
+    option_texts = OptionTexts(
+        serves="HTTPS POST /validate",
+        credentials="$KUBECONFIG, ~/.kube/config, or in a pod its service account",
+        judged="review",
+        ready="once the Locks synced and the CA is injected",
+    )
     listen: str = DEFAULT_LISTEN
     cert_secret: str | None = None  # NAMESPACE/NAME
     webhook_config: str | None = None

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from klockproxy.core.consequences import (
+    WorkloadWrite,
     adoptions,
     exempt_service_accounts,
     selector_matches,
@@ -64,6 +65,18 @@ def workload(
     }
 
 
+def write(
+    res: ResourceRef,
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    *,
+    uid: str = "",
+    name: str = "web",
+) -> WorkloadWrite:
+    """A write of a workload in namespace t (``old`` None and no ``uid``: a create)."""
+    return WorkloadWrite(res, "t", name, old, new, uid=uid)
+
+
 def deleted(implied: list[Any]) -> list[str]:
     assert all(i.input.operation is Operation.DELETE for i in implied)
     return sorted(i.input.name for i in implied)
@@ -78,27 +91,33 @@ CHAIN = graph(DEP, RSET, POD1, OWNED_CM)
 
 
 def test_item14_scale_down_deletes_the_pods_and_what_they_own() -> None:
-    out = workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(2), workload(1))
+    out = workload_deletions(CHAIN, write(DEPLOY, workload(2), workload(1), uid=DEP.uid))
     assert deleted(out) == ["web-1-a", "web-1-a-cm"]
     assert "scaling down deletes pods" in out[0].note
     # Scaling up deletes nothing.
-    assert workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(2), workload(3)) == []
+    assert workload_deletions(CHAIN, write(DEPLOY, workload(2), workload(3), uid=DEP.uid)) == []
+    # A create has nothing stored yet for its controller to delete.
+    assert workload_deletions(CHAIN, write(DEPLOY, None, workload(1))) == []
 
 
 def test_item14_rollout_restart_and_set_image_replace_pods_and_may_drop_replicasets() -> None:
     restarted = workload()
     restarted["spec"]["template"]["metadata"]["annotations"] = {"kubectl.kubernetes.io/r": "1"}
-    assert deleted(workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(), restarted)) == [
+    assert deleted(
+        workload_deletions(CHAIN, write(DEPLOY, workload(), restarted, uid=DEP.uid))
+    ) == [
         "web-1",
         "web-1-a",
         "web-1-a-cm",
     ]
-    out = workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(), workload(image="nginx:2"))
+    out = workload_deletions(
+        CHAIN, write(DEPLOY, workload(), workload(image="nginx:2"), uid=DEP.uid)
+    )
     assert "rollout" in out[0].note
     # Relabeling the Deployment itself changes nothing the controller does.
     relabeled = workload()
     relabeled["metadata"]["labels"] = {"x": "y"}
-    assert workload_deletions(CHAIN, DEPLOY, DEP.uid, workload(), relabeled) == []
+    assert workload_deletions(CHAIN, write(DEPLOY, workload(), relabeled, uid=DEP.uid)) == []
 
 
 def test_item14_statefulset_scale_down_deletes_the_highest_ordinals_only() -> None:
@@ -107,7 +126,7 @@ def test_item14_statefulset_scale_down_deletes_the_highest_ordinals_only() -> No
     g = graph(sts, *pods)
     old, new = workload(3), workload(1)
     old["metadata"]["name"] = new["metadata"]["name"] = "db"
-    assert deleted(workload_deletions(g, STS, sts.uid, old, new)) == [
+    assert deleted(workload_deletions(g, write(STS, old, new, uid=sts.uid))) == [
         "db-1",
         "db-2",
     ]
@@ -118,16 +137,16 @@ def test_item14_suspending_a_job_and_cronjob_history_limits() -> None:
     pod = node("j-x", POD, job, aura="red")
     g = graph(job, pod)
     running: dict[str, Any] = {"spec": {"suspend": False}}
-    assert deleted(workload_deletions(g, JOB, job.uid, running, {"spec": {"suspend": True}})) == [
-        "j-x"
-    ]
+    assert deleted(
+        workload_deletions(g, write(JOB, running, {"spec": {"suspend": True}}, uid=job.uid))
+    ) == ["j-x"]
     cron = node("nightly", CRONJOB)
     old_job = node("nightly-1", JOB, cron, aura="red")
     old_pod = node("nightly-1-p", POD, old_job)
     g = graph(cron, old_job, old_pod)
     before = {"spec": {"successfulJobsHistoryLimit": 3}}
     after = {"spec": {"successfulJobsHistoryLimit": 0}}
-    out = workload_deletions(g, CRONJOB, cron.uid, before, after)
+    out = workload_deletions(g, write(CRONJOB, before, after, uid=cron.uid))
     assert deleted(out) == ["nightly-1", "nightly-1-p"]
     assert "successfulJobsHistoryLimit" in out[0].note
 
@@ -137,26 +156,26 @@ def test_item15_a_new_selector_adopts_orphans_only() -> None:
     owned = node("owned", POD, node("other", RS), aura="red", app="web")
     g = graph(bare, owned)
     rs = workload(0, labels={"app": "web"})
-    out = adoptions(g, RS, "t", None, rs)
+    out = adoptions(g, write(RS, None, rs))
     assert deleted(out) == ["bare"]
     assert "adopts 1 pods" in out[0].note
     # Unchanged selector: no new adoption. A Job's generated selector adopts nothing.
-    assert adoptions(g, RS, "t", rs, rs) == []
-    assert adoptions(g, JOB, "t", None, rs) == []
+    assert adoptions(g, write(RS, rs, rs)) == []
+    assert adoptions(g, write(JOB, None, rs)) == []
     # A ReplicationController's selector is a plain map.
     rc = {"spec": {"selector": {"app": "web"}}}
-    assert deleted(adoptions(g, RC, "t", None, rc)) == ["bare"]
+    assert deleted(adoptions(g, write(RC, None, rc))) == ["bare"]
 
 
 def test_item15_a_deployment_adopts_orphan_replicasets_and_their_pods() -> None:
     orphan_rs = node("old", RS, None, app="web")
     pod = node("old-p", POD, orphan_rs, aura="red")
-    out = adoptions(graph(orphan_rs, pod), DEPLOY, "t", None, workload())
+    out = adoptions(graph(orphan_rs, pod), write(DEPLOY, None, workload()))
     assert deleted(out) == ["old", "old-p"]
 
 
 def test_item16_a_pod_template_is_a_create_of_its_pods() -> None:
-    out = template_creations(DEPLOY, "t", "web", None, workload(labels=RED))
+    out = template_creations(write(DEPLOY, None, workload(labels=RED)))
     assert [(i.input.operation, i.input.resource.resource, i.input.new_labels) for i in out] == [
         (Operation.CREATE, "pods", RED),
         (Operation.CREATE, "replicasets", RED),
@@ -169,7 +188,7 @@ def test_item16_a_pod_template_is_a_create_of_its_pods() -> None:
             }
         }
     }
-    out = template_creations(CRONJOB, "t", "nightly", None, cron)
+    out = template_creations(write(CRONJOB, None, cron, name="nightly"))
     assert [(i.input.resource.resource, i.input.new_labels) for i in out] == [
         ("pods", RED),
         ("jobs", {"kind": "job"}),
@@ -177,8 +196,8 @@ def test_item16_a_pod_template_is_a_create_of_its_pods() -> None:
     # An update that creates no pod (a label on the workload itself) implies no creation.
     relabeled = workload(labels=RED)
     relabeled["metadata"]["labels"] = {"x": "y"}
-    assert template_creations(DEPLOY, "t", "web", workload(labels=RED), relabeled) == []
-    assert template_creations(DEPLOY, "t", "web", workload(1, labels=RED), workload(2)) != []
+    assert template_creations(write(DEPLOY, workload(labels=RED), relabeled)) == []
+    assert template_creations(write(DEPLOY, workload(1, labels=RED), workload(2))) != []
 
 
 LOCKS = load_locks_from_text(
