@@ -1,7 +1,8 @@
 """Per-connection HTTP memory of the embedded proxy, kept small (the HTTP side of ``lean_tls``).
 
 Measured the way kubectl opens a watch over HTTP/2 (issue 12: a new connection carries a LIST,
-then a watch as a second stream of it), a watch was heavier than the same watch over HTTP/1.1:
+then a watch as a second stream of it), two things made each such watch heavier than the same
+watch over HTTP/1.1:
 
 - **Closed upstream connections stayed in memory.** mitmproxy's ``HttpLayer`` (one per client
   connection) keeps every upstream connection it opened, with its whole layer stack — the
@@ -18,9 +19,16 @@ then a watch as a second stream of it), a watch was heavier than the same watch 
   it) and no live stream still points at it (a stream sends its request events to its upstream
   connection through that table). Connections that failed keep their entry: mitmproxy answers
   the client connection's later requests with the same error, and that is unchanged.
+- **HTTP/2 settings in deques.** The h2 library keeps each HTTP/2 setting of each side (current
+  value plus the values not acknowledged yet) in a ``collections.deque``: ~760 bytes for one or
+  two integers, ~10 kB per HTTP/2 connection. :func:`compact_h2_settings` has it use a list
+  with a ``popleft`` instead (~70 bytes), the same operations on the same values.
 """
 
 from __future__ import annotations
+
+import collections
+from typing import Any
 
 from mitmproxy.connection import Connection, ConnectionState
 from mitmproxy.proxy import events, layer
@@ -32,13 +40,17 @@ _PENDING = "_klock_closed_upstreams"
 
 
 class LeanHttpLayer(HttpLayer):
-    """An ``HttpLayer`` that drops closed upstream connections from its table (see the module).
+    """An ``HttpLayer`` that drops closed upstream connections from its table and makes HTTP/2
+    connections with compact settings (see the module).
 
     Adds no ``__init__``: instances are made by mitmproxy as ``HttpLayer`` and change class in
     place (``klockproxy.proxy.upstream_errors.answer_with_status``).
     """
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            # Before the layer makes its client connection's HTTP/2 state.
+            compact_h2_settings()
         yield from super()._handle_event(event)
         pending: set[Connection] | None = self.__dict__.get(_PENDING)
         if isinstance(event, events.ConnectionClosed):
@@ -64,3 +76,38 @@ class LeanHttpLayer(HttpLayer):
             if conn not in in_use:
                 pending.discard(conn)
                 self.connections.pop(conn, None)
+
+
+class _SmallQueue(list[Any]):
+    """What h2's settings use of a ``collections.deque`` (append, popleft, ``[0]``, ``len``),
+    as a list: a handful of items never needs a deque's 64-slot block."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        """Remove and return the first item (as ``deque.popleft``)."""
+        return self.pop(0)
+
+
+class _Collections:
+    """Stands in for the ``collections`` module inside ``h2.settings``, which uses it to make
+    each setting's queue of values; anything else is the real module's."""
+
+    deque = _SmallQueue
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(collections, name)
+
+
+_COLLECTIONS = _Collections()
+
+
+def compact_h2_settings() -> None:
+    """Make the h2 library keep HTTP/2 settings in small lists (idempotent).
+
+    Only settings objects made afterwards are affected; they behave the same (acknowledged and
+    pending values, comparisons)."""
+    import h2.settings
+
+    if getattr(h2.settings, "collections", None) is not _COLLECTIONS:
+        setattr(h2.settings, "collections", _COLLECTIONS)  # noqa: B010

@@ -1,5 +1,5 @@
 """LeanHttpLayer: closed upstream connections are let go of while their client connection
-lives on.
+lives on; HTTP/2 settings kept in small lists.
 
 Through a real embedded mitmproxy (``start_master``) in front of a small HTTP/1.1 API server
 over TLS, with the HTTP layer the addon installs (``answer_with_status``): kubectl's way of
@@ -13,14 +13,20 @@ import asyncio
 import contextlib
 import gc
 import ssl
+import tracemalloc
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 
 from klockproxy.cluster.certs import CertificateAuthority
+from klockproxy.proxy.lean_http import compact_h2_settings
 from klockproxy.proxy.master import RunningMaster, start_master
 from klockproxy.proxy.upstream_errors import answer_with_status
 from tests.rawh2 import RawH2, h2_request
@@ -154,8 +160,13 @@ async def test_an_http2_watch_after_a_list_does_not_keep_the_lists_upstream_conn
         assert await _eventually(lambda: list_tls() is None)
         # ... and the watch relays each event as it comes, unbuffered.
         for n in (1, 2):
-            await upstream.event(b'{"type":"ADDED","n":%d}\n' % n)
-            await client.until(lambda n=n: b'"n":%d' % n in client.body[watch])
+            event = b'{"type":"ADDED","n":%d}\n' % n
+            await upstream.event(event)
+
+            def arrived(event: bytes = event) -> bool:
+                return event in client.body[watch]
+
+            await client.until(arrived)
         assert watch not in client.ended
         assert probe.upstream_tls[1]() is not None
     finally:
@@ -203,3 +214,47 @@ async def test_an_http1_client_reuses_its_upstream_connection_and_lets_a_closed_
         writer.close()
         await running.stop()
         server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP/2 settings
+
+
+def _exchange(a: h2.connection.H2Connection, b: h2.connection.H2Connection) -> list[Any]:
+    """Deliver what ``a`` has to send to ``b``; ``b``'s events."""
+    return list(b.receive_data(a.data_to_send()))
+
+
+def test_http2_settings_are_small_and_negotiate_as_before() -> None:
+    compact_h2_settings()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [h2.settings.Settings(client=False) for _ in range(100)]
+        per_object = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    # A deque per setting made one ~4 kB; a list per setting ~1 kB.
+    assert per_object < 1500
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    # A new value, pending until the peer acknowledges it (kubectl's 4 MB stream window).
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20})
+    assert client.local_settings.initial_window_size == 65535
+    changed = [
+        e for e in _exchange(client, server) if isinstance(e, h2.events.RemoteSettingsChanged)
+    ]
+    assert server.remote_settings.initial_window_size == 4 << 20
+    assert changed
+    acked = [e for e in _exchange(server, client) if isinstance(e, h2.events.SettingsAcknowledged)]
+    assert acked
+    assert client.local_settings.initial_window_size == 4 << 20
+    # A request and its response still flow.
+    client.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "a"),
+                            (":path", "/")], end_stream=True)  # fmt: skip
+    assert any(isinstance(e, h2.events.RequestReceived) for e in _exchange(client, server))
+    server.send_headers(1, [(":status", "200")], end_stream=True)
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in _exchange(server, client))
