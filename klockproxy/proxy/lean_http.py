@@ -19,10 +19,12 @@ watch over HTTP/1.1:
   it) and no live stream still points at it (a stream sends its request events to its upstream
   connection through that table). Connections that failed keep their entry: mitmproxy answers
   the client connection's later requests with the same error, and that is unchanged.
-- **HTTP/2 settings in deques.** The h2 library keeps each HTTP/2 setting of each side (current
-  value plus the values not acknowledged yet) in a ``collections.deque``: ~760 bytes for one or
-  two integers, ~10 kB per HTTP/2 connection. :func:`compact_h2_settings` has it use a list
-  with a ``popleft`` instead (~70 bytes), the same operations on the same values.
+- **Deques for queues of one or two items.** A ``collections.deque`` takes ~700 bytes however
+  little it holds. The h2 library keeps each HTTP/2 setting of each side (the current value,
+  plus values not acknowledged yet) in one: ~10 kB per HTTP/2 connection. mitmproxy gives every
+  protocol layer one for the events that arrive while the layer waits for a hook (empty
+  nearly always): ~20 layers per watch with its connections. :func:`compact_queues` has both
+  modules make a list with a ``popleft`` instead (~60 bytes): the same operations, in order.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ _PENDING = "_klock_closed_upstreams"
 
 
 class LeanHttpLayer(HttpLayer):
-    """An ``HttpLayer`` that drops closed upstream connections from its table and makes HTTP/2
-    connections with compact settings (see the module).
+    """An ``HttpLayer`` that drops closed upstream connections from its table and has small
+    queues used from its first connection on (see the module).
 
     Adds no ``__init__``: instances are made by mitmproxy as ``HttpLayer`` and change class in
     place (``klockproxy.proxy.upstream_errors.answer_with_status``).
@@ -49,8 +51,8 @@ class LeanHttpLayer(HttpLayer):
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
-            # Before the layer makes its client connection's HTTP/2 state.
-            compact_h2_settings()
+            # Before the layer makes its client connection's HTTP/2 state and more layers.
+            compact_queues()
         yield from super()._handle_event(event)
         pending: set[Connection] | None = self.__dict__.get(_PENDING)
         if isinstance(event, events.ConnectionClosed):
@@ -79,8 +81,9 @@ class LeanHttpLayer(HttpLayer):
 
 
 class _SmallQueue(list[Any]):
-    """What h2's settings use of a ``collections.deque`` (append, popleft, ``[0]``, ``len``),
-    as a list: a handful of items never needs a deque's 64-slot block."""
+    """What h2's settings and mitmproxy's layers use of a ``collections.deque`` (append,
+    popleft, ``[0]``, ``len``, truth), as a list: a few items never need a deque's 64-slot
+    block (popleft moves the rest, a few pointers)."""
 
     __slots__ = ()
 
@@ -90,8 +93,8 @@ class _SmallQueue(list[Any]):
 
 
 class _Collections:
-    """Stands in for the ``collections`` module inside ``h2.settings``, which uses it to make
-    each setting's queue of values; anything else is the real module's."""
+    """Stands in for the ``collections`` module inside a module that uses it only to make
+    small queues; anything else is the real module's."""
 
     deque = _SmallQueue
 
@@ -102,12 +105,13 @@ class _Collections:
 _COLLECTIONS = _Collections()
 
 
-def compact_h2_settings() -> None:
-    """Make the h2 library keep HTTP/2 settings in small lists (idempotent).
-
-    Only settings objects made afterwards are affected; they behave the same (acknowledged and
-    pending values, comparisons)."""
+def compact_queues() -> None:
+    """Make the h2 library's HTTP/2 settings and mitmproxy's protocol layers keep their queues
+    in small lists (idempotent; objects made afterwards are affected, and behave the same)."""
     import h2.settings
+    from mitmproxy.proxy import layer as layer_module
 
-    if getattr(h2.settings, "collections", None) is not _COLLECTIONS:
-        setattr(h2.settings, "collections", _COLLECTIONS)  # noqa: B010
+    # Each refers to ``collections`` only to make those queues (h2 4.1, mitmproxy 11).
+    for module in (h2.settings, layer_module):
+        if getattr(module, "collections", None) is not _COLLECTIONS:
+            setattr(module, "collections", _COLLECTIONS)  # noqa: B010

@@ -1,5 +1,5 @@
 """LeanHttpLayer: closed upstream connections are let go of while their client connection
-lives on; HTTP/2 settings kept in small lists.
+lives on; HTTP/2 settings and mitmproxy's layers keep their queues in small lists.
 
 Through a real embedded mitmproxy (``start_master``) in front of a small HTTP/1.1 API server
 over TLS, with the HTTP layer the addon installs (``answer_with_status``): kubectl's way of
@@ -24,9 +24,13 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
+from mitmproxy import options
+from mitmproxy.connection import Client
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
 
 from klockproxy.cluster.certs import CertificateAuthority
-from klockproxy.proxy.lean_http import compact_h2_settings
+from klockproxy.proxy.lean_http import compact_queues
 from klockproxy.proxy.master import RunningMaster, start_master
 from klockproxy.proxy.upstream_errors import answer_with_status
 from tests.rawh2 import RawH2, h2_request
@@ -217,7 +221,17 @@ async def test_an_http1_client_reuses_its_upstream_connection_and_lets_a_closed_
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP/2 settings
+# Small queues: HTTP/2 settings, mitmproxy's layers
+
+
+def _bytes_per_object(make: Callable[[], object]) -> float:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [make() for _ in range(100)]
+        return (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
 
 
 def _exchange(a: h2.connection.H2Connection, b: h2.connection.H2Connection) -> list[Any]:
@@ -226,16 +240,9 @@ def _exchange(a: h2.connection.H2Connection, b: h2.connection.H2Connection) -> l
 
 
 def test_http2_settings_are_small_and_negotiate_as_before() -> None:
-    compact_h2_settings()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        kept = [h2.settings.Settings(client=False) for _ in range(100)]
-        per_object = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
-    finally:
-        tracemalloc.stop()
+    compact_queues()
     # A deque per setting made one ~4 kB; a list per setting ~1 kB.
-    assert per_object < 1500
+    assert _bytes_per_object(lambda: h2.settings.Settings(client=False)) < 1500
 
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -258,3 +265,36 @@ def test_http2_settings_are_small_and_negotiate_as_before() -> None:
     assert any(isinstance(e, h2.events.RequestReceived) for e in _exchange(client, server))
     server.send_headers(1, [(":status", "200")], end_stream=True)
     assert any(isinstance(e, h2.events.ResponseReceived) for e in _exchange(server, client))
+
+
+class _Waiting(layer.Layer):
+    """A layer that opens a connection first (and so waits), then records the data it gets."""
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.seen: list[bytes] = []
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.OpenConnection(self.context.server)
+        elif isinstance(event, events.DataReceived):
+            self.seen.append(event.data)
+
+
+def test_a_layer_is_small_and_replays_what_arrived_while_it_waited_in_order() -> None:
+    compact_queues()
+    context = Context(
+        Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0),
+        options.Options(),
+    )
+    # An empty deque per layer made a layer ~900 bytes; an empty list ~300.
+    assert _bytes_per_object(lambda: _Waiting(context.fork())) < 600
+
+    waiting = _Waiting(context)
+    (opening,) = waiting.handle_event(events.Start())
+    assert isinstance(opening, commands.OpenConnection)
+    for data in (b"1", b"2", b"3"):
+        assert list(waiting.handle_event(events.DataReceived(context.client, data))) == []
+    assert waiting.seen == []
+    list(waiting.handle_event(events.OpenConnectionCompleted(opening, None)))
+    assert waiting.seen == [b"1", b"2", b"3"]
