@@ -13,7 +13,7 @@ watch over HTTP/1.1:
   For an HTTP/2 client in front of an HTTP/1.1 API server (such as the sandbox), mitmproxy
   gives each request its own upstream connection and closes it once the response is in
   (HTTP/1.1 cannot multiplex): the LIST's closed connection stayed for as long as the watch
-  was open (~40–55 kB per watch), and a long-lived HTTP/2 client piled up one per request.
+  was open (~40 to 55 kB per watch), and a long-lived HTTP/2 client piled up one per request.
   :class:`LeanHttpLayer` forgets a closed upstream connection once it is closed in both
   directions (mitmproxy has delivered its ``ConnectionClosed``, after which no event concerns
   it) and no live stream still points at it (a stream sends its request events to its upstream
