@@ -25,6 +25,10 @@ adds ``klockproxy serve`` from another checkout (A/B against an earlier commit).
    carrying a LIST of ~108 kB, then on the same connection a watch from the list's
    resourceVersion. Once over HTTP/1.1 and once over HTTP/2 (LIST and watch as two streams of
    one connection, as kubectl multiplexes them; ``kubectl proxy`` serves HTTP/1.1 only).
+   The sandbox serves HTTP/1.1, so an HTTP/2 client's LIST and watch each get their own
+   upstream connection; one more row, "klockproxy (HTTP/2 API server)", puts a second
+   ``klockproxy serve`` in front of a second sandbox behind its HTTP/2 front (as a real
+   kube-apiserver speaks h2: both streams share one upstream connection).
 
 Prints markdown tables.
 """
@@ -75,6 +79,8 @@ WATCH_NS = "bench-watch"
 WATCH_OBJECTS = 100
 # ~1 kB of data per configmap: the LIST of the namespace is ~108 kB, as in issue 12.
 WATCH_PAYLOAD = "x" * 680
+# The watch row of klockproxy in front of a sandbox that speaks HTTP/2 (as real API servers do).
+H2_UPSTREAM = "klockproxy (HTTP/2 API server)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +170,49 @@ def start_child_in(cwd: str, argv: list[str], env: dict[str, str]) -> Child:
         proc.kill()
         raise RuntimeError(f"{argv[:3]} did not start in {cwd}")
     return Child(proc, line)
+
+
+def serve_argv(admin_kc: str, lock_file: Path, out: Path, state_dir: Path) -> list[str]:
+    """``klockproxy serve`` in front of the API server of ``admin_kc``, as the rows run it."""
+    return [
+        sys.executable,
+        "-m",
+        "klockproxy",
+        "--log-level",
+        os.environ.get("BENCH_KLOCKPROXY_LOG", "WARNING"),
+        "serve",
+        "--kubeconfig",
+        admin_kc,
+        "--listen",
+        "127.0.0.1:0",
+        "--locks",
+        str(lock_file),
+        "--write-kubeconfig",
+        str(out),
+        "--state-dir",
+        str(state_dir),
+    ]
+
+
+def start_h2_upstream_pair(work: Path, lock_file: Path, children: dict[str, Child]) -> KubeTarget:
+    """A sandbox behind its HTTP/2 front and a ``klockproxy serve`` in front of it (children
+    registered in ``children``); the watch namespace seeded. The proxy's target."""
+    sb = start_child([sys.executable, "-c", SANDBOX_CHILD, str(work / "sandbox-h2"), "--http2"])
+    children["sandbox (HTTP/2)"] = sb
+    url, admin_kc = sb.first_line.split()
+    token, ca_pem = kubeconfig_token_and_ca(Path(admin_kc))
+    asyncio.run(
+        seed_watch_namespace(
+            KubeTarget("direct", Path(admin_kc), url, None, token, ssl_for(ca_pem))
+        )
+    )
+    out = work / "proxy-h2.kubeconfig"
+    kp = start_child(serve_argv(admin_kc, lock_file, out, work / "state-h2"))
+    children[H2_UPSTREAM] = kp
+    kp_token, kp_ca = kubeconfig_token_and_ca(out)
+    return KubeTarget(
+        H2_UPSTREAM, out, kp.first_line.split()[3], kp.proc.pid, kp_token, ssl_for(kp_ca)
+    )
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -499,26 +548,7 @@ def main() -> int:
         lock_file = work / "locks.yaml"
         lock_file.write_text(LOCK_FILE)
         out = work / "proxy.kubeconfig"
-        kp = start_child(
-            [
-                sys.executable,
-                "-m",
-                "klockproxy",
-                "--log-level",
-                os.environ.get("BENCH_KLOCKPROXY_LOG", "WARNING"),
-                "serve",
-                "--kubeconfig",
-                admin_kc,
-                "--listen",
-                "127.0.0.1:0",
-                "--locks",
-                str(lock_file),
-                "--write-kubeconfig",
-                str(out),
-                "--state-dir",
-                str(work / "state"),
-            ]
-        )
+        kp = start_child(serve_argv(admin_kc, lock_file, out, work / "state"))
         children["klockproxy"] = kp
         kp_token, kp_ca = kubeconfig_token_and_ca(out)
         klock = KubeTarget(
@@ -533,24 +563,7 @@ def main() -> int:
             # sys.path, ahead of PYTHONPATH.
             kb = start_child_in(
                 before,
-                [
-                    sys.executable,
-                    "-m",
-                    "klockproxy",
-                    "--log-level",
-                    "WARNING",
-                    "serve",
-                    "--kubeconfig",
-                    admin_kc,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--locks",
-                    str(lock_file),
-                    "--write-kubeconfig",
-                    str(out_before),
-                    "--state-dir",
-                    str(work / "state-before"),
-                ],
+                serve_argv(admin_kc, lock_file, out_before, work / "state-before"),
                 {**os.environ, "PYTHONPATH": before},
             )
             children["klockproxy (before)"] = kb
@@ -666,7 +679,10 @@ def main() -> int:
                 "|---|---|---|---|---|",
             ]
             size = 0
-            for t in targets[1:]:
+            watch_targets = targets[1:]
+            if not wanted or H2_UPSTREAM in wanted:
+                watch_targets.append(start_h2_upstream_pair(work, lock_file, children))
+            for t in watch_targets:
                 if wanted and t.name not in wanted:
                     continue
                 child = children[t.name]

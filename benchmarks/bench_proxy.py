@@ -73,7 +73,8 @@ SANDBOX_CHILD = """
 import sys, time, signal
 from pathlib import Path
 from klockproxy.sandbox.server import SandboxThread
-sb = SandboxThread(state_dir=Path(sys.argv[1])).start()
+# "--http2": behind the sandbox's HTTP/2 front, as a real API server speaks h2.
+sb = SandboxThread(state_dir=Path(sys.argv[1]), http2="--http2" in sys.argv[2:]).start()
 kc = sb.write_kubeconfig(Path(sys.argv[1]) / "admin.kubeconfig")
 print(sb.url, kc, flush=True)
 signal.sigwait({signal.SIGTERM, signal.SIGINT})

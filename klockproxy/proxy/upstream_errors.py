@@ -11,7 +11,8 @@ there: a ``ResponseProtocolError`` bound for a client that has not received resp
 on that stream yet is sent as a complete JSON Status response instead (503 ``ServiceUnavailable``
 for mitmproxy's 502, otherwise mitmproxy's code), its message naming the API server and the
 cause mitmproxy gave. Once headers were sent (a watch cut mid-stream) there is nothing to
-replace: the stream is ended as mitmproxy ends it.
+replace: the stream is ended as mitmproxy ends it. (The subclass builds on
+``lean_http.LeanHttpLayer``, which keeps per-connection memory small.)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mitmproxy.proxy.layers.http import (
 )
 
 from klockproxy.core.status import failure, to_bytes
+from klockproxy.proxy.lean_http import LeanHttpLayer
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +66,9 @@ def error_response(path: str, code: int, message: str) -> http.Response:
     )
 
 
-class _StatusErrorsHttpLayer(HttpLayer):
-    """An HttpLayer answering mitmproxy's protocol errors with a Status (see the module)."""
+class _StatusErrorsHttpLayer(LeanHttpLayer):
+    """An HttpLayer answering mitmproxy's protocol errors with a Status (see the module); it
+    also keeps per-connection memory small (``klockproxy.proxy.lean_http``)."""
 
     def event_to_child(
         self, child: layer.Layer | HttpStream, event: events.Event
@@ -116,7 +119,8 @@ class _StatusErrorsHttpLayer(HttpLayer):
 
 
 def answer_with_status(nextlayer: layer.NextLayer) -> None:
-    """Make the HttpLayer of a just-decided layer stack answer errors with a Status.
+    """Make the HttpLayer of a just-decided layer stack answer errors with a Status (and
+    keep its per-connection memory small, see ``klockproxy.proxy.lean_http``).
 
     The layer changes class in place (``_StatusErrorsHttpLayer`` has no ``__init__`` of its own), so
     every reference to it — its parent's ``child_layer``, ``context.layers`` — stays valid.

@@ -322,7 +322,9 @@ class H2Front:
         """The pooled HTTP/1.1 client session to the sandbox (created on first use)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.backend_ssl),
+                # No cap on concurrent requests (aiohttp's default is 100): each open watch
+                # holds one, and a kube-apiserver does not count watches against its limits.
+                connector=aiohttp.TCPConnector(ssl=self.backend_ssl, limit=0),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             )
