@@ -304,6 +304,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--locks", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", default="", help="only the reviews whose name contains this (small, 1 MB)"
+    )
     args = parser.parse_args()
 
     from klockproxy.cluster.certs import CertificateAuthority
@@ -318,6 +321,7 @@ def main() -> None:
     (work / "tls.crt").write_bytes(cert)
     (work / "tls.key").write_bytes(key)
     bodies = {"small Pod": small_pod(), "1 MB ConfigMap": big_configmap()}
+    bodies = {name: body for name, body in bodies.items() if args.only in name}
     for name, body in bodies.items():
         (work / f"{len(name)}.json").write_bytes(body)
 

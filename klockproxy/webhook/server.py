@@ -419,8 +419,10 @@ class WebhookServer(StartedOrStopped):
     async def _listen(self, host: str, port: int) -> None:
         if self.certs is None:
             raise ConfigError("no serving certificate")
-        app = web.Application(client_max_size=MAX_REVIEW_BYTES, middlewares=[_statuses])
+        app = web.Application(client_max_size=MAX_REVIEW_BYTES)
         app.router.add_post(VALIDATE_PATH, self._validate)
+        app.router.add_route("*", VALIDATE_PATH, _method_not_allowed)
+        app.router.add_route("*", "/{path:.*}", _not_found)
         self._runner, self.url = await serve_app(
             app, host, port, ssl_context=self.certs.ssl_context
         )
@@ -594,16 +596,16 @@ class WebhookServer(StartedOrStopped):
             logger.warning("audit log write failed: %s", e)
 
 
-@web.middleware
-async def _statuses(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Routing errors (404, 405) as Kubernetes Status JSON, like every other answer."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return _status_response(e.status, f"klockproxy webhook: {e.reason}")
+# Other methods and paths answer a Status too, like every other answer: as routes of their
+# own rather than a middleware, which every review would pay for.
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    response = _status_response(405, "klockproxy webhook: Method Not Allowed")
+    response.headers["Allow"] = "POST"
+    return response
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return _status_response(404, "klockproxy webhook: Not Found")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,8 +151,10 @@ async def test_other_paths_and_methods_get_a_status(tmp_path: Path) -> None:
             other_code, other_doc = resp.status, json.loads(await resp.read())
     assert get_code == 405
     assert get_doc["kind"] == "Status"
+    assert get_doc["message"] == "klockproxy webhook: Method Not Allowed"
     assert other_code == 404
     assert other_doc["kind"] == "Status"
+    assert other_doc["message"] == "klockproxy webhook: Not Found"
 
 
 # ------------------------------------------------------------------ every operation
