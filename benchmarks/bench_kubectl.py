@@ -70,6 +70,7 @@ from bench_proxy import (
     kubeconfig_token_and_ca,
     machine,
     seed,
+    serve_argv,
     ssl_for,
     start_child,
     start_mitmdump,
@@ -172,26 +173,10 @@ def start_child_in(cwd: str, argv: list[str], env: dict[str, str]) -> Child:
     return Child(proc, line)
 
 
-def serve_argv(admin_kc: str, lock_file: Path, out: Path, state_dir: Path) -> list[str]:
-    """``klockproxy serve`` in front of the API server of ``admin_kc``, as the rows run it."""
-    return [
-        sys.executable,
-        "-m",
-        "klockproxy",
-        "--log-level",
-        os.environ.get("BENCH_KLOCKPROXY_LOG", "WARNING"),
-        "serve",
-        "--kubeconfig",
-        admin_kc,
-        "--listen",
-        "127.0.0.1:0",
-        "--locks",
-        str(lock_file),
-        "--write-kubeconfig",
-        str(out),
-        "--state-dir",
-        str(state_dir),
-    ]
+def kubectl_serve_argv(admin_kc: str, lock_file: Path, out: Path, state_dir: Path) -> list[str]:
+    """``klockproxy serve`` as the rows run it (its log level from BENCH_KLOCKPROXY_LOG)."""
+    level = os.environ.get("BENCH_KLOCKPROXY_LOG", "WARNING")
+    return serve_argv(admin_kc, lock_file, out, state_dir, log_level=level)
 
 
 def start_h2_upstream_pair(work: Path, lock_file: Path, children: dict[str, Child]) -> KubeTarget:
@@ -207,7 +192,7 @@ def start_h2_upstream_pair(work: Path, lock_file: Path, children: dict[str, Chil
         )
     )
     out = work / "proxy-h2.kubeconfig"
-    kp = start_child(serve_argv(admin_kc, lock_file, out, work / "state-h2"))
+    kp = start_child(kubectl_serve_argv(admin_kc, lock_file, out, work / "state-h2"))
     children[H2_UPSTREAM] = kp
     kp_token, kp_ca = kubeconfig_token_and_ca(out)
     return KubeTarget(
@@ -548,7 +533,7 @@ def main() -> int:
         lock_file = work / "locks.yaml"
         lock_file.write_text(LOCK_FILE)
         out = work / "proxy.kubeconfig"
-        kp = start_child(serve_argv(admin_kc, lock_file, out, work / "state"))
+        kp = start_child(kubectl_serve_argv(admin_kc, lock_file, out, work / "state"))
         children["klockproxy"] = kp
         kp_token, kp_ca = kubeconfig_token_and_ca(out)
         klock = KubeTarget(
@@ -563,7 +548,7 @@ def main() -> int:
             # sys.path, ahead of PYTHONPATH.
             kb = start_child_in(
                 before,
-                serve_argv(admin_kc, lock_file, out_before, work / "state-before"),
+                kubectl_serve_argv(admin_kc, lock_file, out_before, work / "state-before"),
                 {**os.environ, "PYTHONPATH": before},
             )
             children["klockproxy (before)"] = kb

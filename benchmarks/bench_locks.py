@@ -48,6 +48,7 @@ from bench_proxy import (
     kubeconfig_token_and_ca,
     machine,
     seed,
+    serve_argv,
     ssl_for,
     start_child,
 )
@@ -122,26 +123,14 @@ def start_proxy(
     """``klockproxy serve`` with the lock file and the cluster: (child, seconds to ready,
     CPU seconds to ready)."""
     t0 = time.perf_counter()
-    argv = [
-        sys.executable,
-        "-m",
-        "klockproxy",
-        "--log-level",
-        "INFO",
-        "serve",
-        "--kubeconfig",
+    argv = serve_argv(
         admin_kc,
-        "--listen",
-        "127.0.0.1:0",
-        "--locks",
-        str(lock_file),
-        "--locks",
-        "cluster",
-        "--write-kubeconfig",
-        str(work / f"{name}.kubeconfig"),
-        "--state-dir",
-        str(work / "state"),
-    ]
+        lock_file,
+        work / f"{name}.kubeconfig",
+        work / "state",
+        log_level="INFO",
+        extra_locks=("cluster",),
+    )
     # The ready line on stdout; the log (INFO: the reload lines) to a file.
     with open(work / f"{name}.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -392,7 +381,7 @@ def main() -> int:
             proxy_child = child
         if args.starts_only:
             print_starts(starts, load_before, args.starts)
-            return
+            return 0
         kp_token, kp_ca = kubeconfig_token_and_ca(work / "many.kubeconfig")
         kp_url = proxy_child.first_line.split()[3]
         proxy = Target("klockproxy", kp_url, kp_token, ssl_for(kp_ca), proxy_child.proc.pid)

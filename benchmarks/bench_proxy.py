@@ -499,6 +499,25 @@ def machine() -> str:
     )
 
 
+def serve_argv(
+    admin_kc: str,
+    lock_file: Path,
+    out: Path,
+    state_dir: Path,
+    *,
+    log_level: str = "WARNING",
+    extra_locks: tuple[str, ...] = (),
+) -> list[str]:
+    """``klockproxy serve`` in front of the API server of ``admin_kc``, as the benchmarks run
+    it (``extra_locks``: more ``--locks`` sources, e.g. ``cluster``)."""
+    locks = [arg for source in (str(lock_file), *extra_locks) for arg in ("--locks", source)]
+    return [
+        *[sys.executable, "-m", "klockproxy", "--log-level", log_level, "serve"],
+        *["--kubeconfig", admin_kc, "--listen", "127.0.0.1:0", *locks],
+        *["--write-kubeconfig", str(out), "--state-dir", str(state_dir)],
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -556,26 +575,7 @@ def main() -> int:
         lock_file = work / "locks.yaml"
         lock_file.write_text(LOCK_FILE)
         out = work / "proxy.kubeconfig"
-        kp = start_child(
-            [
-                sys.executable,
-                "-m",
-                "klockproxy",
-                "--log-level",
-                "WARNING",
-                "serve",
-                "--kubeconfig",
-                admin_kc,
-                "--listen",
-                "127.0.0.1:0",
-                "--locks",
-                str(lock_file),
-                "--write-kubeconfig",
-                str(out),
-                "--state-dir",
-                str(work / "state"),
-            ]
-        )
+        kp = start_child(serve_argv(admin_kc, lock_file, out, work / "state"))
         children["klockproxy"] = kp
         kp_token, kp_ca = kubeconfig_token_and_ca(out)
         kp_url = kp.first_line.split()[3]

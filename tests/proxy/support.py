@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.test import tflow, tutils
 
+from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.addon import KlockProxy
 
 MY_POD = "/api/v1/namespaces/default/pods/my-pod"
@@ -109,3 +111,12 @@ spec:
   operations: [DELETE]
   matcher: {aura: red}
 """
+
+
+def server_pem(tmp_path: Path, ca: CertificateAuthority, name: str) -> Path:
+    """A certificate and key for 127.0.0.1 issued by ``ca``, in one PEM file (as mitmproxy
+    and Python's ssl load them)."""
+    cert, key = ca.issue_server(["127.0.0.1"])
+    path = tmp_path / name
+    path.write_bytes(cert + key)
+    return path

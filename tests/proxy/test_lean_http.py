@@ -33,6 +33,7 @@ from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.lean_http import compact_queues
 from klockproxy.proxy.master import RunningMaster, start_master
 from klockproxy.proxy.upstream_errors import answer_with_status
+from tests.proxy.support import server_pem
 from tests.rawh2 import RawH2, h2_request
 
 LIST_BODY = b"x" * 100_000
@@ -41,13 +42,6 @@ LIST_BODY = b"x" * 100_000
 @pytest.fixture(scope="module")
 def ca() -> CertificateAuthority:
     return CertificateAuthority.create("lean-http test CA")
-
-
-def _pem(tmp_path: Path, ca: CertificateAuthority, name: str) -> Path:
-    cert, key = ca.issue_server(["127.0.0.1"])
-    path = tmp_path / name
-    path.write_bytes(cert + key)
-    return path
 
 
 class _Upstream:
@@ -109,13 +103,13 @@ async def _start(
     tmp_path: Path, ca: CertificateAuthority, upstream: _Upstream, probe: _Probe
 ) -> tuple[asyncio.Server, RunningMaster]:
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(_pem(tmp_path, ca, "upstream.pem"))
+    server_ctx.load_cert_chain(server_pem(tmp_path, ca, "upstream.pem"))
     server_ctx.set_alpn_protocols(["http/1.1"])
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(ca.cert_pem)
-    proxy_pem = _pem(tmp_path, ca, "proxy.pem")
+    proxy_pem = server_pem(tmp_path, ca, "proxy.pem")
     running = await start_master(
         host="127.0.0.1",
         port=0,

@@ -24,19 +24,13 @@ from OpenSSL import SSL, crypto
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.lean_tls import LeanTls, renew_bios
 from klockproxy.proxy.master import start_master
+from tests.proxy.support import server_pem
 from tests.rawh2 import RawH2, h2_request
 
 
 @pytest.fixture(scope="module")
 def ca() -> CertificateAuthority:
     return CertificateAuthority.create("lean-tls test CA")
-
-
-def _pem(tmp_path: Path, ca: CertificateAuthority, name: str) -> Path:
-    cert, key = ca.issue_server(["127.0.0.1"])
-    path = tmp_path / name
-    path.write_bytes(cert + key)
-    return path
 
 
 def _server_conn(pem: Path) -> SSL.Connection:
@@ -86,7 +80,7 @@ def _mode(conn: SSL.Connection) -> int:
 def test_client_connection_gets_the_shared_certificate_and_still_handshakes(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
-    pem = _pem(tmp_path, ca, "proxy.pem")
+    pem = server_pem(tmp_path, ca, "proxy.pem")
     addon = LeanTls(pem)
     first, second = _server_conn(pem), _server_conn(pem)
     # Before the hook each connection holds its own X509 (what costs memory per watch).
@@ -104,8 +98,8 @@ def test_client_connection_gets_the_shared_certificate_and_still_handshakes(
 def test_a_connection_with_another_certificate_is_left_as_it_is(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
-    addon = LeanTls(_pem(tmp_path, ca, "proxy.pem"))
-    other_pem = _pem(tmp_path, ca, "other.pem")
+    addon = LeanTls(server_pem(tmp_path, ca, "proxy.pem"))
+    other_pem = server_pem(tmp_path, ca, "other.pem")
     conn = _server_conn(other_pem)
     addon.tls_start_client(SimpleNamespace(ssl_conn=conn))
     other = crypto.load_certificate(crypto.FILETYPE_PEM, other_pem.read_bytes())
@@ -116,9 +110,9 @@ def test_hooks_without_a_connection_or_certificate_do_nothing_harmful(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
     # Loaded by mitmdump -s, addons run before tlsconfig: ssl_conn is still None.
-    LeanTls(_pem(tmp_path, ca, "proxy.pem")).tls_start_client(SimpleNamespace(ssl_conn=None))
+    LeanTls(server_pem(tmp_path, ca, "proxy.pem")).tls_start_client(SimpleNamespace(ssl_conn=None))
     LeanTls().tls_start_server(SimpleNamespace(ssl_conn=None))
-    conn = _server_conn(_pem(tmp_path, ca, "plain.pem"))
+    conn = _server_conn(server_pem(tmp_path, ca, "plain.pem"))
     LeanTls().tls_start_client(SimpleNamespace(ssl_conn=conn))
     assert _mode(conn) & SSL.MODE_RELEASE_BUFFERS
 
@@ -167,7 +161,7 @@ def _heap_in_use() -> int:
 
 def _pair(tmp_path: Path, ca: CertificateAuthority) -> tuple[SSL.Connection, SSL.Connection]:
     """(proxy side, client side) of a completed handshake over memory BIOs."""
-    server = _server_conn(_pem(tmp_path, ca, "pair.pem"))
+    server = _server_conn(server_pem(tmp_path, ca, "pair.pem"))
     server.get_context().set_mode(SSL.MODE_RELEASE_BUFFERS)
     client = SSL.Connection(SSL.Context(SSL.TLS_METHOD))
     client.set_connect_state()
@@ -280,7 +274,7 @@ def test_a_large_response_renews_the_bios_of_its_client_connection_and_upstream(
 async def test_later_upstream_connections_resume_the_first_ones_tls_session(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
-    upstream_pem = _pem(tmp_path, ca, "upstream.pem")
+    upstream_pem = server_pem(tmp_path, ca, "upstream.pem")
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(upstream_pem)
     # An HTTP/1.1 API server asking for client certificates, as the sandbox does.
@@ -302,7 +296,7 @@ async def test_later_upstream_connections_resume_the_first_ones_tls_session(
     port = upstream.sockets[0].getsockname()[1]
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(ca.cert_pem)
-    proxy_pem = _pem(tmp_path, ca, "proxy.pem")
+    proxy_pem = server_pem(tmp_path, ca, "proxy.pem")
     running = await start_master(
         host="127.0.0.1",
         port=0,
