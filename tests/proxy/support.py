@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from mitmproxy.test import tflow, tutils
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.addon import KlockProxy
+from klockproxy.proxy.master import RunningMaster, start_master
 
 MY_POD = "/api/v1/namespaces/default/pods/my-pod"
 OTHER_POD = "/api/v1/namespaces/default/pods/other-pod"
@@ -120,3 +121,29 @@ def server_pem(tmp_path: Path, ca: CertificateAuthority, name: str) -> Path:
     path = tmp_path / name
     path.write_bytes(cert + key)
     return path
+
+
+async def master_in_front_of(
+    tmp_path: Path,
+    ca: CertificateAuthority,
+    port: int,
+    addons: Callable[[Path], Sequence[Any]],
+) -> RunningMaster:
+    """The embedded mitmproxy in front of ``https://127.0.0.1:PORT`` (whose certificate
+    ``ca`` issued), serving a certificate of ``ca`` itself, with ``addons(its PEM file)``."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    proxy_pem = server_pem(tmp_path, ca, "proxy.pem")
+    return await start_master(
+        host="127.0.0.1",
+        port=0,
+        upstream_server=f"https://127.0.0.1:{port}",
+        confdir=tmp_path / "mitmproxy",
+        addons=list(addons(proxy_pem)),
+        options={
+            "certs": [f"*={proxy_pem}"],
+            "upstream_cert": False,
+            "connection_strategy": "lazy",
+            "ssl_verify_upstream_trusted_ca": str(ca_file),
+        },
+    )

@@ -31,9 +31,9 @@ from mitmproxy.proxy.context import Context
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.lean_http import compact_queues
-from klockproxy.proxy.master import RunningMaster, start_master
+from klockproxy.proxy.master import RunningMaster
 from klockproxy.proxy.upstream_errors import answer_with_status
-from tests.proxy.support import server_pem
+from tests.proxy.support import master_in_front_of, server_pem
 from tests.rawh2 import RawH2, h2_request
 
 LIST_BODY = b"x" * 100_000
@@ -107,22 +107,7 @@ async def _start(
     server_ctx.set_alpn_protocols(["http/1.1"])
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(ca.cert_pem)
-    proxy_pem = server_pem(tmp_path, ca, "proxy.pem")
-    running = await start_master(
-        host="127.0.0.1",
-        port=0,
-        upstream_server=f"https://127.0.0.1:{port}",
-        confdir=tmp_path / "mitmproxy",
-        addons=[probe],
-        options={
-            "certs": [f"*={proxy_pem}"],
-            "upstream_cert": False,
-            "connection_strategy": "lazy",
-            "ssl_verify_upstream_trusted_ca": str(ca_file),
-        },
-    )
+    running = await master_in_front_of(tmp_path, ca, port, lambda pem: [probe])
     return server, running
 
 

@@ -23,8 +23,7 @@ from OpenSSL import SSL, crypto
 
 from klockproxy.cluster.certs import CertificateAuthority
 from klockproxy.proxy.lean_tls import LeanTls, renew_bios
-from klockproxy.proxy.master import start_master
-from tests.proxy.support import server_pem
+from tests.proxy.support import master_in_front_of, server_pem
 from tests.rawh2 import RawH2, h2_request
 
 
@@ -294,22 +293,7 @@ async def test_later_upstream_connections_resume_the_first_ones_tls_session(
 
     upstream = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
     port = upstream.sockets[0].getsockname()[1]
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(ca.cert_pem)
-    proxy_pem = server_pem(tmp_path, ca, "proxy.pem")
-    running = await start_master(
-        host="127.0.0.1",
-        port=0,
-        upstream_server=f"https://127.0.0.1:{port}",
-        confdir=tmp_path / "mitmproxy",
-        addons=[LeanTls(proxy_pem)],
-        options={
-            "certs": [f"*={proxy_pem}"],
-            "upstream_cert": False,
-            "connection_strategy": "lazy",
-            "ssl_verify_upstream_trusted_ca": str(ca_file),
-        },
-    )
+    running = await master_in_front_of(tmp_path, ca, port, lambda pem: [LeanTls(pem)])
     try:
         for _ in range(3):
             # A new HTTP/2 client connection each time, as every kubectl run makes; two
