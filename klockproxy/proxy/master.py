@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import ipaddress
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +141,24 @@ class RunningMaster:
             logger.exception("mitmproxy stopped with an error")
 
 
+def _bare_addons_package() -> None:
+    """Make ``mitmproxy.addons`` a bare package, unless something imported it already.
+
+    Its ``__init__`` imports every default addon (flow filters and pyparsing, proxy auth, the
+    onboarding web app...) so that ``default_addons()`` can list them: about 0.2 s of a start
+    and 300 modules this master never uses. The package is made from its spec without running
+    ``__init__``; the four submodules the master uses import as usual. Only mitmproxy's own
+    tools (mitmdump, mitmweb) call ``default_addons()``, and they never run in a process
+    that runs this master.
+    """
+    if "mitmproxy.addons" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mitmproxy.addons")
+    if spec is None or spec.submodule_search_locations is None:
+        return
+    sys.modules["mitmproxy.addons"] = importlib.util.module_from_spec(spec)
+
+
 async def start_master(
     *,
     host: str,
@@ -154,6 +174,7 @@ async def start_master(
     options are known); options of addons this master does not carry are skipped. Raises
     ConfigError when mitmproxy cannot start or listen.
     """
+    _bare_addons_package()
     from mitmproxy import options as mitm_options
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master

@@ -239,3 +239,32 @@ def test_serve_says_when_the_address_is_taken(
     assert result.returncode == 1
     assert f"klockproxy: cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_master_does_not_import_every_default_addon() -> None:
+    """mitmproxy's addons package is made bare (its __init__ imports every default addon):
+    a master starts and relays with the four addons it uses, and the others (the onboarding
+    web app, proxy auth, the flow filters' blocklist) are never imported."""
+    import subprocess
+    import sys
+
+    code = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from klockproxy.proxy.master import start_master
+
+async def main():
+    running = await start_master(host="127.0.0.1", port=0,
+        upstream_server="https://127.0.0.1:9", confdir=Path(tempfile.mkdtemp()) / "m",
+        addons=[], options={})
+    print(running.url.startswith("https://127.0.0.1:"))
+    await running.stop()
+
+asyncio.run(main())
+print(sorted(m for m in ("mitmproxy.addons.onboarding", "mitmproxy.addons.proxyauth",
+    "mitmproxy.addons.blocklist") if m in sys.modules))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["True", "[]"], out.stderr
