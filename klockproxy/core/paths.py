@@ -26,7 +26,9 @@ def collection_path(info: RequestInfo) -> str:
     """The URL path of the collection the request addresses (the parent's, for subresources)."""
     prefix = api_prefix(info)
     resource = quote(info.resource, safe="")
-    if info.namespace and not (info.group == "" and info.resource == "namespaces"):
+    # A namespace's own paths (``.../namespaces/NS[/status]``, in any group as the API
+    # server parses them) carry the namespace without being scoped by it.
+    if info.namespace and not (info.resource == "namespaces" and not info.scoped):
         return f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{resource}"
     return f"{prefix}/{resource}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote, urlencode
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from klockproxy.core.errors import ClassificationError, UnservedRouteError
@@ -264,6 +264,8 @@ _segments = st.tuples(
 
 
 @settings(max_examples=200, deadline=None)
+# A namespace's status under a group that has no namespaces: not scoped by the namespace.
+@example("POST", ["apis", "apps", "v1", "namespaces", "default", "status"], [], False)
 @given(
     st.sampled_from(["GET", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "DELETE"]),
     _segments,
