@@ -8,15 +8,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core import guards
+from klockproxy.core.consequences import judged_on_metadata
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import Refusal, UpstreamError
 from klockproxy.core.guards import ABSENT_UID
 from klockproxy.core.locks import load_locks_from_text
-from klockproxy.core.ownership import Graph, node_of
+from klockproxy.core.ownership import Graph, Node, metadata_object, node_of
 from klockproxy.core.requests import classify
 from klockproxy.core.status import failure
 from klockproxy.core.types import ResourceRef, UserInfo
@@ -560,6 +563,9 @@ class StaticOwnership:
             raise Refusal(failure(503, "klockproxy: the ownership index is not synced yet"))
         return self.graph
 
+    def stored(self, group: str, resource: str, namespace: str, name: str) -> Node | None:
+        return self.graph.named(group, resource, namespace, name)
+
 
 DELETE_LOCK = _locks("shop", "DELETE")
 
@@ -635,6 +641,147 @@ async def test_eviction_and_owner_writes_through_status_are_judged() -> None:
     verdict = await decide(index, "PATCH", status, driver, patched)
     assert verdict.status is not None
     assert 'forbids DELETE of pods "executor"' in verdict.status["message"]
+
+
+CM_PATH = "/api/v1/namespaces/shop/configmaps/cfg"
+MERGE = "application/merge-patch+json"
+
+
+def configmap(rv: str = "5", **labels: str) -> dict[str, Any]:
+    """A whole ConfigMap as the API server stores it (more than its metadata)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "cfg",
+            "namespace": "shop",
+            "uid": "uid-cfg",
+            "resourceVersion": rv,
+            "labels": dict(labels),
+            "annotations": {"note": "x"},
+            "finalizers": ["example.com/keep"],
+        },
+        "data": {"n": "0"},
+    }
+
+
+async def judge_patch(
+    stored: dict[str, Any], index: StaticOwnership, body: bytes, path: str = CM_PATH
+) -> tuple[Any, FakeUpstream]:
+    lookups = FakeUpstream()
+    lookups.objects = {path: stored}
+    decider = Judge(lookups, IdentityResolver(lookups), _locks("shop", "UPDATE", "DELETE"), index)
+    return await decider.judge(classify("PATCH", path), HEADERS, body, MERGE), lookups
+
+
+async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -> None:
+    """The dry run answers the version the index holds: its metadata is all the judgement
+    reads of the object as it was, so the read is saved; the write is conditional on it."""
+    stored = configmap(aura="blue")
+    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), b'{"data":{"n":"1"}}')
+    assert verdict.allowed, verdict.status
+    assert lookups.kinds() == ["dry_run"]
+    sent = json.loads(verdict.body or b"")
+    assert sent["metadata"]["resourceVersion"] == "5"
+    # Locked as it was (labels from the index): refused, still without a read.
+    red = configmap(aura="red")
+    verdict, lookups = await judge_patch(red, StaticOwnership(red), b'{"data":{"n":"1"}}')
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert "Lock shop/l forbids UPDATE" in verdict.status["message"]
+    assert lookups.kinds() == ["dry_run"]
+    # Moved into the Lock by the patch: the server's result decides.
+    into = b'{"metadata":{"labels":{"aura":"red"}}}'
+    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), into)
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert lookups.kinds() == ["dry_run"]
+
+
+async def test_a_stale_index_costs_a_read_never_a_wrong_judgement() -> None:
+    """The index lags behind a relabelling (version 4, unlocked; the API server holds 5,
+    locked): the dry run's version is not the index's, so the object is read as before."""
+    stale = configmap("4")
+    verdict, lookups = await judge_patch(
+        configmap("5", aura="red"), StaticOwnership(stale), b'{"data":{"n":"1"}}'
+    )
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert lookups.kinds() == ["dry_run", "get"]
+
+
+@pytest.mark.parametrize(
+    ("why", "path", "stored"),
+    [
+        ("a pod: the service account it runs as", "/api/v1/namespaces/shop/pods/p",
+         pod("p", {}, ns="shop")),
+        ("a workload: replicas, template", "/apis/apps/v1/namespaces/shop/deployments/cfg",
+         {**configmap(), "apiVersion": "apps/v1", "kind": "Deployment"}),
+        ("being deleted: finishing it compares the whole object", CM_PATH,
+         {**configmap(), "metadata": {**configmap()["metadata"], "deletionTimestamp": "t"}}),
+        ("owned: owner references are compared in full", CM_PATH,
+         obj("ConfigMap", "cfg", obj("ConfigMap", "top"))),
+    ],
+)  # fmt: skip
+async def test_what_the_index_cannot_stand_in_for_is_read(
+    why: str, path: str, stored: dict[str, Any]
+) -> None:
+    index = StaticOwnership(stored)
+    group, _, _ = stored["apiVersion"].rpartition("/")
+    assert index.stored(group, path.split("/")[-2], "shop", path.split("/")[-1]) is not None
+    _, lookups = await judge_patch(stored, index, b'{"data":{"n":"1"}}', path)
+    assert "get" in lookups.kinds(), why
+
+
+@given(
+    labels=st.dictionaries(st.sampled_from(["aura", "team"]), st.sampled_from(["red", "blue"])),
+    patch_labels=st.dictionaries(
+        st.sampled_from(["aura", "team"]), st.none() | st.sampled_from(["red", "blue"])
+    ),
+    resource=st.sampled_from(
+        [("", "v1", "configmaps", "ConfigMap"), ("", "v1", "services", "Service"),
+         ("", "v1", "namespaces", "Namespace"), ("example.com", "v1", "widgets", "Widget"),
+         ("rbac.authorization.k8s.io", "v1", "roles", "Role")]
+    ),
+    status=st.booleans(),
+)  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_a_metadata_stand_in_is_judged_as_the_whole_object(
+    labels: dict[str, str],
+    patch_labels: dict[str, str | None],
+    resource: tuple[str, str, str, str],
+    status: bool,
+) -> None:
+    """``judged_on_metadata``: for these kinds, the object as the index holds it (identity,
+    version, labels) gets the verdict the whole object gets, whatever the write."""
+    group, version, plural, kind = resource
+    namespaced = plural != "namespaces"
+    whole = configmap(**labels)
+    whole.update(apiVersion=f"{group}/{version}" if group else version, kind=kind)
+    if not namespaced:
+        whole["metadata"] = {k: v for k, v in whole["metadata"].items() if k != "namespace"}
+        whole["metadata"]["name"] = "shop"
+    new = json.loads(json.dumps(whole))
+    for key, value in patch_labels.items():
+        if value is None:
+            new["metadata"]["labels"].pop(key, None)
+        else:
+            new["metadata"]["labels"][key] = value
+    new["data"] = {"n": "1"}
+    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    path = prefix + (f"/namespaces/shop/{plural}/cfg" if namespaced else f"/{plural}/shop")
+    path += "/status" if status else ""
+    node = node_of(whole, ResourceRef(group, version, plural), kind)
+    assert node is not None
+    stand_in = metadata_object(node)
+    engine = _locks("shop", "UPDATE", "DELETE")
+    for method in ("PATCH", "PUT"):
+        info = classify(method, path)
+        assert judged_on_metadata(info.ref)
+
+        async def verdicts(old: dict[str, Any], info: Any = info) -> Any:
+            decider = Judge(FakeUpstream(), None, engine, StaticOwnership(whole))
+            caller = Caller.known(UserInfo("someone"))
+            return await decider.decide(Subject(info, old, new), caller)
+
+        assert asyncio.run(verdicts(stand_in)) == asyncio.run(verdicts(whole))
 
 
 async def test_the_index_not_synced_refuses_with_503() -> None:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError, WatchEvent
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import Refusal, UpstreamError
-from klockproxy.core.ownership import Graph, node_of
+from klockproxy.core.ownership import Graph, Node, node_of
 from klockproxy.core.status import failure
 from klockproxy.core.types import Operation, ResourceRef
 
@@ -198,6 +198,11 @@ class OwnershipIndex:
         if not self.synced and not failing:
             await self.wait_synced(timeout)
         return self.require()
+
+    def stored(self, group: str, resource: str, namespace: str, name: str) -> Node | None:
+        """The object as the index last saw it, if it follows it (maybe stale: whoever uses
+        it compares its ``version`` with the API server's)."""
+        return self.graph.named(group, resource, namespace, name)
 
     def require(self) -> Graph:
         """The graph, or a 503 Refusal while it is not synced (fail closed)."""

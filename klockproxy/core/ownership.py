@@ -52,6 +52,8 @@ class Node:
     name: str
     labels: Mapping[str, str]
     owners: tuple[OwnerRef, ...] = ()
+    version: str = ""  # metadata.resourceVersion
+    deleting: bool = False  # metadata.deletionTimestamp is set
 
 
 def group_of(api_version: str) -> str:
@@ -98,7 +100,28 @@ def node_of(obj: Mapping[str, Any], resource: ResourceRef, kind: str = "") -> No
         name=str(meta.get("name") or ""),
         labels=labels,
         owners=owner_refs_of(obj),
+        version=str(meta.get("resourceVersion") or ""),
+        deleting=bool(meta.get("deletionTimestamp")),
     )
+
+
+def metadata_object(node: Node) -> dict[str, Any]:
+    """The object as far as a node holds it: its identity, version and labels (no owner
+    references: only owner-less nodes are stood in for by this, see ``Graph.named``)."""
+    ref = node.resource
+    meta: dict[str, Any] = {
+        "name": node.name,
+        "uid": node.uid,
+        "resourceVersion": node.version,
+        "labels": dict(node.labels),
+    }
+    if node.namespace:
+        meta["namespace"] = node.namespace
+    return {
+        "apiVersion": f"{ref.group}/{ref.version}" if ref.group else ref.version,
+        "kind": node.kind,
+        "metadata": meta,
+    }
 
 
 class Graph:
@@ -113,6 +136,8 @@ class Graph:
         self.known = known
         self._nodes: dict[str, Node] = {}
         self._dependents: dict[str, set[str]] = {}
+        # (group, resource, namespace, name) -> uid: the object a request names.
+        self._named: dict[tuple[str, str, str, str], str] = {}
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -124,10 +149,18 @@ class Graph:
         """The object with this uid, if known."""
         return self._nodes.get(uid)
 
+    def named(self, group: str, resource: str, namespace: str, name: str) -> Node | None:
+        """The object of that resource (any version of the group), namespace and name, if
+        known."""
+        uid = self._named.get((group, resource, namespace, name))
+        return None if uid is None else self._nodes.get(uid)
+
     def upsert(self, node: Node) -> None:
         """Add or replace an object."""
         self._unlink(node.uid)
         self._nodes[node.uid] = node
+        key = (node.resource.group, node.resource.resource, node.namespace, node.name)
+        self._named[key] = node.uid
         for ref in node.owners:
             self._dependents.setdefault(ref.uid, set()).add(node.uid)
 
@@ -140,6 +173,9 @@ class Graph:
         old = self._nodes.get(uid)
         if old is None:
             return
+        key = (old.resource.group, old.resource.resource, old.namespace, old.name)
+        if self._named.get(key) == uid:
+            del self._named[key]
         for ref in old.owners:
             deps = self._dependents.get(ref.uid)
             if deps is not None:

@@ -52,7 +52,7 @@ from klockproxy.core.owners import (
     owner_inputs,
     owner_uids,
 )
-from klockproxy.core.ownership import Graph
+from klockproxy.core.ownership import Graph, Node
 from klockproxy.core.patches import APPLY_PATCH
 from klockproxy.core.paths import collection_path
 from klockproxy.core.requests import RequestInfo
@@ -87,6 +87,11 @@ class Ownership(Protocol):
 
     async def graph_when_synced(self) -> Graph:
         """The graph once synced (a short wait at most); else a 503 Refusal."""
+        ...
+
+    def stored(self, group: str, resource: str, namespace: str, name: str) -> Node | None:
+        """The object as the index last saw it, if it follows it (maybe stale: whoever uses
+        it compares its ``version`` with the API server's)."""
         ...
 
 

@@ -2,11 +2,13 @@
 
 ``Judge(lookups, identity, engine).judge(info, headers, body, content_type) -> Verdict``:
 the old object is read from the API server AS THE CALLER (``headers``: Authorization and
-Impersonate-*; the parent for subresources), the new one from the body (or by applying the
-patch), the caller is resolved lazily through ``identity``, and ``decide`` (deciding.py)
-gives the verdict. An allowed write whose decision depended on the current object gets its
-body rewritten to be conditional on the checked ``resourceVersion`` (core.guards). Knows
-nothing about mitmproxy: the addon hands it the request and acts on the verdict.
+Impersonate-*; the parent for subresources; for a patch, often the version the ownership
+index holds instead, see ``_gather_patch``), the new one from the body (or the API server's
+dry run of the patch), the caller is resolved lazily through ``identity``, and ``decide``
+(deciding.py) gives the verdict. An allowed write whose decision depended on the current
+object gets its body rewritten to be conditional on the checked ``resourceVersion``
+(core.guards). Knows nothing about mitmproxy: the addon hands it the request and acts on
+the verdict.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
 from klockproxy.core.codec import media_type
+from klockproxy.core.consequences import judged_on_metadata
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import DecodeError, KlockProxyError, Refusal, UpstreamError
 from klockproxy.core.guards import (
@@ -31,6 +34,7 @@ from klockproxy.core.guards import (
     load_document,
 )
 from klockproxy.core.metadata import decode_body, object_meta
+from klockproxy.core.ownership import Node, metadata_object
 from klockproxy.core.patches import (
     APPLY_PATCH,
     PATCH_CONTENT_TYPES,
@@ -264,6 +268,11 @@ class Judge(Decider):
         uid read) it was computed from exactly the object the guard pins, and is the answer
         the conditional dry run would give. Otherwise (a write in between, an error, an
         object without a version) the conditional dry run is sent after the read, as before.
+
+        Where the ownership index holds the object and the judgement reads nothing of it but
+        its metadata (``_stored``), the read is saved: a dry run answering the version the
+        index holds was computed from that version, whose metadata the index has. A stale
+        index only costs the read (the versions differ).
         """
         ctype = req.content_type
         mtype = media_type(ctype)
@@ -276,7 +285,20 @@ class Judge(Decider):
             )
         is_apply = mtype == APPLY_PATCH
         body = req.body()
-        current, early = await self._get_and_dry_run(info, headers, body, ctype)
+        stored = self._stored(info)
+        if stored is None:
+            current, early = await self._get_and_dry_run(info, headers, body, ctype)
+        else:
+            early = await self._dry_run_patch(info, headers, body, ctype)
+            if isinstance(early, dict):
+                known = _Guard(stored.version, stored.uid)
+                if _same_version(early, known):
+                    # Computed from the very version the index holds: that version's
+                    # metadata is all the judgement reads of the object as it was.
+                    upstream_labels(early)
+                    guarded = add_precondition(body, ctype, info, known.rv, known.uid)
+                    return _Gathered(Subject(info, metadata_object(stored), early), known, guarded)
+            current = await self._get(info, headers)
         if current is None:
             if info.subresource:
                 return _Gathered(Subject(info, None, None))
@@ -332,11 +354,7 @@ class Judge(Decider):
         """The object as the caller reads it, and the unconditional dry run of the patch sent
         at the same time (its result, or the API server's refusal of it). A failed read
         propagates, and the dry run is then abandoned."""
-        dry = asyncio.ensure_future(
-            self.lookups.dry_run(
-                "PATCH", _write_path(info), _query_pairs(info), headers, body, ctype
-            )
-        )
+        dry = asyncio.ensure_future(self._dry_run_patch(info, headers, body, ctype))
         try:
             current = await self._get(info, headers)
         except BaseException:
@@ -344,10 +362,32 @@ class Judge(Decider):
             # Its outcome no longer matters; retrieved so that it is not reported as lost.
             dry.add_done_callback(_forget)
             raise
+        return current, await dry
+
+    async def _dry_run_patch(
+        self, info: RequestInfo, headers: Mapping[str, Sequence[str]], body: bytes, ctype: str
+    ) -> dict[str, Any] | UpstreamStatusError:
+        """The caller's patch sent as it is with ``dryRun=All``: its result, or the API
+        server's refusal of it."""
         try:
-            return current, await dry
+            return await self.lookups.dry_run(
+                "PATCH", _write_path(info), _query_pairs(info), headers, body, ctype
+            )
         except UpstreamStatusError as e:
-            return current, e
+            return e
+
+    def _stored(self, info: RequestInfo) -> Node | None:
+        """The object a patch names as the ownership index holds it, when the judgement
+        needs nothing more of the object as it was (``judged_on_metadata``: not a pod or a
+        workload, not being deleted, no owner references); else None."""
+        if self.ownership is None or info.subresource not in LABEL_SUBRESOURCES:
+            return None
+        if not judged_on_metadata(info.ref):
+            return None
+        node = self.ownership.stored(info.group, info.resource, info.namespace, info.name)
+        if node is None or node.deleting or node.owners or not node.version:
+            return None
+        return node
 
     def _local_patch(
         self,

@@ -12,6 +12,7 @@ from klockproxy.core.ownership import (
     after_owner_write,
     collected,
     collected_now,
+    metadata_object,
     node_of,
     owner_refs_of,
 )
@@ -220,3 +221,37 @@ def test_collected_is_exactly_the_collectors_fixpoint(
             assert all_absent and touched
         elif touched:
             assert not all_absent
+
+
+def test_an_object_is_found_by_name_and_stood_in_for_by_its_metadata() -> None:
+    stored = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg", "namespace": "t", "uid": "uid-1", "resourceVersion": "9",
+                     "labels": {"aura": "red"}, "annotations": {"big": "x" * 100}},
+        "data": {"n": "1"},
+    }  # fmt: skip
+    found = node_of(stored, CM, "ConfigMap")
+    assert found is not None and found.version == "9" and not found.deleting
+    g = graph(found)
+    assert g.named("", "configmaps", "t", "cfg") is found
+    assert g.named("", "configmaps", "other", "cfg") is None
+    assert g.named("", "secrets", "t", "cfg") is None
+    # What the judgement reads of it: identity, version, labels; nothing else is kept.
+    assert metadata_object(found) == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg", "namespace": "t", "uid": "uid-1", "resourceVersion": "9",
+                     "labels": {"aura": "red"}},
+    }  # fmt: skip
+    # Deleted and created again under the same name: the DELETED event of the old uid may
+    # come after the new object's ADDED; the name keeps pointing at the new one.
+    again = node_of({**stored, "metadata": {**stored["metadata"], "uid": "uid-2"}}, CM)
+    assert again is not None
+    g.upsert(again)
+    g.remove("uid-1")
+    assert g.named("", "configmaps", "t", "cfg") is again
+    g.remove("uid-2")
+    assert g.named("", "configmaps", "t", "cfg") is None
+    terminating = {**stored, "metadata": {**stored["metadata"], "deletionTimestamp": "now"}}
+    assert (gone := node_of(terminating, CM)) is not None and gone.deleting
