@@ -247,14 +247,17 @@ def host_allowed(host: str, allowed: Sequence[str]) -> bool:
 
 
 class GatewayAuth:
-    """mitmproxy addon in front of ``KlockProxy``: who is calling, header hygiene."""
+    """mitmproxy addon in front of ``KlockProxy``: who is calling, header hygiene.
+
+    The API server, and the gateway's own credentials for certificate callers, are those of
+    ``lookups`` (its ``config``): the client that also makes the reviews.
+    """
 
     def __init__(
         self,
         *,
         lookups: Upstream,
         identity: IdentityResolver,
-        upstream: UpstreamConfig,
         allowed_hosts: Sequence[str],
         verifier: Any | None = None,
         metrics: Metrics | None = None,
@@ -268,6 +271,7 @@ class GatewayAuth:
         self.verifier = verifier
         self.metrics = metrics
         self.allowed_hosts = tuple(allowed_hosts)
+        upstream = lookups.config
         url = URL(upstream.server)
         self.upstream_host = url.host or ""
         self.upstream_port = url.port or 443
@@ -760,7 +764,6 @@ class Gateway(StartedOrStopped):
         self.auth = GatewayAuth(
             lookups=self.lookups,
             identity=self.identity,
-            upstream=upstream,
             allowed_hosts=allowed_hosts,
             verifier=verifier,
             metrics=metrics,
