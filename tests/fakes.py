@@ -128,6 +128,9 @@ class FakeUpstream:
         except PatchError as e:
             raise UpstreamStatusError("PATCH", 400, str(e)) from e
         meta = result.get("metadata") or {}
+        if not isinstance(meta, dict):
+            # The API server cannot decode the patched object into its kind either.
+            raise UpstreamStatusError("PATCH", 400, "metadata: expected an object")
         if current is not None:
             stored = current["metadata"]
             if meta.get("resourceVersion") not in (None, "", stored.get("resourceVersion")):

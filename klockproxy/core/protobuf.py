@@ -184,13 +184,15 @@ def _text(raw: bytes, where: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Unknown:
-    """The ``runtime.Unknown`` envelope of a Kubernetes protobuf body."""
+    """The ``runtime.Unknown`` envelope of a Kubernetes protobuf body, as ``unwrap_unknown``
+    reads it: every field is set, ``""`` where the body has none (kubectl's ``contentEncoding``
+    and ``contentType`` are empty)."""
 
     api_version: str
     kind: str
     raw: bytes
-    content_encoding: str = ""
-    content_type: str = ""
+    content_encoding: str
+    content_type: str
 
 
 def unwrap_unknown(body: bytes) -> Unknown:

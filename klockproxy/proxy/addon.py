@@ -254,8 +254,9 @@ class KlockProxy:
         metrics: Metrics | None = None,
         ownership: OwnershipIndex | None = None,
     ) -> None:
-        self.audit = audit
-        self.metrics = metrics
+        # A lock set or lookups given here (local mode, the gateway, tests) is the caller's:
+        # kept, and started and stopped by the caller. One left out is the addon's, built
+        # from the klock_* options in ``configure`` and rebuilt when they change.
         self._injected_lock_set = lock_set is not None
         self._injected_upstream = upstream is not None
         self.lock_set: LockSet | None = lock_set
@@ -266,6 +267,8 @@ class KlockProxy:
         # The ownership index (what the garbage collector would delete), on the proxy's own
         # upstream only: injected lookups that cannot watch keep the per-request search.
         self.ownership: OwnershipIndex | None = ownership or _ownership_index(upstream)
+        self.audit = audit
+        self.metrics = metrics
         self.settings: Settings | None = None
         self._probe_timeout = probe_timeout
         self._upstream_token: TokenFile | None = None

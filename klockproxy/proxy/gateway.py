@@ -49,10 +49,6 @@ from urllib.parse import quote, unquote
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
 from klockproxy.cluster.kubeconfig import KubeconfigTarget, in_cluster_upstream, load_upstream
-from klockproxy.cluster.lock_sources import (
-    LockSet,
-    create_lock_sources,
-)
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
@@ -60,21 +56,13 @@ from klockproxy.core.errors import ConfigError, KlockProxyError, UpstreamError
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.loop_thread import LoopThread
-from klockproxy.proxy.master import (
-    RunningMaster,
-    cert_hosts,
-    klock_options,
-    run_proxy,
-    start_master,
-)
+from klockproxy.proxy.master import ProxyService, cert_hosts, run_proxy
 from klockproxy.service import (
     OptionTexts,
     ServedSettings,
-    StartedOrStopped,
     add_service_options,
     add_state_dir_option,
     parse_listen,
-    wait_for_locks,
 )
 
 if TYPE_CHECKING:
@@ -247,14 +235,17 @@ def host_allowed(host: str, allowed: Sequence[str]) -> bool:
 
 
 class GatewayAuth:
-    """mitmproxy addon in front of ``KlockProxy``: who is calling, header hygiene."""
+    """mitmproxy addon in front of ``KlockProxy``: who is calling, header hygiene.
+
+    The API server, and the gateway's own credentials for certificate callers, are those of
+    ``lookups`` (its ``config``): the client that also makes the reviews.
+    """
 
     def __init__(
         self,
         *,
         lookups: Upstream,
         identity: IdentityResolver,
-        upstream: UpstreamConfig,
         allowed_hosts: Sequence[str],
         verifier: Any | None = None,
         metrics: Metrics | None = None,
@@ -268,6 +259,7 @@ class GatewayAuth:
         self.verifier = verifier
         self.metrics = metrics
         self.allowed_hosts = tuple(allowed_hosts)
+        upstream = lookups.config
         url = URL(upstream.server)
         self.upstream_host = url.host or ""
         self.upstream_port = url.port or 443
@@ -648,15 +640,13 @@ class GatewaySettings(ServedSettings):
     failure_ttl: float = 5.0
 
 
-class Gateway(StartedOrStopped):
+class Gateway(ProxyService[GatewaySettings]):
     """The shared gateway: ``await start()`` (ready when it returns), ``await stop()``."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.settings = settings
-        self.url = ""
+        super().__init__(settings)
         self.health_url = ""
         self.ca_path: Path | None = None
-        self.lock_set: LockSet | None = None
         from klockproxy.metrics import Metrics
 
         self.metrics = Metrics()
@@ -666,7 +656,6 @@ class Gateway(StartedOrStopped):
         self.lookups: Upstream | None = None
         self.target: KubeconfigTarget | None = None
         self._upstream: UpstreamConfig | None = None
-        self._master: RunningMaster | None = None
         self._health: HealthServer | None = None
         self._upstream_ok = False
 
@@ -760,7 +749,6 @@ class Gateway(StartedOrStopped):
         self.auth = GatewayAuth(
             lookups=self.lookups,
             identity=self.identity,
-            upstream=upstream,
             allowed_hosts=allowed_hosts,
             verifier=verifier,
             metrics=metrics,
@@ -768,25 +756,23 @@ class Gateway(StartedOrStopped):
             miss_burst=s.miss_burst,
         )
         # The lock watch shares the gateway's own client (its credentials, one pool).
-        self.lock_set = create_lock_sources(s.locks, self.lookups, s.default_namespace)
+        lock_set = await self._start_lock_set(self.lookups)
         from klockproxy.metrics import lock_state
 
         metrics.track_locks(lambda: lock_state(self.lock_set))
-        self.releases.push_async_callback(self.lock_set.stop)
-        await self.lock_set.start()
 
         from klockproxy.proxy.addon import KlockProxy
-        from klockproxy.proxy.lean_tls import LeanTls
 
-        options = klock_options(serving_pem, upstream, s.locks, s.default_namespace)
-        # Callers come from other machines.
-        options["block_global"] = False
-        options["http2"] = True
-        # Checked against the serving certificate's names, then set to the API server's.
-        options["keep_host_header"] = True
-        options["request_client_cert"] = verifier is not None
+        options = {
+            # Callers come from other machines.
+            "block_global": False,
+            "http2": True,
+            # Checked against the serving certificate's names, then set to the API server's.
+            "keep_host_header": True,
+            "request_client_cert": verifier is not None,
+        }
         klock = KlockProxy(
-            lock_set=self.lock_set,
+            lock_set=lock_set,
             upstream=self.lookups,
             identity=self.identity,
             audit=self.audit,
@@ -795,17 +781,8 @@ class Gateway(StartedOrStopped):
             # credentials (cluster.ownership).
             ownership=OwnershipIndex.over(self.lookups.config),
         )
-        self._master = await start_master(
-            host=host,
-            port=port,
-            upstream_server=upstream.server,
-            confdir=run_dir / "mitmproxy",
-            addons=[self.auth, klock, LeanTls(serving_pem)],
-            options=options,
-        )
-        self.releases.push_async_callback(self._master.stop)
-        self.url = self._master.url
-        await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
+        addons = [self.auth, klock]
+        await self._serve((host, port), lock_set, upstream, serving_pem, run_dir, addons, options)
         if s.health_listen:
             from klockproxy.health import HealthServer
 

@@ -3,6 +3,8 @@
 Local mode and the gateway both run mitmproxy this way (about 1.6x the request rate of
 ``DumpMaster``): core, proxyserver, next_layer and tlsconfig, plus the caller's addons.
 ``start_master`` returns once the server listens, with the URL it is reachable at.
+``ProxyService`` is what the two modes' services share around it: the lock set, and
+mitmproxy started last with the options and the TLS addon every proxy mode has.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
+from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.core.errors import ConfigError
-from klockproxy.service import Service, ServiceSettings, run_service, settings_from_options
+from klockproxy.service import (
+    Service,
+    ServiceSettings,
+    StartedOrStopped,
+    run_service,
+    settings_from_options,
+    wait_for_locks,
+)
 
 if TYPE_CHECKING:
-    from klockproxy.cluster.upstream import UpstreamConfig
+    from klockproxy.cluster.upstream import Upstream, UpstreamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +226,59 @@ async def start_master(
         )
     started.url = f"https://{url_host(host)}:{int(addrs[0][1])}"
     return started
+
+
+class ProxyService(StartedOrStopped, Generic[S]):
+    """A proxy mode's service (local mode, the gateway): its ``settings``, its ``lock_set``
+    (``_start_lock_set``) and the embedded mitmproxy its ``_start`` ends with (``_serve``),
+    serving at ``url``. The rest of ``_start`` (credentials, certificates, the addons) is
+    the mode's own."""
+
+    def __init__(self, settings: S) -> None:
+        self.settings = settings
+        self.url = ""
+        self.lock_set: LockSet | None = None
+        self._master: RunningMaster | None = None
+
+    async def _start_lock_set(self, lookups: Upstream) -> LockSet:
+        """The lock sources ``settings.locks`` names (Lock objects watched through
+        ``lookups``, lock files), started; ``stop()`` stops them."""
+        s = self.settings
+        self.lock_set = create_lock_sources(s.locks, lookups, s.default_namespace)
+        self.releases.push_async_callback(self.lock_set.stop)
+        await self.lock_set.start()
+        return self.lock_set
+
+    async def _serve(
+        self,
+        listen: tuple[str, int],
+        lock_set: LockSet,
+        upstream: UpstreamConfig,
+        serving_pem: Path,
+        run_dir: Path,
+        addons: Sequence[Any],
+        options: Mapping[str, Any],
+    ) -> None:
+        """Start mitmproxy on ``listen`` in front of ``upstream``'s API server, its confdir in
+        ``run_dir`` (``stop()`` stops it): ``addons``, then ``LeanTls`` serving ``serving_pem``;
+        the options every proxy mode sets (``klock_options``) with the mode's ``options`` over
+        them. Returns once it listens and ``lock_set`` had ``settings.locks_ready_timeout`` to
+        load (past that it serves anyway, refusing mutations until the Locks are ready)."""
+        from klockproxy.proxy.lean_tls import LeanTls
+
+        s = self.settings
+        host, port = listen
+        self._master = await start_master(
+            host=host,
+            port=port,
+            upstream_server=upstream.server,
+            confdir=run_dir / "mitmproxy",
+            addons=[*addons, LeanTls(serving_pem)],
+            options={
+                **klock_options(serving_pem, upstream, s.locks, s.default_namespace),
+                **options,
+            },
+        )
+        self.releases.push_async_callback(self._master.stop)
+        self.url = self._master.url
+        await wait_for_locks(lock_set, s.locks_ready_timeout, "mutations are refused")

@@ -7,8 +7,9 @@ that token from every client (401 otherwise), drops it, and attaches the real cr
 upstream, so no other local process can ride them.
 
 mitmproxy is embedded as in ``proxy.master`` with ``KlockProxy`` and ``LeanTls``.
-``LocalProxy`` is the service; ``ProxyThread`` runs it in a thread for tests and benchmarks;
-``run`` is the command. Reading the kubeconfig lives in ``cluster.kubeconfig``.
+``LocalProxy`` is the service (a ``proxy.master.ProxyService``); ``ProxyThread`` runs it in a
+thread for tests and benchmarks; ``run`` is the command. Reading the kubeconfig lives in
+``cluster.kubeconfig``.
 """
 
 from __future__ import annotations
@@ -19,28 +20,20 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write_kubeconfig
-from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import Upstream
 from klockproxy.loop_thread import LoopThread
-from klockproxy.proxy.master import (
-    RunningMaster,
-    cert_hosts,
-    klock_options,
-    run_proxy,
-    start_master,
-)
+from klockproxy.proxy.master import ProxyService, cert_hosts, run_proxy
 from klockproxy.service import (
     OptionTexts,
     ServiceSettings,
-    StartedOrStopped,
     add_service_options,
     add_state_dir_option,
     parse_listen,
-    wait_for_locks,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,18 +59,15 @@ class ServeSettings(ServiceSettings):
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
 
 
-class LocalProxy(StartedOrStopped):
+class LocalProxy(ProxyService[ServeSettings]):
     """The local-mode proxy: ``await start()`` (ready when it returns; ConfigError or
     LockValidationError with a message fit for the user), ``await stop()``."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
-        self.url = ""
+        super().__init__(settings)
         self.kubeconfig_path = Path(settings.write_kubeconfig)
-        self.lock_set: LockSet | None = None
         self.target: KubeconfigTarget | None = None
         self._token = secrets.token_urlsafe(32)
-        self._master: RunningMaster | None = None
         self._upstream: Upstream | None = None
         self._audit: AuditLog | None = None
 
@@ -123,15 +113,12 @@ class LocalProxy(StartedOrStopped):
         # One client to the API server for the lock watch and the proxy's lookups.
         self._upstream = Upstream(upstream)
         self.releases.push_async_callback(self._upstream.close)
-        self.lock_set = create_lock_sources(s.locks, self._upstream, s.default_namespace)
-        self.releases.push_async_callback(self.lock_set.stop)
-        await self.lock_set.start()
+        lock_set = await self._start_lock_set(self._upstream)
 
         from klockproxy.proxy.addon import KlockProxy
-        from klockproxy.proxy.lean_tls import LeanTls
 
-        options = klock_options(proxy_pem, upstream, s.locks, s.default_namespace)
-        options["klock_client_token_file"] = str(token_file)
+        # Local mode's own options (``_serve`` adds those every proxy mode sets).
+        options: dict[str, Any] = {"klock_client_token_file": str(token_file)}
         if upstream.ca_file:
             options["klock_upstream_ca"] = upstream.ca_file
         if upstream.client_cert_file and upstream.client_key_file:
@@ -147,20 +134,8 @@ class LocalProxy(StartedOrStopped):
             options["klock_upstream_client_key"] = upstream.client_key_file
         if upstream.token_file:
             options["klock_upstream_token_file"] = upstream.token_file
-        self._master = await start_master(
-            host=host,
-            port=port,
-            upstream_server=upstream.server,
-            confdir=run_dir / "mitmproxy",
-            addons=[
-                KlockProxy(lock_set=self.lock_set, upstream=self._upstream, audit=self._audit),
-                LeanTls(proxy_pem),
-            ],
-            options=options,
-        )
-        self.releases.push_async_callback(self._master.stop)
-        self.url = self._master.url
-        await wait_for_locks(self.lock_set, s.locks_ready_timeout, "mutations are refused")
+        klock = KlockProxy(lock_set=lock_set, upstream=self._upstream, audit=self._audit)
+        await self._serve((host, port), lock_set, upstream, proxy_pem, run_dir, [klock], options)
         write_kubeconfig(
             self.kubeconfig_path,
             server=self.url,

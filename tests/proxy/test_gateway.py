@@ -152,7 +152,6 @@ def _gateway_auth(verifier: ClientCertVerifier | None) -> GatewayAuth:
     return GatewayAuth(
         lookups=lookups,
         identity=IdentityResolver(lookups),
-        upstream=upstream,
         allowed_hosts=["127.0.0.1"],
         verifier=verifier,
     )
