@@ -138,8 +138,11 @@ def finishes_deletion(current: Mapping[str, Any], new: Mapping[str, Any], subres
     if not set(map(str, new_finalizers or ())) <= set(map(str, old_finalizers or ())):
         return False
 
+    # The status is left out too: a write to the object itself does not store it where the
+    # kind has a status subresource, a protobuf body's status is not decoded (core.protobuf),
+    # and the status of an object whose deletion was judged protects nothing.
     def rest(obj: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in meta.items() if k not in _VOLATILE_METADATA}
-        return {**obj, "metadata": kept}
+        return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": kept}
 
     return rest(current, old_meta) == rest(new, new_meta)

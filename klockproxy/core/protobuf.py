@@ -249,7 +249,8 @@ class F:
     ``type``: string, bytes (base64 in JSON), bool, int, strings (repeated string), map
     (string->string), bytesmap (string->bytes, base64), message, messages (repeated),
     stringsmap (string->ExtraValue, a list of strings), time (metav1.Time), intorstr,
-    quantitymap (string->resource.Quantity, as its string).
+    quantitymap (string->resource.Quantity, as its string), zero (a message read as absent:
+    Go clients send it with every field zero; a strict decode refuses anything else).
     ``pointer``: the Go field is a pointer, so a zero value is kept when present.
     """
 
@@ -271,7 +272,7 @@ def _schema_of(spec: F, path: str) -> MessageSchema:
 
 _LEN_TYPES = frozenset(
     {"string", "bytes", "strings", "map", "bytesmap", "message", "messages", "stringsmap"}
-    | {"time", "intorstr", "quantitymap"}
+    | {"time", "intorstr", "quantitymap", "zero"}
 )
 
 
@@ -375,6 +376,11 @@ def _decode_len(out: dict[str, JSON], spec: F, raw: bytes, path: str, strict: bo
     elif kind == "intorstr":
         fields = _decode_message(raw, _INT_OR_STRING, path, strict)
         out[name] = fields.get("strVal", "") if fields.get("type") == 1 else fields.get("intVal", 0)
+    elif kind == "zero":
+        # Never stored from this body: a strict decode (which would store it) refuses a
+        # value it would silently lose.
+        if strict and any(value not in (0, b"") for _, _, value in decode_fields(raw)):
+            raise UnsupportedProtobufError(f"{path}: a {name} that is not zero is not supported")
     else:  # pragma: no cover - the schemas below only use the types above
         raise DecodeError(f"{path}: schema type {kind!r} unknown")
 
@@ -442,6 +448,8 @@ def _encode_field(number: int, spec: F, value: JSON, path: str) -> bytes:
             return encode_len_field(number, b"")
         when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         return encode_len_field(number, encode_varint_field(1, int(when.timestamp())))
+    if kind == "zero":
+        return b""
     if kind == "intorstr":
         if isinstance(value, str):
             inner = encode_varint_field(1, 1) + encode_string_field(3, value)
@@ -606,29 +614,12 @@ _DEPLOYMENT_SPEC: MessageSchema = {
     7: F("paused", "bool"),
     9: F("progressDeadlineSeconds", "int", pointer=True),
 }
-_DEPLOYMENT_STATUS: MessageSchema = {
-    1: F("observedGeneration", "int"),
-    2: F("replicas", "int"),
-    3: F("updatedReplicas", "int"),
-    7: F("readyReplicas", "int"),
-    4: F("availableReplicas", "int"),
-    5: F("unavailableReplicas", "int"),
-    8: F("collisionCount", "int", pointer=True),
-}
 # policy/v1: `kubectl create poddisruptionbudget` sends these as protobuf.
 _PDB_SPEC: MessageSchema = {
     1: F("minAvailable", "intorstr"),
     2: _msg("selector", _LABEL_SELECTOR),
     3: F("maxUnavailable", "intorstr"),
     4: F("unhealthyPodEvictionPolicy", "string", pointer=True),
-}
-_PDB_STATUS: MessageSchema = {
-    1: F("observedGeneration", "int"),
-    3: F("disruptionsAllowed", "int"),
-    4: F("currentHealthy", "int"),
-    5: F("desiredHealthy", "int"),
-    6: F("expectedPods", "int"),
-    7: _msgs("conditions", _CONDITION),
 }
 _USER_INFO: MessageSchema = {
     1: _s("username"),
@@ -683,6 +674,9 @@ _RULES_REVIEW_STATUS: MessageSchema = {
     3: F("incomplete", "bool"),
     4: _s("evaluationError"),
 }
+
+
+_ZERO_STATUS = F("status", "zero")
 
 
 def _kind(**fields: F) -> MessageSchema:
@@ -768,12 +762,10 @@ KIND_SCHEMAS: Mapping[tuple[str, str], MessageSchema] = {
     ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): _kind(
         f2=_msg("spec", {1: _s("namespace")}), f3=_msg("status", _RULES_REVIEW_STATUS)
     ),
-    ("apps/v1", "Deployment"): _kind(
-        f2=_msg("spec", _DEPLOYMENT_SPEC), f3=_msg("status", _DEPLOYMENT_STATUS)
-    ),
-    ("policy/v1", "PodDisruptionBudget"): _kind(
-        f2=_msg("spec", _PDB_SPEC), f3=_msg("status", _PDB_STATUS)
-    ),
+    # Their status is "zero": the API server resets it on a create and on an update of the
+    # object itself, and a write to /status is judged on its labels.
+    ("apps/v1", "Deployment"): _kind(f2=_msg("spec", _DEPLOYMENT_SPEC), f3=_ZERO_STATUS),
+    ("policy/v1", "PodDisruptionBudget"): _kind(f2=_msg("spec", _PDB_SPEC), f3=_ZERO_STATUS),
 }
 _METADATA_ONLY: MessageSchema = {1: _msg("metadata", OBJECT_META)}
 
