@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
-    ClassVar,
     Protocol,
     TextIO,
     TypeVar,
@@ -31,6 +30,7 @@ from typing import (
     get_type_hints,
 )
 
+from klockproxy.cluster.kubeconfig import OwnCredentials
 from klockproxy.cluster.private_files import write_private
 from klockproxy.core.errors import ConfigError, KlockProxyError
 from klockproxy.loop_thread import cancel
@@ -228,21 +228,19 @@ def run_service(make: Callable[[], Service], *, out: TextIO | None = None) -> in
 
 @dataclass(frozen=True)
 class OptionTexts:
-    """How the shared options describe one mode in its ``--help`` (``add_service_options``)."""
+    """How the shared options describe one mode in its ``--help`` (``add_service_options``):
+    each mode's class holds its own, beside the code that does what they say."""
 
     serves: str  # what --listen serves
-    credentials: str  # where the credentials come from without --kubeconfig
-    judged: str  # what --audit-log writes one line per ("mutation", "review")
+    credentials: OwnCredentials  # where the credentials come from without --kubeconfig
     ready: str = ""  # when /readyz says ready (ServedSettings only)
 
 
 @dataclass(kw_only=True)
 class ServiceSettings:
     """What every long-running command is told (``add_service_options`` declares the
-    options); each mode's settings add their own fields, a default for ``listen`` and
-    ``option_texts``."""
+    options); each mode's settings add their own fields and a default for ``listen``."""
 
-    option_texts: ClassVar[OptionTexts]
     listen: str  # each mode has its own default
     kubeconfig: str | None = None
     context: str | None = None
@@ -265,16 +263,19 @@ class ServedSettings(ServiceSettings):
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def add_service_options(parser: argparse.ArgumentParser, settings: type[ServiceSettings]) -> None:
-    """The options of ``settings``'s fields that every service shares, worded by its
-    ``option_texts``: ``--kubeconfig`` (where the credentials come from without it),
+def add_service_options(
+    parser: argparse.ArgumentParser, settings: type[ServiceSettings], texts: OptionTexts
+) -> None:
+    """The options of ``settings``'s fields that every service shares, worded by the mode's
+    ``texts``: ``--kubeconfig`` (where the credentials come from without it),
     ``--context``, ``--listen`` (what it serves; default: the field's), ``--locks``,
     ``--audit-log`` (one line per judged thing); for ServedSettings also ``--tls-cert``,
     ``--tls-key`` and ``--health-listen`` (when /readyz says ready)."""
-    texts = settings.option_texts
     listen = next(f.default for f in fields(settings) if f.name == "listen")
     parser.add_argument(
-        "--kubeconfig", metavar="PATH", help=f"kubeconfig to read (default: {texts.credentials})"
+        "--kubeconfig",
+        metavar="PATH",
+        help=f"kubeconfig to read (default: {texts.credentials.value})",
     )
     parser.add_argument("--context", metavar="NAME", help="context to use (default: current)")
     parser.add_argument(
@@ -294,7 +295,7 @@ def add_service_options(parser: argparse.ArgumentParser, settings: type[ServiceS
     parser.add_argument(
         "--audit-log",
         metavar="PATH|-",
-        help=f"append one JSON line per judged {texts.judged} here ('-': standard output)",
+        help="append one JSON line per judged request here ('-': standard output)",
     )
     if issubclass(settings, ServedSettings):
         parser.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")

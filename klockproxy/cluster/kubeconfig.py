@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -221,6 +222,34 @@ def _bearer_token(cfg: Any) -> str | None:
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
+class OwnCredentials(Enum):
+    """Where a service finds its own credentials when neither ``--kubeconfig`` nor
+    ``--context`` is given (``own_upstream``); the value is how its ``--help`` says it."""
+
+    KUBECONFIG = "$KUBECONFIG or ~/.kube/config"
+    KUBECONFIG_THEN_POD = "$KUBECONFIG, ~/.kube/config, or in a pod its service account"
+    POD_THEN_KUBECONFIG = "in a pod its service account, else $KUBECONFIG or ~/.kube/config"
+
+
+def own_upstream(
+    where: OwnCredentials,
+    kubeconfig: str | None,
+    context: str | None,
+    files_dir: Path,
+    account_dir: Path = SERVICE_ACCOUNT_DIR,
+) -> tuple[UpstreamConfig, KubeconfigTarget | None]:
+    """The API server and a service's own credentials: the kubeconfig (and context) given,
+    else as ``where`` says; the kubeconfig's target too (None for a pod's service account).
+    Blocking (an exec plugin may run): call it in a thread from the event loop."""
+    if kubeconfig is None and context is None and where is not OwnCredentials.KUBECONFIG:
+        first = where is OwnCredentials.POD_THEN_KUBECONFIG
+        pod = in_cluster_upstream(account_dir=account_dir, before_kubeconfig=first)
+        if pod is not None:
+            return pod, None
+    target = load_upstream(kubeconfig, context, files_dir)
+    return target.upstream, target
+
+
 def in_cluster_upstream(
     environ: Mapping[str, str] | None = None,
     account_dir: Path = SERVICE_ACCOUNT_DIR,
@@ -232,8 +261,7 @@ def in_cluster_upstream(
     kubelet rotates it.
 
     Where a pod also has $KUBECONFIG or ~/.kube/config, that kubeconfig wins (None here)
-    unless ``before_kubeconfig``: the webhook reads a kubeconfig first, the gateway's own
-    credentials in a pod are its service account's (its ``--kubeconfig`` help says so).
+    unless ``before_kubeconfig`` (``OwnCredentials``).
     """
     from klockproxy.cluster.upstream import UpstreamConfig
 

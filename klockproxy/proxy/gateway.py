@@ -48,7 +48,7 @@ from urllib.parse import quote, unquote
 
 from klockproxy.audit import AuditLog
 from klockproxy.cluster.identity import IdentityResolver, ReviewCache, ReviewRefused, cache_key
-from klockproxy.cluster.kubeconfig import KubeconfigTarget, in_cluster_upstream, load_upstream
+from klockproxy.cluster.kubeconfig import KubeconfigTarget, OwnCredentials, own_upstream
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig
@@ -625,12 +625,6 @@ def _load_openssl_pair(cert_file: str, key_file: str) -> tuple[Any, Any]:
 class GatewaySettings(ServedSettings):
     """Everything ``klockproxy gateway`` is told (besides what every service is)."""
 
-    option_texts = OptionTexts(
-        serves="the Kubernetes API",
-        credentials="in a pod its service account, else $KUBECONFIG or ~/.kube/config",
-        judged="mutation",
-        ready="once the Locks synced and the API server answers",
-    )
     listen: str = DEFAULT_LISTEN
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
     client_ca: Sequence[str] = ()
@@ -642,6 +636,14 @@ class GatewaySettings(ServedSettings):
 
 class Gateway(ProxyService[GatewaySettings]):
     """The shared gateway: ``await start()`` (ready when it returns), ``await stop()``."""
+
+    # In a pod its own credentials are its service account's (what RBAC grants the gateway
+    # is then in the manifests beside it), even where the image carries a kubeconfig.
+    option_texts = OptionTexts(
+        "the Kubernetes API",
+        OwnCredentials.POD_THEN_KUBECONFIG,
+        ready="once the Locks synced and the API server answers",
+    )
 
     def __init__(self, settings: GatewaySettings) -> None:
         super().__init__(settings)
@@ -669,22 +671,19 @@ class Gateway(ProxyService[GatewaySettings]):
             line += f"; health on {self.health_url}"
         return line
 
-    async def _own_upstream(self, files_dir: Path) -> UpstreamConfig:
-        s = self.settings
-        if s.kubeconfig is None and s.context is None:
-            pod = in_cluster_upstream(before_kubeconfig=True)
-            if pod is not None:
-                return pod
-        self.target = await asyncio.to_thread(load_upstream, s.kubeconfig, s.context, files_dir)
-        return self.target.upstream
-
     async def _start(self) -> None:
         """Load credentials, locks and TLS material; start mitmproxy and the health port."""
         s = self.settings
         host, port = parse_listen(s.listen)
         state_dir = Path(s.state_dir).expanduser()
         run_dir = self.private_run_dir(state_dir)
-        upstream = await self._own_upstream(run_dir / "upstream")
+        upstream, self.target = await asyncio.to_thread(
+            own_upstream,
+            self.option_texts.credentials,
+            s.kubeconfig,
+            s.context,
+            run_dir / "upstream",
+        )
         self._upstream = upstream
         if self.target is not None:
             self.keep_token_fresh(
@@ -821,7 +820,7 @@ class GatewayThread(LoopThread[Gateway]):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy gateway``."""
-    add_service_options(parser, GatewaySettings)
+    add_service_options(parser, GatewaySettings, Gateway.option_texts)
     add_state_dir_option(
         parser,
         DEFAULT_STATE_DIR,

@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from klockproxy.audit import AuditLog
-from klockproxy.cluster.kubeconfig import KubeconfigTarget, load_upstream, write_kubeconfig
+from klockproxy.cluster.kubeconfig import (
+    KubeconfigTarget,
+    OwnCredentials,
+    load_upstream,
+    write_kubeconfig,
+)
 from klockproxy.cluster.private_files import write_private
 from klockproxy.cluster.upstream import Upstream
 from klockproxy.loop_thread import LoopThread
@@ -51,9 +56,6 @@ PROXY_CA_NAME = "klockproxy local CA"
 class ServeSettings(ServiceSettings):
     """Everything ``klockproxy serve`` is told (besides what every service is)."""
 
-    option_texts = OptionTexts(
-        serves="the proxy", credentials="$KUBECONFIG or ~/.kube/config", judged="mutation"
-    )
     write_kubeconfig: Path
     listen: str = DEFAULT_LISTEN
     state_dir: Path = field(default_factory=lambda: Path(DEFAULT_STATE_DIR).expanduser())
@@ -62,6 +64,9 @@ class ServeSettings(ServiceSettings):
 class LocalProxy(ProxyService[ServeSettings]):
     """The local-mode proxy: ``await start()`` (ready when it returns; ConfigError or
     LockValidationError with a message fit for the user), ``await stop()``."""
+
+    # Local mode holds the user's own kubeconfig credentials, never a pod's.
+    option_texts = OptionTexts("the proxy", OwnCredentials.KUBECONFIG)
 
     def __init__(self, settings: ServeSettings) -> None:
         super().__init__(settings)
@@ -180,7 +185,7 @@ class ProxyThread(LoopThread[LocalProxy]):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy serve``."""
-    add_service_options(parser, ServeSettings)
+    add_service_options(parser, ServeSettings, LocalProxy.option_texts)
     parser.add_argument(
         "--write-kubeconfig",
         required=True,

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``klockproxy webhook``."""
-    add_service_options(parser, WebhookSettings)
+    add_service_options(parser, WebhookSettings, WebhookServer.option_texts)
     parser.add_argument(
         "--cert-secret",
         metavar="NAMESPACE/NAME",

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from klockproxy.audit import AuditLog
+from klockproxy.cluster.kubeconfig import OwnCredentials, own_upstream
 from klockproxy.cluster.lock_sources import LockSet, create_lock_sources
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError
@@ -276,12 +277,6 @@ class FileCerts:
 class WebhookSettings(ServedSettings):
     """Everything ``klockproxy webhook`` is told (besides what every service is)."""
 
-    option_texts = OptionTexts(
-        serves="HTTPS POST /validate",
-        credentials="$KUBECONFIG, ~/.kube/config, or in a pod its service account",
-        judged="review",
-        ready="once the Locks synced and the CA is injected",
-    )
     listen: str = DEFAULT_LISTEN
     cert_secret: str | None = None  # NAMESPACE/NAME
     webhook_config: str | None = None
@@ -293,6 +288,14 @@ class WebhookServer(StartedOrStopped):
     ``lock_set``, ``lookups`` and ``certs`` may be given (tests, benchmarks); otherwise they
     are built from the settings (the kubeconfig context, or the pod's service account).
     """
+
+    # A kubeconfig first: the webhook is often run outside the cluster it serves (tests,
+    # development); in a pod without one, its service account.
+    option_texts = OptionTexts(
+        "HTTPS POST /validate",
+        OwnCredentials.KUBECONFIG_THEN_POD,
+        ready="once the Locks synced and the CA is injected",
+    )
 
     def __init__(
         self,
@@ -391,18 +394,16 @@ class WebhookServer(StartedOrStopped):
             index.follow(lock_set.engine)
 
     async def _upstream_config(self) -> UpstreamConfig:
-        from klockproxy.cluster.kubeconfig import in_cluster_upstream, load_upstream
-
         s = self.settings
-        if s.kubeconfig is None and s.context is None:
-            in_cluster = in_cluster_upstream()
-            if in_cluster is not None:
-                return in_cluster
         self._run_dir = Path(tempfile.mkdtemp(prefix="klockproxy-webhook-"))
-        target = await asyncio.to_thread(
-            load_upstream, s.kubeconfig, s.context, self._run_dir / "upstream"
+        upstream, _ = await asyncio.to_thread(
+            own_upstream,
+            self.option_texts.credentials,
+            s.kubeconfig,
+            s.context,
+            self._run_dir / "upstream",
         )
-        return target.upstream
+        return upstream
 
     async def _cert_source(self, upstream: UpstreamConfig | None, host: str) -> CertSource:
         s = self.settings

@@ -12,7 +12,12 @@ import pytest
 import yaml
 
 from klockproxy.cluster.certs import CertificateAuthority
-from klockproxy.cluster.kubeconfig import load_upstream, write_kubeconfig
+from klockproxy.cluster.kubeconfig import (
+    OwnCredentials,
+    load_upstream,
+    own_upstream,
+    write_kubeconfig,
+)
 from klockproxy.core.errors import ConfigError
 
 
@@ -197,3 +202,50 @@ def test_in_cluster_upstream_uses_the_pods_service_account(
     assert in_cluster_upstream({}, account) is None
     assert in_cluster_upstream({**env, "KUBECONFIG": "/x"}, account) is None
     assert in_cluster_upstream(env, tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    ("where", "in_pod", "pod_wins"),
+    [
+        (OwnCredentials.KUBECONFIG, False, False),
+        (OwnCredentials.KUBECONFIG_THEN_POD, True, False),
+        (OwnCredentials.POD_THEN_KUBECONFIG, True, True),
+    ],
+)
+def test_a_service_s_own_credentials_come_from_where_its_help_says(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: OwnCredentials,
+    in_pod: bool,
+    pod_wins: bool,
+) -> None:
+    """The order each mode's ``--kubeconfig`` help names is the order it reads them in."""
+    account = tmp_path / "sa"
+    account.mkdir()
+    (account / "token").write_text("t")
+    (account / "ca.crt").write_text("ca")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    pod = "https://10.96.0.1:443"
+    files = tmp_path / "files"
+    # In a pod without a kubeconfig: its service account, unless the mode never uses it.
+    if in_pod:
+        upstream, target = own_upstream(where, None, None, files, account)
+        assert (upstream.server, target) == (pod, None)
+    else:
+        with pytest.raises(ConfigError):
+            own_upstream(where, None, None, files, account)
+    # The pod also has ~/.kube/config: the order decides.
+    kc = home / ".kube" / "config"
+    write_kubeconfig(
+        kc, server="https://kc:6443", ca_pem=b"", users={"u": {"token": "x"}}, current_user="u"
+    )
+    upstream, target = own_upstream(where, None, None, files, account)
+    assert upstream.server == (pod if pod_wins else "https://kc:6443")
+    assert (target is None) == pod_wins
+    # --kubeconfig given: always that file.
+    upstream, target = own_upstream(where, str(kc), None, files, account)
+    assert upstream.server == "https://kc:6443" and target is not None
