@@ -683,9 +683,11 @@ async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -
     assert lookups.kinds() == ["dry_run"]
     sent = json.loads(verdict.body or b"")
     assert sent["metadata"]["resourceVersion"] == "5"
-    # Locked as it was (labels from the index): refused, still without a read.
+    # Locked as it was (labels from the index; the patch takes the label off): refused,
+    # still without a read.
     red = configmap(aura="red")
-    verdict, lookups = await judge_patch(red, StaticOwnership(red), b'{"data":{"n":"1"}}')
+    off = b'{"metadata":{"labels":{"aura":null}}}'
+    verdict, lookups = await judge_patch(red, StaticOwnership(red), off)
     assert verdict.status is not None and verdict.status["code"] == 403
     assert "Lock shop/l forbids UPDATE" in verdict.status["message"]
     assert lookups.kinds() == ["dry_run"]

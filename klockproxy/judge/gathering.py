@@ -290,15 +290,14 @@ class Judge(Decider):
             current, early = await self._get_and_dry_run(info, headers, body, ctype)
         else:
             early = await self._dry_run_patch(info, headers, body, ctype)
-            if isinstance(early, dict):
-                known = _Guard(stored.version, stored.uid)
-                if _same_version(early, known):
-                    # Computed from the very version the index holds: that version's
-                    # metadata is all the judgement reads of the object as it was.
-                    upstream_labels(early)
-                    guarded = add_precondition(body, ctype, info, known.rv, known.uid)
-                    return _Gathered(Subject(info, metadata_object(stored), early), known, guarded)
-            current = await self._get(info, headers)
+            # Computed from the very version the index holds: that version's metadata is all
+            # the judgement reads of the object as it was, and the guard below pins it.
+            # Otherwise the object is read, as without an index.
+            known = _Guard(stored.version, stored.uid)
+            if isinstance(early, dict) and _same_version(early, known):
+                current = metadata_object(stored)
+            else:
+                current = await self._get(info, headers)
         if current is None:
             if info.subresource:
                 return _Gathered(Subject(info, None, None))
