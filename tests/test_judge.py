@@ -675,12 +675,15 @@ async def judge_patch(
 
 
 async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -> None:
-    """The dry run answers the version the index holds: its metadata is all the judgement
-    reads of the object as it was, so the read is saved; the write is conditional on it."""
+    """A patch that may change the metadata: the dry run answers the version the index
+    holds, whose metadata is all the judgement reads of the object as it was, so the read is
+    saved; the write is conditional on it."""
     stored = configmap(aura="blue")
-    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), b'{"data":{"n":"1"}}')
+    note = b'{"metadata":{"annotations":{"n":"1"}}}'
+    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), note)
     assert verdict.allowed, verdict.status
     assert lookups.kinds() == ["dry_run"]
+    assert not verdict.on_index  # the API server answered that version
     sent = json.loads(verdict.body or b"")
     assert sent["metadata"]["resourceVersion"] == "5"
     # Locked as it was (labels from the index; the patch takes the label off): refused,
@@ -698,15 +701,72 @@ async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -
     assert lookups.kinds() == ["dry_run"]
 
 
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (b'{"data":{"n":"1"}}', MERGE),
+        (b'{"data":{"n":"1"}}', "application/strategic-merge-patch+json"),
+        (b'[{"op":"replace","path":"/data/n","value":"1"}]', "application/json-patch+json"),
+    ],
+)
+async def test_a_patch_that_leaves_the_metadata_is_judged_on_the_index_alone(
+    body: bytes, ctype: str
+) -> None:
+    """Nothing of the metadata can change: the object as it was and as it will be is the
+    version the index holds. No request at all; the write is conditional on that version
+    (``on_index``: a 409 means the index lagged), and judging ``fresh`` asks the API server."""
+
+    async def judge(stored: dict[str, Any], fresh: bool = False) -> tuple[Any, FakeUpstream]:
+        lookups = FakeUpstream()
+        lookups.objects = {CM_PATH: stored}
+        index = StaticOwnership(stored)
+        decider = Judge(lookups, IdentityResolver(lookups), _locks("shop", "UPDATE"), index)
+        info = classify("PATCH", CM_PATH)
+        return await decider.judge(info, HEADERS, body, ctype, fresh=fresh), lookups
+
+    verdict, lookups = await judge(configmap(aura="blue"))
+    assert verdict.allowed and verdict.on_index
+    assert lookups.kinds() == []
+    guarded = json.loads(verdict.body or b"")
+    if ctype.endswith("json-patch+json"):
+        assert {"op": "test", "path": "/metadata/resourceVersion", "value": "5"} in guarded
+    else:
+        assert guarded["metadata"]["resourceVersion"] == "5"
+    # A locked object: refused on the index's labels, still without a request.
+    verdict, lookups = await judge(configmap(aura="red"))
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert "Lock shop/l forbids UPDATE" in verdict.status["message"]
+    assert lookups.kinds() == []
+    # fresh: as if there were no shortcut.
+    verdict, lookups = await judge(configmap(aura="blue"), fresh=True)
+    assert verdict.allowed and not verdict.on_index
+    assert lookups.kinds() == ["dry_run"]
+
+
 async def test_a_stale_index_costs_a_read_never_a_wrong_judgement() -> None:
     """The index lags behind a relabelling (version 4, unlocked; the API server holds 5,
-    locked): the dry run's version is not the index's, so the object is read as before."""
+    locked): the dry run's version is not the index's, so the object is read as before. A
+    patch that leaves the metadata is allowed on version 4, conditional on it: the API server
+    answers 409 and nothing is written; judged ``fresh`` it is refused."""
     stale = configmap("4")
-    verdict, lookups = await judge_patch(
-        configmap("5", aura="red"), StaticOwnership(stale), b'{"data":{"n":"1"}}'
-    )
+    locked = configmap("5", aura="red")
+    note = b'{"metadata":{"annotations":{"n":"1"}}}'
+    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), note)
     assert verdict.status is not None and verdict.status["code"] == 403
     assert lookups.kinds() == ["dry_run", "get"]
+
+    data = b'{"data":{"n":"1"}}'
+    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), data)
+    assert verdict.allowed and verdict.on_index
+    sent = verdict.body or b""
+    assert json.loads(sent)["metadata"]["resourceVersion"] == "4"
+    with pytest.raises(UpstreamStatusError) as conflict:
+        await lookups.dry_run("PATCH", CM_PATH, [], HEADERS, sent, MERGE)
+    assert conflict.value.code == 409
+    decider = Judge(lookups, IdentityResolver(lookups), _locks("shop", "UPDATE", "DELETE"),
+                    StaticOwnership(stale))  # fmt: skip
+    again = await decider.judge(classify("PATCH", CM_PATH), HEADERS, data, MERGE, fresh=True)
+    assert again.status is not None and again.status["code"] == 403
 
 
 @pytest.mark.parametrize(
@@ -778,12 +838,18 @@ def test_a_metadata_stand_in_is_judged_as_the_whole_object(
         info = classify(method, path)
         assert judged_on_metadata(info.ref)
 
-        async def verdicts(old: dict[str, Any], info: Any = info) -> Any:
+        async def verdicts(old: dict[str, Any], after: Any = new, info: Any = info) -> Any:
             decider = Judge(FakeUpstream(), None, engine, StaticOwnership(whole))
             caller = Caller.known(UserInfo("someone"))
-            return await decider.decide(Subject(info, old, new), caller)
+            return await decider.decide(Subject(info, old, after), caller)
 
         assert asyncio.run(verdicts(stand_in)) == asyncio.run(verdicts(whole))
+        # A write that leaves the metadata (leaves_metadata): judged on the stand-in as both
+        # the object as it was and as it will be, as on the whole objects.
+        same_metadata = {**whole, "data": {"n": "changed"}}
+        assert asyncio.run(verdicts(stand_in, stand_in)) == asyncio.run(
+            verdicts(whole, same_metadata)
+        )
 
 
 async def test_the_index_not_synced_refuses_with_503() -> None:

@@ -44,6 +44,8 @@ RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 # How long a request that needs the index waits for it to sync before it is refused.
 SYNC_WAIT_SECONDS = 10.0
+# Writes through the proxy held until the watch delivers them (see ``OwnershipIndex.wrote``).
+MAX_WRITTEN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,10 @@ class OwnershipIndex:
         # Why the watches are cut, while they are (one log line per outage, not one per watch
         # and retry: the index runs dozens of watches, each retrying with backoff).
         self._outage: str | None = None
+        # Objects as a write made through the proxy left them, by uid, until the watch
+        # delivers that version (read your own writes: the caller's next patch of the object
+        # must not be made conditional on the version before, which would answer 409).
+        self._written: dict[str, Node] = {}
 
     @classmethod
     def over(cls, config: UpstreamConfig) -> OwnershipIndex:
@@ -201,8 +207,30 @@ class OwnershipIndex:
 
     def stored(self, group: str, resource: str, namespace: str, name: str) -> Node | None:
         """The object as the index last saw it, if it follows it (maybe stale: whoever uses
-        it compares its ``version`` with the API server's)."""
-        return self.graph.named(group, resource, namespace, name)
+        it compares its ``version`` with the API server's, or makes the write conditional on
+        it). A write through the proxy the watch has not delivered yet counts as seen."""
+        node = self.graph.named(group, resource, namespace, name)
+        if node is None:
+            return None
+        return self._written.get(node.uid, node)
+
+    def wrote(self, obj: Mapping[str, Any]) -> None:
+        """Take the API server's answer to a write made through the proxy (the object as
+        stored) as the object's latest version, until the watch delivers that version. Only
+        for objects the index follows; anything else is ignored."""
+        meta = obj.get("metadata")
+        uid = meta.get("uid") if isinstance(meta, dict) else None
+        known = self.graph.get(uid) if isinstance(uid, str) else None
+        if known is None:
+            return
+        node = node_of(obj, known.resource, known.kind)
+        if node is None or not node.version or node.version == known.version:
+            self._written.pop(known.uid, None)
+            return
+        if len(self._written) >= MAX_WRITTEN and known.uid not in self._written:
+            # Bounded: a watch that delivers nothing for long is down (and then re-lists).
+            self._written.clear()
+        self._written[known.uid] = node
 
     def require(self) -> Graph:
         """The graph, or a 503 Refusal while it is not synced (fail closed)."""
@@ -321,6 +349,7 @@ class OwnershipIndex:
             stream.task.cancel()
         for uid in stream.uids:
             self.graph.remove(uid)
+            self._written.pop(uid, None)
         stream.uids.clear()
 
     async def _follow(self, stream: _Stream) -> None:
@@ -383,6 +412,9 @@ class OwnershipIndex:
                 self.graph.remove(uid)
             for node in fresh.values():
                 self.graph.upsert(node)
+            # A fresh list is as new as any write made before it.
+            for uid in stream.uids | fresh.keys():
+                self._written.pop(uid, None)
             stream.uids = set(fresh)
             stream.synced = True
             self._notify()
@@ -390,6 +422,11 @@ class OwnershipIndex:
         node = node_of(event.object, kind.resource, kind.kind)
         if node is None:
             return
+        written = self._written.get(node.uid)
+        if written is not None and (event.type == "DELETED" or written.version == node.version):
+            # The watch has caught up with the write (events come in order: any other
+            # version before it is older).
+            del self._written[node.uid]
         if event.type == "DELETED":
             self.graph.remove(node.uid)
             stream.uids.discard(node.uid)

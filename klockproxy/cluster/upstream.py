@@ -316,6 +316,23 @@ class Upstream:
         accept: str = "application/json",
         content_type: str = "application/json",
     ) -> tuple[int, bytes]:
+        status, _, answer = await self._exchange(
+            method, path, caller, query=query, body=body, accept=accept, content_type=content_type
+        )
+        return status, answer
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        caller: Mapping[str, str | Sequence[str]],
+        *,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+        accept: str = "application/json",
+        content_type: str = "application/json",
+    ) -> tuple[int, str, bytes]:
+        """One request: the status code, Content-Type and body of the answer."""
         url = self._url(path, query)
         what = f"{method} {path} on {self.server}"
         try:
@@ -331,7 +348,7 @@ class Upstream:
             async with session.request(
                 method, url, headers=headers, data=body, allow_redirects=False
             ) as resp:
-                return resp.status, await resp.read()
+                return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
 
     async def get_object(
         self, path: str, headers: Mapping[str, str | Sequence[str]]
@@ -604,6 +621,29 @@ class Upstream:
         if status not in (200, 201):
             raise UpstreamStatusError.from_answer(f"{method} {path} (dry run)", status, answer)
         return self._json_object(answer, f"{method} {path} (dry run)")
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str | Sequence[str]],
+        body: bytes,
+        content_type: str,
+        accept: str,
+    ) -> tuple[int, str, bytes]:
+        """Send a write as the caller and return the API server's answer as it is: status
+        code, Content-Type and body (a write the proxy makes again on the caller's behalf).
+        ``path`` is already URL-encoded."""
+        return await self._exchange(
+            method,
+            path,
+            headers,
+            query=list(query),
+            body=body,
+            accept=accept or "application/json",
+            content_type=content_type,
+        )
 
     async def _write(
         self, method: str, path: str, body: Any, content_type: str = "application/json"

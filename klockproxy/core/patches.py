@@ -747,3 +747,55 @@ def apply_patch(
     if not isinstance(result, dict):
         raise PatchError("the patched object is not a JSON object")
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# What a patch cannot change
+# --------------------------------------------------------------------------------------------
+
+
+def _names_metadata(key: object) -> bool:
+    # casefold: an API server that matches JSON keys to fields case-insensitively (as Go's
+    # encoding/json does) would read "Metadata" as the metadata too.
+    return isinstance(key, str) and key.casefold() == "metadata"
+
+
+def leaves_metadata(patch: JSON, content_type: str) -> bool:
+    """Whether the decoded patch ``patch`` leaves an object's metadata exactly as it is, in
+    every implementation of its format and whatever the object: then no patch engine, the
+    API server's or ours, can make the result's labels, owner references or finalizers
+    differ from the object's own.
+
+    - merge patch (RFC 7386): an object without a ``metadata`` member (an absent member is
+      left untouched);
+    - strategic merge patch: the same, and no top-level directive (``$patch``,
+      ``$retainKeys``, ``$setElementOrder/...`` may act on every member);
+    - JSON patch (RFC 6902): a list of operations none of whose ``path`` or ``from`` is the
+      whole document or names ``metadata``;
+    - server-side apply: never (it removes fields the applier owned and no longer sets).
+
+    Anything malformed is False: that patch is not vouched for.
+    """
+    mtype = media_type(content_type)
+    if mtype in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
+        if not isinstance(patch, dict):
+            return False
+        strategic = mtype == STRATEGIC_MERGE_PATCH
+        return not any(_names_metadata(key) or (strategic and key.startswith("$")) for key in patch)
+    if mtype != JSON_PATCH or not isinstance(patch, list):
+        return False
+    for op in patch:
+        if not isinstance(op, dict):
+            return False
+        # "from" (move, copy) is read, and for a move removed: it counts like "path".
+        for member in ("path", "from") if "from" in op else ("path",):
+            pointer = op.get(member)
+            if not isinstance(pointer, str):
+                return False
+            try:
+                tokens = parse_pointer(pointer)
+            except PatchError:
+                return False
+            if not tokens or _names_metadata(tokens[0]):
+                return False
+    return True

@@ -24,7 +24,7 @@ from klockproxy.judge.deciding import (
     needs_judgement,
     orphans,
 )
-from klockproxy.judge.gathering import Body, Judge
+from klockproxy.judge.gathering import Body, Judge, query_pairs, write_path
 
 __all__ = [
     "LABEL_SUBRESOURCES",
@@ -42,4 +42,6 @@ __all__ = [
     "is_namespace_delete",
     "needs_judgement",
     "orphans",
+    "query_pairs",
+    "write_path",
 ]

@@ -112,6 +112,10 @@ class Verdict:
     # The Locks that decided a denial (``namespace/name``); empty when allowed or refused for
     # another reason (audit log, metrics).
     locks: tuple[str, ...] = ()
+    # Allowed on the ownership index's version of the object and conditional on it, with
+    # nothing asked of the API server: a 409 may only mean that the index lagged behind, and
+    # the request is then judged again with ``fresh`` (see ``Judge.judge``).
+    on_index: bool = False
 
     @property
     def allowed(self) -> bool:

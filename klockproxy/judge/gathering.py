@@ -23,7 +23,7 @@ from urllib.parse import quote
 from klockproxy.cluster.identity import IdentityResolver
 from klockproxy.cluster.upstream import UpstreamStatusError
 from klockproxy.core.apply import ssa_result_labels
-from klockproxy.core.codec import media_type
+from klockproxy.core.codec import load_json, media_type
 from klockproxy.core.consequences import judged_on_metadata
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import DecodeError, KlockProxyError, Refusal, UpstreamError
@@ -40,6 +40,7 @@ from klockproxy.core.patches import (
     PATCH_CONTENT_TYPES,
     apply_patch,
     kind_key_of,
+    leaves_metadata,
 )
 from klockproxy.core.paths import collection_path, object_path
 from klockproxy.core.protobuf import (
@@ -70,6 +71,7 @@ Body = bytes | Callable[[], bytes]
 class _Request:
     content_type: str
     read: Callable[[], bytes]
+    fresh: bool = False  # Judge.judge's ``fresh``
 
     def body(self) -> bytes:
         return self.read()
@@ -98,6 +100,7 @@ class _Gathered:
     guard: _Guard | None = None
     guarded: tuple[bytes, str | None] | None = None
     document: Any = None
+    on_index: bool = False  # the guard's version is the index's alone (Verdict.on_index)
 
 
 # What the API server answers when it cannot do a dry run: an admission webhook without
@@ -114,13 +117,14 @@ def dry_run_unsupported(e: UpstreamStatusError) -> bool:
     return e.code == 400 and bool(_DRY_RUN_UNSUPPORTED.search(e.message))
 
 
-def _write_path(info: RequestInfo) -> str:
+def write_path(info: RequestInfo) -> str:
     """The URL path of the write itself (the subresource included)."""
     path = object_path(info)
     return f"{path}/{quote(info.subresource, safe='')}" if info.subresource else path
 
 
-def _query_pairs(info: RequestInfo) -> list[tuple[str, str]]:
+def query_pairs(info: RequestInfo) -> list[tuple[str, str]]:
+    """The request's query parameters, in order."""
     return [(k, v) for k, values in info.query.items() for v in values]
 
 
@@ -143,14 +147,18 @@ class Judge(Decider):
         headers: Mapping[str, Sequence[str]],
         body: Body,
         content_type: str,
+        *,
+        fresh: bool = False,
     ) -> Verdict:
         """The verdict on a covered mutation (``info.is_mutation``).
 
         ``headers`` are the caller's auth headers (lookups are made as the caller). Errors
-        other than a refusal propagate: the caller must fail closed on them.
+        other than a refusal propagate: the caller must fail closed on them. ``fresh``: ask
+        the API server even where the ownership index could answer alone (a write allowed
+        ``on_index`` was answered 409).
         """
         read = body if callable(body) else (lambda: body)
-        req = _Request(content_type, read)
+        req = _Request(content_type, read, fresh)
         try:
             gathered = await self._gather(req, info, headers)
         except KlockProxyError as e:
@@ -175,7 +183,7 @@ class Judge(Decider):
                 return refused(e)
         if rewrite is None:
             return verdict
-        return Verdict(body=rewrite[0], content_type=rewrite[1])
+        return Verdict(body=rewrite[0], content_type=rewrite[1], on_index=gathered.on_index)
 
     def _caller(self, headers: Mapping[str, Sequence[str]]) -> Caller:
         identity = self.identity
@@ -236,10 +244,10 @@ class Judge(Decider):
         if media_type(req.content_type) != PROTOBUF_CONTENT_TYPE or fully_decoded(req.body()):
             return _decode(req)
         method = "POST" if info.verb == "create" else "PUT"
-        path = collection_path(info) if info.verb == "create" else _write_path(info)
+        path = collection_path(info) if info.verb == "create" else write_path(info)
         try:
             new = await self.lookups.dry_run(
-                method, path, _query_pairs(info), headers, req.body(), req.content_type
+                method, path, query_pairs(info), headers, req.body(), req.content_type
             )
         except UpstreamStatusError as e:
             if dry_run_unsupported(e):
@@ -286,6 +294,10 @@ class Judge(Decider):
         is_apply = mtype == APPLY_PATCH
         body = req.body()
         stored = self._stored(info)
+        if stored is not None and not is_apply and not req.fresh:
+            unchanged = self._unchanged(info, stored, body, ctype)
+            if unchanged is not None:
+                return unchanged
         if stored is None:
             current, early = await self._get_and_dry_run(info, headers, body, ctype)
         else:
@@ -328,7 +340,7 @@ class Judge(Decider):
             sent, sent_type = (guarded[0], guarded[1] or ctype) if guarded else (body, ctype)
             try:
                 new = await self.lookups.dry_run(
-                    "PATCH", _write_path(info), _query_pairs(info), headers, sent, sent_type
+                    "PATCH", write_path(info), query_pairs(info), headers, sent, sent_type
                 )
             except UpstreamStatusError as e:
                 if not dry_run_unsupported(e):
@@ -342,6 +354,27 @@ class Judge(Decider):
                 return self._local_patch(info, current, body, ctype, is_apply, guard, guarded)
         upstream_labels(new)
         return _Gathered(Subject(info, current, new), guard, guarded)
+
+    def _unchanged(
+        self, info: RequestInfo, stored: Node, body: bytes, ctype: str
+    ) -> _Gathered | None:
+        """A patch that cannot change the metadata (``leaves_metadata``) of an object the
+        index holds and that is judged on its metadata alone: the object as it was and as
+        it will be have that version's metadata, so nothing needs asking. The write is made
+        conditional on that version: if the index lagged behind, the API server answers 409
+        and nothing was written on an unjudged version. None where that does not hold."""
+        try:
+            document = load_json(body, "patch")
+        except DecodeError:
+            return None  # the API server says what is wrong with it
+        if not leaves_metadata(document, ctype):
+            return None
+        current = metadata_object(stored)
+        guard = _version(current)
+        if guard is None:
+            return None
+        guarded = add_precondition(body, ctype, info, guard.rv, guard.uid, document=document)
+        return _Gathered(Subject(info, current, current), guard, guarded, document, True)
 
     async def _get_and_dry_run(
         self,
@@ -370,7 +403,7 @@ class Judge(Decider):
         server's refusal of it."""
         try:
             return await self.lookups.dry_run(
-                "PATCH", _write_path(info), _query_pairs(info), headers, body, ctype
+                "PATCH", write_path(info), query_pairs(info), headers, body, ctype
             )
         except UpstreamStatusError as e:
             return e

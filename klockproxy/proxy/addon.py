@@ -64,6 +64,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import json
 import logging
 import os.path
 import time
@@ -104,7 +105,7 @@ from klockproxy.core.requests import RequestInfo, check_header_fields, check_met
 from klockproxy.core.routes import check_route, needs_discovery
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
-from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement
+from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement, query_pairs, write_path
 from klockproxy.metrics import Metrics
 from klockproxy.proxy.body_limit import limit_body
 from klockproxy.proxy.upstream_errors import answer_with_status, error_response
@@ -128,6 +129,9 @@ _JUDGE = "judge"
 _ANSWERED = "answered"
 # A Lock write whose 2xx answer is applied to the lock set before it is returned.
 _LOCK_WRITE = "klockproxy-lock-write"
+# A write allowed on the ownership index's version (Verdict.on_index): the caller's body and
+# Content-Type, to judge it again if the index lagged behind (409).
+_ON_INDEX = "klockproxy-on-index"
 # Flow metadata a front addon (the gateway) may set: who the request runs as, and who asked
 # for that when it is an impersonation (UserInfo). Used for the audit log.
 USER_METADATA = "klockproxy-user"
@@ -761,8 +765,8 @@ class KlockProxy:
             self.metrics.upstream_latency.observe(
                 max(0.0, resp.timestamp_start - flow.request.timestamp_end)
             )
-        if self._lock_write(flow, resp.status_code):
-            # Buffered, not streamed: response() applies it before the client sees it.
+        if self._lock_write(flow, resp.status_code) or _ON_INDEX in flow.metadata:
+            # Buffered, not streamed: response() reads it before the client sees it.
             return
         if resp.status_code != 101:
             resp.stream = True
@@ -783,13 +787,82 @@ class KlockProxy:
         return True
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        """A Lock written through the proxy is in force before its answer is returned."""
+        """A Lock written through the proxy is in force before its answer is returned; a
+        write allowed on the ownership index's version is judged again if that version was
+        not the API server's, and what it stored is the index's version from now on."""
+        on_index = flow.metadata.pop(_ON_INDEX, None)
+        if on_index is not None and flow.response is not None:
+            await self._settle_on_index(flow, *on_index)
         write = flow.metadata.pop(_LOCK_WRITE, None)
         if write is None or flow.response is None or self.lock_set is None:
             return
         verb, namespace, name = write
         body = flow.response.get_content(strict=False) or b""
         await self.lock_set.apply_write_response(verb, namespace, name, body)
+
+    async def _settle_on_index(self, flow: http.HTTPFlow, body: bytes, content_type: str) -> None:
+        """After a write allowed on the index's version of the object (``Verdict.on_index``):
+        a 409 means the API server held another version, unjudged: nothing was written, and
+        the request is judged again as if there were no index, then sent again by the proxy.
+        The object as stored is the index's version from then on (read your own writes)."""
+        resp = flow.response
+        if resp is not None and resp.status_code == 409:
+            await self._judge_again(flow, body, content_type)
+            resp = flow.response
+        if resp is None or not 200 <= resp.status_code < 300 or self.ownership is None:
+            return
+        if resp.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return  # protobuf, or a Table: the watch will tell
+        try:
+            stored = json.loads(resp.get_content(strict=False) or b"")
+        except ValueError:
+            return
+        if isinstance(stored, dict):
+            self.ownership.wrote(stored)
+
+    async def _judge_again(self, flow: http.HTTPFlow, body: bytes, content_type: str) -> None:
+        """Judge the caller's write again without the index's shortcut (``fresh``) and send
+        it again as the caller: the answer to that is the caller's answer."""
+        info = flow.metadata.get(_INFO)
+        engine = self._engine()
+        if not isinstance(info, RequestInfo) or engine is None or self.upstream is None:
+            self._answer(flow, failure(503, "klockproxy: cannot judge the write again"))
+            return
+        # Counted once (allowed); the audit log gets the second judgement too.
+        flow.metadata[_MARK] = _ANSWERED
+        headers = auth_headers(flow.request.headers)
+        try:
+            verdict = await Judge(self.upstream, self.identity, engine, self.ownership).judge(
+                info, headers, body, content_type, fresh=True
+            )
+            await self._record(flow, info, verdict)
+            if verdict.status is not None:
+                self._answer(flow, verdict.status, verdict.log_message)
+                return
+            code, answer_type, answer = await self.upstream.send(
+                flow.request.method.upper(),
+                write_path(info),
+                query_pairs(info),
+                headers,
+                verdict.body if verdict.body is not None else body,
+                verdict.content_type or content_type,
+                flow.request.headers.get("accept", ""),
+            )
+        except Refusal as r:
+            self._answer(flow, r.status, r.log_message)
+            return
+        except UpstreamError as e:
+            self._answer(flow, failure(503, f"klockproxy: {e}"))
+            return
+        except Exception as e:
+            # Fail closed, as _judge does; the message may quote request data.
+            where = "".join(traceback.format_tb(e.__traceback__))
+            logger.error(
+                "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
+            )
+            self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+            return
+        flow.response = http.Response.make(code, answer, {"Content-Type": answer_type})
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""
@@ -971,6 +1044,8 @@ class KlockProxy:
                     return
                 raise Refusal(verdict.status, verdict.log_message)
             self._count(flow, "allowed")
+            if verdict.on_index:
+                flow.metadata[_ON_INDEX] = (_body(req), req.headers.get("content-type", ""))
             if verdict.body is not None:
                 # Re-encoded with the request's Content-Encoding by mitmproxy.
                 req.content = verdict.body

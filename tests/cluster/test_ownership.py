@@ -174,6 +174,66 @@ async def test_watches_keep_it_current_and_follow_the_lock_namespaces(
     assert "t/owner" not in names(index)
 
 
+async def test_a_write_through_the_proxy_is_the_stored_version_until_the_watch_delivers_it(
+    index: OwnershipIndex, api: Api
+) -> None:
+    """Read your own writes: the API server's answer to a write made through the proxy is the
+    object's version for ``stored`` at once; events of other versions (older ones, still on
+    their way) do not take it back; the event of that very version, a deletion or a fresh
+    list end it."""
+    await api.ns("t")
+    cm = await api.cm("t", "cfg", aura="blue")
+    index.follow(engine("t"))
+    await index.start()
+    assert await index.wait_synced(WAIT)
+
+    def stored() -> Any:
+        return index.stored("", "configmaps", "t", "cfg")
+
+    listed = stored().version
+    assert listed == cm["metadata"]["resourceVersion"]
+    # An answer from the future (the watch has not delivered it yet).
+    ahead = json.loads(json.dumps(cm))
+    ahead["metadata"].update(resourceVersion="999999", labels={"aura": "red"})
+    index.wrote(ahead)
+    assert stored().version == "999999" and stored().labels == {"aura": "red"}
+    # Another version arrives by the watch (in real life: an older one still on its way).
+    moved = await api.call(
+        "PUT",
+        "/api/v1/namespaces/t/configmaps/cfg",
+        {**cm, "metadata": {**cm["metadata"], "labels": {"aura": "green"}}},
+    )
+    await until(
+        lambda: (
+            index.graph.named("", "configmaps", "t", "cfg").version  # type: ignore[union-attr]
+            == moved["metadata"]["resourceVersion"]
+        ),
+        "the watch delivers the PUT",
+    )
+    assert stored().version == "999999"
+    # The answer of a write whose event the watch has delivered: nothing held any more.
+    index.wrote(moved)
+    assert stored().version == moved["metadata"]["resourceVersion"]
+    assert stored().labels == {"aura": "green"}
+    # Held again, then ended by the event of that very version.
+    again = await api.call(
+        "PUT",
+        "/api/v1/namespaces/t/configmaps/cfg",
+        {**moved, "metadata": {**moved["metadata"], "labels": {"aura": "blue"}}},
+    )
+    index.wrote(again)
+    assert stored().version == again["metadata"]["resourceVersion"]
+    await until(lambda: not index._written, "the watch catches up with the write")
+    # Ended by a deletion too; objects the index does not follow are ignored.
+    index.wrote(ahead)
+    await api.call("DELETE", "/api/v1/namespaces/t/configmaps/cfg")
+    await until(lambda: stored() is None, "the deletion indexed")
+    assert not index._written
+    index.wrote({"metadata": {"uid": "not-followed", "resourceVersion": "1"}})
+    index.wrote({"metadata": "garbage"})
+    assert not index._written
+
+
 async def test_a_new_crd_is_discovered_and_its_objects_watched(
     index: OwnershipIndex, api: Api
 ) -> None:

@@ -19,10 +19,12 @@ from klockproxy.core.patches import (
     json_equal,
     json_patch,
     kind_key_of,
+    leaves_metadata,
     merge_patch,
     parse_pointer,
     strategic_merge_patch,
 )
+from klockproxy.sandbox import bodies
 
 POD = ("", "Pod")
 DEPLOYMENT = ("apps", "Deployment")
@@ -561,3 +563,101 @@ def test_garbage_patches_only_raise_patch_error(body: bytes, content_type: str) 
 def test_garbage_apply_bodies_only_raise_patch_error(body: bytes) -> None:
     with contextlib.suppress(PatchError):
         apply_patch(pod(), body, "application/apply-patch+yaml")
+
+
+# --------------------------------------------------------------------------------------------
+# What a patch cannot change
+# --------------------------------------------------------------------------------------------
+
+JSON_PATCH_TYPE = "application/json-patch+json"
+MERGE_TYPE = "application/merge-patch+json"
+SMP_TYPE = "application/strategic-merge-patch+json"
+
+
+@pytest.mark.parametrize(
+    ("patch", "ctype", "leaves"),
+    [
+        ({"data": {"a": "1"}, "spec": None}, MERGE_TYPE, True),
+        ({"metadata": {"annotations": {"a": "1"}}}, MERGE_TYPE, False),
+        ({"Metadata": {"labels": {"a": "1"}}}, MERGE_TYPE, False),  # case-insensitive decoders
+        ({"metadata": None}, MERGE_TYPE, False),
+        ([], MERGE_TYPE, False),  # not an object: replaces the whole object
+        ("x", MERGE_TYPE, False),
+        ({"spec": {"$patch": "replace", "a": 1}}, SMP_TYPE, True),  # a directive in spec only
+        ({"$patch": "replace", "data": {}}, SMP_TYPE, False),
+        ({"$retainKeys": ["data"], "data": {}}, SMP_TYPE, False),
+        ({"$setElementOrder/metadata": []}, SMP_TYPE, False),
+        ([{"op": "add", "path": "/data/a", "value": "1"}], JSON_PATCH_TYPE, True),
+        ([{"op": "test", "path": "/data", "value": {}}], JSON_PATCH_TYPE, True),
+        ([{"op": "copy", "from": "/metadata/labels", "path": "/data"}], JSON_PATCH_TYPE, False),
+        ([{"op": "move", "from": "/data", "path": "/metadata/labels"}], JSON_PATCH_TYPE, False),
+        ([{"op": "replace", "path": "", "value": {}}], JSON_PATCH_TYPE, False),
+        ([{"op": "remove", "path": "/metadata"}], JSON_PATCH_TYPE, False),
+        ([{"op": "remove", "path": "/meta~1data"}], JSON_PATCH_TYPE, True),  # key "meta/data"
+        ([{"op": "remove"}], JSON_PATCH_TYPE, False),
+        ([{"op": "remove", "path": "data"}], JSON_PATCH_TYPE, False),  # not a pointer
+        ([{"op": "remove", "path": "/~2"}], JSON_PATCH_TYPE, False),
+        (["remove"], JSON_PATCH_TYPE, False),
+        ({"data": {}}, JSON_PATCH_TYPE, False),
+        ({"data": {}}, "application/apply-patch+yaml", False),  # field ownership may drop labels
+        ({"data": {}}, "application/json", False),
+    ],
+)
+def test_leaves_metadata(patch: Any, ctype: str, leaves: bool) -> None:
+    assert leaves_metadata(patch, ctype) is leaves
+
+
+_keys = st.sampled_from(["metadata", "Metadata", "data", "spec", "labels", "$patch", "a"])
+_values = st.recursive(
+    st.none() | st.text(max_size=3) | st.integers(-2, 2),
+    lambda inner: st.dictionaries(_keys, inner, max_size=3) | st.lists(inner, max_size=2),
+    max_leaves=6,
+)
+_pointers = st.lists(
+    st.sampled_from(["metadata", "labels", "aura", "data", "a", "0", "-", "meta~1data"]),
+    max_size=3,
+).map(lambda tokens: "".join("/" + t for t in tokens))
+_ops = st.fixed_dictionaries(
+    {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test"]),
+     "path": _pointers},
+    optional={"from": _pointers, "value": _values},
+)  # fmt: skip
+_object = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {
+        "name": "cfg",
+        "namespace": "shop",
+        "labels": {"aura": "red"},
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u"}],
+        "finalizers": ["f"],
+    },
+    "data": {"a": "1"},
+}
+
+
+@given(
+    patch=st.dictionaries(_keys, _values, max_size=4) | _values | st.lists(_ops, max_size=3),
+    ctype=st.sampled_from([MERGE_TYPE, SMP_TYPE, JSON_PATCH_TYPE]),
+)
+def test_a_patch_said_to_leave_the_metadata_leaves_it_in_every_engine(
+    patch: Any, ctype: str
+) -> None:
+    """Whatever ``leaves_metadata`` vouches for keeps the metadata exactly, in the proxy's
+    engine and in the sandbox's own (an independent implementation: ``jsonpatch`` and its
+    merge patch), wherever they can apply the patch at all."""
+    if not leaves_metadata(patch, ctype):
+        return
+    raw = json.dumps(patch).encode()
+    results = []
+    with contextlib.suppress(PatchError):
+        results.append(apply_patch(copy.deepcopy(_object), raw, ctype))
+    if ctype != SMP_TYPE:
+        with contextlib.suppress(Exception):
+            results.append(
+                bodies.apply_json_or_merge_patch(
+                    copy.deepcopy(_object), raw, json_patch_type=ctype == JSON_PATCH_TYPE
+                )
+            )
+    for result in results:
+        assert isinstance(result, dict) and result.get("metadata") == _object["metadata"]
