@@ -811,6 +811,9 @@ class KlockProxy:
             resp = flow.response
         if resp is None or not 200 <= resp.status_code < 300 or self.ownership is None:
             return
+        info = flow.metadata.get(_INFO)
+        if not isinstance(info, RequestInfo) or info.dry_run:
+            return  # a dry run's answer was not stored
         if resp.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return  # protobuf, or a Table: the watch will tell
         try:
@@ -862,7 +865,9 @@ class KlockProxy:
             )
             self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
             return
-        flow.response = http.Response.make(code, answer, {"Content-Type": answer_type})
+        flow.response = http.Response.make(
+            code, answer, {"Content-Type": answer_type} if answer_type else {}
+        )
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Log proxy-side failures (never headers or bodies)."""

@@ -173,3 +173,21 @@ async def test_a_write_through_the_proxy_is_the_index_version_at_once(parts: Any
         node = index.stored("", "configmaps", "shop", "cfg")
         assert node is not None and node.version == stored["metadata"]["resourceVersion"]
     assert (await api.call("GET", CFG))["data"] == {"n": "4"}
+
+
+async def test_the_answer_to_a_dry_run_is_not_taken_as_stored(parts: Any, api: Api) -> None:
+    proxy, index = parts
+    before = index.stored("", "configmaps", "shop", "cfg")
+    flow = make_flow("PATCH", CFG + "?dryRun=All", DATA, MERGE, headers=(api.auth,))
+    await run(proxy, flow)
+    assert flow.response is None
+    await api.forward(flow)
+    # The dry run's answer, as if a mutating webhook had labelled it (never stored).
+    answer = json.loads(flow.response.content or b"")  # type: ignore[union-attr]
+    answer["metadata"].update(resourceVersion="999999", labels={"aura": "red"})
+    flow.response = http.Response.make(
+        200, json.dumps(answer), {"Content-Type": "application/json"}
+    )
+    proxy.responseheaders(flow)
+    await proxy.response(flow)
+    assert index.stored("", "configmaps", "shop", "cfg") == before
