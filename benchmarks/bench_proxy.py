@@ -297,9 +297,17 @@ def op_list(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[No
     return go
 
 
-def op_patch(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+def op_patch(
+    ns: str, member: str = "data"
+) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+    """A merge patch of one configmap's ``data`` (it leaves the metadata), or of its
+    annotations (``member="annotations"``: a patch the API server's dry run judges)."""
+
     async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
-        body = json.dumps({"data": {"n": str(i)}})
+        change = {"n": str(i)}
+        body = json.dumps(
+            {"metadata": {"annotations": change}} if member != "data" else {member: change}
+        )
         async with session.patch(
             # One configmap per worker: a covered write is made conditional on the checked
             # resourceVersion, so workers sharing an object would get 409s (by design).
@@ -393,6 +401,7 @@ async def measure(
         f"LIST of {LIST_SIZE}": op_list(OPEN_NS),
         "PATCH, no lock in namespace": op_patch(OPEN_NS),
         "PATCH, covered by a lock, allowed": op_patch(LOCKED_NS),
+        "PATCH of metadata, covered, allowed": op_patch(LOCKED_NS, "annotations"),
     }
     results: dict[tuple[str, str, int], Result] = {}
     for op_name, op in ops.items():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from klockproxy.sandbox.server import Sandbox, SandboxThread
+from tests.sandbox_admin import SandboxAdmin
 
 
 @pytest.fixture
@@ -16,6 +19,14 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     async with Sandbox() as sb:
         sb.write_kubeconfig(tmp_path / "kubeconfig")
         yield sb
+
+
+@pytest.fixture
+async def api(sandbox: Sandbox) -> AsyncIterator[SandboxAdmin]:
+    """The sandbox's admin (setting the scene behind the back of what is tested)."""
+    ctx = ssl.create_default_context(cadata=sandbox.ca_pem.decode())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        yield SandboxAdmin(sandbox, session)
 
 
 @pytest.fixture

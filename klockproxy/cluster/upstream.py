@@ -315,22 +315,6 @@ class Upstream:
         body: bytes | None = None,
         accept: str = "application/json",
         content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
-        status, _, answer = await self._exchange(
-            method, path, caller, query=query, body=body, accept=accept, content_type=content_type
-        )
-        return status, answer
-
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        caller: Mapping[str, str | Sequence[str]],
-        *,
-        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-        body: bytes | None = None,
-        accept: str = "application/json",
-        content_type: str = "application/json",
     ) -> tuple[int, str, bytes]:
         """One request: the status code, Content-Type and body of the answer."""
         url = self._url(path, query)
@@ -358,7 +342,7 @@ class Upstream:
         Raises UpstreamStatusError for any other non-200 answer, UpstreamError when the API
         server cannot be reached or answers something that is not a JSON object.
         """
-        status, body = await self._request("GET", path, headers)
+        status, _, body = await self._request("GET", path, headers)
         if status == 404:
             return None
         if status != 200:
@@ -375,7 +359,7 @@ class Upstream:
 
         Raises UpstreamStatusError for any answer but 200/201/202 (409: it exists already).
         """
-        status, body = await self._request("POST", path, headers, body=json.dumps(obj).encode())
+        status, _, body = await self._request("POST", path, headers, body=json.dumps(obj).encode())
         if status not in (200, 201, 202):
             raise UpstreamStatusError.from_answer(f"POST {path}", status, body)
         return self._json_object(body, f"POST {path}")
@@ -414,7 +398,7 @@ class Upstream:
             query = {"limit": str(LIST_PAGE_SIZE), **selectors}
             if cont:
                 query["continue"] = cont
-            status, body = await self._request("GET", path, headers, query=query, accept=accept)
+            status, _, body = await self._request("GET", path, headers, query=query, accept=accept)
             if status != 200:
                 raise UpstreamStatusError.from_answer(f"LIST {path}", status, body)
             page = self._json_object(body, f"LIST {path}")
@@ -615,9 +599,7 @@ class Upstream:
         server's Status when it refuses (what the real write would answer).
         """
         params = [(k, v) for k, v in query if k != "dryRun"] + [("dryRun", "All")]
-        status, answer = await self._request(
-            method, path, headers, query=params, body=body, content_type=content_type
-        )
+        status, _, answer = await self.send(method, path, params, headers, body, content_type)
         if status not in (200, 201):
             raise UpstreamStatusError.from_answer(f"{method} {path} (dry run)", status, answer)
         return self._json_object(answer, f"{method} {path} (dry run)")
@@ -630,12 +612,12 @@ class Upstream:
         headers: Mapping[str, str | Sequence[str]],
         body: bytes,
         content_type: str,
-        accept: str,
+        accept: str = "",
     ) -> tuple[int, str, bytes]:
         """Send a write as the caller and return the API server's answer as it is: status
-        code, Content-Type and body (a write the proxy makes again on the caller's behalf).
-        ``path`` is already URL-encoded."""
-        return await self._exchange(
+        code, Content-Type and body (a dry run, or a write the proxy makes again on the
+        caller's behalf). ``path`` is already URL-encoded; ``accept`` defaults to JSON."""
+        return await self._request(
             method,
             path,
             headers,
@@ -650,7 +632,7 @@ class Upstream:
     ) -> dict[str, Any] | None:
         """Send a write with the proxy's own credentials; None on 409 (AlreadyExists, or a
         resourceVersion precondition that failed): someone else wrote first."""
-        status, answer = await self._request(
+        status, _, answer = await self._request(
             method, path, {}, body=json.dumps(body).encode(), content_type=content_type
         )
         if status == 409:
@@ -681,7 +663,7 @@ class Upstream:
         for path in SELF_SUBJECT_REVIEW_PATHS:
             version = path.split("/")[3]
             review = {"apiVersion": f"authentication.k8s.io/{version}", "kind": "SelfSubjectReview"}
-            status, body = await self._request(
+            status, _, body = await self._request(
                 "POST", path, headers, body=json.dumps(review).encode()
             )
             if status == 404:
@@ -715,7 +697,7 @@ class Upstream:
             "spec": spec,
         }
         path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        status, _, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
         if status not in (200, 201):
             raise UpstreamStatusError.from_answer("SubjectAccessReview", status, body)
         answer = self._json_object(body, "SubjectAccessReview").get("status")
@@ -734,7 +716,7 @@ class Upstream:
             "spec": {"resourceAttributes": dict(attributes)},
         }
         path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
-        status, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
+        status, _, body = await self._request("POST", path, {}, body=json.dumps(review).encode())
         if status not in (200, 201):
             raise UpstreamStatusError("SelfSubjectAccessReview", status, _status_message(body))
         answer = self._json_object(body, "SelfSubjectAccessReview").get("status")

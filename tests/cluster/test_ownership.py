@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from klockproxy.cluster.ownership import OwnershipIndex
@@ -19,6 +17,7 @@ from klockproxy.core.errors import Refusal
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.ownership import collected
 from klockproxy.sandbox.server import Sandbox
+from tests.sandbox_admin import SandboxAdmin as Api
 
 WAIT = 30.0
 
@@ -36,33 +35,6 @@ spec: {{operations: {operations}, matcher: {{aura: red}}}}
     return Engine(load_locks_from_text(text, source="test") if namespaces else ())
 
 
-class Api:
-    """Writes to the sandbox as its admin."""
-
-    def __init__(self, sb: Sandbox, session: aiohttp.ClientSession) -> None:
-        self.sb, self.session = sb, session
-
-    async def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.sb.admin_token}"}
-        data = None
-        if body is not None:
-            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-        url = self.sb.url + path
-        async with self.session.request(method, url, data=data, headers=headers) as r:
-            answer: dict[str, Any] = await r.json()
-            assert r.status < 300, answer
-            return answer
-
-    async def ns(self, name: str) -> None:
-        await self.call("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-
-    async def cm(
-        self, ns: str, name: str, *owners: dict[str, Any], **labels: str
-    ) -> dict[str, Any]:
-        meta = {"name": name, "labels": labels, "ownerReferences": list(owners)}
-        return await self.call("POST", f"/api/v1/namespaces/{ns}/configmaps", {"metadata": meta})
-
-
 def ref(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     return {
@@ -71,13 +43,6 @@ def ref(obj: dict[str, Any]) -> dict[str, Any]:
         "name": meta["name"],
         "uid": meta["uid"],
     }
-
-
-@pytest.fixture
-async def api(sandbox: Sandbox) -> AsyncIterator[Api]:
-    ctx = ssl.create_default_context(cadata=sandbox.ca_pem.decode())
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-        yield Api(sandbox, session)
 
 
 @pytest.fixture

@@ -12,12 +12,10 @@ itself, as mitmproxy would, and hands the API server's answer to the addon's res
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons
@@ -30,6 +28,7 @@ from klockproxy.proxy.addon import KlockProxy
 from klockproxy.sandbox.server import Sandbox
 from tests.fakes import StaticLocks
 from tests.proxy.support import MERGE, make_flow, run, status_of
+from tests.sandbox_admin import SandboxAdmin as Api
 
 CFG = "/api/v1/namespaces/shop/configmaps/cfg"
 LOCK = """
@@ -41,39 +40,15 @@ spec: {operations: [UPDATE, DELETE], matcher: {aura: red}}
 DATA = json.dumps({"data": {"n": "1"}}).encode()
 
 
-class Api:
-    """The sandbox as its admin, and the forwarding step of the proxy."""
-
-    def __init__(self, sb: Sandbox, session: aiohttp.ClientSession) -> None:
-        self.sb, self.session = sb, session
-        self.auth = ("Authorization", f"Bearer {sb.admin_token}")
-
-    async def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {self.auth[0]: self.auth[1], "Content-Type": "application/json"}
-        async with self.session.request(
-            method, self.sb.url + path, data=data, headers=headers
-        ) as r:
-            answer: dict[str, Any] = await r.json()
-            assert r.status < 300, answer
-            return answer
-
-    async def forward(self, flow: http.HTTPFlow) -> None:
-        """What mitmproxy does with an allowed request: send it, keep the answer."""
-        req = flow.request
-        async with self.session.request(
-            req.method, self.sb.url + req.path, data=req.content, headers=dict(req.headers)
-        ) as r:
-            flow.response = http.Response.make(
-                r.status, await r.read(), {"Content-Type": r.headers["Content-Type"]}
-            )
-
-
-@pytest.fixture
-async def api(sandbox: Sandbox) -> AsyncIterator[Api]:
-    ctx = ssl.create_default_context(cadata=sandbox.ca_pem.decode())
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-        yield Api(sandbox, session)
+async def forward(api: Api, flow: http.HTTPFlow) -> None:
+    """What mitmproxy does with an allowed request: send it, keep the answer."""
+    req = flow.request
+    async with api.session.request(
+        req.method, api.sb.url + req.path, data=req.content, headers=dict(req.headers)
+    ) as r:
+        flow.response = http.Response.make(
+            r.status, await r.read(), {"Content-Type": r.headers["Content-Type"]}
+        )
 
 
 @pytest.fixture
@@ -110,7 +85,7 @@ async def patch_through(proxy: KlockProxy, api: Api, body: bytes = DATA) -> http
     flow = make_flow("PATCH", CFG, body, MERGE, headers=(api.auth,))
     await run(proxy, flow)
     if flow.response is None:
-        await api.forward(flow)
+        await forward(api, flow)
         proxy.responseheaders(flow)
         await proxy.response(flow)
     return flow
@@ -181,7 +156,7 @@ async def test_the_answer_to_a_dry_run_is_not_taken_as_stored(parts: Any, api: A
     flow = make_flow("PATCH", CFG + "?dryRun=All", DATA, MERGE, headers=(api.auth,))
     await run(proxy, flow)
     assert flow.response is None
-    await api.forward(flow)
+    await forward(api, flow)
     # The dry run's answer, as if a mutating webhook had labelled it (never stored).
     answer = json.loads(flow.response.content or b"")  # type: ignore[union-attr]
     answer["metadata"].update(resourceVersion="999999", labels={"aura": "red"})
