@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,11 @@ RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 # How long a request that needs the index waits for it to sync before it is refused.
 SYNC_WAIT_SECONDS = 10.0
-# Writes through the proxy held until the watch delivers them (see ``OwnershipIndex.wrote``).
+# Writes through the proxy held until the watch delivers them (see ``OwnershipIndex.wrote``),
+# at most this many, for at most this long: a watch delivers within milliseconds, and a
+# write whose event was passed by another before its answer came is never delivered again.
 MAX_WRITTEN = 10_000
+WRITTEN_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,7 @@ class OwnershipIndex:
         # Objects as a write made through the proxy left them, by uid, until the watch
         # delivers that version (read your own writes: the caller's next patch of the object
         # must not be made conditional on the version before, which would answer 409).
-        self._written: dict[str, Node] = {}
+        self._written: dict[str, tuple[Node, float]] = {}
 
     @classmethod
     def over(cls, config: UpstreamConfig) -> OwnershipIndex:
@@ -212,7 +216,15 @@ class OwnershipIndex:
         node = self.graph.named(group, resource, namespace, name)
         if node is None:
             return None
-        return self._written.get(node.uid, node)
+        held = self._written.get(node.uid)
+        if held is None:
+            return node
+        written, since = held
+        if time.monotonic() - since > WRITTEN_SECONDS:
+            # Its event never came (another write's passed it): the watch knows better.
+            del self._written[node.uid]
+            return node
+        return written
 
     def wrote(self, obj: Mapping[str, Any]) -> None:
         """Take the API server's answer to a write made through the proxy (the object as
@@ -230,7 +242,7 @@ class OwnershipIndex:
         if len(self._written) >= MAX_WRITTEN and known.uid not in self._written:
             # Bounded: a watch that delivers nothing for long is down (and then re-lists).
             self._written.clear()
-        self._written[known.uid] = node
+        self._written[known.uid] = (node, time.monotonic())
 
     def require(self) -> Graph:
         """The graph, or a 503 Refusal while it is not synced (fail closed)."""
@@ -422,10 +434,10 @@ class OwnershipIndex:
         node = node_of(event.object, kind.resource, kind.kind)
         if node is None:
             return
-        written = self._written.get(node.uid)
-        if written is not None and (event.type == "DELETED" or written.version == node.version):
-            # The watch has caught up with the write (events come in order: any other
-            # version before it is older).
+        held = self._written.get(node.uid)
+        if held is not None and (event.type == "DELETED" or held[0].version == node.version):
+            # The watch has caught up with the write (events come in order: another version
+            # before it is older, short of the race WRITTEN_SECONDS ends).
             del self._written[node.uid]
         if event.type == "DELETED":
             self.graph.remove(node.uid)

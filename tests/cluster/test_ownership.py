@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from klockproxy.cluster import ownership
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError, WatchEvent
 from klockproxy.core.engine import Engine
@@ -196,6 +197,28 @@ async def test_a_write_through_the_proxy_is_the_stored_version_until_the_watch_d
     assert not index._written
     index.wrote({"metadata": {"uid": "not-followed", "resourceVersion": "1"}})
     index.wrote({"metadata": "garbage"})
+    assert not index._written
+
+
+async def test_a_write_whose_event_never_comes_is_held_for_seconds_only(
+    index: OwnershipIndex, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another write's event may pass a write's before its answer is read: that version is
+    never delivered again, so it is not held for ever (the watch's version wins after
+    ``WRITTEN_SECONDS``)."""
+    await api.ns("t")
+    cm = await api.cm("t", "cfg", aura="blue")
+    index.follow(engine("t"))
+    await index.start()
+    assert await index.wait_synced(WAIT)
+    ahead = json.loads(json.dumps(cm))
+    ahead["metadata"]["resourceVersion"] = "999999"
+    index.wrote(ahead)
+    assert index.stored("", "configmaps", "t", "cfg").version == "999999"  # type: ignore[union-attr]
+    monkeypatch.setattr(ownership, "WRITTEN_SECONDS", 0.0)
+    await asyncio.sleep(0.01)
+    node = index.stored("", "configmaps", "t", "cfg")
+    assert node is not None and node.version == cm["metadata"]["resourceVersion"]
     assert not index._written
 
 
