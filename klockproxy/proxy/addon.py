@@ -106,6 +106,7 @@ from klockproxy.core.routes import check_route, needs_discovery
 from klockproxy.core.status import Status, failure, to_bytes
 from klockproxy.core.types import UserInfo
 from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement, query_pairs, write_path
+from klockproxy.judge.boundary import refusal_of
 from klockproxy.metrics import Metrics
 from klockproxy.proxy.body_limit import limit_body
 from klockproxy.proxy.upstream_errors import answer_with_status, error_response
@@ -851,11 +852,10 @@ class KlockProxy:
                 verdict.content_type or content_type,
                 flow.request.headers.get("accept", ""),
             )
-        except Refusal as r:
-            self._answer(flow, r.status, r.log_message)
-            return
-        except UpstreamError as e:
-            self._answer(flow, failure(503, f"klockproxy: {e}"))
+        except KlockProxyError as e:
+            # The one error boundary: the API server out of reach is a 503, as in _judge.
+            refusal = refusal_of(e)
+            self._answer(flow, refusal.status, refusal.log_message)
             return
         except Exception as e:
             # Fail closed, as _judge does; the message may quote request data.
