@@ -743,6 +743,54 @@ async def test_a_patch_that_leaves_the_metadata_is_judged_on_the_index_alone(
     assert lookups.kinds() == ["dry_run"]
 
 
+@pytest.mark.parametrize(
+    ("rv", "asks", "on_index"),
+    [
+        ("5", [], False),  # the caller's own precondition: the API server enforces it
+        (None, [], True),  # none: conditional on the index's version
+        ("4", ["get"], False),  # another version: read, as without an index
+    ],
+)
+async def test_an_update_of_an_object_the_index_holds_is_judged_without_a_read(
+    rv: str | None, asks: list[str], on_index: bool
+) -> None:
+    async def judge(stored: dict[str, Any], fresh: bool = False) -> tuple[Any, FakeUpstream]:
+        lookups = FakeUpstream()
+        lookups.objects = {CM_PATH: stored}
+        decider = Judge(lookups, IdentityResolver(lookups), _locks("shop", "UPDATE"),
+                        StaticOwnership(stored))  # fmt: skip
+        body = configmap(aura="blue")
+        body["metadata"].pop("resourceVersion")
+        body["metadata"].pop("uid")
+        if rv is not None:
+            body["metadata"]["resourceVersion"] = rv
+        body["data"] = {"n": "1"}
+        info = classify("PUT", CM_PATH)
+        verdict = await decider.judge(
+            info, HEADERS, json.dumps(body).encode(), "application/json", fresh=fresh
+        )
+        return verdict, lookups
+
+    verdict, lookups = await judge(configmap(aura="blue"))
+    if rv == "4":
+        # The object read holds version 5: the caller's 4 is a conflict, answered at once.
+        assert verdict.status is not None and verdict.status["code"] == 409
+    else:
+        assert verdict.allowed and verdict.on_index is on_index
+        sent = json.loads(verdict.body) if verdict.body is not None else {"metadata": {}}
+        assert sent["metadata"].get("resourceVersion", rv) == "5"
+    assert lookups.kinds() == asks
+    # Locked as it was (the index's labels; the body takes the label off): refused.
+    verdict, lookups = await judge(configmap(aura="red"))
+    assert verdict.status is not None and verdict.status["code"] in (403, 409)
+    if rv != "4":
+        assert "Lock shop/l forbids UPDATE" in verdict.status["message"]
+        assert lookups.kinds() == []
+    # fresh: read, as without an index.
+    _, lookups = await judge(configmap(aura="blue"), fresh=True)
+    assert lookups.kinds() == ["get"]
+
+
 async def test_a_stale_index_costs_a_read_never_a_wrong_judgement() -> None:
     """The index lags behind a relabelling (version 4, unlocked; the API server holds 5,
     locked): the dry run's version is not the index's, so the object is read as before. A

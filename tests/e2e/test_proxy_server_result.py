@@ -98,10 +98,10 @@ def test_server_side_apply_keeps_a_label_another_manager_owns(
 def test_patches_that_leave_the_metadata_follow_writes_made_elsewhere(
     proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
 ) -> None:
-    """A patch of data only is judged on the object's latest version, even right behind a
-    relabelling made past the proxy (the proxy's index of the namespace may not have seen it
-    yet: then the API server answers the proxy's conditional write 409 and the proxy judges
-    the patch again), and patches in a row through the proxy never get a conflict."""
+    """A patch of data only, and a replace, is judged on the object's latest version, even
+    right behind a relabelling made past the proxy (the proxy's index of the namespace may
+    not have seen it yet: then the API server answers the proxy's conditional write 409 and
+    the proxy judges the request again), and patches in a row never get a conflict."""
     k = support.in_ns(kubectl, namespace)
     p = support.in_ns(proxy.kubectl, namespace)
     assert_ok(k("create", "configmap", "web", "--from-literal=n=0"))
@@ -119,3 +119,11 @@ def test_patches_that_leave_the_metadata_follow_writes_made_elsewhere(
     assert kubectl.json("get", "configmap", "web", namespace=namespace)["data"] == {
         "n": "in-a-row-4"
     }
+    # kubectl replace sends the manifest as it is (no resourceVersion): judged alike.
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"n": "replaced"},
+                "metadata": {"name": "web", "labels": {"aura": "blue"}}}  # fmt: skip
+    assert_ok(p("replace", "-f", "-", input=json.dumps(manifest)))
+    assert kubectl.json("get", "configmap", "web", namespace=namespace)["data"] == {"n": "replaced"}
+    assert_ok(k("label", "configmap", "web", "aura=red", "--overwrite"))
+    assert_denied(p("replace", "-f", "-", input=json.dumps(manifest)))
+    assert labels(kubectl, namespace, "configmap", "web") == {"aura": "red"}

@@ -166,3 +166,35 @@ async def test_the_answer_to_a_dry_run_is_not_taken_as_stored(parts: Any, api: A
     proxy.responseheaders(flow)
     await proxy.response(flow)
     assert index.stored("", "configmaps", "shop", "cfg") == before
+
+
+async def test_an_update_without_a_version_on_a_lagging_index_is_judged_again(
+    parts: Any, api: Api
+) -> None:
+    """A PUT that names no resourceVersion is made conditional on the index's: behind a
+    relabelling into the Lock it is answered 409 upstream, then judged again and refused."""
+    proxy, index = parts
+    await lagging(index, api, {"aura": "red"})
+    # The caller's copy: still blue (a PUT that would take the label off a locked object).
+    meta = {"name": "cfg", "namespace": "shop", "labels": {"aura": "blue"}}
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"n": "1"}}
+    flow = make_flow("PUT", CFG, json.dumps(body).encode(), "application/json", headers=(api.auth,))
+    await run(proxy, flow)
+    assert flow.response is None  # allowed on the index's version (unlocked there)
+    await forward(api, flow)
+    assert flow.response is not None and flow.response.status_code == 409
+    proxy.responseheaders(flow)
+    await proxy.response(flow)
+    status = status_of(flow)
+    assert status["code"] == 403 and "Lock shop/lockred forbids UPDATE" in status["message"]
+    assert (await api.call("GET", CFG))["data"] == {"n": "0"}
+    # Unlocked meanwhile instead: judged again, sent again, stored.
+    await lagging(index, api, {"aura": "green"})
+    body["metadata"]["labels"] = {"aura": "green"}
+    flow = make_flow("PUT", CFG, json.dumps(body).encode(), "application/json", headers=(api.auth,))
+    await run(proxy, flow)
+    await forward(api, flow)
+    proxy.responseheaders(flow)
+    await proxy.response(flow)
+    assert flow.response is not None and flow.response.status_code == 200
+    assert (await api.call("GET", CFG))["data"] == {"n": "1"}
