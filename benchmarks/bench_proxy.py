@@ -320,6 +320,19 @@ def op_patch(
     return go
 
 
+def op_put(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+    """A PUT of one configmap as ``kubectl replace`` sends a manifest: no resourceVersion."""
+
+    async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
+        name = f"cm-{i % 100}"
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"n": str(i)},
+                "metadata": {"name": name, "labels": {"aura": "blue"}}}  # fmt: skip
+        async with session.put(f"{url}/api/v1/namespaces/{ns}/configmaps/{name}", json=body) as r:
+            await _check(r, "put")
+
+    return go
+
+
 async def seed(target: Target) -> None:
     """Two namespaces of 100 configmaps (labelled aura=blue: the lock covers, never matches)."""
     headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
@@ -402,6 +415,7 @@ async def measure(
         "PATCH, no lock in namespace": op_patch(OPEN_NS),
         "PATCH, covered by a lock, allowed": op_patch(LOCKED_NS),
         "PATCH of metadata, covered, allowed": op_patch(LOCKED_NS, "annotations"),
+        "PUT without version, covered, allowed": op_put(LOCKED_NS),
     }
     results: dict[tuple[str, str, int], Result] = {}
     for op_name, op in ops.items():
