@@ -374,9 +374,7 @@ class Judge(Decider):
         if not leaves_metadata(document, ctype):
             return None
         current = metadata_object(stored)
-        guard = _version(current)
-        if guard is None:
-            return None
+        guard = _Guard(stored.version, stored.uid)
         guarded = add_precondition(body, ctype, info, guard.rv, guard.uid, document=document)
         return _Gathered(Subject(info, current, current), guard, guarded, document, True)
 
@@ -394,9 +392,9 @@ class Judge(Decider):
         rv, uid = meta.get("resourceVersion"), meta.get("uid")
         if rv not in (None, "", stored.version) or uid not in (None, "", stored.uid):
             return None
-        current = metadata_object(stored)
-        guard = _version(current)
-        return _Gathered(Subject(info, current, new), guard, document=new, on_index=not rv)
+        guard = _Guard(stored.version, stored.uid)
+        subject = Subject(info, metadata_object(stored), new)
+        return _Gathered(subject, guard, document=new, on_index=not rv)
 
     async def _get_and_dry_run(
         self,
@@ -431,7 +429,8 @@ class Judge(Decider):
             return e
 
     def _stored(self, info: RequestInfo) -> Node | None:
-        """The object a patch names as the ownership index holds it, when the judgement
+        """The object a patch or update names as the ownership index holds it (always with
+        a version), when the judgement
         needs nothing more of the object as it was (``judged_on_metadata``: not a pod or a
         workload, not being deleted, no owner references); else None."""
         if self.ownership is None or info.subresource not in LABEL_SUBRESOURCES:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -87,6 +88,7 @@ from klockproxy.cluster.identity import IdentityResolver, ReviewRefused, is_auth
 from klockproxy.cluster.lock_sources import CLUSTER_SPEC, LockSet, create_lock_sources
 from klockproxy.cluster.ownership import OwnershipIndex
 from klockproxy.cluster.upstream import TokenFile, Upstream, UpstreamConfig, UpstreamStatusError
+from klockproxy.core.codec import media_type
 from klockproxy.core.engine import Engine, is_lock_resource
 from klockproxy.core.errors import (
     ClassificationError,
@@ -815,7 +817,7 @@ class KlockProxy:
         info = flow.metadata.get(_INFO)
         if not isinstance(info, RequestInfo) or info.dry_run:
             return  # a dry run's answer was not stored
-        if resp.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        if media_type(resp.headers.get("content-type", "")) != "application/json":
             return  # protobuf, or a Table: the watch will tell
         try:
             stored = json.loads(resp.get_content(strict=False) or b"")
@@ -858,12 +860,7 @@ class KlockProxy:
             self._answer(flow, refusal.status, refusal.log_message)
             return
         except Exception as e:
-            # Fail closed, as _judge does; the message may quote request data.
-            where = "".join(traceback.format_tb(e.__traceback__))
-            logger.error(
-                "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
-            )
-            self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+            self._internal_error(flow, e)
             return
         flow.response = http.Response.make(
             code, answer, {"Content-Type": answer_type} if answer_type else {}
@@ -1026,6 +1023,8 @@ class KlockProxy:
 
     async def _judge(self, flow: http.HTTPFlow) -> None:
         req = flow.request
+        # Decoded once (Content-Encoding), however often the judge and the addon read it.
+        read = functools.cache(functools.partial(_body, req))
         try:
             info = flow.metadata.get(_INFO)
             if not isinstance(info, RequestInfo):
@@ -1039,7 +1038,7 @@ class KlockProxy:
             verdict = await Judge(self.upstream, self.identity, engine, self.ownership).judge(
                 info,
                 auth_headers(req.headers),
-                lambda: _body(req),
+                read,
                 req.headers.get("content-type", ""),
             )
             await self._record(flow, info, verdict)
@@ -1050,7 +1049,7 @@ class KlockProxy:
                 raise Refusal(verdict.status, verdict.log_message)
             self._count(flow, "allowed")
             if verdict.on_index:
-                flow.metadata[_ON_INDEX] = (_body(req), req.headers.get("content-type", ""))
+                flow.metadata[_ON_INDEX] = (read(), req.headers.get("content-type", ""))
             if verdict.body is not None:
                 # Re-encoded with the request's Content-Encoding by mitmproxy.
                 req.content = verdict.body
@@ -1059,13 +1058,16 @@ class KlockProxy:
         except Refusal as r:
             self._answer(flow, r.status, r.log_message)
         except Exception as e:
-            # Fail closed on a bug rather than forward a write nobody judged. The exception's
-            # message may quote request data: log its type and where it happened only.
-            where = "".join(traceback.format_tb(e.__traceback__))
-            logger.error(
-                "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
-            )
-            self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
+            self._internal_error(flow, e)
+
+    def _internal_error(self, flow: http.HTTPFlow, e: Exception) -> None:
+        """Fail closed on a bug rather than forward a write nobody judged. The exception's
+        message may quote request data: its type and where it happened are logged only."""
+        where = "".join(traceback.format_tb(e.__traceback__))
+        logger.error(
+            "klockproxy: internal error while checking locks: %s\n%s", type(e).__name__, where
+        )
+        self._answer(flow, failure(500, "klockproxy: internal error while checking locks"))
 
     async def _record(self, flow: http.HTTPFlow, info: RequestInfo, verdict: Verdict) -> None:
         """Metrics and the audit line of a judged mutation (never a credential or a body)."""
