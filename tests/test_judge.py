@@ -679,8 +679,8 @@ async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -
     holds, whose metadata is all the judgement reads of the object as it was, so the read is
     saved; the write is conditional on it."""
     stored = configmap(aura="blue")
-    note = b'{"metadata":{"annotations":{"n":"1"}}}'
-    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), note)
+    team = b'{"metadata":{"labels":{"team":"a"}}}'
+    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), team)
     assert verdict.allowed, verdict.status
     assert lookups.kinds() == ["dry_run"]
     assert not verdict.on_index  # the API server answered that version
@@ -707,14 +707,21 @@ async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -
         (b'{"data":{"n":"1"}}', MERGE),
         (b'{"data":{"n":"1"}}', "application/strategic-merge-patch+json"),
         (b'[{"op":"replace","path":"/data/n","value":"1"}]', "application/json-patch+json"),
+        # kubectl annotate; kubectl apply of data (the last-applied annotation with it).
+        (b'{"metadata":{"annotations":{"n":"1"}}}', MERGE),
+        (b'{"data":{"n":"1"},"metadata":{"annotations":{"last":"{}"}}}',
+         "application/strategic-merge-patch+json"),
+        (b'[{"op":"add","path":"/metadata/annotations/n","value":"1"}]',
+         "application/json-patch+json"),
     ],
-)
+)  # fmt: skip
 async def test_a_patch_that_leaves_the_metadata_is_judged_on_the_index_alone(
     body: bytes, ctype: str
 ) -> None:
-    """Nothing of the metadata can change: the object as it was and as it will be is the
-    version the index holds. No request at all; the write is conditional on that version
-    (``on_index``: a 409 means the index lagged), and judging ``fresh`` asks the API server."""
+    """Nothing of the metadata but its annotations can change: the object as it was and as
+    it will be is the version the index holds. No request at all; the write is conditional
+    on that version (``on_index``: a 409 means the index lagged), and judging ``fresh``
+    asks the API server."""
 
     async def judge(stored: dict[str, Any], fresh: bool = False) -> tuple[Any, FakeUpstream]:
         lookups = FakeUpstream()
@@ -730,8 +737,11 @@ async def test_a_patch_that_leaves_the_metadata_is_judged_on_the_index_alone(
     guarded = json.loads(verdict.body or b"")
     if ctype.endswith("json-patch+json"):
         assert {"op": "test", "path": "/metadata/resourceVersion", "value": "5"} in guarded
+        assert all(op in guarded for op in json.loads(body))
     else:
         assert guarded["metadata"]["resourceVersion"] == "5"
+        sent = json.loads(body)
+        assert guarded["metadata"].get("annotations") == sent.get("metadata", {}).get("annotations")
     # A locked object: refused on the index's labels, still without a request.
     verdict, lookups = await judge(configmap(aura="red"))
     assert verdict.status is not None and verdict.status["code"] == 403
@@ -797,8 +807,8 @@ async def test_a_stale_index_costs_a_read_never_a_wrong_judgement() -> None:
     answers 409 and nothing is written; judged ``fresh`` it is refused."""
     stale = configmap("4")
     locked = configmap("5", aura="red")
-    note = b'{"metadata":{"annotations":{"n":"1"}}}'
-    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), note)
+    team = b'{"metadata":{"labels":{"team":"a"}}}'
+    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), team)
     assert verdict.status is not None and verdict.status["code"] == 403
     assert lookups.kinds() == ["dry_run", "get"]
 
@@ -864,6 +874,7 @@ def test_a_metadata_stand_in_is_judged_as_the_whole_object(
     namespaced = plural != "namespaces"
     whole = configmap(**labels)
     whole.update(apiVersion=f"{group}/{version}" if group else version, kind=kind)
+    whole["metadata"]["annotations"] = {"note": "before"}
     if not namespaced:
         whole["metadata"] = {k: v for k, v in whole["metadata"].items() if k != "namespace"}
         whole["metadata"]["name"] = "shop"
@@ -891,9 +902,14 @@ def test_a_metadata_stand_in_is_judged_as_the_whole_object(
             return await decider.decide(Subject(info, old, after), caller)
 
         assert asyncio.run(verdicts(stand_in)) == asyncio.run(verdicts(whole))
-        # A write that leaves the metadata (leaves_metadata): judged on the stand-in as both
-        # the object as it was and as it will be, as on the whole objects.
-        same_metadata = {**whole, "data": {"n": "changed"}}
+        # A write that leaves the metadata but its annotations
+        # (leaves_metadata_but_annotations): judged on the stand-in as both the object as it
+        # was and as it will be, as on the whole objects.
+        same_metadata = {
+            **whole,
+            "metadata": {**whole["metadata"], "annotations": {"note": "after", "new": "x"}},
+            "data": {"n": "changed"},
+        }
         assert asyncio.run(verdicts(stand_in, stand_in)) == asyncio.run(
             verdicts(whole, same_metadata)
         )

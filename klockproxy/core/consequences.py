@@ -98,10 +98,11 @@ def is_workload(resource: ResourceRef) -> bool:
 
 def judged_on_metadata(resource: ResourceRef) -> bool:
     """Whether a write to an existing object of this kind is decided on nothing of the object
-    as it was but its metadata: every kind except pods and the workloads, whose spec the
-    rules read (the service account a pod runs as; replicas, templates, selectors, suspend,
-    a Job's TTL). Holds for an object that is not being deleted (finishing a deletion
-    compares the whole object) and has no owner references (compared in full)."""
+    as it was but its metadata, and never on annotations (before or after): every kind
+    except pods and the workloads, whose spec the rules read (the service account a pod
+    runs as; replicas, templates, selectors, suspend, a Job's TTL). Holds for an object
+    that is not being deleted (finishing a deletion compares the whole object) and has no
+    owner references (compared in full)."""
     return not (is_workload(resource) or (resource.group, resource.resource) == ("", "pods"))
 
 

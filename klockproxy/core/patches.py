@@ -760,28 +760,55 @@ def _names_metadata(key: object) -> bool:
     return isinstance(key, str) and key.casefold() == "metadata"
 
 
-def leaves_metadata(patch: JSON, content_type: str) -> bool:
-    """Whether the decoded patch ``patch`` leaves an object's metadata exactly as it is, in
-    every implementation of its format and whatever the object: then no patch engine, the
-    API server's or ours, can make the result's labels, owner references or finalizers
-    differ from the object's own.
+def _only_annotations(member: object, strategic: bool) -> bool:
+    # The value of a patch's "metadata" member that touches nothing but the annotations: an
+    # object whose one key (exactly: no other spelling a case-insensitive decoder might read
+    # as another field) is "annotations", holding null or an object without "$" keys (no
+    # annotation key starts with "$"; in a strategic patch they would be directives).
+    if not isinstance(member, dict) or not set(member) <= {"annotations"}:
+        return False
+    annotations = member.get("annotations")
+    if annotations is None:
+        return True
+    return isinstance(annotations, dict) and not (
+        strategic and any(isinstance(k, str) and k.startswith("$") for k in annotations)
+    )
+
+
+def leaves_metadata_but_annotations(patch: JSON, content_type: str) -> bool:
+    """Whether the decoded patch ``patch`` leaves an object's metadata exactly as it is,
+    annotations aside, in every implementation of its format and whatever the object: then
+    no patch engine, the API server's or ours, can make the result's labels, owner
+    references or finalizers differ from the object's own.
 
     - merge patch (RFC 7386): an object without a ``metadata`` member (an absent member is
-      left untouched);
-    - strategic merge patch: the same, and no top-level directive (``$patch``,
-      ``$retainKeys``, ``$setElementOrder/...`` may act on every member);
+      left untouched), or whose ``metadata`` is an object with ``annotations`` alone
+      (``kubectl annotate``; ``kubectl apply`` of data or spec with its last-applied
+      annotation): a merge patch acts on the members it names and on no other;
+    - strategic merge patch: the same, with no top-level directive (``$patch``,
+      ``$retainKeys``, ``$setElementOrder/...`` may act on every member), none in
+      ``metadata`` and none in its ``annotations``;
     - JSON patch (RFC 6902): a list of operations none of whose ``path`` or ``from`` is the
-      whole document or names ``metadata``;
+      whole document or names ``metadata``, except below ``/metadata/annotations``;
     - server-side apply: never (it removes fields the applier owned and no longer sets).
 
-    Anything malformed is False: that patch is not vouched for.
+    ``metadata`` and ``annotations`` must be spelt exactly so, and no other key may read as
+    ``metadata`` case-insensitively (as Go's encoding/json matches fields). Anything
+    malformed is False: that patch is not vouched for.
     """
     mtype = media_type(content_type)
     if mtype in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
         if not isinstance(patch, dict):
             return False
         strategic = mtype == STRATEGIC_MERGE_PATCH
-        return not any(_names_metadata(key) or (strategic and key.startswith("$")) for key in patch)
+        for key, member in patch.items():
+            if strategic and key.startswith("$"):
+                return False
+            if _names_metadata(key) and not (
+                key == "metadata" and _only_annotations(member, strategic)
+            ):
+                return False
+        return True
     if mtype != JSON_PATCH or not isinstance(patch, list):
         return False
     for op in patch:
@@ -796,6 +823,8 @@ def leaves_metadata(patch: JSON, content_type: str) -> bool:
                 tokens = parse_pointer(pointer)
             except PatchError:
                 return False
-            if not tokens or _names_metadata(tokens[0]):
+            if not tokens:
+                return False
+            if _names_metadata(tokens[0]) and tokens[:2] != ["metadata", "annotations"]:
                 return False
     return True

@@ -40,7 +40,7 @@ from klockproxy.core.patches import (
     PATCH_CONTENT_TYPES,
     apply_patch,
     kind_key_of,
-    leaves_metadata,
+    leaves_metadata_but_annotations,
 )
 from klockproxy.core.paths import collection_path, object_path
 from klockproxy.core.protobuf import (
@@ -362,16 +362,18 @@ class Judge(Decider):
     def _unchanged(
         self, info: RequestInfo, stored: Node, body: bytes, ctype: str
     ) -> _Gathered | None:
-        """A patch that cannot change the metadata (``leaves_metadata``) of an object the
-        index holds and that is judged on its metadata alone: the object as it was and as
-        it will be have that version's metadata, so nothing needs asking. The write is made
+        """A patch that cannot change the metadata, annotations aside
+        (``leaves_metadata_but_annotations``), of an object the index holds and that is
+        judged on its metadata alone (annotations are not read): the object as it was and
+        as it will be have that version's identity, labels and owners, so nothing needs
+        asking. The write is made
         conditional on that version: if the index lagged behind, the API server answers 409
         and nothing was written on an unjudged version. None where that does not hold."""
         try:
             document = load_json(body, "patch")
         except DecodeError:
             return None  # the API server says what is wrong with it
-        if not leaves_metadata(document, ctype):
+        if not leaves_metadata_but_annotations(document, ctype):
             return None
         current = metadata_object(stored)
         guard = _Guard(stored.version, stored.uid)

@@ -127,3 +127,31 @@ def test_patches_that_leave_the_metadata_follow_writes_made_elsewhere(
     assert_ok(k("label", "configmap", "web", "aura=red", "--overwrite"))
     assert_denied(p("replace", "-f", "-", input=json.dumps(manifest)))
     assert labels(kubectl, namespace, "configmap", "web") == {"aura": "red"}
+
+
+def test_annotate_and_apply_of_data_follow_writes_made_elsewhere(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    """``kubectl annotate`` and ``kubectl apply`` of data (which patches the last-applied
+    annotation too) change no label: judged on the object's latest version, right behind
+    relabellings made past the proxy as above."""
+    k = support.in_ns(kubectl, namespace)
+    p = support.in_ns(proxy.kubectl, namespace)
+
+    def manifest(n: int) -> str:
+        return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "data": {"n": str(n)},
+                           "metadata": {"name": "cfg", "labels": {"aura": "blue"}}})  # fmt: skip
+
+    assert_ok(k("apply", "-f", "-", input=manifest(0)))
+    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"})
+    for n in range(1, 4):
+        assert_ok(k("label", "configmap", "cfg", "aura=red", "--overwrite"))
+        assert_denied(p("annotate", "configmap", "cfg", f"note={n}", "--overwrite"))
+        assert_denied(p("apply", "-f", "-", input=manifest(n)))
+        assert_ok(k("label", "configmap", "cfg", "aura=blue", "--overwrite"))
+        assert_ok(p("annotate", "configmap", "cfg", f"note={n}", "--overwrite"))
+        assert_ok(p("apply", "-f", "-", input=manifest(n)))
+        stored = kubectl.json("get", "configmap", "cfg", namespace=namespace)
+        assert stored["data"] == {"n": str(n)}
+        assert stored["metadata"]["annotations"]["note"] == str(n)
+        assert stored["metadata"]["labels"] == {"aura": "blue"}

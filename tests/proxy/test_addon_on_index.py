@@ -1,4 +1,5 @@
-"""Writes allowed on the ownership index's version alone (a patch that leaves the metadata):
+"""Writes allowed on the ownership index's version alone (a patch that leaves the metadata
+but its annotations):
 the addon's part, against the sandbox API server. The test forwards each allowed request
 itself, as mitmproxy would, and hands the API server's answer to the addon's response hooks.
 
@@ -38,6 +39,8 @@ metadata: {name: lockred, namespace: shop}
 spec: {operations: [UPDATE, DELETE], matcher: {aura: red}}
 """
 DATA = json.dumps({"data": {"n": "1"}}).encode()
+# As kubectl apply patches data (its last-applied annotation with it): also on the index.
+ANNOTATED = json.dumps({"data": {"n": "1"}, "metadata": {"annotations": {"note": "1"}}}).encode()
 
 
 async def forward(api: Api, flow: http.HTTPFlow) -> None:
@@ -81,10 +84,12 @@ async def parts(sandbox: Sandbox, api: Api, tmp_path: Path) -> AsyncIterator[Any
 
 
 async def patch_through(proxy: KlockProxy, api: Api, body: bytes = DATA) -> http.HTTPFlow:
-    """One merge patch of ``cfg`` through the addon's hooks, forwarded if allowed."""
+    """One merge patch of ``cfg`` through the addon's hooks, forwarded if allowed (then
+    ``flow.metadata["forwarded"]``)."""
     flow = make_flow("PATCH", CFG, body, MERGE, headers=(api.auth,))
     await run(proxy, flow)
     if flow.response is None:
+        flow.metadata["forwarded"] = True
         await forward(api, flow)
         proxy.responseheaders(flow)
         await proxy.response(flow)
@@ -109,29 +114,38 @@ async def lagging(index: OwnershipIndex, api: Api, labels: dict[str, str]) -> di
     return moved
 
 
+@pytest.mark.parametrize("body", [DATA, ANNOTATED], ids=["data", "annotated"])
 async def test_a_lagging_index_is_answered_409_and_the_write_judged_again(
-    parts: Any, api: Api
+    parts: Any, api: Api, body: bytes
 ) -> None:
     proxy, index = parts
     # Locked behind the proxy's back: the conditional write fails (nothing written), and the
     # second judgement, on the API server's answers, refuses it.
     await lagging(index, api, {"aura": "red"})
-    flow = await patch_through(proxy, api)
+    flow = await patch_through(proxy, api, body)
+    assert flow.metadata.get("forwarded")  # allowed on the index's version: unlocked there
     status = status_of(flow)
     assert status["code"] == 403
     assert "Lock shop/lockred forbids UPDATE" in status["message"]
-    assert (await api.call("GET", CFG))["data"] == {"n": "0"}
+    stored = await api.call("GET", CFG)
+    assert stored["data"] == {"n": "0"} and "annotations" not in stored["metadata"]
 
 
-async def test_a_lagging_index_costs_a_second_attempt_not_a_conflict(parts: Any, api: Api) -> None:
+@pytest.mark.parametrize("body", [DATA, ANNOTATED], ids=["data", "annotated"])
+async def test_a_lagging_index_costs_a_second_attempt_not_a_conflict(
+    parts: Any, api: Api, body: bytes
+) -> None:
     proxy, index = parts
     moved = await lagging(index, api, {"aura": "green"})
-    flow = await patch_through(proxy, api)
+    flow = await patch_through(proxy, api, body)
     assert flow.response is not None and flow.response.status_code == 200, flow.response
     answer = json.loads(flow.response.content or b"")
     assert answer["data"] == {"n": "1"} and answer["metadata"]["labels"] == {"aura": "green"}
     stored = await api.call("GET", CFG)
     assert stored["data"] == {"n": "1"}
+    assert stored["metadata"].get("annotations") == json.loads(body).get("metadata", {}).get(
+        "annotations"
+    )
     assert stored["metadata"]["resourceVersion"] != moved["metadata"]["resourceVersion"]
 
 
