@@ -366,9 +366,9 @@ class Judge(Decider):
         (``leaves_metadata_but_annotations``), of an object the index holds and that is
         judged on its metadata alone (annotations are not read): the object as it was and
         as it will be have that version's identity, labels and owners, so nothing needs
-        asking. The write is made
-        conditional on that version: if the index lagged behind, the API server answers 409
-        and nothing was written on an unjudged version. None where that does not hold."""
+        asking. The write is made conditional on that version: if the index lagged behind,
+        the API server answers 409 and nothing was written on an unjudged version. None
+        where that does not hold."""
         try:
             document = load_json(body, "patch")
         except DecodeError:
