@@ -771,7 +771,7 @@ def _only_annotations(member: object, strategic: bool) -> bool:
     if annotations is None:
         return True
     return isinstance(annotations, dict) and not (
-        strategic and any(isinstance(k, str) and k.startswith("$") for k in annotations)
+        strategic and any(key.startswith("$") for key in annotations)
     )
 
 

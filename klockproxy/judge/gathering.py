@@ -298,8 +298,12 @@ class Judge(Decider):
         is_apply = mtype == APPLY_PATCH
         body = req.body()
         stored = self._stored(info)
-        if stored is not None and not is_apply and not req.fresh:
-            unchanged = self._unchanged(info, stored, body, ctype)
+        # Decoded once where the index may stand in: the guard below reuses it.
+        document = (
+            _patch_document(body) if stored is not None and not is_apply and not req.fresh else None
+        )
+        if stored is not None and document is not None:
+            unchanged = self._unchanged(info, stored, body, ctype, document)
             if unchanged is not None:
                 return unchanged
         if stored is None:
@@ -328,7 +332,9 @@ class Judge(Decider):
         else:
             guard = _version(current)
         guarded = (
-            add_precondition(body, ctype, info, guard.rv, guard.uid, absent=guard.absent)
+            add_precondition(
+                body, ctype, info, guard.rv, guard.uid, absent=guard.absent, document=document
+            )
             if guard is not None
             else None
         )
@@ -360,7 +366,7 @@ class Judge(Decider):
         return _Gathered(Subject(info, current, new), guard, guarded)
 
     def _unchanged(
-        self, info: RequestInfo, stored: Node, body: bytes, ctype: str
+        self, info: RequestInfo, stored: Node, body: bytes, ctype: str, document: Any
     ) -> _Gathered | None:
         """A patch that cannot change the metadata, annotations aside
         (``leaves_metadata_but_annotations``), of an object the index holds and that is
@@ -368,11 +374,7 @@ class Judge(Decider):
         as it will be have that version's identity, labels and owners, so nothing needs
         asking. The write is made conditional on that version: if the index lagged behind,
         the API server answers 409 and nothing was written on an unjudged version. None
-        where that does not hold."""
-        try:
-            document = load_json(body, "patch")
-        except DecodeError:
-            return None  # the API server says what is wrong with it
+        where that does not hold (``document``: the decoded ``body``)."""
         if not leaves_metadata_but_annotations(document, ctype):
             return None
         current = metadata_object(stored)
@@ -432,9 +434,9 @@ class Judge(Decider):
 
     def _stored(self, info: RequestInfo) -> Node | None:
         """The object a patch or update names as the ownership index holds it (always with
-        a version), when the judgement
-        needs nothing more of the object as it was (``judged_on_metadata``: not a pod or a
-        workload, not being deleted, no owner references); else None."""
+        a version), when the judgement needs nothing more of the object as it was
+        (``judged_on_metadata``: not a pod or a workload, not being deleted, no owner
+        references); else None."""
         if self.ownership is None or info.subresource not in LABEL_SUBRESOURCES:
             return None
         if not judged_on_metadata(info.ref):
@@ -561,6 +563,15 @@ def _same_version(result: Mapping[str, Any], guard: _Guard | None) -> bool:
         return True
     meta = object_meta(result)
     return meta.get("resourceVersion") == guard.rv and meta.get("uid", "") == guard.uid
+
+
+def _patch_document(body: bytes) -> Any:
+    """A JSON patch body decoded, or None where it does not decode (the API server then says
+    what is wrong with it)."""
+    try:
+        return load_json(body, "patch")
+    except DecodeError:
+        return None
 
 
 def _version(obj: Mapping[str, Any]) -> _Guard | None:

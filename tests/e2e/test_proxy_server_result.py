@@ -148,6 +148,11 @@ def test_annotate_and_apply_of_data_follow_writes_made_elsewhere(
         assert_ok(k("label", "configmap", "cfg", "aura=red", "--overwrite"))
         assert_denied(p("annotate", "configmap", "cfg", f"note={n}", "--overwrite"))
         assert_denied(p("apply", "-f", "-", input=manifest(n)))
+        kept = kubectl.json("get", "configmap", "cfg", namespace=namespace)
+        assert kept["data"] == {"n": str(n - 1)}
+        assert kept["metadata"].get("annotations", {}).get("note") == (
+            str(n - 1) if n > 1 else None
+        )
         assert_ok(k("label", "configmap", "cfg", "aura=blue", "--overwrite"))
         assert_ok(p("annotate", "configmap", "cfg", f"note={n}", "--overwrite"))
         assert_ok(p("apply", "-f", "-", input=manifest(n)))
