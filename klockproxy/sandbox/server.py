@@ -1995,6 +1995,8 @@ class Sandbox:
         logger.info("sandbox API server listening on %s", self.url)
 
     async def stop(self) -> None:
+        """Stop serving and close every connection, as a kube-apiserver that exits does."""
+        ports = {self.port}
         if self.h2front is not None:
             await self.h2front.stop()
             self.h2front = None
@@ -2002,8 +2004,10 @@ class Sandbox:
             self._server.stopping.set()
             self._server.store.close_watchers()
         if self._runner is not None:
+            ports.update(int(address[1]) for address in self._runner.addresses)
             await self._runner.cleanup()
             self._runner = None
+        await _close_accepted(ports)
 
     async def __aenter__(self) -> Sandbox:
         await self.start()
@@ -2042,6 +2046,34 @@ class Sandbox:
         """A kubeconfig user entry authenticating with a client certificate from the CA."""
         cert, key = self.ca.issue_client(name, groups)
         return {"client-certificate-data": cert, "client-key-data": key}
+
+
+async def _close_accepted(ports: set[int]) -> None:
+    """Close what the loop still holds of connections accepted on ``ports``.
+
+    Stopping the servers (aiohttp's cleanup, ``asyncio.Server.close``) ends the connections
+    they serve, not those accepted in the same instant whose TLS handshake had not finished:
+    nothing tracks those but the loop itself. Left open once the loop stops, such a socket
+    keeps a client waiting for a ServerHello for ever, where a kube-apiserver that exits
+    closes it. asyncio has no public list of a loop's transports (3.13's
+    ``Server.abort_clients`` does not cover handshakes either): the selector loop's own map
+    is read, and nothing is done on a loop without one.
+    """
+    transports = getattr(asyncio.get_running_loop(), "_transports", None)
+    if not isinstance(transports, Mapping):
+        return
+    left = [
+        transport
+        for transport in list(transports.values())
+        if isinstance(transport, asyncio.Transport)
+        and (sockname := transport.get_extra_info("sockname"))
+        and sockname[1] in ports
+    ]
+    for transport in left:
+        transport.abort()
+    if left:
+        # abort() closes the socket on the loop's next turn.
+        await asyncio.sleep(0)
 
 
 class SandboxThread(LoopThread[Sandbox]):

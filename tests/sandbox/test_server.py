@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -750,3 +751,21 @@ async def test_a_status_write_stores_owner_references_where_the_api_server_does(
         content_type="application/merge-patch+json",
     )
     assert status == 200 and not stored["metadata"].get("ownerReferences")
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2-front"])
+async def test_stop_closes_connections_accepted_while_it_stops(http2: bool) -> None:
+    """A stopped sandbox holds no connection open, as a kube-apiserver that exits: one
+    accepted in the very instant it stops, its TLS handshake not begun, is closed too (left
+    open, it kept a proxy waiting for a ServerHello, and kubectl behind it, for ever)."""
+    sb = Sandbox(http2=http2)
+    await sb.start()
+    # Connected at the TCP level; the sandbox accepts them on the loop's next turn, which
+    # is inside stop().
+    clients = [await asyncio.open_connection("127.0.0.1", sb.port) for _ in range(8)]
+    await sb.stop()
+    for reader, writer in clients:
+        # EOF (or a reset) soon, not a wait for a handshake nobody will answer.
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
