@@ -112,6 +112,7 @@ from klockproxy.judge.boundary import refusal_of
 from klockproxy.metrics import Metrics
 from klockproxy.proxy.body_limit import limit_body
 from klockproxy.proxy.upstream_errors import answer_with_status, error_response
+from klockproxy.proxy.upstream_handshake import UpstreamHandshakeDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +296,8 @@ class KlockProxy:
         self._scopes_client: Lookups | None = None
         # mitmproxy's own idle timeout, restored when the addon is done.
         self._saved_tcp_timeout: int | None = None
+        # mitmproxy loads these with the addon (hooks and options of their own).
+        self.addons = [UpstreamHandshakeDeadline()]
 
     # ------------------------------------------------------------------------------------
     # mitmproxy lifecycle

@@ -240,6 +240,12 @@ class ProxyService(StartedOrStopped, Generic[S]):
         self.lock_set: LockSet | None = None
         self._master: RunningMaster | None = None
 
+    def update_options(self, **options: Any) -> None:
+        """Change options of the running mitmproxy (``klock_*`` included), on its loop."""
+        if self._master is None:
+            raise RuntimeError("the proxy is not running")
+        self._master.master.options.update(**options)
+
     async def _start_lock_set(self, lookups: Upstream) -> LockSet:
         """The lock sources ``settings.locks`` names (Lock objects watched through
         ``lookups``, lock files), started; ``stop()`` stops them."""

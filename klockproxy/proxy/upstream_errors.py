@@ -34,6 +34,7 @@ from mitmproxy.proxy.layers.http import (
 
 from klockproxy.core.status import failure, to_bytes
 from klockproxy.proxy.lean_http import LeanHttpLayer
+from klockproxy.proxy.upstream_handshake import handshake_expired
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,12 @@ class _StatusErrorsHttpLayer(LeanHttpLayer):
         request = stream.flow.request if stream is not None and stream.flow else None
         upstream = f"{request.scheme}://{request.host}:{request.port}" if request else "upstream"
         message = f"klockproxy: the API server {upstream} failed: {event.message}"
+        timeout = handshake_expired(request.host, request.port) if request else None
+        if timeout is not None:
+            message = (
+                f"klockproxy: the API server {upstream} did not complete the TLS handshake "
+                f"within {timeout:g} s ({event.message})"
+            )
         response = error_response(request.path if request else "", event.code, message)
         http1 = self.context.client.alpn != b"h2"
         if http1:

@@ -13,6 +13,7 @@ every mutation before any lookup is tried, and the lookup path is what is under 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -382,3 +383,44 @@ def test_an_api_server_with_another_ca_gets_a_status_naming_tls_verification(
         setup.sandbox.stop()
         setup.sandbox.start()
         seed(setup.admin)
+
+
+def test_an_api_server_that_never_answers_the_tls_handshake_gets_a_status(setup: Setup) -> None:
+    """Something accepts connections on the API server's address and never answers the
+    ClientHello (a wedged API server, a balancer without backends): kubectl gets a Status
+    naming the handshake's timeout when it expires, instead of waiting for days."""
+    proxy = setup.proxy
+    proxy.call(lambda: proxy.service.update_options(klock_upstream_tls_timeout=2.0))
+    setup.sandbox.stop()
+    silent = socket.create_server(("127.0.0.1", setup.sandbox.port))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        # Accepts, never reads or writes, until the listening socket is closed.
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(silent.accept()[0])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        for args in (("get", "pods"), ("label", "pod", "other-pod", "tls=slow")):
+            result = setup.through(*args, namespace=NS)
+            assert_readable_failure(result, "TLS handshake within 2 s")
+        assert held, "the proxy never connected"
+    finally:
+        silent.close()
+        acceptor.join(HANG_GUARD)
+        for sock in held:
+            sock.close()
+        proxy.call(lambda: proxy.service.update_options(klock_upstream_tls_timeout=10.0))
+        setup.sandbox.start()
+        seed(setup.admin)
+
+    def labels() -> bool:
+        ok = setup.through("label", "pod", "other-pod", "tls=back", namespace=NS)
+        if ok.returncode != 0:
+            assert_readable_failure(ok, "ServiceUnavailable")
+        return ok.returncode == 0
+
+    wait_until(labels, "a write through the proxy once the API server answers again")
