@@ -26,6 +26,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import (
     HttpLayer,
     HttpStream,
+    RegisterHttpConnection,
     ResponseData,
     ResponseEndOfMessage,
     ResponseHeaders,
@@ -34,7 +35,7 @@ from mitmproxy.proxy.layers.http import (
 
 from klockproxy.core.status import failure, to_bytes
 from klockproxy.proxy.lean_http import LeanHttpLayer
-from klockproxy.proxy.upstream_handshake import handshake_expired
+from klockproxy.proxy.upstream_handshake import handshake_cut
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,19 @@ class _StatusErrorsHttpLayer(LeanHttpLayer):
                 return
         yield from super().event_to_child(child, event)
 
+    def register_connection(self, command: RegisterHttpConnection) -> layer.CommandGenerator[None]:
+        # The requests waiting on a new upstream connection learn here that it failed (their
+        # answers go out later, after the error hook): if the handshake deadline closed it
+        # (upstream_handshake), their streams are noted for _answer to say so.
+        cut = handshake_cut(command.connection.id) if command.err else None
+        if cut is not None:
+            noted: dict[int, float] = self.__dict__.setdefault("_klock_cut", {})
+            for cmd in self.waiting_for_establishment.get(command.connection, []):
+                stream = self.command_sources.get(cmd)
+                if isinstance(stream, HttpStream):
+                    noted[stream.stream_id] = cut
+        yield from super().register_connection(command)
+
     def _answer(
         self, client: layer.Layer, event: ResponseProtocolError
     ) -> layer.CommandGenerator[None]:
@@ -103,7 +117,7 @@ class _StatusErrorsHttpLayer(LeanHttpLayer):
         request = stream.flow.request if stream is not None and stream.flow else None
         upstream = f"{request.scheme}://{request.host}:{request.port}" if request else "upstream"
         message = f"klockproxy: the API server {upstream} failed: {event.message}"
-        timeout = handshake_expired(request.host, request.port) if request else None
+        timeout = self.__dict__.get("_klock_cut", {}).pop(event.stream_id, None)
         if timeout is not None:
             message = (
                 f"klockproxy: the API server {upstream} did not complete the TLS handshake "

@@ -7,7 +7,7 @@ TCP connection and then never answers the ClientHello would keep the request wai
 kubectl with it, for days. client-go gives up after 10 s (its transport's
 ``TLSHandshakeTimeout``) and says why; so does the proxy: an upstream connection whose TLS
 handshake has not finished ``klock_upstream_tls_timeout`` seconds after it connected is
-closed, the request waiting on it gets a 503 Status (``upstream_errors``) whose message
+closed, the requests waiting on it get a 503 Status (``upstream_errors``) whose message
 names the timeout, and one warning is logged.
 
 The connection is closed through mitmproxy's own connection handler (``close_connection``,
@@ -20,41 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.tls import TlsData
+from mitmproxy.utils import human
 
 logger = logging.getLogger(__name__)
 
 # client-go's transport waits as long (k8s.io/client-go/transport: TLSHandshakeTimeout).
 DEFAULT_TLS_TIMEOUT = 10.0
-# How long after a deadline closed a connection a failure reported for its address is put
-# down to it (the failure reaches the HTTP layer within the same loop turn or the next).
-_BLAME_WINDOW = 5.0
-
-# Address -> (time.monotonic() when a handshake to it was cut, the timeout that cut it).
-# Process-wide, as the HTTP layer that words the answer (upstream_errors) has no reference to
-# the addon; one proxy per process in practice, and the entry only adds a cause to a message.
-_expired: dict[tuple[str, int], tuple[float, float]] = {}
-
-
-def _address(address: Any) -> tuple[str, int]:
-    return (str(address[0]), int(address[1]))
+# Ids of upstream connections a deadline closed -> the timeout that closed them, until the
+# HTTP layer tells the requests waiting on that very connection that it failed (and words
+# their answer with it), or a while after the connection is gone (nothing waited on it).
+# Process-wide, as the HTTP layer (upstream_errors) has no reference to the addon.
+_cut: dict[str, float] = {}
+# mitmproxy runs the disconnect hook and the HTTP layer's failure report in no fixed order.
+_FORGET_AFTER = 60.0
 
 
-def handshake_expired(host: str, port: int) -> float | None:
-    """The timeout that just cut a TLS handshake with ``host:port``, if one did."""
-    entry = _expired.get((host, port))
-    if entry is None:
-        return None
-    at, timeout = entry
-    if time.monotonic() - at > _BLAME_WINDOW:
-        _expired.pop((host, port), None)
-        return None
-    return timeout
+def handshake_cut(connection_id: str) -> float | None:
+    """The timeout with which the deadline closed upstream connection ``connection_id``, if
+    it did (told once: the HTTP layer asks when the connection fails)."""
+    return _cut.pop(connection_id, None)
 
 
 class UpstreamHandshakeDeadline:
@@ -97,6 +86,8 @@ class UpstreamHandshakeDeadline:
 
     def server_disconnected(self, data: ServerConnectionHookData) -> None:
         self._stop(data.server)
+        if data.server.id in _cut:
+            asyncio.get_running_loop().call_later(_FORGET_AFTER, _cut.pop, data.server.id, None)
 
     def done(self) -> None:
         for timer in self._timers.values():
@@ -118,13 +109,11 @@ class UpstreamHandshakeDeadline:
         handler = getattr(proxyserver, "connections", {}).get(data.client.id)
         if handler is None or server not in handler.transports:
             return
-        address = _address(server.address) if server.address else ("", 0)
-        _expired[address] = (time.monotonic(), self.timeout)
+        _cut[server.id] = self.timeout
         logger.warning(
-            "klockproxy: the API server %s:%s accepted a connection but did not complete "
-            "the TLS handshake within %g s: closed it",
-            address[0],
-            address[1],
+            "klockproxy: the API server %s accepted a connection but did not complete the "
+            "TLS handshake within %g s: closed it",
+            human.format_address(server.address),
             self.timeout,
         )
         handler.close_connection(server)

@@ -2048,6 +2048,9 @@ class Sandbox:
         return {"client-certificate-data": cert, "client-key-data": key}
 
 
+_CLOSE_TURNS = 10
+
+
 async def _close_accepted(ports: set[int]) -> None:
     """Close what the loop still holds of connections accepted on ``ports``.
 
@@ -2062,18 +2065,25 @@ async def _close_accepted(ports: set[int]) -> None:
     transports = getattr(asyncio.get_running_loop(), "_transports", None)
     if not isinstance(transports, Mapping):
         return
-    left = [
-        transport
-        for transport in list(transports.values())
-        if isinstance(transport, asyncio.Transport)
-        and (sockname := transport.get_extra_info("sockname"))
-        and sockname[1] in ports
-    ]
-    for transport in left:
-        transport.abort()
-    if left:
-        # abort() closes the socket on the loop's next turn.
+    aborted: set[int] = set()
+    # A connection accepted in the servers' last turns gets its transport in a task of its
+    # own, a turn or two later: look again until a turn finds none (bounded).
+    for _ in range(_CLOSE_TURNS):
         await asyncio.sleep(0)
+        left = [
+            transport
+            for transport in list(transports.values())
+            if isinstance(transport, asyncio.Transport)
+            and id(transport) not in aborted
+            and (sockname := transport.get_extra_info("sockname"))
+            and sockname[1] in ports
+        ]
+        if not left:
+            return
+        for transport in left:
+            aborted.add(id(transport))
+            # The socket is closed on the loop's next turn.
+            transport.abort()
 
 
 class SandboxThread(LoopThread[Sandbox]):

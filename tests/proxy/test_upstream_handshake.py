@@ -15,7 +15,7 @@ from mitmproxy.test import taddons, tflow
 from mitmproxy.tls import TlsData
 
 from klockproxy.proxy import upstream_handshake
-from klockproxy.proxy.upstream_handshake import UpstreamHandshakeDeadline, handshake_expired
+from klockproxy.proxy.upstream_handshake import UpstreamHandshakeDeadline, handshake_cut
 
 
 class _Handler:
@@ -43,7 +43,7 @@ def _connected(tls: bool = True) -> tuple[ServerConnectionHookData, _Handler, An
 
 @pytest.fixture(autouse=True)
 def _forget_expired() -> None:
-    upstream_handshake._expired.clear()
+    upstream_handshake._cut.clear()
 
 
 def _context(addon: UpstreamHandshakeDeadline, proxyserver: Any) -> Any:
@@ -60,8 +60,12 @@ async def test_a_handshake_that_does_not_finish_in_time_is_closed_and_named() ->
         addon.server_connected(data)
         await asyncio.sleep(0.15)
     assert handler.closed == [data.server]
-    assert handshake_expired("10.0.0.1", 6443) == 0.05
-    assert handshake_expired("10.0.0.1", 443) is None
+    # What the HTTP layer words its answer with, told once (it asks when the connection's
+    # failure reaches it, before or after the disconnect hook).
+    addon.server_disconnected(data)
+    assert handshake_cut(tflow.tserver_conn().id) is None
+    assert handshake_cut(data.server.id) == 0.05
+    assert handshake_cut(data.server.id) is None
 
 
 @pytest.mark.parametrize("end", ["established", "failed", "disconnected"])
@@ -80,7 +84,7 @@ async def test_a_handshake_that_ends_in_time_stops_the_clock(end: str) -> None:
             addon.server_disconnected(data)
         await asyncio.sleep(0.15)
     assert handler.closed == []
-    assert handshake_expired("10.0.0.1", 6443) is None
+    assert handshake_cut(data.server.id) is None
 
 
 async def test_a_plain_http_or_already_secured_upstream_is_left_alone() -> None:
@@ -104,8 +108,3 @@ def test_the_timeout_must_be_positive() -> None:
         for bad in (0.0, -1.0):
             with pytest.raises(exceptions.OptionsError, match="positive"):
                 tctx.configure(addon, klock_upstream_tls_timeout=bad)
-
-
-def test_an_old_expiry_is_not_blamed() -> None:
-    upstream_handshake._expired[("10.0.0.1", 6443)] = (time.monotonic() - 60, 10.0)
-    assert handshake_expired("10.0.0.1", 6443) is None
