@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -2094,6 +2095,14 @@ class SandboxThread(LoopThread[Sandbox]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(Sandbox(**kwargs))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the sandbox and its loop; no socket it accepted stays open."""
+        super().stop(timeout)
+        # A connection accepted in the loop's very last turns can outlive the loop in a
+        # reference cycle (its transport and protocol), its socket open, until the garbage
+        # collector runs: seconds, or minutes on a quiet process. Run it now.
+        gc.collect()
 
     @property
     def sandbox(self) -> Sandbox:
