@@ -111,8 +111,8 @@ from klockproxy.judge import Judge, Lookups, Verdict, needs_judgement, query_pai
 from klockproxy.judge.boundary import refusal_of
 from klockproxy.metrics import Metrics
 from klockproxy.proxy.body_limit import limit_body
+from klockproxy.proxy.upstream_deadlines import UpstreamDeadlines
 from klockproxy.proxy.upstream_errors import answer_with_status, error_response
-from klockproxy.proxy.upstream_handshake import UpstreamHandshakeDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class KlockProxy:
         # mitmproxy's own idle timeout, restored when the addon is done.
         self._saved_tcp_timeout: int | None = None
         # mitmproxy loads these with the addon (hooks and options of their own).
-        self.addons = [UpstreamHandshakeDeadline()]
+        self.addons = [UpstreamDeadlines()]
 
     # ------------------------------------------------------------------------------------
     # mitmproxy lifecycle

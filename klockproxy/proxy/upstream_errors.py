@@ -35,7 +35,7 @@ from mitmproxy.proxy.layers.http import (
 
 from klockproxy.core.status import failure, to_bytes
 from klockproxy.proxy.lean_http import LeanHttpLayer
-from klockproxy.proxy.upstream_handshake import handshake_cut
+from klockproxy.proxy.upstream_deadlines import deadline_cut
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ class _StatusErrorsHttpLayer(LeanHttpLayer):
 
     def register_connection(self, command: RegisterHttpConnection) -> layer.CommandGenerator[None]:
         # The requests waiting on a new upstream connection learn here that it failed (their
-        # answers go out later, after the error hook): if the handshake deadline closed it
-        # (upstream_handshake), their streams are noted for _answer to say so.
-        cut = handshake_cut(command.connection.id) if command.err else None
+        # answers go out later, after the error hook): if a deadline closed it
+        # (upstream_deadlines), their streams are noted for _answer to say which.
+        cut = deadline_cut(command.connection.id) if command.err else None
         if cut is not None:
-            noted: dict[int, float] = self.__dict__.setdefault("_klock_cut", {})
+            noted: dict[int, str] = self.__dict__.setdefault("_klock_cut", {})
             for cmd in self.waiting_for_establishment.get(command.connection, []):
                 stream = self.command_sources.get(cmd)
                 if isinstance(stream, HttpStream):
@@ -117,12 +117,10 @@ class _StatusErrorsHttpLayer(LeanHttpLayer):
         request = stream.flow.request if stream is not None and stream.flow else None
         upstream = f"{request.scheme}://{request.host}:{request.port}" if request else "upstream"
         message = f"klockproxy: the API server {upstream} failed: {event.message}"
-        timeout = self.__dict__.get("_klock_cut", {}).pop(event.stream_id, None)
-        if timeout is not None:
-            message = (
-                f"klockproxy: the API server {upstream} did not complete the TLS handshake "
-                f"within {timeout:g} s ({event.message})"
-            )
+        cut = self.__dict__.get("_klock_cut", {}).pop(event.stream_id, None)
+        if cut is not None:
+            # mitmproxy's own words for it ("connection closed") would only mislead.
+            message = f"klockproxy: the API server {upstream} {cut}"
         response = error_response(request.path if request else "", event.code, message)
         http1 = self.context.client.alpn != b"h2"
         if http1:

@@ -24,10 +24,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from klockproxy.proxy import addon as addon_module
 from klockproxy.proxy.serve import ProxyThread, ServeSettings
 from klockproxy.sandbox.server import SandboxThread
 from tests.e2e.conftest import E2E_KUBECONFIG_ENV
@@ -424,3 +426,40 @@ def test_an_api_server_that_never_answers_the_tls_handshake_gets_a_status(setup:
         return ok.returncode == 0
 
     wait_until(labels, "a write through the proxy once the API server answers again")
+
+
+def test_an_api_server_that_never_accepts_the_connection_gets_a_status(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API server's address drops the connect (a firewall, a dead address): kubectl gets
+    a Status naming the connect's deadline when it expires. Most new connections meet the
+    addon's reachability probe first (a connect of its own, 5 s); the deadline covers those it
+    skips, as here (the probe is made to trust the last connect)."""
+    proxy = setup.proxy
+    monkeypatch.setattr(addon_module, "PROBE_FRESH", 3600.0)
+    proxy.call(lambda: proxy.service.update_options(klock_upstream_connect_timeout=2.0))
+    warm = setup.through("get", "pods", namespace=NS)
+    assert warm.returncode == 0, warm.stderr
+    # No packet can be dropped on loopback: mitmproxy's connects to the API server (in this
+    # process) are made to wait instead, as a connect to a dropping address waits.
+    address = ("127.0.0.1", setup.sandbox.port)
+    real = asyncio.open_connection
+
+    async def dropped(host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        if (host, port) == address:
+            await asyncio.Event().wait()
+        return await real(host, port, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", dropped)
+    try:
+        result = setup.through("get", "pods", namespace=NS)
+        assert_readable_failure(result, "did not accept a connection within 2 s")
+        # That connect failed: the next new connection is probed first again, and the
+        # probe's own timeout answers.
+        result = setup.through("label", "pod", "other-pod", "connect=slow", namespace=NS)
+        assert_readable_failure(result, "cannot be reached")
+    finally:
+        monkeypatch.setattr(asyncio, "open_connection", real)
+        proxy.call(lambda: proxy.service.update_options(klock_upstream_connect_timeout=30.0))
+    ok = setup.through("label", "pod", "other-pod", "connect=back", "--overwrite", namespace=NS)
+    assert ok.returncode == 0, ok.stderr
