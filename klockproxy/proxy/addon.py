@@ -24,7 +24,9 @@ For every request (see docs/ARCHITECTURE.md and issue 4):
 Streams and long connections: WebSocket and raw TCP messages are not kept in memory; the idle
 timeout mitmproxy hard-codes (``mitmproxy.proxy.server.TCP_TIMEOUT``, 600 s) is raised when
 the addon is configured (``klock_idle_timeout``), because an idle ``exec -it``, ``logs -f`` or
-watch must not be cut. mitmproxy answers an unreachable upstream with an HTML 502 that no hook
+watch must not be cut; a new upstream connection's connect and TLS handshake keep deadlines of
+their own (client-go's 30 and 10 s, ``klockproxy.proxy.upstream_deadlines``, a sub-addon in
+``addons``). mitmproxy answers an unreachable upstream with an HTML 502 that no hook
 can replace (it is written by the protocol layer after the ``error`` hook): the addon's
 ``next_layer`` hook gives the HTTP layer a subclass that sends a Status instead
 (klockproxy.proxy.upstream_errors), and before a flow opens a new upstream connection the
