@@ -83,13 +83,17 @@ class UpstreamDeadlines:
         )
 
     def configure(self, updated: set[str]) -> None:
-        for name in (CONNECT_OPTION, TLS_OPTION):
-            if name in updated and not getattr(ctx.options, name) > 0:
+        given = {
+            name: float(getattr(ctx.options, name))
+            for name in (CONNECT_OPTION, TLS_OPTION)
+            if name in updated
+        }
+        # Both checked before either is taken: a refused update changes nothing.
+        for name, value in given.items():
+            if not value > 0:
                 raise exceptions.OptionsError(f"{name} must be positive (seconds)")
-        if CONNECT_OPTION in updated:
-            self.connect_timeout = float(getattr(ctx.options, CONNECT_OPTION))
-        if TLS_OPTION in updated:
-            self.tls_timeout = float(getattr(ctx.options, TLS_OPTION))
+        self.connect_timeout = given.get(CONNECT_OPTION, self.connect_timeout)
+        self.tls_timeout = given.get(TLS_OPTION, self.tls_timeout)
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         """Start the connect's clock (mitmproxy connects once this hook has returned)."""

@@ -1,6 +1,6 @@
 """Deadlines on a new connection to the API server (klockproxy.proxy.upstream_deadlines); the
-end-to-end case (kubectl, an address that accepts and never answers the handshake) is in
-tests/e2e/test_proxy_faults.py."""
+end-to-end cases (kubectl; an address that accepts and never answers the handshake, connects
+that never complete) are in tests/e2e/test_proxy_faults.py."""
 
 from __future__ import annotations
 
