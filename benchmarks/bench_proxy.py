@@ -298,21 +298,28 @@ def op_list(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[No
 
 
 def op_patch(
-    ns: str, member: str = "data"
+    ns: str, member: str = "data", *, json_patch: bool = False
 ) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
-    """A merge patch of one configmap's ``data`` or ``annotations`` (the proxy judges them
-    on its index: no label can change), or of its ``labels`` (judged on the API server's
-    dry run)."""
+    """A merge patch of one configmap's ``data``, ``annotations`` or ``labels`` (the proxy
+    judges them on its index: their format fixes the labels the object will have), or a JSON
+    patch of its ``labels`` (judged on the API server's dry run)."""
 
     async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
         change = {"n": str(i)}
-        body = json.dumps({"metadata": {member: change}} if member != "data" else {member: change})
+        if json_patch:
+            ctype = "application/json-patch+json"
+            ops = [{"op": "add", "path": f"/metadata/{member}/n", "value": str(i)}]
+            body = json.dumps(ops)
+        else:
+            ctype = "application/merge-patch+json"
+            doc = {"metadata": {member: change}} if member != "data" else {member: change}
+            body = json.dumps(doc)
         async with session.patch(
             # One configmap per worker: a covered write is made conditional on the checked
             # resourceVersion, so workers sharing an object would get 409s (by design).
             f"{url}/api/v1/namespaces/{ns}/configmaps/cm-{i % 100}",
             data=body,
-            headers={"Content-Type": "application/merge-patch+json"},
+            headers={"Content-Type": ctype},
         ) as r:
             await _check(r, "patch")
 
@@ -415,6 +422,7 @@ async def measure(
         "PATCH, covered by a lock, allowed": op_patch(LOCKED_NS),
         "PATCH of annotations, covered, allowed": op_patch(LOCKED_NS, "annotations"),
         "PATCH of labels, covered, allowed": op_patch(LOCKED_NS, "labels"),
+        "JSON patch of labels, covered, allowed": op_patch(LOCKED_NS, "labels", json_patch=True),
         "PUT without version, covered, allowed": op_put(LOCKED_NS),
     }
     results: dict[tuple[str, str, int], Result] = {}

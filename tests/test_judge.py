@@ -20,6 +20,7 @@ from klockproxy.core.errors import Refusal, UpstreamError
 from klockproxy.core.guards import ABSENT_UID
 from klockproxy.core.locks import load_locks_from_text
 from klockproxy.core.ownership import Graph, Node, metadata_object, node_of
+from klockproxy.core.patches import labels_after_patch
 from klockproxy.core.requests import classify
 from klockproxy.core.status import failure
 from klockproxy.core.types import ResourceRef, UserInfo
@@ -666,39 +667,88 @@ def configmap(rv: str = "5", **labels: str) -> dict[str, Any]:
 
 
 async def judge_patch(
-    stored: dict[str, Any], index: StaticOwnership, body: bytes, path: str = CM_PATH
+    stored: dict[str, Any],
+    index: StaticOwnership,
+    body: bytes,
+    path: str = CM_PATH,
+    ctype: str = MERGE,
+    *,
+    fresh: bool = False,
 ) -> tuple[Any, FakeUpstream]:
     lookups = FakeUpstream()
     lookups.objects = {path: stored}
     decider = Judge(lookups, IdentityResolver(lookups), _locks("shop", "UPDATE", "DELETE"), index)
-    return await decider.judge(classify("PATCH", path), HEADERS, body, MERGE), lookups
+    verdict = await decider.judge(classify("PATCH", path), HEADERS, body, ctype, fresh=fresh)
+    return verdict, lookups
+
+
+JSON_PATCH = "application/json-patch+json"
 
 
 async def test_a_patch_of_a_version_the_index_holds_is_judged_without_a_read() -> None:
-    """A patch that may change the metadata: the dry run answers the version the index
-    holds, whose metadata is all the judgement reads of the object as it was, so the read is
-    saved; the write is conditional on it."""
+    """A patch that may change the metadata in ways its format does not fix (a JSON patch
+    here): the dry run answers the version the index holds, whose metadata is all the
+    judgement reads of the object as it was, so the read is saved; the write is conditional
+    on it."""
     stored = configmap(aura="blue")
-    team = b'{"metadata":{"labels":{"team":"a"}}}'
-    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), team)
+    team = b'[{"op":"add","path":"/metadata/labels/team","value":"a"}]'
+    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), team, ctype=JSON_PATCH)
     assert verdict.allowed, verdict.status
     assert lookups.kinds() == ["dry_run"]
     assert not verdict.on_index  # the API server answered that version
     sent = json.loads(verdict.body or b"")
-    assert sent["metadata"]["resourceVersion"] == "5"
+    assert sent[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "5"}
     # Locked as it was (labels from the index; the patch takes the label off): refused,
     # still without a read.
     red = configmap(aura="red")
-    off = b'{"metadata":{"labels":{"aura":null}}}'
-    verdict, lookups = await judge_patch(red, StaticOwnership(red), off)
+    off = b'[{"op":"remove","path":"/metadata/labels/aura"}]'
+    verdict, lookups = await judge_patch(red, StaticOwnership(red), off, ctype=JSON_PATCH)
     assert verdict.status is not None and verdict.status["code"] == 403
     assert "Lock shop/l forbids UPDATE" in verdict.status["message"]
     assert lookups.kinds() == ["dry_run"]
     # Moved into the Lock by the patch: the server's result decides.
-    into = b'{"metadata":{"labels":{"aura":"red"}}}'
-    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), into)
+    into = b'[{"op":"replace","path":"/metadata/labels/aura","value":"red"}]'
+    verdict, lookups = await judge_patch(stored, StaticOwnership(stored), into, ctype=JSON_PATCH)
     assert verdict.status is not None and verdict.status["code"] == 403
     assert lookups.kinds() == ["dry_run"]
+
+
+@pytest.mark.parametrize("ctype", [MERGE, "application/strategic-merge-patch+json"])
+async def test_a_label_patch_of_an_object_the_index_holds_asks_nothing(ctype: str) -> None:
+    """``kubectl label``'s patch (labels set and removed, nothing else of the metadata):
+    its format fixes the labels it leaves, so the object as it was and as it will be are
+    the index's version with the labels before and after; nothing is asked, and the write
+    is conditional on that version (``on_index``)."""
+    blue = configmap(aura="blue")
+    team = b'{"metadata":{"labels":{"team":"a"}}}'
+    verdict, lookups = await judge_patch(blue, StaticOwnership(blue), team, ctype=ctype)
+    assert verdict.allowed, verdict.status
+    assert lookups.kinds() == []
+    assert verdict.on_index
+    sent = json.loads(verdict.body or b"")
+    assert sent == {"metadata": {"labels": {"team": "a"}, "resourceVersion": "5"}}
+    # Moved into the Lock: refused.
+    into = b'{"metadata":{"labels":{"aura":"red"},"annotations":{"why":"x"}}}'
+    verdict, lookups = await judge_patch(blue, StaticOwnership(blue), into, ctype=ctype)
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert "Lock shop/l forbids UPDATE" in verdict.status["message"]
+    assert lookups.kinds() == []
+    # Out of it (the label removed, or every label): refused, the object being locked.
+    red = configmap(aura="red")
+    for off in (b'{"metadata":{"labels":{"aura":null}}}', b'{"metadata":{"labels":null}}'):
+        verdict, lookups = await judge_patch(red, StaticOwnership(red), off, ctype=ctype)
+        assert verdict.status is not None and verdict.status["code"] == 403, off
+        assert lookups.kinds() == []
+    # On a subresource (whose strategy may keep the old labels), with a version of the
+    # client's, or a value that is no string: the API server's dry run decides.
+    status = CM_PATH + "/status"
+    for body, path in (
+        (team, status),
+        (b'{"metadata":{"labels":{"team":"a"},"resourceVersion":"5"}}', CM_PATH),
+        (b'{"metadata":{"labels":{"team":1}}}', CM_PATH),
+    ):
+        _, lookups = await judge_patch(blue, StaticOwnership(blue), body, path, ctype)
+        assert "dry_run" in lookups.kinds(), body
 
 
 @pytest.mark.parametrize(
@@ -803,27 +853,26 @@ async def test_an_update_of_an_object_the_index_holds_is_judged_without_a_read(
 async def test_a_stale_index_costs_a_read_never_a_wrong_judgement() -> None:
     """The index lags behind a relabelling (version 4, unlocked; the API server holds 5,
     locked): the dry run's version is not the index's, so the object is read as before. A
-    patch that leaves the metadata is allowed on version 4, conditional on it: the API server
-    answers 409 and nothing is written; judged ``fresh`` it is refused."""
+    patch that leaves the metadata, or sets labels, is allowed on version 4, conditional on
+    it: the API server answers 409 and nothing is written; judged ``fresh`` it is refused."""
     stale = configmap("4")
     locked = configmap("5", aura="red")
-    team = b'{"metadata":{"labels":{"team":"a"}}}'
-    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), team)
+    team = b'[{"op":"add","path":"/metadata/labels/team","value":"a"}]'
+    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), team, ctype=JSON_PATCH)
     assert verdict.status is not None and verdict.status["code"] == 403
     assert lookups.kinds() == ["dry_run", "get"]
 
-    data = b'{"data":{"n":"1"}}'
-    verdict, lookups = await judge_patch(locked, StaticOwnership(stale), data)
-    assert verdict.allowed and verdict.on_index
-    sent = verdict.body or b""
-    assert json.loads(sent)["metadata"]["resourceVersion"] == "4"
-    with pytest.raises(UpstreamStatusError) as conflict:
-        await lookups.dry_run("PATCH", CM_PATH, [], HEADERS, sent, MERGE)
-    assert conflict.value.code == 409
-    decider = Judge(lookups, IdentityResolver(lookups), _locks("shop", "UPDATE", "DELETE"),
-                    StaticOwnership(stale))  # fmt: skip
-    again = await decider.judge(classify("PATCH", CM_PATH), HEADERS, data, MERGE, fresh=True)
-    assert again.status is not None and again.status["code"] == 403
+    # Patches whose format fixes the metadata they leave (the data; the labels).
+    for body in (b'{"data":{"n":"1"}}', b'{"metadata":{"labels":{"team":"a"}}}'):
+        verdict, lookups = await judge_patch(locked, StaticOwnership(stale), body)
+        assert verdict.allowed and verdict.on_index
+        sent = verdict.body or b""
+        assert json.loads(sent)["metadata"]["resourceVersion"] == "4"
+        with pytest.raises(UpstreamStatusError) as conflict:
+            await lookups.dry_run("PATCH", CM_PATH, [], HEADERS, sent, MERGE)
+        assert conflict.value.code == 409
+        again, _ = await judge_patch(locked, StaticOwnership(stale), body, fresh=True)
+        assert again.status is not None and again.status["code"] == 403
 
 
 @pytest.mark.parametrize(
@@ -913,6 +962,13 @@ def test_a_metadata_stand_in_is_judged_as_the_whole_object(
         assert asyncio.run(verdicts(stand_in, stand_in)) == asyncio.run(
             verdicts(whole, same_metadata)
         )
+        # A label patch (labels_after_patch): the stand-in with the patched labels as the
+        # object as it will be.
+        labels_patch = {"metadata": {"labels": patch_labels}}
+        after = labels_after_patch(labels_patch, MERGE, node.labels)
+        assert after == new["metadata"]["labels"]
+        relabelled = {**stand_in, "metadata": {**stand_in["metadata"], "labels": after}}
+        assert asyncio.run(verdicts(stand_in, relabelled)) == asyncio.run(verdicts(whole, new))
 
 
 async def test_the_index_not_synced_refuses_with_503() -> None:

@@ -828,3 +828,61 @@ def leaves_metadata_but_annotations(patch: JSON, content_type: str) -> bool:
             if _names_metadata(tokens[0]) and tokens[:2] != ["metadata", "annotations"]:
                 return False
     return True
+
+
+def labels_after_patch(
+    patch: JSON, content_type: str, labels: Mapping[str, str]
+) -> dict[str, str] | None:
+    """The labels an object labelled ``labels`` has after the decoded patch ``patch``, when
+    every implementation of its format gives the same whatever the rest of the object, and
+    leaves the rest of its metadata, annotations aside, exactly as it is; None otherwise.
+
+    Vouched for: a merge patch (RFC 7386) or strategic merge patch whose ``metadata`` member
+    (spelt exactly so, and no other key reading as it case-insensitively) is an object with
+    ``labels`` and at most ``annotations`` (as ``leaves_metadata_but_annotations`` takes
+    them), ``labels`` being null (every label removed) or an object whose values are strings
+    (set) or null (removed) - ``kubectl label``'s patch. Both formats merge a map of strings
+    that way and no other: RFC 7386 has no choices, and a strategic merge of a map without
+    directives is the same merge (no top-level directive, no ``$`` key in ``metadata`` or in
+    ``labels``; no label key starts with ``$``). Anything else is None (a value that is not a
+    string, ``resourceVersion`` set by the client, JSON patches, server-side apply): the
+    API server is asked instead.
+    """
+    mtype = media_type(content_type)
+    if mtype not in (MERGE_PATCH, STRATEGIC_MERGE_PATCH) or not isinstance(patch, dict):
+        return None
+    strategic = mtype == STRATEGIC_MERGE_PATCH
+    meta: JSON = None
+    for key, member in patch.items():
+        if strategic and key.startswith("$"):
+            return None
+        if _names_metadata(key):
+            if key != "metadata":
+                return None
+            meta = member
+    if (
+        not isinstance(meta, dict)
+        or "labels" not in meta
+        or not set(meta) <= {"labels", "annotations"}
+    ):
+        return None
+    if "annotations" in meta and not _only_annotations(
+        {"annotations": meta["annotations"]}, strategic
+    ):
+        return None
+    changes = meta["labels"]
+    if changes is None:
+        return {}
+    if not isinstance(changes, dict):
+        return None
+    result = dict(labels)
+    for key, value in changes.items():
+        if strategic and key.startswith("$"):
+            return None
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, str):
+            result[key] = value
+        else:
+            return None
+    return result

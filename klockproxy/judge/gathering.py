@@ -40,6 +40,7 @@ from klockproxy.core.patches import (
     PATCH_CONTENT_TYPES,
     apply_patch,
     kind_key_of,
+    labels_after_patch,
     leaves_metadata_but_annotations,
 )
 from klockproxy.core.paths import collection_path, object_path
@@ -368,19 +369,30 @@ class Judge(Decider):
     def _unchanged(
         self, info: RequestInfo, stored: Node, body: bytes, ctype: str, document: Any
     ) -> _Gathered | None:
-        """A patch that cannot change the metadata, annotations aside
-        (``leaves_metadata_but_annotations``), of an object the index holds and that is
-        judged on its metadata alone (annotations are not read): the object as it was and
-        as it will be have that version's identity, labels and owners, so nothing needs
-        asking. The write is made conditional on that version: if the index lagged behind,
-        the API server answers 409 and nothing was written on an unjudged version. None
-        where that does not hold (``document``: the decoded ``body``)."""
-        if not leaves_metadata_but_annotations(document, ctype):
-            return None
+        """A patch of an object the index holds and that is judged on its metadata alone
+        (annotations are not read), when the patch's format fixes what it does to that
+        metadata whatever engine applies it: it leaves it as it is, annotations aside
+        (``leaves_metadata_but_annotations``), or it sets and removes labels and nothing
+        more (``labels_after_patch``: ``kubectl label``; on the object itself, not a
+        subresource, whose strategy may keep the old labels). The object as it was is that
+        version's identity, labels and owners, and as it will be the same with the patched
+        labels, so nothing needs asking. The write is made conditional on that version: if
+        the index lagged behind, the API server answers 409 and nothing was written on an
+        unjudged version. None where that does not hold (``document``: the decoded
+        ``body``)."""
         current = metadata_object(stored)
+        if leaves_metadata_but_annotations(document, ctype):
+            new = current
+        else:
+            labels = (
+                None if info.subresource else labels_after_patch(document, ctype, stored.labels)
+            )
+            if labels is None:
+                return None
+            new = {**current, "metadata": {**current["metadata"], "labels": labels}}
         guard = _Guard(stored.version, stored.uid)
         guarded = add_precondition(body, ctype, info, guard.rv, guard.uid, document=document)
-        return _Gathered(Subject(info, current, current), guard, guarded, document, True)
+        return _Gathered(Subject(info, current, new), guard, guarded, document, True)
 
     def _update_on_index(self, req: _Request, info: RequestInfo) -> _Gathered | None:
         """An update of an object the index holds and that is judged on its metadata alone

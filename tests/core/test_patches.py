@@ -19,6 +19,7 @@ from klockproxy.core.patches import (
     json_equal,
     json_patch,
     kind_key_of,
+    labels_after_patch,
     leaves_metadata_but_annotations,
     merge_patch,
     parse_pointer,
@@ -719,3 +720,82 @@ def test_a_patch_said_to_leave_the_metadata_leaves_it_in_every_engine(
     for result in results:
         assert isinstance(result, dict)
         assert _without_annotations(result) == _without_annotations(_object)
+
+
+@pytest.mark.parametrize(
+    ("patch", "ctype", "after"),
+    [
+        ({"metadata": {"labels": {"team": "a"}}}, MERGE_TYPE, {"aura": "red", "team": "a"}),
+        ({"metadata": {"labels": {"aura": None}}}, SMP_TYPE, {}),
+        ({"metadata": {"labels": {"aura": "blue", "x": None}}}, MERGE_TYPE, {"aura": "blue"}),
+        ({"metadata": {"labels": None}}, MERGE_TYPE, {}),
+        ({"metadata": {"labels": {}}, "data": {"a": "2"}}, SMP_TYPE, {"aura": "red"}),
+        ({"metadata": {"labels": {"a": "1"}, "annotations": {"n": None}}}, MERGE_TYPE,
+         {"aura": "red", "a": "1"}),
+        ({"metadata": {"labels": {"$patch": "x"}}}, MERGE_TYPE, {"aura": "red", "$patch": "x"}),
+        ({"metadata": {"labels": {"$patch": "delete"}}}, SMP_TYPE, None),  # a directive
+        ({"metadata": {"labels": {"a": "1"}, "$patch": "replace"}}, SMP_TYPE, None),
+        ({"$patch": "replace", "metadata": {"labels": {"a": "1"}}}, SMP_TYPE, None),
+        ({"metadata": {"labels": {"a": "1"}, "annotations": {"$patch": "delete"}}}, SMP_TYPE,
+         None),
+        ({"metadata": {"labels": {"a": 1}}}, MERGE_TYPE, None),  # the API server says 400
+        ({"metadata": {"labels": {"a": {"b": "c"}}}}, MERGE_TYPE, None),
+        ({"metadata": {"labels": ["a"]}}, MERGE_TYPE, None),
+        ({"metadata": {"labels": {"a": "1"}, "resourceVersion": "5"}}, MERGE_TYPE, None),
+        ({"metadata": {"labels": {"a": "1"}, "finalizers": []}}, MERGE_TYPE, None),
+        ({"metadata": {"Labels": {"a": "1"}}}, MERGE_TYPE, None),
+        ({"metadata": {"annotations": {"a": "1"}}}, MERGE_TYPE, None),  # no labels: the other
+        ({"Metadata": {"labels": {"a": "1"}}}, MERGE_TYPE, None),
+        ({"metadata": {"labels": {"a": "1"}}, "METADATA": {}}, MERGE_TYPE, None),
+        ({"metadata": None}, MERGE_TYPE, None),
+        ([{"op": "add", "path": "/metadata/labels/a", "value": "1"}], JSON_PATCH_TYPE, None),
+        ({"metadata": {"labels": {"a": "1"}}}, JSON_PATCH_TYPE, None),
+        ({"metadata": {"labels": {"a": "1"}}}, "application/apply-patch+yaml", None),
+    ],
+)  # fmt: skip
+def test_labels_after_patch(patch: Any, ctype: str, after: dict[str, str] | None) -> None:
+    assert labels_after_patch(patch, ctype, {"aura": "red"}) == after
+
+
+_label_values = st.none() | st.sampled_from(["red", "blue", "", "delete"]) | st.integers(0, 1)
+_label_patches = st.fixed_dictionaries(
+    {"metadata": st.fixed_dictionaries(
+        {"labels": st.none() | st.dictionaries(
+            st.sampled_from(["aura", "team", "$patch", "a"]), _label_values, max_size=3)},
+        optional={"annotations": st.none() | st.dictionaries(
+            st.sampled_from(["a", "$patch"]), st.none() | st.just("1"), max_size=2),
+            "resourceVersion": st.just("5")})},
+    optional={"data": _values, "$patch": st.just("replace")},
+)  # fmt: skip
+
+
+@given(
+    patch=_label_patches | st.dictionaries(_keys, _values, max_size=4) | _metadata_patches,
+    ctype=st.sampled_from([MERGE_TYPE, SMP_TYPE]),
+    labels=st.dictionaries(st.sampled_from(["aura", "team", "a"]), st.sampled_from(["red", "x"])),
+)  # fmt: skip
+@settings(max_examples=300)
+def test_the_labels_said_to_follow_a_patch_follow_it_in_every_engine(
+    patch: Any, ctype: str, labels: dict[str, str]
+) -> None:
+    """Whatever ``labels_after_patch`` vouches for is what the proxy's engine and the
+    sandbox's own (``jsonpatch``'s merge patch, an independent implementation) leave of the
+    labels, the rest of the metadata, annotations aside, exactly as it was - wherever they
+    can apply the patch at all."""
+    after = labels_after_patch(patch, ctype, labels)
+    if after is None:
+        return
+    obj = copy.deepcopy(_object)
+    obj["metadata"]["labels"] = dict(labels)
+    raw = json.dumps(patch).encode()
+    results = [apply_patch(copy.deepcopy(obj), raw, ctype)]
+    if ctype == MERGE_TYPE:
+        results.append(
+            bodies.apply_json_or_merge_patch(copy.deepcopy(obj), raw, json_patch_type=False)
+        )
+    for result in results:
+        assert result["metadata"].get("labels") in ((after,) if after else ({}, None))
+        rest = {k: v for k, v in result["metadata"].items() if k != "labels"}
+        assert _without_annotations({"metadata": rest}) == _without_annotations(
+            {"metadata": {k: v for k, v in obj["metadata"].items() if k != "labels"}}
+        )

@@ -160,3 +160,37 @@ def test_annotate_and_apply_of_data_follow_writes_made_elsewhere(
         assert stored["data"] == {"n": str(n)}
         assert stored["metadata"]["annotations"]["note"] == str(n)
         assert stored["metadata"]["labels"] == {"aura": "blue"}
+
+
+def test_label_and_apply_of_labels_follow_writes_made_elsewhere(
+    proxy: Proxy, kubectl: Kubectl, namespace: str, locks: Locks
+) -> None:
+    """``kubectl label`` (a merge patch of labels alone) and ``kubectl apply`` of a manifest
+    whose labels changed (a strategic merge patch of labels and the last-applied annotation)
+    are judged on the labels the object has and will have, right behind relabellings made
+    past the proxy as above: nothing moves into the Lock, nothing locked changes."""
+    k = support.in_ns(kubectl, namespace)
+    p = support.in_ns(proxy.kubectl, namespace)
+
+    def manifest(**extra: str) -> str:
+        meta = {"name": "cfg", "labels": {"aura": "blue", **extra}}
+        return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
+
+    assert_ok(k("apply", "-f", "-", input=manifest()))
+    locks.add("lockred", ["UPDATE", "DELETE"], {"aura": "red"})
+    for n in range(1, 4):
+        assert_ok(k("label", "configmap", "cfg", "aura=red", "--overwrite"))
+        assert_denied(p("label", "configmap", "cfg", f"team=t{n}", "--overwrite"))
+        assert_denied(p("label", "configmap", "cfg", "aura-"))
+        assert_denied(p("apply", "-f", "-", input=manifest(team=f"t{n}")))
+        assert labels(kubectl, namespace, "configmap", "cfg") == (
+            {"aura": "red", "team": f"t{n - 1}"} if n > 1 else {"aura": "red"}
+        )
+        assert_ok(k("label", "configmap", "cfg", "aura=blue", "--overwrite"))
+        assert_ok(p("label", "configmap", "cfg", f"team=t{n}", "--overwrite"))
+        assert_denied(p("label", "configmap", "cfg", "aura=red", "--overwrite"))
+        assert_denied(p("apply", "-f", "-", input=manifest(aura="red", team=f"t{n}")))
+        assert labels(kubectl, namespace, "configmap", "cfg") == {"aura": "blue", "team": f"t{n}"}
+        assert_ok(p("apply", "-f", "-", input=manifest(team=f"t{n}", tier="web")))
+        assert_ok(p("label", "configmap", "cfg", "tier-"))
+        assert labels(kubectl, namespace, "configmap", "cfg") == {"aura": "blue", "team": f"t{n}"}
