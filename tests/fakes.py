@@ -55,6 +55,7 @@ class FakeUpstream:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         # Collections the caller (a request with Authorization) may not list.
         self.forbidden_lists: set[str] = set()
+        self.list_errors: dict[str, Exception] = {}
         self.has_own_credentials = False
         # What a dry run of a write to a path answers instead of the simulation below: an
         # object (the API server's own result) or an exception (its refusal).
@@ -82,6 +83,8 @@ class FakeUpstream:
             raise self.fail
         if path in self.forbidden_lists and "Authorization" in headers:
             raise UpstreamStatusError("LIST", 403, f"cannot list {path}")
+        if path in self.list_errors:
+            raise self.list_errors[path]
         items = self.lists.get(path, [])
         if label_selector:
             key, _, value = label_selector.partition("=")

@@ -1101,3 +1101,49 @@ async def test_a_partly_decodable_protobuf_create_is_judged_on_the_server_s_resu
     # Asked of the API server: the very body, to the collection, as a dry run.
     dry = [c for c in lookups.calls if c[0] == "dry_run"]
     assert dry and dry[0][1] == collection and dry[0][2]["body"] == body
+
+
+async def test_a_relabelled_pod_is_checked_against_the_workloads_listed_by_the_proxy() -> None:
+    """The workloads whose selectors may adopt a relabelled bare pod are listed with the
+    proxy's own credentials where it has them, else as the caller; a kind the API server
+    does not serve has none; a list that fails refuses the write (fail closed)."""
+    rs = obj("ReplicaSet", "keeper", api="apps/v1")
+    rs["spec"] = {"replicas": 0, "selector": {"matchLabels": {"app": "kept"}}}
+    old, new = obj("Pod", "bare", app="other"), obj("Pod", "bare", app="kept", aura="red")
+    path = "/api/v1/namespaces/shop/pods/bare"
+    rs_list = "/apis/apps/v1/namespaces/shop/replicasets"
+
+    async def judge(lookups: FakeUpstream) -> Any:
+        decider = Judge(lookups, None, DELETE_LOCK, StaticOwnership(old))
+        caller = Caller.known(UserInfo("someone"), HEADERS)
+        return await decider.decide(Subject(classify("PATCH", path), old, new), caller)
+
+    lookups = fake()
+    lookups.lists[rs_list] = [rs]
+    verdict = await judge(lookups)
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert "under the selector of replicasets keeper" in verdict.status["message"]
+    listed = [(c[1], c[2]) for c in lookups.calls if c[0] == "list"]
+    assert len(listed) == 5 and rs_list in [p for p, _ in listed]
+    # The caller may not list ReplicaSets: refused, unless the proxy lists them as itself.
+    lookups.forbidden_lists = {rs_list}
+    verdict = await judge(lookups)
+    assert verdict.status is not None and "cannot tell whether" in verdict.status["message"]
+    lookups.has_own_credentials = True
+    verdict = await judge(lookups)
+    assert verdict.status is not None
+    assert "under the selector of replicasets keeper" in verdict.status["message"]
+    # Refused by the API server, or a kind it does not serve.
+    for code, expected in ((403, 403), (500, 503), (404, None)):
+        failing = fake()
+        failing.lists[rs_list] = [rs]
+        failing.list_errors = {rs_list: UpstreamStatusError("LIST", code, "no")}
+        verdict = await judge(failing)
+        if expected is None:
+            assert verdict.allowed
+        else:
+            assert verdict.status is not None and verdict.status["code"] == expected
+            assert (
+                "cannot tell whether one of its replicasets would adopt bare"
+                in (verdict.status["message"])
+            )

@@ -28,6 +28,7 @@ these rules (see the README).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -322,6 +323,100 @@ def adoptions(graph: Graph, write: WorkloadWrite) -> list[Implied]:
         "controller deletes the ones it does not want"
     )
     return [Implied(_delete(n, write.dry_run), note) for n in _with_cascade(graph, at_stake)]
+
+
+# The workload kinds whose controllers adopt an object that a write relabels into their
+# selector: pods (a ReplicaSet, ReplicationController, StatefulSet, DaemonSet or Job), and
+# ReplicaSets (a Deployment).
+ADOPTERS: Mapping[tuple[str, str], tuple[ResourceRef, ...]] = {
+    ("", "pods"): (
+        ResourceRef("apps", "v1", "replicasets"),
+        ResourceRef("", "v1", "replicationcontrollers"),
+        ResourceRef("apps", "v1", "statefulsets"),
+        ResourceRef("apps", "v1", "daemonsets"),
+        ResourceRef("batch", "v1", "jobs"),
+    ),
+    ("apps", "replicasets"): (ResourceRef("apps", "v1", "deployments"),),
+}
+_ORDINAL = re.compile(r"-([0-9]+)$")
+
+
+def adopter_kinds(
+    info: RequestInfo, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+) -> tuple[ResourceRef, ...]:
+    """The workload kinds whose selectors say whether this write hands its object to a
+    controller (``relabel_adoptions``): an update or patch of a pod or a ReplicaSet (itself
+    or its status) that changes its labels and leaves it with no controlling owner and not
+    being deleted (a controller adopts no other). Empty when no workload can adopt it."""
+    if info.verb not in ("update", "patch") or info.subresource not in ("", "status"):
+        return ()
+    kinds = ADOPTERS.get((info.group, info.resource), ())
+    if not kinds or old is None or new is None:
+        return ()
+    if _labels(_get(new, "metadata", "labels")) == _labels(_get(old, "metadata", "labels")):
+        return ()
+    if _get(new, "metadata", "deletionTimestamp") or any(r.controller for r in owner_refs_of(new)):
+        return ()
+    return kinds
+
+
+def relabel_adoptions(
+    graph: Graph,
+    info: RequestInfo,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    workloads: Iterable[tuple[ResourceRef, Mapping[str, Any]]],
+) -> list[Implied]:
+    """DELETEs a controller may perform because the write relabels an object it owns no
+    controller of into a workload's selector (``adopter_kinds``; ``workloads``: the objects
+    of those kinds in its namespace). The controller adopts it, and then has one more than it
+    wants: a ReplicaSet, ReplicationController, DaemonSet or Job deletes the surplus among
+    all its pods (by readiness and age: any of them, the relabelled one included); a
+    StatefulSet adopts only a pod named after it (``NAME-ORDINAL``) and deletes it when its
+    ordinal is not one it runs; a Deployment scales a ReplicaSet it adopts, or the ones it
+    had, down. Judged: the relabelled object with its new labels and what the workload
+    already owns, and what the garbage collector deletes after them. A workload that already
+    selected the object by its old labels, or is being deleted, adopts nothing new."""
+    target = _target(info, old, new)
+    name = target.name
+    old_labels = _labels(_get(old, "metadata", "labels"))
+    at_stake: list[Node] = []
+    adopters: list[str] = []
+    for ref, workload in workloads:
+        if _get(workload, "metadata", "deletionTimestamp"):
+            continue
+        # The selector as stored (a Job's generated one too: a label can forge it).
+        selector = _get(workload, "spec", "selector")
+        plain = ref.resource == "replicationcontrollers"
+        if not selector_matches(selector, target.labels, plain=plain) or selector_matches(
+            selector, old_labels, plain=plain
+        ):
+            continue
+        wname = str(_get(workload, "metadata", "name") or "")
+        if ref.resource == "statefulsets":
+            match = _ORDINAL.search(name)
+            if match is None or name[: match.start()] != wname:
+                continue
+            at_stake.append(target)
+        else:
+            at_stake.append(target)
+            uid = _get(workload, "metadata", "uid")
+            owned = graph.descendants(uid) if isinstance(uid, str) and uid else []
+            kinds = ("pods", "replicasets") if ref.resource == "deployments" else ("pods",)
+            at_stake += [n for n in owned if n.resource.resource in kinds]
+            if ref.resource == "deployments" and target.uid:
+                at_stake += _of(graph.descendants(target.uid), "pods")
+        adopters.append(f"{ref.resource} {wname}")
+    if not at_stake:
+        return []
+    note = (
+        f"the new labels put it under the selector of {', '.join(sorted(set(adopters)))}, "
+        "whose controller adopts it and deletes what it does not want"
+    )
+    stake = {n.uid or "": n for n in at_stake}
+    # The relabelled object with its new labels (the graph holds the old ones).
+    stake[target.uid] = target
+    return [Implied(_delete(n, info.dry_run), note) for n in _with_cascade(graph, stake.values())]
 
 
 # ----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ proxy; the webhook reads them from the AdmissionReview). Lookups the consequence
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -32,10 +33,12 @@ from klockproxy.cluster.upstream import Upstream, UpstreamStatusError
 from klockproxy.core.codec import media_type
 from klockproxy.core.consequences import (
     Implied,
+    adopter_kinds,
     deletion_consequences,
     identity_locks,
     needs_consequence_judgement,
     options_of_query,
+    relabel_adoptions,
     scaled,
     write_consequences,
 )
@@ -551,12 +554,46 @@ class Decider:
                 implied = deletion_consequences(graph, info, [old], subject.options)
         elif new is not None:
             implied = write_consequences(graph, info, old, new)
+            kinds = adopter_kinds(info, old, new) if graph.known and old is not None else ()
+            if kinds and old is not None:
+                workloads = await self._workloads(info, kinds, caller.headers)
+                implied += relabel_adoptions(graph, info, old, new, workloads)
         if not implied:
             return False
         for item in implied:
             plan.notes[len(plan.inputs)] = item.note
             plan.inputs.append(item.input)
         return True
+
+    async def _workloads(
+        self, info: RequestInfo, kinds: Sequence[ResourceRef], headers: AuthHeaders
+    ) -> list[tuple[ResourceRef, dict[str, Any]]]:
+        """The workloads of ``kinds`` in the request's namespace (their selectors), listed
+        with the proxy's own credentials where it has them (those of its index), else as the
+        caller. A kind the API server does not serve has none; any other failure refuses
+        the write (the proxy cannot tell what a controller would do)."""
+        use = {} if self.lookups.has_own_credentials else headers
+
+        async def one(ref: ResourceRef) -> list[tuple[ResourceRef, dict[str, Any]]]:
+            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
+            path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
+            try:
+                items = await self.lookups.list_objects(path, use)
+            except UpstreamStatusError as e:
+                if e.code == 404:
+                    return []
+                raise Refusal(
+                    failure(
+                        403 if e.code in (401, 403) else 503,
+                        f"klockproxy: DELETE locks exist in namespace {info.namespace} and the "
+                        f"proxy cannot tell whether one of its {ref.resource} would adopt "
+                        f"{info.name} after this change of its labels ({e.message})",
+                    )
+                ) from e
+            return [(ref, item) for item in items]
+
+        listed = await asyncio.gather(*(one(ref) for ref in kinds))
+        return [pair for part in listed for pair in part]
 
     async def _hide_unseen(self, plan: _Plan, decisions: list[Decision], caller: Caller) -> None:
         """Mark the denied consequences the caller may not read (the index saw them with the

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from klockproxy.core.consequences import (
     WorkloadWrite,
+    adopter_kinds,
     adoptions,
     exempt_service_accounts,
+    relabel_adoptions,
     selector_matches,
     service_account_of,
     template_creations,
@@ -172,6 +174,110 @@ def test_item15_a_deployment_adopts_orphan_replicasets_and_their_pods() -> None:
     pod = node("old-p", POD, orphan_rs, aura="red")
     out = adoptions(graph(orphan_rs, pod), write(DEPLOY, None, workload()))
     assert deleted(out) == ["old", "old-p"]
+
+
+def _pod_object(name: str, owner: Node | None = None, **labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "t", "uid": f"uid-{name}",
+                            "labels": labels}  # fmt: skip
+    if owner is not None:
+        ref = {"apiVersion": "apps/v1", "kind": owner.kind, "name": owner.name, "uid": owner.uid}
+        meta["ownerReferences"] = [{**ref, "controller": True}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
+
+
+def _stored(name: str, selector: Any, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "uid": f"uid-{name}", **meta},
+        "spec": {"selector": selector},
+    }
+
+
+def test_relabelling_an_orphan_into_a_selector_puts_the_workloads_pods_at_stake() -> None:
+    """A bare pod relabelled into a ReplicaSet's selector is adopted, and the ReplicaSet
+    then deletes one pod too many: any of its own, or the relabelled one."""
+    rs = node("web-1", RS)
+    locked = node("web-1-a", POD, rs, aura="red", app="web")
+    bare = node("bare", POD, None, app="other")
+    g = graph(rs, locked, bare)
+    old, new = _pod_object("bare", app="other"), _pod_object("bare", app="web")
+    patch = info("PATCH", "/api/v1/namespaces/t/pods/bare")
+    assert adopter_kinds(patch, old, new) == (RS, RC, STS, ResourceRef("apps", "v1", "daemonsets"),
+                                              JOB)  # fmt: skip
+    stored = [(RS, _stored("web-1", {"matchLabels": {"app": "web"}}))]
+    out = relabel_adoptions(g, patch, old, new, stored)
+    assert deleted(out) == ["bare", "web-1-a"]
+    assert "selector of replicasets web-1" in out[0].note
+    # The relabelled pod is judged with its new labels.
+    red = _pod_object("bare", app="web", aura="red")
+    judged = {
+        i.input.name: i.input.old_labels for i in relabel_adoptions(g, patch, old, red, stored)
+    }
+    assert judged["bare"] == {"app": "web", "aura": "red"}
+    # Out of every selector, or already under it by the old labels: nothing new.
+    assert relabel_adoptions(g, patch, old, _pod_object("bare", app="x"), stored) == []
+    assert relabel_adoptions(g, patch, new, _pod_object("bare", app="web", t="1"), stored) == []
+    # A workload being deleted adopts nothing.
+    going = [(RS, _stored("web-1", {"matchLabels": {"app": "web"}}, deletionTimestamp="t"))]
+    assert relabel_adoptions(g, patch, old, new, going) == []
+    # A ReplicationController's selector is a plain map; a Job's is what it stores (a
+    # generated controller-uid selector can be matched by a forged label).
+    rc = [(RC, _stored("web-1", {"app": "web"}))]
+    assert deleted(relabel_adoptions(g, patch, old, new, rc)) == ["bare", "web-1-a"]
+    job_sel = {"matchLabels": {"batch.kubernetes.io/controller-uid": "u"}}
+    forged = _pod_object("bare", **{"batch.kubernetes.io/controller-uid": "u"})
+    job = [(JOB, _stored("web-1", job_sel))]
+    assert deleted(relabel_adoptions(g, patch, old, forged, job)) == ["bare", "web-1-a"]
+
+
+def test_what_no_controller_adopts_is_not_asked_about() -> None:
+    patch = info("PATCH", "/api/v1/namespaces/t/pods/bare")
+    old, new = _pod_object("bare", app="other"), _pod_object("bare", app="web")
+    # Owned by a controller already, being deleted, labels unchanged, another kind or
+    # subresource, a create: no adoption to look for.
+    owned = _pod_object("bare", node("web-1", RS), app="web")
+    assert adopter_kinds(patch, old, owned) == ()
+    going = {**new, "metadata": {**new["metadata"], "deletionTimestamp": "t"}}
+    assert adopter_kinds(patch, old, going) == ()
+    assert adopter_kinds(patch, old, old) == ()
+    assert adopter_kinds(info("PATCH", "/api/v1/namespaces/t/configmaps/bare"), old, new) == ()
+    assert adopter_kinds(info("PATCH", "/api/v1/namespaces/t/pods/bare/ephemeralcontainers"),
+                         old, new) == ()  # fmt: skip
+    assert adopter_kinds(info("POST", "/api/v1/namespaces/t/pods"), None, new) == ()
+    # The status subresource may change a pod's labels: asked about.
+    assert adopter_kinds(info("PUT", "/api/v1/namespaces/t/pods/bare/status"), old, new)
+    # A ReplicaSet: by Deployments.
+    rs_patch = info("PATCH", "/apis/apps/v1/namespaces/t/replicasets/old")
+    assert adopter_kinds(rs_patch, old, new) == (DEPLOY,)
+
+
+def test_a_statefulset_adopts_only_a_pod_named_after_it() -> None:
+    sts = node("db", STS)
+    locked = node("db-0", POD, sts, aura="red", app="db")
+    g = graph(sts, locked)
+    stored = [(STS, _stored("db", {"matchLabels": {"app": "db"}}))]
+    for name, adopted in (("db-7", True), ("db-x", False), ("other-1", False), ("db-", False)):
+        patch = info("PATCH", f"/api/v1/namespaces/t/pods/{name}")
+        old, new = _pod_object(name, aura="red"), _pod_object(name, aura="red", app="db")
+        # The StatefulSet deletes only the adopted pod (an ordinal it does not run).
+        assert deleted(relabel_adoptions(g, patch, old, new, stored)) == ([name] if adopted else [])
+
+
+def test_a_deployment_adopting_a_relabelled_replicaset_puts_both_at_stake() -> None:
+    dep = node("web", DEPLOY)
+    current = node("web-2", RS, dep, app="web")
+    current_pod = node("web-2-a", POD, current, aura="red")
+    orphan = node("old", RS, None, app="x")
+    orphan_pod = node("old-a", POD, orphan, aura="red")
+    g = graph(dep, current, current_pod, orphan, orphan_pod)
+    patch = info("PATCH", "/apis/apps/v1/namespaces/t/replicasets/old")
+    old = {
+        "kind": "ReplicaSet",
+        "metadata": {"name": "old", "uid": "uid-old", "labels": {"app": "x"}},
+    }
+    new = {**old, "metadata": {**old["metadata"], "labels": {"app": "web"}}}
+    stored = [(DEPLOY, _stored("web", {"matchLabels": {"app": "web"}}))]
+    assert deleted(relabel_adoptions(g, patch, old, new, stored)) == [
+        "old", "old-a", "web-2", "web-2-a"]  # fmt: skip
 
 
 def test_item16_a_pod_template_is_a_create_of_its_pods() -> None:

@@ -425,6 +425,47 @@ def test_item15_a_workload_adopting_locked_orphans_is_refused(
     assert not world.exists("replicaset", "adopter")
 
 
+def replicaset_manifest(name: str, replicas: int, app: str) -> dict[str, Any]:
+    rs = deployment_manifest(name, replicas)
+    rs["kind"] = "ReplicaSet"
+    rs["spec"]["selector"]["matchLabels"] = {"app": app}
+    rs["spec"]["template"]["metadata"]["labels"] = {"app": app}
+    return rs
+
+
+def test_relabelling_a_bare_pod_into_a_selector_that_deletes_it_is_refused(
+    delete_lock: Locks, world: World, through: Callable[..., Any]
+) -> None:
+    """A ReplicaSet that wants no pods adopts a bare pod relabelled into its selector and
+    deletes it: relabelling it so that it is both locked and adopted is refused (the
+    UPDATE alone is allowed: the Lock forbids only DELETE)."""
+    world.make(replicaset_manifest("keeper", 0, "kept"))
+    world.pod("bare", app="other")
+    result = through("label", "pod", "bare", "app=kept", "aura=red", "--overwrite")
+    assert_denied(result)
+    assert "the new labels put it under the selector of replicasets keeper" in result.stderr
+    assert world.get("pod", "bare")["metadata"]["labels"] == {"app": "other"}
+    # Locked but under no selector, or under the selector but not locked: allowed.
+    assert_ok(through("label", "pod", "bare", "aura=red"))
+    assert_ok(through("label", "pod", "bare", "aura-"))
+    assert_ok(through("label", "pod", "bare", "app=kept", "--overwrite"))
+    assert world.get("pod", "bare")["metadata"]["labels"] == {"app": "kept"}
+
+
+def test_relabelling_a_bare_pod_into_the_selector_of_an_owner_of_locked_pods_is_refused(
+    no_controllers: None, delete_lock: Locks, world: World, through: Callable[..., Any]
+) -> None:
+    """One pod too many: the ReplicaSet deletes any of its pods, the locked one included."""
+    rs = world.make(replicaset_manifest("web-1", 1, "web"))
+    world.pod("web-1-a", ref(rs, controller=True), app="web", **RED)
+    world.pod("bare", app="other")
+    result = through("label", "pod", "bare", "app=web", "--overwrite")
+    assert_denied(result)
+    assert 'pods "bare"' in result.stderr and "web-1-a" in result.stderr
+    assert world.get("pod", "bare")["metadata"]["labels"] == {"app": "other"}
+    assert_ok(through("label", "pod", "bare", "tier=x"))
+
+
 def test_item16_a_pod_template_a_create_lock_covers_is_refused(
     locks: Locks, world: World, through: Callable[..., Any]
 ) -> None:

@@ -59,3 +59,32 @@ def test_the_webhook_follows_owners_through_any_kind(
     cm(kubectl, namespace, "shared", a, b, aura="red")
     assert kubectl("delete", "cm", "a", namespace=namespace).returncode == 0
     assert kubectl.exists("cm", "shared", namespace=namespace)
+
+
+def test_the_webhook_refuses_relabelling_a_pod_into_a_selector_that_deletes_it(
+    webhook: Webhook, kubectl: Kubectl, namespace: str
+) -> None:
+    """A ReplicaSet that wants no pods adopts a bare pod relabelled into its selector and
+    deletes it: the webhook lists the namespace's workloads with its own credentials."""
+    webhook.enrol(namespace)
+    kubectl("apply", "-f", "-", check=True,
+            input=lock_yaml("nodelete", namespace, ["DELETE"], {"aura": "red"}))  # fmt: skip
+    webhook.wait(lambda locks: f"{namespace}/nodelete" in locks, "nodelete")
+    template = {
+        "metadata": {"labels": {"app": "kept"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]},
+    }
+    make(kubectl, namespace, {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                              "metadata": {"name": "keeper"},
+                              "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "kept"}},
+                                       "template": template}})  # fmt: skip
+    make(kubectl, namespace, {"apiVersion": "v1", "kind": "Pod",
+                              "metadata": {"name": "bare", "labels": {"app": "other"}},
+                              "spec": template["spec"]})  # fmt: skip
+    result = kubectl("label", "pod", "bare", "app=kept", "aura=red", "--overwrite",
+                     namespace=namespace)  # fmt: skip
+    assert_denied_by_webhook(result, webhook, lock=f"{namespace}/nodelete")
+    assert "under the selector of replicasets keeper" in result.stderr
+    pod = kubectl.json("get", "pod", "bare", namespace=namespace)
+    assert pod["metadata"]["labels"] == {"app": "other"}
+    kubectl("label", "pod", "bare", "aura=red", namespace=namespace, check=True)
