@@ -345,41 +345,50 @@ def adopter_kinds(
     info: RequestInfo, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
 ) -> tuple[ResourceRef, ...]:
     """The workload kinds whose selectors say whether this write hands its object to a
-    controller (``relabel_adoptions``): an update or patch of a pod or a ReplicaSet (itself
-    or its status) that changes its labels and leaves it with no controlling owner and not
-    being deleted (a controller adopts no other). Empty when no workload can adopt it."""
-    if info.verb not in ("update", "patch") or info.subresource not in ("", "status"):
-        return ()
+    controller (``orphan_adoptions``): the creation of a pod or a ReplicaSet, or an update
+    or patch of one (itself or its status) that changes its labels, that leaves it with no
+    controlling owner and not being deleted (a controller adopts no other). Empty when no
+    workload can adopt it."""
     kinds = ADOPTERS.get((info.group, info.resource), ())
-    if not kinds or old is None or new is None:
+    if not kinds or new is None:
         return ()
-    if _labels(_get(new, "metadata", "labels")) == _labels(_get(old, "metadata", "labels")):
+    if info.verb == "create":
+        written = not info.subresource and old is None
+    else:
+        written = (
+            info.verb in ("update", "patch")
+            and info.subresource in ("", "status")
+            and old is not None
+            and _labels(_get(new, "metadata", "labels")) != _labels(_get(old, "metadata", "labels"))
+        )
+    if not written:
         return ()
     if _get(new, "metadata", "deletionTimestamp") or any(r.controller for r in owner_refs_of(new)):
         return ()
     return kinds
 
 
-def relabel_adoptions(
+def orphan_adoptions(
     graph: Graph,
     info: RequestInfo,
-    old: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
     new: Mapping[str, Any],
     workloads: Iterable[tuple[ResourceRef, Mapping[str, Any]]],
 ) -> list[Implied]:
-    """DELETEs a controller may perform because the write relabels an object it owns no
-    controller of into a workload's selector (``adopter_kinds``; ``workloads``: the objects
-    of those kinds in its namespace). The controller adopts it, and then has one more than it
-    wants: a ReplicaSet, ReplicationController, DaemonSet or Job deletes the surplus among
-    all its pods (by readiness and age: any of them, the relabelled one included); a
-    StatefulSet adopts only a pod named after it (``NAME-ORDINAL``) and deletes it when its
-    ordinal is not one it runs; a Deployment scales a ReplicaSet it adopts, or the ones it
-    had, down. Judged: the relabelled object with its new labels and what the workload
-    already owns, and what the garbage collector deletes after them. A workload that already
-    selected the object by its old labels, or is being deleted, adopts nothing new."""
+    """DELETEs a controller may perform because the write creates an object no controller
+    owns under a workload's selector, or relabels one into it (``adopter_kinds``; ``old``
+    None for a create; ``workloads``: the objects of those kinds in its namespace). The
+    controller adopts it, and then has one more than it wants: a ReplicaSet,
+    ReplicationController, DaemonSet or Job deletes the surplus among all its pods (by
+    readiness and age: any of them, the adopted one included); a StatefulSet adopts only a
+    pod named after it (``NAME-ORDINAL``) and deletes it when its ordinal is not one it runs;
+    a Deployment scales a ReplicaSet it adopts, or the ones it had, down. Judged: the object
+    with the labels written and what the workload already owns, and what the garbage
+    collector deletes after them. A workload that already selected the object by its old
+    labels, or is being deleted, adopts nothing new."""
     target = _target(info, old, new)
     name = target.name
-    old_labels = _labels(_get(old, "metadata", "labels"))
+    old_labels = None if old is None else _labels(_get(old, "metadata", "labels"))
     at_stake: list[Node] = []
     adopters: list[str] = []
     for ref, workload in workloads:
@@ -388,9 +397,9 @@ def relabel_adoptions(
         # The selector as stored (a Job's generated one too: a label can forge it).
         selector = _get(workload, "spec", "selector")
         plain = ref.resource == "replicationcontrollers"
-        if not selector_matches(selector, target.labels, plain=plain) or selector_matches(
-            selector, old_labels, plain=plain
-        ):
+        if not selector_matches(selector, target.labels, plain=plain):
+            continue
+        if old_labels is not None and selector_matches(selector, old_labels, plain=plain):
             continue
         wname = str(_get(workload, "metadata", "name") or "")
         if ref.resource == "statefulsets":
@@ -409,12 +418,13 @@ def relabel_adoptions(
         adopters.append(f"{ref.resource} {wname}")
     if not at_stake:
         return []
+    labels = "its labels put it" if old is None else "its new labels put it"
     note = (
-        f"the new labels put it under the selector of {', '.join(sorted(set(adopters)))}, "
-        "whose controller adopts it and deletes what it does not want"
+        f"{labels} under the selector of {', '.join(sorted(set(adopters)))}, whose "
+        "controller adopts it and deletes what it does not want"
     )
-    stake = {n.uid or "": n for n in at_stake}
-    # The relabelled object with its new labels (the graph holds the old ones).
+    stake = {n.uid: n for n in at_stake if n is not target}
+    # The object with the labels written (the graph holds the old ones, or nothing yet).
     stake[target.uid] = target
     return [Implied(_delete(n, info.dry_run), note) for n in _with_cascade(graph, stake.values())]
 
@@ -795,7 +805,13 @@ def needs_consequence_judgement(info: RequestInfo, engine: Engine) -> bool:
     ends_or_writes = verb in ("delete", "deletecollection", "update", "patch") or (
         sub == "eviction"
     )
-    if ends_or_writes and delete_locks and (not ns or engine.covers(ns, Operation.DELETE)):
+    # A pod or ReplicaSet created under a workload's selector is adopted (orphan_adoptions).
+    adoptable = verb == "create" and not sub and (resource.group, resource.resource) in ADOPTERS
+    if (
+        (ends_or_writes or adoptable)
+        and delete_locks
+        and (not ns or engine.covers(ns, Operation.DELETE))
+    ):
         return True
     workload_write = is_workload(resource) and (
         (verb == "create" and not sub) or (verb in ("update", "patch") and sub in ("", "scale"))

@@ -38,7 +38,7 @@ from klockproxy.core.consequences import (
     identity_locks,
     needs_consequence_judgement,
     options_of_query,
-    relabel_adoptions,
+    orphan_adoptions,
     scaled,
     write_consequences,
 )
@@ -554,10 +554,10 @@ class Decider:
                 implied = deletion_consequences(graph, info, [old], subject.options)
         elif new is not None:
             implied = write_consequences(graph, info, old, new)
-            kinds = adopter_kinds(info, old, new) if graph.known and old is not None else ()
-            if kinds and old is not None:
+            kinds = adopter_kinds(info, old, new) if graph.known else ()
+            if kinds:
                 workloads = await self._workloads(info, kinds, caller.headers)
-                implied += relabel_adoptions(graph, info, old, new, workloads)
+                implied += orphan_adoptions(graph, info, old, new, workloads)
         if not implied:
             return False
         for item in implied:
@@ -587,7 +587,7 @@ class Decider:
                         403 if e.code in (401, 403) else 503,
                         f"klockproxy: DELETE locks exist in namespace {info.namespace} and the "
                         f"proxy cannot tell whether one of its {ref.resource} would adopt "
-                        f"{info.name} after this change of its labels ({e.message})",
+                        f"{info.name or 'the object'} with the labels written ({e.message})",
                     )
                 ) from e
             return [(ref, item) for item in items]

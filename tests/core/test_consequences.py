@@ -13,7 +13,7 @@ from klockproxy.core.consequences import (
     adopter_kinds,
     adoptions,
     exempt_service_accounts,
-    relabel_adoptions,
+    orphan_adoptions,
     selector_matches,
     service_account_of,
     template_creations,
@@ -204,29 +204,29 @@ def test_relabelling_an_orphan_into_a_selector_puts_the_workloads_pods_at_stake(
     assert adopter_kinds(patch, old, new) == (RS, RC, STS, ResourceRef("apps", "v1", "daemonsets"),
                                               JOB)  # fmt: skip
     stored = [(RS, _stored("web-1", {"matchLabels": {"app": "web"}}))]
-    out = relabel_adoptions(g, patch, old, new, stored)
+    out = orphan_adoptions(g, patch, old, new, stored)
     assert deleted(out) == ["bare", "web-1-a"]
     assert "selector of replicasets web-1" in out[0].note
     # The relabelled pod is judged with its new labels.
     red = _pod_object("bare", app="web", aura="red")
     judged = {
-        i.input.name: i.input.old_labels for i in relabel_adoptions(g, patch, old, red, stored)
+        i.input.name: i.input.old_labels for i in orphan_adoptions(g, patch, old, red, stored)
     }
     assert judged["bare"] == {"app": "web", "aura": "red"}
     # Out of every selector, or already under it by the old labels: nothing new.
-    assert relabel_adoptions(g, patch, old, _pod_object("bare", app="x"), stored) == []
-    assert relabel_adoptions(g, patch, new, _pod_object("bare", app="web", t="1"), stored) == []
+    assert orphan_adoptions(g, patch, old, _pod_object("bare", app="x"), stored) == []
+    assert orphan_adoptions(g, patch, new, _pod_object("bare", app="web", t="1"), stored) == []
     # A workload being deleted adopts nothing.
     going = [(RS, _stored("web-1", {"matchLabels": {"app": "web"}}, deletionTimestamp="t"))]
-    assert relabel_adoptions(g, patch, old, new, going) == []
+    assert orphan_adoptions(g, patch, old, new, going) == []
     # A ReplicationController's selector is a plain map; a Job's is what it stores (a
     # generated controller-uid selector can be matched by a forged label).
     rc = [(RC, _stored("web-1", {"app": "web"}))]
-    assert deleted(relabel_adoptions(g, patch, old, new, rc)) == ["bare", "web-1-a"]
+    assert deleted(orphan_adoptions(g, patch, old, new, rc)) == ["bare", "web-1-a"]
     job_sel = {"matchLabels": {"batch.kubernetes.io/controller-uid": "u"}}
     forged = _pod_object("bare", **{"batch.kubernetes.io/controller-uid": "u"})
     job = [(JOB, _stored("web-1", job_sel))]
-    assert deleted(relabel_adoptions(g, patch, old, forged, job)) == ["bare", "web-1-a"]
+    assert deleted(orphan_adoptions(g, patch, old, forged, job)) == ["bare", "web-1-a"]
 
 
 def test_what_no_controller_adopts_is_not_asked_about() -> None:
@@ -242,12 +242,34 @@ def test_what_no_controller_adopts_is_not_asked_about() -> None:
     assert adopter_kinds(info("PATCH", "/api/v1/namespaces/t/configmaps/bare"), old, new) == ()
     assert adopter_kinds(info("PATCH", "/api/v1/namespaces/t/pods/bare/ephemeralcontainers"),
                          old, new) == ()  # fmt: skip
-    assert adopter_kinds(info("POST", "/api/v1/namespaces/t/pods"), None, new) == ()
+    assert adopter_kinds(info("POST", "/api/v1/namespaces/t/pods/bare/binding"), None, new) == ()
+    assert adopter_kinds(info("POST", "/api/v1/namespaces/t/pods"), None, owned) == ()
     # The status subresource may change a pod's labels: asked about.
     assert adopter_kinds(info("PUT", "/api/v1/namespaces/t/pods/bare/status"), old, new)
     # A ReplicaSet: by Deployments.
     rs_patch = info("PATCH", "/apis/apps/v1/namespaces/t/replicasets/old")
     assert adopter_kinds(rs_patch, old, new) == (DEPLOY,)
+
+
+def test_a_pod_created_under_a_selector_puts_the_workloads_pods_at_stake() -> None:
+    """A bare pod created with labels a ReplicaSet selects is adopted like a relabelled
+    one: the created pod (with its labels) and the ReplicaSet's pods are at stake."""
+    rs = node("web-1", RS)
+    g = graph(rs, node("web-1-a", POD, rs, aura="red", app="web"))
+    create = info("POST", "/api/v1/namespaces/t/pods")
+    new = _pod_object("new", app="web")
+    new["metadata"].pop("uid")
+    assert adopter_kinds(create, None, new)
+    stored = [(RS, _stored("web-1", {"matchLabels": {"app": "web"}}))]
+    out = orphan_adoptions(g, create, None, new, stored)
+    assert deleted(out) == ["new", "web-1-a"]
+    assert out[0].note.startswith("its labels put it under the selector of replicasets web-1")
+    # Even a selector that matches no label at all selects it: no old labels to compare.
+    anything = [
+        (RS, _stored("web-1", {"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}))
+    ]
+    assert deleted(orphan_adoptions(g, create, None, new, anything)) == ["new", "web-1-a"]
+    assert orphan_adoptions(g, create, None, _pod_object("new", app="x"), stored) == []
 
 
 def test_a_statefulset_adopts_only_a_pod_named_after_it() -> None:
@@ -259,7 +281,7 @@ def test_a_statefulset_adopts_only_a_pod_named_after_it() -> None:
         patch = info("PATCH", f"/api/v1/namespaces/t/pods/{name}")
         old, new = _pod_object(name, aura="red"), _pod_object(name, aura="red", app="db")
         # The StatefulSet deletes only the adopted pod (an ordinal it does not run).
-        assert deleted(relabel_adoptions(g, patch, old, new, stored)) == ([name] if adopted else [])
+        assert deleted(orphan_adoptions(g, patch, old, new, stored)) == ([name] if adopted else [])
 
 
 def test_a_deployment_adopting_a_relabelled_replicaset_puts_both_at_stake() -> None:
@@ -276,7 +298,7 @@ def test_a_deployment_adopting_a_relabelled_replicaset_puts_both_at_stake() -> N
     }
     new = {**old, "metadata": {**old["metadata"], "labels": {"app": "web"}}}
     stored = [(DEPLOY, _stored("web", {"matchLabels": {"app": "web"}}))]
-    assert deleted(relabel_adoptions(g, patch, old, new, stored)) == [
+    assert deleted(orphan_adoptions(g, patch, old, new, stored)) == [
         "old", "old-a", "web-2", "web-2-a"]  # fmt: skip
 
 
@@ -398,6 +420,10 @@ def test_the_fast_path_question() -> None:
     assert needs(info("PATCH", "/apis/apps/v1/namespaces/t/deployments/d/scale"), DELETE_LOCK_T)
     assert needs(info("POST", "/apis/apps/v1/namespaces/t/replicasets"), DELETE_LOCK_T)
     assert not needs(info("POST", "/api/v1/namespaces/t/configmaps"), DELETE_LOCK_T)
+    # A pod created under a workload's selector is adopted (orphan_adoptions).
+    assert needs(info("POST", "/api/v1/namespaces/t/pods"), DELETE_LOCK_T)
+    assert not needs(info("POST", "/api/v1/namespaces/free/pods"), DELETE_LOCK_T)
+    assert not needs(info("POST", "/api/v1/namespaces/t/pods/p/binding"), DELETE_LOCK_T)
     # The exempt identity: token requests and pods where a Lock exempts an account.
     exempting = engine(
         "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: l, namespace: t}\n"

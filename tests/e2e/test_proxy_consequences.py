@@ -436,20 +436,26 @@ def replicaset_manifest(name: str, replicas: int, app: str) -> dict[str, Any]:
 def test_relabelling_a_bare_pod_into_a_selector_that_deletes_it_is_refused(
     delete_lock: Locks, world: World, through: Callable[..., Any]
 ) -> None:
-    """A ReplicaSet that wants no pods adopts a bare pod relabelled into its selector and
-    deletes it: relabelling it so that it is both locked and adopted is refused (the
-    UPDATE alone is allowed: the Lock forbids only DELETE)."""
+    """A ReplicaSet that wants no pods adopts a bare pod relabelled (or created) into its
+    selector and deletes it: relabelling it so that it is both locked and adopted is refused
+    (the UPDATE alone is allowed: the Lock forbids only DELETE), and so is creating one."""
     world.make(replicaset_manifest("keeper", 0, "kept"))
     world.pod("bare", app="other")
     result = through("label", "pod", "bare", "app=kept", "aura=red", "--overwrite")
     assert_denied(result)
-    assert "the new labels put it under the selector of replicasets keeper" in result.stderr
+    assert "its new labels put it under the selector of replicasets keeper" in result.stderr
     assert world.get("pod", "bare")["metadata"]["labels"] == {"app": "other"}
     # Locked but under no selector, or under the selector but not locked: allowed.
     assert_ok(through("label", "pod", "bare", "aura=red"))
     assert_ok(through("label", "pod", "bare", "aura-"))
     assert_ok(through("label", "pod", "bare", "app=kept", "--overwrite"))
     assert world.get("pod", "bare")["metadata"]["labels"] == {"app": "kept"}
+    # Created under the selector, locked: refused alike; elsewhere, created.
+    result = through("run", "made", f"--image={PAUSE}", "--labels=app=kept,aura=red")
+    assert_denied(result)
+    assert "its labels put it under the selector of replicasets keeper" in result.stderr
+    assert not world.exists("pod", "made")
+    assert_ok(through("run", "made", f"--image={PAUSE}", "--labels=app=free,aura=red"))
 
 
 def test_relabelling_a_bare_pod_into_the_selector_of_an_owner_of_locked_pods_is_refused(

@@ -88,3 +88,9 @@ def test_the_webhook_refuses_relabelling_a_pod_into_a_selector_that_deletes_it(
     pod = kubectl.json("get", "pod", "bare", namespace=namespace)
     assert pod["metadata"]["labels"] == {"app": "other"}
     kubectl("label", "pod", "bare", "aura=red", namespace=namespace, check=True)
+    # Created under the selector, locked: refused alike.
+    result = kubectl("run", "made", "--image=registry.k8s.io/pause:3.9",
+                     "--labels=app=kept,aura=red", namespace=namespace)  # fmt: skip
+    assert_denied_by_webhook(result, webhook, lock=f"{namespace}/nodelete")
+    assert "its labels put it under the selector of replicasets keeper" in result.stderr
+    assert not kubectl.exists("pod", "made", namespace=namespace)
