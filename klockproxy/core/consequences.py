@@ -345,15 +345,19 @@ def adopter_kinds(
     info: RequestInfo, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
 ) -> tuple[ResourceRef, ...]:
     """The workload kinds whose selectors say whether this write hands its object to a
-    controller (``orphan_adoptions``): the creation of a pod or a ReplicaSet, or an update
+    controller (``orphan_adoptions``): the creation of a pod or a ReplicaSet (server-side
+    apply included), or an update
     or patch of one (itself or its status) that changes its labels, that leaves it with no
     controlling owner and not being deleted (a controller adopts no other). Empty when no
     workload can adopt it."""
     kinds = ADOPTERS.get((info.group, info.resource), ())
     if not kinds or new is None:
         return ()
-    if info.verb == "create":
-        written = not info.subresource and old is None
+    if info.verb == "create" or old is None:
+        # Created: by POST, or by a server-side apply (or PUT) of a missing object.
+        written = (
+            not info.subresource and old is None and info.verb in ("create", "patch", "update")
+        )
     else:
         written = (
             info.verb in ("update", "patch")

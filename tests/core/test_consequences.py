@@ -260,6 +260,8 @@ def test_a_pod_created_under_a_selector_puts_the_workloads_pods_at_stake() -> No
     new = _pod_object("new", app="web")
     new["metadata"].pop("uid")
     assert adopter_kinds(create, None, new)
+    # Server-side apply of a missing pod creates it too.
+    assert adopter_kinds(info("PATCH", "/api/v1/namespaces/t/pods/new"), None, new)
     stored = [(RS, _stored("web-1", {"matchLabels": {"app": "web"}}))]
     out = orphan_adoptions(g, create, None, new, stored)
     assert deleted(out) == ["new", "web-1-a"]

@@ -455,6 +455,11 @@ def test_relabelling_a_bare_pod_into_a_selector_that_deletes_it_is_refused(
     assert_denied(result)
     assert "its labels put it under the selector of replicasets keeper" in result.stderr
     assert not world.exists("pod", "made")
+    manifest = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "made", "labels": {"app": "kept", "aura": "red"}},
+                "spec": {"containers": [{"name": "c", "image": PAUSE}]}}  # fmt: skip
+    assert_denied(through("apply", "--server-side", "-f", "-", input=json.dumps(manifest)))
+    assert not world.exists("pod", "made")
     assert_ok(through("run", "made", f"--image={PAUSE}", "--labels=app=free,aura=red"))
 
 
