@@ -138,6 +138,8 @@ class Graph:
         self._dependents: dict[str, set[str]] = {}
         # (group, resource, namespace, name) -> uid: the object a request names.
         self._named: dict[tuple[str, str, str, str], str] = {}
+        # (group, resource, namespace) -> how many objects: whether any is held, at once.
+        self._counts: dict[tuple[str, str, str], int] = {}
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -161,6 +163,8 @@ class Graph:
         self._nodes[node.uid] = node
         key = (node.resource.group, node.resource.resource, node.namespace, node.name)
         self._named[key] = node.uid
+        kind = key[:3]
+        self._counts[kind] = self._counts.get(kind, 0) + 1
         for ref in node.owners:
             self._dependents.setdefault(ref.uid, set()).add(node.uid)
 
@@ -176,6 +180,12 @@ class Graph:
         key = (old.resource.group, old.resource.resource, old.namespace, old.name)
         if self._named.get(key) == uid:
             del self._named[key]
+        kind = key[:3]
+        left = self._counts.get(kind, 0) - 1
+        if left > 0:
+            self._counts[kind] = left
+        else:
+            self._counts.pop(kind, None)
         for ref in old.owners:
             deps = self._dependents.get(ref.uid)
             if deps is not None:
@@ -207,6 +217,11 @@ class Graph:
                     seen[dep.uid] = dep
                     todo.append(dep.uid)
         return list(seen.values())
+
+    def holds_any(self, group: str, resource: str, namespace: str) -> bool:
+        """Whether any object of that resource (any version of the group) is held in
+        ``namespace`` (a look-up, not a scan)."""
+        return (group, resource, namespace) in self._counts
 
     def in_namespace(self, namespace: str, resource: str) -> list[Node]:
         """The objects of one resource (plural, any group) in one namespace."""

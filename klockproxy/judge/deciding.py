@@ -554,7 +554,13 @@ class Decider:
                 implied = deletion_consequences(graph, info, [old], subject.options)
         elif new is not None:
             implied = write_consequences(graph, info, old, new)
-            kinds = adopter_kinds(info, old, new) if graph.known else ()
+            # Only the kinds of which the index holds any in the namespace are listed (an
+            # application without workloads, like bare pods, costs no request).
+            kinds = [
+                ref
+                for ref in (adopter_kinds(info, old, new) if graph.known else ())
+                if graph.holds_any(ref.group, ref.resource, info.namespace)
+            ]
             if kinds:
                 workloads = await self._workloads(info, kinds, caller.headers)
                 implied += orphan_adoptions(graph, info, old, new, workloads)

@@ -160,6 +160,28 @@ def test_graph_upsert_and_remove_keep_the_reverse_edges() -> None:
     assert g.dependents_of(b.uid) == [] and len(g) == 2
 
 
+@given(
+    ops=st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["a", "b", "c"]), st.sampled_from([CM, POD]),
+                  st.sampled_from(["t", "u"])),
+        max_size=12,
+    )
+)  # fmt: skip
+def test_holds_any_says_what_a_scan_says(ops: list[tuple[bool, str, ResourceRef, str]]) -> None:
+    """``holds_any`` (kept up to date on every upsert and remove, an object moving between
+    kinds or namespaces under the same uid included) answers as a scan of the graph would."""
+    g = Graph()
+    for add, name, resource, ns in ops:
+        if add:
+            g.upsert(node(name, resource, ns=ns))
+        else:
+            g.remove(f"uid-{name}")
+        for ref in (CM, POD):
+            for where in ("t", "u"):
+                scan = any(n.resource == ref and n.namespace == where for n in g)
+                assert g.holds_any(ref.group, ref.resource, where) is scan
+
+
 def test_node_of_reads_partial_object_metadata() -> None:
     obj = {
         "kind": "PartialObjectMetadata",
