@@ -1150,3 +1150,84 @@ async def test_a_relabelled_pod_is_checked_against_the_workloads_listed_by_the_p
                 "cannot tell whether one of its replicasets would adopt bare"
                 in (verdict.status["message"])
             )
+
+
+def bare_pod(account: str = "default", rv: str = "5", **labels: str) -> dict[str, Any]:
+    """A whole pod with no owner, as the API server stores it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "shop", "uid": "uid-p", "resourceVersion": rv,
+                     "labels": dict(labels), "annotations": {"note": "x"}},
+        "spec": {"serviceAccountName": account, "containers": [{"name": "c", "image": "i"}]},
+    }  # fmt: skip
+
+
+async def test_a_label_patch_of_a_bare_pod_the_index_holds_asks_nothing() -> None:
+    """``kubectl label pod`` (and ``annotate``) of a pod with no owner: the patch names the
+    metadata alone, so the pod's spec stays as it is and the index's version stands in;
+    a patch that may touch the spec, and a pod with an owner, are read as before."""
+    blue = bare_pod(aura="blue")
+    team = b'{"metadata":{"labels":{"team":"a"}}}'
+    verdict, lookups = await judge_patch(blue, StaticOwnership(blue), team, POD_PATH)
+    assert verdict.allowed and verdict.on_index
+    assert lookups.kinds() == []
+    into = b'{"metadata":{"labels":{"aura":"red"}}}'
+    verdict, lookups = await judge_patch(blue, StaticOwnership(blue), into, POD_PATH)
+    assert verdict.status is not None and verdict.status["code"] == 403
+    assert lookups.kinds() == []
+    note = b'{"metadata":{"annotations":{"n":"1"}}}'
+    verdict, lookups = await judge_patch(blue, StaticOwnership(blue), note, POD_PATH)
+    assert verdict.allowed and lookups.kinds() == []
+    for body in (
+        b'{"metadata":{"labels":{"team":"a"}},"spec":{"activeDeadlineSeconds":5}}',
+        b'{"spec":{"activeDeadlineSeconds":5}}',
+    ):
+        _, lookups = await judge_patch(blue, StaticOwnership(blue), body, POD_PATH)
+        assert "get" in lookups.kinds(), body
+    owned = obj("Pod", "p", obj("ReplicaSet", "rs", api="apps/v1"), aura="blue")
+    owned["metadata"]["resourceVersion"] = "5"
+    _, lookups = await judge_patch(owned, StaticOwnership(owned), team, POD_PATH)
+    assert "get" in lookups.kinds()
+
+
+EXEMPT_ACCOUNT_LOCKS = Engine(
+    load_locks_from_text(
+        "apiVersion: klock.rnemet.dev/v1\nkind: Lock\nmetadata: {name: l, namespace: shop}\n"
+        "spec: {operations: [UPDATE, DELETE], matcher: {aura: red}, "
+        "exclusive: {name: jonny-op}}\n",
+        source="test",
+    )
+)
+
+
+@given(
+    labels=st.dictionaries(st.sampled_from(["aura", "app"]), st.sampled_from(["red", "web"])),
+    patch_labels=st.dictionaries(
+        st.sampled_from(["aura", "app"]), st.none() | st.sampled_from(["red", "web"])
+    ),
+    account=st.sampled_from(["default", "jonny-op"]),
+    caller=st.sampled_from(["someone", "system:serviceaccount:shop:jonny-op"]),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_bare_pod_stand_in_is_judged_as_the_whole_pod_on_a_label_patch(
+    labels: dict[str, str], patch_labels: dict[str, str | None], account: str, caller: str
+) -> None:
+    """For a pod with no owner and a patch of its labels alone, the index's stand-in (no
+    spec) gets the verdict the whole pod gets, whatever service account it runs as (the
+    exempt one included) and whoever asks."""
+    whole = bare_pod(account, **labels)
+    after = labels_after_patch({"metadata": {"labels": patch_labels}}, MERGE, labels)
+    assert after is not None
+    new = {**whole, "metadata": {**whole["metadata"], "labels": after}}
+    node = node_of(whole, ResourceRef("", "v1", "pods"), "Pod")
+    assert node is not None
+    stand_in = metadata_object(node)
+    relabelled = {**stand_in, "metadata": {**stand_in["metadata"], "labels": after}}
+    info = classify("PATCH", POD_PATH)
+
+    async def verdict(old: dict[str, Any], later: dict[str, Any]) -> Any:
+        decider = Judge(FakeUpstream(), None, EXEMPT_ACCOUNT_LOCKS, StaticOwnership(whole))
+        return await decider.decide(Subject(info, old, later), Caller.known(UserInfo(caller)))
+
+    assert asyncio.run(verdict(stand_in, relabelled)) == asyncio.run(verdict(whole, new))

@@ -886,3 +886,14 @@ def labels_after_patch(
         else:
             return None
     return result
+
+
+def patches_metadata_alone(patch: JSON, content_type: str) -> bool:
+    """Whether the decoded merge or strategic merge patch ``patch`` names nothing but
+    ``metadata`` (spelt exactly so): ``kubectl label`` and ``kubectl annotate``. Whatever it
+    does to the metadata, every other member of the object (a pod's spec) is left as it is."""
+    return (
+        media_type(content_type) in (MERGE_PATCH, STRATEGIC_MERGE_PATCH)
+        and isinstance(patch, dict)
+        and set(patch) == {"metadata"}
+    )

@@ -42,6 +42,7 @@ from klockproxy.core.patches import (
     kind_key_of,
     labels_after_patch,
     leaves_metadata_but_annotations,
+    patches_metadata_alone,
 )
 from klockproxy.core.paths import collection_path, object_path
 from klockproxy.core.protobuf import (
@@ -298,15 +299,25 @@ class Judge(Decider):
             )
         is_apply = mtype == APPLY_PATCH
         body = req.body()
-        stored = self._stored(info)
+        stored = self._stored(info, bare_pods=True)
         # Decoded once where the index may stand in: the guard below reuses it.
         document = (
             _patch_document(body) if stored is not None and not is_apply and not req.fresh else None
         )
-        if stored is not None and document is not None:
+        # A pod's spec is read by the rules (the service account it runs as): the index
+        # stands in for a bare pod only where the patch cannot touch the spec.
+        reads_spec = not judged_on_metadata(info.ref)
+        if (
+            stored is not None
+            and document is not None
+            and (not reads_spec or patches_metadata_alone(document, ctype))
+        ):
             unchanged = self._unchanged(info, stored, body, ctype, document)
             if unchanged is not None:
                 return unchanged
+        if reads_spec:
+            # Nor does the dry run's answer stand in for the read: the spec is compared.
+            stored = None
         if stored is None:
             current, early = await self._get_and_dry_run(info, headers, body, ctype)
         else:
@@ -444,14 +455,16 @@ class Judge(Decider):
         except UpstreamStatusError as e:
             return e
 
-    def _stored(self, info: RequestInfo) -> Node | None:
+    def _stored(self, info: RequestInfo, *, bare_pods: bool = False) -> Node | None:
         """The object a patch or update names as the ownership index holds it (always with
         a version), when the judgement needs nothing more of the object as it was
         (``judged_on_metadata``: not a pod or a workload, not being deleted, no owner
-        references); else None."""
+        references); else None. ``bare_pods``: pods too (the caller makes sure that the
+        write leaves the spec as it is)."""
         if self.ownership is None or info.subresource not in LABEL_SUBRESOURCES:
             return None
-        if not judged_on_metadata(info.ref):
+        pod = bare_pods and (info.group, info.resource) == ("", "pods")
+        if not judged_on_metadata(info.ref) and not pod:
             return None
         node = self.ownership.stored(info.group, info.resource, info.namespace, info.name)
         if node is None or node.deleting or node.owners or not node.version:

@@ -26,6 +26,8 @@ import pytest
 import yaml
 
 from klockproxy.cluster.kubeconfig import write_kubeconfig
+from klockproxy.core.ownership import Node, node_of
+from klockproxy.core.types import ResourceRef
 from tests.e2e import proxy_support as support
 from tests.e2e.kube import Kubectl, KubeTarget, names, wait_can_i, without_root_ca
 from tests.e2e.mitmdump_support import LOCK, _start_mitmdump, _stop
@@ -370,13 +372,16 @@ def test_exemption_is_per_caller_and_not_for_a_same_named_account_elsewhere(
 
 @pytest.fixture
 def stale_view(proxy: Proxy) -> Iterator[dict[str, dict[str, Any]]]:
-    """Make the proxy's lookups of some paths answer an old copy of the object: the state of
-    the check-then-write race right after a concurrent relabel (path -> object served)."""
+    """Make the proxy's lookups of some core-group paths, and its ownership index's view of
+    them, answer an old copy of the object: the state of the check-then-write race right
+    after a concurrent relabel (path -> object served)."""
     running = proxy.thread.service._master
     assert running is not None
     addon = running.master.addons.get("klockproxy")
     upstream = addon.upstream
     real = upstream.get_object
+    index = addon.ownership
+    real_stored = index.stored if index is not None else None
     stale: dict[str, dict[str, Any]] = {}
 
     async def get_object(path: str, headers: Any) -> dict[str, Any] | None:
@@ -385,11 +390,22 @@ def stale_view(proxy: Proxy) -> Iterator[dict[str, dict[str, Any]]]:
         result: dict[str, Any] | None = await real(path, headers)
         return result
 
+    def stored(group: str, resource: str, namespace: str, name: str) -> Node | None:
+        old = stale.get(f"/api/v1/namespaces/{namespace}/{resource}/{name}") if not group else None
+        if old is not None:
+            return node_of(old, ResourceRef("", "v1", resource), str(old.get("kind") or ""))
+        assert real_stored is not None
+        return real_stored(group, resource, namespace, name)
+
     upstream.get_object = get_object
+    if index is not None:
+        index.stored = stored
     try:
         yield stale
     finally:
         upstream.get_object = real
+        if index is not None:
+            index.stored = real_stored
 
 
 ADD_WHO = '[{"op":"add","path":"/metadata/labels/who","value":"me"}]'
