@@ -53,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 OPEN_NS = "bench-open"
 LOCKED_NS = "bench-locked"
 LIST_SIZE = 100
+# Bare pods: one per worker (a worker's i % 100 is its own), or covered writes would conflict.
+PODS = 100
 WATCHES = 500
 WARM_WATCHES = 100
 
@@ -326,6 +328,22 @@ def op_patch(
     return go
 
 
+def op_label_pod(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
+    """``kubectl label pod``'s merge patch of a bare pod (judged on the index: the patch
+    names nothing but the metadata, so the pod's spec stays as it is)."""
+
+    async def go(session: aiohttp.ClientSession, url: str, i: int) -> None:
+        body = json.dumps({"metadata": {"labels": {"n": str(i)}}})
+        async with session.patch(
+            f"{url}/api/v1/namespaces/{ns}/pods/pod-{i % PODS}",
+            data=body,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as r:
+            await _check(r, "patch")
+
+    return go
+
+
 def op_put(ns: str) -> Callable[[aiohttp.ClientSession, str, int], Awaitable[None]]:
     """A PUT of one configmap as ``kubectl replace`` sends a manifest: no resourceVersion."""
 
@@ -358,6 +376,18 @@ async def seed(target: Target) -> None:
                     f"{target.url}/api/v1/namespaces/{ns}/configmaps", json=cm, ssl=target.ssl
                 ) as r:
                     await r.read()
+        # Bare pods (kubectl run) in the locked namespace: the founding scenario's kind.
+        for i in range(PODS):
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"pod-{i}", "labels": {"aura": "blue"}},
+                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]},
+            }
+            async with s.post(
+                f"{target.url}/api/v1/namespaces/{LOCKED_NS}/pods", json=pod, ssl=target.ssl
+            ) as r:
+                await r.read()
 
 
 async def open_watches(
@@ -423,6 +453,7 @@ async def measure(
         "PATCH of annotations, covered, allowed": op_patch(LOCKED_NS, "annotations"),
         "PATCH of labels, covered, allowed": op_patch(LOCKED_NS, "labels"),
         "JSON patch of labels, covered, allowed": op_patch(LOCKED_NS, "labels", json_patch=True),
+        "PATCH of a bare pod's labels, covered, allowed": op_label_pod(LOCKED_NS),
         "PUT without version, covered, allowed": op_put(LOCKED_NS),
     }
     results: dict[tuple[str, str, int], Result] = {}
