@@ -226,9 +226,14 @@ def test_mutations_while_the_api_server_is_down_get_a_status_then_work_again(
 
 
 # The first PATCH of my-pod the API server sees is the proxy's own lookup (the patch sent
-# with dryRun=All, whose result is judged); kubectl sends its PATCH only to the proxy.
+# with dryRun=All, whose result is judged); kubectl sends its PATCH only to the proxy. A
+# JSON patch: a merge patch of labels alone is judged on the ownership index, with no lookup.
 LOOKUP = ("PATCH", f"/api/v1/namespaces/{NS}/pods/my-pod")
-MERGE = ("patch", "pod", "my-pod", "--type=merge", "-p")
+JSON_PATCH = ("patch", "pod", "my-pod", "--type=json", "-p")
+
+
+def add_label(key: str, value: str) -> str:
+    return json.dumps([{"op": "add", "path": f"/metadata/labels/{key}", "value": value}])
 
 
 def test_the_api_server_going_down_during_a_lookup_gives_a_status(
@@ -237,7 +242,7 @@ def test_the_api_server_going_down_during_a_lookup_gives_a_status(
     gate = setup.sandbox.hold(*LOOKUP)
     try:
         patch = setup.through.popen(
-            *MERGE, '{"metadata":{"labels":{"mid":"yes"}}}', as_user=JONNY, namespace=NS
+            *JSON_PATCH, add_label("mid", "yes"), as_user=JONNY, namespace=NS
         )
         running.append(patch)
         wait_held(setup, *LOOKUP)
@@ -271,14 +276,7 @@ def test_a_slow_lookup_does_not_stall_other_callers(
     held = LOOKUP
     gate = setup.sandbox.hold(*held)
     try:
-        patch = (
-            "patch",
-            "pod",
-            "my-pod",
-            "--type=merge",
-            "-p",
-            '{"metadata":{"labels":{"slow":"yes"}}}',
-        )
+        patch = (*JSON_PATCH, add_label("slow", "yes"))
         slow = subprocess.Popen(
             setup.through.command(*patch, as_user=JONNY, namespace=NS),
             stdout=subprocess.PIPE,
@@ -287,13 +285,14 @@ def test_a_slow_lookup_does_not_stall_other_callers(
             env=setup.through.environment(),
         )
         running.append(slow)
+        covered = ("patch", "pod", "red-two", "--type=json", "-p", add_label("fast", "no"))
         # The slow PATCH is under way (its lookup reached the API server) before the others.
         wait_held(setup, *held)
         others = [
             setup.through("get", "pods", namespace=NS),
             setup.through("label", "pod", "other-pod", "fast=yes", "--overwrite", namespace=NS),
             # Covered too: its own lookup is not queued behind the held one.
-            setup.through("label", "pod", "red-two", "fast=no", namespace=NS),  # denied
+            setup.through(*covered, namespace=NS),  # denied
         ]
         assert others[0].returncode == 0, others[0].stderr
         assert others[1].returncode == 0, others[1].stderr
