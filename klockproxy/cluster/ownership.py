@@ -27,12 +27,12 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from klockproxy.cluster.upstream import Upstream, UpstreamConfig, UpstreamStatusError, WatchEvent
 from klockproxy.core.engine import Engine
 from klockproxy.core.errors import Refusal, UpstreamError
 from klockproxy.core.ownership import Graph, Node, node_of
+from klockproxy.core.paths import resource_path
 from klockproxy.core.status import failure
 from klockproxy.core.types import Operation, ResourceRef
 
@@ -62,11 +62,7 @@ class Kind:
 
     def path(self, namespace: str = "") -> str:
         """The collection path (of one namespace for a namespaced kind)."""
-        ref = self.resource
-        prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
-        if namespace:
-            prefix += f"/namespaces/{quote(namespace, safe='')}"
-        return f"{prefix}/{ref.resource}"
+        return resource_path(self.resource, namespace)
 
 
 @dataclass

@@ -345,24 +345,19 @@ def adopter_kinds(
     info: RequestInfo, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
 ) -> tuple[ResourceRef, ...]:
     """The workload kinds whose selectors say whether this write hands its object to a
-    controller (``orphan_adoptions``): the creation of a pod or a ReplicaSet (server-side
-    apply included), or an update
-    or patch of one (itself or its status) that changes its labels, that leaves it with no
-    controlling owner and not being deleted (a controller adopts no other). Empty when no
-    workload can adopt it."""
+    controller (``orphan_adoptions``): the creation of a pod or a ReplicaSet (by POST, or by
+    a server-side apply of a missing object), or an update or patch of one (itself or its
+    status) that changes its labels, that leaves it with no controlling owner and not being
+    deleted (a controller adopts no other). Empty when no workload can adopt it."""
     kinds = ADOPTERS.get((info.group, info.resource), ())
     if not kinds or new is None:
         return ()
-    if info.verb == "create" or old is None:
-        # Created: by POST, or by a server-side apply (or PUT) of a missing object.
-        written = (
-            not info.subresource and old is None and info.verb in ("create", "patch", "update")
-        )
+    if old is None:
+        written = not info.subresource
     else:
         written = (
             info.verb in ("update", "patch")
             and info.subresource in ("", "status")
-            and old is not None
             and _labels(_get(new, "metadata", "labels")) != _labels(_get(old, "metadata", "labels"))
         )
     if not written:
@@ -393,7 +388,7 @@ def orphan_adoptions(
     target = _target(info, old, new)
     name = target.name
     old_labels = None if old is None else _labels(_get(old, "metadata", "labels"))
-    at_stake: list[Node] = []
+    owned: list[Node] = []  # what the adopting workloads already own, that may go instead
     adopters: list[str] = []
     for ref, workload in workloads:
         if _get(workload, "metadata", "deletionTimestamp"):
@@ -410,27 +405,25 @@ def orphan_adoptions(
             match = _ORDINAL.search(name)
             if match is None or name[: match.start()] != wname:
                 continue
-            at_stake.append(target)
         else:
-            at_stake.append(target)
             uid = _get(workload, "metadata", "uid")
-            owned = graph.descendants(uid) if isinstance(uid, str) and uid else []
             kinds = ("pods", "replicasets") if ref.resource == "deployments" else ("pods",)
-            at_stake += [n for n in owned if n.resource.resource in kinds]
+            if isinstance(uid, str) and uid:
+                owned += [n for n in graph.descendants(uid) if n.resource.resource in kinds]
             if ref.resource == "deployments" and target.uid:
-                at_stake += _of(graph.descendants(target.uid), "pods")
+                owned += _of(graph.descendants(target.uid), "pods")
         adopters.append(f"{ref.resource} {wname}")
-    if not at_stake:
+    if not adopters:
         return []
     labels = "its labels put it" if old is None else "its new labels put it"
     note = (
         f"{labels} under the selector of {', '.join(sorted(set(adopters)))}, whose "
         "controller adopts it and deletes what it does not want"
     )
-    stake = {n.uid: n for n in at_stake if n is not target}
-    # The object with the labels written (the graph holds the old ones, or nothing yet).
-    stake[target.uid] = target
-    return [Implied(_delete(n, info.dry_run), note) for n in _with_cascade(graph, stake.values())]
+    # The object first, with the labels written (the graph holds the old ones, or nothing
+    # yet): _with_cascade keeps the first node of each uid.
+    victims = _with_cascade(graph, [target, *owned])
+    return [Implied(_delete(n, info.dry_run), note) for n in victims]
 
 
 # ----------------------------------------------------------------------------------------

@@ -760,19 +760,47 @@ def _names_metadata(key: object) -> bool:
     return isinstance(key, str) and key.casefold() == "metadata"
 
 
+def _plain_annotations(annotations: object, strategic: bool) -> bool:
+    # A patch's "annotations" member that sets and removes annotations and nothing else: null
+    # or an object without "$" keys (no annotation key starts with "$"; in a strategic patch
+    # they would be directives).
+    return annotations is None or (
+        isinstance(annotations, dict)
+        and not (strategic and any(key.startswith("$") for key in annotations))
+    )
+
+
 def _only_annotations(member: object, strategic: bool) -> bool:
     # The value of a patch's "metadata" member that touches nothing but the annotations: an
     # object whose one key (exactly: no other spelling a case-insensitive decoder might read
-    # as another field) is "annotations", holding null or an object without "$" keys (no
-    # annotation key starts with "$"; in a strategic patch they would be directives).
-    if not isinstance(member, dict) or not set(member) <= {"annotations"}:
-        return False
-    annotations = member.get("annotations")
-    if annotations is None:
-        return True
-    return isinstance(annotations, dict) and not (
-        strategic and any(key.startswith("$") for key in annotations)
+    # as another field) is "annotations", holding plain annotations.
+    return (
+        isinstance(member, dict)
+        and set(member) <= {"annotations"}
+        and _plain_annotations(member.get("annotations"), strategic)
     )
+
+
+# No "metadata" member in a merge patch (its metadata is left as it is).
+_ABSENT = object()
+
+
+def _merge_metadata(patch: JSON, strategic: bool) -> tuple[bool, JSON]:
+    """Whether a (strategic) merge patch can be read member by member, and its ``metadata``
+    member (``_ABSENT`` when it has none). Not where it is not an object, has a strategic
+    top-level directive (``$patch``, ``$retainKeys``, ``$setElementOrder/...`` may act on
+    every member), or a key other than ``metadata`` that reads as it case-insensitively."""
+    if not isinstance(patch, dict):
+        return False, _ABSENT
+    meta: JSON = _ABSENT
+    for key, member in patch.items():
+        if strategic and key.startswith("$"):
+            return False, _ABSENT
+        if _names_metadata(key):
+            if key != "metadata":
+                return False, _ABSENT
+            meta = member
+    return True, meta
 
 
 def leaves_metadata_but_annotations(patch: JSON, content_type: str) -> bool:
@@ -798,17 +826,9 @@ def leaves_metadata_but_annotations(patch: JSON, content_type: str) -> bool:
     """
     mtype = media_type(content_type)
     if mtype in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
-        if not isinstance(patch, dict):
-            return False
         strategic = mtype == STRATEGIC_MERGE_PATCH
-        for key, member in patch.items():
-            if strategic and key.startswith("$"):
-                return False
-            if _names_metadata(key) and not (
-                key == "metadata" and _only_annotations(member, strategic)
-            ):
-                return False
-        return True
+        readable, meta = _merge_metadata(patch, strategic)
+        return readable and (meta is _ABSENT or _only_annotations(meta, strategic))
     if mtype != JSON_PATCH or not isinstance(patch, list):
         return False
     for op in patch:
@@ -849,25 +869,16 @@ def labels_after_patch(
     API server is asked instead.
     """
     mtype = media_type(content_type)
-    if mtype not in (MERGE_PATCH, STRATEGIC_MERGE_PATCH) or not isinstance(patch, dict):
+    if mtype not in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
         return None
     strategic = mtype == STRATEGIC_MERGE_PATCH
-    meta: JSON = None
-    for key, member in patch.items():
-        if strategic and key.startswith("$"):
-            return None
-        if _names_metadata(key):
-            if key != "metadata":
-                return None
-            meta = member
+    readable, meta = _merge_metadata(patch, strategic)
     if (
-        not isinstance(meta, dict)
+        not readable
+        or not isinstance(meta, dict)
         or "labels" not in meta
         or not set(meta) <= {"labels", "annotations"}
-    ):
-        return None
-    if "annotations" in meta and not _only_annotations(
-        {"annotations": meta["annotations"]}, strategic
+        or not _plain_annotations(meta.get("annotations"), strategic)
     ):
         return None
     changes = meta["labels"]

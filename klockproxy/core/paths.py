@@ -3,7 +3,7 @@
 ``classify_request`` is ``classify`` plus what the API server routes beyond it: the opaque
 tail of a connect subresource, and the kubelet's pod actions reached through
 ``nodes/NAME/proxy``. ``api_prefix`` / ``collection_path`` / ``object_path`` build the URL
-paths the proxy's lookups use.
+paths the proxy's lookups use, ``resource_path`` those of other objects.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 from klockproxy.core.errors import ClassificationError, MalformedRequestError
 from klockproxy.core.requests import CONNECT_SUBRESOURCES, RequestInfo, classify
 from klockproxy.core.routes import check_route
+from klockproxy.core.types import ResourceRef
 
 
 def api_prefix(info: RequestInfo) -> str:
@@ -20,6 +21,19 @@ def api_prefix(info: RequestInfo) -> str:
     if info.group:
         return f"/apis/{quote(info.group, safe='')}/{quote(info.version, safe='')}"
     return f"/api/{quote(info.version, safe='')}"
+
+
+def resource_path(ref: ResourceRef, namespace: str = "", name: str = "") -> str:
+    """The URL path of a resource's collection (in ``namespace`` when given), or of the
+    object ``name`` in it: the paths of objects the proxy looks up besides the request's."""
+    if ref.group:
+        prefix = f"/apis/{quote(ref.group, safe='')}/{quote(ref.version, safe='')}"
+    else:
+        prefix = f"/api/{quote(ref.version, safe='')}"
+    if namespace:
+        prefix += f"/namespaces/{quote(namespace, safe='')}"
+    path = f"{prefix}/{quote(ref.resource, safe='')}"
+    return f"{path}/{quote(name, safe='')}" if name else path
 
 
 def collection_path(info: RequestInfo) -> str:

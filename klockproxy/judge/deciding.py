@@ -57,7 +57,7 @@ from klockproxy.core.owners import (
 )
 from klockproxy.core.ownership import Graph, Node
 from klockproxy.core.patches import APPLY_PATCH
-from klockproxy.core.paths import collection_path
+from klockproxy.core.paths import collection_path, resource_path
 from klockproxy.core.requests import RequestInfo
 from klockproxy.core.status import Status, failure, forbidden
 from klockproxy.core.types import AdmissionInput, Operation, ResourceRef, UserInfo
@@ -581,10 +581,8 @@ class Decider:
         use = {} if self.lookups.has_own_credentials else headers
 
         async def one(ref: ResourceRef) -> list[tuple[ResourceRef, dict[str, Any]]]:
-            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
-            path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
             try:
-                items = await self.lookups.list_objects(path, use)
+                items = await self.lookups.list_objects(resource_path(ref, info.namespace), use)
             except UpstreamStatusError as e:
                 if e.code == 404:
                     return []
@@ -612,11 +610,7 @@ class Decider:
         hidden = set(plan.hidden)
         for index in named[:MAX_NAMED_OBJECTS]:
             inp = plan.inputs[index]
-            ref = inp.resource
-            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
-            if inp.namespace:
-                prefix += f"/namespaces/{quote(inp.namespace, safe='')}"
-            path = f"{prefix}/{quote(ref.resource, safe='')}/{quote(inp.name, safe='')}"
+            path = resource_path(inp.resource, inp.namespace, inp.name)
             try:
                 await self.lookups.get_object(path, caller.headers)
             except UpstreamStatusError as e:
@@ -754,8 +748,7 @@ class Decider:
             return []
         listed: list[tuple[ResourceRef, dict[str, Any], bool]] = []
         for ref in DEPENDENT_KINDS:
-            prefix = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
-            path = f"{prefix}/namespaces/{quote(info.namespace, safe='')}/{ref.resource}"
+            path = resource_path(ref, info.namespace)
             items, hidden = await self._list_dependents(info, ref, path, headers)
             listed.extend((ref, item, hidden) for item in items)
         owners = {root}

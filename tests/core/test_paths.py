@@ -15,9 +15,10 @@ from klockproxy.core.paths import (
     collection_path,
     may_be_connect,
     object_path,
+    resource_path,
 )
 from klockproxy.core.requests import RequestInfo, check_target, classify
-from klockproxy.core.types import Operation
+from klockproxy.core.types import Operation, ResourceRef
 
 
 def test_lookup_paths_follow_the_api_server_layout() -> None:
@@ -289,3 +290,12 @@ def test_classify_request_fuzz_raises_only_classification_errors_and_round_trips
     event(f"round-trip {info.verb}")
     again = classify_request(method, _reencode(info))
     assert _shape(again) == _shape(info), (target, _reencode(info))
+
+
+def test_resource_path_of_collections_and_objects() -> None:
+    rs = ResourceRef("apps", "v1", "replicasets")
+    assert resource_path(rs) == "/apis/apps/v1/replicasets"
+    assert resource_path(rs, "shop") == "/apis/apps/v1/namespaces/shop/replicasets"
+    pods = ResourceRef("", "v1", "pods")
+    assert resource_path(pods, "shop", "a b") == "/api/v1/namespaces/shop/pods/a%20b"
+    assert resource_path(ResourceRef("", "v1", "nodes"), name="n1") == "/api/v1/nodes/n1"
